@@ -1,0 +1,69 @@
+"""Every error the library raises, so callers can catch one family and services can map each
+class to one HTTP status.
+
+    SplitDNNError
+    ├── UnknownNameError        a teacher, split point or student that is not registered
+    ├── ConfigError             a distillation config with a bad key or value
+    ├── DataError               a data folder or list file that cannot be read
+    ├── ImageError              uploaded bytes that cannot become an input tensor
+    │   ├── UnsupportedImageError   not an image at all (415)
+    │   ├── CorruptImageError       an image that is truncated or corrupt (400)
+    │   └── ImageTooLargeError      over the configured byte or pixel limit (413)
+    ├── BundleError             a model bundle that is missing, malformed or tampered with
+    │   └── BundleMismatchError     head and tail hold different bundles (409)
+    ├── WireError               an envelope that cannot be decoded (400)
+    └── ExportError             an exported model disagrees with torch
+"""
+
+from __future__ import annotations
+
+
+class SplitDNNError(Exception):
+    """Base class of every error raised by splitdnn."""
+
+
+class UnknownNameError(SplitDNNError, KeyError):
+    """A registry lookup failed; the message lists what exists."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(SplitDNNError, ValueError):
+    """A configuration file names an unknown key or holds a value of the wrong type."""
+
+
+class DataError(SplitDNNError, ValueError):
+    """A data set folder or list file is missing or malformed."""
+
+
+class ImageError(SplitDNNError, ValueError):
+    """Uploaded bytes could not be turned into an input tensor."""
+
+
+class UnsupportedImageError(ImageError):
+    """The bytes are not an image format we can decode."""
+
+
+class CorruptImageError(ImageError):
+    """The bytes start like an image but are truncated or corrupt."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image exceeds the configured size limit."""
+
+
+class BundleError(SplitDNNError):
+    """A model bundle is missing, malformed, or a file does not match its sha256."""
+
+
+class BundleMismatchError(BundleError):
+    """Two parties of one split inference hold different bundles."""
+
+
+class WireError(SplitDNNError, ValueError):
+    """An envelope could not be decoded; the message says which check failed."""
+
+
+class ExportError(SplitDNNError):
+    """An exported ONNX model does not reproduce the torch model within tolerance."""

@@ -1,0 +1,118 @@
+"""Uploaded bytes -> the input array a model expects.
+
+Training, evaluation and the services all call :func:`preprocess`, so a bundle sees exactly
+the pixels it was trained on. Only Pillow and numpy: the device image needs no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from splitdnn.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
+
+#: Decompression-bomb guard: more pixels than this is refused (a 64 MP photo fits).
+MAX_PIXELS = 64_000_000
+
+_INTERPOLATION = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its pixels: resize the short side, centre-crop, normalise.
+
+    ``mean`` and ``std`` apply to 0..255 pixel values, so both conventions fit:
+    EfficientNet-Lite's ``(x - 127) / 128`` and torchvision's ``(x/255 - m) / s``
+    (``mean = 255 m``, ``std = 255 s``).
+    """
+
+    size: int
+    resize: int
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = field(default=(127.0, 127.0, 127.0))
+    std: tuple[float, float, float] = field(default=(128.0, 128.0, 128.0))
+
+    @classmethod
+    def torchvision(cls, size: int, resize: int | None = None) -> Preprocessing:
+        """The ImageNet mean/std normalisation of torchvision's weights."""
+        return cls(
+            size=size,
+            resize=resize or int(round(size / 0.875)),
+            interpolation="bilinear",
+            mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+            std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "size": self.size,
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        return cls(
+            size=int(data["size"]),
+            resize=int(data["resize"]),
+            interpolation=str(data.get("interpolation", "bicubic")),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+        )
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode JPEG/PNG/... bytes to an RGB image, with one named error per failure."""
+    if not data:
+        raise UnsupportedImageError("the body is empty; send a JPEG or PNG image")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImageError("the bytes are not an image format Pillow can read") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise CorruptImageError(f"the image is truncated or corrupt: {exc}") from exc
+    return image.convert("RGB")
+
+
+def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
+    """Resize so the short side is ``spec.resize``, then centre-crop ``spec.size`` square."""
+    width, height = image.size
+    scale = spec.resize / min(width, height)
+    new_w, new_h = max(spec.size, round(width * scale)), max(spec.size, round(height * scale))
+    image = image.resize((new_w, new_h), _INTERPOLATION[spec.interpolation])
+    left, top = (new_w - spec.size) // 2, (new_h - spec.size) // 2
+    return image.crop((left, top, left + spec.size, top + spec.size))
+
+
+def normalise(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """RGB image -> float32 CHW array, normalised with the spec's mean and std."""
+    pixels = np.asarray(image, dtype=np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """An RGB image -> the float32 CHW array the model expects."""
+    return normalise(resize_and_crop(image, spec), spec)
+
+
+def load_input(data: bytes, spec: Preprocessing, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Uploaded bytes -> a float32 NCHW batch of one."""
+    return preprocess(decode_image(data, max_pixels), spec)[None]
