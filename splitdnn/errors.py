@@ -12,6 +12,9 @@ class to one HTTP status.
     ├── BundleError             a model bundle that is missing, malformed or tampered with
     │   └── BundleMismatchError     head and tail hold different bundles (409)
     ├── WireError               an envelope that cannot be decoded (400)
+    │   ├── WireVersionError        an envelope format version we do not speak
+    │   ├── WireSizeError           a declared size over the limit, or bytes that disagree with it
+    │   └── WireCompressionError    a zstd payload that is corrupt or inflates past its size
     └── ExportError             an exported model disagrees with torch
 """
 
@@ -63,6 +66,18 @@ class BundleMismatchError(BundleError):
 
 class WireError(SplitDNNError, ValueError):
     """An envelope could not be decoded; the message says which check failed."""
+
+
+class WireVersionError(WireError):
+    """The envelope declares a format version this library does not speak."""
+
+
+class WireSizeError(WireError):
+    """A declared size is over the limit, or the bytes disagree with the declared shape/size."""
+
+
+class WireCompressionError(WireError):
+    """The compressed payload is corrupt or decompresses beyond its declared raw size."""
 
 
 class ExportError(SplitDNNError):

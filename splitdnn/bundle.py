@@ -1,0 +1,257 @@
+"""Model bundles: a directory of ONNX files plus ``manifest.json`` that pins each by sha256.
+
+::
+
+    manifest.json   the :class:`Manifest` below
+    device.onnx     "image" [N,3,S,S] -> "bottleneck" [N,C,H,W]      (runs on the device)
+    server.onnx     "bottleneck" -> "logits_<task>" per task            (runs on the edge)
+    offload.onnx    "image" -> "logits_<task>": the whole teacher       (offload mode)
+    local.onnx      "image" (its own preprocessing) -> "logits_<task>"  (local mode)
+
+The bundle id is the first 16 hex digits of sha256 over the sorted ``(file name, sha256)``
+pairs, so head and tail can prove in one short string that they run the same weights.
+The exporter calls :func:`write_manifest`; services call :func:`load_bundle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from splitdnn.errors import BundleError, UnknownNameError
+from splitdnn.imaging import Preprocessing
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: The roles a bundle provides and their default file names.
+ROLES: tuple[str, ...] = ("device", "server", "offload", "local")
+DEFAULT_FILES: dict[str, str] = {role: f"{role}.onnx" for role in ROLES}
+
+
+class PreprocessingSpec(BaseModel):
+    """The JSON form of :class:`splitdnn.imaging.Preprocessing`."""
+
+    size: int = Field(gt=0)
+    resize: int = Field(gt=0)
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+
+    def to_preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.model_dump())
+
+
+class BottleneckSpec(BaseModel):
+    shape: list[int] = Field(min_length=1)
+    dtype: str = "FP32"
+
+
+class TaskSpec(BaseModel):
+    labels: list[str] = Field(min_length=1)
+
+
+class FileEntry(BaseModel):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class ModelFiles(BaseModel):
+    device: str = "device.onnx"
+    server: str = "server.onnx"
+    offload: str = "offload.onnx"
+    local: str = "local.onnx"
+
+
+class Manifest(BaseModel):
+    """``manifest.json``; field names are a contract with the exporter and the services."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    bundle_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    name: str
+    teacher: str
+    split_module: str
+    preprocessing: PreprocessingSpec
+    local_preprocessing: PreprocessingSpec
+    bottleneck: BottleneckSpec
+    tasks: dict[str, TaskSpec] = Field(min_length=1)
+    default_task: str
+    models: ModelFiles = Field(default_factory=ModelFiles)
+    files: dict[str, FileEntry]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version} is not supported")
+        if self.default_task not in self.tasks:
+            raise ValueError(f"default_task {self.default_task!r} is not one of {list(self.tasks)}")
+        for role in ROLES:
+            if getattr(self.models, role) not in self.files:
+                raise ValueError(f"models.{role} is not listed in files")
+        return self
+
+
+def bundle_id_of(files: dict[str, FileEntry] | dict[str, str]) -> str:
+    """16 hex digits of sha256 over the sorted (file name, sha256) pairs."""
+    pairs = sorted(
+        (name, entry if isinstance(entry, str) else entry.sha256) for name, entry in files.items()
+    )
+    digest = hashlib.sha256()
+    for name, sha in pairs:
+        digest.update(f"{name}\0{sha}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_bundle_path() -> Path:
+    """``$SPLITDNN_BUNDLE``, else the bundle shipped inside the package."""
+    env = os.environ.get("SPLITDNN_BUNDLE")
+    return Path(env) if env else Path(__file__).parent / "assets" / "default-bundle"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle: its directory and manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def id(self) -> str:
+        return self.manifest.bundle_id
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def model_path(self, role: str) -> Path:
+        if role not in ROLES:
+            raise UnknownNameError(f"unknown bundle role {role!r}; roles are {list(ROLES)}")
+        return self.path / getattr(self.manifest.models, role)
+
+    def task(self, task: str | None) -> str:
+        """Resolve ``None`` to the default task; unknown names list the known ones."""
+        name = task or self.manifest.default_task
+        if name not in self.manifest.tasks:
+            raise UnknownNameError(
+                f"unknown task {name!r}; this bundle has {list(self.manifest.tasks)}"
+            )
+        return name
+
+    def labels(self, task: str | None = None) -> list[str]:
+        return self.manifest.tasks[self.task(task)].labels
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.manifest.preprocessing.to_preprocessing()
+
+    @property
+    def local_preprocessing(self) -> Preprocessing:
+        return self.manifest.local_preprocessing.to_preprocessing()
+
+
+def _as_spec(value: Preprocessing | dict | PreprocessingSpec) -> PreprocessingSpec:
+    if isinstance(value, PreprocessingSpec):
+        return value
+    if isinstance(value, Preprocessing):
+        value = value.to_dict()
+    return PreprocessingSpec.model_validate(value)
+
+
+def write_manifest(
+    directory: str | Path,
+    *,
+    name: str,
+    teacher: str,
+    split_module: str,
+    preprocessing: Preprocessing | dict,
+    local_preprocessing: Preprocessing | dict,
+    bottleneck_shape: list[int] | tuple[int, ...],
+    tasks: dict[str, list[str]],
+    default_task: str | None = None,
+    models: dict[str, str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    bottleneck_dtype: str = "FP32",
+) -> Manifest:
+    """Hash the model files already in ``directory`` and write ``manifest.json`` next to them.
+
+    ``models`` maps roles to file names (default ``<role>.onnx``); any other files listed
+    there are hashed too. Returns the manifest written.
+    """
+    directory = Path(directory)
+    roles = {**DEFAULT_FILES, **(models or {})}
+    files: dict[str, FileEntry] = {}
+    for role in ROLES:
+        path = directory / roles[role]
+        if not path.is_file():
+            raise BundleError(f"cannot write a manifest: {role} model {path} does not exist")
+        files[roles[role]] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+    for filename in sorted(p.name for p in directory.iterdir() if p.name.endswith(".onnx.data")):
+        path = directory / filename  # external weights the exporter may write
+        files[filename] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+    try:
+        manifest = Manifest(
+            bundle_id=bundle_id_of(files),
+            name=name,
+            teacher=teacher,
+            split_module=split_module,
+            preprocessing=_as_spec(preprocessing),
+            local_preprocessing=_as_spec(local_preprocessing),
+            bottleneck=BottleneckSpec(shape=list(bottleneck_shape), dtype=bottleneck_dtype),
+            tasks={task: TaskSpec(labels=list(labels)) for task, labels in tasks.items()},
+            default_task=default_task or next(iter(tasks)),
+            models=ModelFiles(**{role: roles[role] for role in ROLES}),
+            files=files,
+            metrics=metrics or {},
+        )
+    except ValidationError as exc:
+        raise BundleError(f"invalid manifest for {directory}: {exc}") from exc
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False)
+    (directory / MANIFEST).write_text(text + "\n", encoding="utf-8")
+    return manifest
+
+
+def load_bundle(directory: str | Path | None = None, *, verify: bool = True) -> Bundle:
+    """Read ``manifest.json`` and check every listed file's size and sha256 (``verify``)."""
+    directory = Path(directory) if directory is not None else default_bundle_path()
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"no bundle at {directory}: {MANIFEST} is missing "
+            "(set SPLITDNN_BUNDLE or run `splitdnn export --default`)"
+        )
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except ValidationError as exc:
+        raise BundleError(f"{manifest_path} is not a valid manifest: {exc}") from exc
+    if bundle_id_of(manifest.files) != manifest.bundle_id:
+        raise BundleError(f"{manifest_path}: bundle_id does not match the listed file hashes")
+    for filename, entry in manifest.files.items():
+        if Path(filename).name != filename:
+            raise BundleError(f"{manifest_path}: file name {filename!r} must not contain a path")
+        path = directory / filename
+        if not path.is_file():
+            raise BundleError(f"bundle file {path} is missing")
+        if verify:
+            if path.stat().st_size != entry.bytes:
+                raise BundleError(
+                    f"{path} is {path.stat().st_size} bytes, manifest says {entry.bytes}"
+                )
+            if sha256_file(path) != entry.sha256:
+                raise BundleError(f"{path} does not match its sha256 in the manifest (tampered?)")
+    return Bundle(path=directory, manifest=manifest)

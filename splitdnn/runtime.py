@@ -1,0 +1,183 @@
+"""ONNX Runtime runners for the four bundle models: device, server, offload and local.
+
+Each runner owns one ``InferenceSession`` created once (sessions are thread-safe for
+``run``), with configurable thread counts because the device and the edge share their
+cores with other work. onnxruntime is imported lazily, so ``import splitdnn`` works on a
+machine that only trains.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitdnn.bundle import Bundle
+from splitdnn.errors import BundleError
+from splitdnn.imaging import MAX_PIXELS, Preprocessing, load_input
+
+LOGITS_PREFIX = "logits_"
+
+
+@dataclass(frozen=True)
+class Threads:
+    """ONNX Runtime thread counts; 0 lets onnxruntime decide."""
+
+    intra_op: int = 0
+    inter_op: int = 0
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One entry of a top-k answer."""
+
+    index: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "label": self.label, "score": self.score}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, labels: list[str], k: int = 5) -> list[Ranked]:
+    """Softmax scores of the ``k`` best classes of one sample's logits, best first."""
+    scores = softmax(np.asarray(logits).reshape(-1))
+    k = max(1, min(k, scores.size))
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [
+        Ranked(int(i), labels[i] if i < len(labels) else str(int(i)), float(scores[i]))
+        for i in order
+    ]
+
+
+class OnnxModel:
+    """One ONNX file, one session; ``run`` maps the single input to named outputs."""
+
+    def __init__(self, path: Path, threads: Threads = Threads()) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise BundleError(
+                "onnxruntime is not installed: pip install 'splitdnn[serve]'"
+            ) from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads.intra_op
+        options.inter_op_num_threads = threads.inter_op
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError(f"onnxruntime cannot load {path}: {exc}") from exc
+        self.path = path
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise BundleError(f"{path.name} must have exactly one input, has {len(inputs)}")
+        self.input_name: str = inputs[0].name
+        self.input_shape: list[Any] = list(inputs[0].shape)
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def metadata(self) -> dict[str, Any]:
+        """Inputs and outputs in Open Inference Protocol form."""
+
+        def tensor(t: Any) -> dict[str, Any]:
+            shape = [d if isinstance(d, int) else -1 for d in t.shape]
+            return {"name": t.name, "datatype": "FP32", "shape": shape}
+
+        return {
+            "inputs": [tensor(t) for t in self.session.get_inputs()],
+            "outputs": [tensor(t) for t in self.session.get_outputs()],
+        }
+
+
+class _ClassifierMixin:
+    """Shared by runners whose model outputs ``logits_<task>``."""
+
+    bundle: Bundle
+    model: OnnxModel
+
+    def _logits(self, outputs: dict[str, np.ndarray], task: str | None) -> tuple[str, np.ndarray]:
+        name = self.bundle.task(task)
+        key = LOGITS_PREFIX + name
+        if key not in outputs:
+            raise BundleError(f"{self.model.path.name} has no output {key!r}")
+        return name, outputs[key]
+
+
+class DeviceRunner:
+    """The device part: image bytes -> bottleneck tensor (float32, batch of one)."""
+
+    def __init__(self, bundle: Bundle, threads: Threads = Threads()) -> None:
+        self.bundle = bundle
+        self.spec: Preprocessing = bundle.preprocessing
+        self.model = OnnxModel(bundle.model_path("device"), threads)
+
+    def preprocess(self, image: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        return load_input(image, self.spec, max_pixels)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        outputs = self.model.run(x)
+        return outputs.get("bottleneck", next(iter(outputs.values())))
+
+    def __call__(self, image: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        return self.run(self.preprocess(image, max_pixels))
+
+
+class ServerRunner(_ClassifierMixin):
+    """The server part: bottleneck tensor -> logits of one task."""
+
+    def __init__(self, bundle: Bundle, threads: Threads = Threads()) -> None:
+        self.bundle = bundle
+        self.model = OnnxModel(bundle.model_path("server"), threads)
+        self.bottleneck_shape = tuple(bundle.manifest.bottleneck.shape)
+
+    def __call__(self, bottleneck: np.ndarray, task: str | None = None) -> tuple[str, np.ndarray]:
+        return self._logits(self.model.run(bottleneck), task)
+
+
+class ImageClassifier(_ClassifierMixin):
+    """A whole-image model (``offload`` or ``local``) with its own preprocessing."""
+
+    def __init__(self, bundle: Bundle, role: str, threads: Threads = Threads()) -> None:
+        if role not in ("offload", "local"):
+            raise BundleError(f"{role!r} is not a whole-image model")
+        self.bundle = bundle
+        self.role = role
+        self.spec = bundle.preprocessing if role == "offload" else bundle.local_preprocessing
+        self.model = OnnxModel(bundle.model_path(role), threads)
+
+    def preprocess(self, image: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        return load_input(image, self.spec, max_pixels)
+
+    def run(self, x: np.ndarray, task: str | None = None) -> tuple[str, np.ndarray]:
+        return self._logits(self.model.run(x), task)
+
+    def __call__(
+        self, image: bytes, task: str | None = None, max_pixels: int = MAX_PIXELS
+    ) -> tuple[str, np.ndarray]:
+        return self.run(self.preprocess(image, max_pixels), task)
+
+
+def warm_up(run: Any, x: np.ndarray, repeats: int = 2) -> float:
+    """Run ``run(x)`` a few times; returns the last time in seconds (the first is slow)."""
+    elapsed = 0.0
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        run(x)
+        elapsed = time.perf_counter() - start
+    return elapsed

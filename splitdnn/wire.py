@@ -1,0 +1,317 @@
+"""The tensor envelope: the only code that writes or reads the bytes the device sends the edge.
+
+Format (version 1). An envelope is one msgpack map, media type ``application/vnd.msgpack``,
+no extension types and no pickle, whose keys are exactly, in this order:
+
+====================  ==========================================================================
+``v``                 format version, the integer 1; a decoder refuses any other
+``bundle``            id of the sender's bundle (``Manifest.bundle_id``), so the receiver can
+                      refuse a bottleneck from a different model
+``dtype``             Open Inference Protocol name of the payload's element type:
+                      ``FP32``, ``FP16`` or ``UINT8``
+``shape``             list of 1 to 8 non-negative integers; the first is the batch size N
+``quant``             ``fp32``, ``fp16`` or ``uint8`` (must match ``dtype``)
+``scale``             ``uint8`` only: N positive finite floats, else nil
+``zero_point``        ``uint8`` only: N integers in 0..255, else nil; x = (q - zero_point) * scale
+``compression``       ``none`` or ``zstd``
+``raw_size``          payload bytes after decompression: exactly prod(shape) * itemsize
+``data``              the payload: little-endian, C order; one zstd frame when compressed
+====================  ==========================================================================
+
+The decoder checks the total length and ``raw_size`` against limits *before* allocating,
+decompresses at most ``raw_size + 1`` bytes (a zstd bomb stops there), and raises one
+named :class:`~splitdnn.errors.WireError` subclass per failure. Byte counts are exact:
+the size of an envelope is ``len(encode(...))``. No torch: the device image needs none.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+import zstandard
+
+from splitdnn.errors import WireCompressionError, WireError, WireSizeError, WireVersionError
+
+#: Media type of an envelope in HTTP bodies.
+CONTENT_TYPE = "application/vnd.msgpack"
+#: The only format version this module writes and reads.
+FORMAT_VERSION = 1
+#: Default limits: an envelope (or its decompressed payload) larger than this is refused.
+MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
+MAX_RAW_BYTES = 64 * 1024 * 1024
+#: zstd window limit, so a hostile frame cannot make the decoder reserve gigabytes.
+MAX_ZSTD_WINDOW = 1 << 27
+MAX_NDIM = 8
+MAX_BATCH = 1024
+
+#: Open Inference Protocol datatype -> numpy dtype of the payload.
+DTYPES: dict[str, np.dtype] = {
+    "FP32": np.dtype("<f4"),
+    "FP16": np.dtype("<f2"),
+    "UINT8": np.dtype("u1"),
+}
+#: Quantisation scheme -> the OIP datatype its payload is written in.
+QUANTISATIONS: dict[str, str] = {"fp32": "FP32", "fp16": "FP16", "uint8": "UINT8"}
+COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
+
+_KEYS = (
+    "v",
+    "bundle",
+    "dtype",
+    "shape",
+    "quant",
+    "scale",
+    "zero_point",
+    "compression",
+    "raw_size",
+    "data",
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded envelope: the header fields plus the raw (decompressed) payload."""
+
+    version: int
+    bundle_id: str
+    dtype: str
+    shape: tuple[int, ...]
+    quantisation: str
+    scale: tuple[float, ...] | None
+    zero_point: tuple[int, ...] | None
+    compression: str
+    raw_size: int
+    payload: bytes
+    #: Length of the encoded envelope in bytes, i.e. what crossed the link.
+    size: int
+
+    def to_array(self) -> np.ndarray:
+        """The float32 tensor the server part expects (dequantised when ``uint8``)."""
+        values = np.frombuffer(self.payload, dtype=DTYPES[self.dtype]).reshape(self.shape)
+        if self.quantisation != "uint8":
+            return values.astype(np.float32)
+        n = self.shape[0]
+        scale = np.asarray(self.scale, dtype=np.float32).reshape(
+            (n,) + (1,) * (len(self.shape) - 1)
+        )
+        zero = np.asarray(self.zero_point, dtype=np.float32).reshape(scale.shape)
+        return ((values.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def quantise_uint8(tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric 8-bit quantisation per sample (axis 0): returns (q, scale, zero_point).
+
+    The range always includes 0, so a constant tensor keeps a positive scale (a zero
+    tensor gets scale 1) and nothing divides by zero.
+    """
+    x = np.asarray(tensor, dtype=np.float32)
+    if x.ndim == 0:
+        raise WireError("uint8 quantisation needs a batch axis")
+    if not np.all(np.isfinite(x)):
+        raise WireError("cannot quantise a tensor holding NaN or infinity")
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] == 0:
+        lo = hi = np.zeros(x.shape[0], dtype=np.float32)
+    else:
+        lo = np.minimum(flat.min(axis=1), 0.0)
+        hi = np.maximum(flat.max(axis=1), 0.0)
+    scale = ((hi.astype(np.float64) - lo) / 255.0).astype(np.float32)
+    scale[~(scale > 0)] = 1.0
+    zero = np.clip(np.round(-lo / scale), 0, 255).astype(np.int64)
+    q = np.round(flat / scale[:, None]) + zero[:, None]
+    return np.clip(q, 0, 255).astype(np.uint8).reshape(x.shape), scale, zero
+
+
+def encode(
+    tensor: np.ndarray,
+    *,
+    bundle_id: str,
+    quantisation: str = "fp32",
+    compression: str = "none",
+    level: int = 3,
+) -> bytes:
+    """Pack a float tensor (batch first) into an envelope; ``len()`` of the result is exact."""
+    if quantisation not in QUANTISATIONS:
+        raise WireError(f"unknown quantisation {quantisation!r}; choose from {list(QUANTISATIONS)}")
+    if compression not in COMPRESSIONS:
+        raise WireError(f"unknown compression {compression!r}; choose from {list(COMPRESSIONS)}")
+    x = np.asarray(tensor)
+    if x.ndim < 1 or x.ndim > MAX_NDIM:
+        raise WireError(f"a tensor needs 1 to {MAX_NDIM} axes, got {x.ndim}")
+    dtype = QUANTISATIONS[quantisation]
+    scale: list[float] | None = None
+    zero: list[int] | None = None
+    if quantisation == "uint8":
+        q, s, z = quantise_uint8(x)
+        payload_array: np.ndarray = q
+        scale, zero = [float(v) for v in s], [int(v) for v in z]
+    else:
+        payload_array = x.astype(DTYPES[dtype])
+    raw = np.ascontiguousarray(payload_array).tobytes()
+    data = raw
+    if compression == "zstd":
+        data = zstandard.ZstdCompressor(level=level).compress(raw)
+    header = {
+        "v": FORMAT_VERSION,
+        "bundle": str(bundle_id),
+        "dtype": dtype,
+        "shape": [int(d) for d in x.shape],
+        "quant": quantisation,
+        "scale": scale,
+        "zero_point": zero,
+        "compression": compression,
+        "raw_size": len(raw),
+        "data": data,
+    }
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def decode(
+    data: bytes,
+    *,
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
+    max_raw_bytes: int = MAX_RAW_BYTES,
+) -> Envelope:
+    """Check and unpack an envelope; every failure is a :class:`WireError` subclass."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError("an envelope must be bytes")
+    size = len(data)
+    if size > max_envelope_bytes:
+        raise WireSizeError(f"envelope is {size} bytes; the limit is {max_envelope_bytes}")
+    try:
+        fields = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=max_envelope_bytes,
+            max_str_len=4096,
+            max_array_len=MAX_BATCH,
+            max_map_len=len(_KEYS),
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types (ValueError, StackError, ...)
+        raise WireError(f"not a msgpack envelope: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise WireError(f"an envelope is a msgpack map, got {type(fields).__name__}")
+    version = fields.get("v")
+    if not _is_int(version):
+        raise WireError("the envelope has no integer format version 'v'")
+    if version != FORMAT_VERSION:
+        raise WireVersionError(f"envelope format version {version} is not supported; speak 1")
+    if set(fields) != set(_KEYS):
+        missing = sorted(set(_KEYS) - set(fields))
+        extra = sorted(map(str, set(fields) - set(_KEYS)))
+        raise WireError(f"envelope keys do not match version 1: missing {missing}, extra {extra}")
+
+    bundle_id = fields["bundle"]
+    if not isinstance(bundle_id, str) or len(bundle_id) > 64:
+        raise WireError("'bundle' must be a bundle id string of at most 64 characters")
+    dtype = fields["dtype"]
+    if dtype not in DTYPES:
+        raise WireError(f"unknown dtype {dtype!r}; expected one of {list(DTYPES)}")
+    quant = fields["quant"]
+    if quant not in QUANTISATIONS:
+        raise WireError(f"unknown quantisation {quant!r}; expected one of {list(QUANTISATIONS)}")
+    if QUANTISATIONS[quant] != dtype:
+        raise WireError(f"quantisation {quant!r} is written as {QUANTISATIONS[quant]}, not {dtype}")
+    compression = fields["compression"]
+    if compression not in COMPRESSIONS:
+        raise WireError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+
+    shape = fields["shape"]
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= MAX_NDIM
+        or not all(_is_int(d) and d >= 0 for d in shape)
+    ):
+        raise WireError(f"'shape' must be 1 to {MAX_NDIM} non-negative integers")
+    raw_size = fields["raw_size"]
+    if not _is_int(raw_size) or raw_size < 0:
+        raise WireSizeError("'raw_size' must be a non-negative integer")
+    if raw_size > max_raw_bytes:
+        raise WireSizeError(f"declared raw size {raw_size} is over the limit {max_raw_bytes}")
+    expected = math.prod(shape) * DTYPES[dtype].itemsize
+    if expected != raw_size:
+        raise WireSizeError(f"shape {shape} of {dtype} needs {expected} bytes, not {raw_size}")
+
+    scale, zero = fields["scale"], fields["zero_point"]
+    if quant == "uint8":
+        scale, zero = _check_quant_params(scale, zero, shape[0])
+    elif scale is not None or zero is not None:
+        raise WireError(f"'scale' and 'zero_point' must be nil for {quant}")
+
+    body = fields["data"]
+    if not isinstance(body, bytes):
+        raise WireError("'data' must be msgpack bin")
+    payload = _decompress(body, raw_size) if compression == "zstd" else body
+    if len(payload) != raw_size:
+        raise WireSizeError(f"payload is {len(payload)} bytes; raw_size declares {raw_size}")
+    return Envelope(
+        version=version,
+        bundle_id=bundle_id,
+        dtype=dtype,
+        shape=tuple(shape),
+        quantisation=quant,
+        scale=scale,
+        zero_point=zero,
+        compression=compression,
+        raw_size=raw_size,
+        payload=payload,
+        size=size,
+    )
+
+
+def envelope_size(shape: tuple[int, ...] | list[int], quantisation: str = "fp32") -> int:
+    """Size of an uncompressed envelope for ``shape`` (zstd usually makes it smaller).
+
+    Used to seed the latency model before any real envelope was sent.
+    """
+    probe = np.ones(tuple(shape), dtype=np.float32)
+    return len(encode(probe, bundle_id="0" * 16, quantisation=quantisation))
+
+
+def decode_array(data: bytes, **limits: int) -> tuple[Envelope, np.ndarray]:
+    """Decode and dequantise in one call: (envelope, float32 tensor)."""
+    envelope = decode(data, **limits)
+    return envelope, envelope.to_array()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_quant_params(
+    scale: object, zero: object, batch: int
+) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    if not isinstance(scale, list) or not isinstance(zero, list):
+        raise WireError("uint8 envelopes need 'scale' and 'zero_point' lists")
+    if len(scale) != batch or len(zero) != batch:
+        raise WireSizeError(f"uint8 needs one scale and zero point per sample ({batch})")
+    if not all(isinstance(s, float) and math.isfinite(s) and s > 0 for s in scale):
+        raise WireError("every uint8 scale must be a positive finite float")
+    if not all(_is_int(z) and 0 <= z <= 255 for z in zero):
+        raise WireError("every uint8 zero point must be an integer in 0..255")
+    return tuple(scale), tuple(zero)
+
+
+def _decompress(body: bytes, raw_size: int) -> bytes:
+    """Inflate one zstd frame, reading at most ``raw_size + 1`` bytes so bombs stop early."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+    out = bytearray()
+    try:
+        with dctx.stream_reader(io.BytesIO(body), read_across_frames=False) as reader:
+            while len(out) <= raw_size:
+                chunk = reader.read(min(raw_size + 1 - len(out), 1 << 20) or 1)
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise WireCompressionError(f"the zstd payload is corrupt: {exc}") from exc
+    if len(out) > raw_size:
+        raise WireCompressionError(f"the zstd payload inflates past its declared {raw_size} bytes")
+    return bytes(out)
