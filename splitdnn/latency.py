@@ -1,19 +1,20 @@
 """The latency model: the only place a mode's capture-to-output time is predicted.
 
-For an image of ``B_img`` bytes and a link of rate ``r`` bytes/s (estimated online):
+For an image of ``B_img`` bytes, with ``T(B)`` the predicted time to send ``B`` bytes over
+the device→edge link:
 
 ============  ===================================================================
 ``local``     τ_local                                   (device-only model)
-``split``     τ_head + B_env / r + τ_tail               (device part, envelope, server part)
-``offload``   τ_send + B_img / r + τ_teacher            (raw image to the edge, full teacher)
+``split``     τ_head + T(B_env) + τ_tail                (device part, envelope, server part)
+``offload``   τ_send + T(B_img) + τ_teacher             (raw image to the edge, full teacher)
 ============  ===================================================================
 
 Every τ is an exponentially weighted moving average (EWMA) of measured times, seeded by a
-warm-up run or a prior; ``B_env`` is the EWMA of sent envelope sizes; ``r`` is an EWMA of
-bytes/s over recent transfers (:class:`BandwidthEstimator`). The rate absorbs per-request
-overheads (round trip, HTTP framing) for payloads of the usual size, which is what the
-prediction needs. While the edge is known to be down, remote modes predict infinity.
-No torch and no web framework: the head service feeds it, the gateway only reads answers.
+warm-up run or a prior; ``B_env`` is the EWMA of sent envelope sizes. ``T`` comes from
+:class:`BandwidthEstimator`: ``T(B) = B / r`` with ``r`` an EWMA of bytes/s of recent
+transfers, or ``T(B) = overhead + B / r`` fitted to recent transfers once their sizes
+differ enough to separate the two. While the edge is known to be down, remote modes
+predict infinity. No torch and no web framework: the head service feeds it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 #: The modes a request can be served in; ``auto`` picks one of these.
@@ -52,36 +54,73 @@ class Ewma:
 
 
 class BandwidthEstimator:
-    """Online estimate of the device→edge rate: EWMA of bytes/s of recent transfers.
+    """Online estimate of the device→edge link from recent transfers.
 
-    Transfers shorter than ``min_seconds`` are clamped to it, so a tiny payload on a fast
+    Two views of the same samples: an EWMA of bytes/s (robust, but a per-request overhead
+    such as the round trip makes small payloads look slow), and a least-squares fit of
+    ``seconds = overhead + bytes / rate`` over the last ``window`` transfers, used once
+    their sizes differ enough (largest ≥ 4× smallest) to tell overhead from rate.
+    Transfers shorter than ``min_seconds`` count as that long, so a tiny payload on a fast
     link cannot claim an absurd rate.
     """
 
     def __init__(
-        self, prior_bytes_per_s: float, alpha: float = 0.3, min_seconds: float = 1e-4
+        self,
+        prior_bytes_per_s: float,
+        alpha: float = 0.3,
+        min_seconds: float = 1e-4,
+        window: int = 32,
     ) -> None:
         if prior_bytes_per_s <= 0:
             raise ValueError("the prior rate must be positive")
         self._ewma = Ewma(alpha, initial=float(prior_bytes_per_s))
         self.min_seconds = min_seconds
+        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
         self.last_bytes_per_s: float | None = None
 
     def observe(self, nbytes: int, seconds: float) -> float:
-        """Record one transfer of ``nbytes`` that took ``seconds``; returns the new estimate."""
+        """Record one transfer of ``nbytes`` that took ``seconds``; returns the EWMA rate."""
         if nbytes <= 0 or not math.isfinite(seconds) or seconds < 0:
             return self.bytes_per_s
-        rate = nbytes / max(seconds, self.min_seconds)
+        seconds = max(seconds, self.min_seconds)
+        rate = nbytes / seconds
         self.last_bytes_per_s = rate
+        self._samples.append((float(nbytes), seconds))
         return self._ewma.update(rate)
 
     @property
     def bytes_per_s(self) -> float:
+        """EWMA of bytes/s over recent transfers (overhead included)."""
         return self._ewma.get(1.0)
 
     @property
     def samples(self) -> int:
         return self._ewma.count
+
+    def fit(self) -> tuple[float, float] | None:
+        """``(overhead_s, bytes_per_s)`` from the window, or None when sizes are too alike."""
+        if len(self._samples) < 3:
+            return None
+        sizes = [b for b, _ in self._samples]
+        if max(sizes) < 4 * min(sizes):
+            return None
+        n = len(self._samples)
+        mean_b = sum(sizes) / n
+        mean_t = sum(t for _, t in self._samples) / n
+        var = sum((b - mean_b) ** 2 for b in sizes)
+        cov = sum((b - mean_b) * (t - mean_t) for b, t in self._samples)
+        if var <= 0 or cov <= 0:
+            return None
+        slope = cov / var
+        return max(mean_t - slope * mean_b, 0.0), 1.0 / slope
+
+    def seconds_for(self, nbytes: int) -> float:
+        """Predicted transfer time of ``nbytes``."""
+        fitted = self.fit()
+        if fitted is not None:
+            overhead, rate = fitted
+            return overhead + nbytes / rate
+        return nbytes / self.bytes_per_s
 
 
 @dataclass(frozen=True)
@@ -170,21 +209,20 @@ class LatencyModel:
     def predict(self, image_bytes: int, now: float | None = None) -> dict[str, Prediction]:
         """Predicted times of every mode for an image of ``image_bytes`` bytes."""
         with self._lock:
-            rate = self.bandwidth.bytes_per_s
             env_bytes = round(self._envelope.get(float(self.priors.envelope_bytes)))
             remote = self.tail_available(now)
             local = Prediction("local", self.stage_ms("local"), 0.0, 0.0, 0)
             split = Prediction(
                 "split",
                 self.stage_ms("head_split"),
-                1000.0 * env_bytes / rate if remote else math.inf,
+                1000.0 * self.bandwidth.seconds_for(env_bytes) if remote else math.inf,
                 self.stage_ms("tail_split"),
                 env_bytes,
             )
             offload = Prediction(
                 "offload",
                 self.stage_ms("head_offload"),
-                1000.0 * image_bytes / rate if remote else math.inf,
+                1000.0 * self.bandwidth.seconds_for(image_bytes) if remote else math.inf,
                 self.stage_ms("tail_offload"),
                 image_bytes,
             )
@@ -201,8 +239,12 @@ class LatencyModel:
     def snapshot(self) -> dict[str, object]:
         """Current estimates, for a status endpoint and the benchmark report."""
         with self._lock:
+            fitted = self.bandwidth.fit()
             return {
                 "rate_bytes_per_s": round(self.bandwidth.bytes_per_s, 1),
+                "fit": None
+                if fitted is None
+                else {"overhead_ms": round(fitted[0] * 1000, 3), "bytes_per_s": round(fitted[1])},
                 "rate_samples": self.bandwidth.samples,
                 "stages_ms": {s: round(self.stage_ms(s), 3) for s in STAGES},
                 "envelope_bytes": self._envelope.get(float(self.priors.envelope_bytes)),

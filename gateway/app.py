@@ -1,0 +1,46 @@
+"""Gateway: the public front on the device. ``create_app()`` assembles; no model loads.
+
+Run: ``splitdnn serve gateway --port 8000 --head-url http://127.0.0.1:8002`` or
+``uvicorn gateway.app:create_app --factory --port 8000``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from gateway import routes
+from gateway.settings import GatewaySettings, get_settings
+from services.common.deps import setup_app
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    head_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """The gateway app; ``head_transport`` lets tests put a fake head behind it."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        async with httpx.AsyncClient(
+            base_url=settings.head_url,
+            timeout=httpx.Timeout(settings.timeout_s, connect=2.0),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            transport=head_transport,
+        ) as client:
+            yield {"head": client}
+
+    app = FastAPI(
+        title="splitdnn gateway",
+        summary="POST /classify?mode=split|local|offload|auto in front of the head service.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    setup_app(app, "gateway", readiness=False)
+    app.include_router(routes.router)
+    return app

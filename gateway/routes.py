@@ -1,0 +1,211 @@
+"""``POST /classify``: the public endpoint. Takes the image, asks the head, answers JSON.
+
+The gateway loads no model. It checks what it can cheaply (media type, size, an image
+header), forwards the bytes to the head's ``/infer/{mode}``, and relays the head's answer
+or problem. The head runs the modes, the fallback and the latency model.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Depends, Query, Request
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from gateway.settings import GatewaySettings, Mode, get_settings
+from services.common.context import REQUEST_ID, RequestContext
+from services.common.deps import Context, read_capped
+from services.common.errors import (
+    InvalidRequestError,
+    UnsupportedMediaError,
+    UpstreamProblem,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from splitdnn.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
+
+router = APIRouter(tags=["classify"])
+Settings = Annotated[GatewaySettings, Depends(get_settings)]
+RAW_TYPES = ("image/", "application/octet-stream")
+#: Room for multipart boundaries and part headers on top of the image limit.
+MULTIPART_OVERHEAD = 64 * 1024
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "truncated or corrupt image, or malformed multipart"},
+    401: {"description": "the tail refused the head's token"},
+    409: {"description": "head and tail hold different bundles"},
+    413: {"description": "image over the configured limit"},
+    415: {"description": "not an image"},
+    422: {"description": "unknown mode or task parameter, or no 'image' field"},
+    503: {"description": "head unavailable, or tail down with fallback=false"},
+    504: {"description": "deadline missed"},
+}
+
+
+def get_head(request: Request) -> httpx.AsyncClient:
+    return request.state.head
+
+
+Head = Annotated[httpx.AsyncClient, Depends(get_head)]
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def extract_image(request: Request, limit: int) -> bytes:
+    """The image from the multipart field ``image`` or from a raw image body."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        body = await read_capped(request, limit + MULTIPART_OVERHEAD, "upload")
+        parser = MultiPartParser(request.headers, _once(body), max_files=4, max_fields=16)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise CorruptImageError(f"malformed multipart body: {exc.message}") from exc
+        try:
+            field = form.get("image")
+            if field is None:
+                raise InvalidRequestError("send the image in the multipart field 'image'")
+            data = await field.read() if isinstance(field, UploadFile) else field.encode()
+        finally:
+            await form.close()
+    elif not content_type or content_type.startswith(RAW_TYPES):
+        data = await read_capped(request, limit, "image")
+    else:
+        raise UnsupportedMediaError(
+            f"{content_type!r} is not accepted: send image/jpeg, image/png or multipart 'image'"
+        )
+    if len(data) > limit:
+        raise ImageTooLargeError(f"the image is {len(data)} bytes; the limit is {limit}")
+    return data
+
+
+def sniff(data: bytes, max_pixels: int) -> None:
+    """Refuse non-images (415) and oversized images (413) from the header alone."""
+    if not data:
+        raise UnsupportedImageError("the image is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnsupportedImageError("the bytes are not an image format Pillow can read") from exc
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels}")
+
+
+async def call_head(
+    head: Head, path: str, image: bytes, params: dict[str, Any], context: RequestContext
+) -> dict[str, Any]:
+    try:
+        response = await head.post(
+            path,
+            content=image,
+            params={k: v for k, v in params.items() if v is not None},
+            headers={"Content-Type": "application/octet-stream", REQUEST_ID: context.request_id},
+        )
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeoutError(f"the head missed the deadline: {exc!r}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailableError(f"the head is unreachable: {exc!r}") from exc
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"title": "Head error", "detail": response.text[:200]}
+        if not isinstance(body, dict):
+            body = {"title": "Head error", "detail": str(body)[:200]}
+        body.setdefault("status", response.status_code)
+        keep = ("retry-after", "www-authenticate")
+        headers = {k: v for k, v in response.headers.items() if k.lower() in keep}
+        raise UpstreamProblem(response.status_code, body, headers)
+    return response.json()
+
+
+@router.post(
+    "/classify",
+    summary="Classify an image (multipart field 'image', or a raw image/jpeg|png body)",
+    responses=PROBLEMS,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"image": {"type": "string", "format": "binary"}},
+                        "required": ["image"],
+                    }
+                },
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            }
+        }
+    },
+)
+async def classify(
+    request: Request,
+    head: Head,
+    context: Context,
+    settings: Settings,
+    mode: Annotated[
+        Mode | None, Query(description="split | local | offload | auto; default from settings")
+    ] = None,
+    task: Annotated[str | None, Query(description="Task head; default from the bundle")] = None,
+    k: Annotated[int, Query(alias="top_k", ge=1, le=100)] = 5,
+    fallback: Annotated[
+        bool, Query(description="Fall back to local when the tail is down or late")
+    ] = True,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    image = await extract_image(request, settings.max_image_bytes)
+    sniff(image, settings.max_pixels)
+    mode = mode or settings.default_mode
+    params = {"task": task, "top_k": k, "fallback": str(fallback).lower()}
+    answer = await call_head(head, f"/infer/{mode}", image, params, context)
+    timings = answer.setdefault("timings_ms", {})
+    for stage in ("head", "transfer", "tail"):
+        context.record(stage, float(timings.get(stage) or 0.0) / 1000)
+    timings["total"] = round((time.perf_counter() - start) * 1000, 3)
+    answer["request_id"] = context.request_id
+    answer["image_bytes"] = len(image)
+    return answer
+
+
+async def _ready(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        response = await client.get(url, timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+@router.get("/v2/health/ready", tags=["health"], summary="Ready when the head is ready")
+async def ready(head: Head) -> dict[str, Any]:
+    if not await _ready(head, "/v2/health/ready"):
+        raise UpstreamUnavailableError("the head is not ready", headers={"Retry-After": "1"})
+    return {"ready": True}
+
+
+@router.get("/status", tags=["health"], summary="Head and tail readiness, latency estimates")
+async def status(head: Head, settings: Settings) -> dict[str, Any]:
+    tail_ready = await _ready(head, settings.tail_url.rstrip("/") + "/v2/health/ready")
+    answer: dict[str, Any] = {
+        "head_url": settings.head_url,
+        "tail_url": settings.tail_url,
+        "head_ready": await _ready(head, "/v2/health/ready"),
+        "tail_ready": tail_ready,
+        "default_mode": settings.default_mode,
+    }
+    try:
+        response = await head.get("/latency", timeout=1.0)
+        if response.status_code == 200:
+            answer["latency"] = response.json()
+    except httpx.HTTPError:
+        pass
+    return answer

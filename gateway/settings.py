@@ -1,0 +1,36 @@
+"""Gateway settings: ``SPLITDNN_GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import BaseServiceSettings
+
+Mode = Literal["split", "local", "offload", "auto"]
+
+
+class GatewaySettings(BaseServiceSettings):
+    """Environment: ``SPLITDNN_GATEWAY_<FIELD>``. The gateway loads no model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPLITDNN_GATEWAY_", populate_by_name=True, extra="ignore"
+    )
+
+    head_url: str = Field(default="http://127.0.0.1:8002", description="Base URL of the head.")
+    tail_url: str = Field(
+        default="http://127.0.0.1:8001", description="Base URL of the tail (status page only)."
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline for the head's answer (504 after it)."
+    )
+    default_mode: Mode = Field(default="split", description="Mode when the request names none.")
+
+
+@lru_cache
+def get_settings() -> GatewaySettings:
+    """The process-wide settings; tests override this dependency."""
+    return GatewaySettings()

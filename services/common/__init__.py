@@ -1,0 +1,1 @@
+"""What every service shares: problem+json, settings base, health, metrics, request context."""

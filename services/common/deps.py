@@ -1,0 +1,109 @@
+"""Dependencies and app assembly shared by every service.
+
+Routes declare what they need (``Context``, ``Service``, a checked token, a capped body);
+:func:`setup_app` installs error handlers, the request-context middleware and the
+health and metrics routers in one call.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+
+from services.common import health, metrics
+from services.common.context import RequestContext, RequestContextMiddleware
+from services.common.errors import (
+    OverloadedError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    install_error_handlers,
+)
+from services.common.health import ServiceState
+from services.common.metrics import Metrics
+
+
+def setup_app(app: FastAPI, service: str, readiness: bool = True) -> Metrics:
+    """Errors as problem+json, request ids, Server-Timing, ``/v2/health/*`` and ``/metrics``.
+
+    ``readiness=False`` leaves ``/v2/health/ready`` to the app (the gateway asks the head).
+    """
+    app.state.metrics = Metrics(service)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.include_router(health.router)
+    if readiness:
+        app.include_router(health.ready_router)
+    app.include_router(metrics.router)
+    return app.state.metrics
+
+
+def get_context(request: Request) -> RequestContext:
+    return request.state.context
+
+
+def get_service(request: Request) -> ServiceState:
+    return request.state.service
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+Context = Annotated[RequestContext, Depends(get_context)]
+Service = Annotated[ServiceState, Depends(get_service)]
+AppMetrics = Annotated[Metrics, Depends(get_metrics)]
+
+
+def check_token(request: Request, expected: str | None) -> None:
+    """401 unless ``Authorization: Bearer <expected>``; no token configured = open."""
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise UnauthorizedError("this service needs 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise UnauthorizedError("the bearer token is wrong")
+
+
+async def read_capped(request: Request, limit: int, what: str = "body") -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes without buffering them."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the {what} is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the {what} is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class InFlightLimiter:
+    """At most ``limit`` requests in flight; the next one gets 503 with Retry-After.
+
+    Refusing at once keeps latency bounded: a queued request would only miss the
+    head's deadline later, and the head falls back to local immediately on a 503.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0  # changed only on the event loop, so no lock is needed
+
+
+async def limit_in_flight(request: Request) -> AsyncIterator[None]:
+    """Dependency: admit the request under ``app.state.limiter`` or raise 503."""
+    limiter: InFlightLimiter = request.app.state.limiter
+    if limiter.in_flight >= limiter.limit:
+        raise OverloadedError(
+            f"{limiter.in_flight} requests in flight; the limit is {limiter.limit}"
+        )
+    limiter.in_flight += 1
+    try:
+        yield
+    finally:
+        limiter.in_flight -= 1

@@ -1,0 +1,197 @@
+"""The only place errors become HTTP answers: RFC 9457 ``application/problem+json``.
+
+Routes raise library errors (:mod:`splitdnn.errors`) or the service errors below; the
+handlers installed by :func:`install_error_handlers` map each class to one status, so no
+request ends in a bare 500 page or a hang.
+
+    ServiceError
+    ├── UnauthorizedError       missing or wrong bearer token (401)
+    ├── NotReadyError           bundle still loading (503, Retry-After)
+    ├── OverloadedError         too many requests in flight (503, Retry-After)
+    ├── PayloadTooLargeError    a request body over the limit (413)
+    ├── UnsupportedMediaError   a body that is not an image or envelope (415)
+    ├── InvalidRequestError     a request missing a required part (422)
+    ├── UpstreamUnavailableError the next service is down or refused (503)
+    │   └── UpstreamTimeoutError    it missed the deadline (504)
+    └── UpstreamProblem         the next service answered with a problem: relay it
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from splitdnn.errors import (
+    BundleError,
+    BundleMismatchError,
+    ConfigError,
+    CorruptImageError,
+    DataError,
+    ImageError,
+    ImageTooLargeError,
+    SplitDNNError,
+    UnknownNameError,
+    UnsupportedImageError,
+    WireError,
+)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:splitdnn:problem:"
+log = logging.getLogger("splitdnn.services")
+
+
+class ServiceError(Exception):
+    """An error a route raises on purpose; the class fixes status and problem type."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal error"
+
+    def __init__(
+        self, detail: str = "", *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class UnauthorizedError(ServiceError):
+    status, slug, title = 401, "unauthorized", "Missing or wrong bearer token"
+
+    def __init__(self, detail: str = "send 'Authorization: Bearer <token>'", **kw: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **kw)
+
+
+class NotReadyError(ServiceError):
+    status, slug, title = 503, "not-ready", "Service is not ready"
+
+    def __init__(self, detail: str = "the bundle is still loading", **kw: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"}, **kw)
+
+
+class OverloadedError(ServiceError):
+    status, slug, title = 503, "overloaded", "Too many requests in flight"
+
+    def __init__(self, detail: str, retry_after: int = 1, **kw: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)}, **kw)
+
+
+class PayloadTooLargeError(ServiceError):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class UnsupportedMediaError(ServiceError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class InvalidRequestError(ServiceError):
+    status, slug, title = 422, "validation-error", "Invalid request"
+
+
+class UpstreamUnavailableError(ServiceError):
+    status, slug, title = 503, "upstream-unavailable", "The next service is unavailable"
+
+
+class UpstreamTimeoutError(UpstreamUnavailableError):
+    status, slug, title = 504, "upstream-timeout", "The next service missed the deadline"
+
+
+class UpstreamProblem(ServiceError):
+    """A problem+json answer from the next service, relayed with its status."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+        super().__init__(str(body.get("detail", "")), headers=headers)
+        self.status = status
+        self.body = body
+
+
+#: Library error class -> (status, slug, title); the first matching class in MRO order wins.
+LIBRARY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
+    UnsupportedImageError: (415, "unsupported-image", "Not an image"),
+    CorruptImageError: (400, "corrupt-image", "Truncated or corrupt image"),
+    ImageTooLargeError: (413, "image-too-large", "Image too large"),
+    ImageError: (400, "bad-image", "Image cannot be used"),
+    BundleMismatchError: (409, "bundle-mismatch", "Head and tail hold different bundles"),
+    BundleError: (503, "bundle-error", "The model bundle is unusable"),
+    WireError: (400, "bad-envelope", "Bad tensor envelope"),
+    UnknownNameError: (404, "unknown-name", "No such name"),
+    ConfigError: (422, "bad-config", "Bad configuration"),
+    DataError: (400, "bad-data", "Bad data"),
+    SplitDNNError: (400, "splitdnn-error", "Request failed"),
+}
+
+
+def classify_library_error(exc: Exception) -> tuple[int, str, str]:
+    for cls in type(exc).__mro__:
+        if cls in LIBRARY_ERRORS:
+            return LIBRARY_ERRORS[cls]
+    return 500, "internal-error", "Internal error"
+
+
+def problem(
+    request: Request,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """One problem+json response carrying the request id."""
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": getattr(request.state, "request_id", None),
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers; call once in every ``create_app``."""
+
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, UpstreamProblem):
+            body = {**exc.body, "request_id": getattr(request.state, "request_id", None)}
+            return JSONResponse(
+                body, status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON
+            )
+        return problem(
+            request, exc.status, exc.slug, exc.title, exc.detail, exc.headers, **exc.extra
+        )
+
+    @app.exception_handler(SplitDNNError)
+    async def _library(request: Request, exc: SplitDNNError) -> JSONResponse:
+        status, slug, title = classify_library_error(exc)
+        return problem(request, status, slug, title, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        return problem(request, 422, "validation-error", "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return problem(
+            request, exc.status_code, slug, str(exc.detail), str(exc.detail), exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return problem(request, 500, "internal-error", "Internal error", type(exc).__name__)

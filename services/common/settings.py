@@ -1,0 +1,56 @@
+"""Settings shared by head and tail, read from ``SPLITDNN_*`` environment variables.
+
+Each service subclasses :class:`ServiceSettings` with its own prefix
+(``SPLITDNN_TAIL_``, ``SPLITDNN_HEAD_``, ``SPLITDNN_GATEWAY_``); the two values both
+parties must agree on have one unprefixed name each:
+
+=====================  ===================================================  ============
+``SPLITDNN_BUNDLE``    bundle directory                                     packaged default
+``SPLITDNN_TOKEN``     shared bearer token between head and tail; unset =   unset
+                       no authentication
+=====================  ===================================================  ============
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from splitdnn.bundle import default_bundle_path
+
+
+class BaseServiceSettings(BaseSettings):
+    """Common configuration switches; subclasses set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    max_image_bytes: int = Field(
+        default=20 * 1024 * 1024, gt=0, description="Largest accepted image upload (413 above)."
+    )
+    max_pixels: int = Field(
+        default=64_000_000, gt=0, description="Largest decoded image (413 above)."
+    )
+
+
+class ServiceSettings(BaseServiceSettings):
+    """Settings of a service that loads a bundle and runs ONNX models."""
+
+    bundle: Path = Field(
+        default_factory=default_bundle_path,
+        validation_alias=AliasChoices("bundle", "SPLITDNN_BUNDLE"),
+        description="Bundle directory (manifest.json + ONNX files).",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("token", "SPLITDNN_TOKEN"),
+        description="Shared bearer token between head and tail; unset disables auth.",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0 = auto.")
+    inter_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0 = auto.")
+    load_in_background: bool = Field(
+        default=True,
+        description="Load and warm up after the server starts, so /v2/health/live answers "
+        "at once and /v2/health/ready turns 200 when done.",
+    )

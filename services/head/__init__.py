@@ -1,0 +1,1 @@
+"""The head service: runs on the device, next to the camera."""

@@ -1,0 +1,76 @@
+"""Head service (device): ``create_app()`` assembles; the lifespan loads the bundle.
+
+Run: ``splitdnn serve head --port 8002 --tail-url http://EDGE:8001`` or
+``uvicorn services.head.app:create_app --factory --port 8002``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from services.common.deps import setup_app
+from services.common.health import ServiceState
+from services.common.warmup import time_ms, warmup_jpeg
+from services.head import routes
+from services.head.pipeline import HeadPipeline, TailClient
+from services.head.settings import HeadSettings, get_settings
+from splitdnn import wire
+from splitdnn.bundle import load_bundle
+from splitdnn.latency import LatencyModel
+from splitdnn.runtime import DeviceRunner, ImageClassifier, Threads
+
+
+def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
+    """Load and verify the bundle, open the device and local sessions, warm both up,
+    seed the latency model with the measured times, and ask the tail for its own."""
+    bundle = load_bundle(settings.bundle)
+    threads = Threads(settings.intra_op_threads, settings.inter_op_threads)
+    device = DeviceRunner(bundle, threads)
+    local = ImageClassifier(bundle, "local", threads)
+    image = warmup_jpeg()
+
+    def head_split() -> None:
+        wire.encode(device(image), bundle_id=bundle.id, quantisation=settings.quantisation)
+
+    warmup_ms = {
+        "head_split": round(time_ms(head_split), 3),
+        "local": round(time_ms(lambda: local(image)), 3),
+    }
+    priors = HeadPipeline.priors(settings, bundle, warmup_ms["local"], warmup_ms["head_split"])
+    latency = LatencyModel(priors, alpha=settings.ewma_alpha, tail_retry_s=settings.tail_retry_s)
+    pipeline = HeadPipeline(bundle, device, local, tail, settings, latency)
+    pipeline.probe_tail()
+    return {"bundle": bundle, "pipeline": pipeline, "warmup_ms": warmup_ms}
+
+
+def create_app(
+    settings: HeadSettings | None = None, tail_transport: httpx.BaseTransport | None = None
+) -> FastAPI:
+    """The head app; ``tail_transport`` lets tests wire a fake or in-process tail."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        tail = TailClient(settings, tail_transport)
+        service = ServiceState()
+        service.start(lambda: load_components(settings, tail), settings.load_in_background)
+        try:
+            yield {"service": service}
+        finally:
+            tail.close()
+
+    app = FastAPI(
+        title="splitdnn head",
+        summary="Device half of split inference: device part, local model, envelope upload.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    setup_app(app, "head")
+    app.include_router(routes.router)
+    return app

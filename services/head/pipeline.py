@@ -1,0 +1,274 @@
+"""What the head does per mode, and the measurements that feed the latency model.
+
+local    image -> local.onnx                              (nothing leaves the device)
+split    image -> device.onnx -> envelope --POST--> tail server part
+offload  image bytes --POST--> tail teacher
+auto     the mode :class:`~splitdnn.latency.LatencyModel` predicts fastest
+
+Split and offload fall back to local when the tail is down, overloaded or late, unless the
+caller said ``fallback=false``. Every transfer feeds the bandwidth estimate; every stage
+time feeds the compute estimates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.common.context import BUNDLE_HEADER, REQUEST_ID, RequestContext
+from services.common.errors import (
+    UpstreamProblem,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from services.common.metrics import Metrics
+from services.head.settings import HeadSettings
+from splitdnn import wire
+from splitdnn.bundle import Bundle
+from splitdnn.latency import LatencyModel, Priors
+from splitdnn.runtime import DeviceRunner, ImageClassifier, top_k
+
+log = logging.getLogger("splitdnn.head")
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass
+class Outcome:
+    """One classification as the head answers it."""
+
+    mode: str
+    task: str
+    top_k: list[dict[str, Any]]
+    head_ms: float
+    transfer_ms: float
+    tail_ms: float
+    bytes_sent: int
+    fallback: bool = False
+    fallback_reason: str | None = None
+
+
+class TailClient:
+    """Pooled HTTP connections to the tail; maps its failures to fallback-able errors."""
+
+    def __init__(self, settings: HeadSettings, transport: httpx.BaseTransport | None = None):
+        headers = {}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+        self.client = httpx.Client(
+            base_url=settings.tail_url,
+            headers=headers,
+            timeout=httpx.Timeout(settings.tail_timeout_s, connect=settings.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+            ),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def post(
+        self, path: str, body: bytes, content_type: str, params: dict, headers: dict
+    ) -> tuple[dict[str, Any], float]:
+        """POST and return (JSON answer, round-trip seconds)."""
+        start = time.perf_counter()
+        try:
+            response = self.client.post(
+                path,
+                content=body,
+                params={k: v for k, v in params.items() if v is not None},
+                headers={"Content-Type": content_type, **headers},
+            )
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"the tail missed the deadline: {exc!r}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailableError(f"the tail is unreachable: {exc!r}") from exc
+        elapsed = time.perf_counter() - start
+        if response.status_code >= 500 or response.status_code == 429:
+            raise UpstreamUnavailableError(
+                f"the tail answered {response.status_code}: {_detail(response)}"
+            )
+        if response.status_code >= 400:
+            raise UpstreamProblem(response.status_code, _problem(response), _relay(response))
+        try:
+            return response.json(), elapsed
+        except ValueError as exc:
+            raise UpstreamUnavailableError("the tail answered something that is not JSON") from exc
+
+    def get(self, path: str, timeout: float) -> dict[str, Any]:
+        response = self.client.get(path, timeout=timeout)
+        response.raise_for_status()
+        return response.json()
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            return body
+    except ValueError:
+        pass
+    return {"title": "Tail error", "status": response.status_code, "detail": response.text[:200]}
+
+
+def _detail(response: httpx.Response) -> str:
+    return str(_problem(response).get("detail", ""))
+
+
+def _relay(response: httpx.Response) -> dict[str, str]:
+    keep = ("retry-after", "www-authenticate")
+    return {k: v for k, v in response.headers.items() if k.lower() in keep}
+
+
+class HeadPipeline:
+    """The device side of every mode, with its measurements."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: DeviceRunner,
+        local: ImageClassifier,
+        tail: TailClient,
+        settings: HeadSettings,
+        latency: LatencyModel,
+    ) -> None:
+        self.bundle, self.device, self.local, self.tail = bundle, device, local, tail
+        self.settings, self.latency = settings, latency
+
+    @classmethod
+    def priors(cls, settings: HeadSettings, bundle: Bundle, local_ms: float, head_ms: float):
+        return Priors(
+            rate_bytes_per_s=settings.prior_rate_mbps * 1e6 / 8,
+            local_ms=local_ms,
+            head_split_ms=head_ms,
+            tail_split_ms=settings.prior_tail_ms,
+            tail_offload_ms=settings.prior_tail_ms,
+            envelope_bytes=wire.envelope_size(
+                (1, *bundle.manifest.bottleneck.shape), settings.quantisation
+            ),
+        )
+
+    # --- the modes ------------------------------------------------------------------
+    def run(
+        self,
+        mode: str,
+        image: bytes,
+        task: str | None,
+        k: int,
+        fallback: bool,
+        context: RequestContext,
+        metrics: Metrics,
+    ) -> tuple[Outcome, dict[str, Any] | None]:
+        """Serve ``mode`` (``auto`` resolved here); returns the outcome and predictions."""
+        task = self.bundle.task(task)
+        predictions = None
+        if mode == "auto":
+            mode, predicted = self.latency.choose(len(image))
+            predictions = {m: p.to_dict() for m, p in predicted.items()}
+        if mode == "local":
+            outcome = self.run_local(image, task, k, context)
+        else:
+            try:
+                remote = self.run_split if mode == "split" else self.run_offload
+                outcome = remote(image, task, k, context)
+            except UpstreamUnavailableError as exc:
+                self.latency.mark_tail_down()
+                if not fallback:
+                    raise
+                log.warning("tail failed in %s mode, falling back to local: %s", mode, exc)
+                outcome = self.run_local(image, task, k, context)
+                outcome.fallback, outcome.fallback_reason = True, exc.detail
+        metrics.modes.labels(metrics.service, outcome.mode, str(outcome.fallback).lower()).inc()
+        metrics.bytes_sent.labels(metrics.service, outcome.mode).inc(outcome.bytes_sent)
+        for stage, ms in (("head", outcome.head_ms), ("transfer", outcome.transfer_ms)):
+            metrics.stage(stage, ms / 1000)
+        return outcome, predictions
+
+    def run_local(self, image: bytes, task: str, k: int, context: RequestContext) -> Outcome:
+        start = time.perf_counter()
+        with context.stage("head"):
+            task, logits = self.local(image, task, self.settings.max_pixels)
+            ranked = [r.to_dict() for r in top_k(logits[0], self.bundle.labels(task), k)]
+        seconds = time.perf_counter() - start
+        self.latency.observe_stage("local", seconds)
+        return Outcome("local", task, ranked, seconds * 1000, 0.0, 0.0, 0)
+
+    def run_split(self, image: bytes, task: str, k: int, context: RequestContext) -> Outcome:
+        start = time.perf_counter()
+        with context.stage("head"):
+            bottleneck = self.device(image, self.settings.max_pixels)
+            envelope = wire.encode(
+                bottleneck,
+                bundle_id=self.bundle.id,
+                quantisation=self.settings.quantisation,
+                compression=self.settings.compression,
+                level=self.settings.zstd_level,
+            )
+        head_s = time.perf_counter() - start
+        answer, round_trip = self.tail.post(
+            f"/v2/models/{self.bundle.name}/infer",
+            envelope,
+            wire.CONTENT_TYPE,
+            {"task": task, "top_k": k},
+            {REQUEST_ID: context.request_id},
+        )
+        tail_s, transfer_s = _split_round_trip(answer, round_trip)
+        context.record("transfer", transfer_s)
+        context.record("tail", tail_s)
+        self.latency.observe_stage("head_split", head_s)
+        self.latency.observe_stage("tail_split", tail_s)
+        self.latency.observe_transfer(len(envelope), transfer_s, envelope=True)
+        return Outcome(
+            "split",
+            task,
+            answer["top_k"],
+            head_s * 1000,
+            transfer_s * 1000,
+            tail_s * 1000,
+            len(envelope),
+        )
+
+    def run_offload(self, image: bytes, task: str, k: int, context: RequestContext) -> Outcome:
+        answer, round_trip = self.tail.post(
+            f"/v2/models/{self.bundle.name}/classify",
+            image,
+            "application/octet-stream",
+            {"task": task, "top_k": k},
+            {REQUEST_ID: context.request_id, BUNDLE_HEADER: self.bundle.id},
+        )
+        tail_s, transfer_s = _split_round_trip(answer, round_trip)
+        context.record("transfer", transfer_s)
+        context.record("tail", tail_s)
+        self.latency.observe_stage("tail_offload", tail_s)
+        self.latency.observe_transfer(len(image), transfer_s)
+        return Outcome(
+            "offload", task, answer["top_k"], 0.0, transfer_s * 1000, tail_s * 1000, len(image)
+        )
+
+    def probe_tail(self) -> dict[str, Any] | None:
+        """Ask the tail for its warm-up times to seed the model; harmless if it is down."""
+        try:
+            meta = self.tail.get(f"/v2/models/{self.bundle.name}", timeout=1.0)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("tail not reachable yet (%r); using priors", exc)
+            return None
+        if meta.get("bundle") != self.bundle.id:
+            log.error("tail holds bundle %s, head holds %s", meta.get("bundle"), self.bundle.id)
+            return meta
+        warm = meta.get("warmup_ms") or {}
+        for mode in ("split", "offload"):
+            if isinstance(warm.get(mode), (int, float)):
+                self.latency.observe_stage(f"tail_{mode}", warm[mode] / 1000)
+        return meta
+
+
+def _split_round_trip(answer: dict[str, Any], round_trip: float) -> tuple[float, float]:
+    """(tail compute, transfer) seconds: transfer is the round trip minus tail compute."""
+    compute_ms = float((answer.get("timings_ms") or {}).get("compute", 0.0))
+    tail_s = min(max(compute_ms / 1000, 0.0), round_trip)
+    return tail_s, round_trip - tail_s

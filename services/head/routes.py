@@ -1,0 +1,128 @@
+"""Head endpoints: ``POST /infer/{mode}`` with the raw image bytes, plus metadata.
+
+The gateway is the public front; these endpoints are what it calls on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from services.common.deps import AppMetrics, Context, Service, read_capped
+from services.head.pipeline import HeadPipeline
+from services.head.settings import HeadSettings, get_settings
+from splitdnn.bundle import Bundle
+from splitdnn.errors import UnknownNameError
+from splitdnn.latency import MODES
+
+router = APIRouter(tags=["inference"])
+Settings = Annotated[HeadSettings, Depends(get_settings)]
+HeadMode = Literal["split", "local", "offload", "auto"]
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "truncated or corrupt image"},
+    401: {"description": "the tail refused the head's token"},
+    409: {"description": "head and tail hold different bundles"},
+    413: {"description": "image over the configured limit"},
+    415: {"description": "not an image"},
+    503: {"description": "not ready, or the tail is down and fallback=false"},
+    504: {"description": "the tail missed the deadline and fallback=false"},
+}
+
+
+async def image_body(request: Request, settings: Settings) -> bytes:
+    return await read_capped(request, settings.max_image_bytes, "image")
+
+
+@router.post(
+    "/infer/{mode}",
+    summary="Classify an image in one mode (auto picks the fastest predicted)",
+    responses=PROBLEMS,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            }
+        }
+    },
+)
+def infer(
+    mode: HeadMode,
+    image: Annotated[bytes, Depends(image_body)],
+    service: Service,
+    context: Context,
+    metrics: AppMetrics,
+    settings: Settings,
+    task: Annotated[str | None, Query(description="Task head; default from manifest")] = None,
+    k: Annotated[int | None, Query(alias="top_k", ge=1, le=100)] = None,
+    fallback: Annotated[bool, Query(description="Fall back to local if the tail fails")] = True,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    pipeline: HeadPipeline = service.get("pipeline")
+    outcome, predictions = pipeline.run(
+        mode, image, task, k or settings.top_k, fallback, context, metrics
+    )
+    total_ms = (time.perf_counter() - start) * 1000
+    answer: dict[str, Any] = {
+        "mode": outcome.mode,
+        "requested_mode": mode,
+        "task": outcome.task,
+        "top_k": outcome.top_k,
+        "timings_ms": {
+            "head": round(outcome.head_ms, 3),
+            "transfer": round(outcome.transfer_ms, 3),
+            "tail": round(outcome.tail_ms, 3),
+            "total": round(total_ms, 3),
+        },
+        "bytes_sent": outcome.bytes_sent,
+        "bundle": pipeline.bundle.id,
+        "model": pipeline.bundle.name,
+        "request_id": context.request_id,
+        "fallback": outcome.fallback,
+    }
+    if outcome.fallback_reason:
+        answer["fallback_reason"] = outcome.fallback_reason
+    if predictions is not None:
+        answer["predicted_ms"] = {m: predictions[m]["total"] for m in MODES}
+        answer["predictions"] = predictions
+    return answer
+
+
+@router.get("/latency", summary="Current latency estimates and predictions per mode")
+def latency(
+    service: Service,
+    image_bytes: Annotated[int, Query(ge=0, description="Image size to predict for")] = 50_000,
+) -> dict[str, Any]:
+    pipeline: HeadPipeline = service.get("pipeline")
+    chosen, predictions = pipeline.latency.choose(image_bytes)
+    return {
+        "estimates": pipeline.latency.snapshot(),
+        "image_bytes": image_bytes,
+        "auto_would_choose": chosen,
+        "predictions": {m: p.to_dict() for m, p in predictions.items()},
+    }
+
+
+@router.get("/v2/models/{name}", summary="Device-side model metadata", responses=PROBLEMS)
+def model_metadata(name: str, service: Service, settings: Settings) -> dict[str, Any]:
+    bundle: Bundle = service.get("bundle")
+    if name not in (bundle.name, bundle.id):
+        raise UnknownNameError(f"unknown model {name!r}; this head serves {bundle.name!r}")
+    pipeline: HeadPipeline = service.get("pipeline")
+    return {
+        "name": bundle.name,
+        "versions": [bundle.id],
+        "platform": "onnxruntime_onnx",
+        "bundle": bundle.id,
+        "device": pipeline.device.model.metadata(),
+        "local": pipeline.local.model.metadata(),
+        "tasks": {task: len(spec.labels) for task, spec in bundle.manifest.tasks.items()},
+        "default_task": bundle.manifest.default_task,
+        "tail_url": settings.tail_url,
+        "quantisation": settings.quantisation,
+        "compression": settings.compression,
+        "warmup_ms": service.get("warmup_ms"),
+    }

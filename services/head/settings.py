@@ -1,0 +1,52 @@
+"""Head (device) settings: ``SPLITDNN_HEAD_*`` environment variables, plus the shared ones."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class HeadSettings(ServiceSettings):
+    """Environment: ``SPLITDNN_BUNDLE``, ``SPLITDNN_TOKEN``, ``SPLITDNN_HEAD_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPLITDNN_HEAD_", populate_by_name=True, extra="ignore"
+    )
+
+    tail_url: str = Field(default="http://127.0.0.1:8001", description="Base URL of the tail.")
+    tail_timeout_s: float = Field(
+        default=5.0, gt=0, description="Deadline for one tail request; after it, fall back."
+    )
+    connect_timeout_s: float = Field(default=1.0, gt=0, description="TCP connect timeout.")
+    max_connections: int = Field(default=16, gt=0, description="Pooled connections to the tail.")
+    quantisation: Literal["fp32", "fp16", "uint8"] = Field(
+        default="uint8", description="How the bottleneck is sent: fp32, fp16 or uint8."
+    )
+    compression: Literal["none", "zstd"] = Field(
+        default="none", description="zstd-compress envelopes (pays off only on slow links)."
+    )
+    zstd_level: int = Field(default=3, ge=1, le=22, description="zstd level when compressing.")
+    top_k: int = Field(default=5, ge=1, le=100, description="Default length of top_k answers.")
+    prior_rate_mbps: float = Field(
+        default=10.0, gt=0, description="Assumed link rate (Mbit/s) before any transfer."
+    )
+    prior_tail_ms: float = Field(
+        default=10.0, ge=0, description="Assumed edge compute time before any measurement."
+    )
+    ewma_alpha: float = Field(
+        default=0.3, gt=0, le=1, description="Weight of the newest sample in the estimates."
+    )
+    tail_retry_s: float = Field(
+        default=5.0, ge=0, description="After a tail failure, auto avoids remote modes this long."
+    )
+
+
+@lru_cache
+def get_settings() -> HeadSettings:
+    """The process-wide settings; tests override this dependency."""
+    return HeadSettings()

@@ -1,0 +1,1 @@
+"""The tail service: runs on the edge server."""

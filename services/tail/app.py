@@ -1,0 +1,60 @@
+"""Tail service (edge server): ``create_app()`` assembles; the lifespan loads the bundle.
+
+Run: ``splitdnn serve tail --port 8001`` or
+``uvicorn services.tail.app:create_app --factory --port 8001``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+
+from services.common.deps import InFlightLimiter, setup_app
+from services.common.health import ServiceState
+from services.common.warmup import time_ms, warmup_jpeg
+from services.tail import routes
+from services.tail.settings import TailSettings, get_settings
+from splitdnn.bundle import load_bundle
+from splitdnn.runtime import ImageClassifier, ServerRunner, Threads
+
+
+def load_components(settings: TailSettings) -> dict[str, Any]:
+    """Load and verify the bundle, open both sessions, and warm each up once."""
+    bundle = load_bundle(settings.bundle)
+    threads = Threads(settings.intra_op_threads, settings.inter_op_threads)
+    server = ServerRunner(bundle, threads)
+    offload = ImageClassifier(bundle, "offload", threads)
+    zeros = np.zeros((1, *server.bottleneck_shape), dtype=np.float32)
+    image = warmup_jpeg()
+    warmup_ms = {
+        "split": round(time_ms(lambda: server(zeros)), 3),
+        "offload": round(time_ms(lambda: offload(image)), 3),
+    }
+    return {"bundle": bundle, "server": server, "offload": offload, "warmup_ms": warmup_ms}
+
+
+def create_app(settings: TailSettings | None = None) -> FastAPI:
+    """The tail app; ``settings`` default to the environment (``SPLITDNN_TAIL_*``)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        service = ServiceState()
+        service.start(lambda: load_components(settings), settings.load_in_background)
+        yield {"service": service}
+
+    app = FastAPI(
+        title="splitdnn tail",
+        summary="Edge half of split inference: server part (split) and teacher (offload).",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.limiter = InFlightLimiter(settings.max_in_flight)
+    setup_app(app, "tail")
+    app.include_router(routes.router)
+    return app

@@ -1,0 +1,198 @@
+"""Tail endpoints: the server part on an envelope (split) and the teacher on an image (offload).
+
+Inference endpoints are plain ``def`` so FastAPI runs them in its thread pool and the event
+loop stays free for health checks and admission control.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+
+from services.common.context import BUNDLE_HEADER
+from services.common.deps import (
+    AppMetrics,
+    Context,
+    Service,
+    check_token,
+    limit_in_flight,
+    read_capped,
+)
+from services.tail.settings import TailSettings, get_settings
+from splitdnn import wire
+from splitdnn.bundle import Bundle
+from splitdnn.errors import BundleMismatchError, UnknownNameError, WireSizeError
+from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
+
+router = APIRouter(prefix="/v2", tags=["inference"])
+Settings = Annotated[TailSettings, Depends(get_settings)]
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "bad envelope or corrupt image (problem+json)"},
+    401: {"description": "missing or wrong bearer token"},
+    404: {"description": "unknown model name or task"},
+    409: {"description": "the sender holds a different bundle"},
+    413: {"description": "body over the configured limit"},
+    415: {"description": "not an image"},
+    503: {"description": "not ready or overloaded (Retry-After)"},
+}
+
+
+def authorised(request: Request, settings: Settings) -> None:
+    check_token(request, settings.token.get_secret_value() if settings.token else None)
+
+
+async def envelope_body(request: Request, settings: Settings) -> bytes:
+    return await read_capped(request, settings.max_envelope_bytes, "envelope")
+
+
+async def image_body(request: Request, settings: Settings) -> bytes:
+    return await read_capped(request, settings.max_image_bytes, "image")
+
+
+def _bundle(service: Service, name: str, sender: str | None = None) -> Bundle:
+    """The loaded bundle; 409 if the sender's bundle id differs, 404 for another name."""
+    bundle: Bundle = service.get("bundle")
+    if sender and sender != bundle.id:
+        raise BundleMismatchError(
+            f"the sender holds bundle {sender!r}; this tail holds {bundle.id!r}"
+        )
+    if name not in (bundle.name, bundle.id):
+        raise UnknownNameError(f"unknown model {name!r}; this tail serves {bundle.name!r}")
+    return bundle
+
+
+def _answer(
+    bundle: Bundle, task: str, logits: np.ndarray, k: int, with_logits: bool
+) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "model_name": bundle.name,
+        "bundle": bundle.id,
+        "task": task,
+        "top_k": [r.to_dict() for r in top_k(logits[0], bundle.labels(task), k)],
+    }
+    if with_logits:
+        answer["outputs"] = [
+            {
+                "name": f"logits_{task}",
+                "datatype": "FP32",
+                "shape": list(logits.shape),
+                "data": logits.reshape(-1).tolist(),
+            }
+        ]
+    return answer
+
+
+@router.get("", summary="Server metadata (Open Inference Protocol)")
+def server_metadata() -> dict[str, Any]:
+    return {"name": "splitdnn-tail", "version": "1", "extensions": []}
+
+
+@router.get("/models/{name}", summary="Model metadata", responses=PROBLEMS)
+def model_metadata(name: str, service: Service) -> dict[str, Any]:
+    bundle = _bundle(service, name)
+    server: ServerRunner = service.get("server")
+    return {
+        "name": bundle.name,
+        "versions": [bundle.id],
+        "platform": "onnxruntime_onnx",
+        "bundle": bundle.id,
+        **server.model.metadata(),
+        "tasks": {task: len(spec.labels) for task, spec in bundle.manifest.tasks.items()},
+        "default_task": bundle.manifest.default_task,
+        "envelope": {"content_type": wire.CONTENT_TYPE, "version": wire.FORMAT_VERSION},
+        "warmup_ms": service.get("warmup_ms"),
+    }
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Split mode: run the server part on a bottleneck envelope",
+    responses=PROBLEMS,
+    openapi_extra={"requestBody": {"content": {wire.CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    dependencies=[Depends(authorised), Depends(limit_in_flight)],
+)
+def infer_envelope(
+    name: str,
+    body: Annotated[bytes, Depends(envelope_body)],
+    service: Service,
+    context: Context,
+    metrics: AppMetrics,
+    settings: Settings,
+    task: Annotated[str | None, Query(description="Task head; default from manifest")] = None,
+    k: Annotated[int | None, Query(alias="top_k", ge=1, le=100)] = None,
+    logits: Annotated[bool, Query(description="Also return the raw logits")] = False,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    server: ServerRunner = service.get("server")
+    metrics.bytes_in.labels(metrics.service, "envelope").inc(len(body))
+    with context.stage("decode"):
+        envelope, tensor = wire.decode_array(
+            body,
+            max_envelope_bytes=settings.max_envelope_bytes,
+            max_raw_bytes=settings.max_raw_bytes,
+        )
+    bundle = _bundle(service, name, envelope.bundle_id)
+    task = bundle.task(task)
+    if tuple(envelope.shape[1:]) != server.bottleneck_shape:
+        raise WireSizeError(
+            f"bottleneck shape {list(envelope.shape[1:])} does not match the bundle's "
+            f"{list(server.bottleneck_shape)}"
+        )
+    with context.stage("tail"):
+        task, out = server(tensor, task)
+    answer = _answer(bundle, task, out, k or settings.top_k, logits)
+    elapsed = time.perf_counter() - start
+    metrics.stage("decode", context.stages_ms["decode"] / 1000)
+    metrics.stage("tail", context.stages_ms["tail"] / 1000)
+    answer["bytes_in"] = len(body)
+    answer["timings_ms"] = {**{s: round(v, 3) for s, v in context.stages_ms.items()}}
+    answer["timings_ms"]["compute"] = round(elapsed * 1000, 3)
+    return answer
+
+
+@router.post(
+    "/models/{name}/classify",
+    summary="Offload mode: run the whole teacher on an image",
+    responses=PROBLEMS,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            }
+        }
+    },
+    dependencies=[Depends(authorised), Depends(limit_in_flight)],
+)
+def classify_image(
+    name: str,
+    request: Request,
+    body: Annotated[bytes, Depends(image_body)],
+    service: Service,
+    context: Context,
+    metrics: AppMetrics,
+    settings: Settings,
+    task: Annotated[str | None, Query(description="Task head; default from manifest")] = None,
+    k: Annotated[int | None, Query(alias="top_k", ge=1, le=100)] = None,
+    logits: Annotated[bool, Query(description="Also return the raw logits")] = False,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    bundle = _bundle(service, name, request.headers.get(BUNDLE_HEADER))
+    task = bundle.task(task)
+    teacher: ImageClassifier = service.get("offload")
+    metrics.bytes_in.labels(metrics.service, "image").inc(len(body))
+    with context.stage("decode"):
+        x = teacher.preprocess(body, settings.max_pixels)
+    with context.stage("tail"):
+        task, out = teacher.run(x, task)
+    answer = _answer(bundle, task, out, k or settings.top_k, logits)
+    metrics.stage("decode", context.stages_ms["decode"] / 1000)
+    metrics.stage("tail", context.stages_ms["tail"] / 1000)
+    answer["bytes_in"] = len(body)
+    answer["timings_ms"] = {s: round(v, 3) for s, v in context.stages_ms.items()}
+    answer["timings_ms"]["compute"] = round((time.perf_counter() - start) * 1000, 3)
+    return answer

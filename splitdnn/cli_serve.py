@@ -1,0 +1,130 @@
+"""``splitdnn serve tail|head|gateway|all``: thin Typer commands over :mod:`splitdnn.serve`.
+
+Mounted by ``splitdnn/cli.py`` with ``app.add_typer(serve_app, name="serve")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from splitdnn import serve
+from splitdnn.errors import SplitDNNError
+
+serve_app = typer.Typer(
+    help="Run the split-inference services locally (no Docker).", no_args_is_help=True
+)
+
+Host = Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept other hosts.")]
+BundleOpt = Annotated[
+    Path | None,
+    typer.Option(help="Bundle directory; default $SPLITDNN_BUNDLE or the packaged bundle."),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(envvar="SPLITDNN_TOKEN", help="Shared bearer token between head and tail."),
+]
+LogLevel = Annotated[str, typer.Option(help="uvicorn log level.")]
+TailUrl = Annotated[str, typer.Option(help="Base URL of the tail service (edge server).")]
+HeadUrl = Annotated[str, typer.Option(help="Base URL of the head service (device).")]
+
+
+def _fail(exc: SplitDNNError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=2)
+
+
+@serve_app.command("tail")
+def tail(
+    port: Annotated[int, typer.Option(help="TCP port.")] = serve.DEFAULT_PORTS["tail"],
+    host: Host = "127.0.0.1",
+    bundle: BundleOpt = None,
+    token: Token = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """The edge half: server part for split mode, whole teacher for offload mode."""
+    try:
+        serve.serve_tail(host=host, port=port, bundle=bundle, token=token, log_level=log_level)
+    except SplitDNNError as exc:
+        raise _fail(exc) from exc
+
+
+@serve_app.command("head")
+def head(
+    port: Annotated[int, typer.Option(help="TCP port.")] = serve.DEFAULT_PORTS["head"],
+    tail_url: TailUrl = "http://127.0.0.1:8001",
+    host: Host = "127.0.0.1",
+    bundle: BundleOpt = None,
+    token: Token = None,
+    quantisation: Annotated[
+        str | None, typer.Option(help="Envelope quantisation: fp32, fp16 or uint8 (default).")
+    ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="Envelope compression: none (default) or zstd.")
+    ] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """The device half: device part and envelope upload, the local model, auto mode."""
+    try:
+        serve.serve_head(
+            host=host,
+            port=port,
+            tail_url=tail_url,
+            bundle=bundle,
+            token=token,
+            quantisation=quantisation,
+            compression=compression,
+            log_level=log_level,
+        )
+    except SplitDNNError as exc:
+        raise _fail(exc) from exc
+
+
+@serve_app.command("gateway")
+def gateway(
+    port: Annotated[int, typer.Option(help="TCP port.")] = serve.DEFAULT_PORTS["gateway"],
+    head_url: HeadUrl = "http://127.0.0.1:8002",
+    tail_url: TailUrl = "http://127.0.0.1:8001",
+    host: Host = "127.0.0.1",
+    default_mode: Annotated[
+        str | None, typer.Option(help="Mode when a request names none (default split).")
+    ] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """The public front: POST /classify?mode=split|local|offload|auto."""
+    serve.serve_gateway(
+        host=host,
+        port=port,
+        head_url=head_url,
+        tail_url=tail_url,
+        default_mode=default_mode,
+        log_level=log_level,
+    )
+
+
+@serve_app.command("all")
+def all_(
+    host: Host = "127.0.0.1",
+    gateway_port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    head_port: Annotated[int, typer.Option(help="Head port.")] = 8002,
+    tail_port: Annotated[int, typer.Option(help="Tail port.")] = 8001,
+    bundle: BundleOpt = None,
+    token: Token = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Tail, head and gateway together on one machine, wired to each other."""
+    try:
+        code = serve.serve_all(
+            host=host,
+            gateway_port=gateway_port,
+            head_port=head_port,
+            tail_port=tail_port,
+            bundle=bundle,
+            token=token,
+            log_level=log_level,
+        )
+    except SplitDNNError as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(code=code)

@@ -1,0 +1,217 @@
+"""Start the services without Docker. The library imports no web framework: uvicorn gets an
+import string and builds each app in its own factory, configured through the same
+``SPLITDNN_*`` environment variables a container would set.
+
+    serve_tail(port=8001)                         edge server
+    serve_head(port=8002, tail_url=...)           device
+    serve_gateway(port=8000, head_url=...)        device, public
+    serve_all()                                   all three on 127.0.0.1, one command
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from splitdnn.bundle import MANIFEST, default_bundle_path
+from splitdnn.errors import BundleError, ConfigError
+from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
+
+TAIL_APP = "services.tail.app:create_app"
+HEAD_APP = "services.head.app:create_app"
+GATEWAY_APP = "gateway.app:create_app"
+DEFAULT_PORTS = {"gateway": 8000, "tail": 8001, "head": 8002}
+
+
+def _check_bundle(bundle: Path | None) -> Path:
+    path = Path(bundle) if bundle is not None else default_bundle_path()
+    if not (path / MANIFEST).is_file():
+        raise BundleError(
+            f"no bundle at {path} ({MANIFEST} missing): pass --bundle DIR, set SPLITDNN_BUNDLE, "
+            "or build the default with `splitdnn export --default`"
+        )
+    return path
+
+
+def _env(values: Mapping[str, object | None]) -> dict[str, str]:
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _run(app: str, host: str, port: int, env: Mapping[str, str], log_level: str) -> None:
+    os.environ.update(env)
+    import uvicorn  # only here: the library never imports the web stack at module level
+
+    uvicorn.run(app, factory=True, host=host, port=port, log_level=log_level)
+
+
+def tail_env(bundle: Path | None = None, token: str | None = None) -> dict[str, str]:
+    return _env({"SPLITDNN_BUNDLE": _check_bundle(bundle), "SPLITDNN_TOKEN": token})
+
+
+def head_env(
+    tail_url: str,
+    bundle: Path | None = None,
+    token: str | None = None,
+    quantisation: str | None = None,
+    compression: str | None = None,
+) -> dict[str, str]:
+    if quantisation is not None and quantisation not in QUANTISATIONS:
+        raise ConfigError(
+            f"quantisation must be one of {list(QUANTISATIONS)}, not {quantisation!r}"
+        )
+    if compression is not None and compression not in COMPRESSIONS:
+        raise ConfigError(f"compression must be one of {list(COMPRESSIONS)}, not {compression!r}")
+    return _env(
+        {
+            "SPLITDNN_BUNDLE": _check_bundle(bundle),
+            "SPLITDNN_TOKEN": token,
+            "SPLITDNN_HEAD_TAIL_URL": tail_url,
+            "SPLITDNN_HEAD_QUANTISATION": quantisation,
+            "SPLITDNN_HEAD_COMPRESSION": compression,
+        }
+    )
+
+
+def gateway_env(head_url: str, tail_url: str, default_mode: str | None = None) -> dict[str, str]:
+    return _env(
+        {
+            "SPLITDNN_GATEWAY_HEAD_URL": head_url,
+            "SPLITDNN_GATEWAY_TAIL_URL": tail_url,
+            "SPLITDNN_GATEWAY_DEFAULT_MODE": default_mode,
+        }
+    )
+
+
+def serve_tail(
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORTS["tail"],
+    bundle: Path | None = None,
+    token: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the tail (edge) service in this process until interrupted."""
+    _run(TAIL_APP, host, port, tail_env(bundle, token), log_level)
+
+
+def serve_head(
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORTS["head"],
+    tail_url: str = "http://127.0.0.1:8001",
+    bundle: Path | None = None,
+    token: str | None = None,
+    quantisation: str | None = None,
+    compression: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the head (device) service in this process until interrupted."""
+    env = head_env(tail_url, bundle, token, quantisation, compression)
+    _run(HEAD_APP, host, port, env, log_level)
+
+
+def serve_gateway(
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORTS["gateway"],
+    head_url: str = "http://127.0.0.1:8002",
+    tail_url: str = "http://127.0.0.1:8001",
+    default_mode: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the gateway in this process until interrupted."""
+    _run(GATEWAY_APP, host, port, gateway_env(head_url, tail_url, default_mode), log_level)
+
+
+def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> list[str]:
+    """The argv that runs ``app`` under uvicorn with this interpreter."""
+    return [
+        sys.executable, "-m", "uvicorn", app, "--factory",
+        "--host", host, "--port", str(port), "--log-level", log_level,
+    ]  # fmt: skip
+
+
+def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> bool:
+    """Poll ``url`` until it answers 200; False on timeout or if ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def serve_all(
+    *,
+    host: str = "127.0.0.1",
+    gateway_port: int = DEFAULT_PORTS["gateway"],
+    head_port: int = DEFAULT_PORTS["head"],
+    tail_port: int = DEFAULT_PORTS["tail"],
+    bundle: Path | None = None,
+    token: str | None = None,
+    log_level: str = "info",
+    ready_timeout: float = 120.0,
+) -> int:
+    """Start tail, head and gateway as child processes on ``host``; stop all on Ctrl-C.
+
+    Returns the exit code: 0 after an interrupt, else the code of the first child to die.
+    """
+    tail_url, head_url = f"http://{host}:{tail_port}", f"http://{host}:{head_port}"
+    base = dict(os.environ)
+    plan = [
+        ("tail", TAIL_APP, tail_port, tail_env(bundle, token)),
+        ("head", HEAD_APP, head_port, head_env(tail_url, bundle, token)),
+        ("gateway", GATEWAY_APP, gateway_port, gateway_env(head_url, tail_url)),
+    ]
+    children: dict[str, subprocess.Popen] = {}
+
+    def _stop(signum: int, frame: object) -> None:  # SIGTERM ends it like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for name, app, port, env in plan:
+            command = uvicorn_command(app, host, port, log_level)
+            children[name] = subprocess.Popen(command, env={**base, **env})
+        for name, _, port, _ in plan:
+            url = f"http://{host}:{port}/v2/health/ready"
+            if not wait_ready(url, ready_timeout, children[name]):
+                print(f"splitdnn: {name} did not become ready at {url}", file=sys.stderr)
+                return 1
+        print(
+            f"splitdnn: ready. POST http://{host}:{gateway_port}/classify?mode=split|local|"
+            "offload|auto (Ctrl-C stops all three)",
+            flush=True,
+        )
+        while True:
+            for name, child in children.items():
+                code = child.poll()
+                if code is not None:
+                    print(f"splitdnn: {name} exited with {code}", file=sys.stderr)
+                    return code or 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
