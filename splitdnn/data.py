@@ -1,0 +1,146 @@
+"""Labelled image lists from the layouts users have, and a deterministic validation split.
+
+Layouts (auto-detected by :func:`load_dataset`):
+
+* a list file of ``class/file.jpg`` lines (Caltech-101's ``train.txt``), class from the folder;
+* ``labels.csv`` with ``file,synset,index`` (the ImageNet sample), class = the ImageNet index;
+* a plain folder of class subfolders.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from splitdnn.errors import DataError
+from splitdnn.imaging import Preprocessing, decode_image, resize_and_crop
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class Dataset:
+    """Samples plus the class names their labels index."""
+
+    samples: list[Sample]
+    classes: list[str]
+    label_space: str  # "imagenet" when labels are ImageNet indices, else "folder"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _from_list(root: Path, list_file: Path) -> Dataset:
+    lines = [ln.strip() for ln in list_file.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{list_file} lists no images")
+    classes = sorted({ln.split("/")[0] for ln in lines})
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for ln in lines:
+        if "/" not in ln:
+            raise DataError(f"{list_file}: line {ln!r} is not of the form class/file.jpg")
+        samples.append(Sample(root / ln, index[ln.split("/")[0]]))
+    return Dataset(samples, classes, "folder")
+
+
+def _from_labels_csv(root: Path, csv_file: Path) -> Dataset:
+    with csv_file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "index"} <= set(rows[0]):
+        raise DataError(f"{csv_file} needs the columns file,synset,index")
+    samples = [Sample(root / row["file"], int(row["index"])) for row in rows]
+    return Dataset(samples, [str(i) for i in range(1000)], "imagenet")
+
+
+def _from_folders(root: Path) -> Dataset:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    samples = [
+        Sample(path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((root / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not samples:
+        raise DataError(f"{root} has no class folders with images")
+    return Dataset(samples, classes, "folder")
+
+
+def load_dataset(root: str | Path, list_file: str | Path | None = None) -> Dataset:
+    """Read a data set in any supported layout; see the module docstring."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    if list_file is not None:
+        list_path = Path(list_file)
+        if not list_path.is_absolute() and not list_path.exists():
+            list_path = root / list_path
+        if not list_path.is_file():
+            raise DataError(f"list file {list_file} does not exist")
+        if list_path.suffix == ".csv":
+            return _from_labels_csv(root, list_path)
+        return _from_list(root / "images" if (root / "images").is_dir() else root, list_path)
+    if (root / "labels.csv").is_file():
+        return _from_labels_csv(root, root / "labels.csv")
+    if (root / "train.txt").is_file():
+        return _from_list(root / "images" if (root / "images").is_dir() else root,
+                          root / "train.txt")
+    return _from_folders(root)
+
+
+def split_per_class(
+    dataset: Dataset, val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Seeded split that holds out ``val_fraction`` of every class (at least one image of any
+    class with two or more), so the same config always gives the same validation set."""
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for sample in dataset.samples:
+        by_class[sample.label].append(sample)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda s: str(s.path))
+        rng.shuffle(items)
+        n_val = round(len(items) * val_fraction)
+        if val_fraction > 0 and len(items) >= 2:
+            n_val = max(1, n_val)
+        val += items[:n_val]
+        train += items[n_val:]
+    return train, val
+
+
+def load_crop(path: Path, spec: Preprocessing) -> np.ndarray:
+    """One image file -> the uint8 HWC crop the model sees (normalised later, in batches)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    return np.asarray(resize_and_crop(decode_image(data), spec), dtype=np.uint8)
+
+
+def load_crops(samples: Sequence[Sample], spec: Preprocessing, progress: bool = False):
+    """Crops of many images as one uint8 array (N, H, W, 3), decoded in a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = np.empty((len(samples), spec.size, spec.size, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = pool.map(lambda s: load_crop(s.path, spec), samples)
+        if progress:
+            from tqdm import tqdm
+
+            jobs = tqdm(jobs, total=len(samples), desc="decode", unit="img")
+        for i, crop in enumerate(jobs):
+            out[i] = crop
+    return out

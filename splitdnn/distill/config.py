@@ -1,0 +1,138 @@
+"""The distillation config: plain values in YAML, validated by pydantic.
+
+Unknown keys and wrong types are errors that name the key (``train.epochs: …``). Nothing in a
+config is imported or executed: teachers and students are looked up by name in the registries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from splitdnn.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherConfig(_Strict):
+    name: str = "efficientnet_lite2"
+    pretrained: bool = True
+    #: ``imagenet`` keeps the teacher's classifier; ``probe`` trains a linear classifier on the
+    #: frozen backbone's pooled features for the data set's own classes.
+    classifier: Literal["imagenet", "probe"] = "imagenet"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from splitdnn.models import get_teacher
+
+        get_teacher(value)  # raises with the list of registered names
+        return value
+
+
+class StudentConfig(_Strict):
+    #: Bottleneck channels; ``null`` is the papers' "mimic without bottleneck" (Table 2).
+    bottleneck: int | None = Field(default=12, ge=1, le=512)
+    variant: Literal["caltech101", "imagenet"] = "caltech101"
+
+
+class DataConfig(_Strict):
+    root: Path
+    list: str | None = None
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    #: Keep at most this many images per class (quick experiments and tests).
+    per_class_limit: int | None = Field(default=None, ge=1)
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = True
+    #: Cache the teacher's outputs (and the decoded crops) once instead of every epoch. Only
+    #: possible with deterministic inputs, which is why augmentation is limited to flips.
+    cache_teacher: bool = True
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    #: Multi-step schedule: multiply the learning rate by ``gamma`` at these epochs.
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    #: Generalised head network distillation: also match the pooled features the classifier
+    #: sees, through the frozen teacher tail, on this fraction of every batch.
+    pooled_loss_weight: float = Field(default=0.0, ge=0)
+    pooled_loss_fraction: float = Field(default=0.25, gt=0, le=1)
+    checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
+    threads: int | None = Field(default=None, ge=1)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+
+
+class ProbeConfig(_Strict):
+    epochs: int = Field(default=60, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+
+
+class KDConfig(_Strict):
+    #: The whole small student of local mode: a registered teacher architecture (random init).
+    student: str = "efficientnet_lite0"
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.9, ge=0, le=1)
+
+
+class DistillConfig(_Strict):
+    method: Literal["hnd", "kd", "labels"] = "hnd"
+    teacher: TeacherConfig = TeacherConfig()
+    split_module: str | None = None
+    student: StudentConfig = StudentConfig()
+    data: DataConfig
+    augmentation: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+    kd: KDConfig = KDConfig()
+    seed: int = 0
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
+
+
+def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
+    """Validate a mapping; relative data paths are taken from ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping of keys to values")
+    try:
+        config = DistillConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_format(exc)}") from None
+    if base_dir is not None and not config.data.root.is_absolute():
+        config.data.root = (base_dir / config.data.root).resolve()
+    return config
+
+
+def load_config(path: str | Path) -> DistillConfig:
+    """Read and validate a YAML config (safe loader: no tags, no code)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return parse_config(data, base_dir=Path.cwd())

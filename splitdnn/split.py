@@ -1,0 +1,106 @@
+"""Cut a model at a dotted module path into ``head`` and ``tail`` with
+``tail(head(x)) == model(x)``.
+
+The cut is made on the model's traced graph (torch.fx), not on its list of children, so work
+a ``forward`` does outside its children (Inception's input transform, DenseNet's final ReLU and
+pooling, a flatten) lands on the right side. A cut is valid only where a single tensor crosses
+it; anything else raises :class:`SplitError` naming the values that would cross.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from splitdnn.errors import SplitDNNError, UnknownNameError
+
+
+class SplitError(SplitDNNError, ValueError):
+    """The module path cannot be a cut: more than one tensor crosses it, or it runs twice."""
+
+
+class _LeafTracer(fx.Tracer):
+    """Trace through every module except the standard leaves and the one we cut after."""
+
+    def __init__(self, leaf: str) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name == self.leaf:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class SplitModel:
+    """The two halves of a model cut at ``module_path``."""
+
+    module_path: str
+    head: fx.GraphModule
+    tail: fx.GraphModule
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.head(x))
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """Every dotted module path of ``model`` (what :func:`split_model` accepts)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def split_model(model: nn.Module, module_path: str) -> SplitModel:
+    """Cut ``model`` right after the module at ``module_path``.
+
+    The head returns that module's output; the tail takes it and returns the model's output.
+    Both share parameters with ``model`` (no copies).
+    """
+    names = dict(model.named_modules())
+    if module_path not in names or not module_path:
+        hint = ", ".join(module_names(model)[:12])
+        raise UnknownNameError(
+            f"{type(model).__name__} has no module {module_path!r}; "
+            f"list valid paths with splitdnn.split.module_names(model) (first few: {hint}, …)"
+        )
+    graph = _LeafTracer(module_path).trace(model)
+    cut_nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == module_path]
+    if len(cut_nodes) != 1:
+        raise SplitError(
+            f"{module_path!r} runs {len(cut_nodes)} times in the forward pass; "
+            "a cut needs a module that runs exactly once"
+        )
+    cut = cut_nodes[0]
+    order = list(graph.nodes)
+    position = order.index(cut)
+    head_nodes = set(order[: position + 1])
+
+    crossing = {
+        arg.name
+        for node in order[position + 1 :]
+        for arg in node.all_input_nodes
+        if arg in head_nodes and arg is not cut
+    }
+    if crossing:
+        raise SplitError(
+            f"cannot cut after {module_path!r}: besides its output, {sorted(crossing)} "
+            "would cross the cut (a skip connection or a reused input)"
+        )
+
+    head_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in order[: position + 1]:
+        env[node] = head_graph.node_copy(node, lambda n: env[n])
+    head_graph.output(env[cut])
+
+    tail_graph = fx.Graph()
+    env = {cut: tail_graph.placeholder("features")}
+    for node in order[position + 1 :]:
+        env[node] = tail_graph.node_copy(node, lambda n: env[n])
+
+    head = fx.GraphModule(model, head_graph, class_name="Head")
+    tail = fx.GraphModule(model, tail_graph, class_name="Tail")
+    head.eval()
+    tail.eval()
+    return SplitModel(module_path, head, tail)
