@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
@@ -161,12 +161,26 @@ async def classify(
     fallback: Annotated[
         bool, Query(description="Fall back to local when the tail is down or late")
     ] = True,
+    quantisation: Annotated[
+        Literal["fp32", "fp16", "uint8"] | None,
+        Query(description="Split mode: envelope quantisation (default from the head)"),
+    ] = None,
+    compression: Annotated[
+        Literal["none", "zstd"] | None,
+        Query(description="Split mode: envelope compression (default from the head)"),
+    ] = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     image = await extract_image(request, settings.max_image_bytes)
     sniff(image, settings.max_pixels)
     mode = mode or settings.default_mode
-    params = {"task": task, "top_k": k, "fallback": str(fallback).lower()}
+    params = {
+        "task": task,
+        "top_k": k,
+        "fallback": str(fallback).lower(),
+        "quantisation": quantisation,
+        "compression": compression,
+    }
     answer = await call_head(head, f"/infer/{mode}", image, params, context)
     timings = answer.setdefault("timings_ms", {})
     for stage in ("head", "transfer", "tail"):

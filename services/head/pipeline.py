@@ -36,6 +36,14 @@ log = logging.getLogger("splitdnn.head")
 PROBLEM_JSON = "application/problem+json"
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How split mode writes its envelope (settings, or a per-request override)."""
+
+    quantisation: str = "uint8"
+    compression: str = "none"
+
+
 @dataclass
 class Outcome:
     """One classification as the head answers it."""
@@ -163,6 +171,7 @@ class HeadPipeline:
         fallback: bool,
         context: RequestContext,
         metrics: Metrics,
+        encoding: Encoding | None = None,
     ) -> tuple[Outcome, dict[str, Any] | None]:
         """Serve ``mode`` (``auto`` resolved here); returns the outcome and predictions."""
         task = self.bundle.task(task)
@@ -174,8 +183,10 @@ class HeadPipeline:
             outcome = self.run_local(image, task, k, context)
         else:
             try:
-                remote = self.run_split if mode == "split" else self.run_offload
-                outcome = remote(image, task, k, context)
+                if mode == "split":
+                    outcome = self.run_split(image, task, k, context, encoding)
+                else:
+                    outcome = self.run_offload(image, task, k, context)
             except UpstreamUnavailableError as exc:
                 self.latency.mark_tail_down()
                 if not fallback:
@@ -198,15 +209,23 @@ class HeadPipeline:
         self.latency.observe_stage("local", seconds)
         return Outcome("local", task, ranked, seconds * 1000, 0.0, 0.0, 0)
 
-    def run_split(self, image: bytes, task: str, k: int, context: RequestContext) -> Outcome:
+    def run_split(
+        self,
+        image: bytes,
+        task: str,
+        k: int,
+        context: RequestContext,
+        encoding: Encoding | None = None,
+    ) -> Outcome:
+        encoding = encoding or Encoding(self.settings.quantisation, self.settings.compression)
         start = time.perf_counter()
         with context.stage("head"):
             bottleneck = self.device(image, self.settings.max_pixels)
             envelope = wire.encode(
                 bottleneck,
                 bundle_id=self.bundle.id,
-                quantisation=self.settings.quantisation,
-                compression=self.settings.compression,
+                quantisation=encoding.quantisation,
+                compression=encoding.compression,
                 level=self.settings.zstd_level,
             )
         head_s = time.perf_counter() - start

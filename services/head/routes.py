@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from services.common.deps import AppMetrics, Context, Service, read_capped
-from services.head.pipeline import HeadPipeline
-from services.head.settings import HeadSettings, get_settings
+from services.head.pipeline import Encoding, HeadPipeline
+from services.head.settings import Compression, HeadSettings, Quantisation, get_settings
 from splitdnn.bundle import Bundle
 from splitdnn.errors import UnknownNameError
 from splitdnn.latency import MODES
@@ -59,11 +59,18 @@ def infer(
     task: Annotated[str | None, Query(description="Task head; default from manifest")] = None,
     k: Annotated[int | None, Query(alias="top_k", ge=1, le=100)] = None,
     fallback: Annotated[bool, Query(description="Fall back to local if the tail fails")] = True,
+    quantisation: Annotated[
+        Quantisation | None, Query(description="Override the envelope quantisation")
+    ] = None,
+    compression: Annotated[
+        Compression | None, Query(description="Override the envelope compression")
+    ] = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     pipeline: HeadPipeline = service.get("pipeline")
+    encoding = Encoding(quantisation or settings.quantisation, compression or settings.compression)
     outcome, predictions = pipeline.run(
-        mode, image, task, k or settings.top_k, fallback, context, metrics
+        mode, image, task, k or settings.top_k, fallback, context, metrics, encoding
     )
     total_ms = (time.perf_counter() - start) * 1000
     answer: dict[str, Any] = {
@@ -78,6 +85,11 @@ def infer(
             "total": round(total_ms, 3),
         },
         "bytes_sent": outcome.bytes_sent,
+        "encoding": (
+            {"quantisation": encoding.quantisation, "compression": encoding.compression}
+            if outcome.mode == "split"
+            else None
+        ),
         "bundle": pipeline.bundle.id,
         "model": pipeline.bundle.name,
         "request_id": context.request_id,

@@ -10,6 +10,9 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
 
+Quantisation = Literal["fp32", "fp16", "uint8"]
+Compression = Literal["none", "zstd"]
+
 
 class HeadSettings(ServiceSettings):
     """Environment: ``SPLITDNN_BUNDLE``, ``SPLITDNN_TOKEN``, ``SPLITDNN_HEAD_<FIELD>``."""
@@ -24,10 +27,10 @@ class HeadSettings(ServiceSettings):
     )
     connect_timeout_s: float = Field(default=1.0, gt=0, description="TCP connect timeout.")
     max_connections: int = Field(default=16, gt=0, description="Pooled connections to the tail.")
-    quantisation: Literal["fp32", "fp16", "uint8"] = Field(
+    quantisation: Quantisation = Field(
         default="uint8", description="How the bottleneck is sent: fp32, fp16 or uint8."
     )
-    compression: Literal["none", "zstd"] = Field(
+    compression: Compression = Field(
         default="none", description="zstd-compress envelopes (pays off only on slow links)."
     )
     zstd_level: int = Field(default=3, ge=1, le=22, description="zstd level when compressing.")

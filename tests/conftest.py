@@ -1,0 +1,39 @@
+"""Shared fixtures. Keep this small; add new fixtures at the end."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # helper modules such as toy_bundle.py
+
+
+@pytest.fixture(scope="session")
+def toy_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny four-model bundle (random weights) and the torch modules it came from."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from toy_bundle import build_toy_bundle  # tests/ is on sys.path (see below)
+
+    directory = tmp_path_factory.mktemp("toy-bundle")
+    manifest, modules = build_toy_bundle(directory)
+    return directory, manifest, modules
+
+
+@pytest.fixture(scope="session")
+def toy_bundle_dir(toy_bundle) -> Path:
+    return toy_bundle[0]
+
+
+@pytest.fixture(scope="session")
+def cat_jpeg() -> bytes:
+    """A real photo: scikit-image's Chelsea the cat (451x300), as JPEG bytes."""
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
