@@ -6,6 +6,7 @@ Same contract as the exporter's bundles: four ONNX files plus ``manifest.json`` 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,16 +87,18 @@ class Local(nn.Module):
 
 def _export(module: nn.Module, path: Path, size: int, input_name: str, outputs: list[str]) -> None:
     example = torch.randn(1, *((3, size, size) if input_name == "image" else BOTTLENECK))
-    torch.onnx.export(
-        module.eval(),
-        (example,),
-        str(path),
-        input_names=[input_name],
-        output_names=outputs,
-        dynamic_axes={name: {0: "batch"} for name in [input_name, *outputs]},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # the legacy exporter is deliberate: small, no dynamo
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [input_name, *outputs]},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def build_toy_bundle(directory: Path, seed: int = 0) -> tuple[Manifest, dict[str, nn.Module]]:

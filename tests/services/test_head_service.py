@@ -1,0 +1,248 @@
+"""Head service against a fake tail (httpx.MockTransport) and a real in-process tail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from helpers import assert_problem
+
+from services.head.app import create_app
+from services.head.settings import HeadSettings
+from services.tail.app import create_app as create_tail
+from services.tail.settings import TailSettings
+from splitdnn import wire
+from splitdnn.bundle import load_bundle
+from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
+
+TOKEN = "s3cret"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeTail:
+    """Answers like the tail, runs the real server part, and records what it received."""
+
+    def __init__(self, bundle) -> None:
+        self.bundle = bundle
+        self.server = ServerRunner(bundle)
+        self.offload = ImageClassifier(bundle, "offload")
+        self.requests: list[httpx.Request] = []
+        self.failure: Handler | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.method == "GET":
+            return httpx.Response(
+                200, json={"bundle": self.bundle.id, "warmup_ms": {"split": 1, "offload": 5}}
+            )
+        if self.failure is not None:
+            return self.failure(request)
+        task = request.url.params.get("task")
+        if request.url.path.endswith("/infer"):
+            _, x = wire.decode_array(request.content)
+            task, logits = self.server(x, task)
+        else:
+            task, logits = self.offload(request.content, task)
+        ranked = top_k(logits[0], self.bundle.labels(task), int(request.url.params["top_k"]))
+        return httpx.Response(
+            200,
+            json={"top_k": [r.to_dict() for r in ranked], "timings_ms": {"compute": 1.5}},
+        )
+
+    def last(self, method: str = "POST") -> httpx.Request:
+        return [r for r in self.requests if r.method == method][-1]
+
+
+@pytest.fixture(scope="module")
+def bundle(toy_bundle_dir):
+    return load_bundle(toy_bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def fake_tail(bundle) -> FakeTail:
+    return FakeTail(bundle)
+
+
+@pytest.fixture(scope="module")
+def head(toy_bundle_dir, fake_tail):
+    settings = HeadSettings(
+        bundle=toy_bundle_dir,
+        token=TOKEN,
+        tail_url="http://tail.test",
+        load_in_background=False,
+        max_image_bytes=200_000,
+        tail_retry_s=0.0,
+    )
+    with TestClient(create_app(settings, tail_transport=httpx.MockTransport(fake_tail))) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def healthy_tail(fake_tail):
+    fake_tail.failure = None
+    yield
+    fake_tail.failure = None
+
+
+def infer(head, mode: str, image: bytes, **params) -> httpx.Response:
+    return head.post(f"/infer/{mode}", content=image, params=params)
+
+
+def test_head_probed_the_tail_at_start_up(head, fake_tail, bundle) -> None:
+    assert fake_tail.last("GET").url.path == f"/v2/models/{bundle.name}"
+    assert head.get("/v2/health/ready").status_code == 200
+
+
+def test_split_sends_one_envelope_with_token_and_request_id(
+    head, fake_tail, bundle, cat_jpeg
+) -> None:
+    response = infer(head, "split", cat_jpeg, task="caltech101", top_k=2)
+    answer = response.json()
+    sent = fake_tail.last()
+    envelope = wire.decode(sent.content)
+    assert sent.url.path == f"/v2/models/{bundle.name}/infer"
+    assert sent.headers["authorization"] == f"Bearer {TOKEN}"
+    assert sent.headers["x-request-id"] == answer["request_id"] == response.headers["x-request-id"]
+    assert sent.headers["content-type"] == wire.CONTENT_TYPE
+    assert envelope.bundle_id == bundle.id and envelope.quantisation == "uint8"
+    assert answer["bytes_sent"] == len(sent.content)
+    assert answer["mode"] == "split" and answer["fallback"] is False
+    assert answer["task"] == "caltech101" and len(answer["top_k"]) == 2
+    assert answer["timings_ms"]["tail"] == pytest.approx(1.5)
+    assert set(answer["timings_ms"]) == {"head", "transfer", "tail", "total"}
+
+
+def test_quantisation_and_compression_can_be_chosen_per_request(head, fake_tail, cat_jpeg) -> None:
+    sizes = {}
+    for quantisation in ("fp32", "fp16", "uint8"):
+        answer = infer(head, "split", cat_jpeg, quantisation=quantisation).json()
+        assert wire.decode(fake_tail.last().content).quantisation == quantisation
+        sizes[quantisation] = answer["bytes_sent"]
+    assert sizes["uint8"] < sizes["fp16"] < sizes["fp32"]
+    infer(head, "split", cat_jpeg, compression="zstd")
+    assert wire.decode(fake_tail.last().content).compression == "zstd"
+
+
+def test_offload_sends_the_image_bytes_unchanged(head, fake_tail, bundle, cat_jpeg) -> None:
+    answer = infer(head, "offload", cat_jpeg).json()
+    sent = fake_tail.last()
+    assert sent.content == cat_jpeg and sent.headers["x-bundle-id"] == bundle.id
+    assert answer["bytes_sent"] == len(cat_jpeg) and answer["mode"] == "offload"
+
+
+def test_local_never_calls_the_tail(head, fake_tail, cat_jpeg) -> None:
+    before = len(fake_tail.requests)
+    answer = infer(head, "local", cat_jpeg).json()
+    assert len(fake_tail.requests) == before
+    assert answer["mode"] == "local" and answer["bytes_sent"] == 0
+    assert answer["timings_ms"]["transfer"] == 0
+
+
+def _unavailable(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(503, json={"status": 503}, headers={"Retry-After": "1"})
+
+
+def _refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def _late(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("deadline", request=request)
+
+
+@pytest.mark.parametrize("failure", [_unavailable, _refused, _late])
+@pytest.mark.parametrize("mode", ["split", "offload"])
+def test_tail_failure_falls_back_to_local(head, fake_tail, cat_jpeg, failure, mode) -> None:
+    fake_tail.failure = failure
+    answer = infer(head, mode, cat_jpeg).json()
+    assert answer["mode"] == "local" and answer["requested_mode"] == mode
+    assert answer["fallback"] is True and answer["fallback_reason"]
+    assert answer["bytes_sent"] == 0
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"), [(_unavailable, 503), (_refused, 503), (_late, 504)]
+)
+def test_no_fallback_when_the_request_says_so(head, fake_tail, cat_jpeg, failure, status) -> None:
+    fake_tail.failure = failure
+    assert_problem(infer(head, "split", cat_jpeg, fallback="false"), status)
+
+
+@pytest.mark.parametrize(
+    ("status", "slug"), [(409, "bundle-mismatch"), (401, "unauthorized"), (400, "bad-envelope")]
+)
+def test_tail_problems_are_relayed_not_hidden_by_fallback(
+    head, fake_tail, cat_jpeg, status, slug
+) -> None:
+    problem = {"type": f"urn:splitdnn:problem:{slug}", "title": "t", "status": status,
+               "detail": "from the tail"}  # fmt: skip
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            status, json=problem, headers={"Content-Type": "application/problem+json"}
+        )
+
+    fake_tail.failure = refuse
+    body = assert_problem(infer(head, "split", cat_jpeg), status, slug)
+    assert body["detail"] == "from the tail"
+
+
+def test_auto_reports_its_choice_and_predictions(head, fake_tail, cat_jpeg) -> None:
+    answer = infer(head, "auto", cat_jpeg).json()
+    assert answer["requested_mode"] == "auto"
+    assert answer["mode"] in {"local", "split", "offload"}
+    assert set(answer["predicted_ms"]) == {"local", "split", "offload"}
+    chosen = min(answer["predicted_ms"], key=answer["predicted_ms"].get)
+    assert answer["mode"] == chosen
+
+
+def test_auto_avoids_a_tail_that_just_failed(toy_bundle_dir, fake_tail, cat_jpeg) -> None:
+    settings = HeadSettings(
+        bundle=toy_bundle_dir, tail_url="http://tail.test", load_in_background=False,
+        tail_retry_s=60.0, prior_rate_mbps=1e6,
+    )  # fmt: skip
+    with TestClient(create_app(settings, httpx.MockTransport(fake_tail))) as head:
+        fake_tail.failure = _refused
+        assert infer(head, "split", cat_jpeg).json()["fallback"] is True
+        answer = infer(head, "auto", cat_jpeg).json()
+        assert answer["mode"] == "local" and answer["fallback"] is False
+        assert answer["predicted_ms"]["split"] is None
+        assert head.get("/latency").json()["estimates"]["tail_available"] is False
+
+
+def test_latency_endpoint_predicts_every_mode(head) -> None:
+    answer = head.get("/latency", params={"image_bytes": 10_000}).json()
+    assert set(answer["predictions"]) == {"local", "split", "offload"}
+    assert answer["predictions"]["offload"]["bytes"] == 10_000
+    assert answer["estimates"]["rate_samples"] >= 1
+
+
+def test_image_errors(head, cat_jpeg) -> None:
+    assert_problem(infer(head, "split", b"GIF89a but not really"), 415, "unsupported-image")
+    assert_problem(infer(head, "local", cat_jpeg[:2000]), 400, "corrupt-image")
+    assert_problem(infer(head, "split", cat_jpeg * 7), 413)
+    assert_problem(infer(head, "split", cat_jpeg, task="cifar10"), 404, "unknown-name")
+    assert_problem(infer(head, "sideways", cat_jpeg), 422, "validation-error")
+
+
+def test_metrics_count_modes_and_bytes_sent(head, cat_jpeg) -> None:
+    infer(head, "split", cat_jpeg)
+    text = head.get("/metrics").text
+    assert 'splitdnn_bytes_sent_total{mode="split",service="head"}' in text
+    assert 'splitdnn_mode_requests_total{fallback="false",mode="split",service="head"}' in text
+
+
+def test_head_and_tail_with_different_bundles_answer_409(
+    toy_bundle_dir, other_bundle_dir, cat_jpeg
+) -> None:
+    tail_settings = TailSettings(bundle=other_bundle_dir, load_in_background=False)
+    with TestClient(create_tail(tail_settings)) as tail:
+        settings = HeadSettings(
+            bundle=toy_bundle_dir, tail_url="http://tail.test", load_in_background=False
+        )
+        with TestClient(create_app(settings, tail_transport=tail._transport)) as head:
+            for mode in ("split", "offload"):
+                body = assert_problem(infer(head, mode, cat_jpeg), 409, "bundle-mismatch")
+                assert load_bundle(other_bundle_dir).id in body["detail"]
