@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from splitdnn.data import Sample, load_dataset, split_per_class
 from splitdnn.errors import ConfigError
 
 
@@ -29,9 +30,14 @@ class TeacherConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
+        from splitdnn.errors import UnknownNameError
         from splitdnn.models import get_teacher
 
-        get_teacher(value)  # raises with the list of registered names
+        try:
+            get_teacher(value)
+        except UnknownNameError as exc:
+            # pydantic turns only ValueError into a validation error that names the key.
+            raise ValueError(str(exc)) from None
         return value
 
 
@@ -85,10 +91,26 @@ class ProbeConfig(_Strict):
 
 
 class KDConfig(_Strict):
-    #: The whole small student of local mode: a registered teacher architecture (random init).
-    student: str = "efficientnet_lite0"
+    #: The whole small student of local mode, by name (see ``splitdnn.distill.kd.KD_STUDENTS``):
+    #: an ImageNet-pretrained backbone with its last stages fine-tuned.
+    student: str = "efficientnet_lite0_last2"
     temperature: float = Field(default=4.0, gt=0)
+    #: Weight of the soft-target term; ``1 - alpha`` weighs cross-entropy on the labels.
     alpha: float = Field(default=0.9, ge=0, le=1)
+    #: A ``method: hnd`` run directory with the same teacher and data: its cached pooled
+    #: features and ``classifier.pt`` are reused instead of running the teacher again.
+    teacher_run: Path | None = None
+
+    @field_validator("student")
+    @classmethod
+    def _known_student(cls, value: str) -> str:
+        from splitdnn.distill.kd import KD_STUDENTS
+
+        if value not in KD_STUDENTS:
+            raise ValueError(
+                f"unknown kd student {value!r}; registered: {', '.join(sorted(KD_STUDENTS))}"
+            )
+        return value
 
 
 class DistillConfig(_Strict):
@@ -123,6 +145,9 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
         raise ConfigError(f"invalid config: {_format(exc)}") from None
     if base_dir is not None and not config.data.root.is_absolute():
         config.data.root = (base_dir / config.data.root).resolve()
+    run = config.kd.teacher_run
+    if base_dir is not None and run is not None and not run.is_absolute():
+        config.kd.teacher_run = (base_dir / run).resolve()
     return config
 
 
@@ -136,3 +161,23 @@ def load_config(path: str | Path) -> DistillConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     return parse_config(data, base_dir=Path.cwd())
+
+
+def config_samples(config: DistillConfig) -> tuple[list[Sample], list[Sample], list[str], str]:
+    """Training and validation samples, class names and label space of a config.
+
+    Every method (hnd, kd, labels, probes) goes through here, so the same config always gives
+    the same images in the same order: teacher outputs cached by one run line up with another's.
+    """
+    c = config.data
+    dataset = load_dataset(c.root, c.list)
+    if c.per_class_limit:
+        kept: dict[int, int] = {}
+        samples = []
+        for s in dataset.samples:
+            if kept.get(s.label, 0) < c.per_class_limit:
+                kept[s.label] = kept.get(s.label, 0) + 1
+                samples.append(s)
+        dataset.samples = samples
+    train, val = split_per_class(dataset, c.val_fraction, config.seed)
+    return train, val, dataset.classes, dataset.label_space

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitdnn.data import Sample, load_crops, load_dataset, split_per_class
-from splitdnn.distill.config import DistillConfig
+from splitdnn.data import Sample, load_crops
+from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import sse
+from splitdnn.distill.probe import train_linear
 from splitdnn.errors import ConfigError
 from splitdnn.evaluate import AgreementMeter
 from splitdnn.imaging import Preprocessing
@@ -110,20 +111,10 @@ class Distiller:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def _samples(self) -> tuple[list[Sample], list[Sample], list[str]]:
-        c = self.config.data
-        dataset = load_dataset(c.root, c.list)
-        if c.per_class_limit:
-            kept: dict[int, int] = {}
-            samples = []
-            for s in dataset.samples:
-                if kept.get(s.label, 0) < c.per_class_limit:
-                    kept[s.label] = kept.get(s.label, 0) + 1
-                    samples.append(s)
-            dataset.samples = samples
-        train, val = split_per_class(dataset, c.val_fraction, self.config.seed)
-        if self.config.teacher.classifier == "imagenet" and dataset.label_space != "imagenet":
+        train, val, classes, label_space = config_samples(self.config)
+        if self.config.teacher.classifier == "imagenet" and label_space != "imagenet":
             self._log("note: labels are not ImageNet indices; top-1 is against folder classes")
-        return train, val, dataset.classes
+        return train, val, classes
 
     def _teacher_pass(self, parts: TeacherParts, crops: np.ndarray, flip: bool, desc: str):
         """Head outputs (fp16) and pooled features of every crop, in batches."""
@@ -184,18 +175,8 @@ class Distiller:
         x = torch.cat(feats)
         labels = torch.tensor([s.label for s in train]).repeat(len(feats))
         cfg = self.config.probe
-        generator = torch.Generator().manual_seed(self.config.seed)
-        optimiser = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, cfg.epochs)
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(x), generator=generator)
-            for i in range(0, len(x), 256):
-                idx = order[i : i + 256]
-                loss = nn.functional.cross_entropy(probe(x[idx]), labels[idx])
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-            schedule.step()
+        train_linear(probe, x, labels, epochs=cfg.epochs, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay, seed=self.config.seed)
         save_atomic(probe.state_dict(), path)
         return probe.eval()
 
@@ -258,7 +239,6 @@ class Distiller:
             state = ckpt["state"]
             self._log(f"resuming at epoch {state['epoch']} step {state['step']}")
 
-        labels = torch.tensor([s.label for s in train])
         n = len(train)
         steps_per_epoch = -(-n // tcfg.batch_size)
         if tcfg.max_steps_per_epoch:

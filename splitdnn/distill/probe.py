@@ -1,0 +1,319 @@
+"""Linear probes: a frozen backbone's pooled features + one trained linear layer.
+
+Why a probe: the ImageNet-pretrained teachers have 1,000 ImageNet outputs, but a data set such
+as Caltech-101 has its own classes. Training only a linear classifier on the frozen pooled
+features gives a classifier for those classes in seconds (features are computed once and
+cached), without changing anything the split inference depends on: the head, the bottleneck and
+the tail stay the teacher's, only the last layer is new. The same probe is
+
+* the Caltech-101 teacher of head network distillation (``teacher.classifier: probe``),
+* the classifier of local mode (EfficientNet-Lite0 backbone + probe),
+* the starting point and the baseline of the whole-student distillation in :mod:`.kd`.
+
+Features come from :func:`extract_features`, which can also return the activations at a cut
+(``cut="_blocks.13"``) in the same pass, so one slow CPU pass over the images serves both the
+probe and a student that fine-tunes the layers after the cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitdnn.data import Sample, load_crops
+from splitdnn.models import get_teacher
+from splitdnn.split import split_model
+
+#: Bump when what a cache file means changes, so stale caches are not reused.
+_CACHE_VERSION = "1"
+
+
+def normalise_batch(crops: np.ndarray | torch.Tensor, spec) -> torch.Tensor:
+    """uint8 NHWC crops -> normalised float32 NCHW (channels-last memory, faster on CPU)."""
+    from splitdnn.distill.trainer import normalise_batch as _normalise
+
+    return _normalise(crops, spec)
+
+
+def _features_key(teacher_name: str, pretrained: bool, samples: Sequence[Sample]) -> str:
+    spec = get_teacher(teacher_name)
+    parts = [
+        _CACHE_VERSION,
+        teacher_name,
+        str(pretrained),
+        json.dumps(spec.preprocessing.to_dict()),
+    ]
+    parts += [f"{s.path}:{s.label}" for s in samples]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _backbone(teacher_name: str, pretrained: bool, cut: str | None) -> tuple[nn.Module, nn.Module]:
+    """(prefix up to ``cut``, the rest up to the pooled features); frozen, channels-last."""
+    spec = get_teacher(teacher_name)
+    model = spec.build(pretrained)
+    model.set_submodule(spec.classifier, nn.Identity())
+    if cut is None:
+        prefix, rest = nn.Identity(), model
+    else:
+        halves = split_model(model, cut)
+        prefix, rest = halves.head, halves.tail
+    for module in (prefix, rest):
+        module.requires_grad_(False)
+        module.to(memory_format=torch.channels_last)
+        module.eval()
+    return prefix, rest
+
+
+def extract_features(
+    teacher_name: str,
+    samples: Sequence[Sample],
+    *,
+    cut: str | None = None,
+    hflip: bool = False,
+    pretrained: bool = True,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Frozen-backbone outputs for ``samples``, in their order.
+
+    Returns ``pooled`` (N, C) float32 and, with ``cut``, ``cut`` (N, …) float16 activations
+    after that module; with ``hflip`` also ``flip_pooled`` / ``flip_cut`` for the mirrored
+    images. With ``cache_dir`` the arrays are saved as ``.npy`` under a key of teacher,
+    preprocessing and the exact sample list, and reused (memory-mapped) the next time.
+    """
+    names = ["pooled"] + (["cut"] if cut else [])
+    if hflip:
+        names += [f"flip_{n}" for n in names]
+    files: dict[str, Path] = {}
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        key = _features_key(teacher_name, pretrained, samples)
+        tag = {"pooled": "pooled", "cut": f"cut-{cut}"}
+        for name in names:
+            base = name.removeprefix("flip_")
+            flip = "flip-" if name.startswith("flip_") else ""
+            files[name] = cache / f"{teacher_name}-{key}-{flip}{tag[base]}.npy"
+        if all(p.exists() for p in files.values()):
+            return {n: np.load(p, mmap_mode="r") for n, p in files.items()}
+
+    spec = get_teacher(teacher_name)
+    prefix, rest = _backbone(teacher_name, pretrained, cut)
+    crops = load_crops(samples, spec.preprocessing, progress)
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for flip in [False, True] if hflip else [False]:
+        pre = "flip_" if flip else ""
+        batches = range(0, len(crops), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"{teacher_name}{' flip' if flip else ''}", unit="batch")
+        with torch.no_grad():
+            for i in batches:
+                x = normalise_batch(crops[i : i + batch_size], spec.preprocessing)
+                if flip:
+                    x = x.flip(3)
+                h = prefix(x)
+                out[pre + "pooled"].append(rest(h).float().numpy())
+                if cut:
+                    out[pre + "cut"].append(h.half().numpy())
+    arrays = {n: np.concatenate(v) for n, v in out.items()}
+    for name, path in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, arrays[name])
+        os.replace(tmp, path)
+    return arrays
+
+
+def train_linear(
+    probe: nn.Linear,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 60,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> nn.Linear:
+    """Train ``probe`` in place with cross-entropy: AdamW, cosine schedule, seeded order.
+
+    The layer is passed in (not built here) so a caller controls when its random init draws
+    from the global generator; the HND trainer relies on that to keep its runs reproducible.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs)
+    for _ in range(epochs):
+        order = torch.randperm(len(features), generator=generator)
+        for i in range(0, len(features), batch_size):
+            idx = order[i : i + batch_size]
+            loss = nn.functional.cross_entropy(probe(features[idx]), labels[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        schedule.step()
+    return probe.eval()
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+
+@dataclass
+class ProbeResult:
+    """A fitted probe and how well it does on the held-out images."""
+
+    linear: nn.Linear
+    val_top1: float
+    train_images: int
+    val_images: int
+
+
+def fit_linear_probe(
+    teacher_name: str,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    num_classes: int,
+    *,
+    hflip: bool = True,
+    epochs: int = 60,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    pretrained: bool = True,
+    cache_dir: str | Path | None = None,
+    cut: str | None = None,
+    progress: bool = False,
+) -> ProbeResult:
+    """Fit a linear classifier on the frozen pooled features of ``teacher_name``.
+
+    Mirrored training images (``hflip``) double the probe's data at the cost of one more
+    backbone pass. ``cut`` only adds those activations to the cache (see
+    :func:`extract_features`), so a later whole-student run reuses this pass.
+    """
+    torch.manual_seed(seed)
+    tr = extract_features(
+        teacher_name,
+        train,
+        cut=cut,
+        hflip=hflip,
+        pretrained=pretrained,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    va = extract_features(
+        teacher_name, val, cut=cut, pretrained=pretrained, cache_dir=cache_dir, progress=progress
+    )
+    feats = [torch.as_tensor(np.asarray(tr["pooled"]))]
+    if hflip:
+        feats.append(torch.as_tensor(np.asarray(tr["flip_pooled"])))
+    x = torch.cat(feats)
+    y = torch.tensor([s.label for s in train]).repeat(len(feats))
+    probe = nn.Linear(x.shape[1], num_classes)
+    train_linear(probe, x, y, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+    with torch.no_grad():
+        logits = probe(torch.as_tensor(np.asarray(va["pooled"])))
+    val_top1 = top1(logits, torch.tensor([s.label for s in val]))
+    return ProbeResult(probe, val_top1, len(train), len(val))
+
+
+def save_probe(result: ProbeResult, path: str | Path, meta: dict) -> tuple[Path, Path]:
+    """Write ``<path>.safetensors`` (``weight``, ``bias``) and ``<path>.json`` (metrics, meta).
+
+    safetensors, not a pickle: the bundle and the services load it without executing code.
+    """
+    from safetensors.torch import save_file
+
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    weights = base.with_suffix(".safetensors")
+    save_file(
+        {
+            "weight": result.linear.weight.detach().contiguous(),
+            "bias": result.linear.bias.detach().contiguous(),
+        },
+        str(weights),
+    )
+    info = base.with_suffix(".json")
+    info.write_text(
+        json.dumps(
+            {
+                "val_top1": round(result.val_top1, 2),
+                "train_images": result.train_images,
+                "val_images": result.val_images,
+                **meta,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return weights, info
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m splitdnn.distill.probe CONFIG --teacher NAME --out PATH``.
+
+    Takes data, split, seed and probe settings from a distillation config, so a probe is fitted
+    on exactly the training images (and scored on exactly the validation images) of that run.
+    """
+    from splitdnn.distill.config import config_samples, load_config
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--teacher", default=None, help="backbone; default: the config's")
+    parser.add_argument("--out", type=Path, required=True, help="path without suffix")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (reused)")
+    parser.add_argument("--cut", default=None, help="also cache activations after this module")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    teacher = args.teacher or config.teacher.name
+    train, val, classes, _ = config_samples(config)
+    result = fit_linear_probe(
+        teacher,
+        train,
+        val,
+        len(classes),
+        hflip=config.augmentation.hflip,
+        epochs=config.probe.epochs,
+        lr=config.probe.lr,
+        weight_decay=config.probe.weight_decay,
+        seed=config.seed,
+        cache_dir=args.cache_dir,
+        cut=args.cut,
+        progress=True,
+    )
+    meta = {
+        "teacher": teacher,
+        "classes": classes,
+        "data": {
+            "list": config.data.list,
+            "val_fraction": config.data.val_fraction,
+            "seed": config.seed,
+            "hflip": config.augmentation.hflip,
+        },
+        "probe": config.probe.model_dump(),
+        "config": args.config.name,
+    }
+    weights, info = save_probe(result, args.out, meta)
+    print(
+        f"{teacher} probe: validation top-1 {result.val_top1:.2f} % "
+        f"({result.val_images} images) -> {weights}, {info}"
+    )
+
+
+if __name__ == "__main__":
+    main()
