@@ -1,0 +1,96 @@
+"""``splitdnn serve ...``: options become environment and one ``uvicorn.run`` call."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from splitdnn import serve
+from splitdnn.cli_serve import serve_app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple[tuple, dict]]:
+    """Record uvicorn.run instead of serving; keep os.environ changes local to the test."""
+    import uvicorn
+
+    recorded: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: recorded.append((a, k)))
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    return recorded
+
+
+def test_serve_tail_runs_the_tail_factory(calls, toy_bundle_dir) -> None:
+    result = runner.invoke(
+        serve_app, ["tail", "--port", "9101", "--bundle", str(toy_bundle_dir), "--token", "t"]
+    )
+    assert result.exit_code == 0, result.output
+    ((args, kwargs),) = calls
+    assert args == ("services.tail.app:create_app",)
+    assert kwargs["factory"] is True and kwargs["port"] == 9101
+    assert os.environ["SPLITDNN_BUNDLE"] == str(toy_bundle_dir)
+    assert os.environ["SPLITDNN_TOKEN"] == "t"
+
+
+def test_serve_head_passes_the_tail_url(calls, toy_bundle_dir) -> None:
+    result = runner.invoke(
+        serve_app,
+        ["head", "--port", "9102", "--tail-url", "http://edge:1", "--bundle", str(toy_bundle_dir),
+         "--quantisation", "fp16"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls[0][0] == ("services.head.app:create_app",)
+    assert os.environ["SPLITDNN_HEAD_TAIL_URL"] == "http://edge:1"
+    assert os.environ["SPLITDNN_HEAD_QUANTISATION"] == "fp16"
+
+
+def test_serve_gateway_passes_both_urls(calls) -> None:
+    result = runner.invoke(
+        serve_app,
+        ["gateway", "--port", "9100", "--head-url", "http://h:2", "--tail-url", "http://t:3"],
+    )
+    assert result.exit_code == 0, result.output
+    assert calls[0][0] == ("gateway.app:create_app",) and calls[0][1]["port"] == 9100
+    assert os.environ["SPLITDNN_GATEWAY_HEAD_URL"] == "http://h:2"
+    assert os.environ["SPLITDNN_GATEWAY_TAIL_URL"] == "http://t:3"
+
+
+def test_missing_bundle_is_a_message_and_exit_code(calls, tmp_path) -> None:
+    result = runner.invoke(serve_app, ["tail", "--bundle", str(tmp_path)])
+    assert result.exit_code == 2 and not calls
+    assert "export --default" in result.output
+
+
+def test_bad_quantisation_is_refused(calls, toy_bundle_dir) -> None:
+    result = runner.invoke(
+        serve_app, ["head", "--bundle", str(toy_bundle_dir), "--quantisation", "int4"]
+    )
+    assert result.exit_code == 2 and not calls
+
+
+def test_serve_all_plans_three_wired_processes(monkeypatch, toy_bundle_dir) -> None:
+    started: list[tuple[list[str], dict]] = []
+
+    class FakeProcess:
+        def __init__(self, command, env):
+            started.append((command, env))
+
+        def poll(self):
+            return 3  # every child "exits" at once, so serve_all returns
+
+        def wait(self, timeout=None):
+            return 3
+
+    monkeypatch.setattr(serve.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(serve, "wait_ready", lambda *a, **k: True)
+    code = serve.serve_all(bundle=toy_bundle_dir, tail_port=1, head_port=2, gateway_port=3)
+    assert code == 3
+    apps = [command[3] for command, _ in started]
+    assert apps == [serve.TAIL_APP, serve.HEAD_APP, serve.GATEWAY_APP]
+    head_env, gateway_env = started[1][1], started[2][1]
+    assert head_env["SPLITDNN_HEAD_TAIL_URL"] == "http://127.0.0.1:1"
+    assert gateway_env["SPLITDNN_GATEWAY_HEAD_URL"] == "http://127.0.0.1:2"
