@@ -1,0 +1,78 @@
+"""An envelope upload over a tbf-shaped veth link takes as long as the configured rate says.
+
+This checks the measuring instrument of ``benchmarks/bandwidth_sweep.py``: if tbf shapes
+the link, the head's transfer times (and the bandwidth estimate fed by them) are real.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ folder
+from benchmarks.netns import shaped_link, why_unavailable  # noqa: E402
+
+from splitdnn import wire  # noqa: E402
+from splitdnn.latency import BandwidthEstimator  # noqa: E402
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(why_unavailable() is not None, reason=str(why_unavailable())),
+]
+
+#: A stdlib HTTP sink: reads the body, answers with its length.
+SINK = """
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = len(self.rfile.read(int(self.headers["Content-Length"])))
+        body = str(n).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *args): pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Sink).serve_forever()
+"""
+
+
+def wait_for_port(url: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(url, content=b"x", timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+@pytest.mark.parametrize("rate_mbit", [4.0, 16.0])
+def test_envelope_upload_runs_at_the_shaped_rate(rate_mbit: float) -> None:
+    tensor = np.random.default_rng(0).normal(size=(1, 64, 48, 48)).astype(np.float32)
+    envelope = wire.encode(tensor, bundle_id="0" * 16)  # ~590 kB, incompressible
+    expected_s = len(envelope) * 8 / (rate_mbit * 1e6)
+    with shaped_link(rate_mbit, name="sdtest") as link:
+        port = 18765
+        sink = subprocess.Popen(link.exec_argv([sys.executable, "-c", SINK, link.ns_ip, str(port)]))
+        try:
+            url = f"http://{link.ns_ip}:{port}/"
+            wait_for_port(url)
+            estimator = BandwidthEstimator(prior_bytes_per_s=1.0)
+            with httpx.Client(timeout=30) as client:
+                for _ in range(2):
+                    start = time.perf_counter()
+                    response = client.post(url, content=envelope)
+                    elapsed = time.perf_counter() - start
+                    assert response.text == str(len(envelope))
+                    estimator.observe(len(envelope), elapsed)
+        finally:
+            sink.kill()
+            sink.wait()
+    measured_mbit = estimator.bytes_per_s * 8 / 1e6
+    # TCP/IP headers cost ~4 %; tbf's burst lets the first ~16 kB through at once.
+    assert 0.8 * rate_mbit <= measured_mbit <= 1.1 * rate_mbit, (measured_mbit, expected_s)
