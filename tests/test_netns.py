@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ folder
-from benchmarks.netns import shaped_link, why_unavailable  # noqa: E402
-
-from splitdnn import wire  # noqa: E402
-from splitdnn.latency import BandwidthEstimator  # noqa: E402
+from benchmarks.netns import shaped_link, why_unavailable
+from splitdnn import wire
+from splitdnn.latency import BandwidthEstimator
 
 pytestmark = [
     pytest.mark.netns,
