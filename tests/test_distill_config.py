@@ -1,0 +1,102 @@
+"""Distillation configs: every mistake is a ConfigError (CLI: exit 2) that names the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from splitdnn.distill.config import load_config, parse_config
+from splitdnn.errors import ConfigError
+
+pytest.importorskip("torch")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_fills_defaults_and_resolves_data_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(_write(tmp_path, "data: {root: images}\n"))
+    assert config.method == "hnd"
+    assert config.teacher.name == "efficientnet_lite2"
+    assert config.kd.student == "efficientnet_lite0_last2"
+    assert config.data.root == (tmp_path / "images").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("data: {root: x}\ntrain: {epoch: 3}\n", "train.epoch: unknown key"),
+        ("data: {root: x}\ntrain: {epochs: ten}\n", "train.epochs"),
+        ('data: {root: x}\ntrain: {epochs: "ten"}\n', "train.epochs"),
+        ("data: {root: x}\nteacher: {name: resnet9000}\n", "teacher.name"),
+        ("data: {root: x}\nkd: {student: big_cnn}\n", "kd.student"),
+        ("data: {root: x}\nmethod: magic\n", "method"),
+        ("data: {root: x}\nkd: {alpha: 1.5}\n", "kd.alpha"),
+        ("train: {epochs: 3}\n", "data: Field required"),
+    ],
+)
+def test_bad_values_are_config_errors_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(_write(tmp_path, text))
+
+
+def test_unknown_teacher_error_lists_registered_teachers():
+    with pytest.raises(ConfigError, match="efficientnet_lite0") as info:
+        parse_config({"data": {"root": "x"}, "teacher": {"name": "resnet9000"}})
+    assert "teacher.name" in str(info.value)
+
+
+def test_python_object_tags_are_rejected_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    text = f'data: !!python/object/apply:os.system ["touch {marker}"]\n'
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, text))
+    assert not marker.exists()
+
+
+def test_a_config_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_config_error_goes_to_stderr_with_exit_code_2(tmp_path):
+    from splitdnn.cli import app
+
+    path = _write(tmp_path, "data: {root: x}\ntrain: {epoch: 3}\n")
+    result = CliRunner().invoke(app, ["distill", str(path)])
+    assert result.exit_code == 2
+    assert "train.epoch: unknown key" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
+    from splitdnn.cli import app
+    from splitdnn.distill import kd
+
+    seen: dict = {}
+
+    def fake_run(config, run_dir, resume=False, progress=True):
+        seen.update(run_dir=Path(run_dir), resume=resume, method=config.method)
+        return {"ok": True}
+
+    monkeypatch.setattr(kd, "run_config", fake_run)
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "method: kd\ndata: {root: x}\n")
+    result = CliRunner().invoke(app, ["distill", str(path), "--resume", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"run_dir": Path("runs") / "config", "resume": True, "method": "kd"}
+    assert '"ok": true' in result.stdout
