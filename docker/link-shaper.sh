@@ -9,7 +9,7 @@
 #
 #   LINK_RATE   tc rate, e.g. 10mbit, 1mbit, 500kbit; empty: shape nothing (the default)
 #   LINK_DELAY  one-way delay, e.g. 20ms; needs the kernel's netem qdisc (sch_netem)
-#   LINK_PORT   the tail's port (8002)
+#   LINK_PORT   the tail's port (8001)
 #   LINK_DEV    the device to shape (lo)
 #
 # Qdiscs: root `htb default 0`, so unclassified packets pass unshaped; u32 filters put the
@@ -20,7 +20,7 @@
 set -eu
 
 DEV="${LINK_DEV:-lo}"
-PORT="${LINK_PORT:-8002}"
+PORT="${LINK_PORT:-8001}"
 RATE="${LINK_RATE:-}"
 DELAY="${LINK_DELAY:-}"
 BURST="${LINK_BURST:-96kb}"

@@ -186,16 +186,20 @@ def test_services_use_host_networking_restart_and_drop_capabilities(services):
     assert services["link"]["cap_add"] == ["NET_ADMIN"]
 
 
-def test_gateway_is_on_port_8000_and_services_agree_on_urls(services):
-    gateway = services["gateway"]
-    assert "${GATEWAY_PORT:-8000}" in gateway["command"]
-    env = gateway["environment"]
-    assert env["SPLITDNN_GATEWAY_HEAD_URL"].endswith(":8001")
-    assert env["SPLITDNN_GATEWAY_TAIL_URL"].endswith(":8002")
-    assert services["head"]["environment"]["SPLITDNN_HEAD_TAIL_URL"].endswith(":8002")
-    assert services["head"]["command"][-1] == "8001"
-    assert services["tail"]["command"][-1] == "8002"
-    assert services["link"]["environment"]["LINK_PORT"] == "8002"
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_gateway_is_on_port_8000_and_services_agree_on_ports(services):
+    gateway, head, tail = (services[n]["command"] for n in ("gateway", "head", "tail"))
+    assert _flag(gateway, "--port") == "${GATEWAY_PORT:-8000}"
+    tail_port, head_port = _flag(tail, "--port"), _flag(head, "--port")
+    assert _flag(head, "--tail-url") == f"http://127.0.0.1:{tail_port}"
+    assert _flag(gateway, "--tail-url") == f"http://127.0.0.1:{tail_port}"
+    assert _flag(gateway, "--head-url") == f"http://127.0.0.1:{head_port}"
+    assert services["link"]["environment"]["LINK_PORT"] == tail_port
+    assert services["tail"]["environment"]["PORT"] == tail_port  # the healthcheck's port
+    assert services["head"]["environment"]["PORT"] == head_port
 
 
 def test_compose_builds_every_service_from_a_dockerfile_target(services, dockerfile_stages):

