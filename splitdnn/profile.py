@@ -190,3 +190,68 @@ def head_macs(model: nn.Module, module_path: str, input_shape: tuple[int, ...]) 
     finally:
         model.train(was_training)
     return reached[module_path]
+
+
+@dataclass
+class StudentCosts:
+    """What a bottleneck student costs next to the teacher head it replaces (Table 3 columns
+    that need no training: data size, device MACs and their reduction, parameters)."""
+
+    teacher: str
+    split_module: str
+    bottleneck_channels: int
+    variant: str
+    input_shape: list[int]
+    bottleneck_shape: list[int]
+    data_size_percent: float
+    bottleneck_bytes_fp32: int
+    bottleneck_bytes_uint8: int
+    device_macs: int
+    server_decoder_macs: int
+    teacher_head_macs: int
+    teacher_macs: int
+    device_macs_reduction_percent: float
+    device_params: int
+    student_params: int
+    teacher_head_params: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def student_costs(teacher: str, bottleneck: int, variant: str = "caltech101") -> StudentCosts:
+    """Sizes, MACs and parameters of the registered student for ``teacher`` (random weights:
+    none of these figures depends on them). Teacher head parameters are those of the modules
+    the cut head uses."""
+    from splitdnn.models import get_teacher
+    from splitdnn.students import build_student
+
+    spec = get_teacher(teacher)
+    model = spec.build(False)
+    student = build_student(teacher, bottleneck, variant).eval()
+    shape = spec.input_shape
+    with torch.no_grad():
+        z = student.encode(torch.zeros(1, *shape))
+    reached, total = cumulative_macs(model, torch.zeros(1, *shape), [spec.student_split])
+    head = reached[spec.student_split]
+    device = count_macs(student.encoder, shape)
+    elements = int(z[0].numel())
+    return StudentCosts(
+        teacher=teacher,
+        split_module=spec.student_split,
+        bottleneck_channels=bottleneck,
+        variant=variant,
+        input_shape=list(shape),
+        bottleneck_shape=list(z.shape[1:]),
+        data_size_percent=100.0 * elements / int(np.prod(shape)),
+        bottleneck_bytes_fp32=4 * elements,
+        bottleneck_bytes_uint8=elements,
+        device_macs=device,
+        server_decoder_macs=count_macs(student.decoder, tuple(z.shape[1:])),
+        teacher_head_macs=head,
+        teacher_macs=total,
+        device_macs_reduction_percent=100.0 * (1.0 - device / head),
+        device_params=count_params(student.encoder),
+        student_params=count_params(student),
+        teacher_head_params=count_params(split_model(model, spec.student_split).head),
+    )
