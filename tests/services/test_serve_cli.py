@@ -94,3 +94,19 @@ def test_serve_all_plans_three_wired_processes(monkeypatch, toy_bundle_dir) -> N
     head_env, gateway_env = started[1][1], started[2][1]
     assert head_env["SPLITDNN_HEAD_TAIL_URL"] == "http://127.0.0.1:1"
     assert gateway_env["SPLITDNN_GATEWAY_HEAD_URL"] == "http://127.0.0.1:2"
+
+
+def test_library_imports_no_web_stack_and_wire_latency_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import splitdnn.wire, splitdnn.latency\n"
+        "assert 'torch' not in sys.modules, 'wire/latency imported torch'\n"
+        "import splitdnn.bundle, splitdnn.runtime, splitdnn.serve, splitdnn.cli_serve\n"
+        "bad = {m.split('.')[0] for m in sys.modules} & {'fastapi', 'uvicorn', 'httpx',"
+        " 'starlette', 'services', 'gateway', 'torch', 'onnxruntime'}\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
