@@ -62,7 +62,7 @@ def head(
         str | None, typer.Option(help="Envelope quantisation: fp32, fp16 or uint8 (default).")
     ] = None,
     compression: Annotated[
-        str | None, typer.Option(help="Envelope compression: none (default) or zstd.")
+        str | None, typer.Option(help="Envelope compression: zstd (default) or none.")
     ] = None,
     log_level: LogLevel = "info",
 ) -> None:

@@ -31,7 +31,9 @@ class HeadSettings(ServiceSettings):
         default="uint8", description="How the bottleneck is sent: fp32, fp16 or uint8."
     )
     compression: Compression = Field(
-        default="none", description="zstd-compress envelopes (pays off only on slow links)."
+        default="zstd",
+        description="zstd-compress envelopes: ~30 % smaller for post-ReLU bottlenecks, "
+        "microseconds of CPU; 'none' for incompressible ones.",
     )
     zstd_level: int = Field(default=3, ge=1, le=22, description="zstd level when compressing.")
     top_k: int = Field(default=5, ge=1, le=100, description="Default length of top_k answers.")

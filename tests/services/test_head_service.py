@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
@@ -46,6 +47,7 @@ class FakeTail:
         else:
             task, logits = self.offload(request.content, task)
         ranked = top_k(logits[0], self.bundle.labels(task), int(request.url.params["top_k"]))
+        time.sleep(0.002)  # a round trip longer than the 1.5 ms of "compute" reported below
         return httpx.Response(
             200,
             json={"top_k": [r.to_dict() for r in ranked], "timings_ms": {"compute": 1.5}},
@@ -121,8 +123,10 @@ def test_quantisation_and_compression_can_be_chosen_per_request(head, fake_tail,
         assert wire.decode(fake_tail.last().content).quantisation == quantisation
         sizes[quantisation] = answer["bytes_sent"]
     assert sizes["uint8"] < sizes["fp16"] < sizes["fp32"]
-    infer(head, "split", cat_jpeg, compression="zstd")
-    assert wire.decode(fake_tail.last().content).compression == "zstd"
+    infer(head, "split", cat_jpeg)
+    assert wire.decode(fake_tail.last().content).compression == "zstd"  # the default
+    infer(head, "split", cat_jpeg, compression="none")
+    assert wire.decode(fake_tail.last().content).compression == "none"
 
 
 def test_offload_sends_the_image_bytes_unchanged(head, fake_tail, bundle, cat_jpeg) -> None:
