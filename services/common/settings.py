@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitdnn.bundle import default_bundle_path
@@ -39,12 +39,12 @@ class ServiceSettings(BaseServiceSettings):
 
     bundle: Path = Field(
         default_factory=default_bundle_path,
-        validation_alias=AliasChoices("bundle", "SPLITDNN_BUNDLE"),
+        validation_alias="SPLITDNN_BUNDLE",  # no prefix: head and tail share it
         description="Bundle directory (manifest.json + ONNX files).",
     )
     token: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("token", "SPLITDNN_TOKEN"),
+        validation_alias="SPLITDNN_TOKEN",
         description="Shared bearer token between head and tail; unset disables auth.",
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0 = auto.")
