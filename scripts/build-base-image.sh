@@ -89,18 +89,18 @@ rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin \
   "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* \
   "$ROOTFS"/var/log/*.log "$ROOTFS"/var/log/apt/* "$ROOTFS"/tmp/* "$ROOTFS"/debootstrap
 find "$ROOTFS/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} + 2>/dev/null || true
-find "$ROOTFS/usr/lib/python3.11" -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
 # /usr/bin/python, as the official image has it.
 ln -sf python3 "$ROOTFS/usr/bin/python"
 
-log "docker import -> $TAG"
-tar --numeric-owner -C "$ROOTFS" -c . | docker import \
-  --platform "linux/$ARCH" \
-  --change 'ENV LANG=C.UTF-8' \
-  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  --change 'CMD ["python3"]' \
-  --message "debootstrap $SUITE $ARCH (python3, python3-venv, ca-certificates)" \
-  - "$TAG"
+log "docker load -> $TAG (linux/$ARCH)"
+# Not `docker import`: engines before 23 record their own architecture there.
+tar --numeric-owner -C "$ROOTFS" -c . | python3 "$(dirname "$0")/rootfs-image.py" \
+  --tag "$TAG" --arch "$ARCH" \
+  --env LANG=C.UTF-8 \
+  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  --cmd python3 \
+  --comment "debootstrap $SUITE $ARCH (python3, python3-venv, ca-certificates)" \
+  | docker load
 docker run --rm --platform "linux/$ARCH" "$TAG" python3 -c \
   'import platform, ssl, venv; print("base ok:", platform.machine(), platform.python_version())'
 docker image ls "$TAG"

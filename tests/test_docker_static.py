@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ def _load_module(name: str, path: Path):
 
 entrypoint = _load_module("docker_entrypoint", ROOT / "docker" / "entrypoint.py")
 requirements = _load_module("docker_requirements", ROOT / "docker" / "requirements.py")
+rootfs_image = _load_module("rootfs_image", ROOT / "scripts" / "rootfs-image.py")
 
 
 @pytest.fixture(scope="module")
@@ -361,3 +363,49 @@ def test_thread_variables_are_ones_the_services_read():
         for prefix, names in fields.items():
             if var.startswith(prefix):
                 assert var[len(prefix) :].lower() in names, var
+
+
+# --- scripts ------------------------------------------------------------------------------
+
+
+def test_rootfs_image_names_the_architecture_for_docker_load(tmp_path):
+    import io
+    import tarfile
+
+    rootfs = io.BytesIO()
+    with tarfile.open(fileobj=rootfs, mode="w") as tar:
+        data = b"hello\n"
+        info = tarfile.TarInfo("etc/motd")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    rootfs.seek(0)
+    out = io.BytesIO()
+    rootfs_image.write_image(rootfs, out, "x:arm64", "arm64", ["LANG=C.UTF-8"], ["python3"])
+    out.seek(0)
+    with tarfile.open(fileobj=out) as image:
+        manifest = json.load(image.extractfile("manifest.json"))
+        assert manifest[0]["RepoTags"] == ["x:arm64"]
+        config = json.load(image.extractfile(manifest[0]["Config"]))
+        layer = image.extractfile(manifest[0]["Layers"][0]).read()
+    assert (config["os"], config["architecture"], config["variant"]) == ("linux", "arm64", "v8")
+    assert config["config"] == {"Env": ["LANG=C.UTF-8"], "Cmd": ["python3"]}
+    import hashlib
+
+    assert config["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(layer).hexdigest()}"]
+    assert (
+        manifest[0]["Config"]
+        == f"{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()}.json"
+    )
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["docker/link-shaper.sh", "docker/with-ca.sh", "scripts/build-base-image.sh",
+     "scripts/start-dockerd.sh", "scripts/ci-docker-setup.sh"],
+)  # fmt: skip
+def test_shell_scripts_parse_and_are_executable(script):
+    path = ROOT / script
+    shell = "sh" if path.read_text().startswith("#!/bin/sh") else "bash"
+    result = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert os.access(path, os.X_OK), f"{script} is not executable"
