@@ -1,0 +1,302 @@
+"""Exported bundles reproduce torch in onnxruntime; a run directory, its default assets and
+the bundle built from them agree, and evaluation scores the same in torch and onnxruntime.
+
+Everything uses EfficientNet-Lite0 (its weights install offline) with a random student and
+random probes, so the tests need no training and no network. One bundle is exported per
+session (about half a minute on two cores) and shared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from splitdnn.bundle import load_bundle
+from splitdnn.errors import BundleError, ExportError
+
+TEACHER = "efficientnet_lite0"
+BOTTLENECK = 6
+CLASSES = ["cat", "cat_bw", "cat_flipped"]
+
+
+def _write_images(root: Path) -> None:
+    """A three-class Caltech-style folder (list file of class/file.jpg) from one real photo."""
+    from PIL import Image, ImageOps
+    from skimage import data
+
+    photo = Image.fromarray(data.chelsea())
+    variants = {
+        "cat": photo,
+        "cat_bw": ImageOps.grayscale(photo).convert("RGB"),
+        "cat_flipped": ImageOps.mirror(photo),
+    }
+    lines = []
+    for name, image in variants.items():
+        (root / "images" / name).mkdir(parents=True)
+        for i, crop in enumerate([(0, 0, 451, 300), (40, 10, 420, 290)]):
+            image.crop(crop).save(root / "images" / name / f"image_{i:04d}.jpg", quality=90)
+            lines.append(f"{name}/image_{i:04d}.jpg")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+
+
+def _fake_run(run_dir: Path, data_root: Path) -> dict:
+    """A best.pt as the trainer writes it, with a random student and probe."""
+    from splitdnn.distill.config import parse_config
+    from splitdnn.students import build_student
+
+    torch.manual_seed(0)
+    student = build_student(TEACHER, BOTTLENECK).to(memory_format=torch.channels_last)
+    probe = nn.Linear(1280, len(CLASSES))
+    config = parse_config(
+        {
+            "teacher": {"name": TEACHER, "classifier": "probe"},
+            "student": {"bottleneck": BOTTLENECK},
+            "data": {"root": str(data_root), "list": "train.txt", "val_fraction": 0.5},
+            "seed": 3,
+        }
+    )
+    payload = {
+        "kind": "splitdnn-student",
+        "teacher": TEACHER,
+        "split_module": "_blocks.7",
+        "bottleneck": BOTTLENECK,
+        "variant": "caltech101",
+        "student": student.state_dict(),
+        "classifier": probe.state_dict(),
+        "classes": CLASSES,
+        "metrics": {"epoch": 1, "mimic_top1": 33.3},
+        "config": config.model_dump(mode="json"),
+    }
+    run_dir.mkdir(parents=True)
+    torch.save(payload, run_dir / "best.pt")
+    return payload
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory):
+    """run dir -> default assets -> bundle, plus the data folder they were made for."""
+    from splitdnn.export import export_default, save_default_assets
+
+    root = tmp_path_factory.mktemp("export")
+    data_root = root / "caltech101"
+    _write_images(data_root)
+    payload = _fake_run(root / "run", data_root)
+    local_probe = nn.Linear(1280, len(CLASSES))
+    torch.save(local_probe.state_dict(), root / "lite0_probe.pt")
+    save_default_assets(root / "run", root / "assets", local_probe=root / "lite0_probe.pt")
+    manifest = export_default(root / "assets", root / "bundle")
+    return {
+        "root": root,
+        "data": data_root,
+        "run": root / "run",
+        "assets": root / "assets",
+        "bundle": root / "bundle",
+        "manifest": manifest,
+        "payload": payload,
+        "local_probe": local_probe,
+    }
+
+
+def test_default_assets_are_safetensors_and_json(chain) -> None:
+    from safetensors.torch import load_file
+
+    assets = chain["assets"]
+    names = sorted(p.name for p in assets.iterdir())
+    assert names == [
+        "caltech101_probe.safetensors",
+        "default.json",
+        "lite0_caltech101_probe.safetensors",
+        "student.safetensors",
+    ]
+    meta = json.loads((assets / "default.json").read_text())
+    assert meta["teacher"] == TEACHER and meta["bottleneck"] == BOTTLENECK
+    assert meta["classes"] == CLASSES and meta["task"] == "caltech101"
+    student = load_file(str(assets / "student.safetensors"))
+    for key, value in chain["payload"]["student"].items():
+        assert torch.equal(student[key], value), key
+    probe = load_file(str(assets / "lite0_caltech101_probe.safetensors"))
+    assert torch.equal(probe["weight"], chain["local_probe"].weight)
+
+
+def test_manifest_follows_the_bundle_contract(chain) -> None:
+    bundle = load_bundle(chain["bundle"])  # verifies every sha256
+    m = bundle.manifest
+    assert m.teacher == TEACHER and m.split_module == "_blocks.7"
+    assert m.bottleneck.shape == [BOTTLENECK, 14, 14] and m.bottleneck.dtype == "FP32"
+    assert list(m.tasks) == ["imagenet", "caltech101"] and m.default_task == "imagenet"
+    assert m.tasks["caltech101"].labels == CLASSES
+    assert m.tasks["imagenet"].labels[281] == "tabby cat"
+    assert m.preprocessing.size == 224 and m.local_preprocessing.size == 224
+    assert set(m.files) == {"device.onnx", "server.onnx", "offload.onnx", "local.onnx"}
+    assert m.metrics["device_macs"] < 0.25 * m.metrics["teacher_head_macs"]
+    assert max(m.metrics["onnx_max_abs_diff"].values()) <= 1e-4
+    assert m.metrics["validation"]["mimic_top1"] == 33.3
+
+
+def test_onnx_files_have_the_contract_names_and_a_dynamic_batch(chain) -> None:
+    import onnxruntime as ort
+
+    io_names = {}
+    for role in ("device", "server", "offload", "local"):
+        session = ort.InferenceSession(str(chain["bundle"] / f"{role}.onnx"))
+        (inp,) = session.get_inputs()
+        assert inp.shape[0] == "batch"
+        io_names[role] = (inp.name, [o.name for o in session.get_outputs()])
+    logits = ["logits_imagenet", "logits_caltech101"]
+    assert io_names == {
+        "device": ("image", ["bottleneck"]),
+        "server": ("bottleneck", logits),
+        "offload": ("image", logits),
+        "local": ("image", logits),
+    }
+
+
+def test_bundle_runs_like_torch_on_a_real_photo(chain, cat_jpeg: bytes) -> None:
+    """device -> server in onnxruntime equals student -> teacher tail -> probe in torch."""
+    from splitdnn.export import default_parts
+    from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner
+
+    bundle = load_bundle(chain["bundle"])
+    device, server = DeviceRunner(bundle), ServerRunner(bundle)
+    z = device(cat_jpeg)
+    _, mimic = server(z, "caltech101")
+    _, teacher = ImageClassifier(bundle, "offload").run(device.preprocess(cat_jpeg), "imagenet")
+    _, local = ImageClassifier(bundle, "local")(cat_jpeg, "imagenet")
+
+    parts = default_parts(chain["assets"])
+    x = torch.from_numpy(device.preprocess(cat_jpeg))
+    with torch.no_grad():
+        want_z = parts.student.encode(x)
+        want_mimic = parts.classifiers["caltech101"](parts.teacher_features(parts.student(x)))
+        want_teacher = parts.classifiers["imagenet"](parts.teacher_features(parts.teacher_head(x)))
+    assert np.abs(z - want_z.numpy()).max() <= 1e-4
+    assert np.abs(mimic - want_mimic.numpy()).max() <= 1e-4
+    assert np.abs(teacher - want_teacher.numpy()).max() <= 1e-4
+    assert int(teacher.argmax()) in range(281, 286)  # a real Lite0 sees a cat
+    assert int(local.argmax()) in range(281, 286)
+
+
+def test_tampered_bundle_is_refused(chain, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(chain["bundle"], copy)
+    with (copy / "server.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError):
+        load_bundle(copy)
+
+
+def test_check_onnx_raises_when_onnx_and_torch_disagree(tmp_path: Path) -> None:
+    from splitdnn.export import check_onnx, export_onnx
+
+    module = nn.Conv2d(3, 4, 3)
+    x = torch.randn(2, 3, 8, 8)
+    path = tmp_path / "m.onnx"
+    export_onnx(module, x[:1], path, "image", ["out"])
+    assert check_onnx(path, module, x) <= 1e-5
+    with torch.no_grad():
+        module.weight.add_(1e-2)
+    with pytest.raises(ExportError, match="differs from torch"):
+        check_onnx(path, module, x)
+
+
+def test_run_parts_keep_imagenet_head_and_add_the_probe_task(chain) -> None:
+    from splitdnn.export import run_parts
+
+    parts = run_parts(chain["run"], local_probes={"caltech101": chain["root"] / "lite0_probe.pt"})
+    assert list(parts.labels) == ["imagenet", "caltech101"]
+    assert parts.labels["caltech101"] == CLASSES
+    assert set(parts.local_classifiers) == {"imagenet", "caltech101"}
+    assert parts.classifiers["caltech101"].out_features == len(CLASSES)
+
+
+def test_export_refuses_a_non_bundle_folder_and_a_missing_run(tmp_path: Path) -> None:
+    from splitdnn.export import _prepare_output_dir, export_run
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty"):
+        _prepare_output_dir(tmp_path)
+    with pytest.raises(ExportError, match=r"best\.pt"):
+        export_run(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_evaluate_scores_the_same_in_torch_and_onnxruntime(chain) -> None:
+    from splitdnn.evaluate import evaluate_bundle, evaluate_run
+
+    run = evaluate_run(chain["run"], split="all")
+    bundle = evaluate_bundle(chain["bundle"], chain["data"], "train.txt", split="all")
+    assert run.images == bundle.images == 6
+    assert bundle.task == run.task == "caltech101"
+    for key in ("teacher_top1", "teacher_top5", "mimic_top1", "mimic_top5", "top1_agreement"):
+        assert getattr(run, key) == pytest.approx(getattr(bundle, key)), key
+    assert run.bottleneck_shape == bundle.bottleneck_shape == [BOTTLENECK, 14, 14]
+    assert run.bottleneck_bytes_uint8 == BOTTLENECK * 14 * 14
+    assert run.bottleneck_bytes_fp32 == 4 * run.bottleneck_bytes_uint8
+    assert run.device_macs == bundle.device_macs
+    assert bundle.device_macs_reduction_percent == pytest.approx(run.device_macs_reduction_percent)
+
+
+def test_evaluate_run_uses_the_runs_validation_split(chain) -> None:
+    from splitdnn.data import load_dataset, split_per_class
+    from splitdnn.evaluate import evaluate_run
+
+    row = evaluate_run(chain["run"])  # split val: val_fraction 0.5, seed 3 from the config
+    _, val = split_per_class(load_dataset(chain["data"], "train.txt"), 0.5, 3)
+    assert row.split == "val" and row.images == len(val) == 3
+
+
+def test_cli_exports_and_evaluates_a_bundle(chain, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(chain["bundle"]),
+            "--data",
+            str(chain["data"]),
+            "--list",
+            "train.txt",
+            "--limit",
+            "3",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["images"] == 3 and row["source"] == "bundle"
+    assert {
+        "teacher_top1",
+        "mimic_top5",
+        "top1_agreement",
+        "data_size_percent",
+        "bottleneck_bytes_uint8",
+        "device_macs_reduction_percent",
+    } <= set(row)
+
+    result = runner.invoke(app, ["export", str(chain["run"]), "--assets", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "default.json").is_file()
+
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--default",
+            "--assets-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "default.json" in result.stderr
