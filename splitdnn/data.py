@@ -95,8 +95,9 @@ def load_dataset(root: str | Path, list_file: str | Path | None = None) -> Datas
     if (root / "labels.csv").is_file():
         return _from_labels_csv(root, root / "labels.csv")
     if (root / "train.txt").is_file():
-        return _from_list(root / "images" if (root / "images").is_dir() else root,
-                          root / "train.txt")
+        return _from_list(
+            root / "images" if (root / "images").is_dir() else root, root / "train.txt"
+        )
     return _from_folders(root)
 
 

@@ -28,11 +28,14 @@ def kd_loss(
     alpha: float = 0.9,
 ) -> torch.Tensor:
     """Hinton's soft-target loss, mixed with cross-entropy on the labels when given."""
-    soft = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.softmax(teacher_logits / temperature, dim=1),
-        reduction="batchmean",
-    ) * temperature**2
+    soft = (
+        F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=1),
+            F.softmax(teacher_logits / temperature, dim=1),
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
     if labels is None or alpha >= 1.0:
         return soft
     return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)

@@ -104,9 +104,16 @@ class Distiller:
     def _cache_key(self) -> str:
         c = self.config
         parts = [
-            c.teacher.name, str(c.teacher.pretrained), self.split_module, str(c.data.root),
-            str(c.data.list), str(c.data.val_fraction), str(c.data.per_class_limit),
-            str(c.augmentation.hflip), str(c.seed), json.dumps(self.spec.preprocessing.to_dict()),
+            c.teacher.name,
+            str(c.teacher.pretrained),
+            self.split_module,
+            str(c.data.root),
+            str(c.data.list),
+            str(c.data.val_fraction),
+            str(c.data.per_class_limit),
+            str(c.augmentation.hflip),
+            str(c.seed),
+            json.dumps(self.spec.preprocessing.to_dict()),
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -175,8 +182,15 @@ class Distiller:
         x = torch.cat(feats)
         labels = torch.tensor([s.label for s in train]).repeat(len(feats))
         cfg = self.config.probe
-        train_linear(probe, x, labels, epochs=cfg.epochs, lr=cfg.lr,
-                     weight_decay=cfg.weight_decay, seed=self.config.seed)
+        train_linear(
+            probe,
+            x,
+            labels,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            seed=self.config.seed,
+        )
         save_atomic(probe.state_dict(), path)
         return probe.eval()
 
@@ -243,17 +257,25 @@ class Distiller:
         steps_per_epoch = -(-n // tcfg.batch_size)
         if tcfg.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
-        head_energy = float(np.mean(np.square(np.asarray(cache["train_heads"][:256], np.float32)))
-                            * np.prod(cache["train_heads"].shape[1:]))
-        feat_energy = float(np.mean(np.square(np.asarray(cache["train_feats"][:256])))
-                            * cache["train_feats"].shape[1])
+        head_energy = float(
+            np.mean(np.square(np.asarray(cache["train_heads"][:256], np.float32)))
+            * np.prod(cache["train_heads"].shape[1:])
+        )
+        feat_energy = float(
+            np.mean(np.square(np.asarray(cache["train_feats"][:256])))
+            * cache["train_feats"].shape[1]
+        )
         metrics_path = self.run_dir / "metrics.jsonl"
         result: dict = {}
 
         def checkpoint() -> None:
             save_atomic(
-                {"student": student.state_dict(), "optimizer": optimiser.state_dict(),
-                 "schedule": schedule.state_dict(), "state": dict(state)},
+                {
+                    "student": student.state_dict(),
+                    "optimizer": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "state": dict(state),
+                },
                 last_path,
             )
 

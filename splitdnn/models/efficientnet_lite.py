@@ -22,13 +22,14 @@ _VARIANTS = {  # name: (input size, weight package, class in it)
 }
 
 _BLOCKS = {"efficientnet_lite0": 16, "efficientnet_lite1": 21, "efficientnet_lite2": 21}
-# Where the bottleneck student's output joins the teacher: the end of a stride-16 stage.
-# Lite2: after the 120-channel stage (547.6 M MACs of 859.7 M), so a quarter of the head
-# leaves the student ~130 M MACs; Lite0/1: after the 80-channel stage.
+# Where the bottleneck student's output joins the teacher: the end of the first stride-16
+# stage (80 channels for Lite0/1, 88 for Lite2; Lite2's head is 346.6 M of 859.7 M MACs).
+# A later cut (Lite2 _blocks.14) was tried: a deeper head is harder to mimic and learnt far
+# slower on CPU (benchmarks/results/distill/).
 _STUDENT_SPLIT = {
     "efficientnet_lite0": "_blocks.7",
     "efficientnet_lite1": "_blocks.10",
-    "efficientnet_lite2": "_blocks.14",
+    "efficientnet_lite2": "_blocks.10",
 }
 
 
