@@ -55,6 +55,7 @@ ARM64_STANDIN = "splitdnn-base:bookworm-arm64"
 BUILD_TIMEOUT_S = 2700
 UP_TIMEOUT_S = 600
 REQUEST_TIMEOUT_S = 180
+TORCH_INDEX_PORT = 8719
 
 
 def docker_unavailable() -> str | None:
@@ -132,7 +133,10 @@ def local_torch_index(wheel: Path) -> Iterator[str]:
         project.mkdir(parents=True)
         (project / wheel.name).symlink_to(wheel)
         handler = functools.partial(_QuietHandler, directory=tmp)
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        try:  # a fixed port keeps TORCH_INDEX_URL, and so the build cache, the same
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", TORCH_INDEX_PORT), handler)
+        except OSError:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
