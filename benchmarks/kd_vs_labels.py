@@ -6,7 +6,10 @@ budget: ``method: kd`` on the Lite2 + probe teacher's soft targets (Hinton et al
 ``method: labels`` on the labels alone. Writes ``benchmarks/results/kd_vs_labels.json`` and
 ``.md``. Run from the repository root, after the HND run whose cached teacher outputs it reuses:
 
-    nice -n 19 python benchmarks/kd_vs_labels.py --teacher-run runs/lite2-caltech101
+    nice -n 19 python benchmarks/kd_vs_labels.py --teacher-run runs/attempt1-blocks14
+
+(any finished ``method: hnd`` run of the Lite2 + probe teacher with ``hflip: true`` on the
+same data and seed will do: only its cached pooled features and ``classifier.pt`` are used).
 
 Without ``--teacher-run`` the Lite2 teacher runs here once (slow on CPU: ~10 minutes).
 """
@@ -32,7 +35,9 @@ def _configs(args: argparse.Namespace) -> dict[str, dict]:
     shared = {
         "teacher": base["teacher"],
         "data": base["data"],
-        "augmentation": base["augmentation"],
+        # Mirrored images for both runs, whatever the hnd config does: fine-tuning on 5,206
+        # images overfits quickly, and the mirrored teacher outputs are cached anyway.
+        "augmentation": {"hflip": True, "cache_teacher": True},
         "probe": base["probe"],
         "seed": base["seed"],
         "train": {

@@ -160,25 +160,42 @@ class KDTrainer:
     # -- teacher -------------------------------------------------------------------------------
 
     def _teacher_from_run(self, run: Path, n_train: int, n_val: int) -> dict[str, np.ndarray]:
-        """Pooled features cached by an hnd run with the same teacher and data."""
-        from splitdnn.distill.trainer import Distiller
+        """Pooled features cached by an hnd run with the same teacher and data.
 
-        hnd = Distiller(
-            self.config.model_copy(update={"method": "hnd", "split_module": None}),
-            run,
-            progress=False,
-        )
-        meta_path = run / "cache" / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if meta.get("key") != hnd._cache_key():
-            raise ConfigError(
-                f"kd.teacher_run: {run} holds no cache for this teacher and data "
-                "(teacher, data and seed must match the hnd run's)"
-            )
+        Checked against the run's own ``config.json`` (teacher, data, seed), not its cache key:
+        pooled features do not depend on the run's split point or student, which change
+        between hnd experiments.
+        """
+        c = self.config
+        try:
+            theirs = json.loads((run / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"kd.teacher_run: {run} is not a distillation run: {exc}") from None
+        ours = c.model_dump(mode="json")
+        for section, keys in (
+            ("teacher", ("name", "pretrained", "classifier")),
+            ("data", ("root", "list", "val_fraction", "per_class_limit")),
+        ):
+            for key in keys:
+                if theirs.get(section, {}).get(key) != ours[section][key]:
+                    raise ConfigError(
+                        f"kd.teacher_run: {run} used {section}.{key} = "
+                        f"{theirs.get(section, {}).get(key)!r}, this config "
+                        f"{ours[section][key]!r}"
+                    )
+        if theirs.get("seed") != c.seed:
+            raise ConfigError(f"kd.teacher_run: {run} used another seed (another split)")
         names = {"pooled": "train_feats", "val_pooled": "val_feats"}
-        if self.config.augmentation.hflip:
+        if c.augmentation.hflip:
             names["flip_pooled"] = "flip_feats"
-        out = {k: np.load(run / "cache" / f"{v}.npy", mmap_mode="r") for k, v in names.items()}
+        paths = {k: run / "cache" / f"{v}.npy" for k, v in names.items()}
+        absent = [str(p) for p in paths.values() if not p.exists()]
+        if absent or not (run / "cache" / "meta.json").exists():
+            raise ConfigError(
+                f"kd.teacher_run: {run} has no finished teacher cache "
+                f"(missing: {', '.join(absent) or 'cache/meta.json'})"
+            )
+        out = {k: np.load(p, mmap_mode="r") for k, p in paths.items()}
         if len(out["pooled"]) != n_train or len(out["val_pooled"]) != n_val:
             raise ConfigError(f"kd.teacher_run: {run}'s cache has a different number of images")
         return out
