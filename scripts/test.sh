@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh machine, then run them.
+#   bash scripts/test.sh              # full default suite (docker tests run when an engine can start)
+#   bash scripts/test.sh -k wire      # extra arguments go to pytest
+# Environment: VENV (default .venv), SPLITDNN_DOCKER=0 to skip installing/starting Docker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+echo "==> installing splitdnn with the train, serve and dev extras"
+python -m pip install -q --upgrade pip
+# torch first, pinned: a bare 'torch' requirement could pull a different multi-GB build.
+python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+python -m pip install -q -e ".[train,serve,dev]"
+
+if [ "${SPLITDNN_DOCKER:-auto}" != "0" ] && [ -f scripts/ci-docker-setup.sh ]; then
+  echo "==> preparing Docker (tests marked docker skip with a reason when this fails)"
+  bash scripts/ci-docker-setup.sh || echo "Docker setup failed; docker tests will be skipped"
+fi
+
+echo "==> ruff"
+ruff check splitdnn services gateway tests benchmarks
+echo "==> pytest"
+python -m pytest -ra "$@"
