@@ -61,7 +61,8 @@ def _from_labels_csv(root: Path, csv_file: Path) -> Dataset:
         rows = list(csv.DictReader(handle))
     if not rows or not {"file", "index"} <= set(rows[0]):
         raise DataError(f"{csv_file} needs the columns file,synset,index")
-    samples = [Sample(root / row["file"], int(row["index"])) for row in rows]
+    images = root / "images" if (root / "images").is_dir() else root  # the sample's layout
+    samples = [Sample(images / row["file"], int(row["index"])) for row in rows]
     return Dataset(samples, [str(i) for i in range(1000)], "imagenet")
 
 

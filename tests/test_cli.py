@@ -1,0 +1,108 @@
+"""The ``splitdnn`` command line: JSON that scripts can rely on, user errors as exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from splitdnn.cli import USAGE_ERROR, app
+
+runner = CliRunner()
+
+STUDENT_KEYS = {
+    "teacher",
+    "split_module",
+    "bottleneck_channels",
+    "input_shape",
+    "bottleneck_shape",
+    "data_size_percent",
+    "device_macs",
+    "teacher_head_macs",
+    "device_macs_reduction_percent",
+    "student_params",
+    "teacher_head_params",
+}
+
+
+def test_student_json_has_the_catalogue_keys() -> None:
+    result = runner.invoke(app, ["student", "efficientnet_lite0", "--bottleneck", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) >= STUDENT_KEYS
+    assert data["teacher"] == "efficientnet_lite0" and data["split_module"] == "_blocks.7"
+    assert data["input_shape"] == [3, 224, 224] and data["bottleneck_shape"] == [6, 14, 14]
+    assert data["data_size_percent"] == pytest.approx(100 * 6 * 14 * 14 / (3 * 224 * 224))
+    assert 75 < data["device_macs_reduction_percent"] < 100
+    assert data["teacher_head_params"] > 0 and data["student_params"] > 0
+
+
+def test_student_table_without_json() -> None:
+    result = runner.invoke(app, ["student", "efficientnet_lite0", "-b", "3"])
+    assert result.exit_code == 0, result.output
+    assert "bottleneck_shape" in result.stdout and "[3, 14, 14]" in result.stdout
+
+
+def test_profile_json_and_figure(tmp_path: Path) -> None:
+    png = tmp_path / "figure1.png"
+    result = runner.invoke(app, ["profile", "efficientnet_lite0", "--json", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["teacher"] == "efficientnet_lite0" and data["pretrained"] is True
+    rows = data["rows"]
+    assert rows[0]["module"] == "input" and rows[-1]["module"] == "_avg_pooling"
+    for row in rows:
+        assert {
+            "module",
+            "output_shape",
+            "output_percent",
+            "cumulative_macs_percent",
+            "compressed_percent",
+        } <= set(row)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_takes_an_image_and_defaults_torchvision_to_random_weights(
+    tmp_path: Path, cat_jpeg: bytes
+):
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(cat_jpeg)
+    result = runner.invoke(app, ["profile", "resnet152", "--image", str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["pretrained"] is False
+    assert [r["module"] for r in data["rows"]][1:3] == ["maxpool", "layer1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["student", "resnet9000", "-b", "3", "--json"], "unknown teacher"),
+        (["student", "mobilenet_v2", "-b", "3"], "no paper student"),
+        (["profile", "efficientnet_lite0", "--image", "/nonexistent.jpg"], "does not exist"),
+        (["export"], "RUN_DIR"),
+        (["export", "/nonexistent-run", "--out", "/tmp/x"], "best.pt"),
+        (["evaluate", "/nonexistent-run", "--data", "/tmp"], "neither a bundle"),
+    ],
+)
+def test_user_errors_are_one_line_on_stderr_and_exit_2(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == USAGE_ERROR, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_profile_of_a_non_image_is_a_user_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.jpg"
+    bogus.write_text("not an image")
+    result = runner.invoke(app, ["profile", "efficientnet_lite0", "--image", str(bogus)])
+    assert result.exit_code == USAGE_ERROR
+    assert "error:" in result.stderr
+
+
+def test_serve_is_mounted() -> None:
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "tail" in result.stdout and "head" in result.stdout
