@@ -1,0 +1,116 @@
+"""Bottleneck students: shapes that fit their teacher, budgets, and the papers' Table 3 figures
+(bottleneck size and device-MAC reduction), recomputed from the models."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import torch
+
+from splitdnn.errors import UnknownNameError
+from splitdnn.models import get_teacher
+from splitdnn.profile import count_macs, head_macs, student_costs
+from splitdnn.split import split_model
+from splitdnn.students import BottleneckStudent, MimicModel, build_student
+
+PAPER_TEACHERS = ["densenet169", "densenet201", "resnet152", "inception_v3"]
+LITE_TEACHERS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@cache
+def _teacher(name: str) -> torch.nn.Module:
+    return get_teacher(name).build(False)
+
+
+@cache
+def _head_shape(name: str) -> tuple[int, ...]:
+    spec = get_teacher(name)
+    with torch.no_grad():
+        out = split_model(_teacher(name), spec.student_split).head(
+            torch.zeros(1, *spec.input_shape)
+        )
+    return tuple(out.shape[1:])
+
+
+@pytest.mark.parametrize("variant", ["caltech101", "imagenet"])
+@pytest.mark.parametrize("bottleneck", [3, 6, 9, 12])
+@pytest.mark.parametrize("name", PAPER_TEACHERS)
+def test_paper_student_restores_the_teacher_head_shape(name: str, bottleneck: int, variant: str):
+    spec = get_teacher(name)
+    student = build_student(name, bottleneck, variant).eval()
+    with torch.no_grad():
+        z = student.encode(torch.zeros(1, *spec.input_shape))
+        out = student.decode(z)
+    assert z.shape[1] == bottleneck
+    grid = 37 if name == "inception_v3" else 29  # the papers' 3x29x29 and 3x37x37
+    assert tuple(z.shape[2:]) == (grid, grid)
+    assert tuple(out.shape[1:]) == _head_shape(name)
+
+
+@pytest.mark.parametrize("bottleneck", [3, 6, 12])
+@pytest.mark.parametrize("name", LITE_TEACHERS)
+def test_lite_student_fits_budget_and_head_shape(name: str, bottleneck: int) -> None:
+    """Device part ≤ 25 % of the teacher head's MACs, bottleneck ≤ 2 % of the input."""
+    spec = get_teacher(name)
+    student = build_student(name, bottleneck).eval()
+    with torch.no_grad():
+        z = student.encode(torch.zeros(1, *spec.input_shape))
+        assert tuple(student(torch.zeros(1, *spec.input_shape)).shape[1:]) == _head_shape(name)
+    assert z[0].numel() <= 0.02 * 3 * spec.input_size**2
+    device = count_macs(student.encoder, spec.input_shape)
+    head = head_macs(_teacher(name), spec.student_split, spec.input_shape)
+    assert device <= 0.25 * head, f"{name}: {device / head:.1%} of the head"
+
+
+def test_lite2_default_student_catalogue_figures() -> None:
+    """The default: Lite2 cut at _blocks.10, b=12, 12x17x17 = 1.71 %, 83.5 M device MACs
+    against a 346.6 M teacher head (24.1 %)."""
+    costs = student_costs("efficientnet_lite2", 12)
+    assert costs.split_module == "_blocks.10"
+    assert costs.bottleneck_shape == [12, 17, 17]
+    assert costs.data_size_percent == pytest.approx(1.71, abs=0.01)
+    assert costs.device_macs == pytest.approx(83.5e6, rel=1e-3)
+    assert costs.teacher_head_macs == pytest.approx(346.6e6, rel=1e-3)
+    assert costs.device_macs / costs.teacher_head_macs <= 0.25
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "size", "min_reduction"),
+    [
+        ("densenet201", [3, 29, 29], 1.68, 94.0),  # paper: 94.2
+        ("resnet152", [3, 29, 29], 1.68, 95.0),  # paper: 95.5
+        ("inception_v3", [3, 37, 37], 1.53, 84.0),  # paper: 84.4
+    ],
+)
+def test_paper_table3_sizes_and_reductions(name, shape, size, min_reduction) -> None:
+    costs = student_costs(name, 3)
+    assert costs.bottleneck_shape == shape
+    assert costs.data_size_percent == pytest.approx(size, abs=0.01)
+    assert costs.device_macs_reduction_percent >= min_reduction
+
+
+def test_mimic_model_is_student_then_teacher_tail() -> None:
+    spec = get_teacher("efficientnet_lite0")
+    teacher = spec.build(True)
+    cut = split_model(teacher, spec.student_split)
+    student = build_student(spec.name, 6).eval()
+    mimic = MimicModel(student, cut.tail).eval()
+    x = torch.randn(1, *spec.input_shape)
+    with torch.no_grad():
+        assert torch.equal(mimic(x), cut.tail(student.decode(student.encode(x))))
+        assert mimic(x).shape == (1, 1000)
+
+
+def test_forward_is_the_same_in_train_and_eval_structure() -> None:
+    student = build_student("resnet152", 3)
+    assert isinstance(student, BottleneckStudent)
+    names = {n for n, _ in student.named_children()}
+    assert names == {"encoder", "decoder"}
+
+
+def test_no_student_for_an_unregistered_family_or_variant() -> None:
+    with pytest.raises(UnknownNameError):
+        build_student("mobilenet_v2", 3)
+    with pytest.raises(UnknownNameError):
+        build_student("resnet152", 3, "cifar10")
