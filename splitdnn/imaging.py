@@ -44,7 +44,7 @@ class Preprocessing:
         """The ImageNet mean/std normalisation of torchvision's weights."""
         return cls(
             size=size,
-            resize=resize or int(round(size / 0.875)),
+            resize=resize or round(size / 0.875),
             interpolation="bilinear",
             mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
             std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
