@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
 import httpx
+
+from splitdnn import serve
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict:
@@ -15,3 +26,57 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     if slug is not None:
         assert body["type"].endswith(":" + slug), body
     return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    gateway: str
+    head: str
+    tail: str
+    processes: dict[str, subprocess.Popen]
+
+
+@contextmanager
+def running_stack(
+    bundle_dir: Path, token: str | None, ready_timeout: float = 60
+) -> Iterator[Stack]:
+    """Tail, head and gateway as uvicorn subprocesses on ephemeral 127.0.0.1 ports."""
+    ports = {name: free_port() for name in ("tail", "head", "gateway")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    common = {"SPLITDNN_TAIL_INTRA_OP_THREADS": "1", "SPLITDNN_HEAD_INTRA_OP_THREADS": "1"}
+    envs = {
+        "tail": serve.tail_env(bundle_dir, token),
+        "head": {
+            **serve.head_env(urls["tail"], bundle_dir, token),
+            "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
+        },
+        "gateway": {
+            **serve.gateway_env(urls["head"], urls["tail"]),
+            "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
+        },
+    }
+    apps = {"tail": serve.TAIL_APP, "head": serve.HEAD_APP, "gateway": serve.GATEWAY_APP}
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        for name in ("tail", "head", "gateway"):
+            command = serve.uvicorn_command(apps[name], "127.0.0.1", ports[name], "warning")
+            processes[name] = subprocess.Popen(command, env={**os.environ, **common, **envs[name]})
+        for name in ("tail", "head", "gateway"):
+            url = urls[name] + "/v2/health/ready"
+            assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
+        yield Stack(urls["gateway"], urls["head"], urls["tail"], processes)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -5,19 +5,13 @@ The last test kills the tail, so it stays last in this file.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
 import pytest
-from helpers import assert_problem
+from helpers import Stack, assert_problem, running_stack
 
-from splitdnn import serve
 from splitdnn.bundle import load_bundle
 from splitdnn.imaging import load_input
 from splitdnn.runtime import softmax
@@ -25,55 +19,10 @@ from splitdnn.runtime import softmax
 TOKEN = "integration-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Stack:
-    gateway: str
-    head: str
-    tail: str
-    processes: dict[str, subprocess.Popen]
-
-
 @pytest.fixture(scope="module")
 def stack(toy_bundle_dir) -> Iterator[Stack]:
-    ports = {name: free_port() for name in ("tail", "head", "gateway")}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    common = {"SPLITDNN_TAIL_INTRA_OP_THREADS": "1", "SPLITDNN_HEAD_INTRA_OP_THREADS": "1"}
-    envs = {
-        "tail": serve.tail_env(toy_bundle_dir, TOKEN),
-        "head": {
-            **serve.head_env(urls["tail"], toy_bundle_dir, TOKEN),
-            "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
-        },
-        "gateway": {
-            **serve.gateway_env(urls["head"], urls["tail"]),
-            "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
-        },
-    }
-    apps = {"tail": serve.TAIL_APP, "head": serve.HEAD_APP, "gateway": serve.GATEWAY_APP}
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        for name in ("tail", "head", "gateway"):
-            command = serve.uvicorn_command(apps[name], "127.0.0.1", ports[name], "warning")
-            processes[name] = subprocess.Popen(command, env={**os.environ, **common, **envs[name]})
-        for name in ("tail", "head", "gateway"):
-            url = urls[name] + "/v2/health/ready"
-            assert serve.wait_ready(url, 60, processes[name]), f"{name} never became ready"
-        yield Stack(urls["gateway"], urls["head"], urls["tail"], processes)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with running_stack(toy_bundle_dir, TOKEN) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
