@@ -33,30 +33,19 @@ def _densenet_points(blocks: int = 4) -> tuple[str, ...]:
     return (*points, "features.norm5")
 
 
-register(
-    TeacherSpec(
-        name="densenet169",
-        family="densenet",
-        build=_builder("densenet169"),
-        input_size=224,
-        preprocessing=Preprocessing.torchvision(224),
-        split_points=_densenet_points(),
-        student_split="features.transition2",
-        classifier="classifier",
+for _name in ("densenet169", "densenet201"):  # same stem and first two blocks
+    register(
+        TeacherSpec(
+            name=_name,
+            family="densenet",
+            build=_builder(_name),
+            input_size=224,
+            preprocessing=Preprocessing.torchvision(224),
+            split_points=_densenet_points(),
+            student_split="features.transition2",
+            classifier="classifier",
+        )
     )
-)
-register(
-    TeacherSpec(
-        name="densenet201",
-        family="densenet",
-        build=_builder("densenet201"),
-        input_size=224,
-        preprocessing=Preprocessing.torchvision(224),
-        split_points=_densenet_points(),
-        student_split="features.transition2",
-        classifier="classifier",
-    )
-)
 register(
     TeacherSpec(
         name="resnet152",
