@@ -21,9 +21,6 @@ give_up() { log "$* -- the docker tests will be skipped"; exit 0; }
 pkgs=()
 command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
-if [ "${SPLITDNN_DOCKER_ARM64:-0}" = 1 ] && [ ! -x /usr/bin/qemu-aarch64-static ]; then
-  pkgs+=(qemu-user-static binfmt-support)
-fi
 if [ ${#pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || give_up "no apt-get to install ${pkgs[*]}"
   log "apt-get install ${pkgs[*]}"
@@ -53,7 +50,35 @@ fi
 bash scripts/start-dockerd.sh || give_up "no Docker engine could be started"
 
 bash scripts/build-base-image.sh || give_up "the stand-in base image could not be built"
+
+# The arm64 head test (opt-in). ONNX Runtime hangs or crashes under bookworm's qemu 7.2 in
+# user mode (it cannot read an aarch64 /proc/cpuinfo); qemu >= 8 from bookworm-backports
+# emulates one. The handler is registered again so the kernel opens the new binary.
+qemu_major() { qemu-aarch64-static --version 2>/dev/null | sed -n '1s/.*version \([0-9]*\).*/\1/p'; }
 if [ "${SPLITDNN_DOCKER_ARM64:-0}" = 1 ]; then
+  if [ "$(qemu_major)" = "" ] || [ "$(qemu_major)" -lt 8 ]; then
+    log "installing qemu-user-static from bookworm-backports (ONNX Runtime needs qemu >= 8)"
+    bpo="$(mktemp -d)"
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+      "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+      /usr/share/keyrings/debian-archive-keyring.gpg > "$bpo/backports.sources"
+    mkdir -p "$bpo/lists/partial"
+    apt_bpo=(-o "Dir::Etc::sourcelist=$bpo/backports.sources" -o "Dir::Etc::sourceparts=-"
+             -o "Dir::State::Lists=$bpo/lists")
+    apt-get "${apt_bpo[@]}" update -q >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive apt-get "${apt_bpo[@]}" install -y -q \
+           --no-install-recommends qemu-user-static/bookworm-backports >/dev/null \
+      || log "could not install qemu-user-static from backports"
+    rm -rf "$bpo"
+  fi
+  [ -e /proc/sys/fs/binfmt_misc/register ] \
+    || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+  conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+  if [ -f "$conf" ] && [ -w /proc/sys/fs/binfmt_misc/register ]; then
+    [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || echo -1 > /proc/sys/fs/binfmt_misc/qemu-aarch64
+    cat "$conf" > /proc/sys/fs/binfmt_misc/register
+  fi
+  log "qemu-aarch64: $(qemu-aarch64-static --version 2>/dev/null | head -n 1)"
   bash scripts/build-base-image.sh --arch arm64 \
     || log "the arm64 base image could not be built: the arm64 head test will skip"
 fi

@@ -399,6 +399,14 @@ def arm64_unavailable() -> str | None:
     binfmt = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
     if not binfmt.exists() or "enabled" not in binfmt.read_text():
         return "no qemu-aarch64 binfmt handler (apt-get install qemu-user-static binfmt-support)"
+    version = (
+        run(["qemu-aarch64-static", "--version"], timeout=30).stdout
+        if shutil.which("qemu-aarch64-static")
+        else ""
+    )
+    major = re.search(r"version (\d+)", version)
+    if not major or int(major.group(1)) < 8:
+        return "ONNX Runtime needs qemu-user >= 8 (bookworm-backports; ci-docker-setup.sh)"
     if "ARM64_BASE_IMAGE" not in os.environ and not image_exists(ARM64_STANDIN):
         return f"no {ARM64_STANDIN} (bash scripts/build-base-image.sh --arch arm64)"
     return None
@@ -436,11 +444,15 @@ def test_head_image_builds_and_runs_for_arm64(tmp_path: Path):
         "out = m.run(np.zeros(size, np.float32))\n"
         "print(platform.machine(), {k: v.shape for k, v in out.items()})\n"
     )
-    result = run(
-        ["docker", "run", "--rm", "--platform", "linux/arm64", "--network", "none",
-         "--entrypoint", "python3", image, "-c", code],
-        timeout=600,
-    )  # fmt: skip
+    name = f"{PROJECT}-arm64-check"
+    try:
+        result = run(
+            ["docker", "run", "--rm", "--name", name, "--platform", "linux/arm64",
+             "--network", "none", "--entrypoint", "python3", image, "-c", code],
+            timeout=600,
+        )  # fmt: skip
+    finally:  # a timed-out `docker run` leaves its container behind
+        run(["docker", "rm", "-f", name], timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("aarch64 "), result.stdout
     size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", image], timeout=30).stdout)
