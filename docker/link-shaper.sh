@@ -15,7 +15,10 @@
 # Qdiscs: root `htb default 0`, so unclassified packets pass unshaped; u32 filters put the
 # tail's port in class 1 (up) and class 2 (down), whose leaf qdiscs do the shaping: `netem
 # rate LINK_RATE delay LINK_DELAY` where the kernel has netem, else `tbf rate LINK_RATE`
-# (then no delay). tbf's burst is 96 KiB because loopback packets are up to 64 KiB long.
+# (then no delay). Loopback TCP segments are up to 64 KiB, which a token bucket lets through
+# whole: an iptables TCPMSS rule clamps the MSS of connections to and from the tail's port
+# to 1448 bytes, so tbf shapes 1.5 KB packets with a small burst (LINK_BURST, default the
+# larger of 3000 bytes and 2 ms at LINK_RATE). Without iptables it warns and uses 96 KiB.
 # Needs CAP_NET_ADMIN (compose: cap_add NET_ADMIN; the image gives tc that capability).
 set -eu
 
@@ -23,7 +26,8 @@ DEV="${LINK_DEV:-lo}"
 PORT="${LINK_PORT:-8001}"
 RATE="${LINK_RATE:-}"
 DELAY="${LINK_DELAY:-}"
-BURST="${LINK_BURST:-96kb}"
+BURST="${LINK_BURST:-}"
+MSS=1448
 STATE=/tmp/link-state
 
 say() { echo "link: $*"; }
@@ -41,16 +45,34 @@ wait_forever() {  # until TERM/INT; the EXIT trap, if any, cleans up
 
 ours() { tc qdisc show dev "$DEV" root | grep -q '^qdisc htb 5ead:'; }
 
+mss_rules() {  # mss_rules -A|-D: the MSS clamp of connections to and from the tail's port
+  for dir in --dport --sport; do
+    iptables -w 5 -t mangle "$1" OUTPUT -o "$DEV" -p tcp "$dir" "$PORT" \
+      --tcp-flags SYN,RST SYN -j TCPMSS --set-mss "$MSS" 2>/dev/null || return 1
+  done
+}
+
 unshape() {
   if ours; then tc qdisc del dev "$DEV" root && say "removed the shaping on $DEV"; fi
+  while mss_rules -D; do :; done
   rm -f "$STATE"
+}
+
+burst_for() {  # bytes: max(3000, 2 ms at the rate); rate like 10mbit, 500kbit, 1gbit, 2mbps
+  echo "$1" | awk '{
+    r = tolower($0); n = r + 0; u = r; sub(/^[0-9.]+/, "", u)
+    m = 1
+    if (u ~ /^k/) m = 1e3; else if (u ~ /^m/) m = 1e6; else if (u ~ /^g/) m = 1e9
+    bytes = (u ~ /bps$/) ? n * m : n * m / 8
+    b = bytes * 0.002; if (b < 3000) b = 3000
+    printf "%d\n", b }'
 }
 
 leaf() {  # leaf PARENT HANDLE: the shaping qdisc of one direction
   if [ "$KIND" = netem ]; then
     tc qdisc add dev "$DEV" parent "$1" handle "$2" netem rate "$RATE" ${DELAY:+delay "$DELAY"} limit 10000
   else
-    tc qdisc add dev "$DEV" parent "$1" handle "$2" tbf rate "$RATE" burst "$BURST" limit 4mb
+    tc qdisc add dev "$DEV" parent "$1" handle "$2" tbf rate "$RATE" burst "$BURST" limit 1mb
   fi
 }
 
@@ -68,6 +90,13 @@ if tc qdisc show dev "$DEV" root | grep -q -v -E '^qdisc (noqueue|pfifo_fast|fq_
 fi
 
 trap unshape EXIT  # also when a step below fails: leave the host's loopback as it was
+if mss_rules -A; then
+  [ -n "$BURST" ] || BURST="$(burst_for "$RATE")"
+else
+  while mss_rules -D; do :; done
+  say "no iptables TCPMSS: requests under 64 KiB may pass unshaped" >&2
+  [ -n "$BURST" ] || BURST=96kb
+fi
 tc qdisc add dev "$DEV" root handle 5ead: htb default 0
 for class in 1 2; do  # the classes only classify: their leaves shape
   tc class add dev "$DEV" parent 5ead: classid "5ead:$class" htb rate 10gbit quantum 65536

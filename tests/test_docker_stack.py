@@ -355,13 +355,6 @@ def _set_link(stack: Stack, rate: str) -> None:
     assert up.returncode == 0, up.stderr + stack.logs()
 
 
-@pytest.mark.xfail(
-    reason="known defect, not fixed yet: on loopback (host networking) TCP sends 64 KiB "
-    "segments and the shaper's tbf needs a 96 KiB burst, so a single 34 KB request passes "
-    "unshaped (measured: 40 ms transfer at LINK_RATE=1mbit, floor 274 ms). The netns link "
-    "of benchmarks/bandwidth_sweep.py shapes correctly (veth, MTU 1500).",
-    strict=False,
-)
 def test_link_rate_slows_only_the_device_to_edge_link(stack: Stack):
     """LINK_RATE shapes traffic to and from the tail's port; undone when it is unset."""
     baseline = _offload_transfer_ms()
