@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from gateway import routes
 from gateway.settings import GatewaySettings, get_settings
-from services.common.deps import setup_app
+from services.common.deps import create_service_app
 
 
 def create_app(
@@ -34,13 +34,12 @@ def create_app(
         ) as client:
             yield {"head": client}
 
-    app = FastAPI(
-        title="splitdnn gateway",
-        summary="POST /classify?mode=split|local|offload|auto in front of the head service.",
-        version="1",
+    return create_service_app(
+        "gateway",
+        "POST /classify?mode=split|local|offload|auto in front of the head service.",
         lifespan=lifespan,
+        router=routes.router,
+        get_settings=get_settings,
+        settings=settings,
+        readiness=False,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
-    setup_app(app, "gateway", readiness=False)
-    app.include_router(routes.router)
-    return app

@@ -28,6 +28,7 @@ from services.common.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from services.common.openapi import IMAGE_CONTENT, problem_responses
 from splitdnn.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 
 router = APIRouter(tags=["classify"])
@@ -36,16 +37,18 @@ RAW_TYPES = ("image/", "application/octet-stream")
 #: Room for multipart boundaries and part headers on top of the image limit.
 MULTIPART_OVERHEAD = 64 * 1024
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "truncated or corrupt image, or malformed multipart"},
-    401: {"description": "the tail refused the head's token"},
-    409: {"description": "head and tail hold different bundles"},
-    413: {"description": "image over the configured limit"},
-    415: {"description": "not an image"},
-    422: {"description": "unknown mode or task parameter, or no 'image' field"},
-    503: {"description": "head unavailable, or tail down with fallback=false"},
-    504: {"description": "deadline missed"},
-}
+PROBLEMS = problem_responses(
+    {
+        400: "truncated or corrupt image, or malformed multipart",
+        401: "the tail refused the head's token",
+        409: "head and tail hold different bundles",
+        413: "image over the configured limit",
+        415: "not an image",
+        422: "unknown mode or task parameter, or no 'image' field",
+        503: "head unavailable, or tail down with fallback=false",
+        504: "deadline missed",
+    }
+)
 
 
 def get_head(request: Request) -> httpx.AsyncClient:
@@ -142,8 +145,7 @@ async def call_head(
                         "required": ["image"],
                     }
                 },
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                **IMAGE_CONTENT,
             }
         }
     },

@@ -174,6 +174,7 @@ def profile(
 class Variant(str, Enum):
     caltech101 = "caltech101"
     imagenet = "imagenet"
+    teacher_init = "teacher_init"
 
 
 @app.command()
@@ -190,7 +191,10 @@ def student(
     ],
     variant: Annotated[
         Variant,
-        typer.Option(help="Decoder width of the papers' students (ignored for Lite teachers)."),
+        typer.Option(
+            help="Student design: the papers' narrow/wide decoder (same for Lite teachers), "
+            "or teacher_init: a Lite student starting from the teacher's own layers."
+        ),
     ] = Variant.caltech101,
     as_json: Json = False,
 ) -> None:

@@ -5,6 +5,8 @@ Mounted by ``splitdnn/cli.py`` with ``app.add_typer(serve_app, name="serve")``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,7 @@ serve_app = typer.Typer(
     help="Run the split-inference services locally (no Docker).", no_args_is_help=True
 )
 
+Port = Annotated[int, typer.Option(help="TCP port.")]
 Host = Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept other hosts.")]
 BundleOpt = Annotated[
     Path | None,
@@ -31,29 +34,33 @@ TailUrl = Annotated[str, typer.Option(help="Base URL of the tail service (edge s
 HeadUrl = Annotated[str, typer.Option(help="Base URL of the head service (device).")]
 
 
-def _fail(exc: SplitDNNError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(code=2)
+@contextmanager
+def _exit_on_library_error() -> Iterator[None]:
+    """A bad bundle or setting ends the command with one line on stderr and code 2,
+    not a traceback."""
+    try:
+        yield
+    except SplitDNNError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
 
 
 @serve_app.command("tail")
 def tail(
-    port: Annotated[int, typer.Option(help="TCP port.")] = serve.DEFAULT_PORTS["tail"],
+    port: Port = serve.DEFAULT_PORTS["tail"],
     host: Host = "127.0.0.1",
     bundle: BundleOpt = None,
     token: Token = None,
     log_level: LogLevel = "info",
 ) -> None:
     """The edge half: server part for split mode, whole teacher for offload mode."""
-    try:
+    with _exit_on_library_error():
         serve.serve_tail(host=host, port=port, bundle=bundle, token=token, log_level=log_level)
-    except SplitDNNError as exc:
-        raise _fail(exc) from exc
 
 
 @serve_app.command("head")
 def head(
-    port: Annotated[int, typer.Option(help="TCP port.")] = serve.DEFAULT_PORTS["head"],
+    port: Port = serve.DEFAULT_PORTS["head"],
     tail_url: TailUrl = "http://127.0.0.1:8001",
     host: Host = "127.0.0.1",
     bundle: BundleOpt = None,
@@ -67,7 +74,7 @@ def head(
     log_level: LogLevel = "info",
 ) -> None:
     """The device half: device part and envelope upload, the local model, auto mode."""
-    try:
+    with _exit_on_library_error():
         serve.serve_head(
             host=host,
             port=port,
@@ -78,13 +85,11 @@ def head(
             compression=compression,
             log_level=log_level,
         )
-    except SplitDNNError as exc:
-        raise _fail(exc) from exc
 
 
 @serve_app.command("gateway")
 def gateway(
-    port: Annotated[int, typer.Option(help="TCP port.")] = serve.DEFAULT_PORTS["gateway"],
+    port: Port = serve.DEFAULT_PORTS["gateway"],
     head_url: HeadUrl = "http://127.0.0.1:8002",
     tail_url: TailUrl = "http://127.0.0.1:8001",
     host: Host = "127.0.0.1",
@@ -115,7 +120,7 @@ def all_(
     log_level: LogLevel = "info",
 ) -> None:
     """Tail, head and gateway together on one machine, wired to each other."""
-    try:
+    with _exit_on_library_error():
         code = serve.serve_all(
             host=host,
             gateway_port=gateway_port,
@@ -125,6 +130,4 @@ def all_(
             token=token,
             log_level=log_level,
         )
-    except SplitDNNError as exc:
-        raise _fail(exc) from exc
     raise typer.Exit(code=code)

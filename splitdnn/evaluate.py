@@ -158,7 +158,7 @@ def evaluate_run(
     split_module = payload["split_module"]
     dataset = load_dataset(config.data.root, config.data.list)
     if split == "val":  # the trainer's own selection, so the figure is the trainer's
-        _, samples, _ = Distiller(config, run_dir, progress=False)._samples()
+        _, samples, _ = Distiller(config, run_dir, progress=False).samples()
     elif split == "all":
         samples = dataset.samples
     else:
@@ -205,12 +205,7 @@ def evaluate_run(
         split_module=split_module,
         task=task,
         split=split,
-        images=agreement.images,
-        teacher_top1=agreement.teacher_top1,
-        teacher_top5=agreement.teacher_top5,
-        mimic_top1=agreement.mimic_top1,
-        mimic_top5=agreement.mimic_top5,
-        top1_agreement=agreement.top1_agreement,
+        **agreement.to_dict(),
         **_costs(shape, spec.input_shape),
         device_macs=device,
         teacher_head_macs=head,
@@ -289,12 +284,7 @@ def evaluate_bundle(
         split_module=manifest.split_module,
         task=task,
         split=split,
-        images=agreement.images,
-        teacher_top1=agreement.teacher_top1,
-        teacher_top5=agreement.teacher_top5,
-        mimic_top1=agreement.mimic_top1,
-        mimic_top5=agreement.mimic_top5,
-        top1_agreement=agreement.top1_agreement,
+        **agreement.to_dict(),
         **_costs(manifest.bottleneck.shape, (3, spec.size, spec.size)),
         device_macs=device_macs,
         teacher_head_macs=head,

@@ -21,6 +21,9 @@ class SplitError(SplitDNNError, ValueError):
     """The module path cannot be a cut: more than one tensor crosses it, or it runs twice."""
 
 
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
 class _LeafTracer(fx.Tracer):
     """Trace through every module except the standard leaves and the one we cut after."""
 
@@ -30,6 +33,10 @@ class _LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name == self.leaf:
+            return True
+        # Subclasses of layers (EfficientNet's same-padding convs) stay modules in the graph,
+        # so hooks on them (MAC counting, quantisation) still fire in a cut half.
+        if isinstance(m, _LAYERS):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

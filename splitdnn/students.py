@@ -18,6 +18,12 @@ Two designs:
   depthwise-separable blocks down to stride 16) that ends with a 1×1 conv to a few channels,
   which keeps the bottleneck under 2 % of the input while spending at most a quarter of the
   teacher head's MACs (checked by tests). The decoder is two 3×3 convs and a 1×1 projection.
+* :func:`teacher_init_student` (variant ``teacher_init``, EfficientNet-Lite2) — the device
+  part *starts with the teacher's own first blocks*, frozen: ImageNet-trained features cost
+  the device nothing it would not spend on a scratch stem, and cannot over-fit a small data
+  set. A short depthwise-separable compressor takes them to the bottleneck. The decoder ends
+  with trainable copies of the teacher's last head blocks, so it only has to restore their
+  input. The frozen prefix is deterministic, so the trainer runs it once per image.
 """
 
 from __future__ import annotations
@@ -32,15 +38,38 @@ from splitdnn.errors import UnknownNameError
 
 
 class BottleneckStudent(nn.Module):
-    """``decode(encode(x))`` approximates the teacher head; ``encode`` is the device part."""
+    """``decode(encode(x))`` approximates the teacher head; ``encode`` is the device part.
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+    ``frozen_layers`` leading layers of ``encoder`` (an ``nn.Sequential`` then) are taken from
+    the teacher and never trained: no gradients, batch-norm statistics kept in eval mode.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, frozen_layers: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        self.frozen_layers = frozen_layers
+        for p in self.frozen().parameters():
+            p.requires_grad_(False)
+
+    def frozen(self) -> nn.Module:
+        """The frozen device prefix (an empty ``nn.Sequential`` when there is none)."""
+        if not self.frozen_layers:
+            return nn.Sequential()
+        return self.encoder[: self.frozen_layers]  # type: ignore[index]
+
+    def train(self, mode: bool = True) -> BottleneckStudent:
+        super().train(mode)
+        self.frozen().eval()
+        return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
+
+    def forward_from_frozen(self, prefix_output: torch.Tensor) -> torch.Tensor:
+        """The trainable part only: ``forward(x) == forward_from_frozen(frozen()(x))``."""
+        z = self.encoder[self.frozen_layers :](prefix_output)  # type: ignore[index]
+        return self.decode(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -204,7 +233,86 @@ def lite_student(teacher: str, bottleneck: int) -> BottleneckStudent:
     return BottleneckStudent(encoder, nn.Sequential(*decoder))
 
 
+# --- the teacher-initialised EfficientNet-Lite student ----------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherInitDesign:
+    """``prefix``: the teacher module the frozen device prefix ends after; ``blocks``:
+    depthwise-separable (out channels, stride) from there to the bottleneck grid; ``decoder``:
+    3×3 conv widths, then a 1×1 conv + BN to ``suffix_channels``; ``suffix``: teacher modules
+    copied (trainable) after it, ending at the split."""
+
+    prefix: str
+    prefix_channels: int
+    blocks: tuple[tuple[int, int], ...]
+    decoder: tuple[int, ...]
+    suffix_channels: int
+    suffix: tuple[str, ...]
+
+
+TEACHER_INIT_DESIGNS = {
+    # Lite2 at 260 px: stem + _blocks.0-1 are 67.5 M MACs (24x65x65); the compressor adds
+    # ~15 M, so the device spends ~82 M of the 346.6 M-MAC head (≤ 25 %). The decoder restores
+    # _blocks.7's output (88x17x17) for copies of _blocks.8-10.
+    "efficientnet_lite2": TeacherInitDesign(
+        prefix="_blocks.1",
+        prefix_channels=24,
+        blocks=((96, 2), (128, 2), (192, 1)),
+        decoder=(128, 128),
+        suffix_channels=88,
+        suffix=("_blocks.8", "_blocks.9", "_blocks.10"),
+    ),
+}
+
+
+def teacher_init_student(
+    teacher: str, bottleneck: int, teacher_model: nn.Module | None = None
+) -> BottleneckStudent:
+    """A Lite student whose device prefix and decoder suffix start as the teacher's layers.
+
+    ``teacher_model`` supplies the weights (default: the registered pretrained teacher); the
+    student holds copies, so training it never changes the teacher.
+    """
+    import copy
+
+    from splitdnn.models import get_teacher
+    from splitdnn.split import split_model
+
+    if teacher not in TEACHER_INIT_DESIGNS:
+        raise UnknownNameError(
+            f"no teacher_init student for {teacher!r}; known: {sorted(TEACHER_INIT_DESIGNS)}"
+        )
+    design = TEACHER_INIT_DESIGNS[teacher]
+    model = teacher_model if teacher_model is not None else get_teacher(teacher).build(True)
+    prefix = copy.deepcopy(split_model(model, design.prefix).head)
+    layers: list[nn.Module] = [prefix]
+    channels = design.prefix_channels
+    for cout, stride in design.blocks:
+        layers.append(depthwise_separable(channels, cout, stride))
+        channels = cout
+    layers += _conv_bn_relu(channels, bottleneck, 1)
+
+    decoder: list[nn.Module] = []
+    channels = bottleneck
+    for width in design.decoder:
+        decoder += _conv_bn_relu(channels, width, 3, 1, 1)
+        channels = width
+    decoder += [
+        nn.Conv2d(channels, design.suffix_channels, 1, bias=False),
+        nn.BatchNorm2d(design.suffix_channels),
+    ]
+    decoder += [copy.deepcopy(model.get_submodule(name)) for name in design.suffix]
+    student = BottleneckStudent(nn.Sequential(*layers), nn.Sequential(*decoder), frozen_layers=1)
+    return student.train()
+
+
 # --- one entry point ---------------------------------------------------------------------------
+
+
+#: Student designs by ``variant``: the papers' narrow (``caltech101``) and wide (``imagenet``)
+#: students (for a Lite teacher both mean :func:`lite_student`), and ``teacher_init``.
+VARIANTS = ("caltech101", "imagenet", "teacher_init")
 
 
 def build_student(teacher: str, bottleneck: int, variant: str = "caltech101") -> BottleneckStudent:
@@ -212,6 +320,8 @@ def build_student(teacher: str, bottleneck: int, variant: str = "caltech101") ->
     from splitdnn.models import get_teacher
 
     spec = get_teacher(teacher)
+    if variant == "teacher_init":
+        return teacher_init_student(teacher, bottleneck)
     if spec.family == "efficientnet_lite":
         return lite_student(teacher, bottleneck)
     return paper_student(spec.family, bottleneck, variant)
@@ -231,4 +341,5 @@ __all__: Sequence[str] = [
     "lite_student",
     "paper_student",
     "student_split",
+    "teacher_init_student",
 ]

@@ -142,3 +142,63 @@ def test_linear_probe_learns_the_shapes_and_saves_as_safetensors(shapes, tmp_pat
         "efficientnet_lite0", train, val, len(classes), hflip=False, epochs=30, cache_dir=cache
     )
     assert again.val_top1 == result.val_top1
+
+
+def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_path, monkeypatch):
+    """The frozen prefix runs once per image, its weights never move, and the loss falls."""
+    import splitdnn.students as students
+
+    design = students.TEACHER_INIT_DESIGNS["efficientnet_lite2"]
+    # Lite0 cut at _blocks.7 (80x14x14): prefix up to _blocks.1 (24x56x56), suffix _blocks.6-7.
+    lite0 = students.TeacherInitDesign(
+        prefix="_blocks.1",
+        prefix_channels=24,
+        blocks=((32, 2), (48, 2)),
+        decoder=(32,),
+        suffix_channels=80,
+        suffix=("_blocks.6", "_blocks.7"),
+    )
+    assert design.prefix == "_blocks.1"
+    monkeypatch.setitem(students.TEACHER_INIT_DESIGNS, "efficientnet_lite0", lite0)
+    config = _config(shapes)
+    config["student"]["variant"] = "teacher_init"
+    run = tmp_path / "run"
+    calls = []
+    original = Distiller._frozen_outputs
+
+    def counted(self, student, cache):
+        calls.append(len(cache["train_crops"]))
+        return original(self, student, cache)
+
+    monkeypatch.setattr(Distiller, "_frozen_outputs", counted)
+    Distiller(parse_config(config), run, progress=False).run()
+    assert len(calls) == 1  # once per run, not per epoch
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["loss"] < 0.85 * lines[0]["loss"]
+    best = torch.load(run / "best.pt", weights_only=False)
+    fresh = students.build_student("efficientnet_lite0", 4, "teacher_init")
+    trained = best["student"]
+    for name, value in fresh.encoder[0].state_dict().items():
+        assert torch.equal(trained[f"encoder.0.{name}"], value), name
+    assert best["variant"] == "teacher_init"
+
+
+def test_init_from_starts_a_second_stage_from_an_earlier_best(shapes, tmp_path):
+    from splitdnn.errors import ConfigError
+
+    first = tmp_path / "first"
+    Distiller(parse_config(_config(shapes, epochs=1)), first, progress=False).run()
+    # A learning rate of ~0 leaves the loaded weights where they were.
+    config = _config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(first))
+    config["train"]["optimizer"] = {"lr": 1e-12}
+    second = tmp_path / "second"
+    Distiller(parse_config(config), second, progress=False).run()
+    before = torch.load(first / "best.pt", weights_only=False)["student"]
+    after = torch.load(second / "best.pt", weights_only=False)["student"]
+    weights = [k for k in before if k.endswith(".weight")]
+    assert weights and all(torch.allclose(before[k], after[k], atol=1e-8) for k in weights)
+
+    other = _config(shapes, epochs=1, init_from=str(first / "best.pt"))
+    other["student"]["bottleneck"] = 8
+    with pytest.raises(ConfigError, match=r"train\.init_from"):
+        Distiller(parse_config(other), tmp_path / "third", progress=False).run()

@@ -114,3 +114,58 @@ def test_no_student_for_an_unregistered_family_or_variant() -> None:
         build_student("mobilenet_v2", 3)
     with pytest.raises(UnknownNameError):
         build_student("resnet152", 3, "cifar10")
+
+
+# --- the teacher-initialised Lite student -------------------------------------------------------
+
+
+@cache
+def _teacher_init(bottleneck: int = 12):
+    teacher = get_teacher("efficientnet_lite2").build(True)
+    student = build_student("efficientnet_lite2", bottleneck, "teacher_init")
+    return teacher, student
+
+
+def test_teacher_init_student_fits_budget_and_head_shape() -> None:
+    costs = student_costs("efficientnet_lite2", 12, "teacher_init")
+    assert costs.bottleneck_shape == [12, 17, 17]
+    assert costs.data_size_percent <= 2.0
+    assert costs.device_macs <= 0.25 * costs.teacher_head_macs
+    # the frozen prefix really is counted: it alone is the teacher up to _blocks.1
+    prefix = head_macs(_teacher("efficientnet_lite2"), "_blocks.1", (3, 260, 260))
+    assert prefix < costs.device_macs
+    _, student = _teacher_init()
+    with torch.no_grad():
+        out = student.eval()(torch.zeros(1, 3, 260, 260))
+    assert tuple(out.shape[1:]) == _head_shape("efficientnet_lite2")
+
+
+def test_teacher_init_prefix_is_the_teacher_and_stays_frozen() -> None:
+    teacher, student = _teacher_init()
+    x = torch.randn(2, 3, 260, 260)
+    with torch.no_grad():
+        expected = split_model(teacher, "_blocks.1").head(x)
+        assert torch.equal(student.frozen()(x), expected)
+        student.eval()
+        assert torch.equal(student.forward_from_frozen(student.frozen()(x)), student(x))
+    student.train()
+    assert not any(m.training for layer in student.frozen() for m in layer.modules())
+    assert all(m.training for m in student.decoder.modules())
+    frozen = {id(p) for p in student.frozen().parameters()}
+    assert frozen and all(not p.requires_grad for p in student.frozen().parameters())
+    assert all(p.requires_grad for p in student.parameters() if id(p) not in frozen)
+
+
+def test_teacher_init_student_copies_teacher_weights_instead_of_sharing_them() -> None:
+    teacher, student = _teacher_init()
+    suffix = student.decoder[-1]  # the copy of _blocks.10
+    original = teacher.get_submodule("_blocks.10")
+    assert torch.equal(suffix._project_conv.weight, original._project_conv.weight)
+    assert suffix._project_conv.weight is not original._project_conv.weight
+    teacher_params = {id(p) for p in teacher.parameters()}
+    assert not any(id(p) in teacher_params for p in student.parameters())
+
+
+def test_teacher_init_needs_a_registered_design() -> None:
+    with pytest.raises(UnknownNameError, match="teacher_init"):
+        build_student("resnet152", 3, "teacher_init")

@@ -1,1 +1,2 @@
-"""What every service shares: problem+json, settings base, health, metrics, request context."""
+"""What every service shares: app assembly, problem+json, OpenAPI fragments, settings base,
+health, metrics, request context."""

@@ -1,17 +1,19 @@
 """Dependencies and app assembly shared by every service.
 
-Routes declare what they need (``Context``, ``Service``, a checked token, a capped body);
-:func:`setup_app` installs error handlers, the request-context middleware and the
-health and metrics routers in one call.
+Routes declare what they need (``Context``, ``Service``, a checked token, a capped body,
+the common query options); :func:`create_service_app` assembles every service's app the
+same way, and :func:`setup_app` installs the error handlers, the request-context middleware
+and the health and metrics routers in one call.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from starlette.types import Lifespan
 
 from services.common import health, metrics
 from services.common.context import RequestContext, RequestContextMiddleware
@@ -23,6 +25,7 @@ from services.common.errors import (
 )
 from services.common.health import ServiceState
 from services.common.metrics import Metrics
+from services.common.settings import BaseServiceSettings
 
 
 def setup_app(app: FastAPI, service: str, readiness: bool = True) -> Metrics:
@@ -40,6 +43,28 @@ def setup_app(app: FastAPI, service: str, readiness: bool = True) -> Metrics:
     return app.state.metrics
 
 
+def create_service_app(
+    service: str,
+    summary: str,
+    *,
+    lifespan: Lifespan[FastAPI],
+    router: APIRouter,
+    get_settings: Callable[[], BaseServiceSettings],
+    settings: BaseServiceSettings,
+    readiness: bool = True,
+) -> FastAPI:
+    """The app of one service, assembled like the others (title, errors, health, metrics).
+
+    ``settings`` replace the ``get_settings`` dependency, so the instance handed to
+    ``create_app`` (by tests or the CLI) wins over the environment.
+    """
+    app = FastAPI(title=f"splitdnn {service}", summary=summary, version="1", lifespan=lifespan)
+    app.dependency_overrides[get_settings] = lambda: settings
+    setup_app(app, service, readiness)
+    app.include_router(router)
+    return app
+
+
 def get_context(request: Request) -> RequestContext:
     return request.state.context
 
@@ -55,6 +80,9 @@ def get_metrics(request: Request) -> Metrics:
 Context = Annotated[RequestContext, Depends(get_context)]
 Service = Annotated[ServiceState, Depends(get_service)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
+#: Query options of every endpoint that classifies; ``None`` means the service's default.
+TaskQuery = Annotated[str | None, Query(description="Task head; default from manifest")]
+TopKQuery = Annotated[int | None, Query(alias="top_k", ge=1, le=100)]
 
 
 def check_token(request: Request, expected: str | None) -> None:

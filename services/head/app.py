@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from services.common.deps import setup_app
+from services.common.deps import create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.head import routes
@@ -64,13 +64,11 @@ def create_app(
         finally:
             tail.close()
 
-    app = FastAPI(
-        title="splitdnn head",
-        summary="Device half of split inference: device part, local model, envelope upload.",
-        version="1",
+    return create_service_app(
+        "head",
+        "Device half of split inference: device part, local model, envelope upload.",
         lifespan=lifespan,
+        router=routes.router,
+        get_settings=get_settings,
+        settings=settings,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
-    setup_app(app, "head")
-    app.include_router(routes.router)
-    return app

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from services.common.deps import AppMetrics, Context, Service, read_capped
+from services.common.deps import AppMetrics, Context, Service, TaskQuery, TopKQuery, read_capped
+from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
 from services.head.settings import Compression, HeadSettings, Quantisation, get_settings
 from splitdnn.bundle import Bundle
@@ -21,15 +22,17 @@ router = APIRouter(tags=["inference"])
 Settings = Annotated[HeadSettings, Depends(get_settings)]
 HeadMode = Literal["split", "local", "offload", "auto"]
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "truncated or corrupt image"},
-    401: {"description": "the tail refused the head's token"},
-    409: {"description": "head and tail hold different bundles"},
-    413: {"description": "image over the configured limit"},
-    415: {"description": "not an image"},
-    503: {"description": "not ready, or the tail is down and fallback=false"},
-    504: {"description": "the tail missed the deadline and fallback=false"},
-}
+PROBLEMS = problem_responses(
+    {
+        400: "truncated or corrupt image",
+        401: "the tail refused the head's token",
+        409: "head and tail hold different bundles",
+        413: "image over the configured limit",
+        415: "not an image",
+        503: "not ready, or the tail is down and fallback=false",
+        504: "the tail missed the deadline and fallback=false",
+    }
+)
 
 
 async def image_body(request: Request, settings: Settings) -> bytes:
@@ -40,14 +43,7 @@ async def image_body(request: Request, settings: Settings) -> bytes:
     "/infer/{mode}",
     summary="Classify an image in one mode (auto picks the fastest predicted)",
     responses=PROBLEMS,
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-            }
-        }
-    },
+    openapi_extra={"requestBody": {"content": IMAGE_CONTENT}},
 )
 def infer(
     mode: HeadMode,
@@ -56,8 +52,8 @@ def infer(
     context: Context,
     metrics: AppMetrics,
     settings: Settings,
-    task: Annotated[str | None, Query(description="Task head; default from manifest")] = None,
-    k: Annotated[int | None, Query(alias="top_k", ge=1, le=100)] = None,
+    task: TaskQuery = None,
+    k: TopKQuery = None,
     fallback: Annotated[bool, Query(description="Fall back to local if the tail fails")] = True,
     quantisation: Annotated[
         Quantisation | None, Query(description="Override the envelope quantisation")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 
-from services.common.deps import InFlightLimiter, setup_app
+from services.common.deps import InFlightLimiter, create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.tail import routes
@@ -47,14 +47,13 @@ def create_app(settings: TailSettings | None = None) -> FastAPI:
         service.start(lambda: load_components(settings), settings.load_in_background)
         yield {"service": service}
 
-    app = FastAPI(
-        title="splitdnn tail",
-        summary="Edge half of split inference: server part (split) and teacher (offload).",
-        version="1",
+    app = create_service_app(
+        "tail",
+        "Edge half of split inference: server part (split) and teacher (offload).",
         lifespan=lifespan,
+        router=routes.router,
+        get_settings=get_settings,
+        settings=settings,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
     app.state.limiter = InFlightLimiter(settings.max_in_flight)
-    setup_app(app, "tail")
-    app.include_router(routes.router)
     return app

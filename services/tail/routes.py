@@ -12,15 +12,19 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 
-from services.common.context import BUNDLE_HEADER
+from services.common.context import BUNDLE_HEADER, RequestContext
 from services.common.deps import (
     AppMetrics,
     Context,
     Service,
+    TaskQuery,
+    TopKQuery,
     check_token,
     limit_in_flight,
     read_capped,
 )
+from services.common.metrics import Metrics
+from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.tail.settings import TailSettings, get_settings
 from splitdnn import wire
 from splitdnn.bundle import Bundle
@@ -30,19 +34,27 @@ from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
 router = APIRouter(prefix="/v2", tags=["inference"])
 Settings = Annotated[TailSettings, Depends(get_settings)]
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "bad envelope or corrupt image (problem+json)"},
-    401: {"description": "missing or wrong bearer token"},
-    404: {"description": "unknown model name or task"},
-    409: {"description": "the sender holds a different bundle"},
-    413: {"description": "body over the configured limit"},
-    415: {"description": "not an image"},
-    503: {"description": "not ready or overloaded (Retry-After)"},
-}
+WithLogits = Annotated[bool, Query(description="Also return the raw logits")]
+
+PROBLEMS = problem_responses(
+    {
+        400: "bad envelope or corrupt image (problem+json)",
+        401: "missing or wrong bearer token",
+        404: "unknown model name or task",
+        409: "the sender holds a different bundle",
+        413: "body over the configured limit",
+        415: "not an image",
+        503: "not ready or overloaded (Retry-After)",
+    }
+)
 
 
 def authorised(request: Request, settings: Settings) -> None:
     check_token(request, settings.token.get_secret_value() if settings.token else None)
+
+
+#: Admission for both inference endpoints: the right token, then a free in-flight slot.
+ADMISSION = [Depends(authorised), Depends(limit_in_flight)]
 
 
 async def envelope_body(request: Request, settings: Settings) -> bytes:
@@ -86,6 +98,27 @@ def _answer(
     return answer
 
 
+def _with_timings(
+    answer: dict[str, Any],
+    body: bytes,
+    start: float,
+    context: RequestContext,
+    metrics: Metrics,
+) -> dict[str, Any]:
+    """Export the decode and tail stages and add ``bytes_in`` and ``timings_ms`` to the answer.
+
+    Both modes report alike: the head takes ``compute`` out of its round trip to estimate
+    the transfer time.
+    """
+    compute_ms = (time.perf_counter() - start) * 1000
+    metrics.stage("decode", context.stages_ms["decode"] / 1000)
+    metrics.stage("tail", context.stages_ms["tail"] / 1000)
+    answer["bytes_in"] = len(body)
+    answer["timings_ms"] = {s: round(v, 3) for s, v in context.stages_ms.items()}
+    answer["timings_ms"]["compute"] = round(compute_ms, 3)
+    return answer
+
+
 @router.get("", summary="Server metadata (Open Inference Protocol)")
 def server_metadata() -> dict[str, Any]:
     return {"name": "splitdnn-tail", "version": "1", "extensions": []}
@@ -113,7 +146,7 @@ def model_metadata(name: str, service: Service) -> dict[str, Any]:
     summary="Split mode: run the server part on a bottleneck envelope",
     responses=PROBLEMS,
     openapi_extra={"requestBody": {"content": {wire.CONTENT_TYPE: {"schema": {"type": "string"}}}}},
-    dependencies=[Depends(authorised), Depends(limit_in_flight)],
+    dependencies=ADMISSION,
 )
 def infer_envelope(
     name: str,
@@ -122,9 +155,9 @@ def infer_envelope(
     context: Context,
     metrics: AppMetrics,
     settings: Settings,
-    task: Annotated[str | None, Query(description="Task head; default from manifest")] = None,
-    k: Annotated[int | None, Query(alias="top_k", ge=1, le=100)] = None,
-    logits: Annotated[bool, Query(description="Also return the raw logits")] = False,
+    task: TaskQuery = None,
+    k: TopKQuery = None,
+    logits: WithLogits = False,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     server: ServerRunner = service.get("server")
@@ -145,28 +178,15 @@ def infer_envelope(
     with context.stage("tail"):
         task, out = server(tensor, task)
     answer = _answer(bundle, task, out, k or settings.top_k, logits)
-    elapsed = time.perf_counter() - start
-    metrics.stage("decode", context.stages_ms["decode"] / 1000)
-    metrics.stage("tail", context.stages_ms["tail"] / 1000)
-    answer["bytes_in"] = len(body)
-    answer["timings_ms"] = {**{s: round(v, 3) for s, v in context.stages_ms.items()}}
-    answer["timings_ms"]["compute"] = round(elapsed * 1000, 3)
-    return answer
+    return _with_timings(answer, body, start, context, metrics)
 
 
 @router.post(
     "/models/{name}/classify",
     summary="Offload mode: run the whole teacher on an image",
     responses=PROBLEMS,
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-            }
-        }
-    },
-    dependencies=[Depends(authorised), Depends(limit_in_flight)],
+    openapi_extra={"requestBody": {"content": IMAGE_CONTENT}},
+    dependencies=ADMISSION,
 )
 def classify_image(
     name: str,
@@ -176,9 +196,9 @@ def classify_image(
     context: Context,
     metrics: AppMetrics,
     settings: Settings,
-    task: Annotated[str | None, Query(description="Task head; default from manifest")] = None,
-    k: Annotated[int | None, Query(alias="top_k", ge=1, le=100)] = None,
-    logits: Annotated[bool, Query(description="Also return the raw logits")] = False,
+    task: TaskQuery = None,
+    k: TopKQuery = None,
+    logits: WithLogits = False,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     bundle = _bundle(service, name, request.headers.get(BUNDLE_HEADER))
@@ -190,9 +210,4 @@ def classify_image(
     with context.stage("tail"):
         task, out = teacher.run(x, task)
     answer = _answer(bundle, task, out, k or settings.top_k, logits)
-    metrics.stage("decode", context.stages_ms["decode"] / 1000)
-    metrics.stage("tail", context.stages_ms["tail"] / 1000)
-    answer["bytes_in"] = len(body)
-    answer["timings_ms"] = {s: round(v, 3) for s, v in context.stages_ms.items()}
-    answer["timings_ms"]["compute"] = round((time.perf_counter() - start) * 1000, 3)
-    return answer
+    return _with_timings(answer, body, start, context, metrics)

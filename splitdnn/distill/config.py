@@ -44,7 +44,8 @@ class TeacherConfig(_Strict):
 class StudentConfig(_Strict):
     #: Bottleneck channels; ``null`` is the papers' "mimic without bottleneck" (Table 2).
     bottleneck: int | None = Field(default=12, ge=1, le=512)
-    variant: Literal["caltech101", "imagenet"] = "caltech101"
+    #: Student design (see splitdnn.students.VARIANTS); ``teacher_init`` starts from teacher layers.
+    variant: Literal["caltech101", "imagenet", "teacher_init"] = "caltech101"
 
 
 class DataConfig(_Strict):
@@ -79,6 +80,9 @@ class TrainConfig(_Strict):
     #: sees, through the frozen teacher tail, on this fraction of every batch.
     pooled_loss_weight: float = Field(default=0.0, ge=0)
     pooled_loss_fraction: float = Field(default=0.25, gt=0, le=1)
+    #: Start the student from this run directory's ``best.pt`` (or this checkpoint file)
+    #: instead of from scratch: a second stage, e.g. the pooled-feature loss after plain SSE.
+    init_from: Path | None = None
     checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints")
     threads: int | None = Field(default=None, ge=1)
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
@@ -148,6 +152,9 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
     run = config.kd.teacher_run
     if base_dir is not None and run is not None and not run.is_absolute():
         config.kd.teacher_run = (base_dir / run).resolve()
+    init = config.train.init_from
+    if base_dir is not None and init is not None and not init.is_absolute():
+        config.train.init_from = (base_dir / init).resolve()
     return config
 
 

@@ -43,6 +43,7 @@ from splitdnn.data import Sample
 from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import kd_loss
 from splitdnn.distill.probe import _backbone, extract_features, top1, train_linear
+from splitdnn.distill.runfiles import append_metrics, epoch_record, save_atomic
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.evaluate import topk_hits
 from splitdnn.models import get_teacher
@@ -118,13 +119,6 @@ class FineTunedStudent(nn.Module):
 
 
 # -- the run -----------------------------------------------------------------------------------
-
-
-def _save_atomic(obj: object, path: Path) -> None:
-    from splitdnn.distill.trainer import save_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(obj, path)
 
 
 class KDTrainer:
@@ -218,18 +212,23 @@ class KDTrainer:
                 self._log(f"teacher probe from {path}")
                 return probe.eval()
         self._log("fitting the teacher's linear probe")
+        self._fit_probe(probe, feats, train, candidates[-1])
+        return probe.eval()
+
+    def _fit_probe(self, probe: nn.Linear, feats, train: list[Sample], path: Path) -> None:
+        """Train ``probe`` on the pooled features (mirrored copies too) and save it."""
         x, y = self._probe_data(feats, train)
+        cfg = self.config.probe
         train_linear(
             probe,
             x,
             y,
-            epochs=c.probe.epochs,
-            lr=c.probe.lr,
-            weight_decay=c.probe.weight_decay,
-            seed=c.seed,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            seed=self.config.seed,
         )
-        _save_atomic(probe.state_dict(), candidates[-1])
-        return probe.eval()
+        save_atomic(probe.state_dict(), path)
 
     def _probe_data(self, feats: dict[str, np.ndarray], train: list[Sample]):
         parts = [torch.from_numpy(np.array(feats["pooled"]))]
@@ -278,17 +277,7 @@ class KDTrainer:
         if path.exists():
             probe.load_state_dict(torch.load(path, weights_only=True))
         else:
-            x, y = self._probe_data(feats, train)
-            train_linear(
-                probe,
-                x,
-                y,
-                epochs=c.probe.epochs,
-                lr=c.probe.lr,
-                weight_decay=c.probe.weight_decay,
-                seed=c.seed,
-            )
-            _save_atomic(probe.state_dict(), path)
+            self._fit_probe(probe, feats, train, path)
         return FineTunedStudent(rest, probe)
 
     def _evaluate(self, student: FineTunedStudent, h_val, labels, teacher_val) -> dict:
@@ -364,7 +353,7 @@ class KDTrainer:
             self._log(f"epoch 0 (backbone + probe): top-1 {initial['val_top1']:.2f}")
 
         def checkpoint() -> None:
-            _save_atomic(
+            save_atomic(
                 {
                     "student": student.state_dict(),
                     "optimizer": optimiser.state_dict(),
@@ -410,22 +399,16 @@ class KDTrainer:
                     checkpoint()
             schedule.step()
             seconds = time.perf_counter() - started
-            record = {
-                "epoch": epoch + 1,
-                "loss": running,
-                "lr": optimiser.param_groups[0]["lr"],
-                "images_per_s": seen / max(seconds, 1e-9),
-                **self._evaluate(student, val_feats["cut"], val_labels, teacher_val),
-            }
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            metrics = self._evaluate(student, val_feats["cut"], val_labels, teacher_val)
+            record = epoch_record(epoch + 1, running, optimiser, seen, seconds, metrics)
+            append_metrics(metrics_path, record)
             self._log(
                 f"epoch {epoch + 1}/{tcfg.epochs}: loss {running:.4f}, "
                 f"top-1 {record['val_top1']:.2f} ({seconds:.0f} s)"
             )
             if record["val_top1"] > state["best_top1"]:
                 state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
-                _save_atomic(self._best_payload(student, classes, record), best_path)
+                save_atomic(self._best_payload(student, classes, record), best_path)
             state["epoch"], state["step"] = epoch + 1, 0
             checkpoint()
         return {

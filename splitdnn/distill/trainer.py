@@ -6,7 +6,8 @@ What the trainer does for ``method: hnd``:
 2. Run the frozen teacher once per image (and per flip): head outputs (the targets), pooled
    features (for a linear probe and the generalised loss) and validation logits.
 3. With ``teacher.classifier: probe``, fit a linear classifier on the pooled features.
-4. Train the student head with the SSE loss (+ optional pooled-feature loss through the frozen
+4. Run a student's frozen teacher prefix (variant ``teacher_init``) once per image, in memory.
+5. Train the student head with the SSE loss (+ optional pooled-feature loss through the frozen
    tail), evaluate student + teacher tail after every epoch, keep the best top-1 in
    ``best.pt``, append a line per epoch to ``metrics.jsonl``.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from splitdnn.data import Sample, load_crops
 from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import sse
 from splitdnn.distill.probe import train_linear
+from splitdnn.distill.runfiles import append_metrics, epoch_record, save_atomic
 from splitdnn.errors import ConfigError
 from splitdnn.evaluate import AgreementMeter
 from splitdnn.imaging import Preprocessing
@@ -45,13 +46,6 @@ def normalise_batch(crops: np.ndarray | torch.Tensor, spec: Preprocessing) -> to
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
     # NHWC in memory: depthwise and 1x1 convs run ~1.5-2x faster on CPU in this layout.
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a kill never leaves a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class TeacherParts(nn.Module):
@@ -117,7 +111,8 @@ class Distiller:
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
-    def _samples(self) -> tuple[list[Sample], list[Sample], list[str]]:
+    def samples(self) -> tuple[list[Sample], list[Sample], list[str]]:
+        """Training and validation samples and class names: the run's deterministic split."""
         train, val, classes, label_space = config_samples(self.config)
         if self.config.teacher.classifier == "imagenet" and label_space != "imagenet":
             self._log("note: labels are not ImageNet indices; top-1 is against folder classes")
@@ -201,16 +196,54 @@ class Distiller:
         labels = torch.tensor([s.label for s in val])
         return 100.0 * float((logits.argmax(1) == labels).float().mean())
 
-    def _evaluate(self, student: BottleneckStudent, parts: TeacherParts, cache, val, bs=32):
+    def _frozen_outputs(self, student: BottleneckStudent, cache) -> dict[str, torch.Tensor]:
+        """The student's frozen prefix run once on every crop (it never changes in training).
+
+        Kept in memory as fp32 (~0.4 MB an image for Lite2's 24x65x65), so epochs train only
+        what learns and validation sees exactly what inference computes.
+        """
+        frozen = student.frozen().eval()
+        spec = self.spec.preprocessing
+        jobs = [("train", "train_crops", False), ("val", "val_crops", False)]
+        if self.config.augmentation.hflip:
+            jobs.append(("flip", "train_crops", True))
+        outputs: dict[str, torch.Tensor] = {}
+        for name, key, flip in jobs:
+            crops = cache[key]
+            batches = range(0, len(crops), 32)
+            if self.progress:
+                from tqdm import tqdm
+
+                batches = tqdm(batches, desc=f"frozen prefix {name}", unit="batch")
+            chunks = []
+            with torch.no_grad():
+                for i in batches:
+                    x = normalise_batch(crops[i : i + 32], spec)
+                    chunks.append(frozen(x.flip(3) if flip else x).contiguous())
+            outputs[name] = torch.cat(chunks)
+        return outputs
+
+    def _evaluate(
+        self,
+        student: BottleneckStudent,
+        parts: TeacherParts,
+        cache,
+        val,
+        bs=32,
+        prefix: dict[str, torch.Tensor] | None = None,
+    ):
         student.eval()
         meter = AgreementMeter()
         labels = torch.tensor([s.label for s in val])
         teacher_logits = parts.classifier(torch.as_tensor(np.asarray(cache["val_feats"])))
         with torch.no_grad():
             for i in range(0, len(val), bs):
-                x = normalise_batch(cache["val_crops"][i : i + bs], self.spec.preprocessing)
-                mimic = parts.tail(student(x))
-                meter.update(teacher_logits[i : i + bs], mimic, labels[i : i + bs])
+                if prefix is not None:
+                    head = student.forward_from_frozen(prefix["val"][i : i + bs])
+                else:
+                    x = normalise_batch(cache["val_crops"][i : i + bs], self.spec.preprocessing)
+                    head = student(x)
+                meter.update(teacher_logits[i : i + bs], parts.tail(head), labels[i : i + bs])
         return meter.result()
 
     def run(self, resume: bool = False) -> dict:
@@ -223,7 +256,7 @@ class Distiller:
         torch.manual_seed(cfg.seed)
 
         parts = TeacherParts(self.spec, self.spec.build(cfg.teacher.pretrained), self.split_module)
-        train, val, classes = self._samples()
+        train, val, classes = self.samples()
         self._log(f"{len(train)} training / {len(val)} validation images, {len(classes)} classes")
         cache = self._build_cache(parts, train, val)
         if cfg.teacher.classifier == "probe":
@@ -240,11 +273,15 @@ class Distiller:
                 f"{self.spec.student_split!r}"
             )
         optimiser = torch.optim.Adam(
-            student.parameters(), lr=tcfg.optimizer.lr, weight_decay=tcfg.optimizer.weight_decay
+            [p for p in student.parameters() if p.requires_grad],
+            lr=tcfg.optimizer.lr,
+            weight_decay=tcfg.optimizer.weight_decay,
         )
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, tcfg.milestones, tcfg.gamma)
         state = {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": -1}
         last_path, best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
+        if tcfg.init_from is not None and not (resume and last_path.exists()):
+            self._init_student(student, tcfg.init_from)
         if resume and last_path.exists():
             ckpt = torch.load(last_path, weights_only=False)
             student.load_state_dict(ckpt["student"])
@@ -253,6 +290,9 @@ class Distiller:
             state = ckpt["state"]
             self._log(f"resuming at epoch {state['epoch']} step {state['step']}")
 
+        prefix = None
+        if student.frozen_layers and cfg.augmentation.cache_teacher:
+            prefix = self._frozen_outputs(student, cache)
         n = len(train)
         steps_per_epoch = -(-n // tcfg.batch_size)
         if tcfg.max_steps_per_epoch:
@@ -296,10 +336,17 @@ class Distiller:
             for step in steps:
                 idx = np.sort(order[step * tcfg.batch_size : (step + 1) * tcfg.batch_size])
                 flip = flips[idx]
-                x = normalise_batch(cache["train_crops"][idx], self.spec.preprocessing)
-                x[flip] = x[flip].flip(3)
-                target, feats = self._targets(cache, parts, x, idx, flip)
-                out = student(x)
+                if prefix is not None:
+                    x = prefix["train"][torch.from_numpy(idx)]
+                    if flip.any():
+                        x[torch.from_numpy(flip)] = prefix["flip"][torch.from_numpy(idx[flip])]
+                    target, feats = self._targets(cache, parts, None, idx, flip)
+                    out = student.forward_from_frozen(x)
+                else:
+                    x = normalise_batch(cache["train_crops"][idx], self.spec.preprocessing)
+                    x[flip] = x[flip].flip(3)
+                    target, feats = self._targets(cache, parts, x, idx, flip)
+                    out = student(x)
                 loss = sse(out, target) / head_energy
                 if tcfg.pooled_loss_weight > 0:
                     k = max(1, round(len(idx) * tcfg.pooled_loss_fraction))
@@ -317,17 +364,10 @@ class Distiller:
                 if state["step"] % tcfg.checkpoint_every == 0:
                     checkpoint()
             schedule.step()
-            agreement = self._evaluate(student, parts, cache, val)
-            epoch_seconds = time.perf_counter() - started
-            record = {
-                "epoch": epoch + 1,
-                "loss": running,
-                "lr": optimiser.param_groups[0]["lr"],
-                "images_per_s": seen / max(epoch_seconds, 1e-9),
-                **agreement.to_dict(),
-            }
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            agreement = self._evaluate(student, parts, cache, val, prefix=prefix)
+            seconds = time.perf_counter() - started
+            record = epoch_record(epoch + 1, running, optimiser, seen, seconds, agreement.to_dict())
+            append_metrics(metrics_path, record)
             self._log(
                 f"epoch {epoch + 1}: loss {running:.4f}, teacher top-1 "
                 f"{agreement.teacher_top1:.2f}, mimic top-1 {agreement.mimic_top1:.2f}, "
@@ -342,6 +382,23 @@ class Distiller:
         if not result and best_path.exists():
             result = torch.load(best_path, weights_only=False)["metrics"]
         return result
+
+    def _init_student(self, student: BottleneckStudent, source: Path) -> None:
+        """Load the student weights of an earlier run (same teacher, split and design)."""
+        path = source / "best.pt" if source.is_dir() else source
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise ConfigError(f"train.init_from: cannot read {path}: {exc}") from None
+        c = self.config
+        ours = (self.spec.name, self.split_module, c.student.bottleneck, c.student.variant)
+        theirs = tuple(payload.get(k) for k in ("teacher", "split_module", "bottleneck", "variant"))
+        if payload.get("kind") != "splitdnn-student" or theirs != ours:
+            raise ConfigError(
+                f"train.init_from: {path} holds a student for {theirs}, this run needs {ours}"
+            )
+        student.load_state_dict(payload["student"])
+        self._log(f"student initialised from {path}")
 
     def _targets(self, cache, parts, x, idx, flip):
         """Teacher head outputs and pooled features for a batch: cached or computed now."""

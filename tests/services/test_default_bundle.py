@@ -7,6 +7,7 @@ offload sends, and the example cat comes back as a cat in both tasks.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def reference(default_bundle) -> dict[str, np.ndarray]:
     bundle = load_bundle(default_bundle)
     spec = get_teacher(bundle.manifest.teacher)
     parts = TeacherParts(spec, spec.build(True), bundle.manifest.split_module)
-    student = build_student(spec.name, bundle.manifest.bottleneck.shape[0]).eval()
+    variant = json.loads((DEFAULT_ASSETS / "default.json").read_text())["variant"]
+    student = build_student(spec.name, bundle.manifest.bottleneck.shape[0], variant).eval()
     student.load_state_dict(load_file(DEFAULT_ASSETS / "student.safetensors"))
     probe = torch.nn.Linear(parts.num_features, 101)
     probe.load_state_dict(load_file(DEFAULT_ASSETS / "caltech101_probe.safetensors"))
