@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,19 @@ def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen == {"run_dir": Path("runs") / "config", "resume": True, "method": "kd"}
     assert '"ok": true' in result.stdout
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_configs_are_valid_and_chain_their_stages(path, monkeypatch):
+    """The default's recipe parses, and each later stage starts from the stage before it."""
+    monkeypatch.chdir(ROOT)
+    config = load_config(path)
+    assert config.student.variant == "teacher_init"
+    stage = re.search(r"stage(\d+)", path.name)
+    if stage:
+        assert config.train.init_from == ROOT / f"runs/lite2-caltech101-stage{int(stage[1]) - 1}"
+    else:
+        assert config.train.init_from is None
