@@ -121,13 +121,7 @@ class Services:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        serve.stop_processes(self.processes)
 
 
 def classify(client: httpx.Client, image: bytes, mode: str) -> tuple[float, dict[str, Any]]:

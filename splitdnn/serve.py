@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from splitdnn.bundle import MANIFEST, default_bundle_path
@@ -154,6 +154,22 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
     return False
 
 
+def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 10.0) -> None:
+    """SIGTERM every process still running, then wait; kill whatever has not exited by then.
+
+    All are signalled before any is awaited, so the shutdowns overlap.
+    """
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def serve_all(
     *,
     host: str = "127.0.0.1",
@@ -207,11 +223,4 @@ def serve_all(
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children.values():
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_processes(children.values())

@@ -216,21 +216,33 @@ def lite_student(teacher: str, bottleneck: int) -> BottleneckStudent:
     if teacher not in LITE_DESIGNS:
         raise UnknownNameError(f"no Lite student for {teacher!r}; known: {sorted(LITE_DESIGNS)}")
     design = LITE_DESIGNS[teacher]
-    layers: list[nn.Module] = _conv_bn_relu(3, design.stem, 3, 2, 1)
-    channels = design.stem
-    for cout, stride in design.blocks:
+    encoder = _conv_bn_relu(3, design.stem, 3, 2, 1)
+    encoder += _separable_to_bottleneck(design.stem, design.blocks, bottleneck)
+    decoder, channels = _decoder_convs(bottleneck, design.decoder)
+    decoder.append(nn.Conv2d(channels, design.head_channels, 1))
+    return BottleneckStudent(nn.Sequential(*encoder), nn.Sequential(*decoder))
+
+
+def _separable_to_bottleneck(
+    channels: int, blocks: tuple[tuple[int, int], ...], bottleneck: int
+) -> list[nn.Module]:
+    """Depthwise-separable blocks (out channels, stride), then a 1×1 conv + BN + ReLU to the
+    bottleneck: the end of every Lite student's device part."""
+    layers: list[nn.Module] = []
+    for cout, stride in blocks:
         layers.append(depthwise_separable(channels, cout, stride))
         channels = cout
-    layers += _conv_bn_relu(channels, bottleneck, 1)
-    encoder = nn.Sequential(*layers)
+    return layers + _conv_bn_relu(channels, bottleneck, 1)
 
-    decoder: list[nn.Module] = []
+
+def _decoder_convs(bottleneck: int, widths: tuple[int, ...]) -> tuple[list[nn.Module], int]:
+    """3×3 conv + BN + ReLU layers of ``widths`` from the bottleneck, and their last width."""
+    layers: list[nn.Module] = []
     channels = bottleneck
-    for width in design.decoder:
-        decoder += _conv_bn_relu(channels, width, 3, 1, 1)
+    for width in widths:
+        layers += _conv_bn_relu(channels, width, 3, 1, 1)
         channels = width
-    decoder.append(nn.Conv2d(channels, design.head_channels, 1))
-    return BottleneckStudent(encoder, nn.Sequential(*decoder))
+    return layers, channels
 
 
 # --- the teacher-initialised EfficientNet-Lite student ----------------------------------------
@@ -285,38 +297,27 @@ def teacher_init_student(
         )
     design = TEACHER_INIT_DESIGNS[teacher]
     model = teacher_model if teacher_model is not None else get_teacher(teacher).build(True)
-    prefix = copy.deepcopy(split_model(model, design.prefix).head)
-    layers: list[nn.Module] = [prefix]
-    channels = design.prefix_channels
-    for cout, stride in design.blocks:
-        layers.append(depthwise_separable(channels, cout, stride))
-        channels = cout
-    layers += _conv_bn_relu(channels, bottleneck, 1)
-
-    decoder: list[nn.Module] = []
-    channels = bottleneck
-    for width in design.decoder:
-        decoder += _conv_bn_relu(channels, width, 3, 1, 1)
-        channels = width
+    encoder: list[nn.Module] = [copy.deepcopy(split_model(model, design.prefix).head)]
+    encoder += _separable_to_bottleneck(design.prefix_channels, design.blocks, bottleneck)
+    decoder, channels = _decoder_convs(bottleneck, design.decoder)
     decoder += [
         nn.Conv2d(channels, design.suffix_channels, 1, bias=False),
         nn.BatchNorm2d(design.suffix_channels),
     ]
     decoder += [copy.deepcopy(model.get_submodule(name)) for name in design.suffix]
-    student = BottleneckStudent(nn.Sequential(*layers), nn.Sequential(*decoder), frozen_layers=1)
+    student = BottleneckStudent(nn.Sequential(*encoder), nn.Sequential(*decoder), frozen_layers=1)
     return student.train()
 
 
 # --- one entry point ---------------------------------------------------------------------------
 
 
-#: Student designs by ``variant``: the papers' narrow (``caltech101``) and wide (``imagenet``)
-#: students (for a Lite teacher both mean :func:`lite_student`), and ``teacher_init``.
-VARIANTS = ("caltech101", "imagenet", "teacher_init")
-
-
 def build_student(teacher: str, bottleneck: int, variant: str = "caltech101") -> BottleneckStudent:
-    """The registered bottleneck student for ``teacher`` with ``bottleneck`` channels."""
+    """The registered bottleneck student for ``teacher`` with ``bottleneck`` channels.
+
+    ``variant``: the papers' narrow (``caltech101``) or wide (``imagenet``) student (for a Lite
+    teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`).
+    """
     from splitdnn.models import get_teacher
 
     spec = get_teacher(teacher)

@@ -44,7 +44,8 @@ class TeacherConfig(_Strict):
 class StudentConfig(_Strict):
     #: Bottleneck channels; ``null`` is the papers' "mimic without bottleneck" (Table 2).
     bottleneck: int | None = Field(default=12, ge=1, le=512)
-    #: Student design (see splitdnn.students.VARIANTS); ``teacher_init`` starts from teacher layers.
+    #: Student design (see splitdnn.students.build_student); ``teacher_init`` starts from
+    #: the teacher's own layers.
     variant: Literal["caltech101", "imagenet", "teacher_init"] = "caltech101"
 
 

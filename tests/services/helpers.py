@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -72,11 +71,4 @@ def running_stack(
             assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
         yield Stack(urls["gateway"], urls["head"], urls["tail"], processes)
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        serve.stop_processes(processes.values())
