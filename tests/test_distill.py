@@ -144,11 +144,11 @@ def test_linear_probe_learns_the_shapes_and_saves_as_safetensors(shapes, tmp_pat
     assert again.val_top1 == result.val_top1
 
 
-def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_path, monkeypatch):
-    """The frozen prefix runs once per image, its weights never move, and the loss falls."""
+def _lite0_teacher_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small ``teacher_init`` design for Lite0 (registered for Lite2 only), so that tests
+    with a frozen prefix run in seconds."""
     import splitdnn.students as students
 
-    design = students.TEACHER_INIT_DESIGNS["efficientnet_lite2"]
     # Lite0 cut at _blocks.7 (80x14x14): prefix up to _blocks.1 (24x56x56), suffix _blocks.6-7.
     lite0 = students.TeacherInitDesign(
         prefix="_blocks.1",
@@ -158,8 +158,15 @@ def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_pa
         suffix_channels=80,
         suffix=("_blocks.6", "_blocks.7"),
     )
-    assert design.prefix == "_blocks.1"
     monkeypatch.setitem(students.TEACHER_INIT_DESIGNS, "efficientnet_lite0", lite0)
+
+
+def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_path, monkeypatch):
+    """The frozen prefix runs once per image, its weights never move, and the loss falls."""
+    import splitdnn.students as students
+
+    assert students.TEACHER_INIT_DESIGNS["efficientnet_lite2"].prefix == "_blocks.1"
+    _lite0_teacher_init(monkeypatch)
     config = _config(shapes)
     config["student"]["variant"] = "teacher_init"
     run = tmp_path / "run"

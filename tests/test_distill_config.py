@@ -40,6 +40,14 @@ def test_minimal_config_fills_defaults_and_resolves_data_root(tmp_path, monkeypa
         ("data: {root: x}\nmethod: magic\n", "method"),
         ("data: {root: x}\nkd: {alpha: 1.5}\n", "kd.alpha"),
         ("train: {epochs: 3}\n", "data: Field required"),
+        (
+            "data: {root: x}\naugmentation: {random_crop: {min_scal: 0.5}}\n",
+            "augmentation.random_crop.min_scal: unknown key",
+        ),
+        (
+            "data: {root: x}\naugmentation: {random_crop: {probability: 0}}\n",
+            "augmentation.random_crop.probability",
+        ),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(tmp_path, text, key):

@@ -8,7 +8,8 @@ What the trainer does for ``method: hnd``:
 3. With ``teacher.classifier: probe``, fit a linear classifier on the pooled features.
 4. Run a student's frozen teacher prefix (variant ``teacher_init``) once per image, in memory.
 5. Train the student head with the SSE loss (+ optional pooled-feature loss through the frozen
-   tail), evaluate student + teacher tail after every epoch, keep the best top-1 in
+   tail; optional random resized crops on part of each batch, their targets computed
+   then), evaluate student + teacher tail after every epoch, keep the best top-1 in
    ``best.pt``, append a line per epoch to ``metrics.jsonl``.
 
 ``last.pt`` is written atomically every ``checkpoint_every`` steps; ``--resume`` continues at
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from splitdnn.data import Sample, load_crops
+from splitdnn.distill.augment import random_resized_crops
 from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import sse
 from splitdnn.distill.probe import train_linear
@@ -335,18 +337,11 @@ class Distiller:
             seen, started, running = 0, time.perf_counter(), 0.0
             for step in steps:
                 idx = np.sort(order[step * tcfg.batch_size : (step + 1) * tcfg.batch_size])
-                flip = flips[idx]
-                if prefix is not None:
-                    x = prefix["train"][torch.from_numpy(idx)]
-                    if flip.any():
-                        x[torch.from_numpy(flip)] = prefix["flip"][torch.from_numpy(idx[flip])]
-                    target, feats = self._targets(cache, parts, None, idx, flip)
-                    out = student.forward_from_frozen(x)
-                else:
-                    x = normalise_batch(cache["train_crops"][idx], self.spec.preprocessing)
-                    x[flip] = x[flip].flip(3)
-                    target, feats = self._targets(cache, parts, x, idx, flip)
-                    out = student(x)
+                rng_views = np.random.default_rng([cfg.seed, epoch, step])
+                x, target, feats = self._batch(
+                    cache, parts, student, prefix, idx, flips[idx], rng_views
+                )
+                out = student.forward_from_frozen(x) if prefix is not None else student(x)
                 loss = sse(out, target) / head_energy
                 if tcfg.pooled_loss_weight > 0:
                     k = max(1, round(len(idx) * tcfg.pooled_loss_fraction))
@@ -400,8 +395,44 @@ class Distiller:
         student.load_state_dict(payload["student"])
         self._log(f"student initialised from {path}")
 
+    def _batch(self, cache, parts, student, prefix, idx, flip, rng: np.random.Generator):
+        """Student input, teacher head output and pooled features of one training batch.
+
+        Rows drawn for a random resized crop get a fresh view of their crop and the teacher's
+        outputs on that view; the other rows use the cached crops (or their frozen-prefix
+        outputs) and cached targets.
+        """
+        flip_rows = torch.from_numpy(flip)
+        if prefix is None:
+            x = normalise_batch(cache["train_crops"][idx], self.spec.preprocessing)
+            x[flip_rows] = x[flip_rows].flip(3)
+        else:  # prefix outputs are cached only together with the teacher's targets
+            x = prefix["train"][torch.from_numpy(idx)]
+            if flip.any():
+                x[flip_rows] = prefix["flip"][torch.from_numpy(idx[flip])]
+        crop = self.config.augmentation.random_crop
+        count = round(crop.probability * len(idx)) if crop else 0
+        if not count:
+            return (x, *self._targets(cache, parts, x, idx, flip))
+        # A fixed count per batch: one input shape for the teacher, no re-planning per step.
+        aug = np.zeros(len(idx), bool)
+        aug[rng.choice(len(idx), count, replace=False)] = True
+        raw = normalise_batch(cache["train_crops"][idx[aug]], self.spec.preprocessing)
+        views = random_resized_crops(raw, rng, crop.min_scale, crop.max_aspect, flip[aug])
+        rows = torch.from_numpy(aug)
+        with torch.no_grad():
+            x[rows] = views if prefix is None else student.frozen()(views)
+        # Cached targets, or (cache_teacher: false) the teacher run on x, views included.
+        target, feats = self._targets(cache, parts, x, idx, flip)
+        if self.config.augmentation.cache_teacher:
+            with torch.no_grad():
+                head = parts.head(views)
+                target[rows], feats[rows] = head, parts.features(head)
+        return x, target, feats
+
     def _targets(self, cache, parts, x, idx, flip):
-        """Teacher head outputs and pooled features for a batch: cached or computed now."""
+        """Teacher head outputs and pooled features for a batch: cached, or computed now on
+        the input images ``x`` (``cache_teacher: false``, where there is no frozen prefix)."""
         if self.config.augmentation.cache_teacher:
             heads = np.asarray(cache["train_heads"][idx], np.float32)
             feats = np.asarray(cache["train_feats"][idx])
