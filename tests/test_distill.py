@@ -209,3 +209,69 @@ def test_init_from_starts_a_second_stage_from_an_earlier_best(shapes, tmp_path):
     other["student"]["bottleneck"] = 8
     with pytest.raises(ConfigError, match=r"train\.init_from"):
         Distiller(parse_config(other), tmp_path / "third", progress=False).run()
+
+
+def test_init_from_default_assets_loads_their_student(shapes, tmp_path):
+    """``train.init_from`` also takes default-bundle assets (safetensors, no pickle): the way
+    to fine-tune the embedded default."""
+    from splitdnn.errors import ConfigError
+    from splitdnn.export import save_default_assets
+
+    first = tmp_path / "first"
+    Distiller(parse_config(_config(shapes, epochs=1)), first, progress=False).run()
+    assets = tmp_path / "assets"
+    save_default_assets(first, assets)
+    config = _config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(assets))
+    config["train"]["optimizer"] = {"lr": 1e-12}
+    second = tmp_path / "second"
+    Distiller(parse_config(config), second, progress=False).run()
+    before = torch.load(first / "best.pt", weights_only=False)["student"]
+    after = torch.load(second / "best.pt", weights_only=False)["student"]
+    weights = [k for k in before if k.endswith(".weight")]
+    assert weights and all(torch.allclose(before[k], after[k], atol=1e-8) for k in weights)
+
+    other = _config(shapes, epochs=1, init_from=str(assets))
+    other["student"]["bottleneck"] = 8
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*default\.json holds a student"):
+        Distiller(parse_config(other), tmp_path / "third", progress=False).run()
+
+
+def test_logits_term_is_the_soft_target_kl_through_the_frozen_tail(shapes, tmp_path):
+    """The logits term is zero when the student reproduces the teacher's head output, grows
+    when it does not, and a run with it still lowers the loss."""
+    from splitdnn.distill.losses import kd_loss
+
+    config = parse_config(
+        _config(
+            shapes,
+            pooled_loss_weight=0.0,
+            pooled_loss_fraction=1.0,
+            logits_loss_weight=2.0,
+            logits_temperature=3.0,
+        )
+    )
+    distiller = Distiller(config, tmp_path / "unit", progress=False)
+    parts = distiller_parts(distiller)
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        head = parts.head(x)
+        feats = parts.features(head)
+        assert distiller._tail_loss(parts, head, feats, 1.0).item() == pytest.approx(0, abs=1e-5)
+        noisy = head + torch.randn_like(head)
+        expected = 2.0 * kd_loss(
+            parts.classifier(parts.features(noisy)), parts.classifier(feats), None, 3.0
+        )
+        got = distiller._tail_loss(parts, noisy, feats, 1.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5) and got.item() > 0
+
+    run = tmp_path / "run"
+    Distiller(config, run, progress=False).run()
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+
+def distiller_parts(distiller: Distiller):
+    from splitdnn.distill.trainer import TeacherParts
+
+    spec = distiller.spec
+    return TeacherParts(spec, spec.build(True), distiller.split_module)

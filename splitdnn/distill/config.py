@@ -97,6 +97,11 @@ class TrainConfig(_Strict):
     #: sees, through the frozen teacher tail, on this fraction of every batch.
     pooled_loss_weight: float = Field(default=0.0, ge=0)
     pooled_loss_fraction: float = Field(default=0.25, gt=0, le=1)
+    #: Hinton's soft-target term on the frozen classifier's logits (the run's task: the probe,
+    #: or the teacher's own head), on the same rows as the pooled term. Still label-free: the
+    #: targets are the teacher's logits on the same image.
+    logits_loss_weight: float = Field(default=0.0, ge=0)
+    logits_temperature: float = Field(default=4.0, gt=0)
     #: Start the student from this run directory's ``best.pt`` (or this checkpoint file)
     #: instead of from scratch: a second stage, e.g. the pooled-feature loss after plain SSE.
     init_from: Path | None = None

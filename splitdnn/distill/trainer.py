@@ -7,10 +7,11 @@ What the trainer does for ``method: hnd``:
    features (for a linear probe and the generalised loss) and validation logits.
 3. With ``teacher.classifier: probe``, fit a linear classifier on the pooled features.
 4. Run a student's frozen teacher prefix (variant ``teacher_init``) once per image, in memory.
-5. Train the student head with the SSE loss (+ optional pooled-feature loss through the frozen
-   tail; optional random resized crops on part of each batch, their targets computed
-   then), evaluate student + teacher tail after every epoch, keep the best top-1 in
-   ``best.pt``, append a line per epoch to ``metrics.jsonl``.
+5. Train the student head with the SSE loss (+ optional pooled-feature SSE and soft-target
+   KL on the classifier's logits, both through the frozen tail; optional random resized
+   crops on part of each batch, their targets computed then), evaluate student + teacher
+   tail after every epoch, keep the best top-1 in ``best.pt``, append a line per epoch to
+   ``metrics.jsonl``.
 
 ``last.pt`` is written atomically every ``checkpoint_every`` steps; ``--resume`` continues at
 the saved step with the same data order (the order of an epoch depends only on seed + epoch).
@@ -30,7 +31,7 @@ from torch import nn
 from splitdnn.data import Sample, load_crops
 from splitdnn.distill.augment import random_resized_crops
 from splitdnn.distill.config import DistillConfig, config_samples
-from splitdnn.distill.losses import sse
+from splitdnn.distill.losses import kd_loss, sse
 from splitdnn.distill.probe import train_linear
 from splitdnn.distill.runfiles import append_metrics, epoch_record, save_atomic
 from splitdnn.errors import ConfigError
@@ -343,10 +344,8 @@ class Distiller:
                 )
                 out = student.forward_from_frozen(x) if prefix is not None else student(x)
                 loss = sse(out, target) / head_energy
-                if tcfg.pooled_loss_weight > 0:
-                    k = max(1, round(len(idx) * tcfg.pooled_loss_fraction))
-                    pooled = parts.features(out[:k])
-                    loss = loss + tcfg.pooled_loss_weight * sse(pooled, feats[:k]) / feat_energy
+                if tcfg.pooled_loss_weight > 0 or tcfg.logits_loss_weight > 0:
+                    loss = loss + self._tail_loss(parts, out, feats, feat_energy)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -378,13 +377,36 @@ class Distiller:
             result = torch.load(best_path, weights_only=False)["metrics"]
         return result
 
+    def _tail_loss(self, parts: TeacherParts, out, feats, feat_energy: float) -> torch.Tensor:
+        """The terms measured after the frozen teacher tail, on the first share of the batch:
+        pooled-feature SSE (relative to the features' energy) and soft-target KL on logits."""
+        tcfg = self.config.train
+        k = max(1, round(len(out) * tcfg.pooled_loss_fraction))
+        pooled = parts.features(out[:k])
+        loss = tcfg.pooled_loss_weight * sse(pooled, feats[:k]) / feat_energy
+        if tcfg.logits_loss_weight > 0:
+            with torch.no_grad():
+                target = parts.classifier(feats[:k])
+            soft = kd_loss(parts.classifier(pooled), target, None, tcfg.logits_temperature)
+            loss = loss + tcfg.logits_loss_weight * soft
+        return loss
+
     def _init_student(self, student: BottleneckStudent, source: Path) -> None:
-        """Load the student weights of an earlier run (same teacher, split and design)."""
-        path = source / "best.pt" if source.is_dir() else source
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise ConfigError(f"train.init_from: cannot read {path}: {exc}") from None
+        """Load the student weights of an earlier run (same teacher, split and design): a run
+        directory's ``best.pt``, a checkpoint file, or default-bundle assets (``default.json``
+        + ``student.safetensors``, e.g. ``splitdnn/assets/default`` to fine-tune the default)."""
+        if (
+            source.is_dir()
+            and not (source / "best.pt").exists()
+            and (source / "default.json").exists()
+        ):
+            path, payload = self._read_assets(source)
+        else:
+            path = source / "best.pt" if source.is_dir() else source
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=False)
+            except (OSError, RuntimeError, EOFError) as exc:
+                raise ConfigError(f"train.init_from: cannot read {path}: {exc}") from None
         c = self.config
         ours = (self.spec.name, self.split_module, c.student.bottleneck, c.student.variant)
         theirs = tuple(payload.get(k) for k in ("teacher", "split_module", "bottleneck", "variant"))
@@ -394,6 +416,28 @@ class Distiller:
             )
         student.load_state_dict(payload["student"])
         self._log(f"student initialised from {path}")
+
+    def _read_assets(self, assets: Path) -> tuple[Path, dict]:
+        """A ``best.pt``-like payload from default-bundle assets (safetensors, no pickle)."""
+        from safetensors.torch import load_file
+
+        path = assets / "default.json"
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            files = meta.get("files") or {}
+            state = load_file(str(assets / files.get("student", "student.safetensors")))
+            split = meta.get("split_module") or get_teacher(meta["teacher"]).student_split
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"train.init_from: cannot read {assets}: {exc}") from None
+        payload = {
+            "kind": "splitdnn-student",
+            "teacher": meta.get("teacher"),
+            "split_module": split,
+            "bottleneck": meta.get("bottleneck"),
+            "variant": meta.get("variant", "caltech101"),
+            "student": state,
+        }
+        return path, payload
 
     def _batch(self, cache, parts, student, prefix, idx, flip, rng: np.random.Generator):
         """Student input, teacher head output and pooled features of one training batch.
