@@ -275,3 +275,26 @@ def distiller_parts(distiller: Distiller):
 
     spec = distiller.spec
     return TeacherParts(spec, spec.build(True), distiller.split_module)
+
+
+def test_probe_from_keeps_one_teacher_across_stages(shapes, tmp_path):
+    """A later stage takes the first stage's probe instead of fitting its own (a refit on
+    other features, e.g. with flips, would be another teacher)."""
+    from splitdnn.errors import ConfigError
+
+    first = tmp_path / "first"
+    Distiller(parse_config(_config(shapes, epochs=1)), first, progress=False).run()
+    config = _config(shapes, epochs=1, max_steps_per_epoch=1)
+    config["augmentation"]["hflip"] = True  # a refit would see other features
+    config["teacher"]["probe_from"] = str(first)
+    second = tmp_path / "second"
+    Distiller(parse_config(config), second, progress=False).run()
+    theirs = torch.load(first / "classifier.pt", weights_only=True)
+    ours = torch.load(second / "best.pt", weights_only=False)["classifier"]
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"weight": torch.zeros(7, theirs["weight"].shape[1]), "bias": torch.zeros(7)}, wrong)
+    config["teacher"]["probe_from"] = str(wrong)
+    with pytest.raises(ConfigError, match=r"teacher\.probe_from: .* 7 classes"):
+        Distiller(parse_config(config), tmp_path / "third", progress=False).run()

@@ -48,6 +48,11 @@ def test_minimal_config_fills_defaults_and_resolves_data_root(tmp_path, monkeypa
             "data: {root: x}\naugmentation: {random_crop: {probability: 0}}\n",
             "augmentation.random_crop.probability",
         ),
+        (
+            "data: {root: x}\nteacher: {probe_from: runs/a}\n",
+            "teacher: Value error, probe_from needs",
+        ),
+        ("data: {root: x}\ntrain: {logits_temperature: 0}\n", "train.logits_temperature"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(tmp_path, text, key):
@@ -114,14 +119,31 @@ def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+RECIPE = sorted((ROOT / "configs").glob("*.yaml"))
+EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPE, ids=lambda p: p.name)
 def test_committed_configs_are_valid_and_chain_their_stages(path, monkeypatch):
-    """The default's recipe parses, and each later stage starts from the stage before it."""
+    """The default's recipe parses, each later stage starts from the stage before it, and every
+    stage distils towards stage 1's probe (one Caltech-101 teacher)."""
     monkeypatch.chdir(ROOT)
     config = load_config(path)
     assert config.student.variant == "teacher_init"
     stage = re.search(r"stage(\d+)", path.name)
     if stage:
         assert config.train.init_from == ROOT / f"runs/lite2-caltech101-stage{int(stage[1]) - 1}"
+        assert config.teacher.probe_from == ROOT / "runs/lite2-caltech101-stage1"
     else:
-        assert config.train.init_from is None
+        assert config.train.init_from is None and config.teacher.probe_from is None
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_configs_start_from_a_recipe_stage(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = load_config(path)
+    stages = {ROOT / "runs/lite2-caltech101-stage1"} | {
+        ROOT / f"runs/{p.stem}" for p in RECIPE if "stage" in p.stem
+    }
+    assert config.train.init_from in stages
+    assert config.teacher.probe_from == ROOT / "runs/lite2-caltech101-stage1"

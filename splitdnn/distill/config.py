@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from splitdnn.data import Sample, load_dataset, split_per_class
 from splitdnn.errors import ConfigError
@@ -26,6 +33,10 @@ class TeacherConfig(_Strict):
     #: ``imagenet`` keeps the teacher's classifier; ``probe`` trains a linear classifier on the
     #: frozen backbone's pooled features for the data set's own classes.
     classifier: Literal["imagenet", "probe"] = "imagenet"
+    #: With ``classifier: probe``: take the probe from this run directory (its
+    #: ``classifier.pt``) or probe file (``.pt``/``.safetensors``) instead of fitting one, so
+    #: that every stage of a recipe distils towards one and the same teacher.
+    probe_from: Path | None = None
 
     @field_validator("name")
     @classmethod
@@ -39,6 +50,12 @@ class TeacherConfig(_Strict):
             # pydantic turns only ValueError into a validation error that names the key.
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _probe_from_needs_a_probe(self) -> TeacherConfig:
+        if self.probe_from is not None and self.classifier != "probe":
+            raise ValueError("probe_from needs classifier: probe")
+        return self
 
 
 class StudentConfig(_Strict):
@@ -174,6 +191,9 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
     run = config.kd.teacher_run
     if base_dir is not None and run is not None and not run.is_absolute():
         config.kd.teacher_run = (base_dir / run).resolve()
+    probe = config.teacher.probe_from
+    if base_dir is not None and probe is not None and not probe.is_absolute():
+        config.teacher.probe_from = (base_dir / probe).resolve()
     init = config.train.init_from
     if base_dir is not None and init is not None and not init.is_absolute():
         config.train.init_from = (base_dir / init).resolve()

@@ -34,7 +34,7 @@ from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import kd_loss, sse
 from splitdnn.distill.probe import train_linear
 from splitdnn.distill.runfiles import append_metrics, epoch_record, save_atomic
-from splitdnn.errors import ConfigError
+from splitdnn.errors import ConfigError, ExportError
 from splitdnn.evaluate import AgreementMeter
 from splitdnn.imaging import Preprocessing
 from splitdnn.models import TeacherSpec, get_teacher
@@ -168,11 +168,18 @@ class Distiller:
         return cache
 
     def _fit_probe(self, parts: TeacherParts, cache: dict, train: list[Sample], classes: list[str]):
-        """Linear classifier on the frozen pooled features (flipped copies included)."""
+        """Linear classifier on the frozen pooled features (flipped copies included), or the
+        one ``teacher.probe_from`` names."""
         path = self.run_dir / "classifier.pt"
         probe = nn.Linear(parts.num_features, len(classes))
         if path.exists():
             probe.load_state_dict(torch.load(path, weights_only=True))
+            return probe.eval()
+        source = self.config.teacher.probe_from
+        if source is not None:
+            probe.load_state_dict(self._read_probe(source, probe))
+            save_atomic(probe.state_dict(), path)
+            self._log(f"probe taken from {source}")
             return probe.eval()
         feats = [torch.as_tensor(np.asarray(cache["train_feats"]))]
         if "flip_feats" in cache:
@@ -191,6 +198,23 @@ class Distiller:
         )
         save_atomic(probe.state_dict(), path)
         return probe.eval()
+
+    @staticmethod
+    def _read_probe(source: Path, probe: nn.Linear) -> dict[str, torch.Tensor]:
+        from splitdnn.export import load_linear  # export imports this module
+
+        path = source / "classifier.pt" if source.is_dir() else source
+        try:
+            state = load_linear(path).state_dict()
+        except (ExportError, OSError, RuntimeError) as exc:
+            raise ConfigError(f"teacher.probe_from: cannot read {path}: {exc}") from None
+        if state["weight"].shape != probe.weight.shape:
+            raise ConfigError(
+                f"teacher.probe_from: {path} maps {state['weight'].shape[1]} features to "
+                f"{state['weight'].shape[0]} classes; this run needs "
+                f"{probe.in_features} -> {probe.out_features}"
+            )
+        return state
 
     # -- training ---------------------------------------------------------------------------
 
