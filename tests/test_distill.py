@@ -190,38 +190,26 @@ def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_pa
     assert best["variant"] == "teacher_init"
 
 
-def test_init_from_starts_a_second_stage_from_an_earlier_best(shapes, tmp_path):
-    from splitdnn.errors import ConfigError
-
-    first = tmp_path / "first"
-    Distiller(parse_config(_config(shapes, epochs=1)), first, progress=False).run()
-    # A learning rate of ~0 leaves the loaded weights where they were.
-    config = _config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(first))
-    config["train"]["optimizer"] = {"lr": 1e-12}
-    second = tmp_path / "second"
-    Distiller(parse_config(config), second, progress=False).run()
-    before = torch.load(first / "best.pt", weights_only=False)["student"]
-    after = torch.load(second / "best.pt", weights_only=False)["student"]
-    weights = [k for k in before if k.endswith(".weight")]
-    assert weights and all(torch.allclose(before[k], after[k], atol=1e-8) for k in weights)
-
-    other = _config(shapes, epochs=1, init_from=str(first / "best.pt"))
-    other["student"]["bottleneck"] = 8
-    with pytest.raises(ConfigError, match=r"train\.init_from"):
-        Distiller(parse_config(other), tmp_path / "third", progress=False).run()
-
-
-def test_init_from_default_assets_loads_their_student(shapes, tmp_path):
-    """``train.init_from`` also takes default-bundle assets (safetensors, no pickle): the way
-    to fine-tune the embedded default."""
+@pytest.mark.parametrize(
+    ("source", "refusal"),
+    [
+        ("run", r"train\.init_from: .*best\.pt holds a student"),
+        ("checkpoint", r"train\.init_from: .*best\.pt holds a student"),
+        # Default-bundle assets (safetensors, no pickle): how to fine-tune the embedded default.
+        ("assets", r"train\.init_from: .*default\.json holds a student"),
+    ],
+)
+def test_init_from_starts_a_second_stage_from_an_earlier_student(shapes, tmp_path, source, refusal):
     from splitdnn.errors import ConfigError
     from splitdnn.export import save_default_assets
 
     first = tmp_path / "first"
     Distiller(parse_config(_config(shapes, epochs=1)), first, progress=False).run()
-    assets = tmp_path / "assets"
-    save_default_assets(first, assets)
-    config = _config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(assets))
+    start = {"run": first, "checkpoint": first / "best.pt", "assets": tmp_path / "assets"}[source]
+    if source == "assets":
+        save_default_assets(first, start)
+    # A learning rate of ~0 leaves the loaded weights where they were.
+    config = _config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(start))
     config["train"]["optimizer"] = {"lr": 1e-12}
     second = tmp_path / "second"
     Distiller(parse_config(config), second, progress=False).run()
@@ -230,9 +218,9 @@ def test_init_from_default_assets_loads_their_student(shapes, tmp_path):
     weights = [k for k in before if k.endswith(".weight")]
     assert weights and all(torch.allclose(before[k], after[k], atol=1e-8) for k in weights)
 
-    other = _config(shapes, epochs=1, init_from=str(assets))
+    other = _config(shapes, epochs=1, init_from=str(start))
     other["student"]["bottleneck"] = 8
-    with pytest.raises(ConfigError, match=r"train\.init_from: .*default\.json holds a student"):
+    with pytest.raises(ConfigError, match=refusal):
         Distiller(parse_config(other), tmp_path / "third", progress=False).run()
 
 
