@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -481,24 +481,21 @@ def save_default_assets(
     return path
 
 
-def default_parts(assets_dir: str | Path = DEFAULT_ASSETS) -> BundleParts:
-    """:class:`BundleParts` from the committed default assets (see :func:`save_default_assets`).
-
-    ``default.json`` needs ``teacher``, ``bottleneck`` and, for the probe task, ``classes``;
-    everything else has defaults (``task`` caltech101, ``local`` efficientnet_lite0, the
-    standard file names).
-    """
-    from safetensors.torch import load_file
-
-    assets = Path(assets_dir)
+def _read_default_meta(assets: Path) -> tuple[dict[str, Any], Callable[[str], Path]]:
+    """``default.json`` of an assets folder, and a lookup of its files by role (``student``,
+    ``probe``, ``local_probe``; standard names unless ``files`` says otherwise)."""
     meta_path = assets / DEFAULT_JSON
     if not meta_path.is_file():
         raise ExportError(
             f"{meta_path} does not exist; write the assets with "
             "`splitdnn export RUN_DIR --assets DIR` first"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    spec = get_teacher(meta["teacher"])
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict) or "teacher" not in meta or "bottleneck" not in meta:
+        raise ExportError(f"{meta_path} needs at least 'teacher' and 'bottleneck'")
     local = meta.get("local") or DEFAULT_LOCAL
     task = meta.get("task", "caltech101")
     files = {
@@ -514,13 +511,54 @@ def default_parts(assets_dir: str | Path = DEFAULT_ASSETS) -> BundleParts:
             raise ExportError(f"default asset {path} is missing")
         return path
 
+    return meta, need
+
+
+def is_default_assets(path: str | Path) -> bool:
+    """Whether ``path`` is a folder of default assets (``default.json``), not a run."""
+    return (Path(path) / DEFAULT_JSON).is_file()
+
+
+def default_student_checkpoint(assets_dir: str | Path = DEFAULT_ASSETS) -> dict[str, Any]:
+    """The student of default assets in the trainer's ``best.pt`` layout (``kind``,
+    ``teacher``, ``split_module``, ``bottleneck``, ``variant``, ``student`` state dict), so a
+    distillation stage can start from the embedded default (``train.init_from``)."""
+    return _student_checkpoint(*_read_default_meta(Path(assets_dir)))
+
+
+def _student_checkpoint(meta: Mapping[str, Any], need: Callable[[str], Path]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    spec = get_teacher(meta["teacher"])
+    return {
+        "kind": "splitdnn-student",
+        "teacher": spec.name,
+        "split_module": meta.get("split_module") or spec.student_split,
+        "bottleneck": meta["bottleneck"],
+        "variant": meta.get("variant", "caltech101"),
+        "student": load_file(str(need("student"))),
+    }
+
+
+def default_parts(assets_dir: str | Path = DEFAULT_ASSETS) -> BundleParts:
+    """:class:`BundleParts` from the committed default assets (see :func:`save_default_assets`).
+
+    ``default.json`` needs ``teacher``, ``bottleneck`` and, for the probe task, ``classes``;
+    everything else has defaults (``task`` caltech101, ``local`` efficientnet_lite0, the
+    standard file names).
+    """
+    from safetensors.torch import load_file
+
+    assets = Path(assets_dir)
+    meta, need = _read_default_meta(assets)
+    spec = get_teacher(meta["teacher"])
+    local = meta.get("local") or DEFAULT_LOCAL
+    task = meta.get("task", "caltech101")
+    checkpoint = _student_checkpoint(meta, need)
     student = _student_from_state(
-        spec.name,
-        meta["bottleneck"],
-        meta.get("variant", "caltech101"),
-        load_file(str(need("student"))),
+        spec.name, checkpoint["bottleneck"], checkpoint["variant"], checkpoint["student"]
     )
-    split = meta.get("split_module") or spec.student_split
+    split = checkpoint["split_module"]
     model, head, features, own = teacher_parts(spec, bool(meta.get("pretrained", True)), split)
     classifiers, labels = _imagenet_task(spec, own)
     local_probes: dict[str, nn.Module] = {}

@@ -178,6 +178,15 @@ def _format(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+#: The config's paths, as (section, key): relative ones are taken from the config's base dir.
+PATH_KEYS = (
+    ("data", "root"),
+    ("kd", "teacher_run"),
+    ("teacher", "probe_from"),
+    ("train", "init_from"),
+)
+
+
 def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
     """Validate a mapping; relative data paths are taken from ``base_dir``."""
     if not isinstance(data, dict):
@@ -186,17 +195,12 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
         config = DistillConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid config: {_format(exc)}") from None
-    if base_dir is not None and not config.data.root.is_absolute():
-        config.data.root = (base_dir / config.data.root).resolve()
-    run = config.kd.teacher_run
-    if base_dir is not None and run is not None and not run.is_absolute():
-        config.kd.teacher_run = (base_dir / run).resolve()
-    probe = config.teacher.probe_from
-    if base_dir is not None and probe is not None and not probe.is_absolute():
-        config.teacher.probe_from = (base_dir / probe).resolve()
-    init = config.train.init_from
-    if base_dir is not None and init is not None and not init.is_absolute():
-        config.train.init_from = (base_dir / init).resolve()
+    if base_dir is not None:
+        for section, key in PATH_KEYS:
+            part = getattr(config, section)
+            path = getattr(part, key)
+            if path is not None and not path.is_absolute():
+                setattr(part, key, (base_dir / path).resolve())
     return config
 
 

@@ -419,12 +419,18 @@ class Distiller:
         """Load the student weights of an earlier run (same teacher, split and design): a run
         directory's ``best.pt``, a checkpoint file, or default-bundle assets (``default.json``
         + ``student.safetensors``, e.g. ``splitdnn/assets/default`` to fine-tune the default)."""
+        from splitdnn import export  # export imports this module
+
         if (
             source.is_dir()
             and not (source / "best.pt").exists()
-            and (source / "default.json").exists()
+            and export.is_default_assets(source)
         ):
-            path, payload = self._read_assets(source)
+            path = source / export.DEFAULT_JSON
+            try:
+                payload = export.default_student_checkpoint(source)
+            except (ExportError, OSError, ValueError, KeyError) as exc:  # KeyError: teacher
+                raise ConfigError(f"train.init_from: cannot read {source}: {exc}") from None
         else:
             path = source / "best.pt" if source.is_dir() else source
             try:
@@ -440,28 +446,6 @@ class Distiller:
             )
         student.load_state_dict(payload["student"])
         self._log(f"student initialised from {path}")
-
-    def _read_assets(self, assets: Path) -> tuple[Path, dict]:
-        """A ``best.pt``-like payload from default-bundle assets (safetensors, no pickle)."""
-        from safetensors.torch import load_file
-
-        path = assets / "default.json"
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-            files = meta.get("files") or {}
-            state = load_file(str(assets / files.get("student", "student.safetensors")))
-            split = meta.get("split_module") or get_teacher(meta["teacher"]).student_split
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"train.init_from: cannot read {assets}: {exc}") from None
-        payload = {
-            "kind": "splitdnn-student",
-            "teacher": meta.get("teacher"),
-            "split_module": split,
-            "bottleneck": meta.get("bottleneck"),
-            "variant": meta.get("variant", "caltech101"),
-            "student": state,
-        }
-        return path, payload
 
     def _batch(self, cache, parts, student, prefix, idx, flip, rng: np.random.Generator):
         """Student input, teacher head output and pooled features of one training batch.
