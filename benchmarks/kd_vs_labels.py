@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 from splitdnn.distill.config import load_config, parse_config
-from splitdnn.distill.kd import KD_STUDENTS, KDTrainer
+from splitdnn.distill.kd import WholeStudentDistillation
+from splitdnn.distill.trainer import train
+from splitdnn.students import KD_STUDENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,8 +108,18 @@ def main() -> None:
     for method, raw in _configs(args).items():
         config = parse_config(raw, base_dir=ROOT)
         started = time.perf_counter()
-        trainer = KDTrainer(config, args.runs / method, True, args.feature_cache)
-        result = trainer.run(resume=True)
+        summary = train(
+            WholeStudentDistillation(config, args.runs / method, True, args.feature_cache),
+            resume=True,
+        )
+        result = {
+            "method": method,
+            "initial_top1": summary["initial"]["val_top1"],
+            "best_top1": summary["best"]["val_top1"],
+            "best_epoch": summary["best_epoch"],
+            "final_top1": summary["last"]["val_top1"],
+            "teacher_top1": summary["last"].get("teacher_top1"),
+        }
         result["minutes"] = (time.perf_counter() - started) / 60
         metrics = args.runs / method / "metrics.jsonl"
         result["curve"] = [json.loads(line) for line in metrics.read_text().splitlines()]

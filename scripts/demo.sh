@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job without Docker, on the embedded default model:
 #   1. a venv with splitdnn (train extra: the default bundle is exported from committed weights),
-#   2. `splitdnn export --default` into splitdnn/assets/default-bundle (once),
+#   2. `splitdnn export default` into splitdnn/assets/default-bundle (once),
 #   3. tail, head and gateway on 127.0.0.1 (`splitdnn serve all`),
 #   4. examples/cat.jpg classified in local, offload, split and auto mode, answers printed,
 #   5. the services stopped again.
@@ -21,7 +21,7 @@ python -m pip install -q -e ".[train,serve]"
 BUNDLE=splitdnn/assets/default-bundle
 if [ ! -f "$BUNDLE/manifest.json" ]; then
   echo "==> exporting the default bundle to $BUNDLE"
-  splitdnn export --default --out "$BUNDLE"
+  splitdnn export default --out "$BUNDLE"
 fi
 
 echo "==> starting tail :8001, head :8002, gateway :8000"

@@ -21,8 +21,8 @@ done
 # The local-mode model's Caltech-101 probe (EfficientNet-Lite0, same training images).
 python -m splitdnn.distill.probe configs/lite2-caltech101.yaml --teacher efficientnet_lite0 \
   --out "$ASSETS/lite0_caltech101_probe" --cache-dir runs/lite0-features
-splitdnn export runs/lite2-caltech101-stage5 --assets "$ASSETS" \
-  --local-probe "$ASSETS/lite0_caltech101_probe.safetensors"
-splitdnn export --default
+splitdnn export assets runs/lite2-caltech101-stage5 --out "$ASSETS" \
+  --local-probe "caltech101=$ASSETS/lite0_caltech101_probe.safetensors"
+splitdnn export default
 splitdnn evaluate splitdnn/assets/default-bundle --data ../shared/data/caltech101 \
   --task caltech101 --split val --json

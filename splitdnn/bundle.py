@@ -233,7 +233,7 @@ def load_bundle(directory: str | Path | None = None, *, verify: bool = True) -> 
     if not manifest_path.is_file():
         raise BundleError(
             f"no bundle at {directory}: {MANIFEST} is missing "
-            "(set SPLITDNN_BUNDLE or run `splitdnn export --default`)"
+            "(set SPLITDNN_BUNDLE or run `splitdnn export default`)"
         )
     try:
         manifest = Manifest.model_validate_json(manifest_path.read_bytes())

@@ -2,9 +2,9 @@
 
     splitdnn profile TEACHER         sizes, MACs and compressibility at every split point
     splitdnn student TEACHER -b B    what a bottleneck student costs next to the teacher head
-    splitdnn export ...              a model bundle (ONNX + manifest) from a run or the default
-    splitdnn evaluate PATH --data D  teacher vs mimic accuracy: one row of the papers' Table 3
-    splitdnn distill CONFIG          head network distillation (see the marked section below)
+    splitdnn export run|default|assets  a bundle (ONNX + manifest) from a run or the default
+    splitdnn evaluate PATH --data D  accuracy of every served mode (bundle) or of a run
+    splitdnn distill CONFIG          head network distillation, kd, labels (resumable)
     splitdnn serve ...               the services, without Docker (splitdnn.cli_serve)
 
 Heavy imports (torch, onnxruntime, matplotlib) happen inside the commands, so ``splitdnn
@@ -215,106 +215,105 @@ def student(
 
 # --- export ---------------------------------------------------------------------------------
 
+export_app = typer.Typer(
+    help="Write a model bundle (ONNX + manifest), or the default's source assets.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
 
-def _parse_probes(values: list[str] | None) -> dict[str, str]:
-    probes: dict[str, str] = {}
+RunDir = Annotated[
+    Path, typer.Argument(help="Run directory of `splitdnn distill` (holds best.pt).")
+]
+Local = Annotated[
+    str,
+    typer.Option(help="Device-only model of local mode (its ImageNet head is the imagenet task)."),
+]
+LocalProbe = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="TASK=FILE: the local model's linear probe for a task (.safetensors or a .pt "
+        "state dict); repeat for several tasks. Tasks without one are left out of local mode."
+    ),
+]
+Task = Annotated[
+    str | None,
+    typer.Option(help="Name of the run's probe task (default: its data folder's name)."),
+]
+
+
+def _parse_probes(values: list[str] | None) -> dict[str, Path]:
+    probes: dict[str, Path] = {}
     for value in values or []:
         task, sep, path = value.partition("=")
         if not sep or not task or not path:
             raise _fail(f"--local-probe takes TASK=FILE, got {value!r}")
-        probes[task] = path
+        probes[task] = Path(path)
     return probes
 
 
-@app.command()
-def export(
-    run_dir: Annotated[
-        Path | None,
-        typer.Argument(help="Run directory of `splitdnn distill` (holds best.pt)."),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Bundle directory to write; with --default it defaults to the "
-            "packaged bundle the services load."
-        ),
-    ] = None,
-    default: Annotated[
-        bool,
-        typer.Option(
-            "--default",
-            help="Build the embedded default bundle from the committed "
-            "assets (splitdnn/assets/default) instead of a run.",
-        ),
-    ] = False,
-    assets: Annotated[
-        Path | None,
-        typer.Option(
-            help="With RUN_DIR: write the default's source assets (safetensors + "
-            "default.json) into this folder instead of a bundle, for committing."
-        ),
-    ] = None,
-    assets_dir: Annotated[
-        Path | None,
-        typer.Option(help="With --default: read the assets from here instead of the package."),
-    ] = None,
-    local: Annotated[
-        str,
-        typer.Option(
-            help="Device-only model of local mode (its ImageNet head is the imagenet task)."
-        ),
-    ] = "efficientnet_lite0",
-    local_probe: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="TASK=FILE: the local model's linear probe for a task (.safetensors "
-            "or .pt state dict); tasks without one are left out of local.onnx. With "
-            "--assets: FILE alone."
-        ),
-    ] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(help="Name of the run's probe task (default: its data folder's name)."),
-    ] = None,
+@export_app.command("run")
+def export_run(
+    run_dir: RunDir,
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (new or a bundle).")],
+    local: Local = "efficientnet_lite0",
+    local_probe: LocalProbe = None,
+    task: Task = None,
 ) -> None:
-    """Write a model bundle from a run or from the embedded default's assets.
-
-    A bundle is device/server/offload/local ONNX files plus manifest.json; every file is
-    checked against torch in onnxruntime (max abs diff 1e-4) before the manifest is written.
-    With RUN_DIR --assets DIR, write the default's source weights (safetensors + default.json)
-    instead, to commit them and rebuild with --default.
-    """
+    """A bundle from a distillation run; every ONNX file is checked against torch in
+    onnxruntime (max abs diff 1e-4) before the manifest is written."""
     with user_errors():
         from splitdnn import export as exporter
 
-        if default:
-            if run_dir is not None or assets is not None:
-                raise _fail("--default takes no RUN_DIR and no --assets")
-            manifest = exporter.export_default(assets_dir or exporter.DEFAULT_ASSETS, out)
-            typer.echo(
-                f"wrote bundle {manifest.bundle_id} ({manifest.name}) to "
-                f"{out or 'the packaged default-bundle'}"
-            )
-            return
-        if run_dir is None:
-            raise _fail("give a RUN_DIR, or --default for the embedded default")
-        if assets is not None:
-            probe = None
-            if local_probe:
-                if len(local_probe) != 1:
-                    raise _fail("--assets takes one --local-probe FILE")
-                probe = local_probe[0].partition("=")[2] or local_probe[0]
-            path = exporter.save_default_assets(
-                run_dir, assets, local_probe=probe, local=local, task=task
-            )
-            typer.echo(f"wrote default assets to {path.parent}")
-            return
-        if out is None:
-            raise _fail("--out DIR is required when exporting a run")
         manifest = exporter.export_run(
             run_dir, out, local=local, local_probes=_parse_probes(local_probe), task=task
         )
-        typer.echo(f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {out}")
+    typer.echo(f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {out}")
+
+
+@export_app.command("default")
+def export_default(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Bundle directory; default: the packaged bundle the services load."),
+    ] = None,
+    assets: Annotated[
+        Path | None,
+        typer.Option(help="Assets to read (default: the committed splitdnn/assets/default)."),
+    ] = None,
+) -> None:
+    """The embedded default bundle, built from committed safetensors weights."""
+    with user_errors():
+        from splitdnn import export as exporter
+        from splitdnn.checkpoints import DEFAULT_ASSETS
+
+        manifest = exporter.export_default(assets or DEFAULT_ASSETS, out)
+    where = out or "the packaged default-bundle"
+    typer.echo(f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {where}")
+
+
+@export_app.command("assets")
+def export_assets(
+    run_dir: RunDir,
+    out: Annotated[Path, typer.Option(help="Assets folder to write (safetensors + default.json).")],
+    local: Local = "efficientnet_lite0",
+    local_probe: LocalProbe = None,
+    task: Task = None,
+) -> None:
+    """A run's student and probes as default assets (no pickle), to commit them and rebuild
+    the bundle with `splitdnn export default --assets DIR`."""
+    with user_errors():
+        from splitdnn.checkpoints import load_linear, load_run, save_default_assets
+
+        checkpoint = load_run(run_dir, task)
+        probes = _parse_probes(local_probe)
+        if len(probes) > 1 or (probes and checkpoint.task not in probes):
+            raise _fail(
+                f"default assets hold one local probe, for the run's task "
+                f"{checkpoint.task!r}; got --local-probe for {sorted(probes)}"
+            )
+        probe = load_linear(probes[checkpoint.task]) if probes else None
+        path = save_default_assets(checkpoint, out, local=local, local_probe=probe)
+    typer.echo(f"wrote default assets to {path.parent}")
 
 
 # --- evaluate -------------------------------------------------------------------------------
@@ -367,10 +366,12 @@ def evaluate(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """Teacher vs mimic accuracy and the split's costs: one row of the papers' Table 3.
+    """Accuracy of what a run or bundle answers, and what the split costs.
 
-    Top-1/top-5 of teacher and mimic, their top-1 agreement, bottleneck size (fp32 and
-    8-bit), device MACs and their reduction against the teacher head.
+    A bundle: every served mode on the same images (offload = the teacher, split in fp32 and
+    as sent over the wire in fp16/uint8, local): top-1/top-5, agreement with the teacher,
+    the gap to it with a 95 % confidence interval. A run: teacher vs mimic in torch (one row
+    of the papers' Table 3). Both: bottleneck size, device MACs and their reduction.
     """
     with user_errors():
         from splitdnn import evaluate as ev
@@ -380,7 +381,7 @@ def evaluate(
         if (path / MANIFEST).is_file():
             if data is None:
                 raise _fail("--data is required to evaluate a bundle")
-            row = ev.evaluate_bundle(
+            report = ev.evaluate_bundle(
                 path,
                 data,
                 list_file,
@@ -392,24 +393,23 @@ def evaluate(
                 progress=progress,
             )
         elif (path / "best.pt").is_file():
-            row = ev.evaluate_run(
+            report = ev.evaluate_run(
                 path,
                 data,
                 list_file,
                 split=(split or Split.val).value,
                 limit=limit,
                 progress=progress,
-            )
+            ).to_dict()
         else:
             raise _fail(f"{path} is neither a bundle ({MANIFEST}) nor a run directory (best.pt)")
     if as_json:
-        _echo_json(row.to_dict())
+        _echo_json(report)
     else:
-        _echo_fields(row.to_dict())
+        _echo_fields(report)
 
 
-# --- distill (owned by helper-4: the `distill CONFIG.yaml [--run-dir DIR] [--resume]` command
-# goes here, as a thin wrapper over splitdnn.distill; keep heavy imports inside it) -----------
+# --- distill ----------------------------------------------------------------------------------
 
 
 @app.command("distill")
@@ -442,7 +442,7 @@ def distill(
 ) -> None:
     """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student)."""
     from splitdnn.distill.config import load_config
-    from splitdnn.distill.kd import run_config
+    from splitdnn.distill.methods import run_config
 
     with user_errors():
         cfg = load_config(config)

@@ -123,6 +123,43 @@ def split_per_class(
     return train, val
 
 
+def select_samples(
+    root: str | Path,
+    list_file: str | Path | None,
+    val_fraction: float,
+    seed: int,
+    per_class_limit: int | None = None,
+) -> tuple[list[Sample], list[Sample], list[str], str]:
+    """Training and validation samples, class names and label space of a data folder.
+
+    Every trainer, probe and evaluation of a run goes through here (via the run's config), so
+    the same settings always give the same images in the same order: teacher outputs cached by
+    one run line up with another's. ``per_class_limit`` keeps the first N images of a class.
+    """
+    dataset = load_dataset(root, list_file)
+    if per_class_limit:
+        kept: dict[int, int] = defaultdict(int)
+        samples = []
+        for s in dataset.samples:
+            if kept[s.label] < per_class_limit:
+                kept[s.label] += 1
+                samples.append(s)
+        dataset.samples = samples
+    train, val = split_per_class(dataset, val_fraction, seed)
+    return train, val, dataset.classes, dataset.label_space
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    """A short hash of an ordered sample list (paths and labels), for cache keys: edit a list
+    file and every cache built from the old list is stale."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for s in samples:
+        digest.update(f"{s.path}\t{s.label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def load_crop(path: Path, spec: Preprocessing) -> np.ndarray:
     """One image file -> the uint8 HWC crop the model sees (normalised later, in batches)."""
     try:

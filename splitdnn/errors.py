@@ -15,6 +15,7 @@ class to one HTTP status.
     │   ├── WireVersionError        an envelope format version we do not speak
     │   ├── WireSizeError           a declared size over the limit, or bytes that disagree with it
     │   └── WireCompressionError    a zstd payload that is corrupt or inflates past its size
+    ├── CheckpointError         a run, checkpoint, probe or default assets that cannot be read
     └── ExportError             an exported model disagrees with torch
 """
 
@@ -78,6 +79,11 @@ class WireSizeError(WireError):
 
 class WireCompressionError(WireError):
     """The compressed payload is corrupt or decompresses beyond its declared raw size."""
+
+
+class CheckpointError(SplitDNNError):
+    """A run directory, checkpoint, probe file or default assets folder is missing, is not
+    what it claims to be, or does not fit the model it is loaded into."""
 
 
 class ExportError(SplitDNNError):

@@ -1,60 +1,106 @@
-"""Accuracy of a teacher and its mimic on the same images: one row of the papers' Table 3."""
+"""Scores of a distillation run or a bundle on labelled images.
+
+* :func:`evaluate_run` — teacher vs mimic of a run, in torch: one row of the papers' Table 3
+  (on the run's own validation split by default, so the figure is the trainer's).
+* :func:`evaluate_bundle` — every mode a bundle serves, in onnxruntime, on the same images:
+  ``offload`` (the teacher), ``split`` in fp32 and through the wire envelope as the head sends
+  it (``fp16``, ``uint8``: quantised, encoded, decoded and dequantised by :mod:`splitdnn.wire`),
+  and ``local``. Per mode: top-1/top-5, top-1 agreement with the teacher, and the gap to the
+  teacher with a paired 95 % confidence interval, beside the number of images.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from splitdnn import wire
+from splitdnn.bundle import load_bundle
+from splitdnn.checkpoints import linear_from_state, load_run
+from splitdnn.data import Dataset, Sample, load_crops, load_dataset, split_per_class
+from splitdnn.distill.config import DistillConfig, config_samples
+from splitdnn.errors import DataError
+from splitdnn.imaging import normalise_pixels
+from splitdnn.labels import imagenet_labels
+from splitdnn.metrics import AgreementMeter, topk_indices
+from splitdnn.models import get_teacher
+from splitdnn.profile import count_macs, head_macs
+from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner
+from splitdnn.teacher import normalise_batch, teacher_parts
 
-@dataclass
-class Agreement:
-    """Top-1/top-5 of teacher and mimic (percent) and how often their top-1 agree."""
-
-    images: int
-    teacher_top1: float
-    teacher_top5: float
-    mimic_top1: float
-    mimic_top5: float
-    top1_agreement: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
-    k = min(k, logits.shape[1])
-    return int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
-
-
-class AgreementMeter:
-    """Accumulates batches of teacher and mimic logits against labels."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.hits = {"t1": 0, "t5": 0, "m1": 0, "m5": 0, "agree": 0}
-
-    def update(self, teacher: torch.Tensor, mimic: torch.Tensor, labels: torch.Tensor) -> None:
-        self.n += labels.shape[0]
-        self.hits["t1"] += topk_hits(teacher, labels, 1)
-        self.hits["t5"] += topk_hits(teacher, labels, 5)
-        self.hits["m1"] += topk_hits(mimic, labels, 1)
-        self.hits["m5"] += topk_hits(mimic, labels, 5)
-        self.hits["agree"] += int((teacher.argmax(1) == mimic.argmax(1)).sum())
-
-    def result(self) -> Agreement:
-        pct = {k: 100.0 * v / max(self.n, 1) for k, v in self.hits.items()}
-        return Agreement(self.n, pct["t1"], pct["t5"], pct["m1"], pct["m5"], pct["agree"])
+#: The split precisions scored for a bundle, as the head can send them.
+SPLIT_PRECISIONS = ("fp32", "fp16", "uint8")
+#: Two-sided 95 % normal quantile.
+Z95 = 1.959963984540054
 
 
-# --- one row of Table 3 for a run directory or a bundle ---------------------------------------
+# --- shared -----------------------------------------------------------------------------------
+
+
+def _subset(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """``limit`` samples spread evenly over the list (so every part of a sorted list counts)."""
+    if not limit or limit >= len(samples):
+        return samples
+    return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, limit).round()]
+
+
+def task_targets(dataset_classes: list[str], label_space: str, task_labels: list[str]) -> list[int]:
+    """Map a data set's label indices to a task's output indices (by name; identity for
+    ImageNet indices against a 1000-class task)."""
+    if label_space == "imagenet":
+        if len(task_labels) != 1000:
+            raise DataError("the images have ImageNet labels but the task is not ImageNet-1k")
+        return list(range(1000))
+    index = {name: i for i, name in enumerate(task_labels)}
+    missing = [c for c in dataset_classes if c not in index]
+    if missing:
+        raise DataError(
+            f"{len(missing)} data set classes are not labels of the task "
+            f"(first: {missing[:5]}); pick the matching --task"
+        )
+    return [index[c] for c in dataset_classes]
+
+
+def bottleneck_costs(shape: list[int], input_shape: tuple[int, ...] | list[int]) -> dict:
+    """What the bottleneck costs on the link: elements, raw bytes, envelope bytes."""
+    elements = int(np.prod(shape))
+    return {
+        "bottleneck_shape": list(shape),
+        "data_size_percent": 100.0 * elements / int(np.prod(input_shape)),
+        "bottleneck_bytes_fp32": 4 * elements,
+        "bottleneck_bytes_uint8": elements,
+        "envelope_bytes_fp32": wire.envelope_size([1, *shape], "fp32"),
+        "envelope_bytes_uint8": wire.envelope_size([1, *shape], "uint8"),
+    }
+
+
+def _select(dataset: Dataset, split: str, val_fraction: float, seed: int) -> list[Sample]:
+    if split == "val":
+        return split_per_class(dataset, val_fraction, seed)[1]
+    if split == "all":
+        return dataset.samples
+    raise DataError(f"split must be 'val' or 'all', not {split!r}")
+
+
+def _progress(done: int, total: int, progress: bool) -> None:
+    if progress:
+        print(f"\r{done}/{total} images", end="" if done < total else "\n", flush=True)
+
+
+# --- a run, in torch ----------------------------------------------------------------------------
 
 
 @dataclass
 class Table3Row:
     """Accuracy of teacher and mimic on the same images, plus what the split costs."""
 
-    source: str  # "run" (torch) or "bundle" (onnxruntime)
+    source: str  # "run" (torch)
     path: str
     teacher: str
     split_module: str
@@ -81,53 +127,9 @@ class Table3Row:
         return asdict(self)
 
 
-def _subset(samples: list, limit: int | None) -> list:
-    """``limit`` samples spread evenly over the list (so every part of a sorted list counts)."""
-    if not limit or limit >= len(samples):
-        return samples
-    import numpy as np
-
-    return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, limit).round()]
-
-
-def task_targets(dataset_classes: list[str], label_space: str, task_labels: list[str]) -> list[int]:
-    """Map a data set's label indices to a task's output indices (by name; identity for
-    ImageNet indices against a 1000-class task)."""
-    from splitdnn.errors import DataError
-
-    if label_space == "imagenet":
-        if len(task_labels) != 1000:
-            raise DataError("the images have ImageNet labels but the task is not ImageNet-1k")
-        return list(range(1000))
-    index = {name: i for i, name in enumerate(task_labels)}
-    missing = [c for c in dataset_classes if c not in index]
-    if missing:
-        raise DataError(
-            f"{len(missing)} data set classes are not labels of the task "
-            f"(first: {missing[:5]}); pick the matching --task"
-        )
-    return [index[c] for c in dataset_classes]
-
-
-def _costs(shape: list[int], input_shape: tuple[int, ...] | list[int]) -> dict:
-    import numpy as np
-
-    from splitdnn.wire import envelope_size
-
-    elements = int(np.prod(shape))
-    return {
-        "bottleneck_shape": list(shape),
-        "data_size_percent": 100.0 * elements / int(np.prod(input_shape)),
-        "bottleneck_bytes_fp32": 4 * elements,
-        "bottleneck_bytes_uint8": elements,
-        "envelope_bytes_fp32": envelope_size([1, *shape], "fp32"),
-        "envelope_bytes_uint8": envelope_size([1, *shape], "uint8"),
-    }
-
-
 def evaluate_run(
-    run_dir,
-    data=None,
+    run_dir: str | Path,
+    data: str | Path | None = None,
     list_file: str | None = None,
     split: str = "val",
     limit: int | None = None,
@@ -137,49 +139,31 @@ def evaluate_run(
     """Teacher vs mimic of a distillation run, in torch. ``split="val"`` uses the run's own
     validation split (its config's data, fraction, per-class limit and seed), so the figure
     is the trainer's; ``data``/``list_file`` point it at other images."""
-    import time
-    from pathlib import Path
-
-    from splitdnn.data import load_crops, load_dataset
-    from splitdnn.distill.config import DistillConfig
-    from splitdnn.distill.trainer import Distiller, TeacherParts, normalise_batch
-    from splitdnn.errors import DataError
-    from splitdnn.export import _student_from_state, linear_from_state, load_run, task_name
-    from splitdnn.models import get_teacher
-    from splitdnn.profile import count_macs, head_macs
-
     started = time.perf_counter()
-    payload = load_run(run_dir)
-    config = DistillConfig.model_validate(payload["config"])
+    checkpoint = load_run(run_dir)
+    config = DistillConfig.model_validate(checkpoint.config)
     if data is not None:
         config.data.root = Path(data)
         config.data.list = list_file
-    spec = get_teacher(payload["teacher"])
-    split_module = payload["split_module"]
-    dataset = load_dataset(config.data.root, config.data.list)
     if split == "val":  # the trainer's own selection, so the figure is the trainer's
-        _, samples, _ = Distiller(config, run_dir, progress=False).samples()
-    elif split == "all":
-        samples = dataset.samples
+        samples = config_samples(config)[1]
+        dataset = load_dataset(config.data.root, config.data.list)
     else:
-        raise DataError(f"split must be 'val' or 'all', not {split!r}")
+        dataset = load_dataset(config.data.root, config.data.list)
+        samples = _select(dataset, split, 0.0, 0)
     samples = _subset(samples, limit)
     if not samples:
         raise DataError("no images to evaluate")
 
-    model = spec.build(config.teacher.pretrained)
-    parts = TeacherParts(spec, model, split_module)
-    if payload.get("classifier") is not None:
-        parts.classifier = linear_from_state(payload["classifier"])
-        task, task_labels = task_name(payload), list(payload["classes"])
+    spec = get_teacher(checkpoint.teacher)
+    model, parts = teacher_parts(spec.name, checkpoint.pretrained, checkpoint.split_module)
+    if checkpoint.probe is not None:
+        parts.classifier = linear_from_state(checkpoint.probe)
+        task, task_labels = checkpoint.task or "task", list(checkpoint.classes or [])
     else:
-        from splitdnn.labels import imagenet_labels
-
         task, task_labels = "imagenet", list(imagenet_labels())
     targets = task_targets(dataset.classes, dataset.label_space, task_labels)
-    student = _student_from_state(
-        spec.name, payload["bottleneck"], payload["variant"], payload["student"]
-    )
+    student = checkpoint.build_student()
     student.to(memory_format=torch.channels_last)
 
     meter = AgreementMeter()
@@ -189,24 +173,20 @@ def evaluate_run(
             x = normalise_batch(load_crops(chunk, spec.preprocessing), spec.preprocessing)
             labels = torch.tensor([targets[s.label] for s in chunk])
             meter.update(parts.tail(parts.head(x)), parts.tail(student(x)), labels)
-            if progress:
-                print(f"\r{meter.n}/{len(samples)} images", end="", flush=True)
-    if progress:
-        print(flush=True)
-    agreement = meter.result()
+            _progress(meter.n, len(samples), progress)
     with torch.no_grad():
         shape = list(student.encode(torch.zeros(1, *spec.input_shape)).shape[1:])
     device = count_macs(student.encoder, spec.input_shape)
-    head = head_macs(model, split_module, spec.input_shape)
+    head = head_macs(model, checkpoint.split_module, spec.input_shape)
     return Table3Row(
         source="run",
         path=str(run_dir),
         teacher=spec.name,
-        split_module=split_module,
+        split_module=checkpoint.split_module,
         task=task,
         split=split,
-        **agreement.to_dict(),
-        **_costs(shape, spec.input_shape),
+        **meter.result().to_dict(),
+        **bottleneck_costs(shape, spec.input_shape),
         device_macs=device,
         teacher_head_macs=head,
         device_macs_reduction_percent=100.0 * (1 - device / head) if head else None,
@@ -214,9 +194,48 @@ def evaluate_run(
     )
 
 
+# --- a bundle, in onnxruntime, every mode -----------------------------------------------------
+
+
+class ModeHits:
+    """Per-image top-1/top-5 hits of one mode, and its top-1 agreement with the teacher."""
+
+    def __init__(self) -> None:
+        self.top1: list[np.ndarray] = []
+        self.top5: list[np.ndarray] = []
+        self.agree: list[np.ndarray] = []
+
+    def update(self, logits: np.ndarray, labels: np.ndarray, teacher: np.ndarray) -> None:
+        ranked = topk_indices(torch.from_numpy(np.ascontiguousarray(logits)), 5).numpy()
+        self.top1.append(ranked[:, 0] == labels)
+        self.top5.append((ranked == labels[:, None]).any(axis=1))
+        self.agree.append(ranked[:, 0] == teacher.argmax(1))
+
+    def hits(self) -> np.ndarray:
+        return np.concatenate(self.top1) if self.top1 else np.zeros(0, bool)
+
+
+def paired_gap(reference: np.ndarray, other: np.ndarray) -> tuple[float, list[float]]:
+    """``reference``'s top-1 minus ``other``'s (points), with a 95 % confidence interval
+    from the per-image differences (paired: both scored on the same images)."""
+    d = reference.astype(np.float64) - other.astype(np.float64)
+    n = len(d)
+    gap = 100.0 * float(d.mean()) if n else 0.0
+    half = 100.0 * Z95 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else float("inf")
+    return gap, [gap - half, gap + half]
+
+
+def _through_wire(bottleneck: np.ndarray, bundle_id: str, precision: str) -> np.ndarray:
+    """The bottleneck as the tail sees it after the head sent it in ``precision``."""
+    if precision == "fp32":
+        return bottleneck
+    data = wire.encode(bottleneck, bundle_id=bundle_id, quantisation=precision)
+    return wire.decode(data).to_array()
+
+
 def evaluate_bundle(
-    bundle_dir,
-    data,
+    bundle_dir: str | Path,
+    data: str | Path,
     list_file: str | None = None,
     task: str | None = None,
     split: str = "all",
@@ -225,18 +244,14 @@ def evaluate_bundle(
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
-) -> Table3Row:
-    """Teacher (``offload.onnx``) vs mimic (``device.onnx`` -> ``server.onnx``) of a bundle,
-    in onnxruntime: what the services would answer, on the same crops."""
-    import time
+) -> dict[str, Any]:
+    """Every served mode of a bundle on the same images, as the services compute them.
 
-    import numpy as np
-
-    from splitdnn.bundle import load_bundle
-    from splitdnn.data import load_crops, load_dataset, split_per_class
-    from splitdnn.errors import DataError
-    from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner
-
+    Keys name mode and precision: ``offload_top1``, ``split_fp32_top1``,
+    ``split_uint8_top1``, ``local_top1`` (and ``_top5``; ``_agreement`` with the teacher;
+    ``_gap`` to the teacher with ``_gap_ci95``). ``local`` is left out when the bundle's
+    local model has no classifier for the task.
+    """
     started = time.perf_counter()
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest
@@ -245,58 +260,72 @@ def evaluate_bundle(
         task = _guess_task(dataset, {t: s.labels for t, s in manifest.tasks.items()})
     task = bundle.task(task)
     targets = task_targets(dataset.classes, dataset.label_space, bundle.labels(task))
-    if split == "val":
-        _, samples = split_per_class(dataset, val_fraction, seed)
-    elif split == "all":
-        samples = dataset.samples
-    else:
-        raise DataError(f"split must be 'val' or 'all', not {split!r}")
-    samples = _subset(samples, limit)
+    samples = _subset(_select(dataset, split, val_fraction, seed), limit)
     if not samples:
         raise DataError("no images to evaluate")
 
-    spec = bundle.preprocessing
+    spec, local_spec = bundle.preprocessing, bundle.local_preprocessing
     device, server = DeviceRunner(bundle), ServerRunner(bundle)
     offload = ImageClassifier(bundle, "offload")
-    mean = np.asarray(spec.mean, np.float32).reshape(1, 1, 1, 3)
-    std = np.asarray(spec.std, np.float32).reshape(1, 1, 1, 3)
-    meter = AgreementMeter()
+    local = ImageClassifier(bundle, "local")
+    has_local = task in manifest.metrics.get("local_tasks", [task])
+    modes = ["offload", *(f"split_{p}" for p in SPLIT_PRECISIONS)]
+    modes += ["local"] if has_local else []
+    hits = {m: ModeHits() for m in modes}
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        crops = load_crops(chunk, spec).astype(np.float32)
-        x = np.ascontiguousarray(((crops - mean) / std).transpose(0, 3, 1, 2))
+        labels = np.array([targets[s.label] for s in chunk])
+        x = normalise_pixels(load_crops(chunk, spec), spec)
         _, teacher = offload.run(x, task)
-        _, mimic = server(device.run(x), task)
-        labels = torch.tensor([targets[s.label] for s in chunk])
-        meter.update(torch.from_numpy(teacher), torch.from_numpy(mimic), labels)
-        if progress:
-            print(f"\r{meter.n}/{len(samples)} images", end="", flush=True)
-    if progress:
-        print(flush=True)
-    agreement = meter.result()
+        bottleneck = device.run(x)
+        logits = {"offload": teacher}
+        for precision in SPLIT_PRECISIONS:
+            z = _through_wire(bottleneck, bundle.id, precision)
+            logits[f"split_{precision}"] = server(z, task)[1]
+        if has_local:
+            local_x = normalise_pixels(load_crops(chunk, local_spec), local_spec)
+            logits["local"] = local.run(local_x, task)[1]
+        for mode in modes:
+            hits[mode].update(logits[mode], labels, teacher)
+        _progress(min(i + batch_size, len(samples)), len(samples), progress)
+
+    report: dict[str, Any] = {
+        "source": "bundle",
+        "path": str(bundle_dir),
+        "bundle_id": bundle.id,
+        "teacher": manifest.teacher,
+        "split_module": manifest.split_module,
+        "task": task,
+        "split": split,
+        "images": len(samples),
+        "modes": modes,
+    }
+    reference = hits["offload"].hits()
+    for mode in modes:
+        top1 = hits[mode].hits()
+        report[f"{mode}_top1"] = 100.0 * float(top1.mean())
+        report[f"{mode}_top5"] = 100.0 * float(np.concatenate(hits[mode].top5).mean())
+        if mode != "offload":
+            report[f"{mode}_agreement"] = 100.0 * float(np.concatenate(hits[mode].agree).mean())
+            report[f"{mode}_gap"], report[f"{mode}_gap_ci95"] = paired_gap(reference, top1)
+    if "split_uint8" in hits:
+        gap, ci = paired_gap(hits["split_fp32"].hits(), hits["split_uint8"].hits())
+        report["uint8_cost"], report["uint8_cost_ci95"] = gap, ci
     metrics = manifest.metrics
-    device_macs = metrics.get("device_macs")
-    head = metrics.get("teacher_head_macs")
-    return Table3Row(
-        source="bundle",
-        path=str(bundle_dir),
-        teacher=manifest.teacher,
-        split_module=manifest.split_module,
-        task=task,
-        split=split,
-        **agreement.to_dict(),
-        **_costs(manifest.bottleneck.shape, (3, spec.size, spec.size)),
-        device_macs=device_macs,
-        teacher_head_macs=head,
-        device_macs_reduction_percent=metrics.get("device_macs_reduction_percent"),
-        seconds=time.perf_counter() - started,
+    report.update(bottleneck_costs(manifest.bottleneck.shape, (3, spec.size, spec.size)))
+    report.update(
+        {
+            "device_macs": metrics.get("device_macs"),
+            "teacher_head_macs": metrics.get("teacher_head_macs"),
+            "device_macs_reduction_percent": metrics.get("device_macs_reduction_percent"),
+            "seconds": time.perf_counter() - started,
+        }
     )
+    return report
 
 
-def _guess_task(dataset, tasks: dict[str, list[str]]) -> str:
+def _guess_task(dataset: Dataset, tasks: dict[str, list[str]]) -> str:
     """The bundle task whose labels the data set's classes are."""
-    from splitdnn.errors import DataError
-
     if dataset.label_space == "imagenet" and "imagenet" in tasks:
         return "imagenet"
     names = set(dataset.classes)

@@ -100,12 +100,19 @@ def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
     return image.crop((left, top, left + spec.size, top + spec.size))
 
 
-def normalise(image: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """RGB image -> float32 CHW array, normalised with the spec's mean and std."""
-    pixels = np.asarray(image, dtype=np.float32)
+def normalise_pixels(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """uint8 (or float) ``…HWC`` pixels -> float32 ``…CHW``, normalised with the spec's mean
+    and std: one image (HWC) or a batch (NHWC). The only place the normalisation is written;
+    services, training and evaluation all come through here."""
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    x = (np.asarray(pixels, dtype=np.float32) - mean) / std
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def normalise(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """RGB image -> float32 CHW array, normalised with the spec's mean and std."""
+    return normalise_pixels(np.asarray(image), spec)
 
 
 def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:

@@ -35,7 +35,7 @@ def _check_bundle(bundle: Path | None) -> Path:
     if not (path / MANIFEST).is_file():
         raise BundleError(
             f"no bundle at {path} ({MANIFEST} missing): pass --bundle DIR, set SPLITDNN_BUNDLE, "
-            "or build the default with `splitdnn export --default`"
+            "or build the default with `splitdnn export default`"
         )
     return path
 

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from splitdnn.errors import UnknownNameError
+from splitdnn.models import get_teacher
+from splitdnn.split import split_model
 
 
 class BottleneckStudent(nn.Module):
@@ -288,9 +290,6 @@ def teacher_init_student(
     """
     import copy
 
-    from splitdnn.models import get_teacher
-    from splitdnn.split import split_model
-
     if teacher not in TEACHER_INIT_DESIGNS:
         raise UnknownNameError(
             f"no teacher_init student for {teacher!r}; known: {sorted(TEACHER_INIT_DESIGNS)}"
@@ -309,6 +308,56 @@ def teacher_init_student(
     return student.train()
 
 
+# --- whole students for local mode (knowledge distillation) --------------------------------------
+
+
+@dataclass(frozen=True)
+class KDStudentSpec:
+    """A whole local-mode student: ``base``'s architecture and ImageNet weights, frozen through
+    ``cut``; everything after ``cut`` and a new linear classifier are trained
+    (``method: kd`` / ``labels``, see :mod:`splitdnn.distill.kd`)."""
+
+    name: str
+    base: str
+    cut: str
+    notes: str = ""
+
+
+KD_STUDENTS: dict[str, KDStudentSpec] = {
+    spec.name: spec
+    for spec in (
+        KDStudentSpec(
+            "efficientnet_lite0_last1",
+            "efficientnet_lite0",
+            "_blocks.14",
+            "fine-tunes the 320-channel block and the 1280-channel head conv",
+        ),
+        KDStudentSpec(
+            "efficientnet_lite0_last2",
+            "efficientnet_lite0",
+            "_blocks.13",
+            "fine-tunes the last 192-channel block onwards (default)",
+        ),
+        KDStudentSpec(
+            "efficientnet_lite0_last3",
+            "efficientnet_lite0",
+            "_blocks.12",
+            "fine-tunes the last two 192-channel blocks onwards",
+        ),
+    )
+}
+
+
+def get_kd_student(name: str) -> KDStudentSpec:
+    """The registered whole student ``name``; the error lists the registered ones."""
+    try:
+        return KD_STUDENTS[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown kd student {name!r}; registered: {', '.join(sorted(KD_STUDENTS))}"
+        ) from None
+
+
 # --- one entry point ---------------------------------------------------------------------------
 
 
@@ -318,8 +367,6 @@ def build_student(teacher: str, bottleneck: int, variant: str = "caltech101") ->
     ``variant``: the papers' narrow (``caltech101``) or wide (``imagenet``) student (for a Lite
     teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`).
     """
-    from splitdnn.models import get_teacher
-
     spec = get_teacher(teacher)
     if variant == "teacher_init":
         return teacher_init_student(teacher, bottleneck)
@@ -330,15 +377,16 @@ def build_student(teacher: str, bottleneck: int, variant: str = "caltech101") ->
 
 def student_split(teacher: str) -> str:
     """The teacher module the student replaces everything up to (from the teacher spec)."""
-    from splitdnn.models import get_teacher
-
     return get_teacher(teacher).student_split
 
 
 __all__: Sequence[str] = [
+    "KD_STUDENTS",
     "BottleneckStudent",
+    "KDStudentSpec",
     "MimicModel",
     "build_student",
+    "get_kd_student",
     "lite_student",
     "paper_student",
     "student_split",

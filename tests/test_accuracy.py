@@ -25,8 +25,8 @@ SAMPLE = DATA / "imagenet-sample"
 )
 def test_lite0_top1_on_the_imagenet_sample() -> None:
     from splitdnn.data import load_crops, load_dataset
-    from splitdnn.distill.trainer import normalise_batch
     from splitdnn.models import get_teacher
+    from splitdnn.teacher import normalise_batch
 
     spec = get_teacher("efficientnet_lite0")
     model = spec.build(True)

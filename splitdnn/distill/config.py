@@ -19,8 +19,10 @@ from pydantic import (
     model_validator,
 )
 
-from splitdnn.data import Sample, load_dataset, split_per_class
-from splitdnn.errors import ConfigError
+from splitdnn.data import Sample, select_samples
+from splitdnn.errors import ConfigError, UnknownNameError
+from splitdnn.models import get_teacher
+from splitdnn.students import KD_STUDENTS, student_split
 
 
 class _Strict(BaseModel):
@@ -41,9 +43,6 @@ class TeacherConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        from splitdnn.errors import UnknownNameError
-        from splitdnn.models import get_teacher
-
         try:
             get_teacher(value)
         except UnknownNameError as exc:
@@ -147,8 +146,6 @@ class KDConfig(_Strict):
     @field_validator("student")
     @classmethod
     def _known_student(cls, value: str) -> str:
-        from splitdnn.distill.kd import KD_STUDENTS
-
         if value not in KD_STUDENTS:
             raise ValueError(
                 f"unknown kd student {value!r}; registered: {', '.join(sorted(KD_STUDENTS))}"
@@ -167,6 +164,27 @@ class DistillConfig(_Strict):
     probe: ProbeConfig = ProbeConfig()
     kd: KDConfig = KDConfig()
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _split_module_has_a_student(self) -> DistillConfig:
+        """A bad ``split_module`` is refused when the config is read, not after minutes of
+        caching and probe fitting."""
+        if self.split_module is None or self.method != "hnd":
+            return self
+        spec = get_teacher(self.teacher.name)
+        if self.split_module not in spec.split_points:
+            raise ValueError(
+                f"split_module: {self.split_module!r} is not a split point of {spec.name}; "
+                f"choose one of {', '.join(spec.split_points)}"
+            )
+        supported = student_split(spec.name)
+        if self.split_module != supported:
+            raise ValueError(
+                f"split_module: the {spec.name} student is built for {supported!r} "
+                f"(`splitdnn profile {spec.name}` lists where a teacher can be cut; "
+                "a student exists for that point only)"
+            )
+        return self
 
 
 def _format(error: ValidationError) -> str:
@@ -217,20 +235,7 @@ def load_config(path: str | Path) -> DistillConfig:
 
 
 def config_samples(config: DistillConfig) -> tuple[list[Sample], list[Sample], list[str], str]:
-    """Training and validation samples, class names and label space of a config.
-
-    Every method (hnd, kd, labels, probes) goes through here, so the same config always gives
-    the same images in the same order: teacher outputs cached by one run line up with another's.
-    """
+    """Training and validation samples, class names and label space of a config (see
+    :func:`splitdnn.data.select_samples`, which holds the logic)."""
     c = config.data
-    dataset = load_dataset(c.root, c.list)
-    if c.per_class_limit:
-        kept: dict[int, int] = {}
-        samples = []
-        for s in dataset.samples:
-            if kept.get(s.label, 0) < c.per_class_limit:
-                kept[s.label] = kept.get(s.label, 0) + 1
-                samples.append(s)
-        dataset.samples = samples
-    train, val = split_per_class(dataset, c.val_fraction, config.seed)
-    return train, val, dataset.classes, dataset.label_space
+    return select_samples(c.root, c.list, c.val_fraction, config.seed, c.per_class_limit)

@@ -12,12 +12,13 @@ both slow (a randomly initialised EfficientNet-Lite0 needs tens of epochs of ful
 forward and backward passes: hours on two CPU cores) and poor (a small CNN from scratch on that
 little data stays far below a pretrained backbone + linear probe, which is what local mode
 already has). So a student here is an ImageNet-pretrained backbone whose first layers stay
-frozen and whose last stages are fine-tuned (:data:`KD_STUDENTS`): the frozen part runs once per
-image (and per mirror image) and its activations are cached, so an epoch only runs the last
-stages on 7×7 maps — seconds to a minute on CPU. Its classifier starts from the linear probe on
-the frozen backbone (:mod:`.probe`), so epoch 0 *is* the current local model (backbone + probe)
-and the run measures what fine-tuning with soft targets adds to it. The student has the same
-architecture and cost as the local model, so it can replace it with no change on the device.
+frozen and whose last stages are fine-tuned (:data:`splitdnn.students.KD_STUDENTS`): the frozen
+part runs once per image (and per mirror image) and its activations are cached, so an epoch
+only runs the last stages on 7×7 maps — seconds to a minute on CPU. Its classifier starts from
+the linear probe on the frozen backbone (:mod:`.probe`), so epoch 0 *is* the current local
+model (backbone + probe) and the run measures what fine-tuning with soft targets adds to it.
+The student has the same architecture and cost as the local model, so it can replace it with no
+change on the device.
 
 BatchNorm layers keep their ImageNet statistics (the fine-tuned layers stay in eval mode):
 with batches of 64 from 101 classes, re-estimating them is noise, and the module then computes
@@ -31,70 +32,24 @@ and are computed once: either taken from the cache of a ``method: hnd`` run on t
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from splitdnn.checkpoints import KD_STUDENT_KIND, PROBE, load_linear, save_atomic
 from splitdnn.data import Sample
 from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import kd_loss
-from splitdnn.distill.probe import _backbone, extract_features, top1, train_linear
-from splitdnn.distill.runfiles import append_metrics, epoch_record, save_atomic
+from splitdnn.distill.probe import extract_features, train_linear
+from splitdnn.distill.trainer import Method
 from splitdnn.errors import ConfigError, UnknownNameError
-from splitdnn.evaluate import topk_hits
+from splitdnn.metrics import top1, topk_hits
 from splitdnn.models import get_teacher
-
-# -- students ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KDStudentSpec:
-    """A whole student: ``base``'s architecture and ImageNet weights, frozen through ``cut``;
-    everything after ``cut`` and a new linear classifier are trained."""
-
-    name: str
-    base: str
-    cut: str
-    notes: str = ""
-
-
-KD_STUDENTS: dict[str, KDStudentSpec] = {
-    spec.name: spec
-    for spec in (
-        KDStudentSpec(
-            "efficientnet_lite0_last1",
-            "efficientnet_lite0",
-            "_blocks.14",
-            "fine-tunes the 320-channel block and the 1280-channel head conv",
-        ),
-        KDStudentSpec(
-            "efficientnet_lite0_last2",
-            "efficientnet_lite0",
-            "_blocks.13",
-            "fine-tunes the last 192-channel block onwards (default)",
-        ),
-        KDStudentSpec(
-            "efficientnet_lite0_last3",
-            "efficientnet_lite0",
-            "_blocks.12",
-            "fine-tunes the last two 192-channel blocks onwards",
-        ),
-    )
-}
-
-
-def get_kd_student(name: str) -> KDStudentSpec:
-    """The registered whole student ``name``; the error lists the registered ones."""
-    try:
-        return KD_STUDENTS[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown kd student {name!r}; registered: {', '.join(sorted(KD_STUDENTS))}"
-        ) from None
+from splitdnn.students import get_kd_student
+from splitdnn.teacher import frozen_backbone
 
 
 class FineTunedStudent(nn.Module):
@@ -118,15 +73,15 @@ class FineTunedStudent(nn.Module):
         return self.classifier(self.rest(h))
 
 
-# -- the run -----------------------------------------------------------------------------------
-
-
-class KDTrainer:
+class WholeStudentDistillation(Method):
     """Runs one ``method: kd`` or ``method: labels`` config in one run directory.
 
-    Writes ``metrics.jsonl`` (one line per epoch; epoch 0 is the untrained student = backbone
-    + probe), ``best.pt`` (best validation top-1) and ``last.pt`` (for ``resume``).
+    Epoch 0 of ``metrics.jsonl`` is the untrained student (backbone + probe, the current local
+    model); ``best.pt`` holds the best validation top-1.
     """
+
+    score_key = "val_top1"
+    evaluate_at_start = True
 
     def __init__(
         self,
@@ -136,20 +91,15 @@ class KDTrainer:
         feature_cache: str | Path | None = None,
     ) -> None:
         if config.method not in ("kd", "labels"):
-            raise ConfigError(f"method {config.method!r} is run by splitdnn.distill.trainer")
-        self.config = config
-        self.run_dir = Path(run_dir)
+            raise ConfigError(f"method {config.method!r} is not whole-student distillation")
+        super().__init__(config, run_dir, progress)
+        self.name = config.method
         self.cache_dir = Path(feature_cache) if feature_cache else self.run_dir / "cache"
-        self.progress = progress
         try:
             self.student_spec = get_kd_student(config.kd.student)
         except UnknownNameError as exc:
             raise ConfigError(f"kd.student: {exc}") from None
         self.teacher_spec = get_teacher(config.teacher.name)
-
-    def _log(self, message: str) -> None:
-        if self.progress:
-            print(message, flush=True)
 
     # -- teacher -------------------------------------------------------------------------------
 
@@ -194,256 +144,142 @@ class KDTrainer:
             raise ConfigError(f"kd.teacher_run: {run}'s cache has a different number of images")
         return out
 
-    def _teacher_classifier(
-        self, feats: dict[str, np.ndarray], train: list[Sample], classes: list[str]
-    ) -> nn.Linear:
+    def _teacher_classifier(self, feats: dict[str, np.ndarray]) -> nn.Module:
         c = self.config
         if c.teacher.classifier == "imagenet":
             model = self.teacher_spec.build(c.teacher.pretrained)
             return model.get_submodule(self.teacher_spec.classifier).eval()
-        width = feats["pooled"].shape[1]
-        probe = nn.Linear(width, len(classes))
         candidates = [self.run_dir / "teacher_probe.pt"]
         if c.kd.teacher_run is not None:
-            candidates.insert(0, c.kd.teacher_run / "classifier.pt")
+            candidates.insert(0, c.kd.teacher_run / PROBE)
         for path in candidates:
             if path.exists():
-                probe.load_state_dict(torch.load(path, weights_only=True))
-                self._log(f"teacher probe from {path}")
-                return probe.eval()
-        self._log("fitting the teacher's linear probe")
-        self._fit_probe(probe, feats, train, candidates[-1])
+                self.log(f"teacher probe from {path}")
+                return load_linear(path)
+        self.log("fitting the teacher's linear probe")
+        probe = nn.Linear(feats["pooled"].shape[1], len(self.classes))
+        self._fit_probe(probe, feats, candidates[-1])
         return probe.eval()
 
-    def _fit_probe(self, probe: nn.Linear, feats, train: list[Sample], path: Path) -> None:
+    def _fit_probe(self, probe: nn.Linear, feats: dict[str, np.ndarray], path: Path) -> None:
         """Train ``probe`` on the pooled features (mirrored copies too) and save it."""
-        x, y = self._probe_data(feats, train)
-        cfg = self.config.probe
+        parts = [torch.from_numpy(np.array(feats["pooled"]))]
+        if "flip_pooled" in feats:
+            parts.append(torch.from_numpy(np.array(feats["flip_pooled"])))
+        labels = torch.tensor([s.label for s in self.train_samples]).repeat(len(parts))
+        p = self.config.probe
         train_linear(
             probe,
-            x,
-            y,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
+            torch.cat(parts),
+            labels,
+            epochs=p.epochs,
+            lr=p.lr,
+            weight_decay=p.weight_decay,
             seed=self.config.seed,
         )
         save_atomic(probe.state_dict(), path)
 
-    def _probe_data(self, feats: dict[str, np.ndarray], train: list[Sample]):
-        parts = [torch.from_numpy(np.array(feats["pooled"]))]
-        if "flip_pooled" in feats:
-            parts.append(torch.from_numpy(np.array(feats["flip_pooled"])))
-        labels = torch.tensor([s.label for s in train]).repeat(len(parts))
-        return torch.cat(parts), labels
-
-    def _teacher_logits(self, train, val, classes) -> dict[str, torch.Tensor]:
+    def teacher_logits(self) -> dict[str, torch.Tensor]:
         """Teacher logits for train (and mirrored train) and validation, computed once."""
         c = self.config
+        train, val = self.train_samples, self.val
         if c.kd.teacher_run is not None:
             feats = self._teacher_from_run(c.kd.teacher_run, len(train), len(val))
         else:
-            tr = extract_features(
-                c.teacher.name,
-                train,
-                hflip=c.augmentation.hflip,
-                pretrained=c.teacher.pretrained,
-                cache_dir=self.cache_dir,
-                progress=self.progress,
-            )
-            va = extract_features(
-                c.teacher.name,
-                val,
-                pretrained=c.teacher.pretrained,
-                cache_dir=self.cache_dir,
-                progress=self.progress,
-            )
+            common = {
+                "pretrained": c.teacher.pretrained,
+                "cache_dir": self.cache_dir,
+                "progress": self.progress,
+            }
+            tr = extract_features(c.teacher.name, train, hflip=c.augmentation.hflip, **common)
+            va = extract_features(c.teacher.name, val, **common)
             feats = {**tr, "val_pooled": va["pooled"]}
-        classifier = self._teacher_classifier(feats, train, classes)
+        classifier = self._teacher_classifier(feats)
         with torch.no_grad():
             return {k: classifier(torch.from_numpy(np.array(v))) for k, v in feats.items()}
 
-    # -- training ------------------------------------------------------------------------------
+    # -- setup ---------------------------------------------------------------------------------
 
-    def _student(self, feats, train: list[Sample], classes: list[str]) -> FineTunedStudent:
+    def initial_student(self) -> FineTunedStudent:
         """Backbone layers after the cut (ImageNet init) + the probe as the classifier."""
-        c, spec = self.config, self.student_spec
-        _, rest = _backbone(spec.base, True, spec.cut)
+        spec = self.student_spec
+        _, rest = frozen_backbone(spec.base, True, spec.cut)
         # Seeded here, as in fit_linear_probe: kd and labels runs start from the same probe
         # (the local model's), whatever else drew from the generator before.
-        torch.manual_seed(c.seed)
-        probe = nn.Linear(feats["pooled"].shape[1], len(classes))
+        torch.manual_seed(self.config.seed)
+        probe = nn.Linear(self.feats["pooled"].shape[1], len(self.classes))
         path = self.run_dir / "student_probe.pt"
         if path.exists():
-            probe.load_state_dict(torch.load(path, weights_only=True))
+            probe = load_linear(path)
         else:
-            self._fit_probe(probe, feats, train, path)
+            self._fit_probe(probe, self.feats, path)
         return FineTunedStudent(rest, probe)
 
-    def _evaluate(self, student: FineTunedStudent, h_val, labels, teacher_val) -> dict:
+    def setup(self, fresh: bool) -> nn.Module:
+        c, spec = self.config, self.student_spec
+        train, val, classes, _ = config_samples(c)
+        self.train_samples: list[Sample] = train
+        self.val, self.classes = val, classes
+        self.log(f"{len(train)} training / {len(val)} validation images, {len(classes)} classes")
+        common = {"cut": spec.cut, "cache_dir": self.cache_dir, "progress": self.progress}
+        self.feats = extract_features(spec.base, train, hflip=c.augmentation.hflip, **common)
+        self.val_cut = extract_features(spec.base, val, **common)["cut"]
+        self.teacher = self.teacher_logits() if c.method == "kd" else None
+        self.labels = torch.tensor([s.label for s in train])
+        self.val_labels = torch.tensor([s.label for s in val])
+        self.student = self.initial_student()
+        self.student.to(memory_format=torch.channels_last)
+        return self.student
+
+    def num_samples(self) -> int:
+        return len(self.train_samples)
+
+    # -- one step and scoring --------------------------------------------------------------------
+
+    def loss(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        h = np.asarray(self.feats["cut"][idx], np.float32)
+        if flip.any():
+            h[flip] = np.asarray(self.feats["flip_cut"][idx[flip]], np.float32)
+        out = self.student(torch.from_numpy(h).contiguous(memory_format=torch.channels_last))
+        if self.teacher is None:
+            return nn.functional.cross_entropy(out, self.labels[idx])
+        target = self.teacher["pooled"][idx].clone()
+        if flip.any():
+            target[torch.from_numpy(flip)] = self.teacher["flip_pooled"][idx[flip]]
+        kd = self.config.kd
+        return kd_loss(out, target, self.labels[idx], kd.temperature, kd.alpha)
+
+    def evaluate(self) -> dict[str, Any]:
         logits = []
         with torch.no_grad():
-            for i in range(0, len(h_val), 64):
-                x = torch.from_numpy(np.array(h_val[i : i + 64], np.float32))
-                logits.append(student(x.contiguous(memory_format=torch.channels_last)))
+            for i in range(0, len(self.val_cut), 64):
+                x = torch.from_numpy(np.array(self.val_cut[i : i + 64], np.float32))
+                logits.append(self.student(x.contiguous(memory_format=torch.channels_last)))
         out = torch.cat(logits) if logits else torch.zeros(0, 1)
-        record = {
+        labels = self.val_labels
+        record: dict[str, Any] = {
             "images": len(labels),
             "val_top1": top1(out, labels),
             "val_top5": 100.0 * topk_hits(out, labels, 5) / max(len(labels), 1),
         }
-        if teacher_val is not None:
-            record["teacher_top1"] = top1(teacher_val, labels)
-            record["agreement"] = 100.0 * float(
-                (teacher_val.argmax(1) == out.argmax(1)).float().mean()
-            )
+        if self.teacher is not None:
+            teacher = self.teacher["val_pooled"]
+            record["teacher_top1"] = top1(teacher, labels)
+            record["agreement"] = 100.0 * float((teacher.argmax(1) == out.argmax(1)).float().mean())
         return record
 
-    def run(self, resume: bool = False) -> dict:
-        """Train; return a summary (initial, best and final validation top-1)."""
-        c, tcfg, spec = self.config, self.config.train, self.student_spec
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(c.model_dump_json(indent=2))
-        if tcfg.threads:
-            torch.set_num_threads(tcfg.threads)
-        torch.manual_seed(c.seed)
+    def describe(self, record: dict[str, Any]) -> str:
+        return f"top-1 {record['val_top1']:.2f}"
 
-        train, val, classes, _ = config_samples(c)
-        self._log(f"{len(train)} training / {len(val)} validation images, {len(classes)} classes")
-        hflip = c.augmentation.hflip
-        feats = extract_features(
-            spec.base,
-            train,
-            cut=spec.cut,
-            hflip=hflip,
-            cache_dir=self.cache_dir,
-            progress=self.progress,
-        )
-        val_feats = extract_features(
-            spec.base, val, cut=spec.cut, cache_dir=self.cache_dir, progress=self.progress
-        )
-        teacher = self._teacher_logits(train, val, classes) if c.method == "kd" else None
-        student = self._student(feats, train, classes)
-        student.to(memory_format=torch.channels_last)
-
-        labels = torch.tensor([s.label for s in train])
-        val_labels = torch.tensor([s.label for s in val])
-        teacher_val = teacher["val_pooled"] if teacher is not None else None
-        optimiser = torch.optim.Adam(
-            student.parameters(), lr=tcfg.optimizer.lr, weight_decay=tcfg.optimizer.weight_decay
-        )
-        schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, tcfg.milestones, tcfg.gamma)
-        metrics_path = self.run_dir / "metrics.jsonl"
-        last_path, best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
-        state = {"epoch": 0, "step": 0, "best_top1": -1.0, "best_epoch": -1, "initial_top1": None}
-        if resume and last_path.exists():
-            ckpt = torch.load(last_path, weights_only=False)
-            student.load_state_dict(ckpt["student"])
-            optimiser.load_state_dict(ckpt["optimizer"])
-            schedule.load_state_dict(ckpt["schedule"])
-            state = ckpt["state"]
-            self._log(f"resuming at epoch {state['epoch']} step {state['step']}")
-        else:
-            metrics_path.unlink(missing_ok=True)
-        if state["initial_top1"] is None:
-            initial = self._evaluate(student, val_feats["cut"], val_labels, teacher_val)
-            state["initial_top1"] = initial["val_top1"]
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps({"epoch": 0, **initial}) + "\n")
-            self._log(f"epoch 0 (backbone + probe): top-1 {initial['val_top1']:.2f}")
-
-        def checkpoint() -> None:
-            save_atomic(
-                {
-                    "student": student.state_dict(),
-                    "optimizer": optimiser.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "state": dict(state),
-                },
-                last_path,
-            )
-
-        n = len(train)
-        steps_per_epoch = -(-n // tcfg.batch_size)
-        if tcfg.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
-        record: dict = {}
-        while state["epoch"] < tcfg.epochs:
-            epoch = state["epoch"]
-            rng = np.random.default_rng([c.seed, epoch])
-            order = rng.permutation(n)
-            flips = rng.random(n) < 0.5 if hflip else np.zeros(n, bool)
-            started, seen, running = time.perf_counter(), 0, 0.0
-            for step in range(state["step"], steps_per_epoch):
-                idx = np.sort(order[step * tcfg.batch_size : (step + 1) * tcfg.batch_size])
-                flip = flips[idx]
-                h = np.asarray(feats["cut"][idx], np.float32)
-                if flip.any():
-                    h[flip] = np.asarray(feats["flip_cut"][idx[flip]], np.float32)
-                x = torch.from_numpy(h).contiguous(memory_format=torch.channels_last)
-                out = student(x)
-                if teacher is not None:
-                    t = teacher["pooled"][idx].clone()
-                    if flip.any():
-                        t[torch.from_numpy(flip)] = teacher["flip_pooled"][idx[flip]]
-                    loss = kd_loss(out, t, labels[idx], c.kd.temperature, c.kd.alpha)
-                else:
-                    loss = nn.functional.cross_entropy(out, labels[idx])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                seen += len(idx)
-                running = 0.9 * running + 0.1 * loss.item() if running else loss.item()
-                state["step"] = step + 1
-                if state["step"] % tcfg.checkpoint_every == 0:
-                    checkpoint()
-            schedule.step()
-            seconds = time.perf_counter() - started
-            metrics = self._evaluate(student, val_feats["cut"], val_labels, teacher_val)
-            record = epoch_record(epoch + 1, running, optimiser, seen, seconds, metrics)
-            append_metrics(metrics_path, record)
-            self._log(
-                f"epoch {epoch + 1}/{tcfg.epochs}: loss {running:.4f}, "
-                f"top-1 {record['val_top1']:.2f} ({seconds:.0f} s)"
-            )
-            if record["val_top1"] > state["best_top1"]:
-                state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
-                save_atomic(self._best_payload(student, classes, record), best_path)
-            state["epoch"], state["step"] = epoch + 1, 0
-            checkpoint()
+    def best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
         return {
-            "method": c.method,
-            "student": spec.name,
-            "epochs": tcfg.epochs,
-            "initial_top1": state["initial_top1"],
-            "best_top1": state["best_top1"],
-            "best_epoch": state["best_epoch"],
-            "final_top1": record.get("val_top1", state["best_top1"]),
-            "teacher_top1": top1(teacher_val, val_labels) if teacher_val is not None else None,
-        }
-
-    def _best_payload(self, student: FineTunedStudent, classes: list[str], record: dict) -> dict:
-        c = self.config
-        return {
-            "kind": "splitdnn-kd-student",
-            "method": c.method,
+            "kind": KD_STUDENT_KIND,
+            "method": self.config.method,
             "student_name": self.student_spec.name,
             "base": self.student_spec.base,
             "cut": self.student_spec.cut,
-            "student": student.state_dict(),
-            "classes": classes,
+            "student": self.student.state_dict(),
+            "classes": self.classes,
             "metrics": record,
-            "config": c.model_dump(mode="json"),
+            "config": self.config.model_dump(mode="json"),
         }
-
-
-def run_config(
-    config: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True
-) -> dict:
-    """Run any method: ``hnd`` with :class:`~splitdnn.distill.trainer.Distiller`, ``kd`` and
-    ``labels`` with :class:`KDTrainer`."""
-    if config.method == "hnd":
-        from splitdnn.distill.trainer import Distiller
-
-        return Distiller(config, run_dir, progress=progress).run(resume=resume)
-    return KDTrainer(config, run_dir, progress=progress).run(resume=resume)

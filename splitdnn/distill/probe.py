@@ -30,18 +30,13 @@ import torch
 from torch import nn
 
 from splitdnn.data import Sample, load_crops
+from splitdnn.distill.config import config_samples, load_config
+from splitdnn.metrics import top1
 from splitdnn.models import get_teacher
-from splitdnn.split import split_model
+from splitdnn.teacher import frozen_backbone, normalise_batch
 
 #: Bump when what a cache file means changes, so stale caches are not reused.
 _CACHE_VERSION = "1"
-
-
-def normalise_batch(crops: np.ndarray | torch.Tensor, spec) -> torch.Tensor:
-    """uint8 NHWC crops -> normalised float32 NCHW (channels-last memory, faster on CPU)."""
-    from splitdnn.distill.trainer import normalise_batch as _normalise
-
-    return _normalise(crops, spec)
 
 
 def _features_key(teacher_name: str, pretrained: bool, samples: Sequence[Sample]) -> str:
@@ -54,23 +49,6 @@ def _features_key(teacher_name: str, pretrained: bool, samples: Sequence[Sample]
     ]
     parts += [f"{s.path}:{s.label}" for s in samples]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def _backbone(teacher_name: str, pretrained: bool, cut: str | None) -> tuple[nn.Module, nn.Module]:
-    """(prefix up to ``cut``, the rest up to the pooled features); frozen, channels-last."""
-    spec = get_teacher(teacher_name)
-    model = spec.build(pretrained)
-    model.set_submodule(spec.classifier, nn.Identity())
-    if cut is None:
-        prefix, rest = nn.Identity(), model
-    else:
-        halves = split_model(model, cut)
-        prefix, rest = halves.head, halves.tail
-    for module in (prefix, rest):
-        module.requires_grad_(False)
-        module.to(memory_format=torch.channels_last)
-        module.eval()
-    return prefix, rest
 
 
 def extract_features(
@@ -114,7 +92,7 @@ def extract_features(
         return arrays
 
     spec = get_teacher(teacher_name)
-    prefix, rest = _backbone(teacher_name, pretrained, cut)
+    prefix, rest = frozen_backbone(teacher_name, pretrained, cut)
     crops = load_crops(samples, spec.preprocessing, progress)
     for flip in missing:
         out: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
@@ -173,11 +151,6 @@ def train_linear(
             optimiser.step()
         schedule.step()
     return probe.eval()
-
-
-def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    return 100.0 * float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
 
 @dataclass
@@ -277,8 +250,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     Takes data, split, seed and probe settings from a distillation config, so a probe is fitted
     on exactly the training images (and scored on exactly the validation images) of that run.
     """
-    from splitdnn.distill.config import config_samples, load_config
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("config", type=Path)
     parser.add_argument("--teacher", default=None, help="backbone; default: the config's")

@@ -28,7 +28,8 @@ IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger, Persian, Siamese, Egy
 @pytest.fixture(scope="module")
 def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from splitdnn.export import DEFAULT_ASSETS, export_default
+    from splitdnn.checkpoints import DEFAULT_ASSETS
+    from splitdnn.export import export_default
 
     out = tmp_path_factory.mktemp("default-bundle")
     export_default(DEFAULT_ASSETS, out)
@@ -57,10 +58,10 @@ def reference(default_bundle) -> dict[str, np.ndarray]:
     import torch
     from safetensors.torch import load_file
 
-    from splitdnn.distill.trainer import TeacherParts
-    from splitdnn.export import DEFAULT_ASSETS
+    from splitdnn.checkpoints import DEFAULT_ASSETS
     from splitdnn.models import get_teacher
     from splitdnn.students import build_student
+    from splitdnn.teacher import TeacherParts
 
     bundle = load_bundle(default_bundle)
     spec = get_teacher(bundle.manifest.teacher)

@@ -62,7 +62,7 @@ def test_serve_gateway_passes_both_urls(calls) -> None:
 def test_missing_bundle_is_a_message_and_exit_code(calls, tmp_path) -> None:
     result = runner.invoke(serve_app, ["tail", "--bundle", str(tmp_path)])
     assert result.exit_code == 2 and not calls
-    assert "export --default" in result.output
+    assert "export default" in result.output
 
 
 def test_bad_quantisation_is_refused(calls, toy_bundle_dir) -> None:

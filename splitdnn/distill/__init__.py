@@ -1,0 +1,6 @@
+"""Distillation: configs, losses, the epoch loop and the methods that plug into it.
+
+``config`` (what a run is) < ``losses``, ``augment`` < ``trainer`` (the one epoch loop) <
+``probe`` < the methods ``hnd`` and ``kd`` < ``methods`` (run a config by its method name).
+Nothing is imported here, so reading a config needs no training code.
+"""

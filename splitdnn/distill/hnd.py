@@ -1,0 +1,380 @@
+"""Head network distillation (``method: hnd``) on CPU: cache what is fixed, train what is not.
+
+What :class:`HeadDistillation` adds to the epoch loop of :mod:`.trainer`:
+
+1. Decode and crop every image once (uint8 arrays on disk in ``RUN/cache``).
+2. Run the frozen teacher once per image (and per flip): head outputs (the targets), pooled
+   features (for a linear probe and the generalised loss) and validation logits. The cache is
+   keyed by teacher, cut, preprocessing, seed and the exact sample lists, and its image counts
+   are checked when it is reused.
+3. With ``teacher.classifier: probe``, fit a linear classifier on the pooled features (or take
+   ``teacher.probe_from``).
+4. Run a student's frozen teacher prefix (variant ``teacher_init``) once per image, in memory.
+5. The loss: SSE on the head output (+ optional pooled-feature SSE and soft-target KL on the
+   classifier's logits, both through the frozen tail; optional random resized crops on part of
+   each batch, their targets computed then). The score: the mimic's validation top-1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitdnn.checkpoints import PROBE, StudentCheckpoint, load_linear, read_student, save_atomic
+from splitdnn.data import Sample, load_crops, samples_digest
+from splitdnn.distill.augment import random_resized_crops
+from splitdnn.distill.config import DistillConfig, config_samples
+from splitdnn.distill.losses import kd_loss, sse
+from splitdnn.distill.probe import train_linear
+from splitdnn.distill.trainer import Method
+from splitdnn.errors import CheckpointError, ConfigError
+from splitdnn.metrics import AgreementMeter
+from splitdnn.models import get_teacher
+from splitdnn.students import BottleneckStudent, build_student, student_split
+from splitdnn.teacher import normalise_batch, teacher_parts
+
+#: Bump when what a cache file means changes, so caches of older code are rebuilt.
+CACHE_VERSION = "2"
+BATCH = 32
+
+
+class HeadDistillation(Method):
+    """Runs one ``method: hnd`` config in one run directory."""
+
+    name = "hnd"
+    score_key = "mimic_top1"
+
+    def __init__(self, config: DistillConfig, run_dir: str | Path, progress: bool = True):
+        if config.method != self.name:
+            raise ConfigError(f"method {config.method!r} is not head network distillation")
+        super().__init__(config, run_dir, progress)
+        self.cache_dir = self.run_dir / "cache"
+        self.spec = get_teacher(config.teacher.name)
+        self.split_module = config.split_module or student_split(self.spec.name)
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def samples(self) -> tuple[list[Sample], list[Sample], list[str]]:
+        """Training and validation samples and class names: the run's deterministic split."""
+        train, val, classes, label_space = config_samples(self.config)
+        if self.config.teacher.classifier == "imagenet" and label_space != "imagenet":
+            self.log("note: labels are not ImageNet indices; top-1 is against folder classes")
+        return train, val, classes
+
+    def setup(self, fresh: bool) -> nn.Module:
+        cfg = self.config
+        _, self.parts = teacher_parts(self.spec.name, cfg.teacher.pretrained, self.split_module)
+        self.train_samples, self.val, self.classes = self.samples()
+        self.log(
+            f"{len(self.train_samples)} training / {len(self.val)} validation images, "
+            f"{len(self.classes)} classes"
+        )
+        self.cache = self._build_cache()
+        if cfg.teacher.classifier == "probe":
+            self.parts.classifier = self._probe().requires_grad_(False)
+        self.val_labels = torch.tensor([s.label for s in self.val])
+        with torch.no_grad():
+            self.teacher_val_logits = self.parts.classifier(self._array("val_feats"))
+        teacher_top1 = 100.0 * float(
+            (self.teacher_val_logits.argmax(1) == self.val_labels).float().mean()
+        )
+        self.log(f"teacher top-1 on validation: {teacher_top1:.2f}")
+
+        student = build_student(self.spec.name, cfg.student.bottleneck, cfg.student.variant)
+        student.to(memory_format=torch.channels_last)
+        if fresh and cfg.train.init_from is not None:
+            self._init_student(student, cfg.train.init_from)
+        self.student = student
+        self.prefix: dict[str, torch.Tensor] | None = None
+        if student.frozen_layers and cfg.augmentation.cache_teacher:
+            self.prefix = self._frozen_outputs(student)
+        heads, feats = self.cache["train_heads"], self.cache["train_feats"]
+        self.head_energy = float(
+            np.mean(np.square(np.asarray(heads[:256], np.float32))) * np.prod(heads.shape[1:])
+        )
+        self.feat_energy = float(np.mean(np.square(np.asarray(feats[:256]))) * feats.shape[1])
+        return student
+
+    def num_samples(self) -> int:
+        return len(self.train_samples)
+
+    def _array(self, name: str) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(self.cache[name]))
+
+    def _cache_key(self) -> str:
+        c = self.config
+        parts = [
+            CACHE_VERSION,
+            c.teacher.name,
+            str(c.teacher.pretrained),
+            self.split_module,
+            str(c.augmentation.hflip),
+            json.dumps(self.spec.preprocessing.to_dict()),
+            samples_digest(self.train_samples),
+            samples_digest(self.val),
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def _teacher_pass(self, crops: np.ndarray, flip: bool, desc: str):
+        """Head outputs (fp16) and pooled features of every crop, in batches."""
+        heads, feats = [], []
+        batches: Any = range(0, len(crops), BATCH)
+        if self.progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=desc, unit="batch")
+        with torch.no_grad():
+            for i in batches:
+                x = normalise_batch(crops[i : i + BATCH], self.spec.preprocessing)
+                h = self.parts.head(x.flip(3) if flip else x)
+                heads.append(h.half().numpy())
+                feats.append(self.parts.features(h).numpy())
+        return np.concatenate(heads), np.concatenate(feats)
+
+    def _cached(self, key: str, names: list[str]) -> dict[str, np.ndarray] | None:
+        """The cache of this key, if complete and of the right size; else None."""
+        meta_path = self.cache_dir / "meta.json"
+        if not meta_path.exists() or json.loads(meta_path.read_text()).get("key") != key:
+            return None
+        if not all((self.cache_dir / f"{n}.npy").exists() for n in names):
+            return None
+        cache = {n: np.load(self.cache_dir / f"{n}.npy", mmap_mode="r") for n in names}
+        sizes = {
+            n: len(self.val) if n.startswith("val") else len(self.train_samples) for n in names
+        }
+        if any(len(cache[n]) != sizes[n] for n in names):
+            return None
+        return cache
+
+    def _build_cache(self) -> dict[str, np.ndarray]:
+        key = self._cache_key()
+        names = ["train_crops", "val_crops", "train_heads", "train_feats", "val_feats"]
+        if self.config.augmentation.hflip:
+            names += ["flip_heads", "flip_feats"]
+        cached = self._cached(key, names)
+        if cached is not None:
+            self.log(f"using cached crops and teacher outputs in {self.cache_dir}")
+            return cached
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        (self.cache_dir / "meta.json").unlink(missing_ok=True)
+        spec = self.spec.preprocessing
+        cache: dict[str, np.ndarray] = {
+            "train_crops": load_crops(self.train_samples, spec, self.progress),
+            "val_crops": load_crops(self.val, spec, self.progress),
+        }
+        cache["train_heads"], cache["train_feats"] = self._teacher_pass(
+            cache["train_crops"], False, "teacher"
+        )
+        _, cache["val_feats"] = self._teacher_pass(cache["val_crops"], False, "teacher val")
+        if self.config.augmentation.hflip:
+            cache["flip_heads"], cache["flip_feats"] = self._teacher_pass(
+                cache["train_crops"], True, "teacher flip"
+            )
+        for name, array in cache.items():
+            np.save(self.cache_dir / f"{name}.npy", array)
+        meta = {"key": key, "train": len(self.train_samples), "val": len(self.val)}
+        (self.cache_dir / "meta.json").write_text(json.dumps(meta))
+        return cache
+
+    def _probe(self) -> nn.Linear:
+        """Linear classifier on the frozen pooled features (flipped copies included), or the
+        one ``teacher.probe_from`` names; kept in the run as ``classifier.pt``."""
+        path = self.run_dir / PROBE
+        probe = nn.Linear(self.parts.num_features, len(self.classes))
+        if path.exists():
+            return load_linear(path)
+        source = self.config.teacher.probe_from
+        if source is not None:
+            try:
+                probe = load_linear(source)
+            except CheckpointError as exc:
+                raise ConfigError(f"teacher.probe_from: {exc}") from None
+            if probe.weight.shape != (len(self.classes), self.parts.num_features):
+                raise ConfigError(
+                    f"teacher.probe_from: {source} maps {probe.in_features} features to "
+                    f"{probe.out_features} classes; this run needs "
+                    f"{self.parts.num_features} -> {len(self.classes)}"
+                )
+            self.log(f"probe taken from {source}")
+        else:
+            feats = [self._array("train_feats")]
+            if "flip_feats" in self.cache:
+                feats.append(self._array("flip_feats"))
+            labels = torch.tensor([s.label for s in self.train_samples]).repeat(len(feats))
+            p = self.config.probe
+            train_linear(
+                probe,
+                torch.cat(feats),
+                labels,
+                epochs=p.epochs,
+                lr=p.lr,
+                weight_decay=p.weight_decay,
+                seed=self.config.seed,
+            )
+        save_atomic(probe.state_dict(), path)
+        return probe.eval()
+
+    def _init_student(self, student: BottleneckStudent, source: Path) -> None:
+        """Load the weights of an earlier student of the same design (``train.init_from``)."""
+        try:
+            checkpoint = read_student(source)
+        except (CheckpointError, KeyError) as exc:
+            raise ConfigError(f"train.init_from: {exc}") from None
+        c = self.config
+        ours = (self.spec.name, self.split_module, c.student.bottleneck, c.student.variant)
+        if checkpoint.design != ours:
+            raise ConfigError(
+                f"train.init_from: {checkpoint.source} holds a student for "
+                f"{checkpoint.design}, this run needs {ours}"
+            )
+        student.load_state_dict(checkpoint.student)
+        self.log(f"student initialised from {checkpoint.source}")
+
+    def _frozen_outputs(self, student: BottleneckStudent) -> dict[str, torch.Tensor]:
+        """The student's frozen prefix run once on every crop (it never changes in training).
+
+        Kept in memory as fp32 (~0.4 MB an image for Lite2's 24x65x65), so epochs train only
+        what learns and validation sees exactly what inference computes.
+        """
+        frozen = student.frozen().eval()
+        jobs = [("train", "train_crops", False), ("val", "val_crops", False)]
+        if self.config.augmentation.hflip:
+            jobs.append(("flip", "train_crops", True))
+        outputs: dict[str, torch.Tensor] = {}
+        for name, key, flip in jobs:
+            crops = self.cache[key]
+            batches: Any = range(0, len(crops), BATCH)
+            if self.progress:
+                from tqdm import tqdm
+
+                batches = tqdm(batches, desc=f"frozen prefix {name}", unit="batch")
+            chunks = []
+            with torch.no_grad():
+                for i in batches:
+                    x = normalise_batch(crops[i : i + BATCH], self.spec.preprocessing)
+                    chunks.append(frozen(x.flip(3) if flip else x).contiguous())
+            outputs[name] = torch.cat(chunks)
+        return outputs
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def loss(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        x, target, feats = self._batch(idx, flip, rng)
+        student = self.student
+        out = student.forward_from_frozen(x) if self.prefix is not None else student(x)
+        loss = sse(out, target) / self.head_energy
+        tcfg = self.config.train
+        if tcfg.pooled_loss_weight > 0 or tcfg.logits_loss_weight > 0:
+            loss = loss + self.tail_loss(out, feats)
+        return loss
+
+    def tail_loss(self, out: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The terms measured after the frozen teacher tail, on the first share of the batch:
+        pooled-feature SSE (relative to the features' energy) and soft-target KL on logits."""
+        tcfg, parts = self.config.train, self.parts
+        k = max(1, round(len(out) * tcfg.pooled_loss_fraction))
+        pooled = parts.features(out[:k])
+        loss = tcfg.pooled_loss_weight * sse(pooled, feats[:k]) / self.feat_energy
+        if tcfg.logits_loss_weight > 0:
+            with torch.no_grad():
+                target = parts.classifier(feats[:k])
+            soft = kd_loss(parts.classifier(pooled), target, None, tcfg.logits_temperature)
+            loss = loss + tcfg.logits_loss_weight * soft
+        return loss
+
+    def _batch(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator):
+        """Student input, teacher head output and pooled features of one training batch.
+
+        Rows drawn for a random resized crop get a fresh view of their crop and the teacher's
+        outputs on that view; the other rows use the cached crops (or their frozen-prefix
+        outputs) and cached targets.
+        """
+        flip_rows = torch.from_numpy(flip)
+        prefix = self.prefix
+        if prefix is None:
+            x = normalise_batch(self.cache["train_crops"][idx], self.spec.preprocessing)
+            x[flip_rows] = x[flip_rows].flip(3)
+        else:  # prefix outputs are cached only together with the teacher's targets
+            x = prefix["train"][torch.from_numpy(idx)]
+            if flip.any():
+                x[flip_rows] = prefix["flip"][torch.from_numpy(idx[flip])]
+        crop = self.config.augmentation.random_crop
+        count = round(crop.probability * len(idx)) if crop else 0
+        if not crop or not count:
+            return (x, *self._targets(x, idx, flip))
+        # A fixed count per batch: one input shape for the teacher, no re-planning per step.
+        aug = np.zeros(len(idx), bool)
+        aug[rng.choice(len(idx), count, replace=False)] = True
+        raw = normalise_batch(self.cache["train_crops"][idx[aug]], self.spec.preprocessing)
+        views = random_resized_crops(raw, rng, crop.min_scale, crop.max_aspect, flip[aug])
+        rows = torch.from_numpy(aug)
+        with torch.no_grad():
+            x[rows] = views if prefix is None else self.student.frozen()(views)
+        # Cached targets, or (cache_teacher: false) the teacher run on x, views included.
+        target, feats = self._targets(x, idx, flip)
+        if self.config.augmentation.cache_teacher:
+            with torch.no_grad():
+                head = self.parts.head(views)
+                target[rows], feats[rows] = head, self.parts.features(head)
+        return x, target, feats
+
+    def _targets(self, x: torch.Tensor, idx: np.ndarray, flip: np.ndarray):
+        """Teacher head outputs and pooled features for a batch: cached, or computed now on
+        the input images ``x`` (``cache_teacher: false``, where there is no frozen prefix)."""
+        if self.config.augmentation.cache_teacher:
+            heads = np.asarray(self.cache["train_heads"][idx], np.float32)
+            feats = np.asarray(self.cache["train_feats"][idx])
+            if flip.any():
+                heads[flip] = np.asarray(self.cache["flip_heads"][idx[flip]], np.float32)
+                feats[flip] = np.asarray(self.cache["flip_feats"][idx[flip]])
+            return torch.from_numpy(heads), torch.from_numpy(feats)
+        with torch.no_grad():
+            head = self.parts.head(x)
+            return head, self.parts.features(head)
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def evaluate(self, batch_size: int = BATCH) -> dict[str, Any]:
+        """Teacher vs mimic (student + frozen teacher tail) on the validation images."""
+        self.student.eval()
+        meter = AgreementMeter()
+        with torch.no_grad():
+            for i in range(0, len(self.val), batch_size):
+                if self.prefix is not None:
+                    head = self.student.forward_from_frozen(self.prefix["val"][i : i + batch_size])
+                else:
+                    crops = self.cache["val_crops"][i : i + batch_size]
+                    head = self.student(normalise_batch(crops, self.spec.preprocessing))
+                meter.update(
+                    self.teacher_val_logits[i : i + batch_size],
+                    self.parts.tail(head),
+                    self.val_labels[i : i + batch_size],
+                )
+        return meter.result().to_dict()
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return (
+            f"teacher top-1 {record['teacher_top1']:.2f}, mimic top-1 "
+            f"{record['mimic_top1']:.2f}, agreement {record['top1_agreement']:.2f}"
+        )
+
+    def best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        probe = c.teacher.classifier == "probe"
+        return StudentCheckpoint(
+            teacher=self.spec.name,
+            split_module=self.split_module,
+            bottleneck=c.student.bottleneck,
+            variant=c.student.variant,
+            student=self.student.state_dict(),
+            probe=self.parts.classifier.state_dict() if probe else None,
+            classes=self.classes,
+            metrics=record,
+            config=c.model_dump(mode="json"),
+        ).to_payload()

@@ -1,0 +1,35 @@
+"""Every distillation method by its config name, and the one way to run a config.
+
+A new method is a :class:`~splitdnn.distill.trainer.Method` (a loss, a student, a score)
+registered here; the epoch loop, checkpoints, resume and metrics are the trainer's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from splitdnn.distill.config import DistillConfig
+from splitdnn.distill.hnd import HeadDistillation
+from splitdnn.distill.kd import WholeStudentDistillation
+from splitdnn.distill.trainer import Method, train
+
+#: ``method`` value -> the class that runs it.
+METHODS: dict[str, type[Method]] = {
+    "hnd": HeadDistillation,
+    "kd": WholeStudentDistillation,
+    "labels": WholeStudentDistillation,
+}
+
+
+def method_for(config: DistillConfig, run_dir: str | Path, progress: bool = True) -> Method:
+    """The method object that runs ``config`` in ``run_dir``."""
+    return METHODS[config.method](config, run_dir, progress=progress)
+
+
+def run_config(
+    config: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``config`` in ``run_dir`` (``resume``: continue from ``last.pt``); return the
+    trainer's summary."""
+    return train(method_for(config, run_dir, progress), resume=resume)

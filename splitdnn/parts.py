@@ -1,0 +1,113 @@
+"""What a bundle is made of, as torch modules: one assembly from a student checkpoint.
+
+A run directory (``best.pt``) and the committed default assets both read into a
+:class:`~splitdnn.checkpoints.StudentCheckpoint`; :func:`assemble` turns either into
+:class:`BundleParts`: the student, the frozen teacher cut at the split, one classifier per
+task (the teacher's own ImageNet head, plus the run's probe task) and the device-only model
+of local mode (its own ImageNet head plus probes for other tasks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from splitdnn.checkpoints import DEFAULT_LOCAL, StudentCheckpoint, linear_from_state
+from splitdnn.errors import CheckpointError
+from splitdnn.labels import imagenet_labels
+from splitdnn.models import TeacherSpec, get_teacher
+from splitdnn.students import BottleneckStudent
+from splitdnn.teacher import teacher_parts
+
+
+@dataclass
+class BundleParts:
+    """Everything a bundle is made of, as torch modules in eval mode.
+
+    ``classifiers`` act on the teacher's pooled features, ``local_classifiers`` on the local
+    model's; both map task name -> linear layer. ``labels`` has every task of the bundle.
+    """
+
+    name: str
+    teacher: TeacherSpec
+    split_module: str
+    student: BottleneckStudent
+    teacher_model: nn.Module  # the whole teacher (its classifier replaced), for MAC counts
+    teacher_head: nn.Module
+    teacher_features: nn.Module
+    classifiers: dict[str, nn.Module]
+    labels: dict[str, list[str]]
+    local: TeacherSpec
+    local_backbone: nn.Module
+    local_classifiers: dict[str, nn.Module]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_task(self) -> str:
+        """What a request without ``task`` gets: ImageNet when the bundle has it."""
+        return "imagenet" if "imagenet" in self.labels else next(iter(self.labels))
+
+
+def local_parts(
+    name: str, probes: Mapping[str, nn.Module] | None = None
+) -> tuple[TeacherSpec, nn.Module, dict[str, nn.Module]]:
+    """A device-only model (its real weights) as (spec, backbone, classifiers per task).
+
+    Its own classifier is the ``imagenet`` task; ``probes`` add other tasks on its features.
+    """
+    spec = get_teacher(name)
+    model = spec.build(True)
+    own = model.get_submodule(spec.classifier)
+    model.set_submodule(spec.classifier, nn.Identity())
+    classifiers: dict[str, nn.Module] = {"imagenet": own} if spec.num_classes == 1000 else {}
+    classifiers.update(probes or {})
+    return spec, model.eval(), classifiers
+
+
+def assemble(
+    checkpoint: StudentCheckpoint,
+    *,
+    name: str,
+    local: str | None = None,
+    local_probes: Mapping[str, nn.Module] | None = None,
+) -> BundleParts:
+    """:class:`BundleParts` of a student checkpoint. ``local`` (default: the checkpoint's,
+    else EfficientNet-Lite0) is the device-only model; ``local_probes`` (task -> linear layer)
+    add tasks to it, on top of the checkpoint's own local probe (default assets carry one)."""
+    spec = get_teacher(checkpoint.teacher)
+    student = checkpoint.build_student()
+    model, parts = teacher_parts(spec.name, checkpoint.pretrained, checkpoint.split_module)
+    classifiers: dict[str, nn.Module] = {}
+    labels: dict[str, list[str]] = {}
+    if spec.num_classes == 1000:
+        classifiers["imagenet"], labels["imagenet"] = parts.classifier, list(imagenet_labels())
+    if checkpoint.probe is not None and checkpoint.task and checkpoint.classes:
+        classifiers[checkpoint.task] = linear_from_state(checkpoint.probe)
+        labels[checkpoint.task] = list(checkpoint.classes)
+    if not classifiers:
+        raise CheckpointError(f"{spec.name} has neither an ImageNet head nor a probe to export")
+    probes: dict[str, nn.Module] = {}
+    if checkpoint.local_probe is not None and checkpoint.task:
+        probes[checkpoint.task] = linear_from_state(checkpoint.local_probe)
+    probes.update(local_probes or {})
+    local_spec, backbone, local_classifiers = local_parts(
+        local or checkpoint.local or DEFAULT_LOCAL, probes
+    )
+    return BundleParts(
+        name=name,
+        teacher=spec,
+        split_module=checkpoint.split_module,
+        student=student,
+        teacher_model=model,
+        teacher_head=parts.head,
+        teacher_features=parts.features,
+        classifiers=classifiers,
+        labels=labels,
+        local=local_spec,
+        local_backbone=backbone,
+        local_classifiers=local_classifiers,
+        metrics={"validation": checkpoint.metrics} if checkpoint.metrics else {},
+    )
