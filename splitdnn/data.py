@@ -106,14 +106,22 @@ def split_per_class(
     dataset: Dataset, val_fraction: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
     """Seeded split that holds out ``val_fraction`` of every class (at least one image of any
-    class with two or more), so the same config always gives the same validation set."""
+    class with two or more), so the same config always gives the same validation set.
+
+    Classes with a single image (the ImageNet sample: one photo per class) are pooled and split
+    together, so ``val_fraction`` of them is held out rather than all or none.
+    """
     by_class: dict[int, list[Sample]] = defaultdict(list)
     for sample in dataset.samples:
         by_class[sample.label].append(sample)
+    groups = [by_class[label] for label in sorted(by_class) if len(by_class[label]) > 1]
+    singles = [by_class[label][0] for label in sorted(by_class) if len(by_class[label]) == 1]
+    if singles:
+        groups.append(singles)
     rng = random.Random(seed)
     train, val = [], []
-    for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda s: str(s.path))
+    for group in groups:
+        items = sorted(group, key=lambda s: str(s.path))
         rng.shuffle(items)
         n_val = round(len(items) * val_fraction)
         if val_fraction > 0 and len(items) >= 2:

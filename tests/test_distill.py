@@ -380,3 +380,51 @@ def test_init_from_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.init_from: cannot read"):
         distil(_config(shapes, epochs=1, init_from=str(first)), tmp_path / "second")
     assert not marker.exists()
+
+
+# -- more inputs for the label-free losses ---------------------------------------------------
+
+
+def test_unlabelled_images_train_the_head_but_not_the_probe(shapes, tmp_path):
+    extra = make_shape_dataset(tmp_path / "extra", per_class=2)
+    config = _config(shapes, epochs=1, max_steps_per_epoch=2, imagenet_logits_loss_weight=1.0)
+    config["data"]["unlabelled"] = [{"root": str(extra)}]
+    config["train"]["keep"] = "last"
+    run = tmp_path / "run"
+    method = HeadDistillation(parse_config(config), run, progress=False)
+    result = train(method)
+    labelled = len(config_samples(parse_config(config))[0])
+    assert method.labelled == labelled
+    assert len(method.train_samples) == labelled + 2 * len(SHAPES)
+    assert len(np.load(run / "cache" / "train_heads.npy", mmap_mode="r")) == labelled + 6
+    assert all(s.label == -1 for s in method.train_samples[labelled:])
+    assert method.imagenet_classifier is not None  # the teacher's own head, beside the probe
+    assert result["best"]["images"] == 3  # validation: the labelled root only
+
+
+def test_keep_last_saves_the_last_epoch_whatever_its_score(shapes, tmp_path):
+    run = tmp_path / "run"
+    config = _config(shapes, epochs=3, keep="last")
+    distil(config, run)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["metrics"]["epoch"] == 3
+
+
+def test_the_imagenet_term_adds_a_soft_target_kl_on_the_teachers_own_head(shapes, tmp_path):
+    from splitdnn.distill.losses import kd_loss
+    from splitdnn.teacher import teacher_parts
+
+    config = parse_config(
+        _config(shapes, pooled_loss_fraction=1.0, imagenet_logits_loss_weight=0.5)
+    )
+    method = HeadDistillation(config, tmp_path / "unit", progress=False)
+    _, parts = teacher_parts(method.spec.name, True, method.split_module)
+    method.parts, method.feat_energy = parts, 1.0
+    method.imagenet_classifier = torch.nn.Linear(1280, 1000)
+    head = parts.head(torch.randn(2, 3, 224, 224)).detach()
+    feats, noisy = parts.features(head), head + torch.randn_like(head)
+    with torch.no_grad():
+        pooled = parts.features(noisy)
+        imagenet = method.imagenet_classifier
+        expected = 0.5 * kd_loss(imagenet(pooled), imagenet(feats), None, 4.0)
+        assert method.tail_loss(noisy, feats).item() == pytest.approx(expected.item(), rel=1e-5)

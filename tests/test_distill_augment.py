@@ -143,3 +143,51 @@ def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
     result = train(HeadDistillation(parse_config(config), run, progress=False))
     assert checked == [4, 4]
     assert result["best_epoch"] == 1 and (run / "best.pt").exists()
+
+
+def test_mixup_blends_and_cutmix_pastes_a_box_of_the_partner():
+    import numpy as np
+
+    from splitdnn.distill.augment import mix_pairs
+
+    a, b = torch.zeros(4, 3, 16, 16), torch.ones(4, 3, 16, 16)
+    blend = mix_pairs(a, b, np.random.default_rng(0), "mixup", 1.0)
+    per_row = blend.mean(dim=(1, 2, 3))
+    assert torch.allclose(blend, per_row[:, None, None, None].expand_as(blend))  # one weight each
+    assert torch.all((per_row > 0) & (per_row < 1))
+    pasted = mix_pairs(a, b, np.random.default_rng(0), "cutmix", 1.0)
+    assert set(pasted.unique().tolist()) <= {0.0, 1.0} and 0 < pasted.mean() < 1
+    again = mix_pairs(a, b, np.random.default_rng(0), "cutmix", 1.0)
+    assert torch.equal(pasted, again)  # the same generator state, the same boxes
+
+
+def test_mixed_views_train_with_the_teachers_outputs_on_them(shapes, tmp_path, monkeypatch):  # noqa: F811
+    import splitdnn.distill.hnd as hnd
+
+    config = _config(shapes, epochs=1, max_steps_per_epoch=2)
+    config["augmentation"] = {"hflip": True, "mix": {"mode": "cutmix", "probability": 0.5}}
+    mixed: list = []
+    real = hnd.mix_pairs
+
+    def recorded(*args, **kwargs):
+        mixed.append(real(*args, **kwargs))
+        return mixed[-1]
+
+    monkeypatch.setattr(hnd, "mix_pairs", recorded)
+    checked = []
+    original = HeadDistillation._batch
+
+    def checking(self, idx, flip, rng):
+        x, target, feats = original(self, idx, flip, rng)
+        views = mixed[-1]
+        with torch.no_grad():
+            head = self.parts.head(views)
+        rows = [any(torch.equal(v, row) for row in x) for v in views]
+        assert all(rows)  # the student sees the mixed images
+        assert any(torch.allclose(t, head[0], atol=1e-4) for t in target)
+        checked.append(len(views))
+        return x, target, feats
+
+    monkeypatch.setattr(HeadDistillation, "_batch", checking)
+    train(HeadDistillation(parse_config(config), tmp_path / "run", progress=False))
+    assert checked == [2, 2]

@@ -12,7 +12,7 @@ from splitdnn.errors import UnknownNameError
 from splitdnn.models import get_teacher
 from splitdnn.profile import count_macs, head_macs, student_costs
 from splitdnn.split import split_model
-from splitdnn.students import BottleneckStudent, MimicModel, build_student
+from splitdnn.students import MimicModel, build_student
 
 PAPER_TEACHERS = ["densenet169", "densenet201", "resnet152", "inception_v3"]
 LITE_TEACHERS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]

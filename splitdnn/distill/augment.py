@@ -1,4 +1,5 @@
-"""Training-time views of the cached crops: random resized crops drawn from a seeded generator.
+"""Training-time views of the cached crops, drawn from a seeded generator: random resized
+crops and mixed pairs of images.
 
 The cached crops are the centre crops inference sees; a random resized crop (torchvision's
 ``RandomResizedCrop``: a box of ``min_scale``..1 of the area, aspect ``1/max_aspect`` ..
@@ -59,3 +60,28 @@ def random_resized_crops(
             view = view.flip(2)
         views.append(view)
     return torch.stack(views).contiguous(memory_format=torch.channels_last)
+
+
+def mix_pairs(
+    x: torch.Tensor,
+    partner: torch.Tensor,
+    rng: np.random.Generator,
+    mode: str,
+    alpha: float,
+) -> torch.Tensor:
+    """Each image of an NCHW batch mixed with the same row of ``partner``: ``mixup`` blends
+    the two with a Beta(alpha, alpha) weight, ``cutmix`` pastes a box of the partner whose
+    area share is 1 - weight (Zhang et al. 2018; Yun et al. 2019)."""
+    out = x.clone()
+    n, _, height, width = x.shape
+    for i in range(n):
+        weight = float(rng.beta(alpha, alpha))
+        if mode == "mixup":
+            out[i] = weight * x[i] + (1.0 - weight) * partner[i]
+            continue
+        box_h, box_w = round(height * math.sqrt(1 - weight)), round(width * math.sqrt(1 - weight))
+        cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+        top, left = max(cy - box_h // 2, 0), max(cx - box_w // 2, 0)
+        bottom, right = min(top + box_h, height), min(left + box_w, width)
+        out[i, :, top:bottom, left:right] = partner[i, :, top:bottom, left:right]
+    return out.contiguous(memory_format=torch.channels_last)

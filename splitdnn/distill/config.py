@@ -65,12 +65,29 @@ class StudentConfig(_Strict):
     variant: Literal["caltech101", "imagenet", "teacher_init"] = "caltech101"
 
 
+class UnlabelledSource(_Strict):
+    """More training inputs for the label-free losses (their labels, if any, are not used).
+
+    ``val_fraction``/``seed`` hold out the same images that ``splitdnn evaluate --split val
+    --val-fraction F --seed S`` scores, so a labelled set can feed training and still keep a
+    held-out part for the figures (e.g. the ImageNet sample: 0.75 held out).
+    """
+
+    root: Path
+    list: str | None = None
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
 class DataConfig(_Strict):
     root: Path
     list: str | None = None
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     #: Keep at most this many images per class (quick experiments and tests).
     per_class_limit: int | None = Field(default=None, ge=1)
+    #: Extra images for the label-free distillation losses (``method: hnd``); the probe and
+    #: the validation figures use ``root`` only.
+    unlabelled: tuple[UnlabelledSource, ...] = ()
 
 
 class RandomCropConfig(_Strict):
@@ -85,6 +102,18 @@ class RandomCropConfig(_Strict):
     max_aspect: float = Field(default=4 / 3, ge=1)
 
 
+class MixConfig(_Strict):
+    """Mixed pairs of training images (``mixup``: a weighted average; ``cutmix``: a box of one
+    pasted into the other), the teacher run on each mixed image for its targets. Widens what
+    the student sees between the images it has (Zhang et al. 2018; Yun et al. 2019)."""
+
+    mode: Literal["mixup", "cutmix"] = "cutmix"
+    #: Share of each batch (a fixed count) replaced by mixed images.
+    probability: float = Field(default=0.5, gt=0, le=1)
+    #: Beta(alpha, alpha) draws the mixing weight (mixup) or the box's area share (cutmix).
+    alpha: float = Field(default=1.0, gt=0)
+
+
 class AugmentConfig(_Strict):
     hflip: bool = True
     #: Cache the teacher's outputs (and the decoded crops) once instead of every epoch: the
@@ -94,6 +123,8 @@ class AugmentConfig(_Strict):
     #: cached, so they cost a teacher pass each (measured on 2 CPU cores with EfficientNet-Lite2
     #: at 0.5: 17 images/s against 36 without, about 2x the epoch time).
     random_crop: RandomCropConfig | None = None
+    #: Mixed pairs of images (``null``: none); like random crops, a teacher pass each.
+    mix: MixConfig | None = None
 
 
 class OptimizerConfig(_Strict):
@@ -118,6 +149,12 @@ class TrainConfig(_Strict):
     #: targets are the teacher's logits on the same image.
     logits_loss_weight: float = Field(default=0.0, ge=0)
     logits_temperature: float = Field(default=4.0, gt=0)
+    #: With ``classifier: probe``: the same soft-target KL on the teacher's own ImageNet
+    #: classifier too, so the student serves both tasks of the bundle.
+    imagenet_logits_loss_weight: float = Field(default=0.0, ge=0)
+    #: Which epoch ``best.pt`` keeps: the best validation score (``best``), or the last
+    #: (``last``: validation images then pick nothing and stay fit for honest figures).
+    keep: Literal["best", "last"] = "best"
     #: Start the student from this run directory's ``best.pt`` (or this checkpoint file)
     #: instead of from scratch: a second stage, e.g. the pooled-feature loss after plain SSE.
     init_from: Path | None = None
@@ -214,8 +251,9 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
     except ValidationError as exc:
         raise ConfigError(f"invalid config: {_format(exc)}") from None
     if base_dir is not None:
-        for section, key in PATH_KEYS:
-            part = getattr(config, section)
+        parts = [(getattr(config, section), key) for section, key in PATH_KEYS]
+        parts += [(source, "root") for source in config.data.unlabelled]
+        for part, key in parts:
             path = getattr(part, key)
             if path is not None and not path.is_absolute():
                 setattr(part, key, (base_dir / path).resolve())
@@ -239,3 +277,12 @@ def config_samples(config: DistillConfig) -> tuple[list[Sample], list[Sample], l
     :func:`splitdnn.data.select_samples`, which holds the logic)."""
     c = config.data
     return select_samples(c.root, c.list, c.val_fraction, config.seed, c.per_class_limit)
+
+
+def unlabelled_samples(config: DistillConfig) -> list[Sample]:
+    """The training part of every ``data.unlabelled`` source, in config order (label -1)."""
+    out: list[Sample] = []
+    for source in config.data.unlabelled:
+        train = select_samples(source.root, source.list, source.val_fraction, source.seed)[0]
+        out += [Sample(s.path, -1) for s in train]
+    return out

@@ -28,8 +28,8 @@ from torch import nn
 
 from splitdnn.checkpoints import PROBE, StudentCheckpoint, load_linear, read_student, save_atomic
 from splitdnn.data import Sample, load_crops, samples_digest
-from splitdnn.distill.augment import random_resized_crops
-from splitdnn.distill.config import DistillConfig, config_samples
+from splitdnn.distill.augment import mix_pairs, random_resized_crops
+from splitdnn.distill.config import DistillConfig, config_samples, unlabelled_samples
 from splitdnn.distill.losses import kd_loss, sse
 from splitdnn.distill.probe import train_linear
 from splitdnn.distill.trainer import Method
@@ -57,6 +57,8 @@ class HeadDistillation(Method):
         self.cache_dir = self.run_dir / "cache"
         self.spec = get_teacher(config.teacher.name)
         self.split_module = config.split_module or student_split(self.spec.name)
+        #: The teacher's own ImageNet head, kept beside a probe for its soft-target term.
+        self.imagenet_classifier: nn.Module | None = None
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -70,13 +72,17 @@ class HeadDistillation(Method):
     def setup(self, fresh: bool) -> nn.Module:
         cfg = self.config
         _, self.parts = teacher_parts(self.spec.name, cfg.teacher.pretrained, self.split_module)
-        self.train_samples, self.val, self.classes = self.samples()
+        labelled, self.val, self.classes = self.samples()
+        self.labelled = len(labelled)
+        self.train_samples = labelled + unlabelled_samples(cfg)
         self.log(
-            f"{len(self.train_samples)} training / {len(self.val)} validation images, "
-            f"{len(self.classes)} classes"
+            f"{self.labelled} training + {len(self.train_samples) - self.labelled} unlabelled "
+            f"/ {len(self.val)} validation images, {len(self.classes)} classes"
         )
         self.cache = self._build_cache()
         if cfg.teacher.classifier == "probe":
+            if self.spec.num_classes == 1000:
+                self.imagenet_classifier = self.parts.classifier
             self.parts.classifier = self._probe().requires_grad_(False)
         self.val_labels = torch.tensor([s.label for s in self.val])
         with torch.no_grad():
@@ -203,10 +209,11 @@ class HeadDistillation(Method):
                 )
             self.log(f"probe taken from {source}")
         else:
-            feats = [self._array("train_feats")]
+            n = self.labelled  # unlabelled images come after the labelled ones
+            feats = [self._array("train_feats")[:n]]
             if "flip_feats" in self.cache:
-                feats.append(self._array("flip_feats"))
-            labels = torch.tensor([s.label for s in self.train_samples]).repeat(len(feats))
+                feats.append(self._array("flip_feats")[:n])
+            labels = torch.tensor([s.label for s in self.train_samples[:n]]).repeat(len(feats))
             p = self.config.probe
             train_linear(
                 probe,
@@ -239,8 +246,9 @@ class HeadDistillation(Method):
     def _frozen_outputs(self, student: BottleneckStudent) -> dict[str, torch.Tensor]:
         """The student's frozen prefix run once on every crop (it never changes in training).
 
-        Kept in memory as fp32 (~0.4 MB an image for Lite2's 24x65x65), so epochs train only
-        what learns and validation sees exactly what inference computes.
+        Kept in memory, so epochs train only what learns: validation rows as fp32 (exactly
+        what inference computes), training rows as fp16 (~0.2 MB an image for Lite2's
+        24x65x65, so ten thousand images and their mirror images fit in 4 GB).
         """
         frozen = student.frozen().eval()
         jobs = [("train", "train_crops", False), ("val", "val_crops", False)]
@@ -258,7 +266,8 @@ class HeadDistillation(Method):
             with torch.no_grad():
                 for i in batches:
                     x = normalise_batch(crops[i : i + BATCH], self.spec.preprocessing)
-                    chunks.append(frozen(x.flip(3) if flip else x).contiguous())
+                    h = frozen(x.flip(3) if flip else x).contiguous()
+                    chunks.append(h if name == "val" else h.half())
             outputs[name] = torch.cat(chunks)
         return outputs
 
@@ -270,9 +279,14 @@ class HeadDistillation(Method):
         out = student.forward_from_frozen(x) if self.prefix is not None else student(x)
         loss = sse(out, target) / self.head_energy
         tcfg = self.config.train
-        if tcfg.pooled_loss_weight > 0 or tcfg.logits_loss_weight > 0:
+        tail_terms = (tcfg.pooled_loss_weight, tcfg.logits_loss_weight)
+        if any(w > 0 for w in tail_terms) or self._imagenet_term():
             loss = loss + self.tail_loss(out, feats)
         return loss
+
+    def _imagenet_term(self) -> bool:
+        weight = self.config.train.imagenet_logits_loss_weight
+        return weight > 0 and self.imagenet_classifier is not None
 
     def tail_loss(self, out: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """The terms measured after the frozen teacher tail, on the first share of the batch:
@@ -281,11 +295,15 @@ class HeadDistillation(Method):
         k = max(1, round(len(out) * tcfg.pooled_loss_fraction))
         pooled = parts.features(out[:k])
         loss = tcfg.pooled_loss_weight * sse(pooled, feats[:k]) / self.feat_energy
-        if tcfg.logits_loss_weight > 0:
-            with torch.no_grad():
-                target = parts.classifier(feats[:k])
-            soft = kd_loss(parts.classifier(pooled), target, None, tcfg.logits_temperature)
-            loss = loss + tcfg.logits_loss_weight * soft
+        heads = [(tcfg.logits_loss_weight, parts.classifier)]
+        if self.imagenet_classifier is not None:
+            heads.append((tcfg.imagenet_logits_loss_weight, self.imagenet_classifier))
+        for weight, classifier in heads:
+            if weight > 0:
+                with torch.no_grad():
+                    target = classifier(feats[:k])
+                soft = kd_loss(classifier(pooled), target, None, tcfg.logits_temperature)
+                loss = loss + weight * soft
         return loss
 
     def _batch(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator):
@@ -301,18 +319,12 @@ class HeadDistillation(Method):
             x = normalise_batch(self.cache["train_crops"][idx], self.spec.preprocessing)
             x[flip_rows] = x[flip_rows].flip(3)
         else:  # prefix outputs are cached only together with the teacher's targets
-            x = prefix["train"][torch.from_numpy(idx)]
+            x = prefix["train"][torch.from_numpy(idx)].float()
             if flip.any():
-                x[flip_rows] = prefix["flip"][torch.from_numpy(idx[flip])]
-        crop = self.config.augmentation.random_crop
-        count = round(crop.probability * len(idx)) if crop else 0
-        if not crop or not count:
+                x[flip_rows] = prefix["flip"][torch.from_numpy(idx[flip])].float()
+        views, aug = self._views(idx, flip, rng)
+        if views is None:
             return (x, *self._targets(x, idx, flip))
-        # A fixed count per batch: one input shape for the teacher, no re-planning per step.
-        aug = np.zeros(len(idx), bool)
-        aug[rng.choice(len(idx), count, replace=False)] = True
-        raw = normalise_batch(self.cache["train_crops"][idx[aug]], self.spec.preprocessing)
-        views = random_resized_crops(raw, rng, crop.min_scale, crop.max_aspect, flip[aug])
         rows = torch.from_numpy(aug)
         with torch.no_grad():
             x[rows] = views if prefix is None else self.student.frozen()(views)
@@ -323,6 +335,34 @@ class HeadDistillation(Method):
                 head = self.parts.head(views)
                 target[rows], feats[rows] = head, self.parts.features(head)
         return x, target, feats
+
+    def _views(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator):
+        """New images for a fixed share of the batch (one input shape for the teacher, no
+        re-planning per step): random resized crops and/or mixed pairs, mirrored as drawn.
+        Returns (views, which rows) or (None, None) when augmentation is off."""
+        augment = self.config.augmentation
+        crop, mix = augment.random_crop, augment.mix
+        share = max(crop.probability if crop else 0.0, mix.probability if mix else 0.0)
+        count = round(share * len(idx))
+        if not count:
+            return None, None
+        aug = np.zeros(len(idx), bool)
+        aug[rng.choice(len(idx), count, replace=False)] = True
+        spec = self.spec.preprocessing
+        raw = normalise_batch(self.cache["train_crops"][idx[aug]], spec)
+        if crop:
+            views = random_resized_crops(raw, rng, crop.min_scale, crop.max_aspect, flip[aug])
+        else:
+            views = raw
+            mirrored = torch.from_numpy(flip[aug])
+            views[mirrored] = views[mirrored].flip(3)
+        if mix:
+            partners = rng.integers(0, len(idx), count)
+            other = normalise_batch(self.cache["train_crops"][idx[partners]], spec)
+            mirrored = torch.from_numpy(flip[partners])
+            other[mirrored] = other[mirrored].flip(3)
+            views = mix_pairs(views, other, rng, mix.mode, mix.alpha)
+        return views, aug
 
     def _targets(self, x: torch.Tensor, idx: np.ndarray, flip: np.ndarray):
         """Teacher head outputs and pooled features for a batch: cached, or computed now on

@@ -13,7 +13,8 @@ here, once:
   ``--resume`` continues at the saved epoch and step;
 * after every epoch: the method's validation metrics, one line in ``metrics.jsonl`` (a fresh
   run starts the file anew; a resumed run drops lines of epochs it trains again), a log line,
-  and ``best.pt`` when the method's score improved.
+  and ``best.pt`` when the method's score improved (or every epoch with ``train.keep:
+  last``, so that validation images pick no checkpoint).
 
 ``train`` returns a summary: the best and the last epoch's records (and the untrained
 student's, for methods that score it as epoch 0).
@@ -204,7 +205,8 @@ def train(method: Method, resume: bool = False) -> dict[str, Any]:
         _append(metrics_path, record)
         method.log(f"epoch {epoch + 1}: loss {running:.4f}, {method.describe(record)}")
         score = record[method.score_key]
-        if state["best_score"] is None or score > state["best_score"]:
+        improved = state["best_score"] is None or score > state["best_score"]
+        if tcfg.keep == "last" or improved:
             state["best_score"], state["best_epoch"], state["best"] = score, epoch + 1, record
             save_atomic(method.best_payload(record), best_path)
         state["last"] = record
