@@ -31,7 +31,7 @@ from splitdnn.data import Sample, load_crops, samples_digest
 from splitdnn.distill.augment import mix_pairs, random_resized_crops
 from splitdnn.distill.config import DistillConfig, config_samples, unlabelled_samples
 from splitdnn.distill.losses import kd_loss, sse
-from splitdnn.distill.probe import train_linear
+from splitdnn.distill.probe import fit_probe
 from splitdnn.distill.trainer import Method
 from splitdnn.errors import CheckpointError, ConfigError
 from splitdnn.metrics import AgreementMeter
@@ -210,20 +210,10 @@ class HeadDistillation(Method):
             self.log(f"probe taken from {source}")
         else:
             n = self.labelled  # unlabelled images come after the labelled ones
-            feats = [self._array("train_feats")[:n]]
-            if "flip_feats" in self.cache:
-                feats.append(self._array("flip_feats")[:n])
-            labels = torch.tensor([s.label for s in self.train_samples[:n]]).repeat(len(feats))
-            p = self.config.probe
-            train_linear(
-                probe,
-                torch.cat(feats),
-                labels,
-                epochs=p.epochs,
-                lr=p.lr,
-                weight_decay=p.weight_decay,
-                seed=self.config.seed,
-            )
+            labels = torch.tensor([s.label for s in self.train_samples[:n]])
+            mirrored = self.cache["flip_feats"][:n] if "flip_feats" in self.cache else None
+            pooled = self.cache["train_feats"][:n]
+            fit_probe(probe, pooled, labels, self.config.probe, self.config.seed, mirrored)
         save_atomic(probe.state_dict(), path)
         return probe.eval()
 

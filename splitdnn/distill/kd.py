@@ -43,7 +43,7 @@ from splitdnn.checkpoints import KD_STUDENT_KIND, PROBE, load_linear, save_atomi
 from splitdnn.data import Sample
 from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import kd_loss
-from splitdnn.distill.probe import extract_features, train_linear
+from splitdnn.distill.probe import extract_features, fit_probe
 from splitdnn.distill.trainer import Method
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.metrics import top1, topk_hits
@@ -163,20 +163,9 @@ class WholeStudentDistillation(Method):
 
     def _fit_probe(self, probe: nn.Linear, feats: dict[str, np.ndarray], path: Path) -> None:
         """Train ``probe`` on the pooled features (mirrored copies too) and save it."""
-        parts = [torch.from_numpy(np.array(feats["pooled"]))]
-        if "flip_pooled" in feats:
-            parts.append(torch.from_numpy(np.array(feats["flip_pooled"])))
-        labels = torch.tensor([s.label for s in self.train_samples]).repeat(len(parts))
-        p = self.config.probe
-        train_linear(
-            probe,
-            torch.cat(parts),
-            labels,
-            epochs=p.epochs,
-            lr=p.lr,
-            weight_decay=p.weight_decay,
-            seed=self.config.seed,
-        )
+        labels = torch.tensor([s.label for s in self.train_samples])
+        c = self.config
+        fit_probe(probe, feats["pooled"], labels, c.probe, c.seed, feats.get("flip_pooled"))
         save_atomic(probe.state_dict(), path)
 
     def teacher_logits(self) -> dict[str, torch.Tensor]:

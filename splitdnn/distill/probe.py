@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from splitdnn.data import Sample, load_crops
-from splitdnn.distill.config import config_samples, load_config
+from splitdnn.distill.config import ProbeConfig, config_samples, load_config
 from splitdnn.metrics import top1
 from splitdnn.models import get_teacher
 from splitdnn.teacher import frozen_backbone, normalise_batch
@@ -153,6 +153,30 @@ def train_linear(
     return probe.eval()
 
 
+def fit_probe(
+    probe: nn.Linear,
+    pooled: np.ndarray | torch.Tensor,
+    labels: torch.Tensor,
+    settings: ProbeConfig,
+    seed: int,
+    mirrored: np.ndarray | torch.Tensor | None = None,
+) -> nn.Linear:
+    """Train ``probe`` on a teacher's pooled features of labelled images (and of their mirror
+    images, which share the labels) with the config's probe settings."""
+    feats = [torch.as_tensor(np.asarray(pooled))]
+    if mirrored is not None:
+        feats.append(torch.as_tensor(np.asarray(mirrored)))
+    return train_linear(
+        probe,
+        torch.cat(feats),
+        labels.repeat(len(feats)),
+        epochs=settings.epochs,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        seed=seed,
+    )
+
+
 @dataclass
 class ProbeResult:
     """A fitted probe and how well it does on the held-out images."""
@@ -198,13 +222,10 @@ def fit_linear_probe(
     va = extract_features(
         teacher_name, val, cut=cut, pretrained=pretrained, cache_dir=cache_dir, progress=progress
     )
-    feats = [torch.from_numpy(np.array(tr["pooled"]))]
-    if hflip:
-        feats.append(torch.from_numpy(np.array(tr["flip_pooled"])))
-    x = torch.cat(feats)
-    y = torch.tensor([s.label for s in train]).repeat(len(feats))
-    probe = nn.Linear(x.shape[1], num_classes)
-    train_linear(probe, x, y, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+    probe = nn.Linear(tr["pooled"].shape[1], num_classes)
+    settings = ProbeConfig(epochs=epochs, lr=lr, weight_decay=weight_decay)
+    labels = torch.tensor([s.label for s in train])
+    fit_probe(probe, tr["pooled"], labels, settings, seed, tr["flip_pooled"] if hflip else None)
     with torch.no_grad():
         logits = probe(torch.from_numpy(np.array(va["pooled"])))
     val_top1 = top1(logits, torch.tensor([s.label for s in val]))
