@@ -31,7 +31,7 @@ from splitdnn.labels import imagenet_labels
 from splitdnn.metrics import AgreementMeter, topk_indices
 from splitdnn.models import get_teacher
 from splitdnn.profile import count_macs, head_macs
-from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner
+from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads
 from splitdnn.teacher import normalise_batch, teacher_parts
 
 #: The split precisions scored for a bundle, as the head can send them.
@@ -244,13 +244,15 @@ def evaluate_bundle(
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Every served mode of a bundle on the same images, as the services compute them.
 
     Keys name mode and precision: ``offload_top1``, ``split_fp32_top1``,
     ``split_uint8_top1``, ``local_top1`` (and ``_top5``; ``_agreement`` with the teacher;
     ``_gap`` to the teacher with ``_gap_ci95``). ``local`` is left out when the bundle's
-    local model has no classifier for the task.
+    local model has no classifier for the task. ``threads``: ONNX Runtime threads per model
+    (0: onnxruntime decides).
     """
     started = time.perf_counter()
     bundle = load_bundle(bundle_dir)
@@ -265,9 +267,10 @@ def evaluate_bundle(
         raise DataError("no images to evaluate")
 
     spec, local_spec = bundle.preprocessing, bundle.local_preprocessing
-    device, server = DeviceRunner(bundle), ServerRunner(bundle)
-    offload = ImageClassifier(bundle, "offload")
-    local = ImageClassifier(bundle, "local")
+    pool = Threads(intra_op=threads, inter_op=min(threads, 1))
+    device, server = DeviceRunner(bundle, pool), ServerRunner(bundle, pool)
+    offload = ImageClassifier(bundle, "offload", pool)
+    local = ImageClassifier(bundle, "local", pool)
     has_local = task in manifest.metrics.get("local_tasks", [task])
     modes = ["offload", *(f"split_{p}" for p in SPLIT_PRECISIONS)]
     modes += ["local"] if has_local else []

@@ -1,0 +1,176 @@
+"""Accuracy of every served mode of a bundle on held-out images, and the report of all runs.
+
+python benchmarks/accuracy_by_mode.py evaluate BUNDLE --name NAME [--threads 1]
+    Caltech-101: the 578 validation images (10 % per class, seed 0), which neither the
+    probes nor the students trained on; ImageNet: the 750 held-out photos of the ImageNet
+    sample (val_fraction 0.75, seed 0), which no stage trained on. One JSON per task in
+    benchmarks/results/accuracy/NAME-TASK.json (splitdnn.evaluate.evaluate_bundle).
+python benchmarks/accuracy_by_mode.py report
+    accuracy.md (a table per task: top-1 of every mode, agreement, gaps with 95 % CI)
+    and accuracy.png (top-1 by mode, bundle and task) from every JSON there.
+python benchmarks/accuracy_by_mode.py curves RUN_DIR --name NAME
+    copies RUN_DIR/metrics.jsonl to benchmarks/results/distill/NAME.jsonl and plots it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
+DATA = ROOT.parent / "shared" / "data"
+#: task -> (data folder, list file, val_fraction, seed): the held-out images of each task.
+HELD_OUT = {
+    "caltech101": ("caltech101", "train.txt", 0.1, 0),
+    "imagenet": ("imagenet-sample", None, 0.75, 0),
+}
+MODES = ("offload", "split_fp32", "split_fp16", "split_uint8", "local")
+
+
+def evaluate(bundle: Path, name: str, data: Path, threads: int, limit: int | None) -> None:
+    from splitdnn.evaluate import evaluate_bundle
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for task, (folder, list_file, fraction, seed) in HELD_OUT.items():
+        report = evaluate_bundle(
+            bundle,
+            data / folder,
+            list_file,
+            task=task,
+            split="val",
+            val_fraction=fraction,
+            seed=seed,
+            limit=limit,
+            progress=True,
+            threads=threads,
+        )
+        report["name"] = name
+        path = RESULTS / f"{name}-{task}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def _row(r: dict) -> str:
+    cells = [r["name"], str(r["images"])]
+    for mode in MODES:
+        cells.append(f"{r[f'{mode}_top1']:.2f}" if f"{mode}_top1" in r else "–")
+    for mode in ("split_uint8", "local"):
+        if f"{mode}_gap" in r:
+            low, high = r[f"{mode}_gap_ci95"]
+            cells.append(f"{r[f'{mode}_gap']:+.2f} [{low:+.2f}, {high:+.2f}]")
+        else:
+            cells.append("–")
+    cells.append(f"{r.get('split_uint8_agreement', float('nan')):.2f}")
+    cells.append(f"{r['uint8_cost']:+.2f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def report() -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    lines = [
+        "# Accuracy of every served mode (held-out images)",
+        "",
+        "Written by `python benchmarks/accuracy_by_mode.py report` from the JSON files beside",
+        "this one. Top-1 in percent; gaps are offload (the teacher) minus the mode, with a",
+        "paired 95 % confidence interval; agreement is top-1 agreement with the teacher;",
+        "uint8 cost is split fp32 minus split as served (8-bit envelope).",
+        "",
+    ]
+    header = (
+        "| bundle | images | offload | split fp32 | split fp16 | split uint8 | local "
+        "| gap split uint8 [95 % CI] | gap local [95 % CI] | agreement uint8 | uint8 cost |"
+    )
+    for task in HELD_OUT:
+        rows = [r for r in runs if r["task"] == task]
+        if not rows:
+            continue
+        lines += [f"## {task}", "", header, "|" + "---|" * 12]
+        lines += [_row(r) for r in rows]
+        lines.append("")
+    (RESULTS / "accuracy.md").write_text("\n".join(lines))
+    _plot(runs, RESULTS / "accuracy.png")
+    print("\n".join(lines))
+
+
+def _plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in HELD_OUT if any(r["task"] == t for r in runs)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = [r for r in runs if r["task"] == task]
+        width = 0.8 / len(MODES)
+        for j, mode in enumerate(MODES):
+            xs = [i + (j - len(MODES) / 2 + 0.5) * width for i in range(len(rows))]
+            ys = [r.get(f"{mode}_top1", 0.0) for r in rows]
+            ax.bar(xs, ys, width, label=mode.replace("_", " "))
+        ax.set_xticks(range(len(rows)), [f"{r['name']}\n({r['images']} images)" for r in rows])
+        low = min(r.get(f"{m}_top1", 100.0) for r in rows for m in MODES)
+        ax.set_ylim(max(0.0, low - 10), 100)
+        ax.set_ylabel("top-1 [%]")
+        ax.set_title(f"{task}: held-out images")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves(run_dir: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = ROOT / "benchmarks" / "results" / "distill" / f"{name}.jsonl"
+    shutil.copy(run_dir / "metrics.jsonl", target)
+    lines = [json.loads(ln) for ln in target.read_text().splitlines() if ln.strip()]
+    epochs = [r["epoch"] for r in lines]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [r["loss"] for r in lines], marker="o")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss (smoothed)")
+    for key in ("teacher_top1", "mimic_top1", "top1_agreement"):
+        right.plot(epochs, [r[key] for r in lines], marker="o", label=key)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation [%]")
+    right.legend()
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(target.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    print(f"wrote {target} and {target.with_suffix('.png')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate")
+    ev.add_argument("bundle", type=Path)
+    ev.add_argument("--name", required=True)
+    ev.add_argument("--data", type=Path, default=DATA)
+    ev.add_argument("--threads", type=int, default=1)
+    ev.add_argument("--limit", type=int, default=None)
+    sub.add_parser("report")
+    cu = sub.add_parser("curves")
+    cu.add_argument("run_dir", type=Path)
+    cu.add_argument("--name", required=True)
+    args = parser.parse_args()
+    if args.command == "evaluate":
+        evaluate(args.bundle, args.name, args.data, args.threads, args.limit)
+    elif args.command == "report":
+        report()
+    else:
+        curves(args.run_dir, args.name)
+
+
+if __name__ == "__main__":
+    main()
