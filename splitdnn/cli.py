@@ -450,3 +450,7 @@ def distill(
             cfg, run_dir or Path("runs") / config.stem, resume=resume, progress=not quiet
         )
     typer.echo(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    app()

@@ -31,6 +31,7 @@ class FakeTail:
         self.offload = ImageClassifier(bundle, "offload")
         self.requests: list[httpx.Request] = []
         self.failure: Handler | None = None
+        self.delay_s = 0.002  # a round trip longer than the 1.5 ms of "compute" reported below
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -47,7 +48,7 @@ class FakeTail:
         else:
             task, logits = self.offload(request.content, task)
         ranked = top_k(logits[0], self.bundle.labels(task), int(request.url.params["top_k"]))
-        time.sleep(0.002)  # a round trip longer than the 1.5 ms of "compute" reported below
+        time.sleep(self.delay_s)
         return httpx.Response(
             200,
             json={"top_k": [r.to_dict() for r in ranked], "timings_ms": {"compute": 1.5}},
@@ -196,10 +197,47 @@ def test_tail_problems_are_relayed_not_hidden_by_fallback(
 def test_auto_reports_its_choice_and_predictions(head, fake_tail, cat_jpeg) -> None:
     answer = infer(head, "auto", cat_jpeg).json()
     assert answer["requested_mode"] == "auto"
-    assert answer["mode"] in {"local", "split", "offload"}
     assert set(answer["predicted_ms"]) == {"local", "split", "offload"}
-    chosen = min(answer["predicted_ms"], key=answer["predicted_ms"].get)
-    assert answer["mode"] == chosen
+
+
+def _fresh_head(toy_bundle_dir, tail: FakeTail) -> TestClient:
+    settings = HeadSettings(bundle=toy_bundle_dir, tail_url="http://tail.test",
+                            load_in_background=False, tail_retry_s=0.0)  # fmt: skip
+    return TestClient(create_app(settings, httpx.MockTransport(tail)))
+
+
+def _measured_fastest(head, image: bytes) -> str:
+    """Run every fixed mode twice and name the one whose client-side wall time was lowest."""
+    walls: dict[str, float] = {}
+    for mode in ("local", "split", "offload") * 2:
+        start = time.perf_counter()
+        assert infer(head, mode, image).json()["fallback"] is False
+        walls[mode] = min(walls.get(mode, float("inf")), time.perf_counter() - start)
+    return min(walls, key=walls.get)
+
+
+@pytest.mark.parametrize("slow", ["link", "image model"])
+def test_auto_picks_the_mode_that_was_measured_fastest(
+    toy_bundle_dir, bundle, cat_jpeg, monkeypatch, slow
+) -> None:
+    """A slow link makes local fastest; a slow image model (the device's local model and the
+    tail's offload model) makes split fastest. Auto must follow the measurements either way."""
+    tail = FakeTail(bundle)
+    if slow == "link":
+        tail.delay_s = 0.25
+    else:
+        original = ImageClassifier.__call__
+
+        def slow_model(self, *args, **kwargs):
+            time.sleep(0.25)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ImageClassifier, "__call__", slow_model)
+    with _fresh_head(toy_bundle_dir, tail) as head:
+        fastest = _measured_fastest(head, cat_jpeg)
+        assert fastest == ("local" if slow == "link" else "split")
+        answer = infer(head, "auto", cat_jpeg).json()
+        assert answer["mode"] == fastest, answer["predicted_ms"]
 
 
 def test_auto_avoids_a_tail_that_just_failed(toy_bundle_dir, fake_tail, cat_jpeg) -> None:
@@ -216,11 +254,16 @@ def test_auto_avoids_a_tail_that_just_failed(toy_bundle_dir, fake_tail, cat_jpeg
         assert head.get("/latency").json()["estimates"]["tail_available"] is False
 
 
-def test_latency_endpoint_predicts_every_mode(head) -> None:
-    answer = head.get("/latency", params={"image_bytes": 10_000}).json()
-    assert set(answer["predictions"]) == {"local", "split", "offload"}
-    assert answer["predictions"]["offload"]["bytes"] == 10_000
-    assert answer["estimates"]["rate_samples"] >= 1
+def test_latency_endpoint_predicts_every_mode(toy_bundle_dir, bundle, cat_jpeg) -> None:
+    with _fresh_head(toy_bundle_dir, FakeTail(bundle)) as head:
+        before = head.get("/latency", params={"image_bytes": 10_000}).json()
+        assert set(before["predictions"]) == {"local", "split", "offload"}
+        assert before["predictions"]["offload"]["bytes"] == 10_000
+        assert before["estimates"]["rate_samples"] == 0
+        infer(head, "split", cat_jpeg)
+        infer(head, "offload", cat_jpeg)
+        after = head.get("/latency").json()["estimates"]
+        assert after["rate_samples"] == 2
 
 
 def test_image_errors(head, cat_jpeg) -> None:

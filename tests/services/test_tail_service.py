@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -124,6 +128,36 @@ def test_too_many_in_flight_is_503_with_retry_after(tail, bundle) -> None:
         limiter.in_flight = 0
     assert_problem(response, 503, "overloaded")
     assert response.headers["retry-after"] == "1"
+    assert post_envelope(tail, bundle, body).status_code == 200
+
+
+def test_requests_really_in_flight_fill_the_limit_and_release_it(tail, bundle, monkeypatch) -> None:
+    """A third envelope while two are inside the model (limit two) gets 503; afterwards,
+    and after a run of refused bad envelopes, every slot is free again."""
+    original = ServerRunner.__call__
+    started = threading.Barrier(3, timeout=10)
+
+    def slow(self, *args, **kwargs):
+        started.wait()  # both admitted requests are inside the model before either returns
+        time.sleep(0.2)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ServerRunner, "__call__", slow)
+    _, body = envelope(bundle)
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(post_envelope, tail, bundle, body) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while tail.app.state.limiter.in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = post_envelope(tail, bundle, body)
+        started.wait()  # the third party: let the two admitted requests finish
+        statuses = sorted(c.result().status_code for c in calls)
+    assert_problem(refused, 503, "overloaded")
+    assert statuses == [200, 200]
+    monkeypatch.setattr(ServerRunner, "__call__", original)
+    for _ in range(5):
+        assert post_envelope(tail, bundle, b"not an envelope").status_code == 400
+    assert tail.app.state.limiter.in_flight == 0
     assert post_envelope(tail, bundle, body).status_code == 200
 
 
