@@ -8,7 +8,8 @@
 #   scripts/build-base-image.sh --arch arm64    # arm64 -> splitdnn-base:bookworm-arm64 (qemu)
 #   scripts/build-base-image.sh --force         # rebuild even if the tag exists
 #
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), WORKDIR (scratch
+# Environment: DEBIAN_MIRROR (default: this machine's own apt source for bookworm, read by
+# scripts/package-sources.py; no mirror is written in this repository), WORKDIR (scratch
 # space, default a temp dir). Needs root, debootstrap and docker; the arm64 build on an
 # amd64 host also needs qemu-user-static and binfmt-support (installed when missing).
 # Then build the images with:  --build-arg BASE_IMAGE=splitdnn-base:bookworm
@@ -18,7 +19,7 @@ ARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 TAG=""
 FORCE=0
 SUITE=bookworm
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,6 +54,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}"
 fi
 
+MIRROR="$(python3 "$HERE/package-sources.py" apt-mirror "$SUITE")" || exit 1
+SECURITY="$(python3 "$HERE/package-sources.py" apt-security "$SUITE" || true)"
+
 WORK="${WORKDIR:-$(mktemp -d /var/tmp/splitdnn-base.XXXXXX)}"
 ROOTFS="$WORK/rootfs"
 cleanup() { rm -rf "$WORK"; }
@@ -82,8 +86,10 @@ log "slimming the root filesystem"
 cat > "$ROOTFS/etc/apt/sources.list" <<SOURCES
 deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
-deb http://deb.debian.org/debian-security $SUITE-security main
 SOURCES
+if [ -n "$SECURITY" ]; then
+  echo "deb $SECURITY $SUITE-security main" >> "$ROOTFS/etc/apt/sources.list"
+fi
 chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin apt-get clean || true
 rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin \
   "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* \
@@ -94,7 +100,7 @@ ln -sf python3 "$ROOTFS/usr/bin/python"
 
 log "docker load -> $TAG (linux/$ARCH)"
 # Not `docker import`: engines before 23 record their own architecture there.
-tar --numeric-owner -C "$ROOTFS" -c . | python3 "$(dirname "$0")/rootfs-image.py" \
+tar --numeric-owner -C "$ROOTFS" -c . | python3 "$HERE/rootfs-image.py" \
   --tag "$TAG" --arch "$ARCH" \
   --env LANG=C.UTF-8 \
   --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

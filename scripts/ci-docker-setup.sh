@@ -58,18 +58,22 @@ qemu_major() { qemu-aarch64-static --version 2>/dev/null | sed -n '1s/.*version 
 if [ "${SPLITDNN_DOCKER_ARM64:-0}" = 1 ]; then
   if [ "$(qemu_major)" = "" ] || [ "$(qemu_major)" -lt 8 ]; then
     log "installing qemu-user-static from bookworm-backports (ONNX Runtime needs qemu >= 8)"
-    bpo="$(mktemp -d)"
-    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
-      "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
-      /usr/share/keyrings/debian-archive-keyring.gpg > "$bpo/backports.sources"
-    mkdir -p "$bpo/lists/partial"
-    apt_bpo=(-o "Dir::Etc::sourcelist=$bpo/backports.sources" -o "Dir::Etc::sourceparts=-"
-             -o "Dir::State::Lists=$bpo/lists")
-    apt-get "${apt_bpo[@]}" update -q >/dev/null \
-      && DEBIAN_FRONTEND=noninteractive apt-get "${apt_bpo[@]}" install -y -q \
-           --no-install-recommends qemu-user-static/bookworm-backports >/dev/null \
-      || log "could not install qemu-user-static from backports"
-    rm -rf "$bpo"
+    if mirror="$(python3 scripts/package-sources.py apt-mirror bookworm)"; then
+      bpo="$(mktemp -d)"
+      printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+        "$mirror" \
+        /usr/share/keyrings/debian-archive-keyring.gpg > "$bpo/backports.sources"
+      mkdir -p "$bpo/lists/partial"
+      apt_bpo=(-o "Dir::Etc::sourcelist=$bpo/backports.sources" -o "Dir::Etc::sourceparts=-"
+               -o "Dir::State::Lists=$bpo/lists")
+      apt-get "${apt_bpo[@]}" update -q >/dev/null \
+        && DEBIAN_FRONTEND=noninteractive apt-get "${apt_bpo[@]}" install -y -q \
+             --no-install-recommends qemu-user-static/bookworm-backports >/dev/null \
+        || log "could not install qemu-user-static from backports"
+      rm -rf "$bpo"
+    else
+      log "no apt source for bookworm-backports here (set DEBIAN_MIRROR)"
+    fi
   fi
   [ -e /proc/sys/fs/binfmt_misc/register ] \
     || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
@@ -85,4 +89,5 @@ fi
 
 log "ready: run  python -m pytest -m docker tests/test_docker_stack.py"
 log "(the test builds with BASE_IMAGE=splitdnn-base:bookworm, finds a local CPU torch"
-log " wheel through PIP_FIND_LINKS and trusts PIP_CERT's CA bundle during the builds)"
+log " wheel through PIP_FIND_LINKS and takes pip's index and CA bundle from this machine:"
+log " scripts/package-sources.py build-env)"

@@ -15,7 +15,9 @@ registry or a PyTorch index:
   (``scripts/build-base-image.sh``), else the compose default (python:3.11-slim-bookworm).
 * ``TORCH_INDEX_URL``: else, when a directory of ``PIP_FIND_LINKS`` holds a CPU torch
   wheel for the image's Python, that wheel served on 127.0.0.1 for the build.
-* ``CA_BUNDLE``: else the file named by ``PIP_CERT`` (a proxy's CA for pip in the build).
+* ``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``PIP_TRUSTED_HOST``, ``CA_BUNDLE``: else this
+  machine's pip configuration (``scripts/package-sources.py build-env``; the CA bundle is
+  the file named by ``PIP_CERT`` or pip's ``cert``).
 """
 
 from __future__ import annotations
@@ -154,10 +156,21 @@ def build_env(torch_index: str | None) -> dict[str, str]:
         env["BASE_IMAGE"] = BASE_STANDIN
     if torch_index and "TORCH_INDEX_URL" not in env:
         env["TORCH_INDEX_URL"] = torch_index
-    cert = env.get("PIP_CERT")
-    if "CA_BUNDLE" not in env and cert and Path(cert).is_file():
-        env["CA_BUNDLE"] = cert
+    for key, value in machine_package_sources().items():
+        env.setdefault(key, value)
     return env
+
+
+def machine_package_sources() -> dict[str, str]:
+    """The build variables from this machine's pip setup (the repository names no index)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "package_sources", ROOT / "scripts" / "package-sources.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_env()
 
 
 def compose(*args: str) -> list[str]:
