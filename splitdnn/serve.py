@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -138,15 +140,73 @@ def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> 
     ]  # fmt: skip
 
 
+def ports_in_use(host: str, ports: Iterable[int]) -> list[int]:
+    """The ``ports`` that cannot be bound on ``host`` now (another server holds them)."""
+    busy = []
+    for port in ports:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                sock.bind(address)
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on TCP ``port`` (Linux /proc), or None where unknown."""
+    inodes: set[str] = set()
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not any(table.is_file() for table in tables):
+        return None
+    for table in tables:
+        if not table.is_file():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(inode)
+    return inodes
+
+
+def listens_on(process: subprocess.Popen, port: int) -> bool:
+    """Whether ``process`` itself holds the listening socket of ``port`` (True where the
+    system cannot tell: no /proc)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return True
+    try:
+        fds = list(Path(f"/proc/{process.pid}/fd").iterdir())
+    except OSError:
+        return True
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> bool:
-    """Poll ``url`` until it answers 200; False on timeout or if ``process`` exits."""
+    """Poll ``url`` until it answers 200; False on timeout or if ``process`` exits.
+
+    With ``process``, a 200 counts only once that process holds the port's listening
+    socket: another server already on the port must not pass for the one started.
+    """
+    port = urllib.parse.urlsplit(url).port
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             return False
         try:
             with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
+                if response.status == 200 and (
+                    process is None or port is None or listens_on(process, port)
+                ):
                     return True
         except (urllib.error.URLError, OSError):
             pass
@@ -184,7 +244,18 @@ def serve_all(
     """Start tail, head and gateway as child processes on ``host``; stop all on Ctrl-C.
 
     Returns the exit code: 0 after an interrupt, else the code of the first child to die.
+    Raises :class:`ConfigError` before starting anything when a port is taken or given twice.
     """
+    ports = {"gateway": gateway_port, "head": head_port, "tail": tail_port}
+    if len(set(ports.values())) < len(ports):
+        raise ConfigError(f"the three services need three different ports, not {ports}")
+    busy = ports_in_use(host, ports.values())
+    if busy:
+        named = ", ".join(f"{name} {port}" for name, port in ports.items() if port in busy)
+        raise ConfigError(
+            f"port(s) already in use on {host}: {named} (another `splitdnn serve`?). Stop what "
+            "holds them or pick others with --gateway-port/--head-port/--tail-port"
+        )
     tail_url, head_url = f"http://{host}:{tail_port}", f"http://{host}:{head_port}"
     base = dict(os.environ)
     plan = [

@@ -87,6 +87,7 @@ def test_serve_all_plans_three_wired_processes(monkeypatch, toy_bundle_dir) -> N
 
     monkeypatch.setattr(serve.subprocess, "Popen", FakeProcess)
     monkeypatch.setattr(serve, "wait_ready", lambda *a, **k: True)
+    monkeypatch.setattr(serve, "ports_in_use", lambda host, ports: [])
     code = serve.serve_all(bundle=toy_bundle_dir, tail_port=1, head_port=2, gateway_port=3)
     assert code == 3
     apps = [command[3] for command, _ in started]
