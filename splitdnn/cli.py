@@ -268,6 +268,16 @@ def export_run(
             run_dir, out, local=local, local_probes=_parse_probes(local_probe), task=task
         )
     typer.echo(f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {out}")
+    local_tasks = manifest.metrics.get("local_tasks", [])
+    for name in [t for t in manifest.tasks if t not in local_tasks]:
+        typer.echo(
+            f"note: task {name!r} has no local model ({local} classifies {local_tasks}): the "
+            f"head serves it in split and offload mode only (mode=local answers 422, auto "
+            f"skips local). For local mode, fit a probe with `python -m splitdnn.distill.probe "
+            f"CONFIG --teacher {local} --out FILE` and export again with "
+            f"--local-probe {name}=FILE.safetensors",
+            err=True,
+        )
 
 
 @export_app.command("default")

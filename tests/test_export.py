@@ -349,3 +349,16 @@ def test_cli_exports_and_evaluates_a_bundle(chain, tmp_path: Path) -> None:
 
     result = runner.invoke(app, ["export", "run", str(chain["run"])])
     assert result.exit_code == 2 and "--out" in result.output
+
+
+def test_export_run_without_a_local_probe_says_which_tasks_local_mode_lacks(chain, tmp_path):
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    result = CliRunner().invoke(app, ["export", "run", str(chain["run"]), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["metrics"]["local_tasks"] == ["imagenet"]
+    assert "task 'caltech101' has no local model" in result.stderr
+    assert "--local-probe caltech101=" in result.stderr

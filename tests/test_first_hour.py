@@ -12,7 +12,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -90,3 +92,65 @@ def test_readiness_counts_only_the_started_process(foreign_server):
     finally:
         child.kill()
         child.wait()
+
+
+# --- 2. a task the local model does not have ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def imagenet_only_local(tmp_path_factory) -> Path:
+    """A bundle like `export run` without --local-probe: local.onnx has only imagenet."""
+    from toy_bundle import build_toy_bundle
+
+    directory = tmp_path_factory.mktemp("imagenet-only-local")
+    build_toy_bundle(directory, local_tasks=["imagenet"])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def head_without_local_task(imagenet_only_local):
+    from fastapi.testclient import TestClient
+
+    from services.head.app import create_app
+    from services.head.settings import HeadSettings
+
+    def tail(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"bundle": "x", "warmup_ms": {}})
+        return httpx.Response(
+            200, json={"top_k": [{"index": 0, "label": "c", "score": 1.0}], "timings_ms": {}}
+        )
+
+    settings = HeadSettings(
+        bundle=imagenet_only_local,
+        tail_url="http://tail.test",
+        load_in_background=False,
+        prior_tail_ms=5000.0,  # local is surely the fastest predicted mode
+    )
+    app = create_app(settings, tail_transport=httpx.MockTransport(tail))
+    with TestClient(app) as client:
+        yield client
+
+
+def test_local_mode_on_a_task_without_a_local_model_is_422_naming_the_modes(
+    head_without_local_task, cat_jpeg
+):
+    response = head_without_local_task.post(
+        "/infer/local", params={"task": "caltech101"}, content=cat_jpeg
+    )
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "caltech101" in detail and "mode=split" in detail and "mode=offload" in detail
+    assert "--local-probe caltech101=FILE" in detail
+    ok = head_without_local_task.post("/infer/local", params={"task": "imagenet"}, content=cat_jpeg)
+    assert ok.status_code == 200 and ok.json()["mode"] == "local"
+
+
+def test_auto_skips_local_for_a_task_without_a_local_model(head_without_local_task, cat_jpeg):
+    latency = head_without_local_task.get("/latency").json()
+    assert latency["auto_would_choose"] == "local"
+    response = head_without_local_task.post(
+        "/infer/auto", params={"task": "caltech101"}, content=cat_jpeg
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["mode"] in ("split", "offload")

@@ -101,8 +101,25 @@ def _export(module: nn.Module, path: Path, size: int, input_name: str, outputs: 
         )
 
 
-def build_toy_bundle(directory: Path, seed: int = 0) -> tuple[Manifest, dict[str, nn.Module]]:
-    """Write the toy bundle into ``directory``; returns the manifest and the torch modules."""
+class Subset(nn.Module):
+    """Only some outputs of a multi-task module (a local model without every task)."""
+
+    def __init__(self, module: nn.Module, keep: list[int]) -> None:
+        super().__init__()
+        self.module, self.keep = module, keep
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.module(x)
+        return tuple(outputs[i] for i in self.keep)
+
+
+def build_toy_bundle(
+    directory: Path, seed: int = 0, local_tasks: list[str] | None = None
+) -> tuple[Manifest, dict[str, nn.Module]]:
+    """Write the toy bundle into ``directory``; returns the manifest and the torch modules.
+
+    ``local_tasks`` (default: all) are the tasks the local model classifies, as a bundle
+    exported without ``--local-probe`` for its run's task has only ``imagenet``."""
     torch.manual_seed(seed)
     directory.mkdir(parents=True, exist_ok=True)
     device, server, local = Device(), Server(), Local()
@@ -116,7 +133,9 @@ def build_toy_bundle(directory: Path, seed: int = 0) -> tuple[Manifest, dict[str
         _export(device, directory / "device.onnx", SIZE, "image", ["bottleneck"])
         _export(server, directory / "server.onnx", SIZE, "bottleneck", logits)
         _export(full, directory / "offload.onnx", SIZE, "image", logits)
-        _export(local, directory / "local.onnx", LOCAL_SIZE, "image", logits)
+        keep = [i for i, task in enumerate(TASKS) if local_tasks is None or task in local_tasks]
+        local_logits = [logits[i] for i in keep]
+        _export(Subset(local, keep), directory / "local.onnx", LOCAL_SIZE, "image", local_logits)
     manifest = write_manifest(
         directory,
         name="toy-b4",

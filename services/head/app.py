@@ -17,7 +17,7 @@ from services.common.deps import create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.head import routes
-from services.head.pipeline import HeadPipeline, TailClient
+from services.head.pipeline import HeadPipeline, TailClient, local_tasks
 from services.head.settings import HeadSettings, get_settings
 from splitdnn import wire
 from splitdnn.bundle import load_bundle
@@ -39,7 +39,7 @@ def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
 
     warmup_ms = {
         "head_split": round(time_ms(head_split), 3),
-        "local": round(time_ms(lambda: local(image)), 3),
+        "local": round(time_ms(lambda: local(image, local_tasks(local)[0])), 3),
     }
     priors = HeadPipeline.priors(settings, bundle, warmup_ms["local"], warmup_ms["head_split"])
     latency = LatencyModel(priors, alpha=settings.ewma_alpha, tail_retry_s=settings.tail_retry_s)

@@ -21,6 +21,7 @@ import httpx
 
 from services.common.context import BUNDLE_HEADER, REQUEST_ID, RequestContext
 from services.common.errors import (
+    InvalidRequestError,
     UpstreamProblem,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -29,8 +30,8 @@ from services.common.metrics import Metrics
 from services.head.settings import HeadSettings
 from splitdnn import wire
 from splitdnn.bundle import Bundle
-from splitdnn.latency import LatencyModel, Priors
-from splitdnn.runtime import DeviceRunner, ImageClassifier, top_k
+from splitdnn.latency import MODES, LatencyModel, Priors
+from splitdnn.runtime import LOGITS_PREFIX, DeviceRunner, ImageClassifier, top_k
 
 log = logging.getLogger("splitdnn.head")
 PROBLEM_JSON = "application/problem+json"
@@ -147,6 +148,22 @@ class HeadPipeline:
     ) -> None:
         self.bundle, self.device, self.local, self.tail = bundle, device, local, tail
         self.settings, self.latency = settings, latency
+        self.local_tasks = local_tasks(local)
+
+    def no_local_model(self, task: str) -> InvalidRequestError:
+        """422 for ``mode=local`` on a task the bundle's local model cannot classify."""
+        return InvalidRequestError(
+            f"task {task!r} has no local model in bundle {self.bundle.name!r} (its local model "
+            f"classifies {self.local_tasks}; export with --local-probe {task}=FILE to add one): "
+            "use mode=split or mode=offload, or auto, which picks between those two"
+        )
+
+    def choose(self, image_bytes: int, task: str) -> tuple[str, dict[str, Any]]:
+        """Auto mode: the fastest predicted mode among those that can serve ``task``."""
+        predicted = self.latency.choose(image_bytes)[1]
+        modes = [m for m in MODES if m != "local" or task in self.local_tasks]
+        best = min(modes, key=lambda m: (predicted[m].total_ms, MODES.index(m)))
+        return best, predicted
 
     @classmethod
     def priors(cls, settings: HeadSettings, bundle: Bundle, local_ms: float, head_ms: float):
@@ -177,8 +194,10 @@ class HeadPipeline:
         task = self.bundle.task(task)
         predictions = None
         if mode == "auto":
-            mode, predicted = self.latency.choose(len(image))
+            mode, predicted = self.choose(len(image), task)
             predictions = {m: p.to_dict() for m, p in predicted.items()}
+        if mode == "local" and task not in self.local_tasks:
+            raise self.no_local_model(task)
         if mode == "local":
             outcome = self.run_local(image, task, k, context)
         else:
@@ -189,7 +208,7 @@ class HeadPipeline:
                     outcome = self.run_offload(image, task, k, context)
             except UpstreamUnavailableError as exc:
                 self.latency.mark_tail_down()
-                if not fallback:
+                if not fallback or task not in self.local_tasks:
                     raise
                 log.warning("tail failed in %s mode, falling back to local: %s", mode, exc)
                 outcome = self.run_local(image, task, k, context)
@@ -284,6 +303,12 @@ class HeadPipeline:
             if isinstance(warm.get(mode), (int, float)):
                 self.latency.observe_stage(f"tail_{mode}", warm[mode] / 1000)
         return meta
+
+
+def local_tasks(local: ImageClassifier) -> list[str]:
+    """The tasks the local model has a classifier for (its ``logits_<task>`` outputs)."""
+    names = local.model.output_names
+    return [n.removeprefix(LOGITS_PREFIX) for n in names if n.startswith(LOGITS_PREFIX)]
 
 
 def _split_round_trip(answer: dict[str, Any], round_trip: float) -> tuple[float, float]:
