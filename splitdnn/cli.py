@@ -446,6 +446,14 @@ def distill(
             "kill) instead of starting over.",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Start over in a RUN_DIR that already holds a run (replaces its checkpoints "
+            "and metrics); without it or --resume such a directory is refused.",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", help="No progress bars or per-epoch lines.")
     ] = False,
@@ -456,8 +464,14 @@ def distill(
 
     with user_errors():
         cfg = load_config(config)
-        result = run_config(
-            cfg, run_dir or Path("runs") / config.stem, resume=resume, progress=not quiet
+        run_dir = run_dir or Path("runs") / config.stem
+        result = run_config(cfg, run_dir, resume=resume, progress=not quiet, force=force)
+    if result.get("finished"):
+        typer.echo(
+            f"{run_dir} is finished ({result['epochs']}/{cfg.train.epochs} epochs, best epoch "
+            f"{result['best_epoch']}): nothing to resume. Raise train.epochs to train on, "
+            "or pass --force to start over.",
+            err=True,
         )
     typer.echo(json.dumps(result, default=str))
 

@@ -303,7 +303,7 @@ def test_a_fresh_run_starts_metrics_anew_and_a_resume_drops_epochs_it_trains_aga
 ):
     run = tmp_path / "run"
     distil(_config(shapes, epochs=1), run)
-    distil(_config(shapes, epochs=1), run)  # the same directory, started over
+    distil(_config(shapes, epochs=1), run)  # the same directory, started over (--force)
     assert _epochs(run) == [1]
     distil(_config(shapes, epochs=2), run, resume=True)
     assert _epochs(run) == [1, 2]

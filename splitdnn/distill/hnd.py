@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,11 @@ class HeadDistillation(Method):
         return len(self.train_samples)
 
     def _array(self, name: str) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(self.cache[name]))
+        """A cached array as a tensor sharing its (read-only, memory-mapped) memory; nothing
+        writes to it, so torch's warning about non-writable arrays is not for us."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.as_tensor(np.asarray(self.cache[name]))
 
     def _cache_key(self) -> str:
         c = self.config

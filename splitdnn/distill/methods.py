@@ -12,7 +12,7 @@ from typing import Any
 from splitdnn.distill.config import DistillConfig
 from splitdnn.distill.hnd import HeadDistillation
 from splitdnn.distill.kd import WholeStudentDistillation
-from splitdnn.distill.trainer import Method, train
+from splitdnn.distill.trainer import Method, check_run_dir, train
 
 #: ``method`` value -> the class that runs it.
 METHODS: dict[str, type[Method]] = {
@@ -28,8 +28,17 @@ def method_for(config: DistillConfig, run_dir: str | Path, progress: bool = True
 
 
 def run_config(
-    config: DistillConfig, run_dir: str | Path, resume: bool = False, progress: bool = True
+    config: DistillConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train ``config`` in ``run_dir`` (``resume``: continue from ``last.pt``); return the
-    trainer's summary."""
+    """Train ``config`` in ``run_dir`` (``resume``: continue from ``last.pt``; ``force``:
+    start an existing run over); return the trainer's summary. An existing run without
+    either is refused; a finished one with ``resume`` returns its summary at once, with
+    ``"finished": True``."""
+    finished = check_run_dir(run_dir, config.train.epochs, resume=resume, force=force)
+    if finished is not None:
+        return {"method": config.method, **finished}
     return train(method_for(config, run_dir, progress), resume=resume)

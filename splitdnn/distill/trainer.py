@@ -23,6 +23,7 @@ student's, for methods that score it as epoch 0).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from torch import nn
 
 from splitdnn.checkpoints import BEST, LAST, load_torch, save_atomic
 from splitdnn.distill.config import DistillConfig
+from splitdnn.errors import ConfigError
 
 METRICS = "metrics.jsonl"
 
@@ -111,19 +113,59 @@ def _keep_epochs_up_to(path: Path, last_epoch: int) -> None:
     path.write_text("".join(ln + "\n" for ln in kept))
 
 
+def check_run_dir(
+    run_dir: str | Path, epochs: int, resume: bool = False, force: bool = False
+) -> dict[str, Any] | None:
+    """Refuse to train over an existing run unless told how: ``resume`` continues it,
+    ``force`` starts it over. Returns the finished run's summary when ``resume`` finds
+    nothing left to train (so the caller skips setup), else None."""
+    run_dir = Path(run_dir)
+    held = [name for name in (LAST, BEST, METRICS) if (run_dir / name).exists()]
+    if not held or force:
+        return None
+    if not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue "
+            "it, --force to start it over (its checkpoints and metrics are replaced), or "
+            "--run-dir for a new one"
+        )
+    if not (run_dir / LAST).exists():
+        raise ConfigError(f"cannot resume {run_dir}: it has no {LAST}; use --force to start over")
+    state = load_torch(run_dir / LAST, "resume checkpoint")["state"]
+    if state["epoch"] < epochs:
+        return None
+    return {
+        "finished": True,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best": state["best"],
+        "last": state["last"],
+        "initial": state["initial"],
+    }
+
+
 def train(method: Method, resume: bool = False) -> dict[str, Any]:
-    """Run ``method`` to its configured number of epochs; see the module docstring."""
+    """Run ``method`` to its configured number of epochs; see the module docstring.
+
+    A run directory this call creates is removed again when the method's setup fails (bad
+    data, a missing teacher), so a failed start leaves nothing behind."""
     cfg, tcfg = method.config, method.config.train
     run_dir = method.run_dir
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     torch.manual_seed(cfg.seed)
     last_path, best_path, metrics_path = run_dir / LAST, run_dir / BEST, run_dir / METRICS
     resuming = resume and last_path.exists()
 
-    student = method.setup(fresh=not resuming)
+    try:
+        student = method.setup(fresh=not resuming)
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
     optimiser = torch.optim.Adam(
         [p for p in student.parameters() if p.requires_grad],
         lr=tcfg.optimizer.lr,
