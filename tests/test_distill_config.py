@@ -110,7 +110,7 @@ def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
 
     seen: dict = {}
 
-    def fake_run(config, run_dir, resume=False, progress=True):
+    def fake_run(config, run_dir, resume=False, progress=True, force=False):
         seen.update(run_dir=Path(run_dir), resume=resume, method=config.method)
         return {"ok": True}
 

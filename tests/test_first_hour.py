@@ -222,3 +222,19 @@ def test_an_existing_run_is_refused_unless_resume_or_force(shapes, tmp_path, mon
         forced = invoke("distill", config, "--run-dir", run, "--force", "--quiet")
     assert forced.exit_code == 0, forced.output
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# --- 5. relative paths in a config --------------------------------------------------------
+
+
+def test_relative_paths_in_a_config_are_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    from splitdnn.distill.config import load_config
+
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    config = tiny_config(project / "configs" / "mine.yaml", "../photos")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_config(config).data.root == project / "photos"
+    assert load_config(Path("../project/configs/mine.yaml")).data.root == project / "photos"

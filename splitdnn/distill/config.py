@@ -261,7 +261,10 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
 
 
 def load_config(path: str | Path) -> DistillConfig:
-    """Read and validate a YAML config (safe loader: no tags, no code)."""
+    """Read and validate a YAML config (safe loader: no tags, no code). Relative paths in
+    it (``data.root``, ``teacher.probe_from``, ``train.init_from``, ``kd.teacher_run``,
+    ``data.unlabelled[].root``) are taken from the config file's folder, so a config works
+    from any working directory."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -269,7 +272,7 @@ def load_config(path: str | Path) -> DistillConfig:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_config(data, base_dir=Path.cwd())
+    return parse_config(data, base_dir=path.resolve().parent)
 
 
 def config_samples(config: DistillConfig) -> tuple[list[Sample], list[Sample], list[str], str]:
