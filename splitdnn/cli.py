@@ -190,12 +190,14 @@ def student(
         ),
     ],
     variant: Annotated[
-        Variant,
+        Variant | None,
         typer.Option(
-            help="Student design: the papers' narrow/wide decoder (same for Lite teachers), "
-            "or teacher_init: a Lite student starting from the teacher's own layers."
+            help="Student design: teacher_init, a Lite student starting from the teacher's own "
+            "layers (the default where the teacher has one, as in a config), or the papers' "
+            "narrow (caltech101, the default for the others) or wide (imagenet) decoder.",
+            show_default=False,
         ),
-    ] = Variant.caltech101,
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """What TEACHER's bottleneck student costs next to the teacher head it replaces.
@@ -206,7 +208,7 @@ def student(
     with user_errors():
         from splitdnn.profile import student_costs
 
-        costs = student_costs(teacher, bottleneck, variant.value).to_dict()
+        costs = student_costs(teacher, bottleneck, variant.value if variant else None).to_dict()
     if as_json:
         _echo_json(costs)
     else:

@@ -219,12 +219,12 @@ class StudentCosts:
         return asdict(self)
 
 
-def student_costs(teacher: str, bottleneck: int, variant: str = "caltech101") -> StudentCosts:
+def student_costs(teacher: str, bottleneck: int, variant: str | None = None) -> StudentCosts:
     """Sizes, MACs and parameters of the registered student for ``teacher`` (random weights:
     none of these figures depends on them). Teacher head parameters are those of the modules
     the cut head uses."""
     from splitdnn.models import get_teacher
-    from splitdnn.students import build_student
+    from splitdnn.students import build_student, default_variant
 
     spec = get_teacher(teacher)
     model = spec.build(False)
@@ -240,7 +240,7 @@ def student_costs(teacher: str, bottleneck: int, variant: str = "caltech101") ->
         teacher=teacher,
         split_module=spec.student_split,
         bottleneck_channels=bottleneck,
-        variant=variant,
+        variant=variant or default_variant(teacher),
         input_shape=list(shape),
         bottleneck_shape=list(z.shape[1:]),
         data_size_percent=100.0 * elements / int(np.prod(shape)),

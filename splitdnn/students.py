@@ -38,6 +38,13 @@ from splitdnn.errors import UnknownNameError
 from splitdnn.models import get_teacher
 from splitdnn.split import split_model
 
+#: The student design a config or ``splitdnn student`` gets when it names none, where the
+#: teacher has one (:func:`default_variant`): the Lite student that starts from the
+#: teacher's own layers, as in the committed default bundle.
+DEFAULT_VARIANT = "teacher_init"
+#: ... and for the other teachers: the papers' narrow student.
+FALLBACK_VARIANT = "caltech101"
+
 
 class BottleneckStudent(nn.Module):
     """``decode(encode(x))`` approximates the teacher head; ``encode`` is the device part.
@@ -361,13 +368,20 @@ def get_kd_student(name: str) -> KDStudentSpec:
 # --- one entry point ---------------------------------------------------------------------------
 
 
-def build_student(teacher: str, bottleneck: int, variant: str = "caltech101") -> BottleneckStudent:
+def default_variant(teacher: str) -> str:
+    """The one default student design: ``teacher_init`` where ``teacher`` has one (the Lite
+    teachers), else the papers' narrow ``caltech101``."""
+    return DEFAULT_VARIANT if teacher in TEACHER_INIT_DESIGNS else FALLBACK_VARIANT
+
+
+def build_student(teacher: str, bottleneck: int, variant: str | None = None) -> BottleneckStudent:
     """The registered bottleneck student for ``teacher`` with ``bottleneck`` channels.
 
     ``variant``: the papers' narrow (``caltech101``) or wide (``imagenet``) student (for a Lite
     teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`).
     """
     spec = get_teacher(teacher)
+    variant = variant or default_variant(teacher)
     if variant == "teacher_init":
         return teacher_init_student(teacher, bottleneck)
     if spec.family == "efficientnet_lite":

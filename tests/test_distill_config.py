@@ -50,7 +50,7 @@ def test_minimal_config_fills_defaults_and_resolves_data_root(tmp_path, monkeypa
             "augmentation.random_crop.probability",
         ),
         (
-            "data: {root: x}\nteacher: {probe_from: runs/a}\n",
+            "data: {root: x}\nteacher: {classifier: imagenet, probe_from: runs/a}\n",
             "teacher: Value error, probe_from needs",
         ),
         ("data: {root: x}\ntrain: {logits_temperature: 0}\n", "train.logits_temperature"),

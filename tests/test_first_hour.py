@@ -238,3 +238,46 @@ def test_relative_paths_in_a_config_are_taken_from_the_config_files_folder(tmp_p
     monkeypatch.chdir(elsewhere)
     assert load_config(config).data.root == project / "photos"
     assert load_config(Path("../project/configs/mine.yaml")).data.root == project / "photos"
+
+
+# --- 3. defaults that fit one's own data ------------------------------------------------------
+
+
+def test_class_folders_get_a_probe_by_default_and_imagenet_lists_keep_the_teachers_head(
+    tmp_path,
+):
+    pytest.importorskip("PIL")
+    from shape_images import make_shape_dataset
+
+    from splitdnn.distill.config import config_samples, parse_config
+
+    folders = make_shape_dataset(tmp_path / "mine", per_class=2)
+    config = parse_config({"data": {"root": str(folders)}})
+    assert config.teacher.classifier == "auto"
+    config_samples(config)
+    assert config.teacher.classifier == "probe"
+
+    (tmp_path / "imagenet" / "images").mkdir(parents=True)
+    for i, image in enumerate(sorted(folders.rglob("*.jpg"))[:4]):
+        (tmp_path / "imagenet" / "images" / f"{i}.jpg").write_bytes(image.read_bytes())
+    (tmp_path / "imagenet" / "labels.csv").write_text(
+        "file,synset,index\n" + "".join(f"{i}.jpg,n0,{i}\n" for i in range(4))
+    )
+    config = parse_config({"data": {"root": str(tmp_path / "imagenet"), "list": "labels.csv"}})
+    config_samples(config)
+    assert config.teacher.classifier == "imagenet"
+    explicit = parse_config({"teacher": {"classifier": "imagenet"}, "data": {"root": "x"}})
+    assert explicit.teacher.classifier == "imagenet"
+
+
+def test_one_default_student_variant_for_the_config_the_cli_and_the_readme():
+    from splitdnn.distill.config import parse_config
+    from splitdnn.students import default_variant
+
+    config = parse_config({"data": {"root": "x"}})
+    assert config.student.variant == default_variant(config.teacher.name) == "teacher_init"
+    result = invoke("student", config.teacher.name, "-b", "12", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["variant"] == "teacher_init"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`--variant teacher_init` (the default)" in readme

@@ -22,7 +22,7 @@ from pydantic import (
 from splitdnn.data import Sample, select_samples
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.models import get_teacher
-from splitdnn.students import KD_STUDENTS, student_split
+from splitdnn.students import KD_STUDENTS, default_variant, student_split
 
 
 class _Strict(BaseModel):
@@ -33,8 +33,10 @@ class TeacherConfig(_Strict):
     name: str = "efficientnet_lite2"
     pretrained: bool = True
     #: ``imagenet`` keeps the teacher's classifier; ``probe`` trains a linear classifier on the
-    #: frozen backbone's pooled features for the data set's own classes.
-    classifier: Literal["imagenet", "probe"] = "imagenet"
+    #: frozen backbone's pooled features for the data set's own classes; ``auto`` (the
+    #: default) is ``imagenet`` when the data's labels are ImageNet indices (a list file of
+    #: ImageNet classes) and ``probe`` otherwise, e.g. for one's own class folders.
+    classifier: Literal["auto", "imagenet", "probe"] = "auto"
     #: With ``classifier: probe``: take the probe from this run directory (its
     #: ``classifier.pt``) or probe file (``.pt``/``.safetensors``) instead of fitting one, so
     #: that every stage of a recipe distils towards one and the same teacher.
@@ -52,6 +54,8 @@ class TeacherConfig(_Strict):
 
     @model_validator(mode="after")
     def _probe_from_needs_a_probe(self) -> TeacherConfig:
+        if self.probe_from is not None and self.classifier == "auto":
+            self.classifier = "probe"
         if self.probe_from is not None and self.classifier != "probe":
             raise ValueError("probe_from needs classifier: probe")
         return self
@@ -60,9 +64,10 @@ class TeacherConfig(_Strict):
 class StudentConfig(_Strict):
     #: Bottleneck channels; ``null`` is the papers' "mimic without bottleneck" (Table 2).
     bottleneck: int | None = Field(default=12, ge=1, le=512)
-    #: Student design (see splitdnn.students.build_student); ``teacher_init`` starts from
-    #: the teacher's own layers.
-    variant: Literal["caltech101", "imagenet", "teacher_init"] = "caltech101"
+    #: Student design (see splitdnn.students.build_student); unset: the one default,
+    #: ``splitdnn.students.default_variant`` (``teacher_init``, starting from the teacher's
+    #: own layers, for the Lite teachers; ``caltech101`` for the others).
+    variant: Literal["caltech101", "imagenet", "teacher_init"] | None = None
 
 
 class UnlabelledSource(_Strict):
@@ -203,6 +208,12 @@ class DistillConfig(_Strict):
     seed: int = 0
 
     @model_validator(mode="after")
+    def _default_variant(self) -> DistillConfig:
+        if self.student.variant is None:
+            self.student.variant = default_variant(self.teacher.name)
+        return self
+
+    @model_validator(mode="after")
     def _split_module_has_a_student(self) -> DistillConfig:
         """A bad ``split_module`` is refused when the config is read, not after minutes of
         caching and probe fitting."""
@@ -277,9 +288,13 @@ def load_config(path: str | Path) -> DistillConfig:
 
 def config_samples(config: DistillConfig) -> tuple[list[Sample], list[Sample], list[str], str]:
     """Training and validation samples, class names and label space of a config (see
-    :func:`splitdnn.data.select_samples`, which holds the logic)."""
+    :func:`splitdnn.data.select_samples`, which holds the logic). Settles
+    ``teacher.classifier: auto`` on the label space found (see :class:`TeacherConfig`)."""
     c = config.data
-    return select_samples(c.root, c.list, c.val_fraction, config.seed, c.per_class_limit)
+    found = select_samples(c.root, c.list, c.val_fraction, config.seed, c.per_class_limit)
+    if config.teacher.classifier == "auto":
+        config.teacher.classifier = "imagenet" if found[3] == "imagenet" else "probe"
+    return found
 
 
 def unlabelled_samples(config: DistillConfig) -> list[Sample]:

@@ -66,8 +66,14 @@ class HeadDistillation(Method):
     def samples(self) -> tuple[list[Sample], list[Sample], list[str]]:
         """Training and validation samples and class names: the run's deterministic split."""
         train, val, classes, label_space = config_samples(self.config)
-        if self.config.teacher.classifier == "imagenet" and label_space != "imagenet":
-            self.log("note: labels are not ImageNet indices; top-1 is against folder classes")
+        classifier = self.config.teacher.classifier
+        self.log(f"teacher classifier: {classifier} (labels: {label_space} classes)")
+        if classifier == "imagenet" and label_space != "imagenet":
+            self.log(
+                "warning: teacher.classifier: imagenet on class folders that are not ImageNet "
+                "classes: the teacher's top-1 is near 0 and best.pt is picked on it; use "
+                "teacher.classifier: probe (or leave it out: auto picks probe for such labels)"
+            )
         return train, val, classes
 
     def setup(self, fresh: bool) -> nn.Module:
