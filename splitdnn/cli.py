@@ -405,6 +405,11 @@ def evaluate(
                 progress=progress,
             )
         elif (path / "best.pt").is_file():
+            if task is not None:
+                raise _fail(
+                    "--task picks a bundle's task; a run is scored on its own task (its probe's "
+                    "classes, or ImageNet): leave --task out, or evaluate the exported bundle"
+                )
             report = ev.evaluate_run(
                 path,
                 data,
@@ -413,8 +418,17 @@ def evaluate(
                 limit=limit,
                 progress=progress,
             ).to_dict()
+        elif not path.exists():
+            raise _fail(
+                f"{path} does not exist: pass a bundle directory (with {MANIFEST}; `splitdnn "
+                "export` writes one) or a run directory (with best.pt; `splitdnn distill` "
+                "writes one)"
+            )
         else:
-            raise _fail(f"{path} is neither a bundle ({MANIFEST}) nor a run directory (best.pt)")
+            raise _fail(
+                f"{path} is neither a bundle (no {MANIFEST}) nor a finished run directory (no "
+                "best.pt yet: a run writes it after its first epoch)"
+            )
     if as_json:
         _echo_json(report)
     else:

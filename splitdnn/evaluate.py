@@ -88,6 +88,23 @@ def _select(dataset: Dataset, split: str, val_fraction: float, seed: int) -> lis
     raise DataError(f"split must be 'val' or 'all', not {split!r}")
 
 
+def _no_images(dataset: Dataset, split: str, val_fraction: float, limit: int | None) -> DataError:
+    """Why nothing is left to score, and what to pass instead."""
+    if not dataset.samples:
+        return DataError("no images to evaluate: the data folder (and list file) hold none")
+    if split == "val":
+        per_class: dict[int, int] = {}
+        for sample in dataset.samples:
+            per_class[sample.label] = per_class.get(sample.label, 0) + 1
+        return DataError(
+            f"no images to evaluate: the validation split holds back {val_fraction:g} of each "
+            f"class, which of {len(dataset.samples)} images in {len(per_class)} classes (at "
+            f"most {max(per_class.values())} per class) is none; pass --split all to score "
+            "every image (for a run, training images included)"
+        )
+    return DataError(f"no images to evaluate (--limit {limit})")
+
+
 def _progress(done: int, total: int, progress: bool) -> None:
     if progress:
         print(f"\r{done}/{total} images", end="" if done < total else "\n", flush=True)
@@ -153,7 +170,7 @@ def evaluate_run(
         samples = _select(dataset, split, 0.0, 0)
     samples = _subset(samples, limit)
     if not samples:
-        raise DataError("no images to evaluate")
+        raise _no_images(dataset, split, config.data.val_fraction, limit)
 
     spec = get_teacher(checkpoint.teacher)
     model, parts = teacher_parts(spec.name, checkpoint.pretrained, checkpoint.split_module)
@@ -264,7 +281,7 @@ def evaluate_bundle(
     targets = task_targets(dataset.classes, dataset.label_space, bundle.labels(task))
     samples = _subset(_select(dataset, split, val_fraction, seed), limit)
     if not samples:
-        raise DataError("no images to evaluate")
+        raise _no_images(dataset, split, val_fraction, limit)
 
     spec, local_spec = bundle.preprocessing, bundle.local_preprocessing
     pool = Threads(intra_op=threads, inter_op=min(threads, 1))

@@ -281,3 +281,34 @@ def test_one_default_student_variant_for_the_config_the_cli_and_the_readme():
     assert json.loads(result.stdout)["variant"] == "teacher_init"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "`--variant teacher_init` (the default)" in readme
+
+
+# --- 6. evaluate's errors name the cause and the option -----------------------------------------
+
+
+def test_evaluate_a_missing_path_says_it_does_not_exist(tmp_path):
+    result = invoke("evaluate", tmp_path / "typo", "--data", tmp_path)
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr and "bundle directory" in result.stderr
+
+
+def test_evaluate_with_an_empty_validation_split_names_split_all(toy_bundle_dir, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "one-image"
+    (data / "caltech-class-0").mkdir(parents=True)  # one of the toy bundle's classes
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(data / "caltech-class-0" / "a.jpg")
+    args = ["evaluate", toy_bundle_dir, "--data", data, "--task", "caltech101", "--json"]
+    result = invoke(*args, "--split", "val")
+    assert result.exit_code == 2
+    assert "validation split" in result.stderr and "--split all" in result.stderr
+    scored = invoke(*args, "--split", "all")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["images"] == 1
+
+
+def test_evaluate_refuses_task_for_a_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(b"")
+    result = invoke("evaluate", tmp_path / "run", "--task", "caltech101")
+    assert result.exit_code == 2 and "--task" in result.stderr and "bundle" in result.stderr
