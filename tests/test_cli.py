@@ -84,7 +84,7 @@ def test_profile_takes_an_image_and_defaults_torchvision_to_random_weights(
         (["profile", "efficientnet_lite0", "--image", "/nonexistent.jpg"], "does not exist"),
         (["export", "run"], "Missing argument 'run_dir'"),
         (["export", "run", "/nonexistent-run", "--out", "/tmp/x"], "best.pt"),
-        (["evaluate", "/nonexistent-run", "--data", "/tmp"], "neither a bundle"),
+        (["evaluate", "/nonexistent-run", "--data", "/tmp"], "does not exist"),
     ],
 )
 def test_user_errors_are_one_line_on_stderr_and_exit_2(args: list[str], message: str) -> None:
