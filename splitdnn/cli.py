@@ -1,5 +1,6 @@
 """``splitdnn``: thin Typer commands over the library.
 
+    splitdnn teachers                every teacher: input size, split points, students, weights
     splitdnn profile TEACHER         sizes, MACs and compressibility at every split point
     splitdnn student TEACHER -b B    what a bottleneck student costs next to the teacher head
     splitdnn export run|default|assets  a bundle (ONNX + manifest) from a run or the default
@@ -33,6 +34,27 @@ app = typer.Typer(
 )
 app.add_typer(serve_app, name="serve")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from splitdnn import __version__
+
+        typer.echo(f"splitdnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Split inference with head network distillation: profile, distill, export, serve."""
+
+
 #: Exit code of a user error (bad name, missing file, disagreeing export), as argparse uses.
 USAGE_ERROR = 2
 
@@ -56,12 +78,25 @@ def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
+def human(key: str, value: Any) -> str:
+    """A table cell: big counts with an SI prefix (82.1 M), bytes as kB/MB, floats to 0.01."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and abs(value) < 10_000:
+        return f"{value:.2f}"
+    if abs(value) < 10_000:
+        return str(value)
+    unit = " B" if "bytes" in key else ""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f} {prefix}{unit.strip()}".rstrip()
+    return str(value)  # pragma: no cover
+
+
 def _echo_fields(data: dict[str, Any]) -> None:
     width = max(len(k) for k in data)
     for key, value in data.items():
-        if isinstance(value, float):
-            value = f"{value:.2f}"
-        typer.echo(f"{key:<{width}}  {value}")
+        typer.echo(f"{key:<{width}}  {human(key, value)}")
 
 
 Teacher = Annotated[
@@ -166,6 +201,59 @@ def profile(
         )
     if plot is not None:
         typer.echo(f"wrote {plot}")
+
+
+# --- teachers -------------------------------------------------------------------------------
+
+
+@app.command()
+def teachers(as_json: Json = False) -> None:
+    """Every registered teacher: input size, split points, the students that exist for it
+    (the default first) and whether its weights are here without the internet."""
+    with user_errors():
+        from splitdnn.models import get_teacher, list_teachers
+        from splitdnn.models.torchvision_models import weights_cached
+        from splitdnn.students import default_variant, student_variants
+
+        rows = []
+        for name in list_teachers():
+            spec = get_teacher(name)
+            variants = student_variants(name)
+            default = default_variant(name)
+            if default in variants:
+                variants = [default, *(v for v in variants if v != default)]
+            if spec.weights_offline:
+                weights = "installed"
+            else:
+                weights = "cached" if weights_cached(name) else "download"
+            rows.append(
+                {
+                    "teacher": name,
+                    "input_size": spec.input_size,
+                    "student_split": spec.student_split,
+                    "split_points": list(spec.split_points),
+                    "students": variants,
+                    "weights": weights,
+                }
+            )
+    if as_json:
+        _echo_json(rows)
+        return
+    students_head = "students (default first)"
+    typer.echo(f"{'teacher':<20} {'input':>5}  {'weights':<9} {students_head:<38} split points")
+    for row in rows:
+        students = ", ".join(row["students"]) or "none (profile only)"
+        points = ", ".join(
+            f"[{p}]" if p == row["student_split"] else p for p in row["split_points"]
+        )
+        typer.echo(
+            f"{row['teacher']:<20} {row['input_size']:>5}  {row['weights']:<9} "
+            f"{students:<38} {points}"
+        )
+    typer.echo(
+        "[x]: where the students cut. weights: installed (a package, offline), cached (in "
+        "torch's hub cache), download (needs the internet; --no-pretrained works without)."
+    )
 
 
 # --- student --------------------------------------------------------------------------------

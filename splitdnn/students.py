@@ -374,6 +374,15 @@ def default_variant(teacher: str) -> str:
     return DEFAULT_VARIANT if teacher in TEACHER_INIT_DESIGNS else FALLBACK_VARIANT
 
 
+def student_variants(teacher: str) -> list[str]:
+    """The student designs that exist for ``teacher`` (empty: none, only profiling)."""
+    spec = get_teacher(teacher)
+    variants = ["teacher_init"] if teacher in TEACHER_INIT_DESIGNS else []
+    if spec.family == "efficientnet_lite" or spec.family in PAPER_DESIGNS:
+        variants += list(_WIDTHS)
+    return variants
+
+
 def build_student(teacher: str, bottleneck: int, variant: str | None = None) -> BottleneckStudent:
     """The registered bottleneck student for ``teacher`` with ``bottleneck`` channels.
 
@@ -381,7 +390,18 @@ def build_student(teacher: str, bottleneck: int, variant: str | None = None) -> 
     teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`).
     """
     spec = get_teacher(teacher)
+    what = f"{variant} student" if variant else "bottleneck student"
     variant = variant or default_variant(teacher)
+    variants = student_variants(teacher)
+    if variant not in variants:
+        from splitdnn.models import list_teachers
+
+        others = [t for t in list_teachers() if student_variants(t)]
+        raise UnknownNameError(
+            f"no {what} for {teacher!r}; "
+            + (f"it has {variants}" if variants else f"students exist for {', '.join(others)}")
+            + " (`splitdnn teachers` lists every teacher, its split points and students)"
+        )
     if variant == "teacher_init":
         return teacher_init_student(teacher, bottleneck)
     if spec.family == "efficientnet_lite":

@@ -312,3 +312,44 @@ def test_evaluate_refuses_task_for_a_run(tmp_path):
     (tmp_path / "run" / "best.pt").write_bytes(b"")
     result = invoke("evaluate", tmp_path / "run", "--task", "caltech101")
     assert result.exit_code == 2 and "--task" in result.stderr and "bundle" in result.stderr
+
+
+# --- 9. version, units, names, the catalogue ------------------------------------------------
+
+
+def test_version():
+    from splitdnn import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"splitdnn {__version__}"
+
+
+def test_tables_print_human_units():
+    from splitdnn.cli import human
+
+    assert human("device_macs", 82_111_256) == "82.1 M"
+    assert human("teacher_macs", 1_859_736_272) == "1.9 G"
+    assert human("bottleneck_bytes_fp32", 13_872) == "13.9 kB"
+    assert human("device_params", 52_016) == "52.0 k"
+    assert human("bottleneck_channels", 12) == "12"
+    assert human("data_size_percent", 1.7135) == "1.71"
+
+
+def test_student_of_a_teacher_without_one_names_the_teacher_not_its_family():
+    result = invoke("student", "mobilenet_v2", "-b", "3")
+    assert result.exit_code == 2
+    assert "no bottleneck student for 'mobilenet_v2'" in result.stderr
+    assert "'mobilenet'" not in result.stderr and "splitdnn teachers" in result.stderr
+
+
+def test_teachers_lists_sizes_split_points_students_and_weights():
+    result = invoke("teachers", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["teacher"]: row for row in json.loads(result.stdout)}
+    lite2 = rows["efficientnet_lite2"]
+    assert lite2["input_size"] == 260 and lite2["weights"] == "installed"
+    assert lite2["students"][0] == "teacher_init" and "_blocks.10" in lite2["split_points"]
+    assert rows["mobilenet_v2"]["students"] == []
+    assert rows["resnet152"]["weights"] in ("download", "cached")
+    table = invoke("teachers")
+    assert table.exit_code == 0 and "[layer2]" in table.stdout

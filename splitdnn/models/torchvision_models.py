@@ -24,6 +24,21 @@ def _builder(name: str):
     return build
 
 
+def weights_cached(name: str) -> bool:
+    """Whether torchvision's default weights for ``name`` are already in the torch hub cache
+    (so ``pretrained=True`` needs no download)."""
+    from pathlib import Path
+
+    import torch
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+    except (ValueError, AttributeError):
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()
+
+
 def _densenet_points(blocks: int = 4) -> tuple[str, ...]:
     points = ["features.pool0"]
     for i in range(1, blocks + 1):
