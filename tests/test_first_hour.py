@@ -353,3 +353,56 @@ def test_teachers_lists_sizes_split_points_students_and_weights():
     assert rows["resnet152"]["weights"] in ("download", "cached")
     table = invoke("teachers")
     assert table.exit_code == 0 and "[layer2]" in table.stdout
+
+
+# --- 7. head and tail on different bundles; multipart to the head -----------------------------
+
+
+def _head_on(tail_client, bundle_dir):
+    from fastapi.testclient import TestClient
+
+    from services.head.app import create_app
+    from services.head.settings import HeadSettings
+
+    settings = HeadSettings(
+        bundle=bundle_dir, tail_url="http://tail.test", load_in_background=False
+    )
+    return TestClient(create_app(settings, tail_transport=tail_client._transport))
+
+
+def test_head_on_another_bundle_than_its_tail_is_not_ready_and_says_why(
+    toy_bundle_dir, imagenet_only_local, caplog
+):
+    from fastapi.testclient import TestClient
+
+    from services.tail.app import create_app as create_tail
+    from services.tail.settings import TailSettings
+    from splitdnn.bundle import load_bundle
+
+    tail_settings = TailSettings(bundle=imagenet_only_local, load_in_background=False)
+    with TestClient(create_tail(tail_settings)) as tail:
+        with (
+            caplog.at_level("ERROR", logger="splitdnn.head"),
+            _head_on(tail, toy_bundle_dir) as head,
+        ):
+            ready = head.get("/v2/health/ready")
+            assert ready.status_code == 503
+            detail = ready.json()["detail"]
+            assert load_bundle(imagenet_only_local).id in detail
+            assert load_bundle(toy_bundle_dir).id in detail and "409" in detail
+        assert any(load_bundle(imagenet_only_local).id in r.getMessage() for r in caplog.records)
+
+    same = TailSettings(bundle=toy_bundle_dir, load_in_background=False)
+    with TestClient(create_tail(same)) as tail, _head_on(tail, toy_bundle_dir) as head:
+        assert head.get("/v2/health/ready").status_code == 200
+
+
+def test_a_multipart_upload_to_the_head_is_told_to_send_the_raw_body(
+    head_without_local_task, cat_jpeg
+):
+    response = head_without_local_task.post(
+        "/infer/split", files={"image": ("cat.jpg", cat_jpeg, "image/jpeg")}
+    )
+    assert response.status_code == 415
+    detail = response.json()["detail"]
+    assert "raw request body" in detail and "/classify" in detail

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from services.common.errors import NotReadyError
 
@@ -28,6 +29,9 @@ class ServiceState:
         self.error: str | None = None
         self.components: dict[str, Any] = {}
         self.started = time.monotonic()
+        #: Run (in a worker thread) by ``/v2/health/ready`` once loaded: each returns why the
+        #: service is not ready after all (e.g. the head's tail holds another bundle) or None.
+        self.checks: list[Callable[[], str | None]] = []
 
     @property
     def ready(self) -> bool:
@@ -78,4 +82,8 @@ async def ready(request: Request) -> dict[str, Any]:
     state: ServiceState = request.state.service
     if not state.ready:
         raise NotReadyError(state.error or "the bundle is still loading")
+    for check in state.checks:
+        reason = await run_in_threadpool(check)
+        if reason:
+            raise NotReadyError(reason)
     return {"ready": True}

@@ -59,6 +59,7 @@ def create_app(
         tail = TailClient(settings, tail_transport)
         service = ServiceState()
         service.start(lambda: load_components(settings, tail), settings.load_in_background)
+        service.checks.append(lambda: service.components["pipeline"].tail_readiness())
         try:
             yield {"service": service}
         finally:

@@ -149,6 +149,11 @@ class HeadPipeline:
         self.bundle, self.device, self.local, self.tail = bundle, device, local, tail
         self.settings, self.latency = settings, latency
         self.local_tasks = local_tasks(local)
+        #: Why the tail cannot serve this head (another bundle), from the last probe; None
+        #: when it matched or did not answer. ``tail_checked`` is when it last answered.
+        self.tail_mismatch: str | None = None
+        self.tail_matched = False
+        self._tail_probed = 0.0
 
     def no_local_model(self, task: str) -> InvalidRequestError:
         """422 for ``mode=local`` on a task the bundle's local model cannot classify."""
@@ -289,20 +294,53 @@ class HeadPipeline:
         )
 
     def probe_tail(self) -> dict[str, Any] | None:
-        """Ask the tail for its warm-up times to seed the model; harmless if it is down."""
+        """Ask the tail for its bundle and warm-up times: the warm-up times seed the latency
+        model; another bundle than the head's is logged and kept in ``tail_mismatch`` (the
+        head's readiness reports it). Harmless if the tail is down."""
+        self._tail_probed = time.monotonic()
+        url = f"{self.settings.tail_url}/v2/models/{self.bundle.name}"
+        ours = f"{self.bundle.id} ({self.bundle.name})"
         try:
-            meta = self.tail.get(f"/v2/models/{self.bundle.name}", timeout=1.0)
+            response = self.tail.client.get(f"/v2/models/{self.bundle.name}", timeout=1.0)
+            meta = response.json() if response.status_code in (200, 404) else None
         except (httpx.HTTPError, ValueError) as exc:
             log.info("tail not reachable yet (%r); using priors", exc)
             return None
+        if response.status_code == 404:
+            theirs = (meta or {}).get("detail", "it serves another model")
+            self._set_mismatch(f"the tail at {url} does not serve this head's {ours}: {theirs}")
+            return None
+        if meta is None or not isinstance(meta, dict):
+            log.info("tail answered %s to %s; using priors", response.status_code, url)
+            return None
         if meta.get("bundle") != self.bundle.id:
-            log.error("tail holds bundle %s, head holds %s", meta.get("bundle"), self.bundle.id)
+            self._set_mismatch(
+                f"the tail at {self.settings.tail_url} holds bundle {meta.get('bundle')} "
+                f"({meta.get('name')}), this head {ours}: split and offload would answer 409; "
+                "serve the same bundle on both"
+            )
             return meta
+        if self.tail_mismatch:
+            log.info("the tail now holds this head's bundle %s", ours)
+        self.tail_mismatch, self.tail_matched = None, True
         warm = meta.get("warmup_ms") or {}
         for mode in ("split", "offload"):
             if isinstance(warm.get(mode), (int, float)):
                 self.latency.observe_stage(f"tail_{mode}", warm[mode] / 1000)
         return meta
+
+    def _set_mismatch(self, message: str) -> None:
+        if message != self.tail_mismatch:
+            log.error("%s", message)
+        self.tail_mismatch, self.tail_matched = message, False
+
+    def tail_readiness(self, every_s: float = 2.0) -> str | None:
+        """For ``/v2/health/ready``: why this head is not ready (its tail holds another
+        bundle), or None. Until the tail has matched once it is asked again, at most every
+        ``every_s`` seconds, so a tail that starts or changes later is noticed."""
+        if not self.tail_matched and time.monotonic() - self._tail_probed >= every_s:
+            self.probe_tail()
+        return self.tail_mismatch
 
 
 def local_tasks(local: ImageClassifier) -> list[str]:

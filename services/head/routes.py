@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from services.common.deps import AppMetrics, Context, Service, TaskQuery, TopKQuery, read_capped
+from services.common.errors import UnsupportedMediaError
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
 from services.head.settings import Compression, HeadSettings, Quantisation, get_settings
@@ -28,7 +29,7 @@ PROBLEMS = problem_responses(
         401: "the tail refused the head's token",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
-        415: "not an image",
+        415: "not an image, or a multipart form (the head takes the raw image body)",
         503: "not ready, or the tail is down and fallback=false",
         504: "the tail missed the deadline and fallback=false",
     }
@@ -36,6 +37,12 @@ PROBLEMS = problem_responses(
 
 
 async def image_body(request: Request, settings: Settings) -> bytes:
+    if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        raise UnsupportedMediaError(
+            "the head takes the image as the raw request body (curl --data-binary @cat.jpg "
+            "-H 'Content-Type: image/jpeg' .../infer/split), not a multipart form; the "
+            "gateway's POST /classify takes the form (curl -F image=@cat.jpg)"
+        )
     return await read_capped(request, settings.max_image_bytes, "image")
 
 
