@@ -50,7 +50,8 @@ def _run(app: str, host: str, port: int, env: Mapping[str, str], log_level: str)
     os.environ.update(env)
     import uvicorn  # only here: the library never imports the web stack at module level
 
-    uvicorn.run(app, factory=True, host=host, port=port, log_level=log_level)
+    # The services log each request themselves, with its request id (splitdnn.access).
+    uvicorn.run(app, factory=True, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def tail_env(bundle: Path | None = None, token: str | None = None) -> dict[str, str]:
@@ -136,7 +137,7 @@ def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> 
     """The argv that runs ``app`` under uvicorn with this interpreter."""
     return [
         sys.executable, "-m", "uvicorn", app, "--factory",
-        "--host", host, "--port", str(port), "--log-level", log_level,
+        "--host", host, "--port", str(port), "--log-level", log_level, "--no-access-log",
     ]  # fmt: skip
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -406,3 +408,68 @@ def test_a_multipart_upload_to_the_head_is_told_to_send_the_raw_body(
     assert response.status_code == 415
     detail = response.json()["detail"]
     assert "raw request body" in detail and "/classify" in detail
+
+
+# --- 8. what the running services show: docs, logs, timings, metrics ---------------------------
+
+
+def _stages(server_timing: str) -> dict[str, float]:
+    stages = {}
+    for item in server_timing.split(","):
+        name, _, dur = item.strip().partition(";dur=")
+        stages[name] = float(dur)
+    return stages
+
+
+def test_running_services_log_bundle_and_request_ids_serve_docs_locally_and_time_all_of_total(
+    toy_bundle_dir, tmp_path, cat_jpeg
+):
+    ports = {name: free_port() for name in ("gateway", "head", "tail")}
+    log = tmp_path / "serve.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "SPLITDNN_HEAD_INTRA_OP_THREADS": "1",
+        "SPLITDNN_TAIL_INTRA_OP_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "splitdnn.cli", "serve", "all", "--bundle", toy_bundle_dir]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port)]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(c) for c in command], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    head, gateway = (f"http://127.0.0.1:{ports[n]}" for n in ("head", "gateway"))
+    try:
+        assert serve.wait_ready(gateway + "/v2/health/ready", 120), log.read_text()
+        docs = httpx.get(gateway + "/docs")
+        assert docs.status_code == 200
+        assert "cdn" not in docs.text and "https://" not in docs.text
+        assert "/docs/assets/swagger-ui-bundle.js" in docs.text
+        asset = httpx.get(head + "/docs/assets/swagger-ui-bundle.js")
+        assert asset.status_code == 200 and len(asset.content) > 100_000
+
+        answer = httpx.post(
+            head + "/infer/local", content=cat_jpeg, headers={"X-Request-ID": "first-hour-42"}
+        )
+        assert answer.status_code == 200, answer.text
+        stages = _stages(answer.headers["Server-Timing"])
+        total = stages.pop("total")
+        assert {"read", "head", "app"} <= set(stages)
+        assert sum(stages.values()) == pytest.approx(total, abs=0.01 * len(stages) + 0.01)
+
+        httpx.get(head + "/docs")
+        httpx.get(head + "/openapi.json")
+        metrics = httpx.get(head + "/metrics").text
+        assert 'route="/docs"' in metrics and 'route="/openapi.json"' in metrics
+        assert 'route="unmatched"' not in metrics
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    text = log.read_text()
+    from splitdnn.bundle import load_bundle
+
+    bundle = load_bundle(toy_bundle_dir)
+    assert f"bundle {bundle.id} ({bundle.name}" in text  # the startup line, head and tail
+    assert "request_id=first-hour-42" in text
+    assert '"POST /infer/local" 200' in text

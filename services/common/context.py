@@ -7,6 +7,7 @@ it and the middleware turns them into ``Server-Timing`` and Prometheus observati
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.metrics import Metrics
@@ -24,6 +26,8 @@ REQUEST_ID = "X-Request-ID"
 #: Sent with an offloaded image so the tail can refuse a head holding another bundle.
 BUNDLE_HEADER = "X-Bundle-ID"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: One line per request with its id (``client "METHOD path" status ms request_id=...``).
+access = logging.getLogger("splitdnn.access")
 
 
 @dataclass
@@ -49,6 +53,28 @@ class RequestContext:
         return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self.stages_ms.items())
 
 
+def close_stages(context: RequestContext, total_s: float, read_s: float) -> None:
+    """Account for all of ``total``: ``read`` (receiving the request body), the stages the
+    route recorded, and ``app`` for the rest (routing, validation, the worker-thread hop,
+    encoding the answer), so the named stages add up to ``total``."""
+    context.record("read", read_s)
+    named = sum(ms for name, ms in context.stages_ms.items() if name != "total") / 1000
+    context.record("app", max(total_s - named, 0.0))
+    context.record("total", total_s)
+
+
+def route_path(scope: Scope) -> str:
+    """The matched route's path template for metrics labels; routes FastAPI adds itself
+    (``/openapi.json``) may leave none in the scope, so they are matched here."""
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return path
+    for route in getattr(scope.get("app"), "routes", ()):
+        if route.matches({**scope, "type": "http"})[0] == Match.FULL:
+            return getattr(route, "path", None) or "unmatched"
+    return "unmatched"
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -72,6 +98,15 @@ class RequestContextMiddleware:
         state["context"] = context
         start = time.perf_counter()
         status = 500
+        reading = 0.0
+
+        async def receive_wrapper() -> Message:
+            nonlocal reading
+            began = time.perf_counter()
+            try:
+                return await receive()
+            finally:
+                reading += time.perf_counter() - began
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -79,15 +114,23 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID] = request_id
-                context.record("total", time.perf_counter() - start)
+                close_stages(context, time.perf_counter() - start, reading)
                 headers.append("Server-Timing", context.server_timing())
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = route_path(scope)
+            access.info(
+                '%s "%s %s" %s %.1f ms request_id=%s',
+                (scope.get("client") or ("-",))[0],
+                scope.get("method", ""),
+                scope.get("path", ""),
+                status,
+                (time.perf_counter() - start) * 1000,
+                request_id,
+            )
             self.metrics.requests.labels(
                 self.metrics.service, path, scope.get("method", ""), str(status)
             ).inc()

@@ -9,6 +9,7 @@ and the health and metrics routers in one call.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from starlette.types import Lifespan
 
 from services.common import health, metrics
 from services.common.context import RequestContext, RequestContextMiddleware
+from services.common.docs import install_local_docs
 from services.common.errors import (
     OverloadedError,
     PayloadTooLargeError,
@@ -58,11 +60,32 @@ def create_service_app(
     ``settings`` replace the ``get_settings`` dependency, so the instance handed to
     ``create_app`` (by tests or the CLI) wins over the environment.
     """
-    app = FastAPI(title=f"splitdnn {service}", summary=summary, version="1", lifespan=lifespan)
+    app = FastAPI(
+        title=f"splitdnn {service}",
+        summary=summary,
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,  # served from local files below, not from a CDN
+        redoc_url=None,
+    )
     app.dependency_overrides[get_settings] = lambda: settings
     setup_app(app, service, readiness)
+    install_local_docs(app)
+    log_to_stderr()
     app.include_router(router)
     return app
+
+
+def log_to_stderr() -> None:
+    """Show the ``splitdnn.*`` loggers (startup line, access lines with request ids) where
+    nothing else does: under uvicorn, which configures only its own loggers."""
+    ours = logging.getLogger("splitdnn")
+    if ours.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
 
 
 def get_context(request: Request) -> RequestContext:

@@ -48,6 +48,18 @@ class ServiceState:
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("loading failed: %s", self.error)
             return
+        bundle = self.components.get("bundle")
+        if bundle is not None:
+            log.info(
+                "loaded in %.1f s: bundle %s (%s, teacher %s cut at %s, tasks %s) from %s",
+                time.monotonic() - self.started,
+                bundle.id,
+                bundle.name,
+                bundle.manifest.teacher,
+                bundle.manifest.split_module,
+                ", ".join(bundle.manifest.tasks),
+                bundle.path,
+            )
         self._ready.set()
 
     def start(self, loader: Callable[[], dict[str, Any]], background: bool) -> None:

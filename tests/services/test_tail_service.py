@@ -182,7 +182,7 @@ def test_request_id_and_server_timing_headers(tail, bundle) -> None:
     )
     assert response.headers["x-request-id"] == "req-42"
     stages = [part.split(";")[0] for part in response.headers["server-timing"].split(", ")]
-    assert stages == ["decode", "tail", "total"]
+    assert stages == ["decode", "tail", "read", "app", "total"]  # all of total, named
     weird = tail.get("/v2/health/live", headers={"X-Request-ID": "bad id\twith spaces"})
     assert weird.headers["x-request-id"] != "bad id\twith spaces"
 
