@@ -1,7 +1,8 @@
 """A new user's first hour (issue #16), replayed: each step says what it does, refuses
 what it cannot do, and never claims to be ready when it is not.
 
-One section per item of the issue; everything runs on toy data and the toy bundle.
+One section per item of the issue; everything runs on toy data and the toy bundle. Item 10
+(no package-source host written in the repository) is tests/test_package_sources.py.
 """
 
 from __future__ import annotations
