@@ -140,8 +140,10 @@ class _ConnectionPool:
         self.prefix = url.path.rstrip("/")
         self.headers = headers
         self.timeout, self.connect_timeout = settings.tail_timeout_s, settings.connect_timeout_s
-        self.idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
+        self.idle: queue.LifoQueue[tuple[float, http.client.HTTPConnection]] = queue.LifoQueue()
         self.max_idle = settings.max_connections
+        #: uvicorn drops keep-alive connections idle for 5 s; do not reuse older ones
+        self.max_idle_s = 4.0
 
     def _connect(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
@@ -159,11 +161,8 @@ class _ConnectionPool:
         all_headers = {**self.headers, "Content-Type": content_type, **headers}
         start = time.perf_counter()
         for attempt in (0, 1):  # a kept-alive connection the tail closed: once more, fresh
-            try:
-                conn = self.idle.get_nowait()
-                reused = True
-            except queue.Empty:
-                conn, reused = None, False
+            conn = self._take() if attempt == 0 else None
+            reused = conn is not None
             try:
                 if conn is None:
                     conn = self._connect()
@@ -176,6 +175,7 @@ class _ConnectionPool:
             except (OSError, http.client.HTTPException) as exc:
                 _close(conn)
                 if reused and attempt == 0:
+                    self.close()  # the others idled as long: probably closed too
                     continue
                 raise UpstreamUnavailableError(f"the tail is unreachable: {exc!r}") from exc
             break
@@ -183,7 +183,7 @@ class _ConnectionPool:
         if response.will_close or self.idle.qsize() >= self.max_idle:
             _close(conn)
         else:
-            self.idle.put(conn)
+            self.idle.put((time.monotonic(), conn))
         status = response.status
         if status == 200:
             try:
@@ -202,10 +202,21 @@ class _ConnectionPool:
         except ValueError as exc:
             raise UpstreamUnavailableError("the tail answered something that is not JSON") from exc
 
+    def _take(self) -> http.client.HTTPConnection | None:
+        """A pooled connection idle for less than ``max_idle_s``, or None."""
+        while True:
+            try:
+                since, conn = self.idle.get_nowait()
+            except queue.Empty:
+                return None
+            if time.monotonic() - since < self.max_idle_s:
+                return conn
+            conn.close()
+
     def close(self) -> None:
         while True:
             try:
-                _close(self.idle.get_nowait())
+                _close(self.idle.get_nowait()[1])
             except queue.Empty:
                 return
 

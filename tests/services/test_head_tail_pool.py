@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -91,3 +92,15 @@ def test_a_tail_that_is_down_is_unavailable() -> None:
     tail = client("http://127.0.0.1:9")  # discard port: nothing listens
     with pytest.raises(UpstreamUnavailableError, match="unreachable"):
         tail.post("/infer", b"x", "a/b", {}, {})
+
+
+def test_idle_connections_the_tail_timed_out_are_all_replaced(tail_url: str) -> None:
+    """uvicorn closes idle keep-alive connections after 5 s; every pooled one may be dead."""
+    tail = client(tail_url)
+    assert tail.fast is not None
+    dead = [tail.fast._connect() for _ in range(3)]
+    for conn in dead:
+        conn.sock.close()  # closed under the pool's feet, as a timed-out peer leaves them
+        tail.fast.idle.put((time.monotonic(), conn))
+    assert tail.post("/infer", b"abc", "a/b", {}, {})[0]["n"] == 3
+    tail.close()
