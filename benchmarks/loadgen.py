@@ -13,7 +13,7 @@ or a late scheduler counts (no coordinated omission).
 class name becomes the error class). The summary holds offered vs achieved rate, errors by
 class, latency p50/p95/p99/max and every request's record.
 
-CLI (replaces the closed-loop ``load_test.py``): post photos from a folder to a URL.
+CLI (it replaced the closed-loop ``load_test.py``): post photos from a folder to a URL.
 
     python benchmarks/loadgen.py http://127.0.0.1:8000/classify?mode=split \\
         --images ../shared/data/imagenet-sample/images --rate 5 --count 200 --arrivals poisson

@@ -90,6 +90,19 @@ def reencode(
     return reencode_image(decode_image(data, max_pixels), spec, setting)
 
 
+def worth_it(data: bytes, spec: Preprocessing, margin: float = 1.25) -> bool:
+    """False when the upload is already a JPEG or WebP near the input size (short side at
+    most ``margin`` x ``resize``): re-encoding would cost the device a decode and an encode
+    (~50 ms on a Pi-class CPU) to save a few kB. Reads the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ("JPEG", "WEBP"):
+                return True
+            return min(image.size) > margin * spec.resize
+    except Exception:  # let the decoder report what is wrong with it
+        return True
+
+
 def load_choice(bundle_dir: str | Path) -> Reencoding | None:
     """The measured choice stored beside a bundle, or None if it has none."""
     path = Path(bundle_dir) / CHOICE_FILE

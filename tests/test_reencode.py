@@ -56,3 +56,12 @@ def test_parse_and_bad_settings() -> None:
         reencode.parse("gif:50")
     with pytest.raises(ConfigError):
         reencode.Reencoding("jpeg", 0)
+
+
+def test_a_photo_already_near_the_input_size_is_not_worth_reencoding() -> None:
+    assert reencode.worth_it(photo(400, 300), SPEC)  # short side 300 > 1.25 x 72
+    assert not reencode.worth_it(photo(100, 80), SPEC)  # short side 80 <= 90
+    png = io.BytesIO()
+    Image.new("RGB", (80, 80)).save(png, "PNG")
+    assert reencode.worth_it(png.getvalue(), SPEC)  # lossless formats are always re-encoded
+    assert reencode.worth_it(b"not an image", SPEC)

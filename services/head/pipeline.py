@@ -386,7 +386,7 @@ class HeadPipeline:
         """Send the image; ``fair`` re-encodes it at the teacher's input size first."""
         start = time.perf_counter()
         payload = image
-        if fair:
+        if fair and reencode.worth_it(image, self.bundle.preprocessing):
             with context.stage("head"):
                 setting = self.reencoding or reencode.Reencoding()
                 payload = reencode.reencode(
