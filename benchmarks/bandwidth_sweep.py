@@ -5,10 +5,12 @@ The tail runs inside a network namespace behind a veth pair shaped with tbf both
 setting really gets is calibrated with a bulk upload and reported). The head runs in the
 root namespace inside a cgroup holding a device profile's CPU share
 (``splitdnn/devices.json``: pi4, jetson-nano, unlimited). For every profile x rate x mode
-the client posts held-out photos to the head's ``/infer/{mode}`` open-loop (fixed
-arrivals spaced 1.5x the cell's warm-up time, so a cell measures latency, not a queue;
-latency from the intended send time), and records per request the client time, the
-stages the head reports (τhead with its model part, τlink, τtail) and bytes.
+the client posts held-out photos to the head's ``/infer/{mode}`` open-loop, all modes of
+a rate interleaved on one fixed schedule (each request followed by a gap of 1.5x its
+mode's warm-up time, so a cell measures latency, not a queue, and a burst of load on the
+shared machine hits every mode alike; latency from the intended send time), and records
+per request the client time, the stages the head reports (τhead with its model part,
+τlink, τtail) and bytes.
 
 Modes: ``local``, ``split`` (uint8 + zstd), ``offload`` (the upload as it came),
 ``offload-fair`` (re-encoded at the teacher's input size, ``splitdnn/reencode.py``) and
@@ -45,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import cgroup  # noqa: E402
-from benchmarks.loadgen import Reply, run  # noqa: E402
+from benchmarks.loadgen import Reply, percentile, run  # noqa: E402
 from benchmarks.netns import Link, calibrate, shaped_link, why_unavailable  # noqa: E402
 from splitdnn import devices, serve  # noqa: E402
 from splitdnn.bundle import default_bundle_path, load_bundle  # noqa: E402
@@ -131,15 +133,8 @@ def post(client: httpx.Client, mode: str, image: bytes) -> dict[str, Any]:
     return response.json()
 
 
-def measure_cell(
-    client: httpx.Client,
-    images: list[tuple[str, bytes]],
-    mode: str,
-    payload_mbit: float,
-    warmup: int,
-) -> dict[str, Any]:
-    """One profile x rate x mode cell: open-loop requests over the photos, per-request
-    records, and the cell's medians."""
+def warm_interval(client: httpx.Client, images: list, mode: str, warmup: int) -> float:
+    """Warm a mode up; the gap to leave after each of its requests (1.5x its time)."""
     warm = []
     for i in range(warmup):
         start = time.perf_counter()
@@ -148,13 +143,34 @@ def measure_cell(
         except (RuntimeError, httpx.HTTPError) as exc:  # counted in the cell, not fatal
             print(f"warm-up {mode}: {exc}", file=sys.stderr)
         warm.append(time.perf_counter() - start)
-    interval = max(0.05, 1.5 * statistics.median(warm))
+    return max(0.05, 1.5 * statistics.median(warm))
 
-    def send(i: int) -> Reply:
+
+def measure_row(
+    client: httpx.Client,
+    images: list[tuple[str, bytes]],
+    modes: list[str],
+    payload_mbit: float,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    """One profile x rate row: every mode's requests interleaved on one open-loop schedule
+    (photo 1 in every mode, then photo 2, ...; each request followed by a gap of 1.5x its
+    mode's warm-up time, so requests do not overlap and a burst of load on the shared
+    machine hits all modes alike), then one cell per mode."""
+    gaps = {m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1)) for m in modes}
+    plan = [(m, i) for i in range(len(images)) for m in modes]
+    times, t = [], 0.0
+    for m, _ in plan:
+        times.append(t)
+        t += gaps[m]
+
+    def send(k: int) -> Reply:
+        mode, i = plan[k]
         answer = post(client, mode, images[i][1])
         t = answer["timings_ms"]
         stages = answer.get("head_stages_ms") or {}
         info = {
+            "cell": mode,
             "image": images[i][0],
             "mode": answer["mode"],
             "head_ms": t["head"],
@@ -168,8 +184,22 @@ def measure_cell(
             info["predicted_ms"] = answer["predicted_ms"]
         return Reply(None, info)
 
-    summary = run(send, rate=1 / interval, count=len(images), arrivals="fixed")
-    records = [r for r in summary["records"] if r["error"] is None]
+    summary = run(send, rate=1.0, count=len(plan), times=times)
+    return [
+        cell_of(
+            mode,
+            [r for r in summary["records"] if plan[r["i"]][0] == mode],
+            gaps[mode],
+            payload_mbit,
+        )
+        for mode in modes
+    ]
+
+
+def cell_of(mode: str, all_records: list[dict], gap: float, payload_mbit: float) -> dict:
+    """The medians of one mode's requests in a row."""
+    records = [r for r in all_records if r["error"] is None]
+    errors = dict(Counter(r["error"] for r in all_records if r["error"] is not None))
     for r in records:
         link_ms = r["bytes"] * 8 / (payload_mbit * 1e6) * 1000
         r["limit_ms"] = round(r["head_ms"] + link_ms + r["tail_ms"], 3)
@@ -186,12 +216,12 @@ def measure_cell(
     cell = {
         "mode": mode,
         "n": len(records),
-        "errors": summary["errors"],
-        "offered_rate": round(1 / interval, 3),
-        "achieved_rate": summary["achieved_rate"],
-        "p50_ms": summary["p50_ms"],
-        "p95_ms": summary["p95_ms"],
-        "max_ms": summary["max_ms"],
+        "errors": errors,
+        "gap_s": round(gap, 3),
+        "p50_ms": round(percentile(latencies, 50), 3) if latencies else None,
+        "p95_ms": round(percentile(latencies, 95), 3) if latencies else None,
+        "max_ms": round(max(latencies), 3) if latencies else None,
+        "late_ms_max": max((r["late_ms"] for r in records), default=None),
         "head_ms": med("head_ms"),
         "head_model_ms": med("head_model_ms"),
         "link_ms": med("transfer_ms"),
@@ -206,7 +236,7 @@ def measure_cell(
     if mode == "auto":
         cell["chosen"] = dict(Counter(r["mode"] for r in records))
     if not latencies:
-        print(f"{mode}: every request failed: {summary['errors']}", file=sys.stderr)
+        print(f"{mode}: every request failed: {errors}", file=sys.stderr)
     return cell
 
 
@@ -294,11 +324,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             for rate in args.rates:
                 link = link.set_rate(rate)
                 cal = calibrate(link)
-                row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": []}
-                for mode in args.modes:
-                    warmup = args.warmup * (3 if mode == "auto" else 1)
-                    cell = measure_cell(client, images, mode, cal["payload_mbit"], warmup)
-                    row["cells"].append(cell)
+                cells = measure_row(client, images, args.modes, cal["payload_mbit"], args.warmup)
+                row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": cells}
                 derive(row)
                 rows.append(row)
                 brief = {c["mode"]: c["p50_ms"] for c in row["cells"]}

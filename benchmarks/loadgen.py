@@ -94,9 +94,11 @@ def run(
     arrivals: str = "fixed",
     seed: int = 0,
     workers: int = 64,
+    times: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Send ``count`` requests on the schedule; returns the summary (see :func:`summarise`)."""
-    times = schedule(rate, count, arrivals, seed)
+    """Send ``count`` requests on the schedule (or at the given send ``times``, seconds from
+    the start); returns the summary (see :func:`summarise`)."""
+    times = schedule(rate, count, arrivals, seed) if times is None else list(times)
     records: list[Record] = []
     lock = threading.Lock()
     start = time.perf_counter()
