@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -338,6 +339,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     }
     for name in args.profiles:
         profile = devices.get(name)
+        if args.period_us:
+            profile = dataclasses.replace(profile, period_us=args.period_us)
         rows: list[dict[str, Any]] = []
         with (
             shaped_link(args.rates[0], name="sdsweep") as link,
@@ -359,6 +362,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "name": name,
                 "cpu_share": profile.cpu_share,
+                "period_us": profile.period_us,
                 "device": profile.device,
                 "local_model_ms": statistics.median(c["head_model_ms"] for c in local)
                 if local
@@ -610,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads/service")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--from-json", help="rewrite the reports of an earlier run's JSON")
+    parser.add_argument("--period-us", type=int, help="cgroup period instead of devices.json's")
     args = parser.parse_args(argv)
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
