@@ -32,7 +32,8 @@ def test_the_band_is_where_split_beats_local_and_fair_offload_with_interpolated_
     b = band(rows)
     assert b["grid_rates"] == [1, 10] and b["open_below"] and not b["open_above"]
     assert b["edges_mbit"][0] == 1
-    assert b["edges_mbit"][1] == pytest.approx(10**1.5, rel=1e-3)  # gain 2 -> 0.5 in log
+    # gain 2 -> 0.5 from 10 to 100 Mbit/s: 1 is crossed 2/3 of the way, in log rate
+    assert b["edges_mbit"][1] == pytest.approx(10 ** (1 + 2 / 3), rel=1e-3)
     none = [row(1, local=50, split=100, offload_fair=300)]
     derive(none[0])
     assert band(none) == {"grid_rates": [], "width": None}
