@@ -61,12 +61,16 @@ def infer(
     compression: Annotated[
         Compression | None, Query(description="Override the envelope compression")
     ] = None,
+    reencode: Annotated[
+        bool | None,
+        Query(description="Offload: re-encode at the teacher's input size (default: setting)"),
+    ] = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     pipeline: HeadPipeline = service.get("pipeline")
     encoding = Encoding(quantisation or settings.quantisation, compression or settings.compression)
     outcome, predictions = pipeline.run(
-        mode, image, task, k or settings.top_k, fallback, context, metrics, encoding
+        mode, image, task, k or settings.top_k, fallback, context, metrics, encoding, reencode
     )
     total_ms = (time.perf_counter() - start) * 1000
     answer: dict[str, Any] = {
@@ -79,6 +83,10 @@ def infer(
             "transfer": round(outcome.transfer_ms, 3),
             "tail": round(outcome.tail_ms, 3),
             "total": round(total_ms, 3),
+        },
+        "head_stages_ms": {
+            "preprocess": round(outcome.preprocess_ms, 3),
+            "model": round(outcome.model_ms, 3),
         },
         "bytes_sent": outcome.bytes_sent,
         "encoding": (

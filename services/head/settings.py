@@ -49,6 +49,13 @@ class HeadSettings(ServiceSettings):
     tail_retry_s: float = Field(
         default=5.0, ge=0, description="After a tail failure, auto avoids remote modes this long."
     )
+    offload_reencode: str = Field(
+        default="bundle",
+        pattern=r"^(none|bundle|(jpeg|webp):q?\d{1,3})$",
+        description="Fair offload: re-encode the image at the teacher's input size before "
+        "sending it. 'bundle' uses the measured choice stored beside the bundle "
+        "(reencode.json; none if absent), 'none' sends the upload as it came, 'webp:95' forces.",
+    )
 
 
 @lru_cache

@@ -226,13 +226,13 @@ def test_auto_picks_the_mode_that_was_measured_fastest(
     if slow == "link":
         tail.delay_s = 0.25
     else:
-        original = ImageClassifier.__call__
+        original = ImageClassifier.run
 
         def slow_model(self, *args, **kwargs):
             time.sleep(0.25)
             return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(ImageClassifier, "__call__", slow_model)
+        monkeypatch.setattr(ImageClassifier, "run", slow_model)
     with _fresh_head(toy_bundle_dir, tail) as head:
         fastest = _measured_fastest(head, cat_jpeg)
         assert fastest == ("local" if slow == "link" else "split")
