@@ -13,6 +13,39 @@ from typing import Any
 IMAGE_CONTENT: dict[str, Any] = {
     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
     "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/webp": {"schema": {"type": "string", "format": "binary"}},
+}
+
+#: Bodies of the tail's ``/v2/models/{name}/infer``: the msgpack envelope (splitdnn.wire),
+#: an Open Inference Protocol v2 JSON request, or one with the binary tensor extension.
+INFER_CONTENT: dict[str, Any] = {
+    "application/vnd.msgpack": {"schema": {"type": "string", "format": "binary"}},
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "parameters": {"type": "object"},
+                "inputs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "datatype", "shape"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "datatype": {"type": "string"},
+                            "shape": {"type": "array", "items": {"type": "integer"}},
+                            "parameters": {"type": "object"},
+                            "data": {"type": "array"},
+                        },
+                    },
+                },
+                "outputs": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }
 
 
