@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -293,7 +294,7 @@ def test_oip_json_infer_equals_the_envelope_path(tail, bundle) -> None:
 def test_bad_oip_requests_are_4xx_with_an_error_field(tail, bundle, change, status) -> None:
     spec = {"name": "bottleneck", "datatype": "FP32", "shape": [1, 4, 8, 8], "data": [0.0] * 256}
     spec.update(change)
-    content = ('{"inputs": [%s]}' % str(spec).replace("'", '"').replace("nan", "NaN")).encode()
+    content = json.dumps({"inputs": [spec]}).encode()  # NaN written as JSON's NaN
     response = tail.post(
         f"/v2/models/{bundle.name}/infer",
         content=content,
