@@ -13,6 +13,7 @@ time feeds the compute estimates.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ import httpx
 
 from services.common.context import BUNDLE_HEADER, REQUEST_ID, RequestContext
 from services.common.errors import (
+    UpstreamBadAnswerError,
     UpstreamProblem,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -104,14 +106,42 @@ class TailClient:
         if response.status_code >= 400:
             raise UpstreamProblem(response.status_code, _problem(response), _relay(response))
         try:
-            return response.json(), elapsed
+            answer = response.json()
         except ValueError as exc:
-            raise UpstreamUnavailableError("the tail answered something that is not JSON") from exc
+            raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
+        return checked_answer(answer), elapsed
 
     def get(self, path: str, timeout: float) -> dict[str, Any]:
         response = self.client.get(path, timeout=timeout)
         response.raise_for_status()
         return response.json()
+
+
+def checked_answer(answer: object) -> dict[str, Any]:
+    """A tail's 200 answer, if it holds what the head uses: a ``top_k`` list of
+    ``{index, label, score}`` and, optionally, finite ``timings_ms.compute``. Anything else
+    is :class:`UpstreamBadAnswerError` (fallback to local, or 502), never a 500."""
+    if not isinstance(answer, dict):
+        raise UpstreamBadAnswerError("the tail's answer is not a JSON object")
+    ranked = answer.get("top_k")
+    if not isinstance(ranked, list) or not all(
+        isinstance(r, dict)
+        and isinstance(r.get("index"), int)
+        and isinstance(r.get("label"), str)
+        and isinstance(r.get("score"), (int, float))
+        and math.isfinite(r["score"])
+        for r in ranked
+    ):
+        raise UpstreamBadAnswerError("the tail's answer has no valid 'top_k' list")
+    timings = answer.get("timings_ms", {})
+    compute = timings.get("compute", 0.0) if isinstance(timings, dict) else None
+    if (
+        not isinstance(compute, (int, float))
+        or isinstance(compute, bool)
+        or not math.isfinite(compute)
+    ):
+        raise UpstreamBadAnswerError("the tail's 'timings_ms.compute' is not a finite number")
+    return answer
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
