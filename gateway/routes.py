@@ -40,6 +40,7 @@ PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image, or malformed multipart",
         401: "the head or the tail refused the token",
+        404: "unknown task",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image",
@@ -131,6 +132,7 @@ async def call_head(
     responses=PROBLEMS,
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
                 "multipart/form-data": {
                     "schema": {
@@ -140,7 +142,7 @@ async def call_head(
                     }
                 },
                 **IMAGE_CONTENT,
-            }
+            },
         }
     },
     dependencies=[Depends(limit_in_flight)],

@@ -35,6 +35,7 @@ PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image",
         401: "missing or wrong bearer token (the head's own, or the tail refused it)",
+        404: "unknown task or model name",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image",
@@ -64,7 +65,7 @@ async def image_body(request: Request, settings: Settings) -> bytes:
     "/infer/{mode}",
     summary="Classify an image in one mode (auto picks the fastest predicted)",
     responses=PROBLEMS,
-    openapi_extra={"requestBody": {"content": IMAGE_CONTENT}},
+    openapi_extra={"requestBody": {"required": True, "content": IMAGE_CONTENT}},
     dependencies=ADMISSION,
 )
 def infer(

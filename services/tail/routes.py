@@ -176,7 +176,7 @@ def is_oip(request: Request, body: bytes) -> bool:
         },
     },
     response_model=None,
-    openapi_extra={"requestBody": {"content": INFER_CONTENT}},
+    openapi_extra={"requestBody": {"required": True, "content": INFER_CONTENT}},
     dependencies=ADMISSION,
 )
 def infer(
@@ -260,7 +260,7 @@ def infer_oip(
     "/models/{name}/classify",
     summary="Offload mode: run the whole teacher on an image",
     responses=PROBLEMS,
-    openapi_extra={"requestBody": {"content": IMAGE_CONTENT}},
+    openapi_extra={"requestBody": {"required": True, "content": IMAGE_CONTENT}},
     dependencies=ADMISSION,
 )
 def classify_image(
