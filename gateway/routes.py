@@ -198,7 +198,12 @@ async def _ready(client: httpx.AsyncClient, url: str) -> bool:
     return response.status_code == 200
 
 
-@router.get("/v2/health/ready", tags=["health"], summary="Ready when the head is ready")
+@router.get(
+    "/v2/health/ready",
+    tags=["health"],
+    summary="Ready when the head is ready",
+    responses=problem_responses({503: "the head is not ready (Retry-After)"}),
+)
 async def ready(head: Head) -> dict[str, Any]:
     if not await _ready(head, "/v2/health/ready"):
         raise UpstreamUnavailableError("the head is not ready", headers={"Retry-After": "1"})

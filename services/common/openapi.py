@@ -49,7 +49,28 @@ INFER_CONTENT: dict[str, Any] = {
 }
 
 
+#: Every error body (:mod:`services.common.errors`): RFC 9457 fields, the request id, and
+#: ``error`` (the detail again) for Open Inference Protocol clients.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "error"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "error": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": ["string", "null"]},
+    },
+}
+PROBLEM_CONTENT: dict[str, Any] = {"application/problem+json": {"schema": PROBLEM_SCHEMA}}
+
+
 def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """A route's ``responses=`` from status -> why; every error body is problem+json
     (:mod:`services.common.errors`), so the description is all that differs."""
-    return {status: {"description": why} for status, why in descriptions.items()}
+    return {
+        status: {"description": why, "content": PROBLEM_CONTENT}
+        for status, why in descriptions.items()
+    }
