@@ -182,6 +182,15 @@ def summarise(
         "accepted_p50_ms": pct(0.5),
         "accepted_p99_ms": pct(0.99),
         "modes_of_200s": dict(modes),
+        "slowest": [
+            {
+                "sent_at_s": round(r["t"] - start, 2),
+                "ms": round(r["ms"], 1),
+                "status": r["status"],
+                "mode": ("fallback " if r.get("fallback") else "") + r.get("mode", "-"),
+            }
+            for r in sorted(records, key=lambda r: -r["ms"])[:5]
+        ],
         "retry_after_on_every_503": all(
             r.get("retry_after") for r in records if r["status"] == 503
         ),
@@ -227,6 +236,10 @@ def write_report(result: dict[str, Any], records: list[dict], stack: Stack, out:
     ]
     for name, v in s["rss"].items():
         lines.append(f"| {name} | {v['early_mib']} | {v['late_mib']} | {v['growth_pct']} |")
+    lines += ["", "Slowest answers (sent at s after the start, ms, status, mode):", ""]
+    lines += [
+        f"* {r['sent_at_s']} s: {r['ms']} ms, {r['status']}, {r['mode']}" for r in s["slowest"]
+    ]
     (out / "soak.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
