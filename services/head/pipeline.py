@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import queue
 import socket
 import time
@@ -26,6 +27,7 @@ import httpx
 
 from services.common.context import BUNDLE_HEADER, REQUEST_ID, RequestContext
 from services.common.errors import (
+    UpstreamBadAnswerError,
     UpstreamProblem,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -99,7 +101,8 @@ class TailClient:
     ) -> tuple[dict[str, Any], float]:
         """POST and return (JSON answer, round-trip seconds)."""
         if self.fast is not None:
-            return self.fast.post(path, body, content_type, params, headers)
+            answer, elapsed = self.fast.post(path, body, content_type, params, headers)
+            return checked_answer(answer), elapsed
         start = time.perf_counter()
         try:
             response = self.client.post(
@@ -120,9 +123,10 @@ class TailClient:
         if response.status_code >= 400:
             raise UpstreamProblem(response.status_code, _problem(response), _relay(response))
         try:
-            return response.json(), elapsed
+            answer = response.json()
         except ValueError as exc:
-            raise UpstreamUnavailableError("the tail answered something that is not JSON") from exc
+            raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
+        return checked_answer(answer), elapsed
 
     def get(self, path: str, timeout: float) -> dict[str, Any]:
         response = self.client.get(path, timeout=timeout)
@@ -189,9 +193,7 @@ class _ConnectionPool:
             try:
                 return json.loads(content), elapsed
             except ValueError as exc:
-                raise UpstreamUnavailableError(
-                    "the tail answered something that is not JSON"
-                ) from exc
+                raise UpstreamBadAnswerError("the tail answered something not JSON") from exc
         relayed = httpx.Response(status, headers=response.getheaders(), content=content)
         if status >= 500 or status == 429:
             raise UpstreamUnavailableError(f"the tail answered {status}: {_detail(relayed)}")
@@ -200,7 +202,7 @@ class _ConnectionPool:
         try:
             return relayed.json(), elapsed
         except ValueError as exc:
-            raise UpstreamUnavailableError("the tail answered something that is not JSON") from exc
+            raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
 
     def _take(self) -> http.client.HTTPConnection | None:
         """A pooled connection idle for less than ``max_idle_s``, or None."""
@@ -224,6 +226,33 @@ class _ConnectionPool:
 def _close(conn: http.client.HTTPConnection | None) -> None:
     if conn is not None:
         conn.close()
+
+
+def checked_answer(answer: object) -> dict[str, Any]:
+    """A tail's 200 answer, if it holds what the head uses: a ``top_k`` list of
+    ``{index, label, score}`` and, optionally, finite ``timings_ms.compute``. Anything else
+    is :class:`UpstreamBadAnswerError` (fallback to local, or 502), never a 500."""
+    if not isinstance(answer, dict):
+        raise UpstreamBadAnswerError("the tail's answer is not a JSON object")
+    ranked = answer.get("top_k")
+    if not isinstance(ranked, list) or not all(
+        isinstance(r, dict)
+        and isinstance(r.get("index"), int)
+        and isinstance(r.get("label"), str)
+        and isinstance(r.get("score"), (int, float))
+        and math.isfinite(r["score"])
+        for r in ranked
+    ):
+        raise UpstreamBadAnswerError("the tail's answer has no valid 'top_k' list")
+    timings = answer.get("timings_ms", {})
+    compute = timings.get("compute", 0.0) if isinstance(timings, dict) else None
+    if (
+        not isinstance(compute, (int, float))
+        or isinstance(compute, bool)
+        or not math.isfinite(compute)
+    ):
+        raise UpstreamBadAnswerError("the tail's 'timings_ms.compute' is not a finite number")
+    return answer
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:

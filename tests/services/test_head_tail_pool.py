@@ -10,7 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.common.errors import UpstreamProblem, UpstreamUnavailableError
+from services.common.errors import (
+    UpstreamBadAnswerError,
+    UpstreamProblem,
+    UpstreamUnavailableError,
+)
 from services.head.pipeline import TailClient
 from services.head.settings import HeadSettings
 
@@ -24,7 +28,10 @@ class Tail(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         status = int(self.path.split("status=")[1].split("&")[0]) if "status=" in self.path else 200
         answer = {"n": len(body), "auth": self.headers.get("Authorization"), "path": self.path,
-                  "type": self.headers.get("Content-Type")}  # fmt: skip
+                  "type": self.headers.get("Content-Type"),
+                  "top_k": [{"index": 0, "label": "cat", "score": 1.0}]}  # fmt: skip
+        if "no_top_k" in self.path:
+            del answer["top_k"]
         if status != 200:
             answer = {"title": "no", "status": status, "detail": "refused"}
         data = json.dumps(answer).encode()
@@ -73,6 +80,13 @@ def test_a_connection_the_tail_closed_is_replaced(tail_url: str) -> None:
     tail = client(tail_url)
     tail.post("/infer", b"x", "a/b", {"close": 1}, {})
     assert tail.post("/infer", b"xy", "a/b", {}, {})[0]["n"] == 2
+    tail.close()
+
+
+def test_an_answer_without_top_k_is_a_bad_answer_on_the_pooled_path(tail_url: str) -> None:
+    tail = client(tail_url)
+    with pytest.raises(UpstreamBadAnswerError, match="top_k"):
+        tail.post("/infer", b"x", "a/b", {"no_top_k": 1}, {})
     tail.close()
 
 
