@@ -87,7 +87,7 @@ def report() -> None:
         rows = [r for r in runs if r["task"] == task]
         if not rows:
             continue
-        lines += [f"## {task}", "", header, "|" + "---|" * 12]
+        lines += [f"## {task}", "", header, "|" + "---|" * (header.count(" | ") + 1)]
         lines += [_row(r) for r in rows]
         lines.append("")
     (RESULTS / "accuracy.md").write_text("\n".join(lines))

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from gateway import routes
 from gateway.settings import GatewaySettings, get_settings
-from services.common.deps import create_service_app
+from services.common.deps import InFlightLimiter, create_service_app
 
 
 def create_app(
@@ -26,15 +26,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        headers = {}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
         async with httpx.AsyncClient(
             base_url=settings.head_url,
-            timeout=httpx.Timeout(settings.timeout_s, connect=2.0),
+            headers=headers,
+            timeout=httpx.Timeout(settings.timeout_s, connect=2.0, pool=1.0),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
             transport=head_transport,
         ) as client:
             yield {"head": client}
 
-    return create_service_app(
+    app = create_service_app(
         "gateway",
         "POST /classify?mode=split|local|offload|auto in front of the head service.",
         lifespan=lifespan,
@@ -43,3 +47,5 @@ def create_app(
         settings=settings,
         readiness=False,
     )
+    app.state.limiter = InFlightLimiter(settings.max_in_flight)
+    return app

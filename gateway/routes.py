@@ -7,20 +7,18 @@ or problem. The head runs the modes, the fallback and the latency model.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
-from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.settings import GatewaySettings, Mode, get_settings
 from services.common.context import REQUEST_ID, RequestContext
-from services.common.deps import Context, read_capped
+from services.common.deps import Context, limit_in_flight, read_capped
 from services.common.errors import (
     InvalidRequestError,
     UnsupportedMediaError,
@@ -29,7 +27,8 @@ from services.common.errors import (
     UpstreamUnavailableError,
 )
 from services.common.openapi import IMAGE_CONTENT, problem_responses
-from splitdnn.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
+from splitdnn.errors import CorruptImageError, ImageTooLargeError
+from splitdnn.imaging import open_image
 
 router = APIRouter(tags=["classify"])
 Settings = Annotated[GatewaySettings, Depends(get_settings)]
@@ -40,12 +39,15 @@ MULTIPART_OVERHEAD = 64 * 1024
 PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image, or malformed multipart",
-        401: "the tail refused the head's token",
+        401: "the head or the tail refused the token",
+        404: "unknown task",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image",
         422: "unknown mode or task parameter, or no 'image' field",
-        503: "head unavailable, or tail down with fallback=false",
+        502: "the tail answered nonsense and fallback=false",
+        503: "over the in-flight limit (Retry-After), head unavailable or busy, or tail down "
+        "with fallback=false",
         504: "deadline missed",
     }
 )
@@ -91,16 +93,9 @@ async def extract_image(request: Request, limit: int) -> bytes:
 
 
 def sniff(data: bytes, max_pixels: int) -> None:
-    """Refuse non-images (415) and oversized images (413) from the header alone."""
-    if not data:
-        raise UnsupportedImageError("the image is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnsupportedImageError("the bytes are not an image format Pillow can read") from exc
-    if width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels}")
+    """Refuse non-images (415), other formats than JPEG/PNG/WebP (415) and oversized or
+    bomb images (413) from the header alone (:func:`splitdnn.imaging.open_image`)."""
+    open_image(data, max_pixels).close()
 
 
 async def call_head(
@@ -137,6 +132,7 @@ async def call_head(
     responses=PROBLEMS,
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
                 "multipart/form-data": {
                     "schema": {
@@ -146,9 +142,10 @@ async def call_head(
                     }
                 },
                 **IMAGE_CONTENT,
-            }
+            },
         }
     },
+    dependencies=[Depends(limit_in_flight)],
 )
 async def classify(
     request: Request,
@@ -201,7 +198,12 @@ async def _ready(client: httpx.AsyncClient, url: str) -> bool:
     return response.status_code == 200
 
 
-@router.get("/v2/health/ready", tags=["health"], summary="Ready when the head is ready")
+@router.get(
+    "/v2/health/ready",
+    tags=["health"],
+    summary="Ready when the head is ready",
+    responses=problem_responses({503: "the head is not ready (Retry-After)"}),
+)
 async def ready(head: Head) -> dict[str, Any]:
     if not await _ready(head, "/v2/health/ready"):
         raise UpstreamUnavailableError("the head is not ready", headers={"Retry-After": "1"})

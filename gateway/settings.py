@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings
@@ -28,6 +28,17 @@ class GatewaySettings(BaseServiceSettings):
         default=30.0, gt=0, description="Deadline for the head's answer (504 after it)."
     )
     default_mode: Mode = Field(default="split", description="Mode when the request names none.")
+    max_in_flight: int = Field(
+        default=8,
+        gt=0,
+        description="Requests forwarded at once; more get 503 + Retry-After at once, before "
+        "their body is read (so at most this many bodies are buffered).",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        validation_alias="SPLITDNN_TOKEN",  # no prefix: the head checks the same token
+        description="Bearer token the gateway sends the head; unset sends none.",
+    )
 
 
 @lru_cache

@@ -30,6 +30,13 @@ Token = Annotated[
     typer.Option(envvar="SPLITDNN_TOKEN", help="Shared bearer token between head and tail."),
 ]
 LogLevel = Annotated[str, typer.Option(help="uvicorn log level.")]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        help="Serve without a token on an address other hosts can reach (refused otherwise: "
+        "anyone could run the models)."
+    ),
+]
 TailUrl = Annotated[str, typer.Option(help="Base URL of the tail service (edge server).")]
 HeadUrl = Annotated[str, typer.Option(help="Base URL of the head service (device).")]
 
@@ -52,10 +59,18 @@ def tail(
     bundle: BundleOpt = None,
     token: Token = None,
     log_level: LogLevel = "info",
+    insecure: Insecure = False,
 ) -> None:
     """The edge half: server part for split mode, whole teacher for offload mode."""
     with _exit_on_library_error():
-        serve.serve_tail(host=host, port=port, bundle=bundle, token=token, log_level=log_level)
+        serve.serve_tail(
+            host=host,
+            port=port,
+            bundle=bundle,
+            token=token,
+            log_level=log_level,
+            insecure=insecure,
+        )
 
 
 @serve_app.command("head")
@@ -72,6 +87,7 @@ def head(
         str | None, typer.Option(help="Envelope compression: zstd (default) or none.")
     ] = None,
     log_level: LogLevel = "info",
+    insecure: Insecure = False,
 ) -> None:
     """The device half: device part and envelope upload, the local model, auto mode."""
     with _exit_on_library_error():
@@ -84,6 +100,7 @@ def head(
             quantisation=quantisation,
             compression=compression,
             log_level=log_level,
+            insecure=insecure,
         )
 
 
@@ -96,9 +113,11 @@ def gateway(
     default_mode: Annotated[
         str | None, typer.Option(help="Mode when a request names none (default split).")
     ] = None,
+    token: Token = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """The public front: POST /classify?mode=split|local|offload|auto."""
+    """The public front: POST /classify?mode=split|local|offload|auto (sends the head the
+    token)."""
     serve.serve_gateway(
         host=host,
         port=port,
@@ -106,6 +125,7 @@ def gateway(
         tail_url=tail_url,
         default_mode=default_mode,
         log_level=log_level,
+        token=token,
     )
 
 
@@ -118,6 +138,7 @@ def all_(
     bundle: BundleOpt = None,
     token: Token = None,
     log_level: LogLevel = "info",
+    insecure: Insecure = False,
 ) -> None:
     """Tail, head and gateway together on one machine, wired to each other."""
     with _exit_on_library_error():
@@ -129,5 +150,6 @@ def all_(
             bundle=bundle,
             token=token,
             log_level=log_level,
+            insecure=insecure,
         )
     raise typer.Exit(code=code)

@@ -13,7 +13,9 @@ class to one HTTP status.
     │   └── BundleMismatchError     head and tail hold different bundles (409)
     ├── WireError               an envelope that cannot be decoded (400)
     │   ├── WireVersionError        an envelope format version we do not speak
-    │   ├── WireSizeError           a declared size over the limit, or bytes that disagree with it
+    │   ├── WireSizeError           a declared size that disagrees with the bytes or the model
+    │   │   └── WireLimitError          a size or batch over the receiver's limit (413)
+    │   ├── WireValueError          NaN or infinity in a payload or a scale (422)
     │   └── WireCompressionError    a zstd payload that is corrupt or inflates past its size
     ├── CheckpointError         a run, checkpoint, probe or default assets that cannot be read
     └── ExportError             an exported model disagrees with torch
@@ -75,6 +77,14 @@ class WireVersionError(WireError):
 
 class WireSizeError(WireError):
     """A declared size is over the limit, or the bytes disagree with the declared shape/size."""
+
+
+class WireLimitError(WireSizeError):
+    """The envelope, its declared raw size or its batch is over the receiver's limit."""
+
+
+class WireValueError(WireError):
+    """The tensor (or a uint8 scale, in the precision it is used in) is NaN or infinite."""
 
 
 class WireCompressionError(WireError):

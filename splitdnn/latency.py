@@ -11,9 +11,16 @@ the device→edge link:
 
 Every τ is an exponentially weighted moving average (EWMA) of measured times, seeded by a
 warm-up run or a prior; ``B_env`` is the EWMA of sent envelope sizes. ``T`` comes from
-:class:`BandwidthEstimator`: ``T(B) = B / r`` with ``r`` an EWMA of bytes/s of recent
-transfers, or ``T(B) = overhead + B / r`` fitted to recent transfers once their sizes
-differ enough to separate the two. While the edge is known to be down, remote modes
+:class:`BandwidthEstimator`: per payload size class (4x wide: a 3 kB envelope and a 30 kB
+photo never share one) an EWMA of the effective bytes/s, which folds the per-request
+overhead (round trip, the head's own HTTP work) into the rate *at that size*; for a size
+never sent, ``T(B) = overhead + B / r`` fitted to recent transfers once their sizes differ
+enough, else one EWMA over all transfers. A sample 4x off its class's estimate replaces
+it (a changed link, not noise: busy-CPU jitter here stays under 3x). A mode's estimates
+refresh only when it runs, so every ``explore_every``-th auto decision runs the mode
+measured longest ago instead of the predicted best (10 %: the median is untouched, and
+with two other modes each is refreshed at least every 20 decisions, so a link that got
+faster is noticed within ~25 requests). While the edge is known to be down, remote modes
 predict infinity. No torch and no web framework: the head service feeds it.
 """
 
@@ -76,7 +83,16 @@ class BandwidthEstimator:
         self._ewma = Ewma(alpha, initial=float(prior_bytes_per_s))
         self.min_seconds = min_seconds
         self._samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self._classes: dict[int, Ewma] = {}
+        self.alpha = alpha
+        #: A class's sample this many times off its estimate replaces it (the link changed).
+        self.jump = 4.0
         self.last_bytes_per_s: float | None = None
+
+    @staticmethod
+    def size_class(nbytes: float) -> int:
+        """Payloads within a factor of 4 share a class: 1-4 kB, 4-16 kB, 16-64 kB, ..."""
+        return int(math.log(max(nbytes, 1.0), 4))
 
     def observe(self, nbytes: int, seconds: float) -> float:
         """Record one transfer of ``nbytes`` that took ``seconds``; returns the EWMA rate."""
@@ -86,6 +102,12 @@ class BandwidthEstimator:
         rate = nbytes / seconds
         self.last_bytes_per_s = rate
         self._samples.append((float(nbytes), seconds))
+        # seconds per byte, not bytes/s: an average of rates hides a link that slowed down
+        per_byte = seconds / nbytes
+        ewma = self._classes.setdefault(self.size_class(nbytes), Ewma(self.alpha))
+        if ewma.value and not 1 / self.jump < per_byte / ewma.value < self.jump:
+            ewma.count = 0  # a jump this large is a new link, not noise: start over
+        ewma.update(per_byte)
         return self._ewma.update(rate)
 
     @property
@@ -114,13 +136,25 @@ class BandwidthEstimator:
         slope = cov / var
         return max(mean_t - slope * mean_b, 0.0), 1.0 / slope
 
+    def class_rate(self, nbytes: float) -> float | None:
+        """Effective bytes/s measured for payloads of this size class, if any."""
+        ewma = self._classes.get(self.size_class(nbytes))
+        return None if ewma is None or not ewma.value else 1.0 / ewma.value
+
     def seconds_for(self, nbytes: int) -> float:
-        """Predicted transfer time of ``nbytes``."""
+        """Predicted transfer time of ``nbytes``: its size class's rate, else the fit."""
+        rate = self.class_rate(nbytes)
+        if rate is not None and rate > 0:
+            return nbytes / rate
         fitted = self.fit()
         if fitted is not None:
             overhead, rate = fitted
             return overhead + nbytes / rate
         return nbytes / self.bytes_per_s
+
+
+#: The stage whose sample shows a mode ran (for exploration's "measured longest ago").
+_STAGE_MODE = {"local": "local", "tail_split": "split", "tail_offload": "offload"}
 
 
 @dataclass(frozen=True)
@@ -172,6 +206,8 @@ class LatencyModel:
     alpha: float = 0.3
     #: How long remote modes are ruled out after the edge failed.
     tail_retry_s: float = 5.0
+    #: Every n-th auto decision runs the mode measured longest ago (0: never explore).
+    explore_every: int = 10
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -179,6 +215,8 @@ class LatencyModel:
         self._stages = {stage: Ewma(self.alpha) for stage in STAGES}
         self._envelope = Ewma(self.alpha)
         self._tail_down_until = 0.0
+        self._decisions = 0
+        self._last_seen = dict.fromkeys(MODES, 0)  # decision count at a mode's last sample
 
     # --- measurements -------------------------------------------------------------
     def observe_stage(self, stage: str, seconds: float) -> None:
@@ -186,6 +224,9 @@ class LatencyModel:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
         with self._lock:
             self._stages[stage].update(seconds * 1000.0)
+            mode = _STAGE_MODE.get(stage)
+            if mode is not None:
+                self._last_seen[mode] = self._decisions
 
     def observe_transfer(self, nbytes: int, seconds: float, *, envelope: bool = False) -> None:
         """One payload crossed the link; ``envelope`` marks split-mode payloads."""
@@ -231,9 +272,16 @@ class LatencyModel:
     def choose(
         self, image_bytes: int, now: float | None = None
     ) -> tuple[str, dict[str, Prediction]]:
-        """The mode with the lowest predicted total (ties prefer local, then split)."""
+        """The mode with the lowest predicted total (ties prefer local, then split); every
+        ``explore_every``-th call the available mode measured longest ago instead."""
         predictions = self.predict(image_bytes, now)
         best = min(MODES, key=lambda m: (predictions[m].total_ms, MODES.index(m)))
+        with self._lock:
+            self._decisions += 1
+            if self.explore_every and self._decisions % self.explore_every == 0:
+                others = [m for m in MODES if m != best and math.isfinite(predictions[m].total_ms)]
+                if others:
+                    return min(others, key=lambda m: self._last_seen[m]), predictions
         return best, predictions
 
     def snapshot(self) -> dict[str, object]:
@@ -246,6 +294,11 @@ class LatencyModel:
                 if fitted is None
                 else {"overhead_ms": round(fitted[0] * 1000, 3), "bytes_per_s": round(fitted[1])},
                 "rate_samples": self.bandwidth.samples,
+                "class_rates_bytes_per_s": {
+                    f">={4**c}B": round(1.0 / e.value, 1) if e.value else None
+                    for c, e in sorted(self.bandwidth._classes.items())
+                },
+                "explore_every": self.explore_every,
                 "stages_ms": {s: round(self.stage_ms(s), 3) for s in STAGES},
                 "envelope_bytes": self._envelope.get(float(self.priors.envelope_bytes)),
                 "tail_available": self.tail_available(),

@@ -6,10 +6,16 @@ import string and builds each app in its own factory, configured through the sam
     serve_head(port=8002, tail_url=...)           device
     serve_gateway(port=8000, head_url=...)        device, public
     serve_all()                                   all three on 127.0.0.1, one command
+
+Head and tail authenticate their callers with ``SPLITDNN_TOKEN``; one that would bind an
+address other hosts can reach without a token refuses to start unless told ``insecure``
+(:func:`check_exposure`). The gateway is the public front and sends the head that token.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import signal
 import socket
@@ -40,6 +46,29 @@ def _check_bundle(bundle: Path | None) -> Path:
             "or build the default with `splitdnn export default`"
         )
     return path
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); other names count
+    as reachable from other hosts."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(service: str, host: str, token: str | None, insecure: bool = False) -> None:
+    """Refuse (:class:`ConfigError`) to serve ``service`` on a non-loopback ``host`` without
+    a token: anyone who can reach it could run the models and, through the head, the tail."""
+    if token or insecure or is_loopback(host):
+        return
+    raise ConfigError(
+        f"the {service} would listen on {host} without a token: set SPLITDNN_TOKEN (or "
+        "--token) to the secret head and tail share, bind 127.0.0.1, or pass --insecure "
+        "to serve it open on purpose"
+    )
 
 
 def _env(values: Mapping[str, object | None]) -> dict[str, str]:
@@ -82,12 +111,15 @@ def head_env(
     )
 
 
-def gateway_env(head_url: str, tail_url: str, default_mode: str | None = None) -> dict[str, str]:
+def gateway_env(
+    head_url: str, tail_url: str, default_mode: str | None = None, token: str | None = None
+) -> dict[str, str]:
     return _env(
         {
             "SPLITDNN_GATEWAY_HEAD_URL": head_url,
             "SPLITDNN_GATEWAY_TAIL_URL": tail_url,
             "SPLITDNN_GATEWAY_DEFAULT_MODE": default_mode,
+            "SPLITDNN_TOKEN": token,
         }
     )
 
@@ -99,8 +131,10 @@ def serve_tail(
     bundle: Path | None = None,
     token: str | None = None,
     log_level: str = "info",
+    insecure: bool = False,
 ) -> None:
     """Run the tail (edge) service in this process until interrupted."""
+    check_exposure("tail", host, token, insecure)
     _run(TAIL_APP, host, port, tail_env(bundle, token), log_level)
 
 
@@ -114,8 +148,10 @@ def serve_head(
     quantisation: str | None = None,
     compression: str | None = None,
     log_level: str = "info",
+    insecure: bool = False,
 ) -> None:
     """Run the head (device) service in this process until interrupted."""
+    check_exposure("head", host, token, insecure)
     env = head_env(tail_url, bundle, token, quantisation, compression)
     _run(HEAD_APP, host, port, env, log_level)
 
@@ -128,9 +164,11 @@ def serve_gateway(
     tail_url: str = "http://127.0.0.1:8001",
     default_mode: str | None = None,
     log_level: str = "info",
+    token: str | None = None,
 ) -> None:
-    """Run the gateway in this process until interrupted."""
-    _run(GATEWAY_APP, host, port, gateway_env(head_url, tail_url, default_mode), log_level)
+    """Run the gateway (the public front: it may bind any address) until interrupted."""
+    env = gateway_env(head_url, tail_url, default_mode, token)
+    _run(GATEWAY_APP, host, port, env, log_level)
 
 
 def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> list[str]:
@@ -145,12 +183,18 @@ def ports_in_use(host: str, ports: Iterable[int]) -> list[int]:
     """The ``ports`` that cannot be bound on ``host`` now (another server holds them)."""
     busy = []
     for port in ports:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConfigError(f"cannot bind {host!r}: {exc}") from None
+        family, kind, proto, _, address = found[0]
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             try:
                 sock.bind(address)
-            except OSError:
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
                 busy.append(port)
     return busy
 
@@ -241,12 +285,14 @@ def serve_all(
     token: str | None = None,
     log_level: str = "info",
     ready_timeout: float = 120.0,
+    insecure: bool = False,
 ) -> int:
     """Start tail, head and gateway as child processes on ``host``; stop all on Ctrl-C.
 
     Returns the exit code: 0 after an interrupt, else the code of the first child to die.
     Raises :class:`ConfigError` before starting anything when a port is taken or given twice.
     """
+    check_exposure("head and tail", host, token, insecure)
     ports = {"gateway": gateway_port, "head": head_port, "tail": tail_port}
     if len(set(ports.values())) < len(ports):
         raise ConfigError(f"the three services need three different ports, not {ports}")
@@ -262,7 +308,7 @@ def serve_all(
     plan = [
         ("tail", TAIL_APP, tail_port, tail_env(bundle, token)),
         ("head", HEAD_APP, head_port, head_env(tail_url, bundle, token)),
-        ("gateway", GATEWAY_APP, gateway_port, gateway_env(head_url, tail_url)),
+        ("gateway", GATEWAY_APP, gateway_port, gateway_env(head_url, tail_url, token=token)),
     ]
     children: dict[str, subprocess.Popen] = {}
 

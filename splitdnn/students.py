@@ -351,6 +351,22 @@ KD_STUDENTS: dict[str, KDStudentSpec] = {
             "_blocks.12",
             "fine-tunes the last two 192-channel blocks onwards",
         ),
+        # Server-side fine-tuning with one budget for every mode (issue #11): everything after
+        # the end of the stride-16 stage, where the Lite2 teacher is split (_blocks.10, 88 ch,
+        # 17x17), is trained on the labels. For split mode the same spec with
+        # ``kd.device_from`` puts the distilled student's frozen device part in front.
+        KDStudentSpec(
+            "efficientnet_lite2_tail",
+            "efficientnet_lite2",
+            "_blocks.10",
+            "the teacher after its split point: offload (or, with kd.device_from, split) mode",
+        ),
+        KDStudentSpec(
+            "efficientnet_lite0_tail",
+            "efficientnet_lite0",
+            "_blocks.7",
+            "the local model after the same stage (80 ch, 14x14): local mode, same treatment",
+        ),
     )
 }
 

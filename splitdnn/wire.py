@@ -18,9 +18,13 @@ no extension types and no pickle, whose keys are exactly, in this order:
 ``data``              the payload: little-endian, C order; one zstd frame when compressed
 ====================  ==========================================================================
 
-The decoder checks the total length and ``raw_size`` against limits *before* allocating,
-decompresses at most ``raw_size + 1`` bytes (a zstd bomb stops there), and raises one
-named :class:`~splitdnn.errors.WireError` subclass per failure. Byte counts are exact:
+The decoder checks, in this order and *before* allocating anything the size of the payload:
+the total length, the header fields, the bundle and per-sample shape the receiver expects,
+the batch size, ``raw_size`` against its limit; then it decompresses at most
+``raw_size + 1`` bytes with a zstd window no larger than the payload needs (a zstd bomb stops
+there), and :meth:`Envelope.to_array` refuses NaN and infinity in the float32 result (scales
+are checked in float32 too, so 1e300 or 1e-300 never reach the model). It raises one named
+:class:`~splitdnn.errors.WireError` subclass per failure. Byte counts are exact:
 the size of an envelope is ``len(encode(...))``. No torch: the device image needs none.
 """
 
@@ -34,7 +38,15 @@ import msgpack
 import numpy as np
 import zstandard
 
-from splitdnn.errors import WireCompressionError, WireError, WireSizeError, WireVersionError
+from splitdnn.errors import (
+    BundleMismatchError,
+    WireCompressionError,
+    WireError,
+    WireLimitError,
+    WireSizeError,
+    WireValueError,
+    WireVersionError,
+)
 
 #: Media type of an envelope in HTTP bodies.
 CONTENT_TYPE = "application/vnd.msgpack"
@@ -43,8 +55,10 @@ FORMAT_VERSION = 1
 #: Default limits: an envelope (or its decompressed payload) larger than this is refused.
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
 MAX_RAW_BYTES = 64 * 1024 * 1024
-#: zstd window limit, so a hostile frame cannot make the decoder reserve gigabytes.
+#: zstd window limit, so a hostile frame cannot make the decoder reserve gigabytes; the
+#: decoder allows less: the payload's own size rounded up, at least MIN_ZSTD_WINDOW.
 MAX_ZSTD_WINDOW = 1 << 27
+MIN_ZSTD_WINDOW = 1 << 21
 MAX_NDIM = 8
 MAX_BATCH = 1024
 
@@ -90,16 +104,25 @@ class Envelope:
     size: int
 
     def to_array(self) -> np.ndarray:
-        """The float32 tensor the server part expects (dequantised when ``uint8``)."""
+        """The float32 tensor the server part expects (dequantised when ``uint8``).
+
+        Raises :class:`WireValueError` if any element is NaN or infinite in float32 (a NaN
+        payload, or a scale large enough to overflow).
+        """
         values = np.frombuffer(self.payload, dtype=DTYPES[self.dtype]).reshape(self.shape)
         if self.quantisation != "uint8":
-            return values.astype(np.float32)
-        n = self.shape[0]
-        scale = np.asarray(self.scale, dtype=np.float32).reshape(
-            (n,) + (1,) * (len(self.shape) - 1)
-        )
-        zero = np.asarray(self.zero_point, dtype=np.float32).reshape(scale.shape)
-        return ((values.astype(np.float32) - zero) * scale).astype(np.float32)
+            result = values.astype(np.float32)
+        else:
+            n = self.shape[0]
+            scale = np.asarray(self.scale, dtype=np.float32).reshape(
+                (n,) + (1,) * (len(self.shape) - 1)
+            )
+            zero = np.asarray(self.zero_point, dtype=np.float32).reshape(scale.shape)
+            with np.errstate(over="ignore", invalid="ignore"):
+                result = ((values.astype(np.float32) - zero) * scale).astype(np.float32)
+        if not np.isfinite(result).all():
+            raise WireValueError("the tensor holds NaN or infinity (in float32)")
+        return result
 
 
 def quantise_uint8(tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,13 +198,22 @@ def decode(
     *,
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
     max_raw_bytes: int = MAX_RAW_BYTES,
+    max_batch: int = MAX_BATCH,
+    sample_shape: tuple[int, ...] | None = None,
+    bundle_id: str | None = None,
 ) -> Envelope:
-    """Check and unpack an envelope; every failure is a :class:`WireError` subclass."""
+    """Check and unpack an envelope; every failure is a :class:`WireError` subclass.
+
+    ``sample_shape`` (the shape after the batch axis) and ``bundle_id``, when given, are
+    checked before the payload is decompressed: a bottleneck for another model costs the
+    receiver no allocation (:class:`BundleMismatchError`, :class:`WireSizeError`). A batch
+    over ``max_batch``, or sizes over the byte limits, raise :class:`WireLimitError`.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("an envelope must be bytes")
     size = len(data)
     if size > max_envelope_bytes:
-        raise WireSizeError(f"envelope is {size} bytes; the limit is {max_envelope_bytes}")
+        raise WireLimitError(f"envelope is {size} bytes; the limit is {max_envelope_bytes}")
     try:
         fields = msgpack.unpackb(
             bytes(data),
@@ -208,8 +240,8 @@ def decode(
         extra = sorted(map(str, set(fields) - set(_KEYS)))
         raise WireError(f"envelope keys do not match version 1: missing {missing}, extra {extra}")
 
-    bundle_id = fields["bundle"]
-    if not isinstance(bundle_id, str) or len(bundle_id) > 64:
+    sender = fields["bundle"]
+    if not isinstance(sender, str) or len(sender) > 64:
         raise WireError("'bundle' must be a bundle id string of at most 64 characters")
     dtype = fields["dtype"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
@@ -230,11 +262,21 @@ def decode(
         or not all(_is_int(d) and d >= 0 for d in shape)
     ):
         raise WireError(f"'shape' must be 1 to {MAX_NDIM} non-negative integers")
+    if bundle_id is not None and bundle_id != sender:
+        raise BundleMismatchError(
+            f"the sender holds bundle {sender!r}; the receiver holds {bundle_id!r}"
+        )
+    if sample_shape is not None and tuple(shape[1:]) != tuple(sample_shape):
+        raise WireSizeError(
+            f"sample shape {shape[1:]} does not match the expected {list(sample_shape)}"
+        )
+    if shape[0] > max_batch:
+        raise WireLimitError(f"batch of {shape[0]}; the limit is {max_batch} per request")
     raw_size = fields["raw_size"]
     if not _is_int(raw_size) or raw_size < 0:
         raise WireSizeError("'raw_size' must be a non-negative integer")
     if raw_size > max_raw_bytes:
-        raise WireSizeError(f"declared raw size {raw_size} is over the limit {max_raw_bytes}")
+        raise WireLimitError(f"declared raw size {raw_size} is over the limit {max_raw_bytes}")
     expected = math.prod(shape) * DTYPES[dtype].itemsize
     if expected != raw_size:
         raise WireSizeError(f"shape {shape} of {dtype} needs {expected} bytes, not {raw_size}")
@@ -253,7 +295,7 @@ def decode(
         raise WireSizeError(f"payload is {len(payload)} bytes; raw_size declares {raw_size}")
     return Envelope(
         version=version,
-        bundle_id=bundle_id,
+        bundle_id=sender,
         dtype=dtype,
         shape=tuple(shape),
         quantisation=quant,
@@ -295,7 +337,11 @@ def _check_quant_params(
     if len(scale) != batch or len(zero) != batch:
         raise WireSizeError(f"uint8 needs one scale and zero point per sample ({batch})")
     if not all(isinstance(s, float) and math.isfinite(s) and s > 0 for s in scale):
-        raise WireError("every uint8 scale must be a positive finite float")
+        raise WireValueError("every uint8 scale must be a positive finite float")
+    with np.errstate(over="ignore", under="ignore"):
+        as_float32 = np.asarray(scale, dtype=np.float64).astype(np.float32)
+    if not (np.isfinite(as_float32).all() and (as_float32 > 0).all()):
+        raise WireValueError("every uint8 scale must be positive and finite in float32")
     if not all(_is_int(z) and 0 <= z <= 255 for z in zero):
         raise WireError("every uint8 zero point must be an integer in 0..255")
     return tuple(scale), tuple(zero)
@@ -303,7 +349,8 @@ def _check_quant_params(
 
 def _decompress(body: bytes, raw_size: int) -> bytes:
     """Inflate one zstd frame, reading at most ``raw_size + 1`` bytes so bombs stop early."""
-    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+    window = min(MAX_ZSTD_WINDOW, max(MIN_ZSTD_WINDOW, 1 << max(raw_size - 1, 1).bit_length()))
+    dctx = zstandard.ZstdDecompressor(max_window_size=window)
     out = bytearray()
     try:
         with dctx.stream_reader(io.BytesIO(body), read_across_frames=False) as reader:

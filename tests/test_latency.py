@@ -126,3 +126,79 @@ def test_snapshot_is_json() -> None:
     json.dumps(snapshot)
     assert set(snapshot["stages_ms"]) >= {"local", "head_split", "tail_split"}
     assert set(MODES) == {"local", "split", "offload"}
+
+
+def test_a_small_payloads_overhead_does_not_slow_the_estimate_for_large_ones() -> None:
+    """Envelopes (3 kB) pay a 5 ms round trip that dominates their time; a 30 kB photo on
+    the same 10 Mbit/s link must not be predicted at the envelope's effective rate."""
+    bw = BandwidthEstimator(prior_bytes_per_s=1.0, alpha=0.5)
+    rate, overhead = 1.25e6, 0.005
+    for _ in range(5):
+        bw.observe(3_400, overhead + 3_400 / rate)
+    bw.observe(30_000, overhead + 30_000 / rate)
+    assert bw.size_class(3_400) != bw.size_class(30_000)
+    assert bw.seconds_for(3_400) == pytest.approx(overhead + 3_400 / rate)
+    assert bw.seconds_for(31_000) == pytest.approx((overhead + 30_000 / rate) * 31 / 30)
+
+
+def test_every_nth_auto_decision_refreshes_the_mode_measured_longest_ago() -> None:
+    model = LatencyModel(Priors(local_ms=10, head_split_ms=50, tail_split_ms=50), explore_every=5)
+    chosen = [model.choose(30_000)[0] for _ in range(10)]
+    assert chosen.count("local") == 8
+    assert chosen[4] != "local" and chosen[9] != "local"
+    model.observe_stage("tail_split", 0.1)  # split just ran (on the 5th): offload is stalest
+    assert {chosen[4], chosen[9]} <= {"split", "offload"}
+
+
+class SimulatedLink:
+    """Times the head would measure: local 100 ms; split 40 + envelope + 20; offload
+    20 + photo + 30 (ms), the link with a 3 ms overhead per request."""
+
+    def __init__(self, mbit: float) -> None:
+        self.mbit = mbit
+
+    def transfer_s(self, nbytes: int) -> float:
+        return 0.003 + nbytes * 8 / (self.mbit * 1e6)
+
+    def serve(self, model: LatencyModel, mode: str) -> float:
+        if mode == "local":
+            model.observe_stage("local", 0.1)
+            return 100.0
+        if mode == "split":
+            t = self.transfer_s(3_400)
+            model.observe_stage("head_split", 0.04)
+            model.observe_stage("tail_split", 0.02)
+            model.observe_transfer(3_400, t, envelope=True)
+            return 60 + 1000 * t
+        t = self.transfer_s(30_000)
+        model.observe_stage("head_offload", 0.02)
+        model.observe_stage("tail_offload", 0.03)
+        model.observe_transfer(30_000, t)
+        return 50 + 1000 * t
+
+
+def best_mode(link: SimulatedLink) -> str:
+    return min(
+        MODES, key=lambda m: SimulatedLink(link.mbit).serve(LatencyModel(explore_every=0), m)
+    )
+
+
+def test_auto_follows_a_link_that_changes_both_ways_within_bounded_requests() -> None:
+    link = SimulatedLink(100.0)  # offload fastest
+    model = LatencyModel(Priors(rate_bytes_per_s=1e6 / 8), explore_every=10)
+    for mode in MODES:  # a warm-up that tried each mode once
+        link.serve(model, mode)
+    # slower link: the mode in use shows it at once; faster: exploration must find it,
+    # within two rounds of exploring (two other modes, every 10th decision)
+    for phase_mbit, bound in ((100.0, 3), (0.5, 8), (100.0, 2 * 10 + 5)):
+        link.mbit = phase_mbit
+        target = best_mode(link)
+        chosen = []
+        for _ in range(60):
+            mode = model.choose(30_000)[0]
+            link.serve(model, mode)
+            chosen.append(mode)
+        first = next(i for i, m in enumerate(chosen) if m == target)
+        assert first < bound, (phase_mbit, target, chosen[:30])
+        settled = chosen[bound:]
+        assert settled.count(target) >= 0.85 * len(settled), (phase_mbit, chosen)

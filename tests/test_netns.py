@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ folder
-from benchmarks.netns import shaped_link, why_unavailable
+from benchmarks.netns import burst_bytes, calibrate, shaped_link, why_unavailable
 from splitdnn import wire
 from splitdnn.latency import BandwidthEstimator
 
@@ -77,3 +77,34 @@ def test_envelope_upload_runs_at_the_shaped_rate(rate_mbit: float) -> None:
     measured_mbit = max(rates) * 8 / 1e6
     # TCP/IP headers cost ~4 %; tbf's burst lets the first ~16 kB through at once.
     assert 0.8 * rate_mbit <= measured_mbit <= 1.1 * rate_mbit, (measured_mbit, expected_s)
+
+
+def test_calibrated_rate_is_within_ten_percent_of_the_set_rate() -> None:
+    with shaped_link(4.0, name="sdtcal") as link:
+        result = calibrate(link, nbytes=150_000, port=18766)
+    assert 0.9 * 4.0 <= result["wire_mbit"] <= 1.1 * 4.0, result
+
+
+@pytest.mark.parametrize("rate_mbit", [1.0, 4.0])
+def test_a_small_request_is_not_faster_than_its_bytes_allow(rate_mbit: float) -> None:
+    """A 3.4 kB envelope (split's size) must be shaped too: one-packet bucket, no TSO."""
+    body = bytes(3400)
+    # the bucket may let its first packet through at once; the rest waits for tokens
+    floor_s = (len(body) - burst_bytes(rate_mbit)) * 8 / (rate_mbit * 1e6)
+    with shaped_link(rate_mbit, name="sdtsmall") as link:
+        port = 18767
+        sink = subprocess.Popen(link.exec_argv([sys.executable, "-c", SINK, link.ns_ip, str(port)]))
+        try:
+            url = f"http://{link.ns_ip}:{port}/"
+            wait_for_port(url)
+            with httpx.Client(timeout=30) as client:
+                client.post(url, content=b"x")  # connection up
+                times = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    client.post(url, content=body)
+                    times.append(time.perf_counter() - start)
+        finally:
+            sink.kill()
+            sink.wait()
+    assert min(times) >= floor_s, (times, floor_s)

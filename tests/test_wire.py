@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from splitdnn import wire
-from splitdnn.errors import WireCompressionError, WireError, WireSizeError, WireVersionError
+from splitdnn.errors import (
+    BundleMismatchError,
+    WireCompressionError,
+    WireError,
+    WireLimitError,
+    WireSizeError,
+    WireValueError,
+    WireVersionError,
+)
 
 BUNDLE = "0123456789abcdef"
 
@@ -247,7 +255,8 @@ def test_zstd_bomb_stops_at_the_declared_size() -> None:
     bomb = zstandard.ZstdCompressor(level=19).compress(b"\x00" * (64 << 20))
     assert len(bomb) < 10_000
     fields = header(compression="zstd", data=bomb)
-    with pytest.raises(WireCompressionError, match="inflates past"):
+    # refused by the window the declared size allows, or at most raw_size + 1 bytes later
+    with pytest.raises(WireCompressionError, match=r"inflates past|too much memory"):
         wire.decode(pack(fields))
 
 
@@ -284,3 +293,57 @@ def test_extension_types_and_non_maps_are_rejected() -> None:
         wire.decode(pack(header(bundle=msgpack.ExtType(1, b"x"))))
     with pytest.raises(WireError):
         wire.decode(msgpack.packb([1, 2, 3]))
+
+
+def test_a_zstd_bomb_within_the_window_still_stops_at_the_declared_size() -> None:
+    # streamed without a content size: the frame's window is small, its output is not
+    compressor = zstandard.ZstdCompressor(level=3, write_content_size=False)
+    bomb = compressor.compress(b"\x00" * (8 << 20))
+    with pytest.raises(WireCompressionError, match="inflates past"):
+        wire.decode(pack(header(compression="zstd", data=bomb)))
+
+
+def test_expected_bundle_shape_and_batch_are_checked_before_decompressing() -> None:
+    # a corrupt payload behind each bad header: the header check must answer first
+    corrupt = header(compression="zstd", data=b"\x28\xb5\x2f\xfd garbage")
+    with pytest.raises(BundleMismatchError):
+        wire.decode(pack(corrupt), bundle_id="fedcba9876543210")
+    with pytest.raises(WireSizeError, match="sample shape"):
+        wire.decode(pack(corrupt), sample_shape=(5,))
+    many = header(
+        shape=[1000, 4], raw_size=4000, scale=[0.5] * 1000, zero_point=[3] * 1000,
+        compression="zstd", data=b"\x28\xb5\x2f\xfd garbage",
+    )  # fmt: skip
+    with pytest.raises(WireLimitError, match="batch of 1000"):
+        wire.decode(pack(many), sample_shape=(4,), max_batch=32)
+    with pytest.raises(WireLimitError):
+        wire.decode(pack(header()), max_raw_bytes=3)
+    with pytest.raises(WireCompressionError):  # all header checks passed: now it decompresses
+        wire.decode(pack(corrupt), bundle_id=BUNDLE, sample_shape=(4,), max_batch=1)
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 3.5e38])
+def test_scales_are_checked_in_float32(scale: float) -> None:
+    with pytest.raises(WireValueError):
+        wire.decode(pack(header(scale=[scale])))
+
+
+def test_a_scale_that_overflows_when_dequantised_is_refused() -> None:
+    envelope = wire.decode(pack(header(scale=[3.0e38])))  # finite in float32 itself
+    with pytest.raises(WireValueError):
+        envelope.to_array()  # (255 - 3) * 3e38 overflows
+
+
+@pytest.mark.parametrize("quantisation", ["fp32", "fp16"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_payloads_are_refused(quantisation: str, bad: float) -> None:
+    x = np.zeros((1, 4), np.float32)
+    x[0, 2] = bad
+    with pytest.raises(WireValueError):
+        wire.decode_array(wire.encode(x, bundle_id=BUNDLE, quantisation=quantisation))
+
+
+def test_fp32_values_that_overflow_fp16_are_refused_in_fp16() -> None:
+    x = np.full((1, 4), 1e6, np.float32)  # inf once written as fp16
+    with pytest.raises(WireValueError):
+        wire.decode_array(wire.encode(x, bundle_id=BUNDLE, quantisation="fp16"))

@@ -12,7 +12,8 @@ request ends in a bare 500 page or a hang.
     ├── UnsupportedMediaError   a body that is not an image or envelope (415)
     ├── InvalidRequestError     a request missing a required part (422)
     ├── UpstreamUnavailableError the next service is down or refused (503)
-    │   └── UpstreamTimeoutError    it missed the deadline (504)
+    │   ├── UpstreamTimeoutError    it missed the deadline (504)
+    │   └── UpstreamBadAnswerError  it answered 200 without what we need (502)
     └── UpstreamProblem         the next service answered with a problem: relay it
 """
 
@@ -38,6 +39,8 @@ from splitdnn.errors import (
     UnknownNameError,
     UnsupportedImageError,
     WireError,
+    WireLimitError,
+    WireValueError,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -102,6 +105,13 @@ class UpstreamTimeoutError(UpstreamUnavailableError):
     status, slug, title = 504, "upstream-timeout", "The next service missed the deadline"
 
 
+class UpstreamBadAnswerError(UpstreamUnavailableError):
+    """The next service answered 200 with a body that lacks the fields we need; the head
+    falls back to local like for any unavailable tail, else answers 502."""
+
+    status, slug, title = 502, "bad-upstream-answer", "The next service answered nonsense"
+
+
 class UpstreamProblem(ServiceError):
     """A problem+json answer from the next service, relayed with its status."""
 
@@ -119,6 +129,8 @@ LIBRARY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     ImageError: (400, "bad-image", "Image cannot be used"),
     BundleMismatchError: (409, "bundle-mismatch", "Head and tail hold different bundles"),
     BundleError: (503, "bundle-error", "The model bundle is unusable"),
+    WireLimitError: (413, "envelope-too-large", "Envelope, raw size or batch over the limit"),
+    WireValueError: (422, "non-finite-tensor", "NaN or infinity in the tensor"),
     WireError: (400, "bad-envelope", "Bad tensor envelope"),
     UnknownNameError: (404, "unknown-name", "No such name"),
     ConfigError: (422, "bad-config", "Bad configuration"),
@@ -143,12 +155,17 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    """One problem+json response carrying the request id."""
+    """One problem+json response carrying the request id.
+
+    ``error`` repeats the detail: Open Inference Protocol clients (``tritonclient``, KServe)
+    read that field of an error body.
+    """
     body: dict[str, Any] = {
         "type": TYPE_PREFIX + slug,
         "title": title,
         "status": status,
         "detail": detail,
+        "error": detail or title,
         "instance": request.url.path,
         "request_id": getattr(request.state, "request_id", None),
         **extra,
@@ -163,6 +180,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, UpstreamProblem):
             body = {**exc.body, "request_id": getattr(request.state, "request_id", None)}
+            body.setdefault("error", str(body.get("detail") or body.get("title") or ""))
             return JSONResponse(
                 body, status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON
             )

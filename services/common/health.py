@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from services.common.errors import NotReadyError
+from services.common.openapi import problem_responses
 
 log = logging.getLogger("splitdnn.services")
 
@@ -88,7 +89,7 @@ async def live() -> dict[str, bool]:
 @ready_router.get(
     "/ready",
     summary="Bundle loaded and warmed up",
-    responses={503: {"description": "still loading, or loading failed"}},
+    responses=problem_responses({503: "still loading, or loading failed"}),
 )
 async def ready(request: Request) -> dict[str, Any]:
     state: ServiceState = request.state.service

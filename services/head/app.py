@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from services.common.deps import create_service_app
+from services.common.deps import InFlightLimiter, create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.head import routes
@@ -65,7 +65,7 @@ def create_app(
         finally:
             tail.close()
 
-    return create_service_app(
+    app = create_service_app(
         "head",
         "Device half of split inference: device part, local model, envelope upload.",
         lifespan=lifespan,
@@ -73,3 +73,5 @@ def create_app(
         get_settings=get_settings,
         settings=settings,
     )
+    app.state.limiter = InFlightLimiter(settings.max_in_flight)
+    return app

@@ -12,8 +12,14 @@ time feeds the compute estimates.
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import math
+import queue
+import socket
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +28,14 @@ import httpx
 from services.common.context import BUNDLE_HEADER, REQUEST_ID, RequestContext
 from services.common.errors import (
     InvalidRequestError,
+    UpstreamBadAnswerError,
     UpstreamProblem,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from services.common.metrics import Metrics
 from services.head.settings import HeadSettings
-from splitdnn import wire
+from splitdnn import reencode, wire
 from splitdnn.bundle import Bundle
 from splitdnn.latency import MODES, LatencyModel, Priors
 from splitdnn.runtime import LOGITS_PREFIX, DeviceRunner, ImageClassifier, top_k
@@ -58,6 +65,9 @@ class Outcome:
     bytes_sent: int
     fallback: bool = False
     fallback_reason: str | None = None
+    #: Parts of ``head_ms``: decode/resize/normalise (or re-encode), and the model alone.
+    preprocess_ms: float = 0.0
+    model_ms: float = 0.0
 
 
 class TailClient:
@@ -77,14 +87,23 @@ class TailClient:
             ),
             transport=transport,
         )
+        # Real tails go through a stdlib keep-alive pool: httpx costs ~1.2 ms more CPU per
+        # request, which a weak device (0.11 core) pays ~10x in wall time. Tests that hand
+        # in a transport keep httpx.
+        self.fast = _ConnectionPool(settings, headers) if transport is None else None
 
     def close(self) -> None:
         self.client.close()
+        if self.fast is not None:
+            self.fast.close()
 
     def post(
         self, path: str, body: bytes, content_type: str, params: dict, headers: dict
     ) -> tuple[dict[str, Any], float]:
         """POST and return (JSON answer, round-trip seconds)."""
+        if self.fast is not None:
+            answer, elapsed = self.fast.post(path, body, content_type, params, headers)
+            return checked_answer(answer), elapsed
         start = time.perf_counter()
         try:
             response = self.client.post(
@@ -105,14 +124,136 @@ class TailClient:
         if response.status_code >= 400:
             raise UpstreamProblem(response.status_code, _problem(response), _relay(response))
         try:
-            return response.json(), elapsed
+            answer = response.json()
         except ValueError as exc:
-            raise UpstreamUnavailableError("the tail answered something that is not JSON") from exc
+            raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
+        return checked_answer(answer), elapsed
 
     def get(self, path: str, timeout: float) -> dict[str, Any]:
         response = self.client.get(path, timeout=timeout)
         response.raise_for_status()
         return response.json()
+
+
+class _ConnectionPool:
+    """Keep-alive ``http.client`` connections to the tail, one per concurrent request."""
+
+    def __init__(self, settings: HeadSettings, headers: dict[str, str]) -> None:
+        url = urllib.parse.urlsplit(settings.tail_url)
+        self.https = url.scheme == "https"
+        self.host, self.port = url.hostname or "127.0.0.1", url.port
+        self.prefix = url.path.rstrip("/")
+        self.headers = headers
+        self.timeout, self.connect_timeout = settings.tail_timeout_s, settings.connect_timeout_s
+        self.idle: queue.LifoQueue[tuple[float, http.client.HTTPConnection]] = queue.LifoQueue()
+        self.max_idle = settings.max_connections
+        #: uvicorn drops keep-alive connections idle for 5 s; do not reuse older ones
+        self.max_idle_s = 4.0
+
+    def _connect(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=self.connect_timeout)
+        conn.connect()
+        conn.sock.settimeout(self.timeout)
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def post(
+        self, path: str, body: bytes, content_type: str, params: dict, headers: dict
+    ) -> tuple[dict[str, Any], float]:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        target = f"{self.prefix}{path}?{query}" if query else f"{self.prefix}{path}"
+        all_headers = {**self.headers, "Content-Type": content_type, **headers}
+        start = time.perf_counter()
+        for attempt in (0, 1):  # a kept-alive connection the tail closed: once more, fresh
+            conn = self._take() if attempt == 0 else None
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = self._connect()
+                conn.request("POST", target, body=body, headers=all_headers)
+                response = conn.getresponse()
+                content = response.read()
+            except TimeoutError as exc:
+                _close(conn)
+                raise UpstreamTimeoutError(f"the tail missed the deadline: {exc!r}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                _close(conn)
+                if reused and attempt == 0:
+                    self.close()  # the others idled as long: probably closed too
+                    continue
+                raise UpstreamUnavailableError(f"the tail is unreachable: {exc!r}") from exc
+            break
+        elapsed = time.perf_counter() - start
+        if response.will_close or self.idle.qsize() >= self.max_idle:
+            _close(conn)
+        else:
+            self.idle.put((time.monotonic(), conn))
+        status = response.status
+        if status == 200:
+            try:
+                return json.loads(content), elapsed
+            except ValueError as exc:
+                raise UpstreamBadAnswerError("the tail answered something not JSON") from exc
+        relayed = httpx.Response(status, headers=response.getheaders(), content=content)
+        if status >= 500 or status == 429:
+            raise UpstreamUnavailableError(f"the tail answered {status}: {_detail(relayed)}")
+        if status >= 400:
+            raise UpstreamProblem(status, _problem(relayed), _relay(relayed))
+        try:
+            return relayed.json(), elapsed
+        except ValueError as exc:
+            raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
+
+    def _take(self) -> http.client.HTTPConnection | None:
+        """A pooled connection idle for less than ``max_idle_s``, or None."""
+        while True:
+            try:
+                since, conn = self.idle.get_nowait()
+            except queue.Empty:
+                return None
+            if time.monotonic() - since < self.max_idle_s:
+                return conn
+            conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                _close(self.idle.get_nowait()[1])
+            except queue.Empty:
+                return
+
+
+def _close(conn: http.client.HTTPConnection | None) -> None:
+    if conn is not None:
+        conn.close()
+
+
+def checked_answer(answer: object) -> dict[str, Any]:
+    """A tail's 200 answer, if it holds what the head uses: a ``top_k`` list of
+    ``{index, label, score}`` and, optionally, finite ``timings_ms.compute``. Anything else
+    is :class:`UpstreamBadAnswerError` (fallback to local, or 502), never a 500."""
+    if not isinstance(answer, dict):
+        raise UpstreamBadAnswerError("the tail's answer is not a JSON object")
+    ranked = answer.get("top_k")
+    if not isinstance(ranked, list) or not all(
+        isinstance(r, dict)
+        and isinstance(r.get("index"), int)
+        and isinstance(r.get("label"), str)
+        and isinstance(r.get("score"), (int, float))
+        and math.isfinite(r["score"])
+        for r in ranked
+    ):
+        raise UpstreamBadAnswerError("the tail's answer has no valid 'top_k' list")
+    timings = answer.get("timings_ms", {})
+    compute = timings.get("compute", 0.0) if isinstance(timings, dict) else None
+    if (
+        not isinstance(compute, (int, float))
+        or isinstance(compute, bool)
+        or not math.isfinite(compute)
+    ):
+        raise UpstreamBadAnswerError("the tail's 'timings_ms.compute' is not a finite number")
+    return answer
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -154,6 +295,8 @@ class HeadPipeline:
         self.tail_mismatch: str | None = None
         self.tail_matched = False
         self._tail_probed = 0.0
+        self.reencoding = _reencoding(settings.offload_reencode, bundle)
+        self._offload_ratio = 1.0  # re-encoded bytes / uploaded bytes, EWMA
 
     def no_local_model(self, task: str) -> InvalidRequestError:
         """422 for ``mode=local`` on a task the bundle's local model cannot classify."""
@@ -164,11 +307,12 @@ class HeadPipeline:
         )
 
     def choose(self, image_bytes: int, task: str) -> tuple[str, dict[str, Any]]:
-        """Auto mode: the fastest predicted mode among those that can serve ``task``."""
-        predicted = self.latency.choose(image_bytes)[1]
-        modes = [m for m in MODES if m != "local" or task in self.local_tasks]
-        best = min(modes, key=lambda m: (predicted[m].total_ms, MODES.index(m)))
-        return best, predicted
+        """Auto mode: the latency model's choice, unless that is local and the local model
+        cannot classify ``task``: then the faster predicted of split and offload."""
+        mode, predicted = self.latency.choose(image_bytes)
+        if mode == "local" and task not in self.local_tasks:
+            mode = min(("split", "offload"), key=lambda m: (predicted[m].total_ms, MODES.index(m)))
+        return mode, predicted
 
     @classmethod
     def priors(cls, settings: HeadSettings, bundle: Bundle, local_ms: float, head_ms: float):
@@ -194,12 +338,16 @@ class HeadPipeline:
         context: RequestContext,
         metrics: Metrics,
         encoding: Encoding | None = None,
+        reencode_offload: bool | None = None,
     ) -> tuple[Outcome, dict[str, Any] | None]:
-        """Serve ``mode`` (``auto`` resolved here); returns the outcome and predictions."""
+        """Serve ``mode`` (``auto`` resolved here); returns the outcome and predictions.
+        ``reencode_offload`` overrides whether offload re-encodes (None: the setting)."""
         task = self.bundle.task(task)
         predictions = None
+        fair = self.reencoding is not None if reencode_offload is None else reencode_offload
         if mode == "auto":
-            mode, predicted = self.choose(len(image), task)
+            offload_bytes = round(len(image) * (self._offload_ratio if fair else 1.0))
+            mode, predicted = self.choose(offload_bytes, task)
             predictions = {m: p.to_dict() for m, p in predicted.items()}
         if mode == "local" and task not in self.local_tasks:
             raise self.no_local_model(task)
@@ -210,7 +358,7 @@ class HeadPipeline:
                 if mode == "split":
                     outcome = self.run_split(image, task, k, context, encoding)
                 else:
-                    outcome = self.run_offload(image, task, k, context)
+                    outcome = self.run_offload(image, task, k, context, fair)
             except UpstreamUnavailableError as exc:
                 self.latency.mark_tail_down()
                 if not fallback or task not in self.local_tasks:
@@ -227,11 +375,16 @@ class HeadPipeline:
     def run_local(self, image: bytes, task: str, k: int, context: RequestContext) -> Outcome:
         start = time.perf_counter()
         with context.stage("head"):
-            task, logits = self.local(image, task, self.settings.max_pixels)
+            x = self.local.preprocess(image, self.settings.max_pixels)
+            ready = time.perf_counter()
+            task, logits = self.local.run(x, task)
+            ran = time.perf_counter()
             ranked = [r.to_dict() for r in top_k(logits[0], self.bundle.labels(task), k)]
         seconds = time.perf_counter() - start
         self.latency.observe_stage("local", seconds)
-        return Outcome("local", task, ranked, seconds * 1000, 0.0, 0.0, 0)
+        outcome = Outcome("local", task, ranked, seconds * 1000, 0.0, 0.0, 0)
+        outcome.preprocess_ms, outcome.model_ms = (ready - start) * 1000, (ran - ready) * 1000
+        return outcome
 
     def run_split(
         self,
@@ -244,7 +397,10 @@ class HeadPipeline:
         encoding = encoding or Encoding(self.settings.quantisation, self.settings.compression)
         start = time.perf_counter()
         with context.stage("head"):
-            bottleneck = self.device(image, self.settings.max_pixels)
+            x = self.device.preprocess(image, self.settings.max_pixels)
+            ready = time.perf_counter()
+            bottleneck = self.device.run(x)
+            ran = time.perf_counter()
             envelope = wire.encode(
                 bottleneck,
                 bundle_id=self.bundle.id,
@@ -266,7 +422,7 @@ class HeadPipeline:
         self.latency.observe_stage("head_split", head_s)
         self.latency.observe_stage("tail_split", tail_s)
         self.latency.observe_transfer(len(envelope), transfer_s, envelope=True)
-        return Outcome(
+        outcome = Outcome(
             "split",
             task,
             answer["top_k"],
@@ -275,11 +431,26 @@ class HeadPipeline:
             tail_s * 1000,
             len(envelope),
         )
+        outcome.preprocess_ms, outcome.model_ms = (ready - start) * 1000, (ran - ready) * 1000
+        return outcome
 
-    def run_offload(self, image: bytes, task: str, k: int, context: RequestContext) -> Outcome:
+    def run_offload(
+        self, image: bytes, task: str, k: int, context: RequestContext, fair: bool = False
+    ) -> Outcome:
+        """Send the image; ``fair`` re-encodes it at the teacher's input size first."""
+        start = time.perf_counter()
+        payload = image
+        if fair and reencode.worth_it(image, self.bundle.preprocessing):
+            with context.stage("head"):
+                setting = self.reencoding or reencode.Reencoding()
+                payload = reencode.reencode(
+                    image, self.bundle.preprocessing, setting, self.settings.max_pixels
+                )
+            self._offload_ratio += 0.3 * (len(payload) / max(1, len(image)) - self._offload_ratio)
+        head_s = time.perf_counter() - start
         answer, round_trip = self.tail.post(
             f"/v2/models/{self.bundle.name}/classify",
-            image,
+            payload,
             "application/octet-stream",
             {"task": task, "top_k": k},
             {REQUEST_ID: context.request_id, BUNDLE_HEADER: self.bundle.id},
@@ -287,11 +458,20 @@ class HeadPipeline:
         tail_s, transfer_s = _split_round_trip(answer, round_trip)
         context.record("transfer", transfer_s)
         context.record("tail", tail_s)
+        self.latency.observe_stage("head_offload", head_s)
         self.latency.observe_stage("tail_offload", tail_s)
-        self.latency.observe_transfer(len(image), transfer_s)
-        return Outcome(
-            "offload", task, answer["top_k"], 0.0, transfer_s * 1000, tail_s * 1000, len(image)
+        self.latency.observe_transfer(len(payload), transfer_s)
+        outcome = Outcome(
+            "offload",
+            task,
+            answer["top_k"],
+            head_s * 1000,
+            transfer_s * 1000,
+            tail_s * 1000,
+            len(payload),
         )
+        outcome.preprocess_ms = head_s * 1000
+        return outcome
 
     def probe_tail(self) -> dict[str, Any] | None:
         """Ask the tail for its bundle and warm-up times: the warm-up times seed the latency
@@ -323,10 +503,11 @@ class HeadPipeline:
         if self.tail_mismatch:
             log.info("the tail now holds this head's bundle %s", ours)
         self.tail_mismatch, self.tail_matched = None, True
-        warm = meta.get("warmup_ms") or {}
+        warm = meta.get("warmup_ms")
         for mode in ("split", "offload"):
-            if isinstance(warm.get(mode), (int, float)):
-                self.latency.observe_stage(f"tail_{mode}", warm[mode] / 1000)
+            value = warm.get(mode) if isinstance(warm, dict) else None
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.latency.observe_stage(f"tail_{mode}", value / 1000)
         return meta
 
     def _set_mismatch(self, message: str) -> None:
@@ -347,6 +528,16 @@ def local_tasks(local: ImageClassifier) -> list[str]:
     """The tasks the local model has a classifier for (its ``logits_<task>`` outputs)."""
     names = local.model.output_names
     return [n.removeprefix(LOGITS_PREFIX) for n in names if n.startswith(LOGITS_PREFIX)]
+
+
+def _reencoding(setting: str, bundle: Bundle) -> reencode.Reencoding | None:
+    """``none``, ``bundle`` (the measured choice beside the bundle, if any) or ``webp:95``."""
+    if setting == "none":
+        return None
+    if setting == "bundle":
+        path = getattr(bundle, "path", None)
+        return reencode.load_choice(path) if path is not None else None
+    return reencode.parse(setting)
 
 
 def _split_round_trip(answer: dict[str, Any], round_trip: float) -> tuple[float, float]:

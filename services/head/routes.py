@@ -10,7 +10,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from services.common.deps import AppMetrics, Context, Service, TaskQuery, TopKQuery, read_capped
+from services.common.deps import (
+    AppMetrics,
+    Context,
+    Service,
+    TaskQuery,
+    TopKQuery,
+    check_token,
+    limit_in_flight,
+    read_capped,
+)
 from services.common.errors import UnsupportedMediaError
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
@@ -26,14 +35,27 @@ HeadMode = Literal["split", "local", "offload", "auto"]
 PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image",
-        401: "the tail refused the head's token",
+        401: "missing or wrong bearer token (the head's own, or the tail refused it)",
+        404: "unknown task or model name",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image, or a multipart form (the head takes the raw image body)",
-        503: "not ready, or the tail is down and fallback=false",
+        422: "invalid path or query parameter",
+        502: "the tail answered without the fields the head needs and fallback=false",
+        503: "not ready, over the in-flight limit (Retry-After), or the tail is down and "
+        "fallback=false",
         504: "the tail missed the deadline and fallback=false",
     }
 )
+
+
+def authorised(request: Request, settings: Settings) -> None:
+    """The head's callers (the gateway) send the same token the head sends the tail."""
+    check_token(request, settings.token.get_secret_value() if settings.token else None)
+
+
+#: Admission for classifications: the right token, then a free in-flight slot, then the body.
+ADMISSION = [Depends(authorised), Depends(limit_in_flight)]
 
 
 async def image_body(request: Request, settings: Settings) -> bytes:
@@ -50,7 +72,8 @@ async def image_body(request: Request, settings: Settings) -> bytes:
     "/infer/{mode}",
     summary="Classify an image in one mode (auto picks the fastest predicted)",
     responses=PROBLEMS,
-    openapi_extra={"requestBody": {"content": IMAGE_CONTENT}},
+    openapi_extra={"requestBody": {"required": True, "content": IMAGE_CONTENT}},
+    dependencies=ADMISSION,
 )
 def infer(
     mode: HeadMode,
@@ -68,12 +91,16 @@ def infer(
     compression: Annotated[
         Compression | None, Query(description="Override the envelope compression")
     ] = None,
+    reencode: Annotated[
+        bool | None,
+        Query(description="Offload: re-encode at the teacher's input size (default: setting)"),
+    ] = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     pipeline: HeadPipeline = service.get("pipeline")
     encoding = Encoding(quantisation or settings.quantisation, compression or settings.compression)
     outcome, predictions = pipeline.run(
-        mode, image, task, k or settings.top_k, fallback, context, metrics, encoding
+        mode, image, task, k or settings.top_k, fallback, context, metrics, encoding, reencode
     )
     total_ms = (time.perf_counter() - start) * 1000
     answer: dict[str, Any] = {
@@ -86,6 +113,10 @@ def infer(
             "transfer": round(outcome.transfer_ms, 3),
             "tail": round(outcome.tail_ms, 3),
             "total": round(total_ms, 3),
+        },
+        "head_stages_ms": {
+            "preprocess": round(outcome.preprocess_ms, 3),
+            "model": round(outcome.model_ms, 3),
         },
         "bytes_sent": outcome.bytes_sent,
         "encoding": (
@@ -106,7 +137,12 @@ def infer(
     return answer
 
 
-@router.get("/latency", summary="Current latency estimates and predictions per mode")
+@router.get(
+    "/latency",
+    summary="Current latency estimates and predictions per mode",
+    responses=PROBLEMS,
+    dependencies=[Depends(authorised)],
+)
 def latency(
     service: Service,
     image_bytes: Annotated[int, Query(ge=0, description="Image size to predict for")] = 50_000,
@@ -121,7 +157,12 @@ def latency(
     }
 
 
-@router.get("/v2/models/{name}", summary="Device-side model metadata", responses=PROBLEMS)
+@router.get(
+    "/v2/models/{name}",
+    summary="Device-side model metadata",
+    responses=PROBLEMS,
+    dependencies=[Depends(authorised)],
+)
 def model_metadata(name: str, service: Service, settings: Settings) -> dict[str, Any]:
     bundle: Bundle = service.get("bundle")
     if name not in (bundle.name, bundle.id):

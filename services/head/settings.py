@@ -22,6 +22,12 @@ class HeadSettings(ServiceSettings):
     )
 
     tail_url: str = Field(default="http://127.0.0.1:8001", description="Base URL of the tail.")
+    max_in_flight: int = Field(
+        default=2,
+        gt=0,
+        description="Classifications processed at once (a device has few cores); more get "
+        "503 + Retry-After at once, before their body is read.",
+    )
     tail_timeout_s: float = Field(
         default=5.0, gt=0, description="Deadline for one tail request; after it, fall back."
     )
@@ -48,6 +54,13 @@ class HeadSettings(ServiceSettings):
     )
     tail_retry_s: float = Field(
         default=5.0, ge=0, description="After a tail failure, auto avoids remote modes this long."
+    )
+    offload_reencode: str = Field(
+        default="bundle",
+        pattern=r"^(none|bundle|(jpeg|webp):q?\d{1,3})$",
+        description="Fair offload: re-encode the image at the teacher's input size before "
+        "sending it. 'bundle' uses the measured choice stored beside the bundle "
+        "(reencode.json; none if absent), 'none' sends the upload as it came, 'webp:95' forces.",
     )
 
 

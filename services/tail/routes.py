@@ -6,11 +6,12 @@ loop stays free for health checks and admission control.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from services.common.context import BUNDLE_HEADER, RequestContext
 from services.common.deps import (
@@ -24,11 +25,11 @@ from services.common.deps import (
     read_capped,
 )
 from services.common.metrics import Metrics
-from services.common.openapi import IMAGE_CONTENT, problem_responses
+from services.common.openapi import IMAGE_CONTENT, INFER_CONTENT, problem_responses
 from services.tail.settings import TailSettings, get_settings
-from splitdnn import wire
+from splitdnn import oip, wire
 from splitdnn.bundle import Bundle
-from splitdnn.errors import BundleMismatchError, UnknownNameError, WireSizeError
+from splitdnn.errors import BundleMismatchError, UnknownNameError, WireError
 from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
 
 router = APIRouter(prefix="/v2", tags=["inference"])
@@ -38,12 +39,13 @@ WithLogits = Annotated[bool, Query(description="Also return the raw logits")]
 
 PROBLEMS = problem_responses(
     {
-        400: "bad envelope or corrupt image (problem+json)",
+        400: "bad envelope or OIP request, or corrupt image (problem+json with 'error')",
         401: "missing or wrong bearer token",
         404: "unknown model name or task",
         409: "the sender holds a different bundle",
-        413: "body over the configured limit",
+        413: "body, declared raw size or batch over the configured limit",
         415: "not an image",
+        422: "invalid query parameter, or NaN/infinity in the tensor",
         503: "not ready or overloaded (Retry-After)",
     }
 )
@@ -121,7 +123,15 @@ def _with_timings(
 
 @router.get("", summary="Server metadata (Open Inference Protocol)")
 def server_metadata() -> dict[str, Any]:
-    return {"name": "splitdnn-tail", "version": "1", "extensions": []}
+    return {"name": "splitdnn-tail", "version": "1", "extensions": ["binary_tensor_data"]}
+
+
+@router.get(
+    "/models/{name}/ready", summary="Model ready (Open Inference Protocol)", responses=PROBLEMS
+)
+def model_ready(name: str, service: Service) -> dict[str, Any]:
+    bundle = _bundle(service, name)
+    return {"name": bundle.name, "ready": True}
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=PROBLEMS)
@@ -141,15 +151,37 @@ def model_metadata(name: str, service: Service) -> dict[str, Any]:
     }
 
 
+def is_oip(request: Request, body: bytes) -> bool:
+    """An Open Inference Protocol request rather than a msgpack envelope: the binary
+    extension's header, a JSON media type, or a JSON object without the envelope's type."""
+    content_type = request.headers.get("content-type", "").lower()
+    if oip.HEADER_LENGTH.lower() in request.headers or content_type.startswith("application/json"):
+        return True
+    return not content_type.startswith(wire.CONTENT_TYPE) and body[:1] == b"{"
+
+
 @router.post(
     "/models/{name}/infer",
-    summary="Split mode: run the server part on a bottleneck envelope",
-    responses=PROBLEMS,
-    openapi_extra={"requestBody": {"content": {wire.CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    summary="Split mode: the server part on a msgpack envelope, or an OIP v2 request "
+    "(JSON tensors or the binary tensor extension)",
+    responses={
+        **PROBLEMS,
+        200: {
+            "description": "top-k answer (envelope), or the OIP v2 answer (JSON, or JSON + "
+            "binary outputs with Inference-Header-Content-Length)",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                oip.BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    },
+    response_model=None,
+    openapi_extra={"requestBody": {"required": True, "content": INFER_CONTENT}},
     dependencies=ADMISSION,
 )
-def infer_envelope(
+def infer(
     name: str,
+    request: Request,
     body: Annotated[bytes, Depends(envelope_body)],
     service: Service,
     context: Context,
@@ -158,34 +190,77 @@ def infer_envelope(
     task: TaskQuery = None,
     k: TopKQuery = None,
     logits: WithLogits = False,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
+    if is_oip(request, body):
+        return infer_oip(name, request, body, service, context, metrics, settings)
     start = time.perf_counter()
     server: ServerRunner = service.get("server")
+    bundle = _bundle(service, name)
     metrics.bytes_in.labels(metrics.service, "envelope").inc(len(body))
     with context.stage("decode"):
-        envelope, tensor = wire.decode_array(
+        _, tensor = wire.decode_array(
             body,
             max_envelope_bytes=settings.max_envelope_bytes,
-            max_raw_bytes=settings.max_raw_bytes,
+            max_raw_bytes=max_raw_bytes(settings, server),
+            max_batch=settings.max_batch,
+            sample_shape=server.bottleneck_shape,
+            bundle_id=bundle.id,
         )
-    bundle = _bundle(service, name, envelope.bundle_id)
     task = bundle.task(task)
-    if tuple(envelope.shape[1:]) != server.bottleneck_shape:
-        raise WireSizeError(
-            f"bottleneck shape {list(envelope.shape[1:])} does not match the bundle's "
-            f"{list(server.bottleneck_shape)}"
-        )
     with context.stage("tail"):
         task, out = server(tensor, task)
     answer = _answer(bundle, task, out, k or settings.top_k, logits)
     return _with_timings(answer, body, start, context, metrics)
 
 
+def max_raw_bytes(settings: TailSettings, server: ServerRunner) -> int:
+    """The raw size a full batch of float32 bottlenecks needs, capped by the setting."""
+    full_batch = settings.max_batch * math.prod(server.bottleneck_shape) * 4
+    return min(settings.max_raw_bytes, full_batch)
+
+
+def infer_oip(
+    name: str,
+    request: Request,
+    body: bytes,
+    service: Service,
+    context: RequestContext,
+    metrics: Metrics,
+    settings: TailSettings,
+) -> Response:
+    """The Open Inference Protocol v2 answer: every requested ``logits_<task>`` output."""
+    server: ServerRunner = service.get("server")
+    bundle = _bundle(service, name)
+    metrics.bytes_in.labels(metrics.service, "oip").inc(len(body))
+    with context.stage("decode"):
+        parsed = oip.parse_request(
+            body,
+            request.headers.get(oip.HEADER_LENGTH),
+            input_name=server.model.input_name,
+            sample_shape=server.bottleneck_shape,
+            max_batch=settings.max_batch,
+        )
+    unknown = sorted(set(parsed.outputs) - set(server.model.output_names))
+    if unknown:
+        raise WireError(f"unknown outputs {unknown}; this model has {server.model.output_names}")
+    with context.stage("tail"):
+        outputs = server.model.run(parsed.tensor)
+    chosen = {n: outputs[n] for n in (parsed.outputs or server.model.output_names)}
+    content, header_length = oip.encode_response(bundle.name, bundle.id, parsed, chosen)
+    if header_length is None:
+        return Response(content, media_type=oip.JSON_CONTENT_TYPE)
+    return Response(
+        content,
+        media_type=oip.BINARY_CONTENT_TYPE,
+        headers={oip.HEADER_LENGTH: str(header_length)},
+    )
+
+
 @router.post(
     "/models/{name}/classify",
     summary="Offload mode: run the whole teacher on an image",
     responses=PROBLEMS,
-    openapi_extra={"requestBody": {"content": IMAGE_CONTENT}},
+    openapi_extra={"requestBody": {"required": True, "content": IMAGE_CONTENT}},
     dependencies=ADMISSION,
 )
 def classify_image(

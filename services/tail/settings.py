@@ -20,6 +20,14 @@ class TailSettings(ServiceSettings):
     max_in_flight: int = Field(
         default=8, gt=0, description="Requests processed at once; more get 503 + Retry-After."
     )
+    max_batch: int = Field(
+        default=16,
+        gt=0,
+        le=1024,
+        description="Most samples in one envelope or OIP request (413 above); with the "
+        "bottleneck shape it also bounds the raw size, so a small body cannot declare a big "
+        "tensor.",
+    )
     max_envelope_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="Largest envelope accepted (413 above)."
     )

@@ -184,6 +184,14 @@ class KDConfig(_Strict):
     #: A ``method: hnd`` run directory with the same teacher and data: its cached pooled
     #: features and ``classifier.pt`` are reused instead of running the teacher again.
     teacher_run: Path | None = None
+    #: Server-side fine-tuning of split mode: a distilled student (run directory, checkpoint or
+    #: default assets) whose device part (encoder) runs first, frozen, as the device would; its
+    #: decoder joins the student's trainable layers. The kd student's base must be the
+    #: distilled student's teacher and its cut the student's split point.
+    device_from: Path | None = None
+    #: Start the student's classifier from this probe file (e.g. the one the bundle serves)
+    #: instead of fitting a new one, so that epoch 0 is the served model.
+    probe_from: Path | None = None
 
     @field_validator("student")
     @classmethod
@@ -248,6 +256,8 @@ def _format(error: ValidationError) -> str:
 PATH_KEYS = (
     ("data", "root"),
     ("kd", "teacher_run"),
+    ("kd", "device_from"),
+    ("kd", "probe_from"),
     ("teacher", "probe_from"),
     ("train", "init_from"),
 )
@@ -274,8 +284,8 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
 def load_config(path: str | Path) -> DistillConfig:
     """Read and validate a YAML config (safe loader: no tags, no code). Relative paths in
     it (``data.root``, ``teacher.probe_from``, ``train.init_from``, ``kd.teacher_run``,
-    ``data.unlabelled[].root``) are taken from the config file's folder, so a config works
-    from any working directory."""
+    ``kd.device_from``, ``kd.probe_from``, ``data.unlabelled[].root``) are taken from the
+    config file's folder, so a config works from any working directory."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -31,6 +31,7 @@ and are computed once: either taken from the cache of a ``method: hnd`` run on t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -39,17 +40,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitdnn.checkpoints import KD_STUDENT_KIND, PROBE, load_linear, save_atomic
+from splitdnn.checkpoints import KD_STUDENT_KIND, PROBE, load_linear, read_student, save_atomic
 from splitdnn.data import Sample
 from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import kd_loss
-from splitdnn.distill.probe import extract_features, fit_probe
+from splitdnn.distill.probe import FrozenBackbone, extract_features, fit_probe
 from splitdnn.distill.trainer import Method
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.metrics import top1, topk_hits
 from splitdnn.models import get_teacher
 from splitdnn.students import get_kd_student
-from splitdnn.teacher import frozen_backbone
+from splitdnn.teacher import freeze, frozen_backbone
 
 
 class FineTunedStudent(nn.Module):
@@ -189,16 +190,52 @@ class WholeStudentDistillation(Method):
 
     # -- setup ---------------------------------------------------------------------------------
 
+    def device_backbone(self) -> FrozenBackbone | None:
+        """With ``kd.device_from``: the distilled student's encoder (frozen, the device part)
+        in front of its decoder and the base model after the cut (split mode, served)."""
+        source = self.config.kd.device_from
+        if source is None:
+            return None
+        checkpoint = read_student(source)
+        spec = self.student_spec
+        if (checkpoint.teacher, checkpoint.split_module) != (spec.base, spec.cut):
+            raise ConfigError(
+                f"kd.device_from: {source} is a {checkpoint.teacher} student split at "
+                f"{checkpoint.split_module}; kd.student {spec.name} fine-tunes {spec.base} "
+                f"after {spec.cut}"
+            )
+        student = checkpoint.build_student()
+        _, rest = frozen_backbone(spec.base, True, spec.cut)
+        digest = hashlib.sha256()
+        for name, tensor in sorted(checkpoint.student.items()):
+            digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+        self.device_checkpoint = checkpoint
+        return FrozenBackbone(
+            f"device-{digest.hexdigest()[:16]}",
+            freeze(student.encoder),
+            freeze(nn.Sequential(student.decoder, rest)),
+        )
+
     def initial_student(self) -> FineTunedStudent:
-        """Backbone layers after the cut (ImageNet init) + the probe as the classifier."""
+        """Backbone layers after the cut (ImageNet init; with ``kd.device_from`` the distilled
+        decoder before them) + the probe as the classifier (``kd.probe_from``, else fitted)."""
         spec = self.student_spec
         _, rest = frozen_backbone(spec.base, True, spec.cut)
+        if self.config.kd.device_from is not None:
+            rest = nn.Sequential(self.device_checkpoint.build_student().decoder, rest)
         # Seeded here, as in fit_linear_probe: kd and labels runs start from the same probe
         # (the local model's), whatever else drew from the generator before.
         torch.manual_seed(self.config.seed)
         probe = nn.Linear(self.feats["pooled"].shape[1], len(self.classes))
         path = self.run_dir / "student_probe.pt"
-        if path.exists():
+        if self.config.kd.probe_from is not None:
+            probe = load_linear(self.config.kd.probe_from)
+            if probe.out_features != len(self.classes):
+                raise ConfigError(
+                    f"kd.probe_from: {self.config.kd.probe_from} has {probe.out_features} "
+                    f"classes, the data {len(self.classes)}"
+                )
+        elif path.exists():
             probe = load_linear(path)
         else:
             self._fit_probe(probe, self.feats, path)
@@ -210,7 +247,12 @@ class WholeStudentDistillation(Method):
         self.train_samples: list[Sample] = train
         self.val, self.classes = val, classes
         self.log(f"{len(train)} training / {len(val)} validation images, {len(classes)} classes")
-        common = {"cut": spec.cut, "cache_dir": self.cache_dir, "progress": self.progress}
+        common = {
+            "cut": spec.cut,
+            "cache_dir": self.cache_dir,
+            "progress": self.progress,
+            "backbone": self.device_backbone(),
+        }
         self.feats = extract_features(spec.base, train, hflip=c.augmentation.hflip, **common)
         self.val_cut = extract_features(spec.base, val, **common)["cut"]
         self.teacher = self.teacher_logits() if c.method == "kd" else None
@@ -261,12 +303,14 @@ class WholeStudentDistillation(Method):
         return f"top-1 {record['val_top1']:.2f}"
 
     def best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
+        c_from = self.config.kd.device_from
         return {
             "kind": KD_STUDENT_KIND,
             "method": self.config.method,
             "student_name": self.student_spec.name,
             "base": self.student_spec.base,
             "cut": self.student_spec.cut,
+            "device_from": None if c_from is None else str(c_from),
             "student": self.student.state_dict(),
             "classes": self.classes,
             "metrics": record,

@@ -51,6 +51,17 @@ def _features_key(teacher_name: str, pretrained: bool, samples: Sequence[Sample]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class FrozenBackbone:
+    """Two frozen halves to extract features with: ``prefix`` (whose output is the ``cut``
+    array) and ``rest`` (up to the pooled features). ``name`` identifies them in cache files,
+    so it must change whenever their weights do."""
+
+    name: str
+    prefix: nn.Module
+    rest: nn.Module
+
+
 def extract_features(
     teacher_name: str,
     samples: Sequence[Sample],
@@ -61,6 +72,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    backbone: FrozenBackbone | None = None,
 ) -> dict[str, np.ndarray]:
     """Frozen-backbone outputs for ``samples``, in their order.
 
@@ -68,11 +80,15 @@ def extract_features(
     after that module; with ``hflip`` also ``flip_pooled`` / ``flip_cut`` for the mirrored
     images. With ``cache_dir`` the arrays are saved as ``.npy`` under a key of teacher,
     preprocessing and the exact sample list, and reused (memory-mapped) the next time.
+    ``backbone`` replaces the teacher's own halves (e.g. a distilled student's device part in
+    front of the teacher's tail); its ``name`` goes into the cache file names.
     """
-    kinds = ["pooled"] + (["cut"] if cut else [])
+    kinds = ["pooled"] + (["cut"] if cut or backbone else [])
     passes = [False, True] if hflip else [False]
     key = _features_key(teacher_name, pretrained, samples) if cache_dir is not None else ""
     tag = {"pooled": "pooled", "cut": f"cut-{cut}"}
+    if backbone is not None:
+        tag = {kind: f"{backbone.name}-{kind}" for kind in kinds}
 
     def path_of(kind: str, flip: bool) -> Path | None:
         if cache_dir is None:
@@ -92,7 +108,10 @@ def extract_features(
         return arrays
 
     spec = get_teacher(teacher_name)
-    prefix, rest = frozen_backbone(teacher_name, pretrained, cut)
+    if backbone is not None:
+        prefix, rest = backbone.prefix, backbone.rest
+    else:
+        prefix, rest = frozen_backbone(teacher_name, pretrained, cut)
     crops = load_crops(samples, spec.preprocessing, progress)
     for flip in missing:
         out: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
@@ -108,7 +127,7 @@ def extract_features(
                     x = x.flip(3)
                 h = prefix(x)
                 out["pooled"].append(rest(h).float().numpy())
-                if cut:
+                if "cut" in out:
                     out["cut"].append(h.half().numpy())
         for kind in kinds:
             array = np.concatenate(out[kind])

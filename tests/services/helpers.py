@@ -56,7 +56,7 @@ def running_stack(
             "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
         },
         "gateway": {
-            **serve.gateway_env(urls["head"], urls["tail"]),
+            **serve.gateway_env(urls["head"], urls["tail"], token=token),
             "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
         },
     }

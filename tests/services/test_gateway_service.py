@@ -187,3 +187,37 @@ def test_ready_follows_the_head(gateway) -> None:
     assert gateway.get("/v2/health/live").json() == {"live": True}
     assert "splitdnn_requests_total" in gateway.get("/metrics").text
     assert "/classify" in gateway.get("/openapi.json").json()["paths"]
+
+
+# --- admission, tokens and hostile uploads ---------------------------------------------------
+
+
+def test_the_gateway_sends_the_head_its_token(fake_head, cat_jpeg) -> None:
+    settings = GatewaySettings(head_url="http://head.test", token="shared")
+    with TestClient(create_app(settings, head_transport=httpx.MockTransport(fake_head))) as c:
+        assert c.post("/classify", content=cat_jpeg).status_code == 200
+    assert fake_head.requests[-1].headers["authorization"] == "Bearer shared"
+
+
+def test_over_the_in_flight_limit_is_503_at_once(gateway, fake_head, cat_jpeg) -> None:
+    limiter = gateway.app.state.limiter
+    assert limiter.limit == 8
+    limiter.in_flight = limiter.limit
+    try:
+        response = gateway.post("/classify", content=cat_jpeg)
+    finally:
+        limiter.in_flight = 0
+    assert_problem(response, 503, "overloaded")
+    assert response.headers["retry-after"] == "1"
+    assert not [r for r in fake_head.requests if r.url.path.startswith("/infer")]
+
+
+def test_a_png_declaring_a_bomb_and_other_formats_are_refused(gateway, fake_head) -> None:
+    from test_imaging import png_header_declaring
+
+    bomb = png_header_declaring(60_000, 60_000)
+    assert_problem(gateway.post("/classify", content=bomb), 413, "image-too-large")
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, "GIF")
+    assert_problem(gateway.post("/classify", content=gif.getvalue()), 415, "unsupported-image")
+    assert not fake_head.requests

@@ -79,6 +79,7 @@ def head(toy_bundle_dir, fake_tail):
         tail_retry_s=0.0,
     )
     with TestClient(create_app(settings, tail_transport=httpx.MockTransport(fake_tail))) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"  # the head checks its callers too
         yield c
 
 
@@ -226,13 +227,13 @@ def test_auto_picks_the_mode_that_was_measured_fastest(
     if slow == "link":
         tail.delay_s = 0.25
     else:
-        original = ImageClassifier.__call__
+        original = ImageClassifier.run
 
         def slow_model(self, *args, **kwargs):
             time.sleep(0.25)
             return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(ImageClassifier, "__call__", slow_model)
+        monkeypatch.setattr(ImageClassifier, "run", slow_model)
     with _fresh_head(toy_bundle_dir, tail) as head:
         fastest = _measured_fastest(head, cat_jpeg)
         assert fastest == ("local" if slow == "link" else "split")
@@ -293,3 +294,57 @@ def test_head_and_tail_with_different_bundles_answer_409(
             for mode in ("split", "offload"):
                 body = assert_problem(infer(head, mode, cat_jpeg), 409, "bundle-mismatch")
                 assert load_bundle(other_bundle_dir).id in body["detail"]
+
+
+# --- the head's own admission and the tail's answers -----------------------------------------
+
+
+def test_the_head_authenticates_its_callers_with_its_token(head, cat_jpeg) -> None:
+    for auth in ("", "Bearer nope"):
+        response = head.post("/infer/local", content=cat_jpeg, headers={"Authorization": auth})
+        assert_problem(response, 401, "unauthorized")
+    assert_problem(head.get("/latency", headers={"Authorization": ""}), 401)
+    assert head.get("/v2/health/ready", headers={"Authorization": ""}).status_code == 200
+
+
+def test_over_the_in_flight_limit_is_503_at_once(head, cat_jpeg) -> None:
+    limiter = head.app.state.limiter
+    assert limiter.limit == 2  # the default: a device has few cores
+    limiter.in_flight = limiter.limit
+    try:
+        start = time.perf_counter()
+        response = head.post("/infer/local", content=cat_jpeg * 7)  # 413 if it were read
+        elapsed = time.perf_counter() - start
+    finally:
+        limiter.in_flight = 0
+    assert_problem(response, 503, "overloaded")
+    assert response.headers["retry-after"] == "1" and elapsed < 1.0
+    assert infer(head, "local", cat_jpeg).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"timings_ms": {"compute": 1.0}},  # no top_k
+        {"top_k": "tabby"},
+        {"top_k": [{"index": 1, "label": "x", "score": "high"}]},
+        {"top_k": [], "timings_ms": ["compute"]},
+        {"top_k": [], "timings_ms": {"compute": "slow"}},
+        ["top_k"],
+    ],
+    ids=["no-top-k", "top-k-string", "score-string", "timings-list", "compute-string", "list"],
+)
+def test_a_tail_200_without_what_the_head_needs_falls_back_or_is_502(
+    head, fake_tail, cat_jpeg, answer
+) -> None:
+    fake_tail.failure = lambda request: httpx.Response(200, json=answer)
+    for mode in ("split", "offload"):
+        response = infer(head, mode, cat_jpeg)
+        assert response.status_code == 200, response.text
+        assert response.json()["fallback"] is True and response.json()["mode"] == "local"
+        assert_problem(infer(head, mode, cat_jpeg, fallback="false"), 502, "bad-upstream-answer")
+
+
+def test_a_tail_200_that_is_not_json_falls_back(head, fake_tail, cat_jpeg) -> None:
+    fake_tail.failure = lambda request: httpx.Response(200, content=b"<html>")
+    assert infer(head, "split", cat_jpeg).json()["fallback"] is True

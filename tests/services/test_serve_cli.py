@@ -111,3 +111,32 @@ def test_library_imports_no_web_stack_and_wire_latency_no_torch() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("command", ["tail", "head", "all"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "edge.example"])
+def test_a_non_loopback_bind_without_a_token_is_refused(
+    calls, toy_bundle_dir, monkeypatch, command, host
+) -> None:
+    monkeypatch.delenv("SPLITDNN_TOKEN", raising=False)
+    args = [command, "--host", host, "--bundle", str(toy_bundle_dir)]
+    result = runner.invoke(serve_app, args)
+    assert result.exit_code == 2 and not calls
+    assert "without a token" in result.output and "--insecure" in result.output
+    if command != "all":  # with a token, or with --insecure, it starts
+        assert runner.invoke(serve_app, [*args, "--token", "t"]).exit_code == 0
+        assert runner.invoke(serve_app, [*args, "--insecure"]).exit_code == 0
+        assert len(calls) == 2
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_binds_need_no_token(calls, toy_bundle_dir, monkeypatch, host) -> None:
+    monkeypatch.delenv("SPLITDNN_TOKEN", raising=False)
+    result = runner.invoke(serve_app, ["tail", "--host", host, "--bundle", str(toy_bundle_dir)])
+    assert result.exit_code == 0, result.output
+
+
+def test_the_gateway_is_public_and_forwards_the_token(calls) -> None:
+    result = runner.invoke(serve_app, ["gateway", "--host", "0.0.0.0", "--token", "t"])
+    assert result.exit_code == 0, result.output
+    assert os.environ["SPLITDNN_TOKEN"] == "t"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +96,7 @@ def test_bad_envelopes_are_400(tail, bundle) -> None:
     assert_problem(post_envelope(tail, bundle, b"\x00garbage"), 400, "bad-envelope")
     _, wrong_shape = envelope(bundle, shape=(1, 4, 8, 9))
     body = assert_problem(post_envelope(tail, bundle, wrong_shape), 400, "bad-envelope")
-    assert "bottleneck shape" in body["detail"]
+    assert "sample shape" in body["detail"]
 
 
 def test_envelope_over_the_limit_is_413(tail, bundle) -> None:
@@ -213,3 +214,91 @@ def test_not_ready_until_a_bundle_loads(tmp_path) -> None:
         response = client.post("/v2/models/x/infer", content=b"")
         assert_problem(response, 503, "not-ready")
         assert response.headers["retry-after"] == "1"
+
+
+# --- hostile envelopes and uploads: each a 4xx problem+json, never a 200 or a 5xx -------------
+
+
+def test_a_nan_or_infinite_fp32_envelope_is_422(tail, bundle) -> None:
+    for bad in (np.nan, np.inf):
+        x = np.zeros((1, *bundle.manifest.bottleneck.shape), np.float32)
+        x[0, 0, 0, 0] = bad
+        body = wire.encode(x, bundle_id=bundle.id)
+        problem = assert_problem(post_envelope(tail, bundle, body), 422, "non-finite-tensor")
+        assert problem["error"] == problem["detail"]  # what OIP clients read
+
+
+def test_a_uint8_scale_that_is_infinite_in_float32_is_422(tail, bundle) -> None:
+    import msgpack
+
+    _, body = envelope(bundle, "uint8")
+    fields = msgpack.unpackb(body)
+    fields["scale"] = [1e300]
+    hostile = msgpack.packb(fields, use_bin_type=True)
+    assert_problem(post_envelope(tail, bundle, hostile), 422, "non-finite-tensor")
+
+
+def test_a_tiny_zstd_envelope_declaring_a_huge_batch_is_413_before_decompressing(
+    tail, bundle
+) -> None:
+    x = np.zeros((1000, *bundle.manifest.bottleneck.shape), np.float32)
+    body = wire.encode(x, bundle_id=bundle.id, quantisation="uint8", compression="zstd")
+    assert len(body) < 20_000
+    problem = assert_problem(post_envelope(tail, bundle, body), 413, "envelope-too-large")
+    assert "batch of 1000" in problem["detail"]
+
+
+def test_a_png_header_declaring_60000_squared_pixels_is_413(tail, bundle) -> None:
+    from test_imaging import png_header_declaring
+
+    url = f"/v2/models/{bundle.name}/classify"
+    response = tail.post(url, content=png_header_declaring(60_000, 60_000))
+    assert_problem(response, 413, "image-too-large")
+
+
+def test_model_ready_and_server_extensions(tail, bundle) -> None:
+    assert tail.get(f"/v2/models/{bundle.name}/ready").json()["ready"] is True
+    assert_problem(tail.get("/v2/models/nope/ready"), 404)
+    assert "binary_tensor_data" in tail.get("/v2").json()["extensions"]
+
+
+def test_oip_json_infer_equals_the_envelope_path(tail, bundle) -> None:
+    x, body = envelope(bundle)
+    expected = post_envelope(tail, bundle, body, logits="true", task="caltech101").json()
+    request = {
+        "id": "r1",
+        "inputs": [
+            {"name": "bottleneck", "datatype": "FP32", "shape": list(x.shape),
+             "data": x.reshape(-1).tolist()}
+        ],
+        "outputs": [{"name": "logits_caltech101"}],
+    }  # fmt: skip
+    answer = tail.post(f"/v2/models/{bundle.name}/infer", json=request)
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["outputs"][0]
+    assert answer.json()["id"] == "r1" and output["name"] == "logits_caltech101"
+    np.testing.assert_array_equal(output["data"], expected["outputs"][0]["data"])
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({"datatype": "INT64"}, 400),
+        ({"shape": [1, 4, 8, 9]}, 400),
+        ({"shape": [100, 4, 8, 8]}, 413),
+        ({"data": [float("nan")] * 256}, 422),
+        ({"data": [1.0] * 255}, 400),
+        ({"name": "x"}, 400),
+    ],
+)
+def test_bad_oip_requests_are_4xx_with_an_error_field(tail, bundle, change, status) -> None:
+    spec = {"name": "bottleneck", "datatype": "FP32", "shape": [1, 4, 8, 8], "data": [0.0] * 256}
+    spec.update(change)
+    content = json.dumps({"inputs": [spec]}).encode()  # NaN written as JSON's NaN
+    response = tail.post(
+        f"/v2/models/{bundle.name}/infer",
+        content=content,
+        headers={"Content-Type": "application/json"},
+    )
+    problem = assert_problem(response, status)
+    assert problem["error"]
