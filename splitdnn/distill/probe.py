@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,9 +183,11 @@ def fit_probe(
 ) -> nn.Linear:
     """Train ``probe`` on a teacher's pooled features of labelled images (and of their mirror
     images, which share the labels) with the config's probe settings."""
-    feats = [torch.as_tensor(np.asarray(pooled))]
-    if mirrored is not None:
-        feats.append(torch.as_tensor(np.asarray(mirrored)))
+    with warnings.catch_warnings():  # memory-mapped caches are read-only; nothing writes
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        feats = [torch.as_tensor(np.asarray(pooled))]
+        if mirrored is not None:
+            feats.append(torch.as_tensor(np.asarray(mirrored)))
     return train_linear(
         probe,
         torch.cat(feats),
