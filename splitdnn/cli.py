@@ -196,6 +196,14 @@ def student(
             "or teacher_init: a Lite student starting from the teacher's own layers."
         ),
     ] = Variant.caltech101,
+    split_module: Annotated[
+        str | None,
+        typer.Option(
+            help="Split point the student replaces the teacher up to (any point `splitdnn "
+            "profile TEACHER` lists); default: the teacher's own, where the papers' "
+            "designs sit."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """What TEACHER's bottleneck student costs next to the teacher head it replaces.
@@ -206,7 +214,7 @@ def student(
     with user_errors():
         from splitdnn.profile import student_costs
 
-        costs = student_costs(teacher, bottleneck, variant.value).to_dict()
+        costs = student_costs(teacher, bottleneck, variant.value, split_module).to_dict()
     if as_json:
         _echo_json(costs)
     else:

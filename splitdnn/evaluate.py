@@ -156,7 +156,9 @@ def evaluate_run(
         raise DataError("no images to evaluate")
 
     spec = get_teacher(checkpoint.teacher)
-    model, parts = teacher_parts(spec.name, checkpoint.pretrained, checkpoint.split_module)
+    model, parts = teacher_parts(
+        spec.name, checkpoint.pretrained, checkpoint.split_module, checkpoint.teacher_weights
+    )
     if checkpoint.probe is not None:
         parts.classifier = linear_from_state(checkpoint.probe)
         task, task_labels = checkpoint.task or "task", list(checkpoint.classes or [])

@@ -79,7 +79,9 @@ def assemble(
     add tasks to it, on top of the checkpoint's own local probe (default assets carry one)."""
     spec = get_teacher(checkpoint.teacher)
     student = checkpoint.build_student()
-    model, parts = teacher_parts(spec.name, checkpoint.pretrained, checkpoint.split_module)
+    model, parts = teacher_parts(
+        spec.name, checkpoint.pretrained, checkpoint.split_module, checkpoint.teacher_weights
+    )
     classifiers: dict[str, nn.Module] = {}
     labels: dict[str, list[str]] = {}
     if spec.num_classes == 1000:

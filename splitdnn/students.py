@@ -24,19 +24,34 @@ Two designs:
   set. A short depthwise-separable compressor takes them to the bottleneck. The decoder ends
   with trainable copies of the teacher's last head blocks, so it only has to restore their
   input. The frozen prefix is deterministic, so the trainer runs it once per image.
+* :func:`scaled_student` — any other split point the profile lists (any teacher, any
+  cut): the Lite student's recipe sized from the shapes at that point. The encoder halves the
+  grid with a 3×3/2 stem and depthwise-separable blocks until it is the split's grid or the
+  nearest above (at most stride 32), the decoder widens the bottleneck with 3×3 convs, meets
+  the split's grid exactly (a valid conv or a transposed conv: no resampling, ONNX-friendly)
+  and ends with a 1×1 conv to the split's channels.
+
+The designs above are kept where they exist (the papers' and the tuned Lite ones at each
+teacher's ``student_split``); :func:`student_problem` says why a point cannot have a student.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from splitdnn.errors import UnknownNameError
 from splitdnn.models import get_teacher
-from splitdnn.split import split_model
+from splitdnn.models.weights import build_teacher
+from splitdnn.split import output_shapes, split_model
+
+VARIANTS = ("caltech101", "imagenet", "teacher_init")
 
 
 class BottleneckStudent(nn.Module):
@@ -281,12 +296,16 @@ TEACHER_INIT_DESIGNS = {
 
 
 def teacher_init_student(
-    teacher: str, bottleneck: int, teacher_model: nn.Module | None = None
+    teacher: str,
+    bottleneck: int,
+    teacher_model: nn.Module | None = None,
+    weights: str | Path | None = None,
 ) -> BottleneckStudent:
     """A Lite student whose device prefix and decoder suffix start as the teacher's layers.
 
-    ``teacher_model`` supplies the weights (default: the registered pretrained teacher); the
-    student holds copies, so training it never changes the teacher.
+    ``teacher_model`` supplies the weights (default: the registered pretrained teacher, or
+    the state dict at ``weights``); the student holds copies, so training it never changes the
+    teacher.
     """
     import copy
 
@@ -295,7 +314,7 @@ def teacher_init_student(
             f"no teacher_init student for {teacher!r}; known: {sorted(TEACHER_INIT_DESIGNS)}"
         )
     design = TEACHER_INIT_DESIGNS[teacher]
-    model = teacher_model if teacher_model is not None else get_teacher(teacher).build(True)
+    model = teacher_model if teacher_model is not None else build_teacher(teacher, True, weights)
     encoder: list[nn.Module] = [copy.deepcopy(split_model(model, design.prefix).head)]
     encoder += _separable_to_bottleneck(design.prefix_channels, design.blocks, bottleneck)
     decoder, channels = _decoder_convs(bottleneck, design.decoder)
@@ -306,6 +325,117 @@ def teacher_init_student(
     decoder += [copy.deepcopy(model.get_submodule(name)) for name in design.suffix]
     student = BottleneckStudent(nn.Sequential(*encoder), nn.Sequential(*decoder), frozen_layers=1)
     return student.train()
+
+
+# --- a student for any split point ------------------------------------------------------------
+
+#: Channels of the scaled student's encoder after each halving of the grid (stem first).
+_SCALED_ENCODER = (24, 48, 96, 160, 256)
+_SCALED_DECODER = {"caltech101": (128, 192), "imagenet": (192, 256)}
+#: The deepest the encoder goes: stride 32 (a later split's grid is met in the decoder).
+_MAX_HALVINGS = 5
+
+
+@lru_cache(maxsize=128)
+def split_output_shape(teacher: str, split_module: str) -> tuple[int, ...]:
+    """(C, H, W) of the teacher head's output at ``split_module`` (what a student there must
+    restore): one forward pass of the teacher built on the meta device, no weights, no
+    arithmetic. A point whose output is not one 4-D map gives ``()``."""
+    spec = get_teacher(teacher)
+    with torch.device("meta"):
+        model = spec.build(False)
+    return output_shapes(model, [split_module], spec.input_shape).get(split_module, ())
+
+
+def student_problem(teacher: str, split_module: str, variant: str = "caltech101") -> str | None:
+    """Why ``teacher`` cannot have a ``variant`` student at ``split_module``, or None."""
+    spec = get_teacher(teacher)
+    if split_module not in spec.split_points:
+        return (
+            f"{split_module!r} is not a split point of {spec.name}; choose one of "
+            f"{', '.join(spec.split_points)} (`splitdnn profile {spec.name}`)"
+        )
+    if variant not in VARIANTS:
+        return f"unknown student variant {variant!r}; known: {', '.join(VARIANTS)}"
+    if variant == "teacher_init" and (
+        spec.name not in TEACHER_INIT_DESIGNS or split_module != spec.student_split
+    ):
+        where = ", ".join(
+            f"{name} at {get_teacher(name).student_split!r}" for name in TEACHER_INIT_DESIGNS
+        )
+        return (
+            f"no teacher_init student for {spec.name} at {split_module!r} (it exists for "
+            f"{where}); the caltech101 or imagenet variant fits any split point"
+        )
+    shape = split_output_shape(spec.name, split_module)
+    if len(shape) != 3:
+        return (
+            f"{spec.name} at {split_module!r} outputs no single (C, H, W) feature map, and a "
+            "bottleneck student restores one"
+        )
+    return None
+
+
+def _halvings(size: int, target: int) -> tuple[int, int]:
+    """How many 3×3/2 convs (padding 1: ``ceil(n / 2)``) take ``size`` to the smallest grid
+    not below ``target`` (at most :data:`_MAX_HALVINGS`, at least one), and that grid."""
+    steps, grid = 1, math.ceil(size / 2)
+    while steps < _MAX_HALVINGS and math.ceil(grid / 2) >= target:
+        steps, grid = steps + 1, math.ceil(grid / 2)
+    return steps, grid
+
+
+def scaled_student(
+    input_shape: tuple[int, ...],
+    split_shape: tuple[int, ...],
+    bottleneck: int,
+    variant: str = "caltech101",
+) -> BottleneckStudent:
+    """A bottleneck student sized from the shapes at a split point (module docstring).
+
+    ``split_shape`` is the teacher head's output (C, H, W); ``variant`` picks the decoder's
+    widths (``imagenet`` is wider).
+    """
+    if variant not in _SCALED_DECODER:
+        raise UnknownNameError(
+            f"no scaled student variant {variant!r}; known: {sorted(_SCALED_DECODER)}"
+        )
+    channels, height, width = split_shape
+    steps_h, grid_h = _halvings(input_shape[1], height)
+    steps_w, grid_w = _halvings(input_shape[2], width)
+    steps = max(steps_h, steps_w)
+    grid_h, grid_w = _grid(input_shape[1], steps), _grid(input_shape[2], steps)
+    stem = _SCALED_ENCODER[0]
+    blocks = tuple((_SCALED_ENCODER[i], 2) for i in range(1, steps))
+    blocks += ((_SCALED_ENCODER[steps - 1], 1),)  # one block at the bottleneck's grid
+    encoder = _conv_bn_relu(3, stem, 3, 2, 1)
+    encoder += _separable_to_bottleneck(stem, blocks, bottleneck)
+    decoder, width_out = _decoder_convs(bottleneck, _SCALED_DECODER[variant])
+    fit = _fit_grid((grid_h, grid_w), (height, width), width_out)
+    if fit is not None:
+        decoder += [fit, nn.BatchNorm2d(width_out), nn.ReLU(inplace=True)]
+    decoder.append(nn.Conv2d(width_out, channels, 1))
+    return BottleneckStudent(nn.Sequential(*encoder), nn.Sequential(*decoder))
+
+
+def _grid(size: int, steps: int) -> int:
+    for _ in range(steps):
+        size = math.ceil(size / 2)
+    return size
+
+
+def _fit_grid(grid: tuple[int, int], target: tuple[int, int], channels: int) -> nn.Module | None:
+    """A layer taking a ``grid`` map to exactly ``target``: a valid conv shrinks it by
+    ``k - 1``, a stride-1 transposed conv grows it by ``k - 1``; None when they agree."""
+    if grid == target:
+        return None
+    if all(g >= t for g, t in zip(grid, target, strict=True)):
+        kernel = tuple(g - t + 1 for g, t in zip(grid, target, strict=True))
+        return nn.Conv2d(channels, channels, kernel, bias=False)
+    if all(g <= t for g, t in zip(grid, target, strict=True)):
+        kernel = tuple(t - g + 1 for g, t in zip(grid, target, strict=True))
+        return nn.ConvTranspose2d(channels, channels, kernel, bias=False)
+    raise UnknownNameError(f"no student grid fits {target} from {grid}")  # pragma: no cover
 
 
 # --- whole students for local mode (knowledge distillation) --------------------------------------
@@ -377,18 +507,35 @@ def get_kd_student(name: str) -> KDStudentSpec:
 # --- one entry point ---------------------------------------------------------------------------
 
 
-def build_student(teacher: str, bottleneck: int, variant: str = "caltech101") -> BottleneckStudent:
-    """The registered bottleneck student for ``teacher`` with ``bottleneck`` channels.
+def build_student(
+    teacher: str,
+    bottleneck: int,
+    variant: str = "caltech101",
+    split_module: str | None = None,
+    weights: str | Path | None = None,
+) -> BottleneckStudent:
+    """The bottleneck student for ``teacher`` with ``bottleneck`` channels, replacing the
+    teacher head up to ``split_module`` (default: the teacher's ``student_split``).
 
     ``variant``: the papers' narrow (``caltech101``) or wide (``imagenet``) student (for a Lite
-    teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`).
+    teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`,
+    whose copies of teacher layers come from ``weights`` when given). At a split point without
+    such a design, :func:`scaled_student`. :func:`student_problem` says why a point has none.
     """
     spec = get_teacher(teacher)
+    split = split_module or spec.student_split
+    problem = student_problem(spec.name, split, variant)
+    if problem is not None:
+        raise UnknownNameError(problem)
     if variant == "teacher_init":
-        return teacher_init_student(teacher, bottleneck)
-    if spec.family == "efficientnet_lite":
+        return teacher_init_student(teacher, bottleneck, weights=weights)
+    if split == spec.student_split and spec.name in LITE_DESIGNS:
         return lite_student(teacher, bottleneck)
-    return paper_student(spec.family, bottleneck, variant)
+    if split == spec.student_split and spec.family in PAPER_DESIGNS:
+        return paper_student(spec.family, bottleneck, variant)
+    return scaled_student(
+        spec.input_shape, split_output_shape(spec.name, split), bottleneck, variant
+    )
 
 
 def student_split(teacher: str) -> str:
@@ -405,6 +552,9 @@ __all__: Sequence[str] = [
     "get_kd_student",
     "lite_student",
     "paper_student",
+    "scaled_student",
+    "split_output_shape",
+    "student_problem",
     "student_split",
     "teacher_init_student",
 ]

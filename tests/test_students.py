@@ -135,11 +135,11 @@ def test_forward_is_the_same_in_train_and_eval(teacher: str, variant: str) -> No
         assert torch.equal(student(x), expected)
 
 
-def test_no_student_for_an_unregistered_family_or_variant() -> None:
-    with pytest.raises(UnknownNameError):
-        build_student("mobilenet_v2", 3)
-    with pytest.raises(UnknownNameError):
+def test_no_student_for_an_unknown_variant_or_point() -> None:
+    with pytest.raises(UnknownNameError, match="cifar10"):
         build_student("resnet152", 3, "cifar10")
+    with pytest.raises(UnknownNameError, match="not a split point"):
+        build_student("resnet152", 3, split_module="layer2.0.conv1")
 
 
 # --- the teacher-initialised Lite student -------------------------------------------------------
