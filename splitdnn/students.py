@@ -336,15 +336,20 @@ _SCALED_DECODER = {"caltech101": (128, 192), "imagenet": (192, 256)}
 _MAX_HALVINGS = 5
 
 
-@lru_cache(maxsize=128)
-def split_output_shape(teacher: str, split_module: str) -> tuple[int, ...]:
-    """(C, H, W) of the teacher head's output at ``split_module`` (what a student there must
-    restore): one forward pass of the teacher built on the meta device, no weights, no
-    arithmetic. A point whose output is not one 4-D map gives ``()``."""
+@lru_cache(maxsize=32)
+def _point_shapes(teacher: str) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) at every split point of ``teacher``: one forward pass of the teacher built on
+    the meta device (no weights, no arithmetic)."""
     spec = get_teacher(teacher)
     with torch.device("meta"):
         model = spec.build(False)
-    return output_shapes(model, [split_module], spec.input_shape).get(split_module, ())
+    return output_shapes(model, list(spec.split_points), spec.input_shape)
+
+
+def split_output_shape(teacher: str, split_module: str) -> tuple[int, ...]:
+    """(C, H, W) of the teacher head's output at ``split_module`` (what a student there must
+    restore); ``()`` for a point whose output is not one 4-D map or that is no split point."""
+    return _point_shapes(teacher).get(split_module, ())
 
 
 def student_problem(teacher: str, split_module: str, variant: str = "caltech101") -> str | None:

@@ -1,0 +1,213 @@
+"""Your own split point, teacher and data (issue #14 items 0-1): a student for every split
+point the profile lists, a teacher from a user's state dict (loaded strictly), any torchvision
+classifier by name, and a plain class-folder data set without a list file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from splitdnn.cli import USAGE_ERROR, app  # noqa: E402
+from splitdnn.data import select_samples  # noqa: E402
+from splitdnn.distill.config import parse_config  # noqa: E402
+from splitdnn.errors import CheckpointError, ConfigError, UnknownNameError  # noqa: E402
+from splitdnn.models import build_teacher, get_teacher, list_teachers, load_weights  # noqa: E402
+from splitdnn.split import SplitError, output_shapes, split_model, valid_cuts  # noqa: E402
+from splitdnn.students import (  # noqa: E402
+    build_student,
+    split_output_shape,
+    student_problem,
+)
+
+# --- a student for every split point ------------------------------------------------------------
+
+
+def test_every_lite2_split_point_has_a_student_that_restores_the_real_head_output() -> None:
+    """Shapes from a real forward pass of the teacher (not the meta device the students use);
+    the students themselves run on the meta device (shapes only)."""
+    spec = get_teacher("efficientnet_lite2")
+    teacher = spec.build(False)
+    real = output_shapes(teacher, list(spec.split_points), spec.input_shape)
+    assert set(real) == set(spec.split_points)
+    x = torch.zeros(1, *spec.input_shape, device="meta")
+    for point in spec.split_points:
+        assert student_problem(spec.name, point) is None, point
+        student = build_student(spec.name, 8, split_module=point).to("meta").eval()
+        z = student.encode(x)
+        assert z.shape[1] == 8, point
+        assert tuple(student.decode(z).shape[1:]) == real[point], point
+
+
+@pytest.mark.parametrize("teacher", ["inception_v3", "resnet152", "mobilenet_v2", "densenet201"])
+def test_odd_grids_are_met_exactly_at_every_point(teacher: str) -> None:
+    """Inception's valid convs give odd grids (147, 73, 35, 17, 8): the decoder meets each
+    exactly (checked on the meta device: shapes only)."""
+    spec = get_teacher(teacher)
+    for point in spec.split_points:
+        student = build_student(teacher, 3, split_module=point).to("meta").eval()
+        out = student(torch.zeros(1, *spec.input_shape, device="meta"))
+        assert tuple(out.shape[1:]) == split_output_shape(teacher, point), point
+
+
+def test_the_papers_designs_stay_at_their_split_points() -> None:
+    paper = build_student("densenet201", 3)
+    assert paper.encoder[0].kernel_size == (7, 7)  # the papers' 7x7 stem
+    elsewhere = build_student("densenet201", 3, split_module="features.denseblock2")
+    assert elsewhere.encoder[0].kernel_size == (3, 3)
+
+
+def test_teacher_init_is_refused_away_from_its_design() -> None:
+    problem = student_problem("efficientnet_lite2", "_blocks.3", "teacher_init")
+    assert problem is not None and "teacher_init" in problem and "_blocks.10" in problem
+    with pytest.raises(UnknownNameError, match="teacher_init"):
+        build_student("efficientnet_lite2", 12, "teacher_init", split_module="_blocks.3")
+
+
+def test_config_accepts_any_split_point_with_a_student_and_refuses_others() -> None:
+    config = parse_config(
+        {"data": {"root": "x"}, "split_module": "_blocks.3", "student": {"variant": "imagenet"}}
+    )
+    assert config.split_module == "_blocks.3"
+    with pytest.raises(ConfigError, match=r"split_module: '_blocks\.99' is not a split point"):
+        parse_config({"data": {"root": "x"}, "split_module": "_blocks.99"})
+
+
+def test_student_command_takes_a_split_module() -> None:
+    runner = CliRunner()
+    args = ["student", "efficientnet_lite0", "-b", "6", "--split-module", "_blocks.12", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["split_module"] == "_blocks.12" and data["bottleneck_shape"][0] == 6
+    assert data["teacher_head_macs"] > 0 and data["device_macs"] < data["teacher_head_macs"]
+    bad = runner.invoke(app, ["student", "efficientnet_lite0", "-b", "6", "--split-module", "x"])
+    assert bad.exit_code == USAGE_ERROR and "not a split point" in bad.stderr
+
+
+# --- valid cuts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet"])
+def test_valid_cuts_agrees_with_split_model_on_every_module(name: str) -> None:
+    import torchvision
+
+    kwargs = {"init_weights": False} if name == "googlenet" else {}
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    names = [n for n, _ in model.named_modules() if n and n.count(".") <= 2]
+    valid = set(valid_cuts(model, names))
+    for module in names:
+        try:
+            split_model(model, module)
+            ok = True
+        except SplitError:
+            ok = False
+        assert ok == (module in valid), module
+    assert "layer1.0.conv1" not in valid if name == "resnet18" else True
+
+
+# --- any torchvision classifier by name ----------------------------------------------------------
+
+
+def test_an_unregistered_torchvision_classifier_is_a_teacher_by_name() -> None:
+    spec = get_teacher("resnet18")
+    assert "resnet18" not in list_teachers()  # derived, not registered
+    assert spec.classifier == "fc" and spec.num_classes == 1000
+    assert spec.split_points[:3] == ("maxpool", "layer1.0", "layer1")
+    assert spec.student_split == "layer2"  # the last point at stride 8
+    assert spec.preprocessing.size == 224 and spec.preprocessing.resize == 256
+    assert get_teacher("efficientnet_b0").preprocessing.interpolation == "bicubic"
+    model = spec.build(False)
+    x = torch.randn(1, 3, 64, 64)  # small: exactness does not depend on the size
+    for point in spec.split_points:  # every listed point cuts the real model exactly
+        with torch.no_grad():
+            halves = split_model(model, point)
+            assert torch.allclose(halves(x), model(x), atol=1e-5), point
+
+
+def test_a_torchvision_model_without_feature_maps_is_refused_with_the_reason() -> None:
+    with pytest.raises(UnknownNameError, match="convolutional"):
+        get_teacher("vit_b_16")
+    with pytest.raises(UnknownNameError, match="torchvision"):
+        get_teacher("resnet9000")
+
+
+# --- your own weights ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".safetensors"])
+def test_a_saved_state_dict_is_the_teacher(tmp_path: Path, suffix: str) -> None:
+    torch.manual_seed(1)
+    source = get_teacher("resnet18").build(False)
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    else:
+        torch.save(source.state_dict(), path)
+    loaded = build_teacher("resnet18", pretrained=True, weights=path)  # no download
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), source.eval()(x))
+
+
+def test_mismatches_are_listed_by_key(tmp_path: Path) -> None:
+    state = get_teacher("resnet18").build(False).state_dict()
+    state["extra.bias"] = torch.zeros(3)
+    del state["layer1.0.bn1.running_mean"]
+    state["fc.weight"] = torch.zeros(10, 512)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(get_teacher("resnet18").build(False), path, "resnet18")
+    message = str(info.value)
+    assert "missing keys: layer1.0.bn1.running_mean" in message
+    assert "unexpected keys: extra.bias" in message
+    assert "wrong shapes: fc.weight ((10, 512) in the file, (1000, 512) in resnet18)" in message
+
+
+def test_weights_that_carry_code_or_the_wrong_suffix_are_refused(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(Path("x")))  # not a tensor payload: weights_only refuses it
+    with pytest.raises(CheckpointError, match="cannot read teacher weights"):
+        build_teacher("resnet18", weights=path)
+    with pytest.raises(CheckpointError, match="expected a state dict"):
+        build_teacher("resnet18", weights=tmp_path / "weights.bin")
+    with pytest.raises(CheckpointError, match="do not exist"):
+        build_teacher("resnet18", weights=tmp_path / "absent.pth")
+
+
+def test_teacher_weights_path_is_a_config_path(tmp_path: Path) -> None:
+    config = parse_config(
+        {"data": {"root": "d"}, "teacher": {"name": "resnet18", "weights": "w.pth"}},
+        base_dir=tmp_path,
+    )
+    assert config.teacher.weights == (tmp_path / "w.pth").resolve()
+
+
+# --- plain class folders -------------------------------------------------------------------------
+
+
+def test_a_class_folder_without_a_list_file_gives_a_seeded_split(tmp_path: Path) -> None:
+    from shape_images import make_shape_dataset
+
+    root = make_shape_dataset(tmp_path / "data", per_class=5, size=16)
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / ".ipynb_checkpoints" / "a.jpg").write_bytes((root / "circle" / "0.jpg").read_bytes())
+    (root / "circle" / "._0.jpg").write_bytes(b"AppleDouble")
+    train, val, classes, space = select_samples(root, None, 0.2, seed=3)
+    assert classes == ["circle", "square", "triangle"] and space == "folder"
+    assert len(train) == 12 and len(val) == 3
+    assert {s.label for s in val} == {0, 1, 2}  # a share of every class
+    assert not any(s.path.name.startswith(".") for s in train + val)
+    again = select_samples(root, None, 0.2, seed=3)
+    assert again[1] == val
+    assert select_samples(root, None, 0.2, seed=4)[1] != val
