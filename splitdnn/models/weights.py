@@ -105,6 +105,12 @@ def build_teacher(
     """A registered or derived teacher in eval mode: with ``weights``, built without its
     published weights and loaded strictly from that state dict; else ``spec.build(pretrained)``."""
     spec = get_teacher(name)
-    if weights is None:
+    if weights is not None:
+        return load_weights(spec.build(False), weights, spec.name).eval()
+    try:
         return spec.build(pretrained)
-    return load_weights(spec.build(False), weights, spec.name).eval()
+    except OSError as exc:  # a download that failed (no internet): say what to do instead
+        raise TeacherWeightsError(
+            f"cannot fetch the published {spec.name} weights ({exc}); bring a state dict "
+            "with teacher.weights: PATH, or set teacher.pretrained: false for random weights"
+        ) from None
