@@ -55,6 +55,12 @@ def test_densenet201_from_a_saved_state_dict_distils_exports_serves_and_classifi
     bundle = tmp_path / "bundle"
     manifest = exporter.export_run(run, bundle)  # every ONNX file checked against torch
     assert manifest.teacher == TEACHER and manifest.split_module == "features.transition2"
+    from splitdnn.models.weights import weights_digest
+
+    assert manifest.metrics["teacher_weights"] == {
+        "file": weights.name,
+        "sha256_16": weights_digest(weights),
+    }
 
     # What the user's teacher answers in torch, for one image (the probe is the run's).
     spec = get_teacher(TEACHER)
