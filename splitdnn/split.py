@@ -9,6 +9,7 @@ it; anything else raises :class:`SplitError` naming the values that would cross.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,14 +28,14 @@ _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
 class _LeafTracer(fx.Tracer):
-    """Trace through every module except the standard leaves and the one we cut after."""
+    """Trace through every module except the standard leaves and the ones we cut after."""
 
-    def __init__(self, leaf: str) -> None:
+    def __init__(self, leaf: str, *more: str) -> None:
         super().__init__()
-        self.leaf = leaf
+        self.leaves = {leaf, *more}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name == self.leaf:
+        if module_qualified_name in self.leaves:
             return True
         # Subclasses of layers (EfficientNet's same-padding convs) stay modules in the graph,
         # so hooks on them (MAC counting, quantisation) still fire in a cut half.
@@ -102,6 +103,28 @@ def valid_cuts(model: nn.Module, candidates: Sequence[str], distinct: bool = Fal
         ends[end] = name
         found.append((end, name))
     return [name for _, name in sorted(found, key=lambda item: item[0])]
+
+
+def runs_in_sequence(model: nn.Module, names: Sequence[str]) -> bool:
+    """Whether the modules ``names`` run one after another, each on the previous one's output
+    alone and nothing else in between: then ``nn.Sequential`` of them is that stretch of the
+    model (a student may end with copies of them)."""
+    if len(names) < 2:
+        return True
+    graph = _LeafTracer(*names).trace(model)
+    order = list(graph.nodes)
+    nodes = []
+    for name in names:
+        found = [n for n in order if n.op == "call_module" and n.target == name]
+        if len(found) != 1:
+            return False
+        nodes.append(found[0])
+    for before, after in itertools.pairwise(nodes):
+        if order.index(after) != order.index(before) + 1 or after.args != (before,):
+            return False
+        if after.kwargs or set(before.users) != {after}:
+            return False
+    return True
 
 
 def output_shapes(

@@ -33,6 +33,8 @@ Two designs:
 
 The designs above are kept where they exist (the papers' and the tuned Lite ones at each
 teacher's ``student_split``); :func:`student_problem` says why a point cannot have a student.
+``teacher_init`` away from its registered design is derived from the teacher's own split
+points (:func:`teacher_init_design`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from splitdnn.errors import UnknownNameError
 from splitdnn.models import get_teacher
 from splitdnn.models.weights import build_teacher
 from splitdnn.split import output_shapes, split_model
+from splitdnn.split import runs_in_sequence as split_runs_in_sequence
 
 VARIANTS = ("caltech101", "imagenet", "teacher_init")
 
@@ -295,13 +298,78 @@ TEACHER_INIT_DESIGNS = {
 }
 
 
+#: Compressor widths of a derived teacher_init design, one per halving of the grid.
+_INIT_COMPRESSOR = (96, 128, 192, 256, 256)
+#: At most this many teacher blocks end a derived teacher_init decoder.
+_INIT_SUFFIX = 3
+
+
+def teacher_init_design(teacher: str, split_module: str) -> TeacherInitDesign | str:
+    """The ``teacher_init`` design at a split point: the registered one, else one derived from
+    the teacher's split points and their shapes, or the reason there is none.
+
+    Derived: the frozen device prefix ends at the last split point at stride 4 or less; the
+    decoder ends with copies of up to three teacher blocks before the split that keep its
+    shape and run in sequence (Lite2 at ``_blocks.10``: ``_blocks.8-10``); the compressor
+    halves the prefix's grid to the split's.
+    """
+    spec = get_teacher(teacher)
+    registered = TEACHER_INIT_DESIGNS.get(spec.name)
+    if registered is not None and split_module == spec.student_split:
+        return registered
+    points = list(spec.split_points)
+    shapes = _point_shapes(spec.name)
+    target = shapes.get(split_module, ())
+    if split_module not in points or len(target) != 3:
+        return f"{split_module!r} outputs no single feature map"
+    end = points.index(split_module)
+    start = end
+    while start > 0 and end - start < _INIT_SUFFIX and shapes.get(points[start - 1]) == target:
+        start -= 1
+    with torch.device("meta"):
+        model = spec.build(False)
+    while start < end and not split_runs_in_sequence(model, points[start : end + 1]):
+        start += 1
+    early = [
+        p
+        for p in points[:start]
+        if len(shapes.get(p, ())) == 3 and shapes[p][1] * 4 >= spec.input_size
+    ]
+    if not early:
+        return (
+            f"no split point of {spec.name} before {points[start]!r} is at stride 4 or less, "
+            "for the frozen device prefix to end at"
+        )
+    prefix = early[-1]
+    channels, grid, grid_w = shapes[prefix]
+    steps = 0
+    while grid > target[1] and steps < len(_INIT_COMPRESSOR):
+        grid, grid_w, steps = math.ceil(grid / 2), math.ceil(grid_w / 2), steps + 1
+    if (grid, grid_w) != tuple(target[1:]):
+        return (
+            f"halving {spec.name}'s {shapes[prefix][1]}x{shapes[prefix][2]} grid at {prefix!r} "
+            f"never gives the {target[1]}x{target[2]} grid at {split_module!r}"
+        )
+    widths = _INIT_COMPRESSOR[:steps] or _INIT_COMPRESSOR[:1]
+    return TeacherInitDesign(
+        prefix=prefix,
+        prefix_channels=channels,
+        blocks=(*((w, 2) for w in _INIT_COMPRESSOR[:steps]), (widths[-1], 1)),
+        decoder=(128, 128),
+        suffix_channels=target[0],
+        suffix=tuple(points[start + 1 : end + 1]),
+    )
+
+
 def teacher_init_student(
     teacher: str,
     bottleneck: int,
     teacher_model: nn.Module | None = None,
     weights: str | Path | None = None,
+    split_module: str | None = None,
 ) -> BottleneckStudent:
-    """A Lite student whose device prefix and decoder suffix start as the teacher's layers.
+    """A student whose device prefix and decoder suffix start as the teacher's layers, at
+    ``split_module`` (default: the teacher's ``student_split``; see :func:`teacher_init_design`).
 
     ``teacher_model`` supplies the weights (default: the registered pretrained teacher, or
     the state dict at ``weights``); the student holds copies, so training it never changes the
@@ -309,11 +377,10 @@ def teacher_init_student(
     """
     import copy
 
-    if teacher not in TEACHER_INIT_DESIGNS:
-        raise UnknownNameError(
-            f"no teacher_init student for {teacher!r}; known: {sorted(TEACHER_INIT_DESIGNS)}"
-        )
-    design = TEACHER_INIT_DESIGNS[teacher]
+    split = split_module or get_teacher(teacher).student_split
+    design = teacher_init_design(teacher, split)
+    if isinstance(design, str):
+        raise UnknownNameError(f"no teacher_init student for {teacher} at {split!r}: {design}")
     model = teacher_model if teacher_model is not None else build_teacher(teacher, True, weights)
     encoder: list[nn.Module] = [copy.deepcopy(split_model(model, design.prefix).head)]
     encoder += _separable_to_bottleneck(design.prefix_channels, design.blocks, bottleneck)
@@ -362,22 +429,19 @@ def student_problem(teacher: str, split_module: str, variant: str = "caltech101"
         )
     if variant not in VARIANTS:
         return f"unknown student variant {variant!r}; known: {', '.join(VARIANTS)}"
-    if variant == "teacher_init" and (
-        spec.name not in TEACHER_INIT_DESIGNS or split_module != spec.student_split
-    ):
-        where = ", ".join(
-            f"{name} at {get_teacher(name).student_split!r}" for name in TEACHER_INIT_DESIGNS
-        )
-        return (
-            f"no teacher_init student for {spec.name} at {split_module!r} (it exists for "
-            f"{where}); the caltech101 or imagenet variant fits any split point"
-        )
     shape = split_output_shape(spec.name, split_module)
     if len(shape) != 3:
         return (
             f"{spec.name} at {split_module!r} outputs no single (C, H, W) feature map, and a "
             "bottleneck student restores one"
         )
+    if variant == "teacher_init":
+        design = teacher_init_design(spec.name, split_module)
+        if isinstance(design, str):
+            return (
+                f"no teacher_init student for {spec.name} at {split_module!r}: {design}; "
+                "the caltech101 or imagenet variant fits any split point"
+            )
     return None
 
 
@@ -533,7 +597,7 @@ def build_student(
     if problem is not None:
         raise UnknownNameError(problem)
     if variant == "teacher_init":
-        return teacher_init_student(teacher, bottleneck, weights=weights)
+        return teacher_init_student(teacher, bottleneck, weights=weights, split_module=split)
     if split == spec.student_split and spec.name in LITE_DESIGNS:
         return lite_student(teacher, bottleneck)
     if split == spec.student_split and spec.family in PAPER_DESIGNS:

@@ -61,11 +61,30 @@ def test_the_papers_designs_stay_at_their_split_points() -> None:
     assert elsewhere.encoder[0].kernel_size == (3, 3)
 
 
-def test_teacher_init_is_refused_away_from_its_design() -> None:
-    problem = student_problem("efficientnet_lite2", "_blocks.3", "teacher_init")
-    assert problem is not None and "teacher_init" in problem and "_blocks.10" in problem
+def test_teacher_init_away_from_its_design_copies_the_teachers_own_layers() -> None:
+    """Lite2 at ``_blocks.14``: the frozen device prefix is the teacher up to its stride-4
+    stage, the decoder ends with copies of ``_blocks.12-14`` (the same shape as the split)."""
+    teacher = get_teacher("efficientnet_lite2").build(True)  # ImageNet weights, offline
+    student = build_student("efficientnet_lite2", 12, "teacher_init", split_module="_blocks.14")
+    student.load_state_dict(student.state_dict())  # a plain module tree, saved and loaded
+    tail = student.decoder[-3:]
+    for copy, name in zip(tail, ("_blocks.12", "_blocks.13", "_blocks.14"), strict=True):
+        ours, theirs = copy.state_dict(), teacher.get_submodule(name).state_dict()
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), (name, key)
+    assert all(not p.requires_grad for p in student.frozen().parameters())
+    assert all(p.requires_grad for p in tail.parameters())
+    x = torch.zeros(1, 3, 260, 260, device="meta")
+    assert tuple(student.to("meta").eval()(x).shape[1:]) == (120, 17, 17)
+
+
+def test_teacher_init_is_refused_where_it_has_nothing_to_start_from() -> None:
+    problem = student_problem("efficientnet_lite2", "_bn0", "teacher_init")
+    assert problem is not None and "stride 4" in problem
     with pytest.raises(UnknownNameError, match="teacher_init"):
-        build_student("efficientnet_lite2", 12, "teacher_init", split_module="_blocks.3")
+        build_student("efficientnet_lite2", 12, "teacher_init", split_module="_avg_pooling")
+    assert student_problem("efficientnet_lite2", "_avg_pooling") is None  # scaled: fine
 
 
 def test_config_accepts_any_split_point_with_a_student_and_refuses_others() -> None:
