@@ -256,8 +256,9 @@ def test_profile_lists_a_torchvision_teachers_points_with_the_users_weights(
 # --- a split point of your own, end to end --------------------------------------------------------
 
 
+@pytest.mark.parametrize("variant", ["caltech101", "teacher_init"])
 def test_a_lite0_student_at_another_split_point_distils_exports_and_evaluates(
-    tmp_path: Path,
+    tmp_path: Path, variant: str
 ) -> None:
     """Lite0 cut at ``_blocks.4`` (not its student split ``_blocks.7``): the run, its
     checkpoint, the bundle and the evaluation all carry the point."""
@@ -276,7 +277,7 @@ def test_a_lite0_student_at_another_split_point_distils_exports_and_evaluates(
         {
             "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
             "split_module": "_blocks.4",
-            "student": {"bottleneck": 4, "variant": "caltech101"},
+            "student": {"bottleneck": 4, "variant": variant},
             "data": {"root": str(data), "val_fraction": 0.34},
             "augmentation": {"hflip": False},
             "train": {"epochs": 1, "batch_size": 3, "max_steps_per_epoch": 2, "threads": 1},
@@ -287,10 +288,11 @@ def test_a_lite0_student_at_another_split_point_distils_exports_and_evaluates(
     train(HeadDistillation(config, run, progress=False))
     checkpoint = load_run(run)
     assert checkpoint.split_module == "_blocks.4"
-    student = checkpoint.build_student()  # the saved weights fit the scaled design
-    assert tuple(student.decoder[-1].weight.shape[:1]) == (
-        split_output_shape("efficientnet_lite0", "_blocks.4")[0],
-    )
+    assert checkpoint.variant == variant
+    student = checkpoint.build_student()  # the saved weights fit the design
+    with torch.no_grad():
+        out = student(torch.zeros(1, 3, 224, 224))
+    assert tuple(out.shape[1:]) == split_output_shape("efficientnet_lite0", "_blocks.4")
     row = evaluate_run(run)
     assert row.split_module == "_blocks.4" and row.images == 3
     manifest = exporter.export_run(run, tmp_path / "bundle")  # ONNX checked against torch
