@@ -165,12 +165,17 @@ class StudentCheckpoint:
             raise CheckpointError(
                 "a student without a bottleneck has no device/server split to export"
             )
+        # A teacher_init student's copies of teacher layers are all in the saved state dict,
+        # so they start from a random-weight teacher: nothing is downloaded or read twice.
+        scaffold = (
+            get_teacher(self.teacher).build(False) if self.variant == "teacher_init" else None
+        )
         student = build_student(
             self.teacher,
             self.bottleneck,
             self.variant,
             split_module=self.split_module,
-            weights=self.teacher_weights,
+            teacher_model=scaffold,
         )
         try:
             student.load_state_dict(dict(self.student))

@@ -230,8 +230,9 @@ def student_costs(
 
     spec = get_teacher(teacher)
     split = split_module or spec.student_split
-    student = build_student(teacher, bottleneck, variant, split_module=split).eval()
     model = spec.build(False)
+    # teacher_init copies layers of this random-weight teacher: nothing is downloaded.
+    student = build_student(teacher, bottleneck, variant, split, teacher_model=model).eval()
     shape = spec.input_shape
     with torch.no_grad():
         z = student.encode(torch.zeros(1, *shape))

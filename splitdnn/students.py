@@ -582,13 +582,15 @@ def build_student(
     variant: str = "caltech101",
     split_module: str | None = None,
     weights: str | Path | None = None,
+    teacher_model: nn.Module | None = None,
 ) -> BottleneckStudent:
     """The bottleneck student for ``teacher`` with ``bottleneck`` channels, replacing the
     teacher head up to ``split_module`` (default: the teacher's ``student_split``).
 
     ``variant``: the papers' narrow (``caltech101``) or wide (``imagenet``) student (for a Lite
     teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`,
-    whose copies of teacher layers come from ``weights`` when given). At a split point without
+    whose copies of teacher layers come from ``teacher_model``, else the state dict at
+    ``weights``, else the published weights). At a split point without
     such a design, :func:`scaled_student`. :func:`student_problem` says why a point has none.
     """
     spec = get_teacher(teacher)
@@ -597,7 +599,7 @@ def build_student(
     if problem is not None:
         raise UnknownNameError(problem)
     if variant == "teacher_init":
-        return teacher_init_student(teacher, bottleneck, weights=weights, split_module=split)
+        return teacher_init_student(teacher, bottleneck, teacher_model, weights, split)
     if split == spec.student_split and spec.name in LITE_DESIGNS:
         return lite_student(teacher, bottleneck)
     if split == spec.student_split and spec.family in PAPER_DESIGNS:

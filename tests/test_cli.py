@@ -80,7 +80,19 @@ def test_profile_takes_an_image_and_defaults_torchvision_to_random_weights(
     ("args", "message"),
     [
         (["student", "resnet9000", "-b", "3", "--json"], "unknown teacher"),
-        (["student", "mobilenet_v2", "-b", "3", "--variant", "teacher_init"], "no teacher_init"),
+        (
+            [
+                "student",
+                "efficientnet_lite2",
+                "-b",
+                "3",
+                "--split-module",
+                "_bn0",
+                "--variant",
+                "teacher_init",
+            ],
+            "no teacher_init",
+        ),
         (["profile", "efficientnet_lite0", "--image", "/nonexistent.jpg"], "does not exist"),
         (["export", "run"], "Missing argument 'run_dir'"),
         (["export", "run", "/nonexistent-run", "--out", "/tmp/x"], "best.pt"),
