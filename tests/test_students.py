@@ -192,6 +192,13 @@ def test_teacher_init_student_copies_teacher_weights_instead_of_sharing_them() -
     assert not any(id(p) in teacher_params for p in student.parameters())
 
 
-def test_teacher_init_needs_a_registered_design() -> None:
+def test_teacher_init_needs_a_split_point_to_start_from() -> None:
+    """Away from the registered Lite2 design, teacher_init is derived (students.py), but the
+    first split point has no earlier one for the frozen device prefix to end at."""
     with pytest.raises(UnknownNameError, match="teacher_init"):
-        build_student("resnet152", 3, "teacher_init")
+        build_student("resnet152", 3, "teacher_init", split_module="maxpool")
+    teacher = get_teacher("resnet152").build(False)  # random weights: nothing downloaded
+    student = build_student("resnet152", 3, "teacher_init", teacher_model=teacher)
+    assert student.frozen_layers == 1
+    copied = student.frozen()[0].get_submodule("layer1.2.conv3").weight
+    assert torch.equal(copied, teacher.layer1[2].conv3.weight)
