@@ -133,6 +133,13 @@ class StudentCheckpoint:
     source: Path | None = None
 
     @property
+    def teacher_weights(self) -> Path | None:
+        """The user's own teacher state dict the student was distilled towards
+        (``teacher.weights`` of its config), or None for the published weights."""
+        weights = (self.config.get("teacher") or {}).get("weights")
+        return Path(weights) if weights else None
+
+    @property
     def design(self) -> tuple[str, str, int | None, str]:
         """What a student's weights fit: (teacher, split module, bottleneck, variant)."""
         return (self.teacher, self.split_module, self.bottleneck, self.variant)
@@ -158,12 +165,24 @@ class StudentCheckpoint:
             raise CheckpointError(
                 "a student without a bottleneck has no device/server split to export"
             )
-        student = build_student(self.teacher, self.bottleneck, self.variant)
+        # A teacher_init student's copies of teacher layers are all in the saved state dict,
+        # so they start from a random-weight teacher: nothing is downloaded or read twice.
+        scaffold = (
+            get_teacher(self.teacher).build(False) if self.variant == "teacher_init" else None
+        )
+        student = build_student(
+            self.teacher,
+            self.bottleneck,
+            self.variant,
+            split_module=self.split_module,
+            teacher_model=scaffold,
+        )
         try:
             student.load_state_dict(dict(self.student))
         except RuntimeError as exc:
             raise CheckpointError(
-                f"the saved student does not fit {self.teacher} b={self.bottleneck}: {exc}"
+                f"the saved student does not fit {self.teacher} at {self.split_module} "
+                f"b={self.bottleneck}: {exc}"
             ) from None
         return student.eval()
 

@@ -154,6 +154,13 @@ def profile(
             "off for torchvision teachers, whose weights need the internet.",
         ),
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own state dict for TEACHER (.pt/.pth/.safetensors, loaded strictly) "
+            "instead of the published weights."
+        ),
+    ] = None,
 ) -> None:
     """Cost of cutting TEACHER at each candidate split point (the papers' Figure 1).
 
@@ -175,10 +182,15 @@ def profile(
             source = source.read_bytes()
         x = torch.from_numpy(preprocess(decode_image(source), spec.preprocessing))[None]
         use_weights = spec.weights_offline if pretrained is None else pretrained
-        try:
-            model = spec.build(use_weights)
-        except OSError as exc:  # a download that failed (no internet)
-            raise _fail(f"cannot load {teacher} weights ({exc}); try --no-pretrained") from exc
+        if weights is not None:
+            from splitdnn.models import build_teacher
+
+            model, use_weights = build_teacher(teacher, weights=weights), True
+        else:
+            try:
+                model = spec.build(use_weights)
+            except OSError as exc:  # a download that failed (no internet)
+                raise _fail(f"cannot load {teacher} weights ({exc}); try --no-pretrained") from exc
         rows = profile_split_points(model, spec.split_points, x)
         if plot is not None:
             from splitdnn.plots import plot_profile
@@ -286,6 +298,14 @@ def student(
             show_default=False,
         ),
     ] = None,
+    split_module: Annotated[
+        str | None,
+        typer.Option(
+            help="Split point the student replaces the teacher up to (any point `splitdnn "
+            "profile TEACHER` lists); default: the teacher's own, where the papers' "
+            "designs sit."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """What TEACHER's bottleneck student costs next to the teacher head it replaces.
@@ -296,7 +316,9 @@ def student(
     with user_errors():
         from splitdnn.profile import student_costs
 
-        costs = student_costs(teacher, bottleneck, variant.value if variant else None).to_dict()
+        costs = student_costs(
+            teacher, bottleneck, variant.value if variant else None, split_module
+        ).to_dict()
     if as_json:
         _echo_json(costs)
     else:

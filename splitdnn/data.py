@@ -4,7 +4,8 @@ Layouts (auto-detected by :func:`load_dataset`):
 
 * a list file of ``class/file.jpg`` lines (Caltech-101's ``train.txt``), class from the folder;
 * ``labels.csv`` with ``file,synset,index`` (the ImageNet sample), class = the ImageNet index;
-* a plain folder of class subfolders.
+* a plain folder of class subfolders (``root/<class>/*.jpg``, no list file needed); the
+  validation images are then a seeded share of every class (:func:`split_per_class`).
 """
 
 from __future__ import annotations
@@ -67,12 +68,14 @@ def _from_labels_csv(root: Path, csv_file: Path) -> Dataset:
 
 
 def _from_folders(root: Path) -> Dataset:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    """``root/<class>/<image>`` (torchvision's ImageFolder); hidden folders and files
+    (``.ipynb_checkpoints``, ``._x.jpg``) are not classes or images."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     samples = [
         Sample(path, label)
         for label, name in enumerate(classes)
         for path in sorted((root / name).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
     ]
     if not samples:
         raise DataError(f"{root} has no class folders with images")

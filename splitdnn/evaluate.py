@@ -173,7 +173,9 @@ def evaluate_run(
         raise _no_images(dataset, split, config.data.val_fraction, limit)
 
     spec = get_teacher(checkpoint.teacher)
-    model, parts = teacher_parts(spec.name, checkpoint.pretrained, checkpoint.split_module)
+    model, parts = teacher_parts(
+        spec.name, checkpoint.pretrained, checkpoint.split_module, checkpoint.teacher_weights
+    )
     if checkpoint.probe is not None:
         parts.classifier = linear_from_state(checkpoint.probe)
         task, task_labels = checkpoint.task or "task", list(checkpoint.classes or [])

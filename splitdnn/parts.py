@@ -19,6 +19,7 @@ from splitdnn.checkpoints import DEFAULT_LOCAL, StudentCheckpoint, linear_from_s
 from splitdnn.errors import CheckpointError
 from splitdnn.labels import imagenet_labels
 from splitdnn.models import TeacherSpec, get_teacher
+from splitdnn.models.weights import weights_digest
 from splitdnn.students import BottleneckStudent
 from splitdnn.teacher import teacher_parts
 
@@ -79,7 +80,9 @@ def assemble(
     add tasks to it, on top of the checkpoint's own local probe (default assets carry one)."""
     spec = get_teacher(checkpoint.teacher)
     student = checkpoint.build_student()
-    model, parts = teacher_parts(spec.name, checkpoint.pretrained, checkpoint.split_module)
+    model, parts = teacher_parts(
+        spec.name, checkpoint.pretrained, checkpoint.split_module, checkpoint.teacher_weights
+    )
     classifiers: dict[str, nn.Module] = {}
     labels: dict[str, list[str]] = {}
     if spec.num_classes == 1000:
@@ -109,5 +112,16 @@ def assemble(
         local=local_spec,
         local_backbone=backbone,
         local_classifiers=local_classifiers,
-        metrics={"validation": checkpoint.metrics} if checkpoint.metrics else {},
+        metrics=_provenance(checkpoint),
     )
+
+
+def _provenance(checkpoint: StudentCheckpoint) -> dict[str, Any]:
+    """What the manifest's ``metrics`` say about where the bundle came from: the validation
+    figures, and a user's own teacher weights (file and digest), which the teacher's name
+    alone does not tell."""
+    metrics: dict[str, Any] = {"validation": checkpoint.metrics} if checkpoint.metrics else {}
+    weights = checkpoint.teacher_weights
+    if weights is not None:
+        metrics["teacher_weights"] = {"file": weights.name, "sha256_16": weights_digest(weights)}
+    return metrics

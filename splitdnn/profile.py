@@ -219,26 +219,31 @@ class StudentCosts:
         return asdict(self)
 
 
-def student_costs(teacher: str, bottleneck: int, variant: str | None = None) -> StudentCosts:
-    """Sizes, MACs and parameters of the registered student for ``teacher`` (random weights:
-    none of these figures depends on them). Teacher head parameters are those of the modules
-    the cut head uses."""
+def student_costs(
+    teacher: str, bottleneck: int, variant: str | None = None, split_module: str | None = None
+) -> StudentCosts:
+    """Sizes, MACs and parameters of the student for ``teacher`` at ``split_module`` (default:
+    the teacher's ``student_split``; ``variant`` default: the teacher's default variant), on
+    random weights: none of these figures depends on them. Teacher head parameters are those
+    of the modules the cut head uses."""
     from splitdnn.models import get_teacher
     from splitdnn.students import build_student, default_variant
 
     spec = get_teacher(teacher)
+    split = split_module or spec.student_split
     model = spec.build(False)
-    student = build_student(teacher, bottleneck, variant).eval()
+    # teacher_init copies layers of this random-weight teacher: nothing is downloaded.
+    student = build_student(teacher, bottleneck, variant, split, teacher_model=model).eval()
     shape = spec.input_shape
     with torch.no_grad():
         z = student.encode(torch.zeros(1, *shape))
-    reached, total = cumulative_macs(model, torch.zeros(1, *shape), [spec.student_split])
-    head = reached[spec.student_split]
+    reached, total = cumulative_macs(model, torch.zeros(1, *shape), [split])
+    head = reached[split]
     device = count_macs(student.encoder, shape)
     elements = int(z[0].numel())
     return StudentCosts(
         teacher=teacher,
-        split_module=spec.student_split,
+        split_module=split,
         bottleneck_channels=bottleneck,
         variant=variant or default_variant(teacher),
         input_shape=list(shape),
@@ -253,5 +258,5 @@ def student_costs(teacher: str, bottleneck: int, variant: str | None = None) -> 
         device_macs_reduction_percent=100.0 * (1.0 - device / head),
         device_params=count_params(student.encoder),
         student_params=count_params(student),
-        teacher_head_params=count_params(split_model(model, spec.student_split).head),
+        teacher_head_params=count_params(split_model(model, split).head),
     )

@@ -24,19 +24,37 @@ Two designs:
   set. A short depthwise-separable compressor takes them to the bottleneck. The decoder ends
   with trainable copies of the teacher's last head blocks, so it only has to restore their
   input. The frozen prefix is deterministic, so the trainer runs it once per image.
+* :func:`scaled_student` — any other split point the profile lists (any teacher, any
+  cut): the Lite student's recipe sized from the shapes at that point. The encoder halves the
+  grid with a 3×3/2 stem and depthwise-separable blocks until it is the split's grid or the
+  nearest above (at most stride 32), the decoder widens the bottleneck with 3×3 convs, meets
+  the split's grid exactly (a valid conv or a transposed conv: no resampling, ONNX-friendly)
+  and ends with a 1×1 conv to the split's channels.
+
+The designs above are kept where they exist (the papers' and the tuned Lite ones at each
+teacher's ``student_split``); :func:`student_problem` says why a point cannot have a student.
+``teacher_init`` away from its registered design is derived from the teacher's own split
+points (:func:`teacher_init_design`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from splitdnn.errors import UnknownNameError
 from splitdnn.models import get_teacher
-from splitdnn.split import split_model
+from splitdnn.models.weights import build_teacher
+from splitdnn.split import output_shapes, split_model
+from splitdnn.split import runs_in_sequence as split_runs_in_sequence
+
+VARIANTS = ("caltech101", "imagenet", "teacher_init")
 
 #: The student design a config or ``splitdnn student`` gets when it names none, where the
 #: teacher has one (:func:`default_variant`): the Lite student that starts from the
@@ -287,22 +305,90 @@ TEACHER_INIT_DESIGNS = {
 }
 
 
-def teacher_init_student(
-    teacher: str, bottleneck: int, teacher_model: nn.Module | None = None
-) -> BottleneckStudent:
-    """A Lite student whose device prefix and decoder suffix start as the teacher's layers.
+#: Compressor widths of a derived teacher_init design, one per halving of the grid.
+_INIT_COMPRESSOR = (96, 128, 192, 256, 256)
+#: At most this many teacher blocks end a derived teacher_init decoder.
+_INIT_SUFFIX = 3
 
-    ``teacher_model`` supplies the weights (default: the registered pretrained teacher); the
-    student holds copies, so training it never changes the teacher.
+
+def teacher_init_design(teacher: str, split_module: str) -> TeacherInitDesign | str:
+    """The ``teacher_init`` design at a split point: the registered one, else one derived from
+    the teacher's split points and their shapes, or the reason there is none.
+
+    Derived: the frozen device prefix ends at the last split point at stride 4 or less; the
+    decoder ends with copies of up to three teacher blocks before the split that keep its
+    shape and run in sequence (Lite2 at ``_blocks.10``: ``_blocks.8-10``); the compressor
+    halves the prefix's grid to the split's.
+    """
+    spec = get_teacher(teacher)
+    registered = TEACHER_INIT_DESIGNS.get(spec.name)
+    if registered is not None and split_module == spec.student_split:
+        return registered
+    points = list(spec.split_points)
+    shapes = _point_shapes(spec.name)
+    target = shapes.get(split_module, ())
+    if split_module not in points or len(target) != 3:
+        return f"{split_module!r} outputs no single feature map"
+    end = points.index(split_module)
+    start = end
+    while start > 0 and end - start < _INIT_SUFFIX and shapes.get(points[start - 1]) == target:
+        start -= 1
+    with torch.device("meta"):
+        model = spec.build(False)
+    while start < end and not split_runs_in_sequence(model, points[start : end + 1]):
+        start += 1
+    early = [
+        p
+        for p in points[:start]
+        if len(shapes.get(p, ())) == 3 and shapes[p][1] * 4 >= spec.input_size
+    ]
+    if not early:
+        return (
+            f"no split point of {spec.name} before {points[start]!r} is at stride 4 or less, "
+            "for the frozen device prefix to end at"
+        )
+    prefix = early[-1]
+    channels, grid, grid_w = shapes[prefix]
+    steps = 0
+    while grid > target[1] and steps < len(_INIT_COMPRESSOR):
+        grid, grid_w, steps = math.ceil(grid / 2), math.ceil(grid_w / 2), steps + 1
+    if (grid, grid_w) != tuple(target[1:]):
+        return (
+            f"halving {spec.name}'s {shapes[prefix][1]}x{shapes[prefix][2]} grid at {prefix!r} "
+            f"never gives the {target[1]}x{target[2]} grid at {split_module!r}"
+        )
+    widths = _INIT_COMPRESSOR[:steps] or _INIT_COMPRESSOR[:1]
+    return TeacherInitDesign(
+        prefix=prefix,
+        prefix_channels=channels,
+        blocks=(*((w, 2) for w in _INIT_COMPRESSOR[:steps]), (widths[-1], 1)),
+        decoder=(128, 128),
+        suffix_channels=target[0],
+        suffix=tuple(points[start + 1 : end + 1]),
+    )
+
+
+def teacher_init_student(
+    teacher: str,
+    bottleneck: int,
+    teacher_model: nn.Module | None = None,
+    weights: str | Path | None = None,
+    split_module: str | None = None,
+) -> BottleneckStudent:
+    """A student whose device prefix and decoder suffix start as the teacher's layers, at
+    ``split_module`` (default: the teacher's ``student_split``; see :func:`teacher_init_design`).
+
+    ``teacher_model`` supplies the weights (default: the registered pretrained teacher, or
+    the state dict at ``weights``); the student holds copies, so training it never changes the
+    teacher.
     """
     import copy
 
-    if teacher not in TEACHER_INIT_DESIGNS:
-        raise UnknownNameError(
-            f"no teacher_init student for {teacher!r}; known: {sorted(TEACHER_INIT_DESIGNS)}"
-        )
-    design = TEACHER_INIT_DESIGNS[teacher]
-    model = teacher_model if teacher_model is not None else get_teacher(teacher).build(True)
+    split = split_module or get_teacher(teacher).student_split
+    design = teacher_init_design(teacher, split)
+    if isinstance(design, str):
+        raise UnknownNameError(f"no teacher_init student for {teacher} at {split!r}: {design}")
+    model = teacher_model if teacher_model is not None else build_teacher(teacher, True, weights)
     encoder: list[nn.Module] = [copy.deepcopy(split_model(model, design.prefix).head)]
     encoder += _separable_to_bottleneck(design.prefix_channels, design.blocks, bottleneck)
     decoder, channels = _decoder_convs(bottleneck, design.decoder)
@@ -313,6 +399,119 @@ def teacher_init_student(
     decoder += [copy.deepcopy(model.get_submodule(name)) for name in design.suffix]
     student = BottleneckStudent(nn.Sequential(*encoder), nn.Sequential(*decoder), frozen_layers=1)
     return student.train()
+
+
+# --- a student for any split point ------------------------------------------------------------
+
+#: Channels of the scaled student's encoder after each halving of the grid (stem first).
+_SCALED_ENCODER = (24, 48, 96, 160, 256)
+_SCALED_DECODER = {"caltech101": (128, 192), "imagenet": (192, 256)}
+#: The deepest the encoder goes: stride 32 (a later split's grid is met in the decoder).
+_MAX_HALVINGS = 5
+
+
+@lru_cache(maxsize=32)
+def _point_shapes(teacher: str) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) at every split point of ``teacher``: one forward pass of the teacher built on
+    the meta device (no weights, no arithmetic)."""
+    spec = get_teacher(teacher)
+    with torch.device("meta"):
+        model = spec.build(False)
+    return output_shapes(model, list(spec.split_points), spec.input_shape)
+
+
+def split_output_shape(teacher: str, split_module: str) -> tuple[int, ...]:
+    """(C, H, W) of the teacher head's output at ``split_module`` (what a student there must
+    restore); ``()`` for a point whose output is not one 4-D map or that is no split point."""
+    return _point_shapes(teacher).get(split_module, ())
+
+
+def student_problem(teacher: str, split_module: str, variant: str = "caltech101") -> str | None:
+    """Why ``teacher`` cannot have a ``variant`` student at ``split_module``, or None."""
+    spec = get_teacher(teacher)
+    if split_module not in spec.split_points:
+        return (
+            f"{split_module!r} is not a split point of {spec.name}; choose one of "
+            f"{', '.join(spec.split_points)} (`splitdnn profile {spec.name}`)"
+        )
+    if variant not in VARIANTS:
+        return f"unknown student variant {variant!r}; known: {', '.join(VARIANTS)}"
+    shape = split_output_shape(spec.name, split_module)
+    if len(shape) != 3:
+        return (
+            f"{spec.name} at {split_module!r} outputs no single (C, H, W) feature map, and a "
+            "bottleneck student restores one"
+        )
+    if variant == "teacher_init":
+        design = teacher_init_design(spec.name, split_module)
+        if isinstance(design, str):
+            return (
+                f"no teacher_init student for {spec.name} at {split_module!r}: {design}; "
+                "the caltech101 or imagenet variant fits any split point"
+            )
+    return None
+
+
+def _halvings(size: int, target: int) -> tuple[int, int]:
+    """How many 3×3/2 convs (padding 1: ``ceil(n / 2)``) take ``size`` to the smallest grid
+    not below ``target`` (at most :data:`_MAX_HALVINGS`, at least one), and that grid."""
+    steps, grid = 1, math.ceil(size / 2)
+    while steps < _MAX_HALVINGS and math.ceil(grid / 2) >= target:
+        steps, grid = steps + 1, math.ceil(grid / 2)
+    return steps, grid
+
+
+def scaled_student(
+    input_shape: tuple[int, ...],
+    split_shape: tuple[int, ...],
+    bottleneck: int,
+    variant: str = "caltech101",
+) -> BottleneckStudent:
+    """A bottleneck student sized from the shapes at a split point (module docstring).
+
+    ``split_shape`` is the teacher head's output (C, H, W); ``variant`` picks the decoder's
+    widths (``imagenet`` is wider).
+    """
+    if variant not in _SCALED_DECODER:
+        raise UnknownNameError(
+            f"no scaled student variant {variant!r}; known: {sorted(_SCALED_DECODER)}"
+        )
+    channels, height, width = split_shape
+    steps_h, grid_h = _halvings(input_shape[1], height)
+    steps_w, grid_w = _halvings(input_shape[2], width)
+    steps = max(steps_h, steps_w)
+    grid_h, grid_w = _grid(input_shape[1], steps), _grid(input_shape[2], steps)
+    stem = _SCALED_ENCODER[0]
+    blocks = tuple((_SCALED_ENCODER[i], 2) for i in range(1, steps))
+    blocks += ((_SCALED_ENCODER[steps - 1], 1),)  # one block at the bottleneck's grid
+    encoder = _conv_bn_relu(3, stem, 3, 2, 1)
+    encoder += _separable_to_bottleneck(stem, blocks, bottleneck)
+    decoder, width_out = _decoder_convs(bottleneck, _SCALED_DECODER[variant])
+    fit = _fit_grid((grid_h, grid_w), (height, width), width_out)
+    if fit is not None:
+        decoder += [fit, nn.BatchNorm2d(width_out), nn.ReLU(inplace=True)]
+    decoder.append(nn.Conv2d(width_out, channels, 1))
+    return BottleneckStudent(nn.Sequential(*encoder), nn.Sequential(*decoder))
+
+
+def _grid(size: int, steps: int) -> int:
+    for _ in range(steps):
+        size = math.ceil(size / 2)
+    return size
+
+
+def _fit_grid(grid: tuple[int, int], target: tuple[int, int], channels: int) -> nn.Module | None:
+    """A layer taking a ``grid`` map to exactly ``target``: a valid conv shrinks it by
+    ``k - 1``, a stride-1 transposed conv grows it by ``k - 1``; None when they agree."""
+    if grid == target:
+        return None
+    if all(g >= t for g, t in zip(grid, target, strict=True)):
+        kernel = tuple(g - t + 1 for g, t in zip(grid, target, strict=True))
+        return nn.Conv2d(channels, channels, kernel, bias=False)
+    if all(g <= t for g, t in zip(grid, target, strict=True)):
+        kernel = tuple(t - g + 1 for g, t in zip(grid, target, strict=True))
+        return nn.ConvTranspose2d(channels, channels, kernel, bias=False)
+    raise UnknownNameError(f"no student grid fits {target} from {grid}")  # pragma: no cover
 
 
 # --- whole students for local mode (knowledge distillation) --------------------------------------
@@ -392,37 +591,44 @@ def default_variant(teacher: str) -> str:
 
 def student_variants(teacher: str) -> list[str]:
     """The student designs that exist for ``teacher`` (empty: none, only profiling)."""
-    spec = get_teacher(teacher)
-    variants = ["teacher_init"] if teacher in TEACHER_INIT_DESIGNS else []
-    if spec.family == "efficientnet_lite" or spec.family in PAPER_DESIGNS:
-        variants += list(_WIDTHS)
-    return variants
+    # Every teacher with a (C, H, W) split point has the scaled students (:func:`scaled_student`);
+    # teacher_init has registered designs for some (others may derive one per split point).
+    get_teacher(teacher)
+    return (["teacher_init"] if teacher in TEACHER_INIT_DESIGNS else []) + list(_WIDTHS)
 
 
-def build_student(teacher: str, bottleneck: int, variant: str | None = None) -> BottleneckStudent:
-    """The registered bottleneck student for ``teacher`` with ``bottleneck`` channels.
+def build_student(
+    teacher: str,
+    bottleneck: int,
+    variant: str | None = None,
+    split_module: str | None = None,
+    weights: str | Path | None = None,
+    teacher_model: nn.Module | None = None,
+) -> BottleneckStudent:
+    """The bottleneck student for ``teacher`` with ``bottleneck`` channels, replacing the
+    teacher head up to ``split_module`` (default: the teacher's ``student_split``).
 
     ``variant``: the papers' narrow (``caltech101``) or wide (``imagenet``) student (for a Lite
-    teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`).
+    teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`,
+    whose copies of teacher layers come from ``teacher_model``, else the state dict at
+    ``weights``, else the published weights). At a split point without
+    such a design, :func:`scaled_student`. :func:`student_problem` says why a point has none.
     """
     spec = get_teacher(teacher)
-    what = f"{variant} student" if variant else "bottleneck student"
     variant = variant or default_variant(teacher)
-    variants = student_variants(teacher)
-    if variant not in variants:
-        from splitdnn.models import list_teachers
-
-        others = [t for t in list_teachers() if student_variants(t)]
-        raise UnknownNameError(
-            f"no {what} for {teacher!r}; "
-            + (f"it has {variants}" if variants else f"students exist for {', '.join(others)}")
-            + " (`splitdnn teachers` lists every teacher, its split points and students)"
-        )
+    split = split_module or spec.student_split
+    problem = student_problem(spec.name, split, variant)
+    if problem is not None:
+        raise UnknownNameError(problem)
     if variant == "teacher_init":
-        return teacher_init_student(teacher, bottleneck)
-    if spec.family == "efficientnet_lite":
+        return teacher_init_student(teacher, bottleneck, teacher_model, weights, split)
+    if split == spec.student_split and spec.name in LITE_DESIGNS:
         return lite_student(teacher, bottleneck)
-    return paper_student(spec.family, bottleneck, variant)
+    if split == spec.student_split and spec.family in PAPER_DESIGNS:
+        return paper_student(spec.family, bottleneck, variant)
+    return scaled_student(
+        spec.input_shape, split_output_shape(spec.name, split), bottleneck, variant
+    )
 
 
 def student_split(teacher: str) -> str:
@@ -439,6 +645,9 @@ __all__: Sequence[str] = [
     "get_kd_student",
     "lite_student",
     "paper_student",
+    "scaled_student",
+    "split_output_shape",
+    "student_problem",
     "student_split",
     "teacher_init_student",
 ]

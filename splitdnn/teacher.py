@@ -9,12 +9,14 @@ are normalised by :func:`normalise_batch`, which calls the one normalisation in
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
 from splitdnn.imaging import Preprocessing, normalise_pixels
-from splitdnn.models import TeacherSpec, get_teacher
+from splitdnn.models import TeacherSpec, build_teacher, get_teacher
 from splitdnn.split import split_model
 
 
@@ -56,19 +58,24 @@ class TeacherParts(nn.Module):
         return self.classifier(self.features(head_output))
 
 
-def teacher_parts(name: str, pretrained: bool, split_module: str) -> tuple[nn.Module, TeacherParts]:
+def teacher_parts(
+    name: str, pretrained: bool, split_module: str, weights: str | Path | None = None
+) -> tuple[nn.Module, TeacherParts]:
     """A freshly built teacher and its :class:`TeacherParts`. The model (classifier replaced
-    by an identity) is returned too: MAC counts are taken on the original modules."""
+    by an identity) is returned too: MAC counts are taken on the original modules.
+    ``weights``: the user's own state dict instead of the published weights."""
     spec = get_teacher(name)
-    model = spec.build(pretrained)
+    model = build_teacher(name, pretrained, weights)
     return model, TeacherParts(spec, model, split_module)
 
 
-def frozen_backbone(name: str, pretrained: bool, cut: str | None) -> tuple[nn.Module, nn.Module]:
+def frozen_backbone(
+    name: str, pretrained: bool, cut: str | None, weights: str | Path | None = None
+) -> tuple[nn.Module, nn.Module]:
     """A teacher up to its pooled features as (prefix up to ``cut``, the rest); both frozen.
     Without ``cut`` the prefix is an identity."""
     spec = get_teacher(name)
-    model = spec.build(pretrained)
+    model = build_teacher(name, pretrained, weights)
     model.set_submodule(spec.classifier, nn.Identity())
     if cut is None:
         prefix, rest = nn.Identity(), model

@@ -81,8 +81,17 @@ def test_profile_takes_an_image_and_defaults_torchvision_to_random_weights(
     [
         (["student", "resnet9000", "-b", "3", "--json"], "unknown teacher"),
         (
-            ["student", "mobilenet_v2", "-b", "3"],
-            "no bottleneck student for 'mobilenet_v2'",
+            [
+                "student",
+                "efficientnet_lite2",
+                "-b",
+                "3",
+                "--split-module",
+                "_bn0",
+                "--variant",
+                "teacher_init",
+            ],
+            "no teacher_init",
         ),
         (["profile", "efficientnet_lite0", "--image", "/nonexistent.jpg"], "does not exist"),
         (["export", "run"], "Missing argument 'run_dir'"),

@@ -57,8 +57,12 @@ def test_minimal_config_fills_defaults_and_resolves_data_root(tmp_path, monkeypa
         # Refused when the config is read, not after the teacher pass and the probe fit.
         ("data: {root: x}\nsplit_module: nowhere\n", "split_module: 'nowhere' is not a split"),
         (
-            "data: {root: x}\nsplit_module: _blocks.3\n",
-            "split_module: the efficientnet_lite2 student is built for '_blocks.10'",
+            "data: {root: x}\nsplit_module: _bn0\nstudent: {variant: teacher_init}\n",
+            "split_module: no teacher_init student for efficientnet_lite2 at '_bn0'",
+        ),
+        (
+            "data: {root: x}\nteacher: {name: inception_v3}\nstudent: {variant: teacher_init}\n",
+            "student.variant: no teacher_init student for inception_v3 at 'maxpool2'",
         ),
     ],
 )

@@ -135,11 +135,11 @@ def test_forward_is_the_same_in_train_and_eval(teacher: str, variant: str) -> No
         assert torch.equal(student(x), expected)
 
 
-def test_no_student_for_an_unregistered_family_or_variant() -> None:
-    with pytest.raises(UnknownNameError):
-        build_student("mobilenet_v2", 3)
-    with pytest.raises(UnknownNameError):
+def test_no_student_for_an_unknown_variant_or_point() -> None:
+    with pytest.raises(UnknownNameError, match="cifar10"):
         build_student("resnet152", 3, "cifar10")
+    with pytest.raises(UnknownNameError, match="not a split point"):
+        build_student("resnet152", 3, split_module="layer2.0.conv1")
 
 
 # --- the teacher-initialised Lite student -------------------------------------------------------
@@ -192,6 +192,13 @@ def test_teacher_init_student_copies_teacher_weights_instead_of_sharing_them() -
     assert not any(id(p) in teacher_params for p in student.parameters())
 
 
-def test_teacher_init_needs_a_registered_design() -> None:
+def test_teacher_init_needs_a_split_point_to_start_from() -> None:
+    """Away from the registered Lite2 design, teacher_init is derived (students.py), but the
+    first split point has no earlier one for the frozen device prefix to end at."""
     with pytest.raises(UnknownNameError, match="teacher_init"):
-        build_student("resnet152", 3, "teacher_init")
+        build_student("resnet152", 3, "teacher_init", split_module="maxpool")
+    teacher = get_teacher("resnet152").build(False)  # random weights: nothing downloaded
+    student = build_student("resnet152", 3, "teacher_init", teacher_model=teacher)
+    assert student.frozen_layers == 1
+    copied = student.frozen()[0].get_submodule("layer1.2.conv3").weight
+    assert torch.equal(copied, teacher.layer1[2].conv3.weight)

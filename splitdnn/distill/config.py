@@ -22,7 +22,7 @@ from pydantic import (
 from splitdnn.data import Sample, select_samples
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.models import get_teacher
-from splitdnn.students import KD_STUDENTS, default_variant, student_split
+from splitdnn.students import KD_STUDENTS, default_variant, student_problem
 
 
 class _Strict(BaseModel):
@@ -41,6 +41,10 @@ class TeacherConfig(_Strict):
     #: ``classifier.pt``) or probe file (``.pt``/``.safetensors``) instead of fitting one, so
     #: that every stage of a recipe distils towards one and the same teacher.
     probe_from: Path | None = None
+    #: Your own weights for the teacher: a state dict (``.pt``/``.pth``/``.safetensors``) for
+    #: ``name``'s architecture, loaded strictly (every key must fit; mismatches are listed by
+    #: key). Replaces the published weights, so ``pretrained`` no longer matters.
+    weights: Path | None = None
 
     @field_validator("name")
     @classmethod
@@ -223,23 +227,16 @@ class DistillConfig(_Strict):
 
     @model_validator(mode="after")
     def _split_module_has_a_student(self) -> DistillConfig:
-        """A bad ``split_module`` is refused when the config is read, not after minutes of
-        caching and probe fitting."""
-        if self.split_module is None or self.method != "hnd":
+        """A ``split_module`` (or student variant) without a student is refused when the config
+        is read, not after minutes of caching and probe fitting."""
+        if self.method != "hnd":
             return self
         spec = get_teacher(self.teacher.name)
-        if self.split_module not in spec.split_points:
-            raise ValueError(
-                f"split_module: {self.split_module!r} is not a split point of {spec.name}; "
-                f"choose one of {', '.join(spec.split_points)}"
-            )
-        supported = student_split(spec.name)
-        if self.split_module != supported:
-            raise ValueError(
-                f"split_module: the {spec.name} student is built for {supported!r} "
-                f"(`splitdnn profile {spec.name}` lists where a teacher can be cut; "
-                "a student exists for that point only)"
-            )
+        split = self.split_module or spec.student_split
+        problem = student_problem(spec.name, split, self.student.variant)
+        if problem is not None:
+            key = "split_module" if self.split_module is not None else "student.variant"
+            raise ValueError(f"{key}: {problem}")
         return self
 
 
@@ -259,6 +256,7 @@ PATH_KEYS = (
     ("kd", "device_from"),
     ("kd", "probe_from"),
     ("teacher", "probe_from"),
+    ("teacher", "weights"),
     ("train", "init_from"),
 )
 

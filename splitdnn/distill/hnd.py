@@ -37,6 +37,7 @@ from splitdnn.distill.trainer import Method
 from splitdnn.errors import CheckpointError, ConfigError
 from splitdnn.metrics import AgreementMeter
 from splitdnn.models import get_teacher
+from splitdnn.models.weights import weights_digest
 from splitdnn.students import BottleneckStudent, build_student, student_split
 from splitdnn.teacher import normalise_batch, teacher_parts
 
@@ -78,7 +79,9 @@ class HeadDistillation(Method):
 
     def setup(self, fresh: bool) -> nn.Module:
         cfg = self.config
-        _, self.parts = teacher_parts(self.spec.name, cfg.teacher.pretrained, self.split_module)
+        _, self.parts = teacher_parts(
+            self.spec.name, cfg.teacher.pretrained, self.split_module, cfg.teacher.weights
+        )
         labelled, self.val, self.classes = self.samples()
         self.labelled = len(labelled)
         self.train_samples = labelled + unlabelled_samples(cfg)
@@ -99,7 +102,13 @@ class HeadDistillation(Method):
         )
         self.log(f"teacher top-1 on validation: {teacher_top1:.2f}")
 
-        student = build_student(self.spec.name, cfg.student.bottleneck, cfg.student.variant)
+        student = build_student(
+            self.spec.name,
+            cfg.student.bottleneck,
+            cfg.student.variant,
+            split_module=self.split_module,
+            weights=cfg.teacher.weights,
+        )
         student.to(memory_format=torch.channels_last)
         if fresh and cfg.train.init_from is not None:
             self._init_student(student, cfg.train.init_from)
@@ -136,6 +145,8 @@ class HeadDistillation(Method):
             samples_digest(self.train_samples),
             samples_digest(self.val),
         ]
+        if c.teacher.weights is not None:  # appended, so caches of published weights stay valid
+            parts.append(weights_digest(c.teacher.weights))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def _teacher_pass(self, crops: np.ndarray, flip: bool, desc: str):

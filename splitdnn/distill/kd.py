@@ -48,7 +48,7 @@ from splitdnn.distill.probe import FrozenBackbone, extract_features, fit_probe
 from splitdnn.distill.trainer import Method
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.metrics import top1, topk_hits
-from splitdnn.models import get_teacher
+from splitdnn.models import build_teacher, get_teacher
 from splitdnn.students import get_kd_student
 from splitdnn.teacher import freeze, frozen_backbone
 
@@ -118,7 +118,7 @@ class WholeStudentDistillation(Method):
             raise ConfigError(f"kd.teacher_run: {run} is not a distillation run: {exc}") from None
         ours = c.model_dump(mode="json")
         for section, keys in (
-            ("teacher", ("name", "pretrained", "classifier")),
+            ("teacher", ("name", "pretrained", "classifier", "weights")),
             ("data", ("root", "list", "val_fraction", "per_class_limit")),
         ):
             for key in keys:
@@ -148,7 +148,7 @@ class WholeStudentDistillation(Method):
     def _teacher_classifier(self, feats: dict[str, np.ndarray]) -> nn.Module:
         c = self.config
         if c.teacher.classifier == "imagenet":
-            model = self.teacher_spec.build(c.teacher.pretrained)
+            model = build_teacher(c.teacher.name, c.teacher.pretrained, c.teacher.weights)
             return model.get_submodule(self.teacher_spec.classifier).eval()
         candidates = [self.run_dir / "teacher_probe.pt"]
         if c.kd.teacher_run is not None:
@@ -178,6 +178,7 @@ class WholeStudentDistillation(Method):
         else:
             common = {
                 "pretrained": c.teacher.pretrained,
+                "weights": c.teacher.weights,
                 "cache_dir": self.cache_dir,
                 "progress": self.progress,
             }

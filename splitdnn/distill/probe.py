@@ -34,13 +34,19 @@ from splitdnn.data import Sample, load_crops
 from splitdnn.distill.config import ProbeConfig, config_samples, load_config
 from splitdnn.metrics import top1
 from splitdnn.models import get_teacher
+from splitdnn.models.weights import weights_digest
 from splitdnn.teacher import frozen_backbone, normalise_batch
 
 #: Bump when what a cache file means changes, so stale caches are not reused.
 _CACHE_VERSION = "1"
 
 
-def _features_key(teacher_name: str, pretrained: bool, samples: Sequence[Sample]) -> str:
+def _features_key(
+    teacher_name: str,
+    pretrained: bool,
+    samples: Sequence[Sample],
+    weights: str | Path | None = None,
+) -> str:
     spec = get_teacher(teacher_name)
     parts = [
         _CACHE_VERSION,
@@ -49,6 +55,8 @@ def _features_key(teacher_name: str, pretrained: bool, samples: Sequence[Sample]
         json.dumps(spec.preprocessing.to_dict()),
     ]
     parts += [f"{s.path}:{s.label}" for s in samples]
+    if weights is not None:  # appended, so caches of published weights stay valid
+        parts.append(weights_digest(weights))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -74,6 +82,7 @@ def extract_features(
     batch_size: int = 32,
     progress: bool = False,
     backbone: FrozenBackbone | None = None,
+    weights: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Frozen-backbone outputs for ``samples``, in their order.
 
@@ -82,11 +91,12 @@ def extract_features(
     images. With ``cache_dir`` the arrays are saved as ``.npy`` under a key of teacher,
     preprocessing and the exact sample list, and reused (memory-mapped) the next time.
     ``backbone`` replaces the teacher's own halves (e.g. a distilled student's device part in
-    front of the teacher's tail); its ``name`` goes into the cache file names.
+    front of the teacher's tail); its ``name`` goes into the cache file names. ``weights``:
+    the user's own teacher state dict (``teacher.weights``), its digest in the cache key.
     """
     kinds = ["pooled"] + (["cut"] if cut or backbone else [])
     passes = [False, True] if hflip else [False]
-    key = _features_key(teacher_name, pretrained, samples) if cache_dir is not None else ""
+    key = _features_key(teacher_name, pretrained, samples, weights) if cache_dir is not None else ""
     tag = {"pooled": "pooled", "cut": f"cut-{cut}"}
     if backbone is not None:
         tag = {kind: f"{backbone.name}-{kind}" for kind in kinds}
@@ -112,7 +122,7 @@ def extract_features(
     if backbone is not None:
         prefix, rest = backbone.prefix, backbone.rest
     else:
-        prefix, rest = frozen_backbone(teacher_name, pretrained, cut)
+        prefix, rest = frozen_backbone(teacher_name, pretrained, cut, weights)
     crops = load_crops(samples, spec.preprocessing, progress)
     for flip in missing:
         out: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}

@@ -43,6 +43,10 @@ class TeacherSpec:
 
 
 _REGISTRY: dict[str, TeacherSpec] = {}
+#: Functions that derive a spec for a name nobody registered (any torchvision classifier);
+#: each returns None when the name is not theirs. Derived specs are kept, not re-derived.
+_RESOLVERS: list[Callable[[str], TeacherSpec | None]] = []
+_DERIVED: dict[str, TeacherSpec] = {}
 
 
 def register(spec: TeacherSpec) -> TeacherSpec:
@@ -55,14 +59,29 @@ def register(spec: TeacherSpec) -> TeacherSpec:
     return spec
 
 
+def add_resolver(resolver: Callable[[str], TeacherSpec | None]) -> None:
+    """Let ``resolver`` derive specs for names that are not registered (see ``_RESOLVERS``)."""
+    _RESOLVERS.append(resolver)
+
+
 def get_teacher(name: str) -> TeacherSpec:
-    """The spec registered under ``name``; the error lists every registered name."""
-    try:
+    """The spec registered under ``name``, else one a resolver derives (any torchvision
+    classification model by name); the error lists every registered name."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown teacher {name!r}; registered: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    if name not in _DERIVED:
+        for resolver in _RESOLVERS:
+            spec = resolver(name)
+            if spec is not None:
+                _DERIVED[name] = spec
+                break
+        else:
+            raise UnknownNameError(
+                f"unknown teacher {name!r}; registered: {', '.join(sorted(_REGISTRY))}; "
+                "or any torchvision classification model by name "
+                "(torchvision.models.list_models(module=torchvision.models))"
+            )
+    return _DERIVED[name]
 
 
 def list_teachers() -> list[str]:
