@@ -338,11 +338,16 @@ def test_tables_print_human_units():
     assert human("data_size_percent", 1.7135) == "1.71"
 
 
-def test_student_of_a_teacher_without_one_names_the_teacher_not_its_family():
-    result = invoke("student", "mobilenet_v2", "-b", "3")
+def test_student_refusals_name_the_teacher_not_its_family():
+    """Every teacher with a feature-map split point has scaled students now (issue #14), so
+    the refusal a user meets is a variant that does not fit a point: it names the teacher,
+    the point and the variants that do fit."""
+    assert invoke("student", "mobilenet_v2", "-b", "3").exit_code == 0
+    result = invoke("student", "efficientnet_lite2", "-b", "3", "--split-module", "_bn0")
     assert result.exit_code == 2
-    assert "no bottleneck student for 'mobilenet_v2'" in result.stderr
-    assert "'mobilenet'" not in result.stderr and "splitdnn teachers" in result.stderr
+    assert "no teacher_init student for efficientnet_lite2 at '_bn0'" in result.stderr
+    assert "caltech101 or imagenet variant" in result.stderr
+    assert "'efficientnet_lite'" not in result.stderr
 
 
 def test_teachers_lists_sizes_split_points_students_and_weights():
@@ -352,7 +357,7 @@ def test_teachers_lists_sizes_split_points_students_and_weights():
     lite2 = rows["efficientnet_lite2"]
     assert lite2["input_size"] == 260 and lite2["weights"] == "installed"
     assert lite2["students"][0] == "teacher_init" and "_blocks.10" in lite2["split_points"]
-    assert rows["mobilenet_v2"]["students"] == []
+    assert rows["mobilenet_v2"]["students"] == ["caltech101", "imagenet"]  # no teacher_init
     assert rows["resnet152"]["weights"] in ("download", "cached")
     table = invoke("teachers")
     assert table.exit_code == 0 and "[layer2]" in table.stdout
