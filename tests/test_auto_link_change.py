@@ -7,7 +7,6 @@ is the link: fast (offload best), slow (split best), fast again (exploration mus
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ folder
 from benchmarks.netns import shaped_link, why_unavailable
 from splitdnn.latency import LatencyModel, Priors
-from tests.test_netns import SINK, wait_for_port
+from tests.test_netns import http_sink
 
 pytestmark = [
     pytest.mark.netns,
@@ -51,27 +50,22 @@ def test_auto_switches_when_tc_changes_the_rate() -> None:
     # (rate, mode that is fastest there, requests within which auto must pick it)
     phases = [(50.0, "offload", 3), (1.0, "split", 8), (50.0, "offload", 2 * explore + 5)]
     log = []
-    with shaped_link(50.0, name="sdtauto") as link:
-        port = 18768
-        sink = subprocess.Popen(link.exec_argv([sys.executable, "-c", SINK, link.ns_ip, str(port)]))
-        try:
-            url = f"http://{link.ns_ip}:{port}/"
-            wait_for_port(url)
-            with httpx.Client(timeout=30) as client:
-                for mode in COMPUTE:  # warm-up: each mode once
-                    serve(model, client, url, mode)
-                for rate, target, bound in phases:
-                    link = link.set_rate(rate)
-                    chosen = []
-                    for _ in range(bound + 10):
-                        mode = model.choose(len(PHOTO))[0]
-                        serve(model, client, url, mode)
-                        chosen.append(mode)
-                    log.append((rate, chosen))
-                    first = next((i for i, m in enumerate(chosen) if m == target), None)
-                    assert first is not None and first < bound, log
-                    tail = chosen[first:]
-                    assert tail.count(target) >= 0.75 * len(tail), log
-        finally:
-            sink.kill()
-            sink.wait()
+    with (
+        shaped_link(50.0, name="sdtauto") as link,
+        http_sink(link, 18768) as url,
+        httpx.Client(timeout=30) as client,
+    ):
+        for mode in COMPUTE:  # warm-up: each mode once
+            serve(model, client, url, mode)
+        for rate, target, bound in phases:
+            link = link.set_rate(rate)
+            chosen = []
+            for _ in range(bound + 10):
+                mode = model.choose(len(PHOTO))[0]
+                serve(model, client, url, mode)
+                chosen.append(mode)
+            log.append((rate, chosen))
+            first = next((i for i, m in enumerate(chosen) if m == target), None)
+            assert first is not None and first < bound, log
+            tail = chosen[first:]
+            assert tail.count(target) >= 0.75 * len(tail), log

@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -50,29 +52,34 @@ def wait_for_port(url: str, timeout: float = 10.0) -> None:
     raise TimeoutError(url)
 
 
+@contextmanager
+def http_sink(link, port: int) -> Iterator[str]:
+    """:data:`SINK` running inside ``link``'s namespace; yields its URL, stops it on exit."""
+    sink = subprocess.Popen(link.exec_argv([sys.executable, "-c", SINK, link.ns_ip, str(port)]))
+    try:
+        url = f"http://{link.ns_ip}:{port}/"
+        wait_for_port(url)
+        yield url
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 @pytest.mark.parametrize("rate_mbit", [2.0, 8.0])
 def test_envelope_upload_runs_at_the_shaped_rate(rate_mbit: float) -> None:
     tensor = np.random.default_rng(0).normal(size=(1, 32, 48, 48)).astype(np.float32)
     envelope = wire.encode(tensor, bundle_id="0" * 16)  # ~295 kB, incompressible
     expected_s = len(envelope) * 8 / (rate_mbit * 1e6)
-    with shaped_link(rate_mbit, name="sdtest") as link:
-        port = 18765
-        sink = subprocess.Popen(link.exec_argv([sys.executable, "-c", SINK, link.ns_ip, str(port)]))
-        try:
-            url = f"http://{link.ns_ip}:{port}/"
-            wait_for_port(url)
-            estimator = BandwidthEstimator(prior_bytes_per_s=1.0, alpha=1.0)
-            rates = []
-            with httpx.Client(timeout=30) as client:
-                for _ in range(3):
-                    start = time.perf_counter()
-                    response = client.post(url, content=envelope)
-                    elapsed = time.perf_counter() - start
-                    assert response.text == str(len(envelope))
-                    rates.append(estimator.observe(len(envelope), elapsed))
-        finally:
-            sink.kill()
-            sink.wait()
+    with shaped_link(rate_mbit, name="sdtest") as link, http_sink(link, 18765) as url:
+        estimator = BandwidthEstimator(prior_bytes_per_s=1.0, alpha=1.0)
+        rates = []
+        with httpx.Client(timeout=30) as client:
+            for _ in range(3):
+                start = time.perf_counter()
+                response = client.post(url, content=envelope)
+                elapsed = time.perf_counter() - start
+                assert response.text == str(len(envelope))
+                rates.append(estimator.observe(len(envelope), elapsed))
     # The link caps the rate; a busy CPU can only lower it, so the best upload is the measure.
     measured_mbit = max(rates) * 8 / 1e6
     # TCP/IP headers cost ~4 %; tbf's burst lets the first ~16 kB through at once.
@@ -91,20 +98,15 @@ def test_a_small_request_is_not_faster_than_its_bytes_allow(rate_mbit: float) ->
     body = bytes(3400)
     # the bucket may let its first packet through at once; the rest waits for tokens
     floor_s = (len(body) - burst_bytes(rate_mbit)) * 8 / (rate_mbit * 1e6)
-    with shaped_link(rate_mbit, name="sdtsmall") as link:
-        port = 18767
-        sink = subprocess.Popen(link.exec_argv([sys.executable, "-c", SINK, link.ns_ip, str(port)]))
-        try:
-            url = f"http://{link.ns_ip}:{port}/"
-            wait_for_port(url)
-            with httpx.Client(timeout=30) as client:
-                client.post(url, content=b"x")  # connection up
-                times = []
-                for _ in range(3):
-                    start = time.perf_counter()
-                    client.post(url, content=body)
-                    times.append(time.perf_counter() - start)
-        finally:
-            sink.kill()
-            sink.wait()
+    with (
+        shaped_link(rate_mbit, name="sdtsmall") as link,
+        http_sink(link, 18767) as url,
+        httpx.Client(timeout=30) as client,
+    ):
+        client.post(url, content=b"x")  # connection up
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            client.post(url, content=body)
+            times.append(time.perf_counter() - start)
     assert min(times) >= floor_s, (times, floor_s)
