@@ -129,11 +129,6 @@ class TailClient:
             raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
         return checked_answer(answer), elapsed
 
-    def get(self, path: str, timeout: float) -> dict[str, Any]:
-        response = self.client.get(path, timeout=timeout)
-        response.raise_for_status()
-        return response.json()
-
 
 class _ConnectionPool:
     """Keep-alive ``http.client`` connections to the tail, one per concurrent request."""

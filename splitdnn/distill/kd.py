@@ -40,7 +40,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitdnn.checkpoints import KD_STUDENT_KIND, PROBE, load_linear, read_student, save_atomic
+from splitdnn.checkpoints import (
+    KD_STUDENT_KIND,
+    PROBE,
+    StudentCheckpoint,
+    load_linear,
+    read_student,
+    save_atomic,
+)
 from splitdnn.data import Sample
 from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import kd_loss
@@ -101,6 +108,8 @@ class WholeStudentDistillation(Method):
         except UnknownNameError as exc:
             raise ConfigError(f"kd.student: {exc}") from None
         self.teacher_spec = get_teacher(config.teacher.name)
+        #: With ``kd.device_from``: the distilled student whose device part runs first.
+        self.device_checkpoint: StudentCheckpoint | None = None
 
     # -- teacher -------------------------------------------------------------------------------
 
@@ -223,6 +232,7 @@ class WholeStudentDistillation(Method):
         spec = self.student_spec
         _, rest = frozen_backbone(spec.base, True, spec.cut)
         if self.config.kd.device_from is not None:
+            assert self.device_checkpoint is not None  # set by device_backbone() in setup
             rest = nn.Sequential(self.device_checkpoint.build_student().decoder, rest)
         # Seeded here, as in fit_linear_probe: kd and labels runs start from the same probe
         # (the local model's), whatever else drew from the generator before.
