@@ -6,7 +6,8 @@ on each re-encoding (JPEG / WebP at several qualities, short side to the teacher
 centre square), and the split path (device part, uint8+zstd envelope, server part). It
 picks the lowest quality per format whose top-1 is within ``--max-drop`` points of the raw
 upload, the smaller of the two formats as the choice, and (with ``--write-bundle``) stores it
-beside the bundle as ``reencode.json`` for the head's fair offload.
+beside the bundle as ``reencode.json`` for the head's fair offload (``--write-assets DIR``:
+also in the default assets, which ``splitdnn export default`` copies into the bundle).
 
     python benchmarks/reencode_sweep.py BUNDLE --data ../shared/data/imagenet-sample
 
@@ -46,6 +47,7 @@ def choose(rows: list[dict[str, Any]], raw_top1: float, max_drop: float) -> dict
 def measure(bundle_dir: Path, data: Path, limit: int | None, threads: int) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     t = Threads(threads, 1)
+    teacher_name = bundle.manifest.teacher
     teacher = ImageClassifier(bundle, "offload", t)
     device, server = DeviceRunner(bundle, t), ServerRunner(bundle, t)
     dataset = load_dataset(data)
@@ -92,6 +94,7 @@ def measure(bundle_dir: Path, data: Path, limit: int | None, threads: int) -> di
 
     return {
         "bundle": {"name": bundle.name, "id": bundle.id},
+        "teacher": teacher_name,
         "data": str(data),
         "images": len(samples),
         "raw": row("raw"),
@@ -150,19 +153,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-drop", type=float, default=0.5, help="top-1 points allowed")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--write-bundle", action="store_true", help="store the choice")
+    parser.add_argument(
+        "--write-assets",
+        type=Path,
+        help="also store it in a default-assets folder (splitdnn/assets/default): "
+        "`splitdnn export default` puts it beside every bundle it builds",
+    )
     args = parser.parse_args(argv)
     result = measure(args.bundle, args.data, args.limit, args.threads)
     result["max_drop"] = args.max_drop
     result["choice"] = choose(result["reencoded"], result["raw"]["top1"], args.max_drop)
     write_report(result, args.out)
-    if args.write_bundle and result["choice"]:
+    targets = [args.bundle] if args.write_bundle else []
+    targets += [args.write_assets] if args.write_assets else []
+    if targets and result["choice"]:
         fmt, q = result["choice"]["setting"].split(":q")
         c = result["choice"]
         setting = reencode.Reencoding(
             fmt, int(q), c["top1"], result["raw"]["top1"], result["images"],
-            c["median_bytes"], result["raw"]["median_bytes"],
+            c["median_bytes"], result["raw"]["median_bytes"], result["teacher"],
         )  # fmt: skip
-        print(f"wrote {reencode.save_choice(args.bundle, setting)}")
+        for target in targets:
+            print(f"wrote {reencode.save_choice(target, setting)}")
     print(f"wrote {args.out}/reencode.{{json,md}}")
     return 0
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from splitdnn import reencode
 from splitdnn.bundle import MANIFEST, Manifest, default_bundle_path, write_manifest
 from splitdnn.checkpoints import (
     DEFAULT_ASSETS,
@@ -141,8 +142,8 @@ def _prepare_output_dir(out_dir: Path) -> None:
             raise ExportError(
                 f"{out_dir} is not empty and holds no bundle; choose a new or empty folder"
             )
-        for stale in out_dir.glob("*.onnx*"):
-            stale.unlink()
+        for stale in [*out_dir.glob("*.onnx*"), out_dir / reencode.CHOICE_FILE]:
+            stale.unlink(missing_ok=True)  # a re-encoding choice was measured on the old bundle
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -281,8 +282,22 @@ def export_default(
     check: bool = True,
 ) -> Manifest:
     """Build the embedded default bundle from the committed assets into ``out_dir`` (default:
-    the packaged ``splitdnn/assets/default-bundle``, what the services load)."""
+    the packaged ``splitdnn/assets/default-bundle``, what the services load).
+
+    The assets' measured fair-offload choice (``reencode.json``, written by
+    ``benchmarks/reencode_sweep.py --write-assets``) goes beside the bundle: it depends on the
+    teacher and its preprocessing only, so it holds for every student of that teacher."""
     checkpoint = read_default_assets(assets_dir)
     name = checkpoint.name or f"default-{checkpoint.teacher}-b{checkpoint.bottleneck}"
     target = Path(out_dir) if out_dir is not None else default_bundle_path()
-    return export_bundle(assemble(checkpoint, name=name), target, check=check)
+    manifest = export_bundle(assemble(checkpoint, name=name), target, check=check)
+    choice = reencode.load_choice(assets_dir)
+    if choice is not None and choice.teacher in (None, checkpoint.teacher):
+        reencode.save_choice(target, choice)
+    elif choice is not None:
+        warnings.warn(
+            f"{assets_dir}/{reencode.CHOICE_FILE} was measured with {choice.teacher}, not "
+            f"{checkpoint.teacher}: not copied (measure again with benchmarks/reencode_sweep.py)",
+            stacklevel=2,
+        )
+    return manifest

@@ -43,6 +43,8 @@ class Reencoding:
     images: int | None = None
     median_bytes: int | None = None
     raw_median_bytes: int | None = None
+    #: The teacher it was measured with: the choice holds for any student of that teacher.
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

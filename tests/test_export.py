@@ -362,3 +362,34 @@ def test_export_run_without_a_local_probe_says_which_tasks_local_mode_lacks(chai
     assert manifest["metrics"]["local_tasks"] == ["imagenet"]
     assert "task 'caltech101' has no local model" in result.stderr
     assert "--local-probe caltech101=" in result.stderr
+
+
+def test_export_default_puts_the_assets_fair_offload_choice_beside_the_bundle(chain, tmp_path):
+    """The measured re-encoding holds for the teacher it was measured with: copied for that
+    teacher, refused (with a warning) for another, and never left over from an old export."""
+    import shutil
+
+    from splitdnn import reencode
+    from splitdnn.export import export_default
+
+    assets = tmp_path / "assets"
+    shutil.copytree(chain["assets"], assets)
+    measured = reencode.Reencoding("webp", 90, 88.0, 88.4, 300, 20_000, 39_000, TEACHER)
+    reencode.save_choice(assets, measured)
+    export_default(assets, tmp_path / "bundle", check=False)
+    assert reencode.load_choice(tmp_path / "bundle") == measured
+
+    reencode.save_choice(assets, reencode.Reencoding("jpeg", 85, teacher="efficientnet_lite2"))
+    with pytest.warns(UserWarning, match="measured with efficientnet_lite2"):
+        export_default(assets, tmp_path / "bundle", check=False)
+    assert reencode.load_choice(tmp_path / "bundle") is None
+
+
+def test_the_default_assets_fair_offload_choice_is_for_their_teacher() -> None:
+    from splitdnn import reencode
+    from splitdnn.checkpoints import DEFAULT_ASSETS, read_default_assets
+
+    choice = reencode.load_choice(DEFAULT_ASSETS)
+    assert choice is not None and choice.teacher == read_default_assets().teacher
+    assert choice.top1 is not None and choice.raw_top1 is not None
+    assert choice.raw_top1 - choice.top1 <= 0.5 and choice.images
