@@ -486,6 +486,13 @@ def evaluate(
         int | None,
         typer.Option(min=1, help="Score only N images, spread evenly (a quick check)."),
     ] = None,
+    general: Annotated[
+        Path | None,
+        typer.Option(
+            help="With a method: classes run: a general student run (method: kd on all the "
+            "classes) scored beside it on the same images and decision."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Accuracy of what a run or bundle answers, and what the split costs.
@@ -514,6 +521,10 @@ def evaluate(
                 limit=limit,
                 progress=progress,
             )
+        elif (path / "best.pt").is_file() and ev.is_classes_run(path):
+            # An application-specific student: its classes + "other" against the teacher, a
+            # general student and the local model, on the run's held-out images.
+            report = ev.evaluate_classes(path, general, progress=progress)
         elif (path / "best.pt").is_file():
             if task is not None:
                 raise _fail(
@@ -541,6 +552,8 @@ def evaluate(
             )
     if as_json:
         _echo_json(report)
+    elif "rows" in report:  # an application-specific student: one row per model
+        typer.echo(ev.classes_table(report))
     else:
         _echo_fields(report)
 
