@@ -413,6 +413,40 @@ def export_default(
     typer.echo(f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {where}")
 
 
+@export_app.command("classes")
+def export_classes(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A method: classes run directory (best.pt) or its assets (kd_student.json)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (new or a bundle).")],
+    split_from: Annotated[
+        Path | None,
+        typer.Option(help="Split student and teacher (run or assets; default: the default)."),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Name of the application task (default: e.g. caltech101-5).")
+    ] = None,
+) -> None:
+    """A bundle whose local model is an application-specific student (its classes + other),
+    with split and offload mode for every task (the application task too: the teacher's
+    answer grouped the same way). Every ONNX file is checked against torch."""
+    with user_errors():
+        from splitdnn import export as exporter
+        from splitdnn.checkpoints import DEFAULT_ASSETS
+
+        manifest = exporter.export_classes(
+            source, out, split_from=split_from or DEFAULT_ASSETS, task=task
+        )
+    local_tasks = manifest.metrics.get("local_tasks", [])
+    typer.echo(
+        f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {out}; local mode: "
+        f"{', '.join(local_tasks)}; split and offload: {', '.join(manifest.tasks)}"
+    )
+
+
 @export_app.command("assets")
 def export_assets(
     run_dir: RunDir,
@@ -521,10 +555,10 @@ def evaluate(
                 limit=limit,
                 progress=progress,
             )
-        elif (path / "best.pt").is_file() and ev.is_classes_run(path):
-            # An application-specific student: its classes + "other" against the teacher, a
-            # general student and the local model, on the run's held-out images.
-            report = ev.evaluate_classes(path, general, progress=progress)
+        elif ev.is_classes_run(path):
+            # An application-specific student (run or assets): its classes + "other" against
+            # the teacher, a general student and the local model, on held-out images.
+            report = ev.evaluate_classes(path, general, data=data, progress=progress)
         elif (path / "best.pt").is_file():
             if task is not None:
                 raise _fail(

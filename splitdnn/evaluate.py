@@ -360,14 +360,35 @@ def _guess_task(dataset: Dataset, tasks: dict[str, list[str]]) -> str:
 # --- an application-specific student (method: classes), in torch -------------------------------
 
 
-def is_classes_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a ``method: classes`` run (its ``config.json`` says so)."""
+def is_classes_run(path: str | Path) -> bool:
+    """Whether ``path`` holds a ``method: classes`` run or its committed assets."""
     import json
 
-    try:
-        return json.loads((Path(run_dir) / "config.json").read_text()).get("method") == "classes"
-    except (OSError, ValueError):
-        return False
+    from splitdnn.checkpoints import KD_STUDENT_JSON
+
+    path = Path(path)
+    for name, key in (("config.json", ()), (KD_STUDENT_JSON, ("config",))):
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for k in key:
+            data = data.get(k, {})
+        return data.get("method") == "classes"
+    return False
+
+
+def _teacher_probe(config: DistillConfig, run_dir: Path) -> Path:
+    """The teacher's probe of a whole-student run: ``teacher.probe_from`` (when recorded in
+    another checkout, the file of that name in the default assets), else the run's own."""
+    from splitdnn.checkpoints import DEFAULT_ASSETS
+
+    path = config.teacher.probe_from
+    if path is None:
+        return run_dir / "teacher_probe.pt"
+    if not path.exists() and (DEFAULT_ASSETS / path.name).exists():
+        return DEFAULT_ASSETS / path.name
+    return path
 
 
 def _grouped_row(
@@ -410,11 +431,13 @@ def evaluate_classes(
     run_dir: str | Path,
     general: str | Path | None = None,
     local_probe: str | Path | None = None,
+    data: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """An application-specific student (``method: classes``) on its run's held-out images (the
-    validation split of its config: it picked no checkpoint with ``train.keep: last``),
+    """An application-specific student (``method: classes``: a run directory or its committed
+    assets) on its run's held-out images (the validation split of its config, or of ``data``
+    with the same fraction and seed: it picked no checkpoint with ``train.keep: last``),
     beside, on the same images and the same decision (a class of interest or "other"; a
     101-class model's argmax mapped to it):
 
@@ -429,7 +452,7 @@ def evaluate_classes(
     and parameters; the student's gap to the teacher on the classes of interest with a
     paired 95 % interval; and its MACs as a share of each general model's.
     """
-    from splitdnn.checkpoints import DEFAULT_ASSETS, load_linear, load_torch
+    from splitdnn.checkpoints import DEFAULT_ASSETS, load_linear, read_kd_student
     from splitdnn.distill.classes import class_groups
     from splitdnn.distill.config import classes_of_interest
     from splitdnn.distill.kd import whole_student
@@ -438,10 +461,12 @@ def evaluate_classes(
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    payload = load_torch(run_dir / "best.pt", "checkpoint")
+    payload = read_kd_student(run_dir)
     config = DistillConfig.model_validate(payload["config"])
     if config.classes is None:
         raise DataError(f"{run_dir} is not a method: classes run")
+    if data is not None:
+        config.data.root = Path(data)
     _, samples, classes, _ = config_samples(config)
     of_interest = classes_of_interest(config.classes, classes)
     groups = class_groups(len(classes), of_interest)
@@ -474,7 +499,7 @@ def evaluate_classes(
     _, teacher = frozen_backbone(
         config.teacher.name, config.teacher.pretrained, None, config.teacher.weights
     )
-    probe_path = config.teacher.probe_from or run_dir / "teacher_probe.pt"
+    probe_path = _teacher_probe(config, run_dir)
     add(
         "teacher",
         torch.nn.Sequential(teacher, load_linear(probe_path)),
@@ -482,16 +507,22 @@ def evaluate_classes(
         False,
     )
     if general is not None:
-        general_payload = load_torch(Path(general) / "best.pt", "checkpoint")
+        general_payload = read_kd_student(general)
         if list(general_payload.get("classes", [])) != classes:
             raise DataError(f"{general} is not a student of the same {len(classes)} classes")
         model = whole_student(general_payload)
         add("general_student", model, base_preprocessing(general_payload["student_name"]), False)
     local_probe = Path(local_probe or DEFAULT_ASSETS / "lite0_caltech101_probe.safetensors")
+    probe = load_linear(local_probe)
+    if probe.out_features != len(classes):
+        raise DataError(
+            f"the local model's probe {local_probe} answers {probe.out_features} classes, "
+            f"the data has {len(classes)}: pass the local probe for this data"
+        )
     _, lite0 = frozen_backbone("efficientnet_lite0", True, None)
     add(
         "local_model",
-        torch.nn.Sequential(lite0, load_linear(local_probe)),
+        torch.nn.Sequential(lite0, probe),
         get_teacher("efficientnet_lite0").preprocessing,
         False,
     )
@@ -531,7 +562,7 @@ def classes_table(report: dict[str, Any]) -> str:
         f"{report['other']!r}; {report['images']} held-out images ({report['classes_images']} "
         f"of the classes, {report['other_images']} other); 95 % Wilson intervals.",
         "",
-        "| model | input | MACs (M) | params (M) | accuracy on the classes | "
+        "| model | crop | MACs (M) | params (M) | accuracy on the classes | "
         "other recall | other precision |",
         "|---|---|---|---|---|---|---|",
     ]

