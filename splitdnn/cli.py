@@ -456,9 +456,25 @@ def export_assets(
     task: Task = None,
 ) -> None:
     """A run's student and probes as default assets (no pickle), to commit them and rebuild
-    the bundle with `splitdnn export default --assets DIR`."""
+    the bundle with `splitdnn export default --assets DIR`. A whole student's run (method kd,
+    labels or classes) is written as its trained layers in fp16 safetensors + kd_student.json
+    (`splitdnn export classes DIR` and `splitdnn evaluate DIR` read them)."""
     with user_errors():
-        from splitdnn.checkpoints import load_linear, load_run, save_default_assets
+        from splitdnn.checkpoints import (
+            KD_STUDENT_KIND,
+            load_linear,
+            load_run,
+            load_torch,
+            read_kd_student,
+            save_default_assets,
+            save_kd_assets,
+        )
+
+        best = run_dir / "best.pt"
+        if best.is_file() and load_torch(best).get("kind") == KD_STUDENT_KIND:
+            path = save_kd_assets(read_kd_student(run_dir), out)
+            typer.echo(f"wrote whole-student assets to {path.parent}")
+            return
 
         checkpoint = load_run(run_dir, task)
         probes = _parse_probes(local_probe)

@@ -259,3 +259,33 @@ def test_evaluate_scores_student_teacher_and_local_model_on_the_same_images(app_
     assert student["input_size"] == 224 and local["macs"] > 3 * student["macs"]
     assert 20 < report["macs_percent_of_local_model"] < 25
     assert "| student | 224 px |" in classes_table(report)
+
+
+def test_cli_writes_assets_of_a_run_and_evaluates_them_beside_a_general_student(app_bundle):
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    root = app_bundle["root"]
+    run = root / "run-for-cli"
+    run.mkdir(exist_ok=True)
+    torch.save(app_bundle["payload"], run / "best.pt")
+    result = CliRunner().invoke(app, ["export", "assets", str(run), "--out", str(root / "a2")])
+    assert result.exit_code == 0, result.output
+    assert "whole-student assets" in result.output
+    # A general student of the same size: the same payload with a 3-class classifier.
+    general = dict(app_bundle["payload"], method="kd", classes=["cat", "cat_bw", "cat_flipped"])
+    state = dict(general["student"])
+    state["classifier.weight"] = torch.randn(3, 1280)
+    state["classifier.bias"] = torch.zeros(3)
+    general["student"] = state
+    (root / "general").mkdir(exist_ok=True)
+    torch.save(general, root / "general" / "best.pt")
+    probe = root / "local_probe.pt"
+    torch.save(torch.nn.Linear(1280, 3).state_dict(), probe)
+    from splitdnn.evaluate import evaluate_classes
+
+    report = evaluate_classes(root / "a2", general=root / "general", local_probe=probe)
+    models = [r["model"] for r in report["rows"]]
+    assert models == ["student", "teacher", "general_student", "local_model"]
+    assert report["macs_percent_of_general_student"] == pytest.approx(100.0, abs=0.5)
