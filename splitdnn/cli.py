@@ -647,7 +647,8 @@ def distill(
         bool, typer.Option("--quiet", help="No progress bars or per-epoch lines.")
     ] = False,
 ) -> None:
-    """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student)."""
+    """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student),
+    classes (a whole student for chosen classes + other, Distill-Net)."""
     from splitdnn.distill.config import load_config
     from splitdnn.distill.methods import run_config
 
