@@ -357,3 +357,48 @@ def read_default_assets(assets_dir: str | Path = DEFAULT_ASSETS) -> StudentCheck
         name=meta.get("name"),
         source=meta_path,
     )
+
+
+# --- whole students (kd, labels, classes) -------------------------------------------------------
+
+#: A whole student's assets: its trained weights (fp16 safetensors) and this JSON of the rest.
+KD_STUDENT_JSON = "kd_student.json"
+
+
+def save_kd_assets(payload: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """A whole student's ``best.pt`` payload as committed assets: the trained layers in fp16
+    safetensors (the frozen prefix is the base's published weights) and a JSON of the plain
+    values (name, classes, metrics, config). Returns the JSON's path."""
+    from safetensors.torch import save_file
+
+    if payload.get("kind") != KD_STUDENT_KIND:
+        raise CheckpointError("not a whole-student checkpoint (kind != splitdnn-kd-student)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().half().contiguous() for k, v in payload["student"].items()}
+    save_file(state, str(out / STUDENT_FILE))
+    meta = {k: v for k, v in payload.items() if k != "student"}
+    meta["weights"] = {"file": STUDENT_FILE, "dtype": "float16"}
+    path = out / KD_STUDENT_JSON
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def read_kd_student(source: str | Path) -> dict[str, Any]:
+    """A whole student's payload (``best.pt``'s schema, float32 tensors) from a run directory,
+    a ``best.pt`` file or a folder written by :func:`save_kd_assets`."""
+    source = Path(source)
+    if source.is_dir() and (source / KD_STUDENT_JSON).is_file():
+        from safetensors.torch import load_file
+
+        try:
+            meta = json.loads((source / KD_STUDENT_JSON).read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"{source / KD_STUDENT_JSON}: {exc}") from None
+        state = load_file(str(source / meta["weights"]["file"]))
+        return {**meta, "student": {k: v.float() for k, v in state.items()}}
+    path = source / BEST if source.is_dir() else source
+    payload = load_torch(path)
+    if not isinstance(payload, dict) or payload.get("kind") != KD_STUDENT_KIND:
+        raise CheckpointError(f"{path} is not a whole student (method kd, labels or classes)")
+    return payload

@@ -413,6 +413,40 @@ def export_default(
     typer.echo(f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {where}")
 
 
+@export_app.command("classes")
+def export_classes(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A method: classes run directory (best.pt) or its assets (kd_student.json)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (new or a bundle).")],
+    split_from: Annotated[
+        Path | None,
+        typer.Option(help="Split student and teacher (run or assets; default: the default)."),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Name of the application task (default: e.g. caltech101-5).")
+    ] = None,
+) -> None:
+    """A bundle whose local model is an application-specific student (its classes + other),
+    with split and offload mode for every task (the application task too: the teacher's
+    answer grouped the same way). Every ONNX file is checked against torch."""
+    with user_errors():
+        from splitdnn import export as exporter
+        from splitdnn.checkpoints import DEFAULT_ASSETS
+
+        manifest = exporter.export_classes(
+            source, out, split_from=split_from or DEFAULT_ASSETS, task=task
+        )
+    local_tasks = manifest.metrics.get("local_tasks", [])
+    typer.echo(
+        f"wrote bundle {manifest.bundle_id} ({manifest.name}) to {out}; local mode: "
+        f"{', '.join(local_tasks)}; split and offload: {', '.join(manifest.tasks)}"
+    )
+
+
 @export_app.command("assets")
 def export_assets(
     run_dir: RunDir,
@@ -422,9 +456,25 @@ def export_assets(
     task: Task = None,
 ) -> None:
     """A run's student and probes as default assets (no pickle), to commit them and rebuild
-    the bundle with `splitdnn export default --assets DIR`."""
+    the bundle with `splitdnn export default --assets DIR`. A whole student's run (method kd,
+    labels or classes) is written as its trained layers in fp16 safetensors + kd_student.json
+    (`splitdnn export classes DIR` and `splitdnn evaluate DIR` read them)."""
     with user_errors():
-        from splitdnn.checkpoints import load_linear, load_run, save_default_assets
+        from splitdnn.checkpoints import (
+            KD_STUDENT_KIND,
+            load_linear,
+            load_run,
+            load_torch,
+            read_kd_student,
+            save_default_assets,
+            save_kd_assets,
+        )
+
+        best = run_dir / "best.pt"
+        if best.is_file() and load_torch(best).get("kind") == KD_STUDENT_KIND:
+            path = save_kd_assets(read_kd_student(run_dir), out)
+            typer.echo(f"wrote whole-student assets to {path.parent}")
+            return
 
         checkpoint = load_run(run_dir, task)
         probes = _parse_probes(local_probe)
@@ -486,6 +536,13 @@ def evaluate(
         int | None,
         typer.Option(min=1, help="Score only N images, spread evenly (a quick check)."),
     ] = None,
+    general: Annotated[
+        Path | None,
+        typer.Option(
+            help="With a method: classes run: a general student run (method: kd on all the "
+            "classes) scored beside it on the same images and decision."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Accuracy of what a run or bundle answers, and what the split costs.
@@ -514,6 +571,10 @@ def evaluate(
                 limit=limit,
                 progress=progress,
             )
+        elif ev.is_classes_run(path):
+            # An application-specific student (run or assets): its classes + "other" against
+            # the teacher, a general student and the local model, on held-out images.
+            report = ev.evaluate_classes(path, general, data=data, progress=progress)
         elif (path / "best.pt").is_file():
             if task is not None:
                 raise _fail(
@@ -541,6 +602,8 @@ def evaluate(
             )
     if as_json:
         _echo_json(report)
+    elif "rows" in report:  # an application-specific student: one row per model
+        typer.echo(ev.classes_table(report))
     else:
         _echo_fields(report)
 
@@ -584,7 +647,8 @@ def distill(
         bool, typer.Option("--quiet", help="No progress bars or per-epoch lines.")
     ] = False,
 ) -> None:
-    """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student)."""
+    """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student),
+    classes (a whole student for chosen classes + other, Distill-Net)."""
     from splitdnn.distill.config import load_config
     from splitdnn.distill.methods import run_config
 

@@ -355,3 +355,233 @@ def _guess_task(dataset: Dataset, tasks: dict[str, list[str]]) -> str:
         if names <= set(labels):
             return task
     raise DataError(f"no task of the bundle ({', '.join(tasks)}) has these classes; use --task")
+
+
+# --- an application-specific student (method: classes), in torch -------------------------------
+
+
+def is_classes_run(path: str | Path) -> bool:
+    """Whether ``path`` holds a ``method: classes`` run or its committed assets."""
+    import json
+
+    from splitdnn.checkpoints import KD_STUDENT_JSON
+
+    path = Path(path)
+    for name, key in (("config.json", ()), (KD_STUDENT_JSON, ("config",))):
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for k in key:
+            data = data.get(k, {})
+        return data.get("method") == "classes"
+    return False
+
+
+def _teacher_probe(config: DistillConfig, run_dir: Path) -> Path:
+    """The teacher's probe of a whole-student run: ``teacher.probe_from`` (when recorded in
+    another checkout, the file of that name in the default assets), else the run's own."""
+    from splitdnn.checkpoints import DEFAULT_ASSETS
+
+    path = config.teacher.probe_from
+    if path is None:
+        return run_dir / "teacher_probe.pt"
+    if not path.exists() and (DEFAULT_ASSETS / path.name).exists():
+        return DEFAULT_ASSETS / path.name
+    return path
+
+
+def _grouped_row(
+    name: str,
+    model: torch.nn.Module,
+    preprocessing: Any,
+    samples: list[Sample],
+    groups: torch.Tensor | None,
+    labels: torch.Tensor,
+    other: int,
+    batch_size: int,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One model's grouped scores (its argmax mapped by ``groups`` when it answers the data
+    set's classes; as is when ``groups`` is None), MACs and parameters, and its per-image
+    hits on the classes of interest."""
+    from splitdnn.distill.classes import grouped_scores
+    from splitdnn.profile import count_params
+
+    answers = []
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            x = normalise_batch(load_crops(chunk, preprocessing), preprocessing)
+            answers.append(model(x).argmax(1))
+    predicted = torch.cat(answers)
+    if groups is not None:
+        predicted = groups[predicted]
+    row = {
+        "model": name,
+        **grouped_scores(predicted, labels, other),
+        "input_size": preprocessing.size,
+        "macs": count_macs(model, (3, preprocessing.size, preprocessing.size)),
+        "params": count_params(model),
+    }
+    interest = labels != other
+    return row, (predicted == labels)[interest].numpy()
+
+
+def evaluate_classes(
+    run_dir: str | Path,
+    general: str | Path | None = None,
+    local_probe: str | Path | None = None,
+    data: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """An application-specific student (``method: classes``: a run directory or its committed
+    assets) on its run's held-out images (the validation split of its config, or of ``data``
+    with the same fraction and seed: it picked no checkpoint with ``train.keep: last``),
+    beside, on the same images and the same decision (a class of interest or "other"; a
+    101-class model's argmax mapped to it):
+
+    * the teacher (the run's teacher and probe),
+    * ``general``: a general student run (``method: kd`` on all classes, e.g. of the same
+      size),
+    * the product's general local-mode model: EfficientNet-Lite0 at 224 px + its probe
+      (``local_probe``; default: the default assets' ``lite0_caltech101_probe``).
+
+    Per model: accuracy on the classes of interest, "other" recall and precision, overall
+    accuracy (each with its 95 % Wilson interval and its number of images), MACs (one image)
+    and parameters; the student's gap to the teacher on the classes of interest with a
+    paired 95 % interval; and its MACs as a share of each general model's.
+    """
+    from splitdnn.checkpoints import DEFAULT_ASSETS, load_linear, read_kd_student
+    from splitdnn.distill.classes import class_groups
+    from splitdnn.distill.config import classes_of_interest
+    from splitdnn.distill.kd import whole_student
+    from splitdnn.students import get_kd_student
+    from splitdnn.teacher import frozen_backbone
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    payload = read_kd_student(run_dir)
+    config = DistillConfig.model_validate(payload["config"])
+    if config.classes is None:
+        raise DataError(f"{run_dir} is not a method: classes run")
+    if data is not None:
+        config.data.root = Path(data)
+    _, samples, classes, _ = config_samples(config)
+    of_interest = classes_of_interest(config.classes, classes)
+    groups = class_groups(len(classes), of_interest)
+    labels = groups[torch.tensor([s.label for s in samples])]
+    other = len(of_interest)
+
+    def base_preprocessing(student_name: str) -> Any:
+        return get_teacher(get_kd_student(student_name).base).preprocessing
+
+    rows, hits = [], {}
+
+    def add(name: str, model: torch.nn.Module, preprocessing: Any, grouped: bool) -> None:
+        if progress:
+            print(f"scoring {name} on {len(samples)} images", flush=True)
+        row, hit = _grouped_row(
+            name,
+            model.eval(),
+            preprocessing,
+            samples,
+            None if grouped else groups,
+            labels,
+            other,
+            batch_size,
+        )
+        rows.append(row)
+        hits[name] = hit
+
+    add("student", whole_student(payload), base_preprocessing(payload["student_name"]), True)
+    teacher_spec = get_teacher(config.teacher.name)
+    _, teacher = frozen_backbone(
+        config.teacher.name, config.teacher.pretrained, None, config.teacher.weights
+    )
+    probe_path = _teacher_probe(config, run_dir)
+    add(
+        "teacher",
+        torch.nn.Sequential(teacher, load_linear(probe_path)),
+        teacher_spec.preprocessing,
+        False,
+    )
+    if general is not None:
+        general_payload = read_kd_student(general)
+        if list(general_payload.get("classes", [])) != classes:
+            raise DataError(f"{general} is not a student of the same {len(classes)} classes")
+        model = whole_student(general_payload)
+        add("general_student", model, base_preprocessing(general_payload["student_name"]), False)
+    local_probe = Path(local_probe or DEFAULT_ASSETS / "lite0_caltech101_probe.safetensors")
+    probe = load_linear(local_probe)
+    if probe.out_features != len(classes):
+        raise DataError(
+            f"the local model's probe {local_probe} answers {probe.out_features} classes, "
+            f"the data has {len(classes)}: pass the local probe for this data"
+        )
+    _, lite0 = frozen_backbone("efficientnet_lite0", True, None)
+    add(
+        "local_model",
+        torch.nn.Sequential(lite0, probe),
+        get_teacher("efficientnet_lite0").preprocessing,
+        False,
+    )
+    gap, ci = paired_gap(hits["student"], hits["teacher"])
+    student = rows[0]
+    shares = {
+        f"macs_percent_of_{row['model']}": 100.0 * student["macs"] / row["macs"] for row in rows[1:]
+    }
+    return {
+        "source": "run",
+        "path": str(run_dir),
+        "classes": [classes[i] for i in of_interest],
+        "other": config.classes.other,
+        "split": "val",
+        "images": len(samples),
+        "classes_images": int((labels != other).sum()),
+        "other_images": int((labels == other).sum()),
+        "rows": rows,
+        "student_minus_teacher_classes_accuracy": gap,
+        "student_minus_teacher_classes_accuracy_ci95": ci,
+        **shares,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def classes_table(report: dict[str, Any]) -> str:
+    """:func:`evaluate_classes`'s report as a Markdown table (one row per model)."""
+
+    def rate(value: dict[str, Any]) -> str:
+        if value["percent"] is None:
+            return "–"
+        low, high = value["ci95"]
+        return f"{value['percent']:.2f} [{low:.1f}, {high:.1f}] (n={value['n']})"
+
+    lines = [
+        f"{len(report['classes'])} classes of interest ({', '.join(report['classes'])}) + "
+        f"{report['other']!r}; {report['images']} held-out images ({report['classes_images']} "
+        f"of the classes, {report['other_images']} other); 95 % Wilson intervals.",
+        "",
+        "| model | crop | MACs (M) | params (M) | accuracy on the classes | "
+        "other recall | other precision |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['model']} | {row['input_size']} px | {row['macs'] / 1e6:.1f} | "
+            f"{row['params'] / 1e6:.2f} | {rate(row['classes_accuracy'])} | "
+            f"{rate(row['other_recall'])} | {rate(row['other_precision'])} |"
+        )
+    low, high = report["student_minus_teacher_classes_accuracy_ci95"]
+    lines += [
+        "",
+        f"Student minus teacher on the classes: "
+        f"{report['student_minus_teacher_classes_accuracy']:+.2f} points "
+        f"(paired 95 % CI [{low:+.2f}, {high:+.2f}]).",
+    ]
+    lines += [
+        f"Student MACs: {value:.1f} % of the {key.removeprefix('macs_percent_of_')}'s."
+        for key, value in report.items()
+        if key.startswith("macs_percent_of_")
+    ]
+    return "\n".join(lines)

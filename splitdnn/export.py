@@ -301,3 +301,77 @@ def export_default(
             stacklevel=2,
         )
     return manifest
+
+
+# --- an application-specific student as the local model (method: classes) --------------------
+
+
+class GroupedHead(nn.Module):
+    """A classifier over the data set's classes -> the log of its softmax summed per group
+    (the classes of interest, then "other"): the teacher's answer to an application task,
+    so split and offload mode serve the same task as the application-specific local model."""
+
+    def __init__(self, classifier: nn.Module, groups: torch.Tensor) -> None:
+        super().__init__()
+        self.classifier = classifier
+        matrix = nn.functional.one_hot(groups.long(), int(groups.max()) + 1).float()
+        self.register_buffer("matrix", matrix)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.classifier(z), dim=1) @ self.matrix
+        return torch.log(probs.clamp_min(1e-30))
+
+
+def export_classes(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    split_from: str | Path = DEFAULT_ASSETS,
+    task: str | None = None,
+    name: str | None = None,
+    check: bool = True,
+) -> Manifest:
+    """A bundle whose local model is an application-specific student (``method: classes``;
+    its run directory or committed assets) for the task ``task`` (default: the split student's
+    task + ``-<number of classes>``, e.g. ``caltech101-5``), with split and offload mode from
+    ``split_from`` (a run or default assets: the split student and the teacher with its probe)
+    for every task: ImageNet, the full data set's task and the application task (the teacher's
+    probabilities grouped the same way, :class:`GroupedHead`)."""
+    from splitdnn.checkpoints import read_kd_student, read_student
+    from splitdnn.distill.classes import class_groups
+    from splitdnn.distill.kd import whole_student
+    from splitdnn.models import get_teacher
+    from splitdnn.students import get_kd_student
+
+    payload = read_kd_student(source)
+    if payload.get("method") != "classes" or "of_interest" not in payload:
+        raise ExportError(f"{source} is not an application-specific student (method: classes)")
+    checkpoint = read_student(split_from)
+    data_classes = list(payload["data_classes"])
+    if checkpoint.probe is None or list(checkpoint.classes or []) != data_classes:
+        raise ExportError(
+            f"{split_from}: its teacher probe does not answer the student's {len(data_classes)} "
+            "data set classes, so it cannot serve the application task in split mode"
+        )
+    task = task or f"{checkpoint.task}-{len(payload['of_interest'])}"
+    parts = assemble(checkpoint, name=name or f"{task}-{Path(source).name}")
+    if task in parts.labels:
+        raise ExportError(f"task {task!r} is already a task of {split_from}; pick another --task")
+    groups = class_groups(len(data_classes), list(payload["of_interest"]))
+    assert checkpoint.task is not None  # a probe comes with its task
+    parts.classifiers[task] = GroupedHead(parts.classifiers[checkpoint.task], groups)
+    parts.labels[task] = list(payload["classes"])
+    pool, prefix, head = whole_student(payload)
+    spec = get_kd_student(payload["student_name"])
+    parts.local = get_teacher(spec.base)
+    parts.local_backbone = nn.Sequential(pool, prefix, head.rest)
+    parts.local_classifiers = {task: head.classifier}
+    parts.metrics["local_student"] = {
+        "name": spec.name,
+        "input_size": parts.local.input_size // spec.downsample,
+        "classes": list(payload["classes"]),
+        "macs": count_macs(nn.Sequential(pool, prefix, head), parts.local.input_shape),
+        "params": count_params(nn.Sequential(pool, prefix, head)),
+        "validation": payload.get("metrics"),
+    }
+    return export_bundle(parts, out_dir, check=check)

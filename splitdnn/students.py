@@ -527,6 +527,9 @@ class KDStudentSpec:
     base: str
     cut: str
     notes: str = ""
+    #: The input is average-pooled by this factor before ``base`` (2: the 224 px crop becomes
+    #: 112 px, about a quarter of the MACs); 1: none. Part of the student (and of its export).
+    downsample: int = 1
 
 
 KD_STUDENTS: dict[str, KDStudentSpec] = {
@@ -565,6 +568,16 @@ KD_STUDENTS: dict[str, KDStudentSpec] = {
             "efficientnet_lite0",
             "_blocks.7",
             "the local model after the same stage (80 ch, 14x14): local mode, same treatment",
+        ),
+        # Application-specific students (issue #14, method: classes) and their general
+        # control of the same size: EfficientNet-Lite0 on a 2x2 average-pooled crop (112 px,
+        # 23 % of the 224 px local model's MACs), fine-tuned after the same stage (80 ch, 7x7).
+        KDStudentSpec(
+            "efficientnet_lite0_112_tail",
+            "efficientnet_lite0",
+            "_blocks.7",
+            "Lite0 at 112 px (input average-pooled 2x2), fine-tuned after _blocks.7",
+            downsample=2,
         ),
     )
 }

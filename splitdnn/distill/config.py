@@ -207,8 +207,51 @@ class KDConfig(_Strict):
         return value
 
 
+class ClassesConfig(_Strict):
+    """Application-specific distillation (``method: classes``, see :mod:`.classes`): the
+    student answers these classes of the data set plus ``other`` (the rest)."""
+
+    #: The classes of interest: data set class names or label indices (checked against the
+    #: data when the run starts; an unknown name is refused by name).
+    names: list[str | int] = Field(min_length=1)
+    #: The name of the extra output that takes the teacher's remaining probability mass.
+    other: str = "other"
+
+    @field_validator("names")
+    @classmethod
+    def _distinct(cls, value: list[str | int]) -> list[str | int]:
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"classes listed twice: {', '.join(repeated)}")
+        return value
+
+
+def classes_of_interest(config: ClassesConfig, classes: list[str]) -> list[int]:
+    """The label indices of ``config.names`` among the data set's ``classes`` (in the
+    config's order); an unknown name or index is refused by name."""
+    out = []
+    for name in config.names:
+        if isinstance(name, int):
+            if not 0 <= name < len(classes):
+                raise ConfigError(
+                    f"classes.names: index {name} is not a class (the data has {len(classes)})"
+                )
+            out.append(name)
+        elif name in classes:
+            out.append(classes.index(name))
+        else:
+            raise ConfigError(f"classes.names: {name!r} is not a class of the data")
+    if len(set(out)) != len(out):
+        raise ConfigError("classes.names: a class is listed twice (by name and by index)")
+    if config.other in [classes[i] for i in out]:
+        raise ConfigError(f"classes.other: {config.other!r} is also a class of interest")
+    if len(out) == len(classes):
+        raise ConfigError("classes.names: every class is of interest, so 'other' is empty")
+    return out
+
+
 class DistillConfig(_Strict):
-    method: Literal["hnd", "kd", "labels"] = "hnd"
+    method: Literal["hnd", "kd", "labels", "classes"] = "hnd"
     teacher: TeacherConfig = TeacherConfig()
     split_module: str | None = None
     student: StudentConfig = StudentConfig()
@@ -217,7 +260,15 @@ class DistillConfig(_Strict):
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     kd: KDConfig = KDConfig()
+    #: ``method: classes`` only: the classes of interest.
+    classes: ClassesConfig | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _classes_section(self) -> DistillConfig:
+        if (self.method == "classes") != (self.classes is not None):
+            raise ValueError("the classes section goes with method: classes (and only with it)")
+        return self
 
     @model_validator(mode="after")
     def _default_variant(self) -> DistillConfig:

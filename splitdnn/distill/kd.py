@@ -81,6 +81,23 @@ class FineTunedStudent(nn.Module):
         return self.classifier(self.rest(h))
 
 
+def whole_student(payload: dict[str, Any]) -> nn.Module:
+    """The whole student of a ``best.pt`` payload (``method: kd|labels|classes``), from the
+    image (the base's preprocessed crop) to its logits: the input pool (``downsample``), the
+    frozen prefix with ImageNet weights and the trained rest + classifier. In eval mode."""
+    if payload.get("kind") != KD_STUDENT_KIND:
+        raise ConfigError("not a whole-student checkpoint (kind != splitdnn-kd-student)")
+    if payload.get("device_from"):
+        raise ConfigError("a student behind a distilled device part is not a whole student")
+    spec = get_kd_student(payload["student_name"])
+    prefix, rest = frozen_backbone(spec.base, True, spec.cut)
+    classifier = payload["student"]["classifier.weight"]
+    head = FineTunedStudent(rest, nn.Linear(classifier.shape[1], classifier.shape[0]))
+    head.load_state_dict(payload["student"])
+    pool = nn.AvgPool2d(spec.downsample) if spec.downsample > 1 else nn.Identity()
+    return nn.Sequential(pool, prefix, head).eval()
+
+
 class WholeStudentDistillation(Method):
     """Runs one ``method: kd`` or ``method: labels`` config in one run directory.
 
@@ -90,6 +107,8 @@ class WholeStudentDistillation(Method):
 
     score_key = "val_top1"
     evaluate_at_start = True
+    #: The config ``method`` values this class runs (a subclass names its own).
+    methods: tuple[str, ...] = ("kd", "labels")
 
     def __init__(
         self,
@@ -98,8 +117,8 @@ class WholeStudentDistillation(Method):
         progress: bool = True,
         feature_cache: str | Path | None = None,
     ) -> None:
-        if config.method not in ("kd", "labels"):
-            raise ConfigError(f"method {config.method!r} is not whole-student distillation")
+        if config.method not in self.methods:
+            raise ConfigError(f"method {config.method!r} is not run by {type(self).__name__}")
         super().__init__(config, run_dir, progress)
         self.name = config.method
         self.cache_dir = Path(feature_cache) if feature_cache else self.run_dir / "cache"
@@ -162,18 +181,22 @@ class WholeStudentDistillation(Method):
         candidates = [self.run_dir / "teacher_probe.pt"]
         if c.kd.teacher_run is not None:
             candidates.insert(0, c.kd.teacher_run / PROBE)
+        if c.teacher.probe_from is not None:
+            candidates.insert(0, c.teacher.probe_from)
         for path in candidates:
             if path.exists():
                 self.log(f"teacher probe from {path}")
                 return load_linear(path)
         self.log("fitting the teacher's linear probe")
         probe = nn.Linear(feats["pooled"].shape[1], len(self.classes))
-        self._fit_probe(probe, feats, candidates[-1])
+        labels = torch.tensor([s.label for s in self.train_samples])
+        self._fit_probe(probe, feats, labels, candidates[-1])
         return probe.eval()
 
-    def _fit_probe(self, probe: nn.Linear, feats: dict[str, np.ndarray], path: Path) -> None:
+    def _fit_probe(
+        self, probe: nn.Linear, feats: dict[str, np.ndarray], labels: torch.Tensor, path: Path
+    ) -> None:
         """Train ``probe`` on the pooled features (mirrored copies too) and save it."""
-        labels = torch.tensor([s.label for s in self.train_samples])
         c = self.config
         fit_probe(probe, feats["pooled"], labels, c.probe, c.seed, feats.get("flip_pooled"))
         save_atomic(probe.state_dict(), path)
@@ -198,7 +221,33 @@ class WholeStudentDistillation(Method):
         with torch.no_grad():
             return {k: classifier(torch.from_numpy(np.array(v))) for k, v in feats.items()}
 
+    # -- what the student learns (a subclass may group the classes, see .classes) ----------------
+
+    def output_classes(self) -> list[str]:
+        """The student's outputs, in order: the data set's classes."""
+        return self.classes
+
+    def task_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Data set labels -> the student's output indices (here the same)."""
+        return labels
+
+    def task_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Teacher logits -> soft-target logits over the student's outputs (here the same)."""
+        return logits
+
     # -- setup ---------------------------------------------------------------------------------
+
+    def input_backbone(self) -> FrozenBackbone | None:
+        """For a student that sees a downsampled input (``downsample`` > 1): the frozen base
+        behind a ``downsample`` x ``downsample`` average pool, named after the student (cache
+        files); None for a student on the full crop."""
+        spec = self.student_spec
+        if spec.downsample == 1:
+            return None
+        if self.config.kd.device_from is not None:
+            raise ConfigError(f"kd.device_from: {spec.name} sees a downsampled input")
+        prefix, rest = frozen_backbone(spec.base, True, spec.cut)
+        return FrozenBackbone(spec.name, nn.Sequential(nn.AvgPool2d(spec.downsample), prefix), rest)
 
     def device_backbone(self) -> FrozenBackbone | None:
         """With ``kd.device_from``: the distilled student's encoder (frozen, the device part)
@@ -237,19 +286,19 @@ class WholeStudentDistillation(Method):
         # Seeded here, as in fit_linear_probe: kd and labels runs start from the same probe
         # (the local model's), whatever else drew from the generator before.
         torch.manual_seed(self.config.seed)
-        probe = nn.Linear(self.feats["pooled"].shape[1], len(self.classes))
+        probe = nn.Linear(self.feats["pooled"].shape[1], len(self.output_classes()))
         path = self.run_dir / "student_probe.pt"
         if self.config.kd.probe_from is not None:
             probe = load_linear(self.config.kd.probe_from)
-            if probe.out_features != len(self.classes):
+            if probe.out_features != len(self.output_classes()):
                 raise ConfigError(
                     f"kd.probe_from: {self.config.kd.probe_from} has {probe.out_features} "
-                    f"classes, the data {len(self.classes)}"
+                    f"classes, the student {len(self.output_classes())}"
                 )
         elif path.exists():
             probe = load_linear(path)
         else:
-            self._fit_probe(probe, self.feats, path)
+            self._fit_probe(probe, self.feats, self.labels, path)
         return FineTunedStudent(rest, probe)
 
     def setup(self, fresh: bool) -> nn.Module:
@@ -262,13 +311,19 @@ class WholeStudentDistillation(Method):
             "cut": spec.cut,
             "cache_dir": self.cache_dir,
             "progress": self.progress,
-            "backbone": self.device_backbone(),
+            "backbone": self.device_backbone() or self.input_backbone(),
         }
         self.feats = extract_features(spec.base, train, hflip=c.augmentation.hflip, **common)
         self.val_cut = extract_features(spec.base, val, **common)["cut"]
-        self.teacher = self.teacher_logits() if c.method == "kd" else None
-        self.labels = torch.tensor([s.label for s in train])
-        self.val_labels = torch.tensor([s.label for s in val])
+        #: The teacher's own logits (over the data set's classes); ``teacher``: the targets.
+        self.teacher_raw = self.teacher_logits() if c.method != "labels" else None
+        self.teacher = (
+            None
+            if self.teacher_raw is None
+            else {k: self.task_logits(v) for k, v in self.teacher_raw.items()}
+        )
+        self.labels = self.task_labels(torch.tensor([s.label for s in train]))
+        self.val_labels = self.task_labels(torch.tensor([s.label for s in val]))
         self.student = self.initial_student()
         self.student.to(memory_format=torch.channels_last)
         return self.student
@@ -291,13 +346,17 @@ class WholeStudentDistillation(Method):
         kd = self.config.kd
         return kd_loss(out, target, self.labels[idx], kd.temperature, kd.alpha)
 
-    def evaluate(self) -> dict[str, Any]:
+    def val_logits(self) -> torch.Tensor:
+        """The student's logits on the validation images."""
         logits = []
         with torch.no_grad():
             for i in range(0, len(self.val_cut), 64):
                 x = torch.from_numpy(np.array(self.val_cut[i : i + 64], np.float32))
                 logits.append(self.student(x.contiguous(memory_format=torch.channels_last)))
-        out = torch.cat(logits) if logits else torch.zeros(0, 1)
+        return torch.cat(logits) if logits else torch.zeros(0, 1)
+
+    def evaluate(self) -> dict[str, Any]:
+        out = self.val_logits()
         labels = self.val_labels
         record: dict[str, Any] = {
             "images": len(labels),
@@ -322,8 +381,9 @@ class WholeStudentDistillation(Method):
             "base": self.student_spec.base,
             "cut": self.student_spec.cut,
             "device_from": None if c_from is None else str(c_from),
+            "downsample": self.student_spec.downsample,
             "student": self.student.state_dict(),
-            "classes": self.classes,
+            "classes": self.output_classes(),
             "metrics": record,
             "config": self.config.model_dump(mode="json"),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from splitdnn.distill.classes import ClassDistillation
 from splitdnn.distill.config import DistillConfig
 from splitdnn.distill.hnd import HeadDistillation
 from splitdnn.distill.kd import WholeStudentDistillation
@@ -19,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     "hnd": HeadDistillation,
     "kd": WholeStudentDistillation,
     "labels": WholeStudentDistillation,
+    "classes": ClassDistillation,
 }
 
 

