@@ -12,6 +12,7 @@ from typing import Any
 from splitdnn.distill.config import DistillConfig
 from splitdnn.distill.hnd import HeadDistillation
 from splitdnn.distill.kd import WholeStudentDistillation
+from splitdnn.distill.nonn import NoNNDistillation
 from splitdnn.distill.trainer import Method, check_run_dir, train
 
 #: ``method`` value -> the class that runs it.
@@ -19,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     "hnd": HeadDistillation,
     "kd": WholeStudentDistillation,
     "labels": WholeStudentDistillation,
+    "nonn": NoNNDistillation,
 }
 
 
