@@ -16,9 +16,9 @@ strongest edges are kept (a k-nearest-neighbour graph, symmetrised).
 
 Communities come from networkx's Louvain modularity method (seeded, so deterministic). Louvain
 does not know K and its communities differ in size, while NoNN wants K equally sized students;
-so communities are packed into K groups (largest first, each into the smallest group), then
-nodes move from over-full to under-full groups, the one losing least in-group weight first,
-until sizes differ by at most one.
+so communities are merged into K groups (greedily, the pair with the best modularity gain
+whose union fits in C/K filters), then nodes move from over-full to under-full groups, the one
+losing least in-group weight first, until sizes differ by at most one.
 
 numpy and networkx only (networkx is in the ``train`` extra): no torch, no model here.
 """
@@ -31,11 +31,13 @@ import numpy as np
 _CHUNK = 64
 
 
-def coactivation_matrix(activations: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+def coactivation_matrix(activations: np.ndarray, eps: float = 0.05) -> np.ndarray:
     """The dense (C, C) activation-hubs weights of (N, C) per-image filter activations.
 
     Activations are scaled by their overall mean first, so ``eps`` means the same for any
-    layer. The diagonal is zero.
+    layer; it bounds the weight of a pair that happens to fire equally on one image (the
+    rule's 1/|a_i - a_j| is heavy-tailed: with a tiny eps a few coincidences across blocks
+    outweigh consistent co-activation). The diagonal is zero.
     """
     acts = np.asarray(activations, np.float64)
     if acts.ndim != 2 or len(acts) == 0:
@@ -71,6 +73,41 @@ def knn_graph(weights: np.ndarray, neighbours: int):  # -> networkx.Graph
             if j != i and weights[i, j] > 0:
                 graph.add_edge(i, j, weight=float(weights[i, j]))
     return graph
+
+
+def _merge(communities: list[list[int]], weights: np.ndarray, k: int, cap: int) -> list[list[int]]:
+    """Merge communities down to ``k`` groups: each step joins the pair with the largest
+    modularity gain whose union fits in ``cap`` filters (else the two smallest), so groups
+    grow from filters that belong together instead of by size alone."""
+    groups = sorted(communities, key=lambda m: m[0])
+    total = max(float(weights.sum()), 1e-12)
+    degree = weights.sum(1)
+    while len(groups) > k:
+        n = len(groups)
+        index = np.zeros(len(weights), int)
+        for g, members in enumerate(groups):
+            index[members] = g
+        onehot = np.eye(n)[index]  # (C, groups)
+        between = onehot.T @ weights @ onehot
+        deg = onehot.T @ degree
+        sizes = np.array([len(m) for m in groups])
+        gain = between / total - 2 * np.outer(deg, deg) / total**2
+        fits = (sizes[:, None] + sizes[None, :] <= cap) & ~np.eye(n, dtype=bool)
+        if fits.any():
+            gain = np.where(fits, gain, -np.inf)
+            np.fill_diagonal(gain, -np.inf)
+            a, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        else:
+            a, b = (int(i) for i in np.argsort(sizes, kind="stable")[:2])
+        merged = sorted(groups[a] + groups[b])
+        groups = sorted(
+            [g for i, g in enumerate(groups) if i not in (a, b)] + [merged], key=lambda m: m[0]
+        )
+    while len(groups) < k:  # fewer communities than groups: split the largest in halves
+        largest = max(range(len(groups)), key=lambda i: (len(groups[i]), -i))
+        members = groups.pop(largest)
+        groups += [members[: len(members) // 2], members[len(members) // 2 :]]
+    return groups
 
 
 def _balance(groups: list[list[int]], weights: np.ndarray) -> list[list[int]]:
@@ -116,14 +153,7 @@ def partition_filters(
     communities = nx.community.louvain_communities(
         graph, weight="weight", resolution=resolution, seed=seed
     )
-    # largest community first (ties: smallest filter index), each into the smallest group
-    ordered = sorted(
-        (sorted(int(n) for n in com) for com in communities), key=lambda m: (-len(m), m[0])
-    )
-    groups: list[list[int]] = [[] for _ in range(k)]
-    for members in ordered:
-        smallest = min(range(k), key=lambda g: (len(groups[g]), g))
-        groups[smallest] += members
+    groups = _merge([sorted(int(n) for n in com) for com in communities], weights, k, -(-c // k))
     groups = _balance(groups, weights)
     # a canonical order: groups by their smallest filter
     return sorted(groups, key=lambda g: g[0])
