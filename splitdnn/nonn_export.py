@@ -207,6 +207,7 @@ def served_accuracy(
     join = bundle.join()
     spec = bundle.preprocessing
     hits, sizes, ms = 0, [[] for _ in models], [[] for _ in models]
+    correct: list[bool] = []
     for sample in val:
         x = load_input(Path(sample.path).read_bytes(), spec)
         feats = []
@@ -217,7 +218,8 @@ def served_accuracy(
             env = wire.encode(f, bundle_id=bundle.id, quantisation=quantisation)
             sizes[i].append(len(env))
             feats.append(wire.decode_array(env, bundle_id=bundle.id)[1])
-        hits += int(np.argmax(join(feats)[0]) == sample.label)
+        correct.append(bool(np.argmax(join(feats)[0]) == sample.label))
+        hits += int(correct[-1])
     n = len(val)
     return {
         "images": n,
@@ -226,6 +228,48 @@ def served_accuracy(
         "quantisation": quantisation,
         "envelope_bytes": [int(max(s)) if s else 0 for s in sizes],
         "member_ms_median": [round(float(np.median(m)), 2) if m else 0.0 for m in ms],
+        "correct": correct,
+    }
+
+
+def teacher_correct(config_path: Path) -> list[bool]:
+    """The teacher's (cached maps, its probe) correctness on the config's validation images,
+    in the same order as :func:`served_accuracy`."""
+    from splitdnn.checkpoints import load_linear
+    from splitdnn.distill.nonn import teacher_maps
+
+    config = parse_config(
+        __import__("yaml").safe_load(config_path.read_text()), config_path.resolve().parent
+    )
+    _, val, _, _ = config_samples(config)
+    if config.teacher.probe_from is None or config.nonn.cache_dir is None:
+        raise ExportError("teacher figures need teacher.probe_from and nonn.cache_dir")
+    pooled = teacher_maps(
+        config.teacher.name,
+        val,
+        pretrained=config.teacher.pretrained,
+        weights=config.teacher.weights,
+        cache_dir=config.nonn.cache_dir,
+    )["pooled"]
+    with torch.no_grad():
+        logits = load_linear(config.teacher.probe_from)(torch.from_numpy(np.array(pooled)))
+    return [bool(p == s.label) for p, s in zip(logits.argmax(1).tolist(), val, strict=True)]
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Top-1 of ``a`` minus top-1 of ``b`` on the same images, in points, with a 95 % normal
+    interval of the paired difference, and the discordant counts."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    n = len(d)
+    half = 1.96 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    return {
+        "points": round(100 * float(d.mean()), 2),
+        "ci95": (
+            round(100 * (float(d.mean()) - half), 2),
+            round(100 * (float(d.mean()) + half), 2),
+        ),
+        "only_first_right": int((d > 0).sum()),
+        "only_second_right": int((d < 0).sum()),
     }
 
 
@@ -249,10 +293,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"NoNN bundle {bundle.id} -> {args.out}")
         return
     bundle = load_nonn_bundle(args.bundle)
+    served = served_accuracy(bundle, args.config, args.quantisation)
+    teacher = teacher_correct(args.config)
     record = {
         "bundle": bundle.id,
-        "served": served_accuracy(bundle, args.config, args.quantisation),
+        "served": {k: v for k, v in served.items() if k != "correct"},
+        "teacher": {
+            "images": len(teacher),
+            "top1": round(100 * sum(teacher) / max(len(teacher), 1), 2),
+            "ci95": wilson(sum(teacher), len(teacher)),
+        },
+        "served_minus_teacher": paired_difference(served["correct"], teacher),
         "members": member_costs(args.run),
+        "correct": [int(c) for c in served["correct"]],
     }
     text = json.dumps(record, indent=2)
     if args.out:
