@@ -4,6 +4,9 @@
 pooled features: the shared frozen prefix, the member's slice, global pooling), ``join.npz``
 and ``nonn.json`` (:mod:`splitdnn.nonn_bundle`). Each member file is checked against torch.
 
+``python -m splitdnn.nonn_export assets RUN --out DIR``: the trained slices and join in float16
+safetensors + JSON (a few MB, committed); ``export`` takes such a folder in place of RUN.
+
 ``python -m splitdnn.nonn_export figures BUNDLE --config CFG [--control RUN]``: the served
 path on the config's validation images (which pick no checkpoint with ``train.keep: last``):
 each member in onnxruntime, its features through the wire format (uint8 by default) and back,
@@ -58,9 +61,58 @@ class MemberPart(nn.Module):
         return self.member.pooled(self.prefix(x))
 
 
+ASSET_WEIGHTS, ASSET_INFO = "nonn_student.safetensors", "nonn_student.json"
+
+
+def save_assets(run: Path, out: Path) -> Path:
+    """The run's trained weights as small committed assets: the members' trainable slices
+    and the join in float16 safetensors (the frozen prefix is the installed ImageNet weights),
+    and a JSON of groups, classes, config, metrics and the members' mean features."""
+    from safetensors.torch import save_file
+
+    payload, members, _, _ = load_run(run)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().half().contiguous() for k, v in payload["student"].items()}
+    save_file(state, str(out / ASSET_WEIGHTS))
+    info = {k: v for k, v in payload.items() if k != "student"}
+    info["means"] = [round(float(x), 6) for x in _member_means(payload, members, run)]
+    (out / ASSET_INFO).write_text(json.dumps(info) + "\n")
+    return out
+
+
+def _payload(run: Path) -> dict[str, Any]:
+    """``best.pt`` of a run directory, or the committed assets of :func:`save_assets`."""
+    if (run / ASSET_INFO).exists() and not (run / "best.pt").exists():
+        from safetensors.torch import load_file
+
+        payload = json.loads((run / ASSET_INFO).read_text())
+        weights = load_file(str(run / ASSET_WEIGHTS))
+        payload["student"] = {k: v.float() for k, v in weights.items()}
+        return payload
+    return load_torch(run / "best.pt", "NoNN checkpoint")
+
+
+def _member_means(payload: dict[str, Any], members: list[NoNNMember], run: Path) -> np.ndarray:
+    """The members' mean pooled features on the training images (from the run's cache)."""
+    if "means" in payload:
+        return np.asarray(payload["means"], np.float64)
+    spec = get_nonn_student(payload["student_name"])
+    config = parse_config(payload["config"])
+    train, _, _, _ = config_samples(config)
+    cache = config.nonn.cache_dir or run / "cache"
+    cut = extract_features(spec.base, train, cut=spec.cut, cache_dir=cache)["cut"]
+    sums = np.zeros(sum(m.head.out_channels for m in members))
+    with torch.no_grad():
+        for i in range(0, len(cut), 128):
+            h = torch.from_numpy(np.asarray(cut[i : i + 128], np.float32))
+            sums += torch.cat([m.pooled(h) for m in members], 1).sum(0).double().numpy()
+    return sums / max(len(cut), 1)
+
+
 def load_run(run: Path) -> tuple[dict[str, Any], list[NoNNMember], nn.Linear, nn.Module]:
-    """The run's ``best.pt``: payload, trained members, join layer and the frozen prefix."""
-    payload = load_torch(run / "best.pt", "NoNN checkpoint")
+    """A run's ``best.pt`` (or its saved assets): payload, trained members, join layer and
+    the frozen prefix."""
+    payload = _payload(run)
     if payload.get("kind") != "splitdnn-nonn":
         raise ExportError(f"{run} is not a NoNN run (kind {payload.get('kind')!r})")
     spec = get_nonn_student(payload["student_name"])
@@ -106,19 +158,12 @@ def export_nonn(run: Path, out: Path, name: str = "nonn") -> NoNNBundle:
         _check(path, part, example)
         files.append((path.name, member.head.out_channels))
     # the members' mean features on the training images: a degraded answer's stand-in
-    train, _, _, _ = config_samples(config)
-    cache = config.nonn.cache_dir or run / "cache"
-    cut = extract_features(spec.base, train, cut=spec.cut, cache_dir=cache)["cut"]
-    sums = np.zeros(sum(c for _, c in files))
-    with torch.no_grad():
-        for i in range(0, len(cut), 128):
-            h = torch.from_numpy(np.asarray(cut[i : i + 128], np.float32))
-            sums += torch.cat([m.pooled(h) for m in members], 1).sum(0).double().numpy()
+    means = _member_means(payload, members, run)
     save_join(
         out / JOIN_FILE,
         join.weight.detach().numpy(),
         join.bias.detach().numpy(),
-        sums / max(len(cut), 1),
+        means,
     )
     metrics = {k: v for k, v in payload["metrics"].items() if isinstance(v, int | float)}
     write_nonn_manifest(
@@ -160,7 +205,7 @@ def member_costs(run: Path) -> list[dict[str, Any]]:
     """Per member: MACs and parameters (prefix + slice), fp32 weight memory, the largest
     activation (fp32 bytes) of one image."""
     _, members, _, prefix = load_run(run)
-    spec = get_nonn_student(load_torch(run / "best.pt")["student_name"])
+    spec = get_nonn_student(_payload(run)["student_name"])
     size = get_teacher(spec.base).preprocessing.size
     rows = []
     for member in members:
@@ -280,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("run", type=Path)
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--name", default="nonn")
+    a = sub.add_parser("assets", help="save a run's small trained weights for committing")
+    a.add_argument("run", type=Path)
+    a.add_argument("--out", type=Path, required=True)
     f = sub.add_parser("figures")
     f.add_argument("bundle", type=Path)
     f.add_argument("--run", type=Path, required=True)
@@ -288,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.command == "assets":
+        print(f"NoNN assets -> {save_assets(args.run, args.out)}")
+        return
     if args.command == "export":
         bundle = export_nonn(args.run, args.out, args.name)
         print(f"NoNN bundle {bundle.id} -> {args.out}")
