@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from gateway import routes
+from gateway import nonn, routes
 from gateway.settings import GatewaySettings, get_settings
 from services.common.deps import InFlightLimiter, create_service_app
 
@@ -20,8 +20,10 @@ from services.common.deps import InFlightLimiter, create_service_app
 def create_app(
     settings: GatewaySettings | None = None,
     head_transport: httpx.AsyncBaseTransport | None = None,
+    member_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """The gateway app; ``head_transport`` lets tests put a fake head behind it."""
+    """The gateway app; ``head_transport`` (``member_transport``) lets tests put a fake
+    head (NoNN members) behind it."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -29,18 +31,25 @@ def create_app(
         headers = {}
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
-        async with httpx.AsyncClient(
-            base_url=settings.head_url,
-            headers=headers,
-            timeout=httpx.Timeout(settings.timeout_s, connect=2.0, pool=1.0),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-            transport=head_transport,
-        ) as client:
-            yield {"head": client}
+        async with (
+            httpx.AsyncClient(
+                base_url=settings.head_url,
+                headers=headers,
+                timeout=httpx.Timeout(settings.timeout_s, connect=2.0, pool=1.0),
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                transport=head_transport,
+            ) as client,
+            httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                transport=member_transport,
+            ) as members,
+        ):
+            yield {"head": client, "nonn": nonn.load_state(settings, members)}
 
     app = create_service_app(
         "gateway",
-        "POST /classify?mode=split|local|offload|auto in front of the head service.",
+        "POST /classify?mode=split|local|offload|auto in front of the head service; "
+        "mode=nonn fans out to the NoNN members.",
         lifespan=lifespan,
         router=routes.router,
         get_settings=get_settings,

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from gateway.nonn import NoNNState, classify_nonn
 from gateway.settings import GatewaySettings, Mode, get_settings
 from services.common.context import REQUEST_ID, RequestContext
 from services.common.deps import Context, limit_in_flight, read_capped
@@ -153,7 +154,8 @@ async def classify(
     context: Context,
     settings: Settings,
     mode: Annotated[
-        Mode | None, Query(description="split | local | offload | auto; default from settings")
+        Mode | None,
+        Query(description="split | local | offload | auto | nonn; default from settings"),
     ] = None,
     task: Annotated[str | None, Query(description="Task head; default from the bundle")] = None,
     k: Annotated[int, Query(alias="top_k", ge=1, le=100)] = 5,
@@ -173,6 +175,14 @@ async def classify(
     image = await extract_image(request, settings.max_image_bytes)
     sniff(image, settings.max_pixels)
     mode = mode or settings.default_mode
+    if mode == "nonn":
+        nonn: NoNNState | None = request.state.nonn
+        answer = await classify_nonn(nonn, image, k, quantisation, context)
+        context.record("members", answer["timings_ms"]["transfer"] / 1000)
+        answer["timings_ms"]["total"] = round((time.perf_counter() - start) * 1000, 3)
+        answer["request_id"] = context.request_id
+        answer["image_bytes"] = len(image)
+        return answer
     params = {
         "task": task,
         "top_k": k,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -10,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings
 
-Mode = Literal["split", "local", "offload", "auto"]
+Mode = Literal["split", "local", "offload", "auto", "nonn"]
 
 
 class GatewaySettings(BaseServiceSettings):
@@ -33,6 +34,24 @@ class GatewaySettings(BaseServiceSettings):
         gt=0,
         description="Requests forwarded at once; more get 503 + Retry-After at once, before "
         "their body is read (so at most this many bodies are buffered).",
+    )
+    # -- mode=nonn (gateway/nonn.py) --
+    nonn_bundle: Path | None = Field(
+        default=None,
+        validation_alias="SPLITDNN_NONN_BUNDLE",  # no prefix: the members load the same one
+        description="NoNN bundle (its join layer runs here); unset: mode=nonn answers 422.",
+    )
+    member_urls: list[str] = Field(
+        default_factory=list,
+        description="NoNN member base URLs in member order (JSON list: '[\"http://m0:8010\"]').",
+    )
+    member_timeout_s: float = Field(
+        default=5.0, gt=0, description="Deadline of each member call (mode=nonn)."
+    )
+    nonn_degraded: bool = Field(
+        default=True,
+        description="A member down or late: answer from the others with its training-mean "
+        "features (degraded: true), or 503 when false.",
     )
     token: SecretStr | None = Field(
         default=None,

@@ -5,7 +5,7 @@
     splitdnn student TEACHER -b B    what a bottleneck student costs next to the teacher head
     splitdnn export run|default|assets  a bundle (ONNX + manifest) from a run or the default
     splitdnn evaluate PATH --data D  accuracy of every served mode (bundle) or of a run
-    splitdnn distill CONFIG          head network distillation, kd, labels (resumable)
+    splitdnn distill CONFIG          hnd, kd, labels, classes, nonn (resumable)
     splitdnn serve ...               the services, without Docker (splitdnn.cli_serve)
 
 Heavy imports (torch, onnxruntime, matplotlib) happen inside the commands, so ``splitdnn
@@ -648,7 +648,8 @@ def distill(
     ] = False,
 ) -> None:
     """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student),
-    classes (a whole student for chosen classes + other, Distill-Net)."""
+    classes (a whole student for chosen classes + other, Distill-Net), nonn (K students on
+    disjoint groups of the teacher's last filters; export with `python -m splitdnn.nonn_export`)."""
     from splitdnn.distill.config import load_config
     from splitdnn.distill.methods import run_config
 

@@ -22,7 +22,7 @@ from pydantic import (
 from splitdnn.data import Sample, select_samples
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.models import get_teacher
-from splitdnn.students import KD_STUDENTS, default_variant, student_problem
+from splitdnn.students import KD_STUDENTS, NONN_STUDENTS, default_variant, student_problem
 
 
 class _Strict(BaseModel):
@@ -250,8 +250,40 @@ def classes_of_interest(config: ClassesConfig, classes: list[str]) -> list[int]:
     return out
 
 
+class NoNNConfig(_Strict):
+    """``method: nonn`` (see :mod:`splitdnn.distill.nonn`)."""
+
+    #: The member family (``splitdnn.students.NONN_STUDENTS``).
+    student: str = "efficientnet_lite0_slice"
+    #: K: members, one per group of the teacher's last conv filters.
+    students: int = Field(default=2, ge=1, le=16)
+    #: Share of each sliced block's expanded channels a member keeps (default ``1/students``).
+    width: float | None = Field(default=None, gt=0, le=1)
+    #: Training images whose teacher activations build the filter co-activation graph.
+    graph_images: int = Field(default=1000, ge=2)
+    #: Edges kept per filter in that graph, and Louvain's resolution.
+    neighbours: int = Field(default=16, ge=1)
+    resolution: float = Field(default=1.0, gt=0)
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.9, ge=0, le=1)
+    #: Weight of the attention-transfer term (each member on its group's attention map).
+    attention_weight: float = Field(default=10.0, ge=0)
+    #: Where the teacher's maps and the members' inputs are cached (default ``run/cache``);
+    #: runs on the same data can share it.
+    cache_dir: Path | None = None
+
+    @field_validator("student")
+    @classmethod
+    def _known_member(cls, value: str) -> str:
+        if value not in NONN_STUDENTS:
+            raise ValueError(
+                f"unknown nonn student {value!r}; registered: {', '.join(sorted(NONN_STUDENTS))}"
+            )
+        return value
+
+
 class DistillConfig(_Strict):
-    method: Literal["hnd", "kd", "labels", "classes"] = "hnd"
+    method: Literal["hnd", "kd", "labels", "classes", "nonn"] = "hnd"
     teacher: TeacherConfig = TeacherConfig()
     split_module: str | None = None
     student: StudentConfig = StudentConfig()
@@ -262,6 +294,7 @@ class DistillConfig(_Strict):
     kd: KDConfig = KDConfig()
     #: ``method: classes`` only: the classes of interest.
     classes: ClassesConfig | None = None
+    nonn: NoNNConfig = NoNNConfig()
     seed: int = 0
 
     @model_validator(mode="after")
@@ -306,6 +339,7 @@ PATH_KEYS = (
     ("kd", "teacher_run"),
     ("kd", "device_from"),
     ("kd", "probe_from"),
+    ("nonn", "cache_dir"),
     ("teacher", "probe_from"),
     ("teacher", "weights"),
     ("train", "init_from"),

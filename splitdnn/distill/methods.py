@@ -13,6 +13,7 @@ from splitdnn.distill.classes import ClassDistillation
 from splitdnn.distill.config import DistillConfig
 from splitdnn.distill.hnd import HeadDistillation
 from splitdnn.distill.kd import WholeStudentDistillation
+from splitdnn.distill.nonn import NoNNDistillation
 from splitdnn.distill.trainer import Method, check_run_dir, train
 
 #: ``method`` value -> the class that runs it.
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     "kd": WholeStudentDistillation,
     "labels": WholeStudentDistillation,
     "classes": ClassDistillation,
+    "nonn": NoNNDistillation,
 }
 
 

@@ -1,0 +1,1 @@
+"""NoNN member service: one student on the image, its pooled features in the wire format."""

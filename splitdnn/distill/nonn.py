@@ -1,0 +1,349 @@
+"""Network of Neural Networks (``method: nonn``): K disjoint students, one per part of the
+teacher's last convolutional layer, joined by one small final layer.
+
+NoNN (Bhardwaj, Suda, Marculescu, "Memory- and Communication-Aware Model Compression for
+Distributed Deep Learning Inference on IoT", 2019):
+
+1. the teacher's last conv filters are partitioned into K groups by community detection on a
+   filter co-activation graph built from real training images
+   (:func:`splitdnn.partition.partition_filters`: activation-hubs weights, Louvain, balanced);
+2. student k learns the attention map of group k — ``sum_c a_c^2`` over the group's
+   channels, L2-normalised (Zagoruyko & Komodakis 2017) — on its own output maps, while
+3. all students together learn the teacher's soft output through one final linear layer
+   over their concatenated pooled features (Hinton KD, :func:`splitdnn.distill.losses.kd_loss`).
+
+At inference each student runs alone on the image (one device each) and sends only its pooled
+features; the final layer joins them. No student talks to another.
+
+**Students, and why.** From scratch on 5k Caltech-101 images on a shared CPU, K students would
+not come near the teacher in an hour. A member is a *slice* of an ImageNet-pretrained
+EfficientNet-Lite0 (:func:`splitdnn.students.nonn_member`): the network through ``cut`` is
+frozen and shared (its activations are cached once per image), the blocks after it keep a
+``1/K`` share of their expanded channels and the head conv the group's channel count. The
+control ``nonn.students: 1`` (full width) is one student whose trainable part has the members'
+total size, trained with the same losses, data and budget.
+
+BatchNorm layers keep their ImageNet statistics (members stay in eval mode), as in :mod:`.kd`.
+The teacher (Lite2 + its Caltech-101 probe) runs once per image: its last maps are cached
+(fp16) and give the graph, the attention targets and, through the probe, the soft targets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from splitdnn.checkpoints import load_linear, save_atomic
+from splitdnn.data import Sample, load_crops
+from splitdnn.distill.config import DistillConfig, config_samples
+from splitdnn.distill.losses import kd_loss
+from splitdnn.distill.probe import extract_features, fit_probe
+from splitdnn.distill.trainer import Method
+from splitdnn.errors import ConfigError
+from splitdnn.metrics import top1, topk_hits
+from splitdnn.models import build_teacher, get_teacher
+from splitdnn.partition import partition_filters
+from splitdnn.students import NoNNMember, get_nonn_student, nonn_member
+from splitdnn.teacher import normalise_batch
+
+NONN_KIND = "splitdnn-nonn"
+_CACHE_VERSION = "1"
+
+
+class NoNNModel(nn.Module):
+    """K members and the join layer. Input: the shared frozen prefix's activations; output:
+    logits and each member's feature maps. Always in eval mode (BatchNorm statistics kept)."""
+
+    def __init__(self, members: Sequence[NoNNMember], join: nn.Linear) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.join = join
+        self.requires_grad_(True)
+        self.eval()
+
+    def train(self, mode: bool = True) -> NoNNModel:
+        return super().train(False)
+
+    def features(self, h: torch.Tensor) -> list[torch.Tensor]:
+        return [m(h) for m in self.members]
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        maps = self.features(h)
+        return self.join(torch.cat([m.mean((2, 3)) for m in maps], 1)), maps
+
+
+def attention(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Zagoruyko's attention map of (N, C, H, W) maps: mean of squares over channels,
+    resized to ``size`` by area averaging, flattened and L2-normalised: (N, H*W)."""
+    a = maps.float().pow(2).mean(1, keepdim=True)
+    if size is not None and tuple(a.shape[-2:]) != tuple(size):
+        a = F.adaptive_avg_pool2d(a, size)
+    return F.normalize(a.flatten(1), dim=1)
+
+
+def _pool_module(model: nn.Module) -> nn.Module:
+    pools = [m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    if not pools:
+        raise ConfigError("nonn: the teacher has no global average pooling to read maps from")
+    return pools[-1]
+
+
+def teacher_maps(
+    name: str,
+    samples: Sequence[Sample],
+    *,
+    pretrained: bool = True,
+    weights: Path | None = None,
+    cache_dir: Path,
+    progress: bool = False,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """The teacher's last feature maps (N, C, H, W) float16 (the input of its global pooling)
+    and pooled features (N, C) float32, cached under a key of teacher and sample list."""
+    spec = get_teacher(name)
+    parts = [_CACHE_VERSION, name, str(pretrained), str(weights or "")]
+    parts += [f"{s.path}:{s.label}" for s in samples]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    paths = {k: cache_dir / f"{name}-{key}-{k}.npy" for k in ("maps", "pooled")}
+    if all(p.exists() for p in paths.values()):
+        return {k: np.load(p, mmap_mode="r") for k, p in paths.items()}
+    model = build_teacher(name, pretrained, weights).eval()
+    captured: list[torch.Tensor] = []
+    hook = _pool_module(model).register_forward_hook(lambda _m, i, _o: captured.append(i[0]))
+    crops = load_crops(samples, spec.preprocessing, progress)
+    out: dict[str, list[np.ndarray]] = {"maps": [], "pooled": []}
+    batches: Any = range(0, len(crops), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=f"{name} maps", unit="batch")
+    with torch.no_grad():
+        for i in batches:
+            captured.clear()
+            model(normalise_batch(crops[i : i + batch_size], spec.preprocessing))
+            maps = captured[-1].float()
+            out["maps"].append(maps.half().numpy())
+            out["pooled"].append(maps.mean((2, 3)).numpy())
+    hook.remove()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in out.items()}
+    for k, array in arrays.items():
+        tmp = paths[k].with_suffix(".tmp.npy")
+        np.save(tmp, array)
+        tmp.replace(paths[k])
+    return arrays
+
+
+class NoNNDistillation(Method):
+    """Runs one ``method: nonn`` config in one run directory. ``partition.json`` holds the
+    filter groups; epoch 0 of ``metrics.jsonl`` is the untrained slices with a fitted join."""
+
+    name = "nonn"
+    score_key = "val_top1"
+    evaluate_at_start = True
+
+    def __init__(self, config: DistillConfig, run_dir: str | Path, progress: bool = True) -> None:
+        if config.method != "nonn":
+            raise ConfigError(f"method {config.method!r} is not nonn")
+        if config.augmentation.hflip:
+            raise ConfigError("nonn: augmentation.hflip is not supported; set it to false")
+        super().__init__(config, run_dir, progress)
+        n = config.nonn
+        self.spec = get_nonn_student(n.student)
+        self.cache_dir = n.cache_dir if n.cache_dir is not None else self.run_dir / "cache"
+
+    # -- teacher -------------------------------------------------------------------------------
+
+    def _teacher_probe(self, pooled: np.ndarray) -> nn.Module:
+        c = self.config
+        if c.teacher.classifier == "imagenet":
+            model = build_teacher(c.teacher.name, c.teacher.pretrained, c.teacher.weights)
+            return model.get_submodule(get_teacher(c.teacher.name).classifier).eval()
+        if c.teacher.probe_from is not None:
+            return load_linear(c.teacher.probe_from).eval()
+        path = self.cache_dir / "teacher_probe.pt"
+        probe = nn.Linear(pooled.shape[1], len(self.classes))
+        if path.exists():
+            probe.load_state_dict(torch.load(path, weights_only=True))
+            return probe.eval()
+        self.log("fitting the teacher's linear probe")
+        torch.manual_seed(c.seed)
+        fit_probe(probe, pooled, self.labels, c.probe, c.seed)
+        save_atomic(probe.state_dict(), path)
+        return probe.eval()
+
+    def _partition(self, pooled: np.ndarray) -> list[list[int]]:
+        """The groups, computed once (``partition.json``) from ``graph_images`` training
+        images drawn with the seed."""
+        path = self.run_dir / "partition.json"
+        n = self.config.nonn
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved["students"] == n.students and saved["filters"] == pooled.shape[1]:
+                return saved["groups"]
+        rng = np.random.default_rng(self.config.seed)
+        count = min(n.graph_images, len(pooled))
+        chosen = np.sort(rng.choice(len(pooled), count, replace=False))
+        acts = np.asarray(pooled[chosen], np.float32)
+        self.log(f"partitioning {acts.shape[1]} filters into {n.students} on {count} images")
+        groups = partition_filters(
+            acts,
+            n.students,
+            seed=self.config.seed,
+            neighbours=n.neighbours,
+            resolution=n.resolution,
+        )
+        path.write_text(
+            json.dumps(
+                {
+                    "students": n.students,
+                    "filters": int(acts.shape[1]),
+                    "graph_images": count,
+                    "seed": self.config.seed,
+                    "sizes": [len(g) for g in groups],
+                    "groups": groups,
+                }
+            )
+        )
+        return groups
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def setup(self, fresh: bool) -> nn.Module:
+        c, n = self.config, self.config.nonn
+        train, val, classes, _ = config_samples(c)
+        self.train_samples, self.val, self.classes = train, val, classes
+        self.labels = torch.tensor([s.label for s in train])
+        self.val_labels = torch.tensor([s.label for s in val])
+        self.log(f"{len(train)} training / {len(val)} validation images, {len(classes)} classes")
+        common = {"pretrained": c.teacher.pretrained, "weights": c.teacher.weights}
+        t_train = teacher_maps(
+            c.teacher.name, train, cache_dir=self.cache_dir, progress=self.progress, **common
+        )
+        t_val = teacher_maps(
+            c.teacher.name, val, cache_dir=self.cache_dir, progress=self.progress, **common
+        )
+        self.groups = self._partition(t_train["pooled"])
+        probe = self._teacher_probe(t_train["pooled"])
+        with torch.no_grad():
+            self.teacher_logits = probe(torch.from_numpy(np.array(t_train["pooled"])))
+            self.val_teacher = probe(torch.from_numpy(np.array(t_val["pooled"])))
+        spec = self.spec
+        cut = {"cut": spec.cut, "cache_dir": self.cache_dir, "progress": self.progress}
+        self.cut = extract_features(spec.base, train, **cut)["cut"]
+        self.val_cut = extract_features(spec.base, val, **cut)["cut"]
+        members = [
+            nonn_member(spec, k, n.students, len(g), n.width) for k, g in enumerate(self.groups)
+        ]
+        with torch.no_grad():
+            size = tuple(members[0](self._h(self.cut, np.arange(1))).shape[-2:])
+        self.attention = self._teacher_attention(t_train["maps"], size)
+        self.val_attention = self._teacher_attention(t_val["maps"], size)
+        join = nn.Linear(sum(len(g) for g in self.groups), len(classes))
+        model = NoNNModel(members, join)
+        if fresh:
+            self._fit_join(model)
+        self.student = model
+        return model
+
+    def _teacher_attention(self, maps: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
+        """(N, K, H*W) attention of each group of the teacher's maps at the members' size."""
+        out = []
+        for i in range(0, len(maps), 128):
+            chunk = torch.from_numpy(np.asarray(maps[i : i + 128], np.float32))
+            out.append(torch.stack([attention(chunk[:, g], size) for g in self.groups], 1))
+        return torch.cat(out)
+
+    @staticmethod
+    def _h(cut: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(cut[idx], np.float32))
+
+    def _pooled(self, model: NoNNModel, cut: np.ndarray) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(cut), 64):
+                h = self._h(cut, np.arange(i, min(i + 64, len(cut))))
+                out.append(torch.cat([m.mean((2, 3)) for m in model.features(h)], 1))
+        return torch.cat(out)
+
+    def _fit_join(self, model: NoNNModel) -> None:
+        """Start the join layer as a linear probe on the untrained members' features, so
+        epoch 0 is a meaningful baseline."""
+        self.log("fitting the join layer on the untrained members' features")
+        torch.manual_seed(self.config.seed)
+        fit_probe(
+            model.join,
+            self._pooled(model, self.cut),
+            self.labels,
+            self.config.probe,
+            self.config.seed,
+        )
+
+    def num_samples(self) -> int:
+        return len(self.train_samples)
+
+    # -- one step and scoring --------------------------------------------------------------------
+
+    def loss(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        n = self.config.nonn
+        logits, maps = self.student(self._h(self.cut, idx))
+        loss = kd_loss(logits, self.teacher_logits[idx], self.labels[idx], n.temperature, n.alpha)
+        if n.attention_weight > 0:
+            target = self.attention[idx]
+            at = sum((attention(m) - target[:, k]).pow(2).sum(1).mean() for k, m in enumerate(maps))
+            loss = loss + n.attention_weight * at / len(maps)
+        return loss
+
+    def evaluate(self) -> dict[str, Any]:
+        logits, at = [], []
+        with torch.no_grad():
+            for i in range(0, len(self.val_cut), 64):
+                idx = np.arange(i, min(i + 64, len(self.val_cut)))
+                out, maps = self.student(self._h(self.val_cut, idx))
+                logits.append(out)
+                at.append(
+                    torch.stack(
+                        [
+                            (attention(m) - self.val_attention[idx, k]).pow(2).sum(1)
+                            for k, m in enumerate(maps)
+                        ],
+                        1,
+                    )
+                )
+        out = torch.cat(logits) if logits else torch.zeros(0, 1)
+        labels, teacher = self.val_labels, self.val_teacher
+        return {
+            "images": len(labels),
+            "val_top1": top1(out, labels),
+            "val_top5": 100.0 * topk_hits(out, labels, 5) / max(len(labels), 1),
+            "teacher_top1": top1(teacher, labels),
+            "agreement": 100.0 * float((teacher.argmax(1) == out.argmax(1)).float().mean()),
+            "attention_distance": [round(float(v), 5) for v in torch.cat(at).mean(0)],
+        }
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return f"top-1 {record['val_top1']:.2f} (teacher {record['teacher_top1']:.2f})"
+
+    def best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
+        n = self.config.nonn
+        return {
+            "kind": NONN_KIND,
+            "student_name": self.spec.name,
+            "base": self.spec.base,
+            "cut": self.spec.cut,
+            "students": n.students,
+            "width": n.width,
+            "groups": self.groups,
+            "student": self.student.state_dict(),
+            "classes": self.classes,
+            "metrics": record,
+            "config": self.config.model_dump(mode="json"),
+        }

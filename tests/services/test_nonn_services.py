@@ -1,0 +1,225 @@
+"""NoNN serving (issue #14, item 4) with real services on 127.0.0.1: two member services and
+a gateway in ``mode=nonn`` fan out, join and answer; a stopped or silent member gives a
+degraded answer (or 503 problem+json when so configured), never a hang; bad input is 4xx."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from helpers import assert_problem, free_port
+
+from splitdnn import serve, wire
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+MEMBER_APP = "services.member.app:create_app"
+#: A guard only (the gateway's own member deadline is 2 s): a hang fails here, not forever.
+CLIENT_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def nonn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from toy_nonn_bundle import build_toy_nonn_bundle
+
+    directory = tmp_path_factory.mktemp("toy-nonn")
+    build_toy_nonn_bundle(directory)
+    return directory
+
+
+def _start(app: str, env: dict[str, str]) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    command = serve.uvicorn_command(app, "127.0.0.1", port, "warning")
+    process = subprocess.Popen(command, env={**os.environ, **env})
+    return f"http://127.0.0.1:{port}", process
+
+
+@contextmanager
+def members(bundle: Path) -> Iterator[list[tuple[str, subprocess.Popen]]]:
+    started = []
+    try:
+        for i in range(2):
+            env = {
+                "SPLITDNN_NONN_BUNDLE": str(bundle),
+                "SPLITDNN_MEMBER_INDEX": str(i),
+                "SPLITDNN_MEMBER_INTRA_OP_THREADS": "1",
+            }
+            started.append(_start(MEMBER_APP, env))
+        for url, process in started:
+            assert serve.wait_ready(url + "/v2/health/ready", 60, process), "member not ready"
+        yield started
+    finally:
+        serve.stop_processes(p for _, p in started)
+
+
+@contextmanager
+def gateway(bundle: Path, urls: list[str], degraded: bool = True) -> Iterator[str]:
+    env = {
+        "SPLITDNN_NONN_BUNDLE": str(bundle),
+        "SPLITDNN_GATEWAY_MEMBER_URLS": json.dumps(urls),
+        "SPLITDNN_GATEWAY_MEMBER_TIMEOUT_S": "2",
+        "SPLITDNN_GATEWAY_NONN_DEGRADED": str(degraded).lower(),
+        "SPLITDNN_GATEWAY_HEAD_URL": "http://127.0.0.1:9",  # no head: only mode=nonn is used
+    }
+    url, process = _start(serve.GATEWAY_APP, env)
+    try:
+        assert serve.wait_ready(url + "/v2/health/live", 60, process), "gateway not live"
+        yield url
+    finally:
+        serve.stop_processes([process])
+
+
+def _expected(bundle: Path, image: bytes, missing: tuple[int, ...] = ()) -> int:
+    """The top class computed here: each member's ONNX file, uint8 through the wire format,
+    the numpy join (training means for missing members)."""
+    from splitdnn.imaging import load_input
+    from splitdnn.nonn_bundle import load_nonn_bundle
+    from splitdnn.runtime import OnnxModel
+
+    nb = load_nonn_bundle(bundle)
+    x = load_input(image, nb.preprocessing)
+    feats = []
+    for i in range(len(nb.manifest.members)):
+        if i in missing:
+            feats.append(None)
+            continue
+        f = OnnxModel(nb.member_path(i)).run(x)["features"]
+        feats.append(wire.decode_array(wire.encode(f, bundle_id=nb.id, quantisation="uint8"))[1])
+    return int(np.argmax(nb.join()(feats)[0]))
+
+
+def test_member_answers_its_features_in_the_wire_format(nonn_bundle, cat_jpeg):
+    from toy_nonn_bundle import CHANNELS
+
+    with members(nonn_bundle) as started:
+        for i, (url, _) in enumerate(started):
+            response = httpx.post(url + "/v2/features", content=cat_jpeg, timeout=CLIENT_TIMEOUT)
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == wire.CONTENT_TYPE
+            envelope, features = wire.decode_array(response.content)
+            assert features.shape == (1, CHANNELS[i]) and envelope.quantisation == "uint8"
+            assert len(response.content) <= 2048
+            info = httpx.get(url + "/v2/member", timeout=CLIENT_TIMEOUT).json()
+            assert info["index"] == i and info["channels"] == CHANNELS[i]
+            fp16 = httpx.post(
+                url + "/v2/features",
+                content=cat_jpeg,
+                params={"quantisation": "fp16"},
+                timeout=CLIENT_TIMEOUT,
+            )
+            assert wire.decode_array(fp16.content)[0].quantisation == "fp16"
+        bad = httpx.post(started[0][0] + "/v2/features", content=b"not an image")
+        assert_problem(bad, 415)
+        assert_problem(
+            httpx.post(started[0][0] + "/v2/features?quantisation=int4", content=cat_jpeg), 422
+        )
+
+
+def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, cat_jpeg):
+    with members(nonn_bundle) as started:
+        urls = [u for u, _ in started]
+        with gateway(nonn_bundle, urls) as gw:
+            response = httpx.post(
+                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
+            )
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert answer["mode"] == "nonn" and answer["degraded"] is False
+            assert answer["top_k"][0]["index"] == _expected(nonn_bundle, cat_jpeg)
+            assert [m["index"] for m in answer["members"]] == [0, 1]
+            assert all(m["ok"] and 0 < m["bytes"] <= 2048 for m in answer["members"])
+            assert answer["bytes_sent"] == sum(m["bytes"] for m in answer["members"])
+            assert {"head", "transfer", "tail", "join", "total"} <= set(answer["timings_ms"])
+            assert {"request_id", "image_bytes", "bundle", "task", "fallback"} <= set(answer)
+
+            # bad input is refused before any member is asked
+            assert_problem(
+                httpx.post(gw + "/classify", params={"mode": "nonn"}, content=b"GIF89a..."),
+                415,
+            )
+
+            # stop member 1: the answer comes from member 0 and member 1's training means
+            serve.stop_processes([started[1][1]])
+            response = httpx.post(
+                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
+            )
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert answer["degraded"] is True and answer["missing_members"] == [1]
+            assert (
+                answer["members"][1]["ok"] is False
+                and "unreachable" in answer["members"][1]["error"]
+            )
+            assert answer["top_k"][0]["index"] == _expected(nonn_bundle, cat_jpeg, missing=(1,))
+
+        with gateway(nonn_bundle, urls, degraded=False) as strict:
+            response = httpx.post(
+                strict + "/classify",
+                params={"mode": "nonn"},
+                content=cat_jpeg,
+                timeout=CLIENT_TIMEOUT,
+            )
+            body = assert_problem(response, 503, "upstream-unavailable")
+            assert "member 1" in body["detail"]
+
+
+@contextmanager
+def silent_server() -> Iterator[str]:
+    """Accepts connections and never answers (a hung member)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        sock.close()
+
+
+def test_a_silent_member_times_out_into_a_degraded_answer(nonn_bundle, cat_jpeg):
+    with members(nonn_bundle) as started, silent_server() as silent:
+        with gateway(nonn_bundle, [started[0][0], silent]) as gw:
+            response = httpx.post(
+                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
+            )
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["missing_members"] == [1]
+        assert "timed out" in answer["members"][1]["error"]
+
+
+def test_nonn_mode_without_configuration_is_a_clear_4xx(cat_jpeg):
+    url, process = _start(serve.GATEWAY_APP, {"SPLITDNN_GATEWAY_HEAD_URL": "http://127.0.0.1:9"})
+    try:
+        assert serve.wait_ready(url + "/v2/health/live", 60, process)
+        response = httpx.post(url + "/classify", params={"mode": "nonn"}, content=cat_jpeg)
+        body = assert_problem(response, 422)
+        assert "SPLITDNN_NONN_BUNDLE" in body["detail"]
+    finally:
+        serve.stop_processes([process])

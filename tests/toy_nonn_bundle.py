@@ -1,0 +1,70 @@
+"""A tiny NoNN bundle from random torch modules, so the member and gateway tests need no real
+weights: two members (image [N,3,32,32] -> features [N,6] and [N,5]) and a join layer."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitdnn.imaging import Preprocessing
+from splitdnn.nonn_bundle import JOIN_FILE, NoNNManifest, save_join, write_nonn_manifest
+
+SIZE = 32
+CHANNELS = (6, 5)
+LABELS = [f"class-{i}" for i in range(4)]
+PREPROCESSING = Preprocessing(size=SIZE, resize=36)
+
+
+class Member(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, channels, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x)).mean((2, 3))
+
+
+def build_toy_nonn_bundle(directory: Path) -> tuple[NoNNManifest, list[nn.Module]]:
+    torch.manual_seed(0)
+    members = [Member(c).eval() for c in CHANNELS]
+    files = []
+    for i, member in enumerate(members):
+        path = directory / f"member{i}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                member,
+                (torch.zeros(1, 3, SIZE, SIZE),),
+                str(path),
+                input_names=["image"],
+                output_names=["features"],
+                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        files.append((path.name, CHANNELS[i]))
+    rng = np.random.default_rng(0)
+    total = sum(CHANNELS)
+    save_join(
+        directory / JOIN_FILE,
+        rng.normal(size=(len(LABELS), total)),
+        rng.normal(size=len(LABELS)),
+        np.full(total, 0.1),
+    )
+    manifest = write_nonn_manifest(
+        directory,
+        name="toy-nonn",
+        teacher="toy",
+        student="toy",
+        preprocessing=PREPROCESSING,
+        members=files,
+        labels=LABELS,
+        task="toy",
+    )
+    return manifest, members
