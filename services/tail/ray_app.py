@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -199,12 +200,24 @@ def run(
     options = deployment_options(
         replicas, max_replicas, max_ongoing_requests, replica_cpus=replica_cpus
     )
-    serve.run(
-        Tail.options(**options).bind(),
-        name=APP_NAME,
-        route_prefix="/",
-        blocking=blocking,
-    )
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C, through the finally below
+    try:
+        serve.run(
+            Tail.options(**options).bind(),
+            name=APP_NAME,
+            route_prefix="/",
+            blocking=blocking,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if blocking and not address:  # our own cluster goes with us; a joined one stays
+            serve.shutdown()
+            ray.shutdown()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 #: For ``serve run`` and KubeRay's ``serveConfigV2`` (``import_path``): replicas, autoscaling
