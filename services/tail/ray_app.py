@@ -114,6 +114,7 @@ def build_app() -> FastAPI:
 @serve.deployment(
     name=DEPLOYMENT,
     max_ongoing_requests=16,
+    max_queued_requests=64,
     health_check_period_s=2,
     health_check_timeout_s=10,
     graceful_shutdown_timeout_s=5,
@@ -142,11 +143,16 @@ def deployment_options(
     target_ongoing_requests: float = 8,
     replica_cpus: float = 1.0,
     env: Mapping[str, str] | None = None,
+    max_queued_requests: int = 64,
 ) -> dict[str, Any]:
     """``Tail.options(...)``: a fixed replica count, or autoscaling on ongoing requests from
     ``replicas`` to ``max_replicas``."""
     options: dict[str, Any] = {
         "max_ongoing_requests": max_ongoing_requests,
+        # a bounded queue: past it Ray answers 503 at once (the head falls back to local),
+        # as the plain tail's in-flight limit does; unbounded, an overload measured here
+        # (benchmarks/README.md) grew a backlog of minutes and cut throughput to a fraction
+        "max_queued_requests": max_queued_requests,
         "ray_actor_options": {
             "num_cpus": replica_cpus,
             "runtime_env": {"env_vars": dict(replica_env() if env is None else env)},
