@@ -350,7 +350,6 @@ def test_a_tail_200_that_is_not_json_falls_back(head, fake_tail, cat_jpeg) -> No
     assert infer(head, "split", cat_jpeg).json()["fallback"] is True
 
 
-
 @pytest.mark.parametrize("status", [500, 502])
 def test_a_500_or_502_is_tried_again_and_answered_by_the_tail(
     head, fake_tail, cat_jpeg, status
@@ -368,6 +367,7 @@ def test_a_500_or_502_is_tried_again_and_answered_by_the_tail(
     assert answer.status_code == 200, answer.text
     assert answer.json()["mode"] == "split" and answer.json()["fallback"] is False
     assert len([r for r in fake_tail.requests[before:] if r.method == "POST"]) == 2
+
 
 def test_a_500_every_time_is_tried_once_more_then_falls_back(head, fake_tail, cat_jpeg) -> None:
     fake_tail.failure = lambda request: httpx.Response(500, text="Internal Server Error")
