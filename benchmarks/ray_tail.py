@@ -73,18 +73,28 @@ def envelope(bundle_dir: Path) -> tuple[str, bytes]:
     return bundle.name, wire.encode(x, bundle_id=bundle.id)
 
 
-def sender(url: str, name: str, body: bytes, kill: dict[str, Any] | None = None):
+def sender(url: str, name: str, body: bytes, kill: dict[str, Any] | None = None, retries: int = 0):
     client = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=128))
     target = f"{url}/v2/models/{name}/infer"
 
     def send(i: int) -> loadgen.Reply:
         if kill is not None and i == kill["at"]:
             threading.Thread(target=kill["do"]).start()
-        response = client.post(target, content=body, headers={"Content-Type": wire.CONTENT_TYPE})
+        retried = 0
+        while True:
+            response = client.post(
+                target, content=body, headers={"Content-Type": wire.CONTENT_TYPE}
+            )
+            # the head's policy (SPLITDNN_HEAD_TAIL_RETRIES): a 500/502 is sent once more
+            if response.status_code in (500, 502) and retried < retries:
+                retried += 1
+                continue
+            break
         if response.status_code != 200:
-            return loadgen.Reply(f"http_{response.status_code}")
+            return loadgen.Reply(f"http_{response.status_code}", {"retried": retried})
         timings = response.json()["timings_ms"]
-        return loadgen.Reply(None, {"tail_ms": timings["tail"], "compute_ms": timings["compute"]})
+        info = {"tail_ms": timings["tail"], "compute_ms": timings["compute"], "retried": retried}
+        return loadgen.Reply(None, info)
 
     return send
 
@@ -195,12 +205,14 @@ def kill_sweep(args: argparse.Namespace) -> dict[str, Any]:
                     return
                 time.sleep(0.05)
 
-        send = sender(url, name, body, {"at": kill_at, "do": kill})
+        send = sender(url, name, body, {"at": kill_at, "do": kill}, retries=args.retries)
         loadgen.run(sender(url, name, body), rate=10, count=20)
         begin = [time.perf_counter()]
         summary = loadgen.run(send, rate=args.kill_rate, count=count, workers=128)
     records = summary["records"]
     result = {"rate": args.kill_rate, "kill_at_request": kill_at, **brief(summary), **state}
+    result["retries_allowed"] = args.retries
+    result["requests_retried"] = sum(1 for r in records if r.get("retried"))
     if "killed_s" in state:
         before = [r["latency_ms"] for r in records if r["intended_s"] < state["killed_s"]]
         normal = 2 * (loadgen.percentile(before, 50) or 0)
@@ -306,11 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill", action="store_true", help="only the replica-kill run")
     parser.add_argument("--kill-rate", type=float, default=20)
     parser.add_argument("--kill-seconds", type=float, default=30)
+    parser.add_argument(
+        "--retries", type=int, default=1, help="kill run: 500/502 sent again, as the head does"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.kill:
         result = {"conditions": conditions(), "replica_kill": kill_sweep(args)}
-        (args.out / "ray_tail_kill.json").write_text(json.dumps(result, indent=2) + "\n")
+        name = "ray_tail_kill.json" if args.retries else "ray_tail_kill_no_retry.json"
+        (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps({k: v for k, v in result["replica_kill"].items() if k != "records"}))
         return 0
     result = {
