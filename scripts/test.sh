@@ -14,11 +14,17 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-echo "==> installing splitdnn with the train, serve and dev extras"
+echo "==> installing splitdnn with the train, serve, ray and dev extras"
 python -m pip install -q --upgrade pip
 # torch first, pinned: a bare 'torch' requirement could pull a different multi-GB build.
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install -q -e ".[train,serve,dev]"
+# Ray Serve for the tail's cluster test (marked slow; it skips with the reason if this fails).
+# Pinned beside the rest so it cannot move fastapi, starlette or pydantic.
+python -m pip install -q -e ".[ray]" \
+  "fastapi==$(python -c 'import fastapi; print(fastapi.__version__)')" \
+  "pydantic==$(python -c 'import pydantic; print(pydantic.VERSION)')" \
+  || echo "the ray extra did not install; the Ray tests will be skipped"
 
 if [ "${SPLITDNN_DOCKER:-auto}" != "0" ] && [ -f scripts/ci-docker-setup.sh ]; then
   echo "==> preparing Docker (tests marked docker skip with a reason when this fails)"

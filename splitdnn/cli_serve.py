@@ -60,9 +60,48 @@ def tail(
     token: Token = None,
     log_level: LogLevel = "info",
     insecure: Insecure = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help="Run on Ray Serve: replicas, autoscaling, batching (the ray extra)."
+        ),
+    ] = False,
+    replicas: Annotated[int, typer.Option(help="With --ray: replicas (the minimum).")] = 1,
+    max_replicas: Annotated[
+        int | None,
+        typer.Option(help="With --ray: autoscale on ongoing requests up to this many."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --ray: join the Ray cluster at HOST:PORT (default: start one)."),
+    ] = None,
+    batch_max_size: Annotated[
+        int, typer.Option(help="With --ray: most requests in one batch; 1 turns batching off.")
+    ] = 16,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="With --ray: longest wait for a batch to fill (ms).")
+    ] = 5.0,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="With --ray and no --address: CPUs of the local cluster.")
+    ] = None,
 ) -> None:
     """The edge half: server part for split mode, whole teacher for offload mode."""
     with _exit_on_library_error():
+        if ray:
+            serve.serve_tail_ray(
+                host=host,
+                port=port,
+                bundle=bundle,
+                token=token,
+                insecure=insecure,
+                address=address,
+                replicas=replicas,
+                max_replicas=max_replicas,
+                batch_max_size=batch_max_size,
+                batch_wait_ms=batch_wait_ms,
+                num_cpus=num_cpus,
+            )
+            return
         serve.serve_tail(
             host=host,
             port=port,

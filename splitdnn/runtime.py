@@ -111,6 +111,11 @@ class _ClassifierMixin:
     bundle: Bundle
     model: OnnxModel
 
+    def logits(self, outputs: dict[str, np.ndarray], task: str | None) -> tuple[str, np.ndarray]:
+        """The task's logits among a run's ``outputs`` (for callers that run the session
+        themselves, e.g. a batching tail)."""
+        return self._logits(outputs, task)
+
     def _logits(self, outputs: dict[str, np.ndarray], task: str | None) -> tuple[str, np.ndarray]:
         name = self.bundle.task(task)
         key = LOGITS_PREFIX + name

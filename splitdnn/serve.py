@@ -3,6 +3,7 @@ import string and builds each app in its own factory, configured through the sam
 ``SPLITDNN_*`` environment variables a container would set.
 
     serve_tail(port=8001)                         edge server
+    serve_tail_ray(port=8001, replicas=2)         edge server on Ray Serve (replicas, batching)
     serve_head(port=8002, tail_url=...)           device
     serve_gateway(port=8000, head_url=...)        device, public
     serve_all()                                   all three on 127.0.0.1, one command
@@ -15,6 +16,7 @@ address other hosts can reach without a token refuses to start unless told ``ins
 from __future__ import annotations
 
 import errno
+import importlib
 import ipaddress
 import os
 import signal
@@ -33,6 +35,8 @@ from splitdnn.errors import BundleError, ConfigError
 from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
 
 TAIL_APP = "services.tail.app:create_app"
+#: The tail on Ray Serve: ``run(**options)`` deploys it (needs the ``ray`` extra).
+TAIL_RAY_RUN = "services.tail.ray_app:run"
 HEAD_APP = "services.head.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
 DEFAULT_PORTS = {"gateway": 8000, "tail": 8001, "head": 8002}
@@ -136,6 +140,47 @@ def serve_tail(
     """Run the tail (edge) service in this process until interrupted."""
     check_exposure("tail", host, token, insecure)
     _run(TAIL_APP, host, port, tail_env(bundle, token), log_level)
+
+
+def serve_tail_ray(
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORTS["tail"],
+    bundle: Path | None = None,
+    token: str | None = None,
+    insecure: bool = False,
+    address: str | None = None,
+    replicas: int = 1,
+    max_replicas: int | None = None,
+    batch_max_size: int = 16,
+    batch_wait_ms: float = 5.0,
+    num_cpus: int | None = None,
+) -> None:
+    """Run the tail as a Ray Serve deployment: a local cluster in this process, or joining
+    the one at ``address``; ``max_replicas`` above ``replicas`` turns on autoscaling."""
+    check_exposure("tail", host, token, insecure)
+    if replicas < 1 or (max_replicas is not None and max_replicas < replicas):
+        raise ConfigError("replicas must be at least 1 and max_replicas at least replicas")
+    if batch_max_size < 1 or batch_wait_ms < 0:
+        raise ConfigError("batch_max_size must be at least 1 and batch_wait_ms not negative")
+    os.environ.update(tail_env(bundle, token))
+    os.environ["SPLITDNN_TAIL_BATCH_MAX_SIZE"] = str(batch_max_size)
+    os.environ["SPLITDNN_TAIL_BATCH_WAIT_MS"] = str(batch_wait_ms)
+    module_name, _, function = TAIL_RAY_RUN.partition(":")
+    try:
+        module = importlib.import_module(module_name)  # by name: the library imports no service
+    except ImportError as exc:
+        raise ConfigError(
+            f"Ray Serve is not installed: pip install 'splitdnn[ray]' ({exc})"
+        ) from exc
+    getattr(module, function)(
+        host=host,
+        port=port,
+        address=address,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        num_cpus=num_cpus,
+    )
 
 
 def serve_head(

@@ -70,6 +70,14 @@ class Outcome:
     model_ms: float = 0.0
 
 
+#: Tail statuses tried again: an error of one replica, not an overload (503) or a deadline.
+RETRIED = (500, 502)
+
+
+class TailServerError(UpstreamUnavailableError):
+    """The tail answered 500 or 502; another try may reach a healthy replica."""
+
+
 class TailClient:
     """Pooled HTTP connections to the tail; maps its failures to fallback-able errors."""
 
@@ -91,6 +99,7 @@ class TailClient:
         # request, which a weak device (0.11 core) pays ~10x in wall time. Tests that hand
         # in a transport keep httpx.
         self.fast = _ConnectionPool(settings, headers) if transport is None else None
+        self.retries = settings.tail_retries
 
     def close(self) -> None:
         self.client.close()
@@ -100,7 +109,26 @@ class TailClient:
     def post(
         self, path: str, body: bytes, content_type: str, params: dict, headers: dict
     ) -> tuple[dict[str, Any], float]:
-        """POST and return (JSON answer, round-trip seconds)."""
+        """POST and return (JSON answer, round-trip seconds, failed tries included).
+
+        A 500 or 502 is tried again up to ``tail_retries`` times: a replica that died
+        mid-request (Ray tail) is the likely cause, and another replica answers.
+        """
+        start = time.perf_counter()
+        for attempt in range(self.retries + 1):
+            try:
+                answer, _ = self._post_once(path, body, content_type, params, headers)
+            except TailServerError as exc:
+                if attempt == self.retries:
+                    raise
+                log.warning("tail answered %s; trying again (%d)", exc.detail, attempt + 1)
+                continue
+            return answer, time.perf_counter() - start
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _post_once(
+        self, path: str, body: bytes, content_type: str, params: dict, headers: dict
+    ) -> tuple[dict[str, Any], float]:
         if self.fast is not None:
             answer, elapsed = self.fast.post(path, body, content_type, params, headers)
             return checked_answer(answer), elapsed
@@ -117,6 +145,8 @@ class TailClient:
         except httpx.HTTPError as exc:
             raise UpstreamUnavailableError(f"the tail is unreachable: {exc!r}") from exc
         elapsed = time.perf_counter() - start
+        if response.status_code in RETRIED:
+            raise TailServerError(f"the tail answered {response.status_code}: {_detail(response)}")
         if response.status_code >= 500 or response.status_code == 429:
             raise UpstreamUnavailableError(
                 f"the tail answered {response.status_code}: {_detail(response)}"
@@ -191,6 +221,8 @@ class _ConnectionPool:
             except ValueError as exc:
                 raise UpstreamBadAnswerError("the tail answered something not JSON") from exc
         relayed = httpx.Response(status, headers=response.getheaders(), content=content)
+        if status in RETRIED:
+            raise TailServerError(f"the tail answered {status}: {_detail(relayed)}")
         if status >= 500 or status == 429:
             raise UpstreamUnavailableError(f"the tail answered {status}: {_detail(relayed)}")
         if status >= 400:

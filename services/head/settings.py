@@ -32,6 +32,14 @@ class HeadSettings(ServiceSettings):
         default=5.0, gt=0, description="Deadline for one tail request; after it, fall back."
     )
     connect_timeout_s: float = Field(default=1.0, gt=0, description="TCP connect timeout.")
+    tail_retries: int = Field(
+        default=1,
+        ge=0,
+        le=3,
+        description="Times a tail answer 500 or 502 is sent again (inference is idempotent): "
+        "a Ray tail's proxy answers 500 for the requests of a replica that died mid-request, "
+        "and the next try reaches a live one. 503 and timeouts are not retried.",
+    )
     max_connections: int = Field(default=16, gt=0, description="Pooled connections to the tail.")
     quantisation: Quantisation = Field(
         default="uint8", description="How the bottleneck is sent: fp32, fp16 or uint8."

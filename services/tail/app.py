@@ -6,7 +6,7 @@ Run: ``splitdnn serve tail --port 8001`` or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,13 +17,21 @@ from services.common.deps import InFlightLimiter, create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.tail import routes
+from services.tail.routes import ServerRun
 from services.tail.settings import TailSettings, get_settings
 from splitdnn.bundle import load_bundle
 from splitdnn.runtime import ImageClassifier, ServerRunner, Threads
 
+#: Wraps the session run (the Ray deployment batches concurrent requests into one run).
+RunWrapper = Callable[[ServerRun], ServerRun]
 
-def load_components(settings: TailSettings) -> dict[str, Any]:
-    """Load and verify the bundle, open both sessions, and warm each up once."""
+
+def load_components(settings: TailSettings, wrap_run: RunWrapper | None = None) -> dict[str, Any]:
+    """Load and verify the bundle, open both sessions, and warm each up once.
+
+    ``run_server`` is what the split routes call: the session's own ``run``, or
+    ``wrap_run`` of it, so batching changes no route.
+    """
     bundle = load_bundle(settings.bundle)
     threads = Threads(settings.intra_op_threads, settings.inter_op_threads)
     server = ServerRunner(bundle, threads)
@@ -34,17 +42,30 @@ def load_components(settings: TailSettings) -> dict[str, Any]:
         "split": round(time_ms(lambda: server(zeros)), 3),
         "offload": round(time_ms(lambda: offload(image)), 3),
     }
-    return {"bundle": bundle, "server": server, "offload": offload, "warmup_ms": warmup_ms}
+    run_server = wrap_run(server.model.run) if wrap_run else server.model.run
+    return {
+        "bundle": bundle,
+        "server": server,
+        "run_server": run_server,
+        "offload": offload,
+        "warmup_ms": warmup_ms,
+    }
 
 
-def create_app(settings: TailSettings | None = None) -> FastAPI:
-    """The tail app; ``settings`` default to the environment (``SPLITDNN_TAIL_*``)."""
+def create_app(settings: TailSettings | None = None, wrap_run: RunWrapper | None = None) -> FastAPI:
+    """The tail app; ``settings`` default to the environment (``SPLITDNN_TAIL_*``).
+
+    ``wrap_run`` replaces the server part's session run (see :func:`load_components`).
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         service = ServiceState()
-        service.start(lambda: load_components(settings), settings.load_in_background)
+        # also on app.state: a host that does not copy lifespan state into each request's
+        # scope (Ray Serve) hands it over from there (services/tail/ray_app.py)
+        app.state.service = service
+        service.start(lambda: load_components(settings, wrap_run), settings.load_in_background)
         yield {"service": service}
 
     app = create_service_app(

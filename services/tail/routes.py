@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -33,6 +34,9 @@ from splitdnn.errors import BundleMismatchError, UnknownNameError, WireError
 from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
 
 router = APIRouter(prefix="/v2", tags=["inference"])
+#: The server part's session run, a bottleneck batch -> every named output: what the split
+#: routes call, so a host can batch concurrent requests into one run (services/tail/ray_app.py).
+ServerRun = Callable[[np.ndarray], dict[str, np.ndarray]]
 Settings = Annotated[TailSettings, Depends(get_settings)]
 
 WithLogits = Annotated[bool, Query(description="Also return the raw logits")]
@@ -207,8 +211,9 @@ def infer(
             bundle_id=bundle.id,
         )
     task = bundle.task(task)
-    with context.stage("tail"):
-        task, out = server(tensor, task)
+    run_server: ServerRun = service.get("run_server")
+    with context.stage("tail"):  # with the Ray tail, this includes the batching wait
+        task, out = server.logits(run_server(tensor), task)
     answer = _answer(bundle, task, out, k or settings.top_k, logits)
     return _with_timings(answer, body, start, context, metrics)
 
@@ -243,8 +248,9 @@ def infer_oip(
     unknown = sorted(set(parsed.outputs) - set(server.model.output_names))
     if unknown:
         raise WireError(f"unknown outputs {unknown}; this model has {server.model.output_names}")
+    run_server: ServerRun = service.get("run_server")
     with context.stage("tail"):
-        outputs = server.model.run(parsed.tensor)
+        outputs = run_server(parsed.tensor)
     chosen = {n: outputs[n] for n in (parsed.outputs or server.model.output_names)}
     content, header_length = oip.encode_response(bundle.name, bundle.id, parsed, chosen)
     if header_length is None:

@@ -348,3 +348,37 @@ def test_a_tail_200_without_what_the_head_needs_falls_back_or_is_502(
 def test_a_tail_200_that_is_not_json_falls_back(head, fake_tail, cat_jpeg) -> None:
     fake_tail.failure = lambda request: httpx.Response(200, content=b"<html>")
     assert infer(head, "split", cat_jpeg).json()["fallback"] is True
+
+
+@pytest.mark.parametrize("status", [500, 502])
+def test_a_500_or_502_is_tried_again_and_answered_by_the_tail(
+    head, fake_tail, cat_jpeg, status
+) -> None:
+    """A Ray tail's proxy answers 500 for a replica that died mid-request; the next try
+    reaches a live replica, so the device gets a split answer, not a fallback."""
+
+    def fail_once(request: httpx.Request) -> httpx.Response:
+        fake_tail.failure = None
+        return httpx.Response(status, text="Internal Server Error")
+
+    fake_tail.failure = fail_once
+    before = len(fake_tail.requests)
+    answer = infer(head, "split", cat_jpeg, fallback="false")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["mode"] == "split" and answer.json()["fallback"] is False
+    assert len([r for r in fake_tail.requests[before:] if r.method == "POST"]) == 2
+
+
+def test_a_500_every_time_is_tried_once_more_then_falls_back(head, fake_tail, cat_jpeg) -> None:
+    fake_tail.failure = lambda request: httpx.Response(500, text="Internal Server Error")
+    before = len(fake_tail.requests)
+    answer = infer(head, "split", cat_jpeg).json()
+    assert answer["mode"] == "local" and answer["fallback"] is True
+    assert len([r for r in fake_tail.requests[before:] if r.method == "POST"]) == 2
+
+
+def test_an_overloaded_tail_is_not_tried_again(head, fake_tail, cat_jpeg) -> None:
+    fake_tail.failure = _unavailable
+    before = len(fake_tail.requests)
+    assert infer(head, "split", cat_jpeg).json()["fallback"] is True
+    assert len([r for r in fake_tail.requests[before:] if r.method == "POST"]) == 1

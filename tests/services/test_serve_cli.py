@@ -140,3 +140,34 @@ def test_the_gateway_is_public_and_forwards_the_token(calls) -> None:
     result = runner.invoke(serve_app, ["gateway", "--host", "0.0.0.0", "--token", "t"])
     assert result.exit_code == 0, result.output
     assert os.environ["SPLITDNN_TOKEN"] == "t"
+
+
+def test_serve_tail_ray_deploys_through_the_ray_app(calls, toy_bundle_dir, monkeypatch) -> None:
+    """``--ray`` hands the options to services.tail.ray_app.run (by import string) and the
+    batching settings to the replicas' environment; uvicorn is not started."""
+    ray_app = pytest.importorskip("services.tail.ray_app", reason="needs the ray extra")
+    deployed: list[dict] = []
+    monkeypatch.setattr(ray_app, "run", lambda **options: deployed.append(options))
+    result = runner.invoke(
+        serve_app,
+        ["tail", "--ray", "--replicas", "2", "--max-replicas", "4", "--address", "h:6379",
+         "--batch-max-size", "8", "--batch-wait-ms", "2.5", "--bundle", str(toy_bundle_dir)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls == []
+    ((options),) = deployed
+    assert options["replicas"] == 2 and options["max_replicas"] == 4
+    assert options["address"] == "h:6379"
+    assert os.environ["SPLITDNN_TAIL_BATCH_MAX_SIZE"] == "8"
+    assert os.environ["SPLITDNN_TAIL_BATCH_WAIT_MS"] == "2.5"
+    assert os.environ["SPLITDNN_BUNDLE"] == str(toy_bundle_dir)
+
+
+def test_serve_tail_ray_refuses_bad_replica_counts(calls, toy_bundle_dir) -> None:
+    result = runner.invoke(
+        serve_app,
+        ["tail", "--ray", "--replicas", "3", "--max-replicas", "2",
+         "--bundle", str(toy_bundle_dir)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "max_replicas" in result.output

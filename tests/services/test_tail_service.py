@@ -135,15 +135,16 @@ def test_too_many_in_flight_is_503_with_retry_after(tail, bundle) -> None:
 def test_requests_really_in_flight_fill_the_limit_and_release_it(tail, bundle, monkeypatch) -> None:
     """A third envelope while two are inside the model (limit two) gets 503; afterwards,
     and after a run of refused bad envelopes, every slot is free again."""
-    original = ServerRunner.__call__
+    components = tail.app.state.service.components
+    original = components["run_server"]
     started = threading.Barrier(3, timeout=10)
 
-    def slow(self, *args, **kwargs):
+    def slow(x):
         started.wait()  # both admitted requests are inside the model before either returns
         time.sleep(0.2)
-        return original(self, *args, **kwargs)
+        return original(x)
 
-    monkeypatch.setattr(ServerRunner, "__call__", slow)
+    monkeypatch.setitem(components, "run_server", slow)
     _, body = envelope(bundle)
     with ThreadPoolExecutor(2) as pool:
         calls = [pool.submit(post_envelope, tail, bundle, body) for _ in range(2)]
@@ -155,7 +156,7 @@ def test_requests_really_in_flight_fill_the_limit_and_release_it(tail, bundle, m
         statuses = sorted(c.result().status_code for c in calls)
     assert_problem(refused, 503, "overloaded")
     assert statuses == [200, 200]
-    monkeypatch.setattr(ServerRunner, "__call__", original)
+    monkeypatch.setitem(components, "run_server", original)
     for _ in range(5):
         assert post_envelope(tail, bundle, b"not an envelope").status_code == 400
     assert tail.app.state.limiter.in_flight == 0

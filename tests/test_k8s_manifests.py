@@ -1,0 +1,178 @@
+"""deploy/k8s: the core-API objects against a pinned Kubernetes schema (kubernetes-validate,
+strict: unknown fields fail), the RayService's own shape against the schema below, its pod
+templates as core PodTemplates, and its Serve config with Ray's own schema. No cluster runs
+here: what a real API server or the KubeRay operator would add is not checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="needs the ray extra (kubernetes-validate)"
+)
+jsonschema = pytest.importorskip("jsonschema")
+
+K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+#: The Kubernetes version the manifests are checked against.
+KUBERNETES_VERSION = "1.33.0"
+
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_POD_TEMPLATE = {"type": "object", "required": ["spec"]}  # checked as a core PodTemplate
+#: The part of KubeRay's RayService CRD (ray.io/v1) these manifests use; unknown keys fail,
+#: so a misspelt field is caught (the CRD itself has many more optional fields).
+RAYSERVICE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "ray.io/v1"},
+        "kind": {"const": "RayService"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["serveConfigV2", "rayClusterConfig"],
+            "properties": {
+                "serveConfigV2": {"type": "string"},
+                "rayClusterConfig": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["headGroupSpec"],
+                    "properties": {
+                        "rayVersion": {"type": "string"},
+                        "enableInTreeAutoscaling": {"type": "boolean"},
+                        "headGroupSpec": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["rayStartParams", "template"],
+                            "properties": {
+                                "rayStartParams": _STRINGS,
+                                "template": _POD_TEMPLATE,
+                            },
+                        },
+                        "workerGroupSpecs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["groupName", "rayStartParams", "template"],
+                                "properties": {
+                                    "groupName": {"type": "string"},
+                                    "replicas": {"type": "integer", "minimum": 0},
+                                    "minReplicas": {"type": "integer", "minimum": 0},
+                                    "maxReplicas": {"type": "integer", "minimum": 0},
+                                    "rayStartParams": _STRINGS,
+                                    "template": _POD_TEMPLATE,
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def documents() -> list[tuple[str, dict]]:
+    found = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def core_objects() -> list[tuple[str, dict]]:
+    return [(name, doc) for name, doc in documents() if doc["apiVersion"] != "ray.io/v1"]
+
+
+def rayservice() -> dict:
+    (service,) = [doc for _, doc in documents() if doc["kind"] == "RayService"]
+    return service
+
+
+def ray_pod_templates(service: dict) -> list[dict]:
+    cluster = service["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [group["template"] for group in groups]
+
+
+@pytest.mark.parametrize(
+    ("name", "doc"), core_objects(), ids=[f"{n}:{d['kind']}" for n, d in core_objects()]
+)
+def test_core_objects_are_valid_kubernetes(name: str, doc: dict) -> None:
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validator_refuses_a_misspelt_field() -> None:
+    """The check above can fail: an unknown field in a DaemonSet's container is refused."""
+    (_, daemonset) = next((n, d) for n, d in core_objects() if d["kind"] == "DaemonSet")
+    broken = yaml.safe_load(yaml.safe_dump(daemonset))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_rayservice_has_the_kuberay_shape_and_valid_pod_templates() -> None:
+    service = rayservice()
+    jsonschema.validate(service, RAYSERVICE_SCHEMA)
+    for template in ray_pod_templates(service):
+        pod_template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "ray-pod"},
+            "template": template,
+        }
+        kubernetes_validate.validate(pod_template, KUBERNETES_VERSION, strict=True)
+    typo = yaml.safe_load(yaml.safe_dump(service))
+    typo["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(typo, RAYSERVICE_SCHEMA)
+
+
+def test_the_serve_config_is_valid_for_ray_and_names_our_deployment() -> None:
+    """Ray's own schema for serveConfigV2; the import path, deployment name and environment
+    names are those of services/tail/ray_app.py."""
+    schema = pytest.importorskip("ray.serve.schema", reason="needs the ray extra")
+    ray_app = pytest.importorskip("services.tail.ray_app", reason="needs the ray extra")
+    config = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
+    schema.ServeDeploySchema.model_validate(config)
+    (application,) = config["applications"]
+    module, _, attribute = application["import_path"].partition(":")
+    assert module == ray_app.__name__ and hasattr(ray_app, attribute)
+    assert [d["name"] for d in application["deployments"]] == [ray_app.DEPLOYMENT]
+    fields = {f"SPLITDNN_TAIL_{name.upper()}" for name in ray_app.RayTailSettings.model_fields} | {
+        "SPLITDNN_BUNDLE",
+        "SPLITDNN_TOKEN",
+    }
+    assert set(application["runtime_env"]["env_vars"]) <= fields
+
+
+def test_head_and_gateway_are_probed_resourced_and_on_arm64() -> None:
+    daemonsets = {d["metadata"]["name"]: d for _, d in core_objects() if d["kind"] == "DaemonSet"}
+    assert set(daemonsets) == {"splitdnn-head", "splitdnn-gateway"}
+    for daemonset in daemonsets.values():
+        pod = daemonset["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+        (container,) = pod["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    head = daemonsets["splitdnn-head"]["spec"]["template"]["spec"]
+    assert any(v["name"] == "bundle" for v in head["volumes"])
+    assert "http://splitdnn-tail-serve-svc:8000" in head["containers"][0]["args"]
+    for template in ray_pod_templates(rayservice()):
+        (container,) = template["spec"]["containers"]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {"name": "bundle", "mountPath": "/bundle", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == manifests
