@@ -357,10 +357,13 @@ def serve_all(
     ]
     children: dict[str, subprocess.Popen] = {}
 
-    def _stop(signum: int, frame: object) -> None:  # SIGTERM ends it like Ctrl-C
+    def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # SIGTERM ends it like Ctrl-C; SIGINT is installed too, because a shell starts background
+    # jobs (`splitdnn serve all &` in a script, CI runners) with SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: `kill -INT` would leave all three running.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for name, app, port, env in plan:
             command = uvicorn_command(app, host, port, log_level)
@@ -385,5 +388,6 @@ def serve_all(
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         stop_processes(children.values())

@@ -463,3 +463,64 @@ def test_head_image_builds_and_runs_for_arm64(tmp_path: Path):
     assert result.stdout.startswith("aarch64 "), result.stdout
     size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", image], timeout=30).stdout)
     print(f"{image}: {size / 1e6:.0f} MB; {result.stdout.strip()}")
+
+
+RAY_FILE = ROOT / "docker" / "compose.ray.yml"
+
+
+@pytest.mark.slow
+def test_tail_ray_image_serves_the_tail_on_ray(tmp_path: Path):
+    """The image deploy/k8s/rayservice-tail.yaml names: it builds, starts the tail on Ray as
+    uid 10001 (Ray needs a writable home), and answers health and a bad envelope like the
+    plain tail (problem+json)."""
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+    import socket
+
+    import httpx
+
+    log = tmp_path / "ray.log"
+    wheel = None if "TORCH_INDEX_URL" in os.environ else find_cpu_torch_wheel()
+    with contextlib.ExitStack() as resources:
+        index = resources.enter_context(local_torch_index(wheel)) if wheel else None
+        env = build_env(index)
+        args = ["docker", "compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), "-f", str(RAY_FILE),
+                "--profile", "ray"]  # fmt: skip
+        built = run([*args, "build", "tail-ray"], timeout=BUILD_TIMEOUT_S, env=env, log=log)
+        assert built.returncode == 0, f"tail-ray build failed:\n{tail_of(log)}"
+    image = f"splitdnn-tail-ray:{env.get('IMAGE_TAG', 'latest')}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    name = f"{PROJECT}-tail-ray-check"
+    base = f"http://127.0.0.1:{port}"
+    started = run(
+        ["docker", "run", "-d", "--name", name, "--network", "host", "--shm-size", "512m",
+         image, "splitdnn", "serve", "tail", "--ray", "--host", "127.0.0.1",
+         "--port", str(port), "--num-cpus", "1"],
+        timeout=120,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout
+        ready, deadline = None, time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(base + "/v2/health/ready", timeout=5)
+                if ready.status_code == 200:
+                    break
+            time.sleep(2)
+        logs = run(["docker", "logs", name], timeout=30).stdout
+        assert ready is not None and ready.status_code == 200, logs[-3000:]
+        manifest = run(["docker", "exec", name, "cat", "/opt/splitdnn/bundle/manifest.json"], 30)
+        model = json.loads(manifest.stdout)["name"]
+        bad = httpx.post(
+            f"{base}/v2/models/{model}/infer",
+            content=b"not an envelope",
+            headers={"content-type": "application/x-msgpack"},
+            timeout=30,
+        )
+        assert bad.status_code == 400, bad.text
+        assert bad.headers["content-type"].startswith("application/problem+json")
+    finally:
+        run(["docker", "rm", "-f", name], timeout=60)

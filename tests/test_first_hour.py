@@ -442,8 +442,14 @@ def test_running_services_log_bundle_and_request_ids_serve_docs_locally_and_time
     for name, port in ports.items():
         command += [f"--{name}-port", str(port)]
     with log.open("w") as out:
+        # started as a shell starts a background job (SIGINT ignored): Ctrl-C / kill -INT
+        # must still stop all three
         process = subprocess.Popen(
-            [str(c) for c in command], stdout=out, stderr=subprocess.STDOUT, env=env
+            [str(c) for c in command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     head, gateway = (f"http://127.0.0.1:{ports[n]}" for n in ("head", "gateway"))
     try:
