@@ -161,6 +161,16 @@ def build_env(torch_index: str | None) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def image_build_env() -> Iterator[dict[str, str]]:
+    """The environment for ``docker compose build``: :func:`build_env`, with this machine's
+    CPU torch wheel served as the torch index while the build runs (unless one is set)."""
+    wheel = None if "TORCH_INDEX_URL" in os.environ else find_cpu_torch_wheel()
+    with contextlib.ExitStack() as resources:
+        index = resources.enter_context(local_torch_index(wheel)) if wheel else None
+        yield build_env(index)
+
+
 def machine_package_sources() -> dict[str, str]:
     """The build variables from this machine's pip setup (the repository names no index)."""
     import importlib.util
@@ -219,10 +229,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if busy:
         pytest.fail(f"ports {busy} are taken; the stack needs {PORTS} (host networking)")
     log = tmp_path_factory.mktemp("docker") / "compose.log"
-    wheel = None if "TORCH_INDEX_URL" in os.environ else find_cpu_torch_wheel()
-    with contextlib.ExitStack() as resources:
-        index = resources.enter_context(local_torch_index(wheel)) if wheel else None
-        env = build_env(index)
+    with image_build_env() as env:
         stack = Stack(env, log)
         try:
             started = time.monotonic()
@@ -425,10 +432,7 @@ def test_head_image_builds_and_runs_for_arm64(tmp_path: Path):
     if reason:
         pytest.skip(reason)
     log = tmp_path / "arm64.log"
-    wheel = None if "TORCH_INDEX_URL" in os.environ else find_cpu_torch_wheel()
-    with contextlib.ExitStack() as resources:
-        index = resources.enter_context(local_torch_index(wheel)) if wheel else None
-        env = build_env(index)
+    with image_build_env() as env:
         env.setdefault("ARM64_BASE_IMAGE", ARM64_STANDIN)
         # The bundle-export stage runs on the build machine: its amd64 base.
         env.setdefault("BUILDER_IMAGE", env.get("BASE_IMAGE", BASE_STANDIN))
@@ -476,24 +480,18 @@ def test_tail_ray_image_serves_the_tail_on_ray(tmp_path: Path):
     reason = docker_unavailable()
     if reason:
         pytest.skip(reason)
-    import socket
-
     import httpx
 
+    from tests.services.helpers import free_port
+
     log = tmp_path / "ray.log"
-    wheel = None if "TORCH_INDEX_URL" in os.environ else find_cpu_torch_wheel()
-    with contextlib.ExitStack() as resources:
-        index = resources.enter_context(local_torch_index(wheel)) if wheel else None
-        env = build_env(index)
+    with image_build_env() as env:
         args = ["docker", "compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), "-f", str(RAY_FILE),
                 "--profile", "ray"]  # fmt: skip
         built = run([*args, "build", "tail-ray"], timeout=BUILD_TIMEOUT_S, env=env, log=log)
         assert built.returncode == 0, f"tail-ray build failed:\n{tail_of(log)}"
     image = f"splitdnn-tail-ray:{env.get('IMAGE_TAG', 'latest')}"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    name = f"{PROJECT}-tail-ray-check"
+    port, name = free_port(), f"{PROJECT}-tail-ray-check"
     base = f"http://127.0.0.1:{port}"
     started = run(
         ["docker", "run", "-d", "--name", name, "--network", "host", "--shm-size", "512m",
