@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -583,14 +584,22 @@ KD_STUDENTS: dict[str, KDStudentSpec] = {
 }
 
 
-def get_kd_student(name: str) -> KDStudentSpec:
-    """The registered whole student ``name``; the error lists the registered ones."""
+_Spec = TypeVar("_Spec")
+
+
+def _registered(registry: dict[str, _Spec], kind: str, name: str) -> _Spec:
+    """``registry[name]``, or an error that lists the registered names."""
     try:
-        return KD_STUDENTS[name]
+        return registry[name]
     except KeyError:
         raise UnknownNameError(
-            f"unknown kd student {name!r}; registered: {', '.join(sorted(KD_STUDENTS))}"
+            f"unknown {kind} {name!r}; registered: {', '.join(sorted(registry))}"
         ) from None
+
+
+def get_kd_student(name: str) -> KDStudentSpec:
+    """The registered whole student ``name``; the error lists the registered ones."""
+    return _registered(KD_STUDENTS, "kd student", name)
 
 
 # --- NoNN members: narrow slices of a pretrained network (issue #14) -----------------------------
@@ -630,12 +639,7 @@ NONN_STUDENTS: dict[str, NoNNStudentSpec] = {
 
 def get_nonn_student(name: str) -> NoNNStudentSpec:
     """The registered NoNN member family ``name``; the error lists the registered ones."""
-    try:
-        return NONN_STUDENTS[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown nonn student {name!r}; registered: {', '.join(sorted(NONN_STUDENTS))}"
-        ) from None
+    return _registered(NONN_STUDENTS, "nonn student", name)
 
 
 def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> None:

@@ -6,6 +6,7 @@ config is imported or executed: teachers and students are looked up by name in t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,22 @@ from pydantic import (
 from splitdnn.data import Sample, select_samples
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.models import get_teacher
-from splitdnn.students import KD_STUDENTS, NONN_STUDENTS, default_variant, student_problem
+from splitdnn.students import (
+    default_variant,
+    get_kd_student,
+    get_nonn_student,
+    student_problem,
+)
+
+
+def _known_name(lookup: Callable[[str], object], value: str) -> str:
+    """``value`` if ``lookup`` (a registry's getter) knows it; else a ValueError with the
+    registry's message, the only error pydantic turns into one that names the key."""
+    try:
+        lookup(value)
+    except UnknownNameError as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 class _Strict(BaseModel):
@@ -49,12 +65,7 @@ class TeacherConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        try:
-            get_teacher(value)
-        except UnknownNameError as exc:
-            # pydantic turns only ValueError into a validation error that names the key.
-            raise ValueError(str(exc)) from None
-        return value
+        return _known_name(get_teacher, value)
 
     @model_validator(mode="after")
     def _probe_from_needs_a_probe(self) -> TeacherConfig:
@@ -200,11 +211,7 @@ class KDConfig(_Strict):
     @field_validator("student")
     @classmethod
     def _known_student(cls, value: str) -> str:
-        if value not in KD_STUDENTS:
-            raise ValueError(
-                f"unknown kd student {value!r}; registered: {', '.join(sorted(KD_STUDENTS))}"
-            )
-        return value
+        return _known_name(get_kd_student, value)
 
 
 class ClassesConfig(_Strict):
@@ -275,11 +282,7 @@ class NoNNConfig(_Strict):
     @field_validator("student")
     @classmethod
     def _known_member(cls, value: str) -> str:
-        if value not in NONN_STUDENTS:
-            raise ValueError(
-                f"unknown nonn student {value!r}; registered: {', '.join(sorted(NONN_STUDENTS))}"
-            )
-        return value
+        return _known_name(get_nonn_student, value)
 
 
 class DistillConfig(_Strict):
