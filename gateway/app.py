@@ -52,7 +52,6 @@ def create_app(
         "mode=nonn fans out to the NoNN members.",
         lifespan=lifespan,
         router=routes.router,
-        get_settings=get_settings,
         settings=settings,
         readiness=False,
     )

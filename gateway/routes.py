@@ -17,9 +17,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.nonn import NoNNState, classify_nonn
-from gateway.settings import GatewaySettings, Mode, get_settings
+from gateway.settings import GatewaySettings, Mode
 from services.common.context import REQUEST_ID, RequestContext
-from services.common.deps import Context, limit_in_flight, read_capped
+from services.common.deps import Context, get_app_settings, limit_in_flight, read_capped
 from services.common.errors import (
     InvalidRequestError,
     UnsupportedMediaError,
@@ -32,7 +32,7 @@ from splitdnn.errors import CorruptImageError, ImageTooLargeError
 from splitdnn.imaging import open_image
 
 router = APIRouter(tags=["classify"])
-Settings = Annotated[GatewaySettings, Depends(get_settings)]
+Settings = Annotated[GatewaySettings, Depends(get_app_settings)]
 RAW_TYPES = ("image/", "application/octet-stream")
 #: Room for multipart boundaries and part headers on top of the image limit.
 MULTIPART_OVERHEAD = 64 * 1024

@@ -70,7 +70,6 @@ def create_app(
         "Device half of split inference: device part, local model, envelope upload.",
         lifespan=lifespan,
         router=routes.router,
-        get_settings=get_settings,
         settings=settings,
     )
     app.state.limiter = InFlightLimiter(settings.max_in_flight)

@@ -17,19 +17,20 @@ from services.common.deps import (
     TaskQuery,
     TopKQuery,
     check_token,
+    get_app_settings,
     limit_in_flight,
     read_capped,
 )
 from services.common.errors import UnsupportedMediaError
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
-from services.head.settings import Compression, HeadSettings, Quantisation, get_settings
+from services.head.settings import Compression, HeadSettings, Quantisation
 from splitdnn.bundle import Bundle
 from splitdnn.errors import UnknownNameError
 from splitdnn.latency import MODES
 
 router = APIRouter(tags=["inference"])
-Settings = Annotated[HeadSettings, Depends(get_settings)]
+Settings = Annotated[HeadSettings, Depends(get_app_settings)]
 HeadMode = Literal["split", "local", "offload", "auto"]
 
 PROBLEMS = problem_responses(

@@ -48,7 +48,6 @@ def create_app(settings: MemberSettings | None = None) -> FastAPI:
         "One NoNN student: image in, its pooled features out (msgpack envelope).",
         lifespan=lifespan,
         router=routes.router,
-        get_settings=get_settings,
         settings=settings,
     )
     app.state.limiter = InFlightLimiter(settings.max_in_flight)

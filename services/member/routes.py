@@ -18,18 +18,19 @@ from services.common.deps import (
     Context,
     Service,
     check_token,
+    get_app_settings,
     limit_in_flight,
     read_capped,
 )
 from services.common.openapi import IMAGE_CONTENT, problem_responses
-from services.member.settings import MemberSettings, get_settings
+from services.member.settings import MemberSettings
 from splitdnn import wire
 from splitdnn.imaging import load_input
 from splitdnn.nonn_bundle import NoNNBundle
 from splitdnn.runtime import OnnxModel
 
 router = APIRouter(prefix="/v2", tags=["inference"])
-Settings = Annotated[MemberSettings, Depends(get_settings)]
+Settings = Annotated[MemberSettings, Depends(get_app_settings)]
 COMPUTE_HEADER = "X-Compute-Ms"
 MEMBER_HEADER = "X-NoNN-Member"
 

@@ -73,7 +73,6 @@ def create_app(settings: TailSettings | None = None, wrap_run: RunWrapper | None
         "Edge half of split inference: server part (split) and teacher (offload).",
         lifespan=lifespan,
         router=routes.router,
-        get_settings=get_settings,
         settings=settings,
     )
     app.state.limiter = InFlightLimiter(settings.max_in_flight)

@@ -22,12 +22,13 @@ from services.common.deps import (
     TaskQuery,
     TopKQuery,
     check_token,
+    get_app_settings,
     limit_in_flight,
     read_capped,
 )
 from services.common.metrics import Metrics
 from services.common.openapi import IMAGE_CONTENT, INFER_CONTENT, problem_responses
-from services.tail.settings import TailSettings, get_settings
+from services.tail.settings import TailSettings
 from splitdnn import oip, wire
 from splitdnn.bundle import Bundle
 from splitdnn.errors import BundleMismatchError, UnknownNameError, WireError
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/v2", tags=["inference"])
 #: The server part's session run, a bottleneck batch -> every named output: what the split
 #: routes call, so a host can batch concurrent requests into one run (services/tail/ray_app.py).
 ServerRun = Callable[[np.ndarray], dict[str, np.ndarray]]
-Settings = Annotated[TailSettings, Depends(get_settings)]
+Settings = Annotated[TailSettings, Depends(get_app_settings)]
 
 WithLogits = Annotated[bool, Query(description="Also return the raw logits")]
 

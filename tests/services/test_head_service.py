@@ -94,6 +94,15 @@ def infer(head, mode: str, image: bytes, **params) -> httpx.Response:
     return head.post(f"/infer/{mode}", content=image, params=params)
 
 
+def test_routes_read_the_settings_the_app_was_built_with(head) -> None:
+    """From the app's state, not a dependency override: with any override set, FastAPI
+    re-inspects every dependency's signature on every request (most of the head's CPU
+    outside the model; ~20 ms a request on the 0.11-core device profile)."""
+    assert head.app.dependency_overrides == {}
+    response = infer(head, "local", b"\xff\xd8" + b"\0" * 200_001)  # over this app's limit
+    assert response.status_code == 413, response.text
+
+
 def test_head_probed_the_tail_at_start_up(head, fake_tail, bundle) -> None:
     assert fake_tail.last("GET").url.path == f"/v2/models/{bundle.name}"
     assert head.get("/v2/health/ready").status_code == 200
