@@ -335,6 +335,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
+        "note": args.note,
         "profiles": [],
     }
     for name in args.profiles:
@@ -443,9 +444,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "behind a tbf-shaped veth (~1-packet bucket, offloads off). Host: "
         f"{result['host']}; load average before/after "
         f"{', '.join(f'{x:.2f}' for x in result['load_before'])} / "
-        f"{', '.join(f'{x:.2f}' for x in result['load_after'])} (a training job held one of the "
-        "two cores and other tests ran: figures are noisy; medians per cell). Run started "
-        f"{result['started']}.",
+        f"{', '.join(f'{x:.2f}' for x in result['load_after'])}"
+        f"{' (' + result['note'] + ')' if result.get('note') else ''}; medians per cell. "
+        f"Run started {result['started']}.",
         "",
         "Times are client-side p50 ms from the intended send time to the parsed answer. "
         "Gain = other / split (> 1: split is faster). Overhead = split time / (τhead + "
@@ -613,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads/service")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--note", default="", help="what else ran on the machine (reported)")
     parser.add_argument("--from-json", help="rewrite the reports of an earlier run's JSON")
     parser.add_argument("--period-us", type=int, help="cgroup period instead of devices.json's")
     args = parser.parse_args(argv)

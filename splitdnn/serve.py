@@ -244,10 +244,12 @@ def ports_in_use(host: str, ports: Iterable[int]) -> list[int]:
     return busy
 
 
-def _listening_inodes(port: int) -> set[str] | None:
-    """Socket inodes listening on TCP ``port`` (Linux /proc), or None where unknown."""
+def _listening_inodes(port: int, pid: int | str = "self") -> set[str] | None:
+    """Socket inodes listening on TCP ``port`` in the network namespace of process ``pid``
+    (Linux /proc), or None where unknown. The process's own tables: a service started in
+    another network namespace (the sweep's tail) listens where ``/proc/net`` does not see."""
     inodes: set[str] = set()
-    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    tables = [Path(f"/proc/{pid}/net/tcp"), Path(f"/proc/{pid}/net/tcp6")]
     if not any(table.is_file() for table in tables):
         return None
     for table in tables:
@@ -264,7 +266,7 @@ def _listening_inodes(port: int) -> set[str] | None:
 def listens_on(process: subprocess.Popen, port: int) -> bool:
     """Whether ``process`` itself holds the listening socket of ``port`` (True where the
     system cannot tell: no /proc)."""
-    inodes = _listening_inodes(port)
+    inodes = _listening_inodes(port, process.pid)
     if inodes is None:
         return True
     try:

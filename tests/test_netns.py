@@ -110,3 +110,20 @@ def test_a_small_request_is_not_faster_than_its_bytes_allow(rate_mbit: float) ->
             client.post(url, content=body)
             times.append(time.perf_counter() - start)
     assert min(times) >= floor_s, (times, floor_s)
+
+
+def test_wait_ready_sees_a_service_started_in_a_namespace() -> None:
+    """The sweep's tail listens in its own network namespace, where the host's /proc/net
+    does not see the socket: readiness looks in the process's own tables (it waited
+    forever before)."""
+    from splitdnn import serve
+
+    with shaped_link(100.0, name="sdtready") as link:
+        argv = [sys.executable, "-m", "http.server", "18770", "--bind", link.ns_ip]
+        process = subprocess.Popen(
+            link.exec_argv(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            assert serve.wait_ready(f"http://{link.ns_ip}:18770/", 20, process)
+        finally:
+            serve.stop_processes([process])
