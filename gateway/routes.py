@@ -54,7 +54,7 @@ PROBLEMS = problem_responses(
 )
 
 
-def get_head(request: Request) -> httpx.AsyncClient:
+async def get_head(request: Request) -> httpx.AsyncClient:
     return request.state.head
 
 

@@ -50,7 +50,7 @@ PROBLEMS = problem_responses(
 )
 
 
-def authorised(request: Request, settings: Settings) -> None:
+async def authorised(request: Request, settings: Settings) -> None:
     """The head's callers (the gateway) send the same token the head sends the tail."""
     check_token(request, settings.token.get_secret_value() if settings.token else None)
 

@@ -46,7 +46,7 @@ PROBLEMS = problem_responses(
 )
 
 
-def authorised(request: Request, settings: Settings) -> None:
+async def authorised(request: Request, settings: Settings) -> None:
     check_token(request, settings.token.get_secret_value() if settings.token else None)
 
 
