@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from gateway import nonn, routes
 from gateway.settings import GatewaySettings, get_settings
-from services.common.deps import InFlightLimiter, create_service_app
+from services.common.deps import create_service_app
 
 
 def create_app(
@@ -55,5 +55,4 @@ def create_app(
         settings=settings,
         readiness=False,
     )
-    app.state.limiter = InFlightLimiter(settings.max_in_flight)
     return app

@@ -68,6 +68,7 @@ def create_service_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.limiter = InFlightLimiter(settings.max_in_flight)
     setup_app(app, service, readiness)
     install_local_docs(app)
     log_to_stderr()

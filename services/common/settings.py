@@ -32,6 +32,9 @@ class BaseServiceSettings(BaseSettings):
     max_pixels: int = Field(
         default=64_000_000, gt=0, description="Largest decoded image (413 above)."
     )
+    max_in_flight: int = Field(
+        default=8, gt=0, description="Requests processed at once; more get 503 + Retry-After."
+    )
 
 
 class ServiceSettings(BaseServiceSettings):

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from services.common.deps import InFlightLimiter, create_service_app
+from services.common.deps import create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.head import routes
@@ -72,5 +72,4 @@ def create_app(
         router=routes.router,
         settings=settings,
     )
-    app.state.limiter = InFlightLimiter(settings.max_in_flight)
     return app

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from services.common.deps import InFlightLimiter, create_service_app
+from services.common.deps import create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.member import routes
@@ -50,5 +50,4 @@ def create_app(settings: MemberSettings | None = None) -> FastAPI:
         router=routes.router,
         settings=settings,
     )
-    app.state.limiter = InFlightLimiter(settings.max_in_flight)
     return app

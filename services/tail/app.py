@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 
-from services.common.deps import InFlightLimiter, create_service_app
+from services.common.deps import create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.tail import routes
@@ -75,5 +75,4 @@ def create_app(settings: TailSettings | None = None, wrap_run: RunWrapper | None
         router=routes.router,
         settings=settings,
     )
-    app.state.limiter = InFlightLimiter(settings.max_in_flight)
     return app
