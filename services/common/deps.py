@@ -27,7 +27,7 @@ from services.common.errors import (
 )
 from services.common.health import ServiceState
 from services.common.metrics import Metrics
-from services.common.settings import BaseServiceSettings
+from services.common.settings import BaseServiceSettings, ServiceSettings
 
 
 def setup_app(app: FastAPI, service: str, readiness: bool = True) -> Metrics:
@@ -150,6 +150,21 @@ async def read_capped(request: Request, limit: int, what: str = "body") -> bytes
     return b"".join(chunks)
 
 
+async def authorised(
+    request: Request, settings: Annotated[ServiceSettings, Depends(get_app_settings)]
+) -> None:
+    """Dependency: 401 unless the caller sends the shared token (head, tail and members
+    check the same ``SPLITDNN_TOKEN``; the head's caller is the gateway)."""
+    check_token(request, settings.token.get_secret_value() if settings.token else None)
+
+
+async def image_body(
+    request: Request, settings: Annotated[ServiceSettings, Depends(get_app_settings)]
+) -> bytes:
+    """Dependency: the raw image body, capped at the service's ``max_image_bytes``."""
+    return await read_capped(request, settings.max_image_bytes, "image")
+
+
 class InFlightLimiter:
     """At most ``limit`` requests in flight; the next one gets 503 with Retry-After.
 
@@ -174,3 +189,7 @@ async def limit_in_flight(request: Request) -> AsyncIterator[None]:
         yield
     finally:
         limiter.in_flight -= 1
+
+
+#: Admission for classifications: the right token, then a free in-flight slot, then the body.
+ADMISSION = [Depends(authorised), Depends(limit_in_flight)]

@@ -11,14 +11,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from services.common.deps import (
+    ADMISSION,
     AppMetrics,
     Context,
     Service,
     TaskQuery,
     TopKQuery,
-    check_token,
+    authorised,
     get_app_settings,
-    limit_in_flight,
     read_capped,
 )
 from services.common.errors import UnsupportedMediaError
@@ -50,16 +50,8 @@ PROBLEMS = problem_responses(
 )
 
 
-async def authorised(request: Request, settings: Settings) -> None:
-    """The head's callers (the gateway) send the same token the head sends the tail."""
-    check_token(request, settings.token.get_secret_value() if settings.token else None)
-
-
-#: Admission for classifications: the right token, then a free in-flight slot, then the body.
-ADMISSION = [Depends(authorised), Depends(limit_in_flight)]
-
-
-async def image_body(request: Request, settings: Settings) -> bytes:
+async def raw_image_body(request: Request, settings: Settings) -> bytes:
+    """The image body, refusing a multipart form with a pointer to the gateway."""
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
         raise UnsupportedMediaError(
             "the head takes the image as the raw request body (curl --data-binary @cat.jpg "
@@ -78,7 +70,7 @@ async def image_body(request: Request, settings: Settings) -> bytes:
 )
 def infer(
     mode: HeadMode,
-    image: Annotated[bytes, Depends(image_body)],
+    image: Annotated[bytes, Depends(raw_image_body)],
     service: Service,
     context: Context,
     metrics: AppMetrics,

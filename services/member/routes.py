@@ -11,16 +11,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from services.common.deps import (
+    ADMISSION,
     AppMetrics,
     Context,
     Service,
-    check_token,
     get_app_settings,
-    limit_in_flight,
-    read_capped,
+    image_body,
 )
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.member.settings import MemberSettings
@@ -44,14 +43,6 @@ PROBLEMS = problem_responses(
         503: "not ready or overloaded (Retry-After)",
     }
 )
-
-
-async def authorised(request: Request, settings: Settings) -> None:
-    check_token(request, settings.token.get_secret_value() if settings.token else None)
-
-
-async def image_body(request: Request, settings: Settings) -> bytes:
-    return await read_capped(request, settings.max_image_bytes, "image")
 
 
 @router.get("/member", summary="This member: index, channels, bundle")
@@ -82,7 +73,7 @@ def member(service: Service, settings: Settings) -> dict[str, Any]:
     },
     response_class=Response,
     openapi_extra={"requestBody": {"required": True, "content": IMAGE_CONTENT}},
-    dependencies=[Depends(authorised), Depends(limit_in_flight)],
+    dependencies=ADMISSION,
 )
 def features(
     body: Annotated[bytes, Depends(image_body)],

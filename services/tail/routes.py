@@ -16,14 +16,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from services.common.context import BUNDLE_HEADER, RequestContext
 from services.common.deps import (
+    ADMISSION,
     AppMetrics,
     Context,
     Service,
     TaskQuery,
     TopKQuery,
-    check_token,
     get_app_settings,
-    limit_in_flight,
+    image_body,
     read_capped,
 )
 from services.common.metrics import Metrics
@@ -56,20 +56,8 @@ PROBLEMS = problem_responses(
 )
 
 
-async def authorised(request: Request, settings: Settings) -> None:
-    check_token(request, settings.token.get_secret_value() if settings.token else None)
-
-
-#: Admission for both inference endpoints: the right token, then a free in-flight slot.
-ADMISSION = [Depends(authorised), Depends(limit_in_flight)]
-
-
 async def envelope_body(request: Request, settings: Settings) -> bytes:
     return await read_capped(request, settings.max_envelope_bytes, "envelope")
-
-
-async def image_body(request: Request, settings: Settings) -> bytes:
-    return await read_capped(request, settings.max_image_bytes, "image")
 
 
 def _bundle(service: Service, name: str, sender: str | None = None) -> Bundle:
