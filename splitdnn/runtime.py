@@ -2,12 +2,16 @@
 
 Each runner owns one ``InferenceSession`` created once (sessions are thread-safe for
 ``run``), with configurable thread counts because the device and the edge share their
-cores with other work. onnxruntime is imported lazily, so ``import splitdnn`` works on a
-machine that only trains.
+cores with other work: threads left at 0 (auto) are sized to the CPU the process may
+really use (:mod:`splitdnn.cpus`: its cgroup quota and affinity, spinning off under a
+quota), logged once per process. onnxruntime is imported lazily, so ``import splitdnn``
+works on a machine that only trains.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +20,38 @@ from typing import Any
 import numpy as np
 
 from splitdnn.bundle import Bundle
+from splitdnn.cpus import CpuBudget, ThreadPlan, cpu_budget, plan_threads
 from splitdnn.errors import BundleError
 from splitdnn.imaging import MAX_PIXELS, Preprocessing, load_input
 
 LOGITS_PREFIX = "logits_"
+log = logging.getLogger("splitdnn.runtime")
 
 
 @dataclass(frozen=True)
 class Threads:
-    """ONNX Runtime thread counts; 0 lets onnxruntime decide."""
+    """ONNX Runtime thread counts; 0 sizes them to the process's CPU (:func:`session_threads`)."""
 
     intra_op: int = 0
     inter_op: int = 0
+
+
+@functools.lru_cache(maxsize=1)
+def process_budget() -> CpuBudget:
+    """This process's CPU budget, read once (the cgroup does not change under a service)."""
+    return cpu_budget()
+
+
+_logged_plans: set[ThreadPlan] = set()
+
+
+def session_threads(threads: Threads, budget: CpuBudget | None = None) -> ThreadPlan:
+    """The threads and spinning a session gets; each distinct plan is logged once."""
+    plan = plan_threads(budget or process_budget(), threads.intra_op, threads.inter_op)
+    if plan not in _logged_plans:
+        _logged_plans.add(plan)
+        log.info("ONNX Runtime threads: %s", plan.describe())
+    return plan
 
 
 @dataclass(frozen=True)
@@ -70,9 +94,13 @@ class OnnxModel:
             raise BundleError(
                 "onnxruntime is not installed: pip install 'splitdnn[serve]'"
             ) from exc
+        self.threads = session_threads(threads)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads.intra_op
-        options.inter_op_num_threads = threads.inter_op
+        options.intra_op_num_threads = self.threads.intra_op
+        options.inter_op_num_threads = self.threads.inter_op
+        if not self.threads.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(

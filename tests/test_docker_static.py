@@ -3,7 +3,7 @@
 The compose file against the Compose schema (vendored: tests/data/compose-spec.json), the
 Dockerfile through hadolint, and the rules the stack relies on: every ``depends_on`` target
 exists, every service has a healthcheck and runs as a numeric non-root user, no serving
-image installs torch. Also the entrypoint's thread sizing on fake cgroup trees.
+image installs torch. Also the entrypoint's thread sizing on a fake cgroup tree.
 """
 
 from __future__ import annotations
@@ -309,60 +309,24 @@ def test_requirements_script_reads_pyproject(tmp_path):
 # --- entrypoint: threads follow the CPU limit ---------------------------------------------
 
 
-def test_thread_count_rounds_the_quota_down_within_the_cpuset():
-    assert entrypoint.thread_count(None, 4) == 4
-    assert entrypoint.thread_count(1.5, 4) == 1
-    assert entrypoint.thread_count(2.0, 4) == 2
-    assert entrypoint.thread_count(0.25, 4) == 1
-    assert entrypoint.thread_count(8.0, 2) == 2
+def test_entrypoint_sizes_openmp_from_the_library_budget_and_keeps_what_the_user_set(tmp_path):
+    """The entrypoint reads the process's own cgroup through splitdnn.cpus (the one
+    implementation; its cases are in tests/test_cpus.py)."""
+    proc, cpu = tmp_path / "proc", tmp_path / "cpu"
+    (cpu / "threads-box").mkdir(parents=True)
+    (cpu / "threads-box" / "cpu.cfs_quota_us").write_text("2500\n")
+    (cpu / "threads-box" / "cpu.cfs_period_us").write_text("10000\n")
+    proc.mkdir()
+    (proc / "cgroup").write_text("1:cpu:/threads-box\n")
+    (proc / "mountinfo").write_text(f"32 31 0:29 / {cpu} rw - cgroup cgroup rw,cpu\n")
+    env = entrypoint.thread_env({"OPENBLAS_NUM_THREADS": "3"}, proc)
+    assert env == {"OMP_NUM_THREADS": "1"}
 
 
-def test_cpu_quota_reads_cgroup_v2(tmp_path):
-    (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert entrypoint.cpu_quota(tmp_path) == 1.5
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert entrypoint.cpu_quota(tmp_path) is None
-
-
-def test_cpu_quota_reads_cgroup_v1(tmp_path):
-    cpu = tmp_path / "cpu,cpuacct"
-    cpu.mkdir()
-    (cpu / "cpu.cfs_quota_us").write_text("200000\n")
-    (cpu / "cpu.cfs_period_us").write_text("100000\n")
-    assert entrypoint.cpu_quota(tmp_path) == 2.0
-    (cpu / "cpu.cfs_quota_us").write_text("-1\n")
-    assert entrypoint.cpu_quota(tmp_path) is None
-    assert entrypoint.cpu_quota(tmp_path / "missing") is None
-
-
-def test_thread_env_keeps_what_the_user_set(tmp_path):
-    (tmp_path / "cpu.max").write_text("100000 100000\n")
-    env = entrypoint.thread_env({"OMP_NUM_THREADS": "3"}, tmp_path)
-    assert "OMP_NUM_THREADS" not in env
-    assert env["SPLITDNN_HEAD_INTRA_OP_THREADS"] == "1"
-    assert env["SPLITDNN_TAIL_INTRA_OP_THREADS"] == "1"
-
-
-def test_thread_variables_are_ones_the_services_read():
-    fields = {}
-    for module, prefix in (
-        ("services.head.settings", "SPLITDNN_HEAD_"),
-        ("services.tail.settings", "SPLITDNN_TAIL_"),
-    ):
-        try:
-            settings = importlib.import_module(module)
-        except ImportError as exc:  # the serve extra is not installed
-            pytest.skip(f"{module}: {exc}")
-        cls = next(
-            v
-            for k, v in vars(settings).items()
-            if k.endswith("Settings") and getattr(v, "model_config", {}).get("env_prefix") == prefix
-        )
-        fields[prefix] = set(cls.model_fields)
-    for var in entrypoint.THREAD_VARS:
-        for prefix, names in fields.items():
-            if var.startswith(prefix):
-                assert var[len(prefix) :].lower() in names, var
+def test_entrypoint_leaves_onnx_runtime_threads_to_the_services():
+    """The sessions size themselves (and log why); a variable set here would read as a
+    user's choice."""
+    assert not [v for v in entrypoint.THREAD_VARS if v.startswith("SPLITDNN_")]
 
 
 # --- scripts ------------------------------------------------------------------------------

@@ -50,8 +50,17 @@ class ServiceSettings(BaseServiceSettings):
         validation_alias="SPLITDNN_TOKEN",
         description="Shared bearer token between head and tail; unset disables auth.",
     )
-    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0 = auto.")
-    inter_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads; 0 = auto.")
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime intra-op threads; 0 = the whole cores of the process's "
+        "cgroup quota within its CPU affinity (splitdnn/cpus.py).",
+    )
+    inter_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime inter-op threads; 0 = 1 (sessions run sequentially).",
+    )
     load_in_background: bool = Field(
         default=True,
         description="Load and warm up after the server starts, so /v2/health/live answers "
