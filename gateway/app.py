@@ -1,6 +1,12 @@
-"""Gateway: the public front on the device. ``create_app()`` assembles; no model loads.
+"""Gateway: the public front on the device.
 
-Run: ``splitdnn serve gateway --port 8000 --head-url http://127.0.0.1:8002`` or
+``create_app()`` is the gateway apart from the head (no model loads; it asks the head over
+HTTP). ``create_device_app()`` is gateway and head in one process, for a device that runs
+both: ``/classify`` calls the head's pipeline in-process, with one HTTP server, one body
+parse and no loopback hop.
+
+Run: ``splitdnn serve device --port 8000 --tail-url http://EDGE:8001`` (both),
+``splitdnn serve gateway --port 8000 --head-url http://127.0.0.1:8002`` (apart), or
 ``uvicorn gateway.app:create_app --factory --port 8000``.
 """
 
@@ -14,7 +20,11 @@ from fastapi import FastAPI
 
 from gateway import nonn, routes
 from gateway.settings import GatewaySettings, get_settings
-from services.common.deps import create_service_app
+from services.common.deps import InFlightLimiter, create_service_app
+from services.head.app import running_head
+from services.head.inprocess import InProcessHead
+from services.head.settings import HeadSettings
+from services.head.settings import get_settings as get_head_settings
 
 
 def create_app(
@@ -55,4 +65,46 @@ def create_app(
         settings=settings,
         readiness=False,
     )
+    return app
+
+
+def create_device_app(
+    settings: GatewaySettings | None = None,
+    head_settings: HeadSettings | None = None,
+    tail_transport: httpx.BaseTransport | None = None,
+    member_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Gateway and head in one process (``splitdnn serve device``).
+
+    Settings come from both environments (``SPLITDNN_GATEWAY_*`` for the public side,
+    ``SPLITDNN_HEAD_*`` and ``SPLITDNN_BUNDLE`` for the head); ``head_url`` is unused. The
+    in-flight limit is the smaller of the two, checked before a body is read: the head's
+    limit is what the device's cores can run at once.
+    """
+    settings = settings or get_settings()
+    head_settings = head_settings or get_head_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
+        with running_head(head_settings, tail_transport) as service:
+            async with httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                transport=member_transport,
+            ) as members:
+                yield {
+                    "head": InProcessHead(service, head_settings, app.state.metrics),
+                    "service": service,
+                    "nonn": nonn.load_state(settings, members),
+                }
+
+    app = create_service_app(
+        "device",
+        "Gateway and head in one process: POST /classify?mode=split|local|offload|auto runs "
+        "the device part here and sends the bottleneck to the tail.",
+        lifespan=lifespan,
+        router=routes.router,
+        settings=settings,
+        readiness=False,
+    )
+    app.state.limiter = InFlightLimiter(min(settings.max_in_flight, head_settings.max_in_flight))
     return app

@@ -1,8 +1,10 @@
 """``POST /classify``: the public endpoint. Takes the image, asks the head, answers JSON.
 
-The gateway loads no model. It checks what it can cheaply (media type, size, an image
-header), forwards the bytes to the head's ``/infer/{mode}``, and relays the head's answer
-or problem. The head runs the modes, the fallback and the latency model.
+The gateway checks what it can cheaply (media type, size, an image header), asks the head,
+and relays the head's answer or problem. The head runs the modes, the fallback and the
+latency model. Apart from the head, the gateway loads no model and asks the head's
+``/infer/{mode}`` over HTTP; beside it on the device (``create_device_app``), it calls the
+head's pipeline in-process (:class:`~services.head.inprocess.InProcessHead`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.common.errors import (
     UpstreamUnavailableError,
 )
 from services.common.openapi import IMAGE_CONTENT, problem_responses
+from services.head.inprocess import InProcessHead
 from splitdnn.errors import CorruptImageError, ImageTooLargeError
 from splitdnn.imaging import open_image
 
@@ -54,11 +57,12 @@ PROBLEMS = problem_responses(
 )
 
 
-async def get_head(request: Request) -> httpx.AsyncClient:
+async def get_head(request: Request) -> httpx.AsyncClient | InProcessHead:
+    """The head's HTTP client, or the head itself when it runs in this process."""
     return request.state.head
 
 
-Head = Annotated[httpx.AsyncClient, Depends(get_head)]
+Head = Annotated[httpx.AsyncClient | InProcessHead, Depends(get_head)]
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -183,17 +187,24 @@ async def classify(
         answer["request_id"] = context.request_id
         answer["image_bytes"] = len(image)
         return answer
-    params = {
-        "task": task,
-        "top_k": k,
-        "fallback": str(fallback).lower(),
-        "quantisation": quantisation,
-        "compression": compression,
-    }
-    answer = await call_head(head, f"/infer/{mode}", image, params, context)
-    timings = answer.setdefault("timings_ms", {})
-    for stage in ("head", "transfer", "tail"):
-        context.record(stage, float(timings.get(stage) or 0.0) / 1000)
+    if isinstance(head, InProcessHead):  # its pipeline records the stages in context
+        answer = await head.infer(
+            mode, image, context, task=task, k=k, fallback=fallback,
+            quantisation=quantisation, compression=compression,
+        )  # fmt: skip
+        timings = answer["timings_ms"]
+    else:
+        params = {
+            "task": task,
+            "top_k": k,
+            "fallback": str(fallback).lower(),
+            "quantisation": quantisation,
+            "compression": compression,
+        }
+        answer = await call_head(head, f"/infer/{mode}", image, params, context)
+        timings = answer.setdefault("timings_ms", {})
+        for stage in ("head", "transfer", "tail"):
+            context.record(stage, float(timings.get(stage) or 0.0) / 1000)
     timings["total"] = round((time.perf_counter() - start) * 1000, 3)
     answer["request_id"] = context.request_id
     answer["image_bytes"] = len(image)
@@ -215,13 +226,23 @@ async def _ready(client: httpx.AsyncClient, url: str) -> bool:
     responses=problem_responses({503: "the head is not ready (Retry-After)"}),
 )
 async def ready(head: Head) -> dict[str, Any]:
-    if not await _ready(head, "/v2/health/ready"):
+    in_process = isinstance(head, InProcessHead)
+    if not (await head.ready() if in_process else await _ready(head, "/v2/health/ready")):
         raise UpstreamUnavailableError("the head is not ready", headers={"Retry-After": "1"})
     return {"ready": True}
 
 
 @router.get("/status", tags=["health"], summary="Head and tail readiness, latency estimates")
 async def status(head: Head, settings: Settings) -> dict[str, Any]:
+    if isinstance(head, InProcessHead):
+        return {
+            "head_url": None,  # in this process
+            "tail_url": head.settings.tail_url,
+            "head_ready": await head.ready(),
+            "tail_ready": await head.tail_ready(),
+            "default_mode": settings.default_mode,
+            **({"latency": latency} if (latency := head.latency()) else {}),
+        }
     tail_ready = await _ready(head, settings.tail_url.rstrip("/") + "/v2/health/ready")
     answer: dict[str, Any] = {
         "head_url": settings.head_url,

@@ -1,4 +1,4 @@
-"""``splitdnn serve tail|head|gateway|all``: thin Typer commands over :mod:`splitdnn.serve`.
+"""``splitdnn serve tail|device|head|gateway|all``: thin Typer commands over :mod:`splitdnn.serve`.
 
 Mounted by ``splitdnn/cli.py`` with ``app.add_typer(serve_app, name="serve")``.
 """
@@ -128,7 +128,8 @@ def head(
     log_level: LogLevel = "info",
     insecure: Insecure = False,
 ) -> None:
-    """The device half: device part and envelope upload, the local model, auto mode."""
+    """The device half alone (a gateway on another machine calls it): device part and
+    envelope upload, the local model, auto mode. On one device, `serve device` runs both."""
     with _exit_on_library_error():
         serve.serve_head(
             host=host,
@@ -140,6 +141,40 @@ def head(
             compression=compression,
             log_level=log_level,
             insecure=insecure,
+        )
+
+
+@serve_app.command("device")
+def device(
+    port: Port = serve.DEFAULT_PORTS["device"],
+    tail_url: TailUrl = "http://127.0.0.1:8001",
+    host: Host = "127.0.0.1",
+    bundle: BundleOpt = None,
+    token: Token = None,
+    quantisation: Annotated[
+        str | None, typer.Option(help="Envelope quantisation: fp32, fp16 or uint8 (default).")
+    ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="Envelope compression: zstd (default) or none.")
+    ] = None,
+    default_mode: Annotated[
+        str | None, typer.Option(help="Mode when a request names none (default split).")
+    ] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """The device: gateway and head in one process (POST /classify runs the device part here,
+    no second HTTP hop). Use head + gateway instead when they run on different machines."""
+    with _exit_on_library_error():
+        serve.serve_device(
+            host=host,
+            port=port,
+            tail_url=tail_url,
+            bundle=bundle,
+            token=token,
+            quantisation=quantisation,
+            compression=compression,
+            default_mode=default_mode,
+            log_level=log_level,
         )
 
 
@@ -155,8 +190,8 @@ def gateway(
     token: Token = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """The public front: POST /classify?mode=split|local|offload|auto (sends the head the
-    token)."""
+    """The public front apart from its head: POST /classify?mode=split|local|offload|auto
+    (sends the head the token). On one device, `serve device` runs both in one process."""
     serve.serve_gateway(
         host=host,
         port=port,
@@ -171,20 +206,18 @@ def gateway(
 @serve_app.command("all")
 def all_(
     host: Host = "127.0.0.1",
-    gateway_port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
-    head_port: Annotated[int, typer.Option(help="Head port.")] = 8002,
+    gateway_port: Annotated[int, typer.Option(help="Port of /classify (the device).")] = 8000,
     tail_port: Annotated[int, typer.Option(help="Tail port.")] = 8001,
     bundle: BundleOpt = None,
     token: Token = None,
     log_level: LogLevel = "info",
     insecure: Insecure = False,
 ) -> None:
-    """Tail, head and gateway together on one machine, wired to each other."""
+    """The tail and the device (gateway and head in one process) on one machine, wired."""
     with _exit_on_library_error():
         code = serve.serve_all(
             host=host,
             gateway_port=gateway_port,
-            head_port=head_port,
             tail_port=tail_port,
             bundle=bundle,
             token=token,

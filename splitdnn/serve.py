@@ -4,9 +4,10 @@ import string and builds each app in its own factory, configured through the sam
 
     serve_tail(port=8001)                         edge server
     serve_tail_ray(port=8001, replicas=2)         edge server on Ray Serve (replicas, batching)
-    serve_head(port=8002, tail_url=...)           device
-    serve_gateway(port=8000, head_url=...)        device, public
-    serve_all()                                   all three on 127.0.0.1, one command
+    serve_device(port=8000, tail_url=...)         device: gateway and head in one process, public
+    serve_head(port=8002, tail_url=...)           device, head alone (a gateway elsewhere)
+    serve_gateway(port=8000, head_url=...)        public front apart from its head
+    serve_all()                                   tail and device on 127.0.0.1, one command
 
 Head and tail authenticate their callers with ``SPLITDNN_TOKEN``; one that would bind an
 address other hosts can reach without a token refuses to start unless told ``insecure``
@@ -39,7 +40,9 @@ TAIL_APP = "services.tail.app:create_app"
 TAIL_RAY_RUN = "services.tail.ray_app:run"
 HEAD_APP = "services.head.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
-DEFAULT_PORTS = {"gateway": 8000, "tail": 8001, "head": 8002}
+#: Gateway and head in one process: /classify calls the head's pipeline, no second hop.
+DEVICE_APP = "gateway.app:create_device_app"
+DEFAULT_PORTS = {"gateway": 8000, "device": 8000, "tail": 8001, "head": 8002}
 
 
 def _check_bundle(bundle: Path | None) -> Path:
@@ -128,6 +131,23 @@ def gateway_env(
     )
 
 
+def device_env(
+    tail_url: str,
+    bundle: Path | None = None,
+    token: str | None = None,
+    quantisation: str | None = None,
+    compression: str | None = None,
+    default_mode: str | None = None,
+) -> dict[str, str]:
+    """The head's environment plus the gateway's: one process reads both."""
+    return {
+        **head_env(tail_url, bundle, token, quantisation, compression),
+        **_env(
+            {"SPLITDNN_GATEWAY_TAIL_URL": tail_url, "SPLITDNN_GATEWAY_DEFAULT_MODE": default_mode}
+        ),
+    }
+
+
 def serve_tail(
     *,
     host: str = "127.0.0.1",
@@ -214,6 +234,24 @@ def serve_gateway(
     """Run the gateway (the public front: it may bind any address) until interrupted."""
     env = gateway_env(head_url, tail_url, default_mode, token)
     _run(GATEWAY_APP, host, port, env, log_level)
+
+
+def serve_device(
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORTS["device"],
+    tail_url: str = "http://127.0.0.1:8001",
+    bundle: Path | None = None,
+    token: str | None = None,
+    quantisation: str | None = None,
+    compression: str | None = None,
+    default_mode: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run gateway and head in one process (the public front: it may bind any address;
+    the head's own endpoints are not served) until interrupted."""
+    env = device_env(tail_url, bundle, token, quantisation, compression, default_mode)
+    _run(DEVICE_APP, host, port, env, log_level)
 
 
 def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> list[str]:
@@ -325,8 +363,7 @@ def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 10.0)
 def serve_all(
     *,
     host: str = "127.0.0.1",
-    gateway_port: int = DEFAULT_PORTS["gateway"],
-    head_port: int = DEFAULT_PORTS["head"],
+    gateway_port: int = DEFAULT_PORTS["device"],
     tail_port: int = DEFAULT_PORTS["tail"],
     bundle: Path | None = None,
     token: str | None = None,
@@ -334,28 +371,28 @@ def serve_all(
     ready_timeout: float = 120.0,
     insecure: bool = False,
 ) -> int:
-    """Start tail, head and gateway as child processes on ``host``; stop all on Ctrl-C.
+    """Start the tail and the device (gateway and head in one process) as child processes
+    on ``host``; stop both on Ctrl-C.
 
     Returns the exit code: 0 after an interrupt, else the code of the first child to die.
     Raises :class:`ConfigError` before starting anything when a port is taken or given twice.
     """
-    check_exposure("head and tail", host, token, insecure)
-    ports = {"gateway": gateway_port, "head": head_port, "tail": tail_port}
+    check_exposure("tail", host, token, insecure)
+    ports = {"gateway": gateway_port, "tail": tail_port}
     if len(set(ports.values())) < len(ports):
-        raise ConfigError(f"the three services need three different ports, not {ports}")
+        raise ConfigError(f"the two services need two different ports, not {ports}")
     busy = ports_in_use(host, ports.values())
     if busy:
         named = ", ".join(f"{name} {port}" for name, port in ports.items() if port in busy)
         raise ConfigError(
             f"port(s) already in use on {host}: {named} (another `splitdnn serve`?). Stop what "
-            "holds them or pick others with --gateway-port/--head-port/--tail-port"
+            "holds them or pick others with --gateway-port/--tail-port"
         )
-    tail_url, head_url = f"http://{host}:{tail_port}", f"http://{host}:{head_port}"
+    tail_url = f"http://{host}:{tail_port}"
     base = dict(os.environ)
     plan = [
         ("tail", TAIL_APP, tail_port, tail_env(bundle, token)),
-        ("head", HEAD_APP, head_port, head_env(tail_url, bundle, token)),
-        ("gateway", GATEWAY_APP, gateway_port, gateway_env(head_url, tail_url, token=token)),
+        ("device", DEVICE_APP, gateway_port, device_env(tail_url, bundle, token)),
     ]
     children: dict[str, subprocess.Popen] = {}
 
@@ -364,7 +401,7 @@ def serve_all(
 
     # SIGTERM ends it like Ctrl-C; SIGINT is installed too, because a shell starts background
     # jobs (`splitdnn serve all &` in a script, CI runners) with SIGINT ignored, and Python
-    # then never raises KeyboardInterrupt: `kill -INT` would leave all three running.
+    # then never raises KeyboardInterrupt: `kill -INT` would leave both running.
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for name, app, port, env in plan:
@@ -377,7 +414,7 @@ def serve_all(
                 return 1
         print(
             f"splitdnn: ready. POST http://{host}:{gateway_port}/classify?mode=split|local|"
-            "offload|auto (Ctrl-C stops all three)",
+            "offload|auto (Ctrl-C stops both)",
             flush=True,
         )
         while True:

@@ -72,8 +72,8 @@ def test_serve_all_refuses_taken_ports_before_starting_anything(
     started = []
     monkeypatch.setattr(serve.subprocess, "Popen", lambda *a, **k: started.append(a))
     result = invoke(
-        "serve", "all", "--gateway-port", foreign_server, "--head-port", free_port(),
-        "--tail-port", free_port(), "--bundle", toy_bundle_dir,
+        "serve", "all", "--gateway-port", foreign_server, "--tail-port", free_port(),
+        "--bundle", toy_bundle_dir,
     )  # fmt: skip
     assert result.exit_code == 2
     assert "ready" not in result.stdout
@@ -83,8 +83,8 @@ def test_serve_all_refuses_taken_ports_before_starting_anything(
 
 
 def test_serve_all_refuses_one_port_for_two_services(toy_bundle_dir):
-    result = invoke("serve", "all", "--head-port", "8123", "--tail-port", "8123")
-    assert result.exit_code == 2 and "three different ports" in result.stderr
+    result = invoke("serve", "all", "--gateway-port", "8123", "--tail-port", "8123")
+    assert result.exit_code == 2 and "two different ports" in result.stderr
 
 
 def test_readiness_counts_only_the_started_process(foreign_server):
@@ -430,20 +430,15 @@ def _stages(server_timing: str) -> dict[str, float]:
 def test_running_services_log_bundle_and_request_ids_serve_docs_locally_and_time_all_of_total(
     toy_bundle_dir, tmp_path, cat_jpeg
 ):
-    ports = {name: free_port() for name in ("gateway", "head", "tail")}
+    ports = {name: free_port() for name in ("gateway", "tail")}
     log = tmp_path / "serve.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-        "SPLITDNN_HEAD_INTRA_OP_THREADS": "1",
-        "SPLITDNN_TAIL_INTRA_OP_THREADS": "1",
-    }
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "splitdnn.cli", "serve", "all", "--bundle", toy_bundle_dir]
     for name, port in ports.items():
         command += [f"--{name}-port", str(port)]
     with log.open("w") as out:
         # started as a shell starts a background job (SIGINT ignored): Ctrl-C / kill -INT
-        # must still stop all three
+        # must still stop both
         process = subprocess.Popen(
             [str(c) for c in command],
             stdout=out,
@@ -451,18 +446,20 @@ def test_running_services_log_bundle_and_request_ids_serve_docs_locally_and_time
             env=env,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
-    head, gateway = (f"http://127.0.0.1:{ports[n]}" for n in ("head", "gateway"))
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
     try:
         assert serve.wait_ready(gateway + "/v2/health/ready", 120), log.read_text()
         docs = httpx.get(gateway + "/docs")
         assert docs.status_code == 200
         assert "cdn" not in docs.text and "https://" not in docs.text
         assert "/docs/assets/swagger-ui-bundle.js" in docs.text
-        asset = httpx.get(head + "/docs/assets/swagger-ui-bundle.js")
+        asset = httpx.get(gateway + "/docs/assets/swagger-ui-bundle.js")
         assert asset.status_code == 200 and len(asset.content) > 100_000
 
         answer = httpx.post(
-            head + "/infer/local", content=cat_jpeg, headers={"X-Request-ID": "first-hour-42"}
+            gateway + "/classify?mode=local",
+            content=cat_jpeg,
+            headers={"X-Request-ID": "first-hour-42", "Content-Type": "image/jpeg"},
         )
         assert answer.status_code == 200, answer.text
         stages = _stages(answer.headers["Server-Timing"])
@@ -470,9 +467,8 @@ def test_running_services_log_bundle_and_request_ids_serve_docs_locally_and_time
         assert {"read", "head", "app"} <= set(stages)
         assert sum(stages.values()) == pytest.approx(total, abs=0.01 * len(stages) + 0.01)
 
-        httpx.get(head + "/docs")
-        httpx.get(head + "/openapi.json")
-        metrics = httpx.get(head + "/metrics").text
+        httpx.get(gateway + "/openapi.json")
+        metrics = httpx.get(gateway + "/metrics").text
         assert 'route="/docs"' in metrics and 'route="/openapi.json"' in metrics
         assert 'route="unmatched"' not in metrics
     finally:
@@ -482,6 +478,7 @@ def test_running_services_log_bundle_and_request_ids_serve_docs_locally_and_time
     from splitdnn.bundle import load_bundle
 
     bundle = load_bundle(toy_bundle_dir)
-    assert f"bundle {bundle.id} ({bundle.name}" in text  # the startup line, head and tail
+    assert f"bundle {bundle.id} ({bundle.name}" in text  # the startup line, device and tail
+    assert "ONNX Runtime threads: intra-op" in text  # sized at start-up, and why
     assert "request_id=first-hour-42" in text
-    assert '"POST /infer/local" 200' in text
+    assert '"POST /classify" 200' in text

@@ -6,8 +6,8 @@ Run: ``splitdnn serve head --port 8002 --tail-url http://EDGE:8001`` or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -48,6 +48,24 @@ def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
     return {"bundle": bundle, "pipeline": pipeline, "warmup_ms": warmup_ms}
 
 
+@contextmanager
+def running_head(
+    settings: HeadSettings, tail_transport: httpx.BaseTransport | None = None
+) -> Iterator[ServiceState]:
+    """The head's components for the life of an app: the tail client, and the bundle loaded
+    (in the background if set) into a :class:`ServiceState` that is ready only while the
+    tail holds the same bundle. The head app and the device app (gateway and head in one
+    process, ``gateway.app.create_device_app``) both run it."""
+    tail = TailClient(settings, tail_transport)
+    service = ServiceState()
+    service.start(lambda: load_components(settings, tail), settings.load_in_background)
+    service.checks.append(lambda: service.components["pipeline"].tail_readiness())
+    try:
+        yield service
+    finally:
+        tail.close()
+
+
 def create_app(
     settings: HeadSettings | None = None, tail_transport: httpx.BaseTransport | None = None
 ) -> FastAPI:
@@ -56,14 +74,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        tail = TailClient(settings, tail_transport)
-        service = ServiceState()
-        service.start(lambda: load_components(settings, tail), settings.load_in_background)
-        service.checks.append(lambda: service.components["pipeline"].tail_readiness())
-        try:
+        with running_head(settings, tail_transport) as service:
             yield {"service": service}
-        finally:
-            tail.close()
 
     app = create_service_app(
         "head",

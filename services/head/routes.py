@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from services.common.context import RequestContext
 from services.common.deps import (
     ADMISSION,
     AppMetrics,
@@ -22,6 +23,7 @@ from services.common.deps import (
     read_capped,
 )
 from services.common.errors import UnsupportedMediaError
+from services.common.metrics import Metrics
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
 from services.head.settings import Compression, HeadSettings, Quantisation
@@ -89,8 +91,40 @@ def infer(
         Query(description="Offload: re-encode at the teacher's input size (default: setting)"),
     ] = None,
 ) -> dict[str, Any]:
-    start = time.perf_counter()
     pipeline: HeadPipeline = service.get("pipeline")
+    return infer_answer(
+        pipeline,
+        settings,
+        mode,
+        image,
+        task,
+        k,
+        fallback,
+        context,
+        metrics,
+        quantisation,
+        compression,
+        reencode,
+    )
+
+
+def infer_answer(
+    pipeline: HeadPipeline,
+    settings: HeadSettings,
+    mode: str,
+    image: bytes,
+    task: str | None,
+    k: int | None,
+    fallback: bool,
+    context: RequestContext,
+    metrics: Metrics,
+    quantisation: str | None = None,
+    compression: str | None = None,
+    reencode: bool | None = None,
+) -> dict[str, Any]:
+    """Run one classification and build the head's answer: what ``/infer/{mode}`` returns
+    and what a gateway in the same process (:mod:`services.head.inprocess`) relays."""
+    start = time.perf_counter()
     encoding = Encoding(quantisation or settings.quantisation, compression or settings.compression)
     outcome, predictions = pipeline.run(
         mode, image, task, k or settings.top_k, fallback, context, metrics, encoding, reencode
@@ -140,7 +174,11 @@ def latency(
     service: Service,
     image_bytes: Annotated[int, Query(ge=0, description="Image size to predict for")] = 50_000,
 ) -> dict[str, Any]:
-    pipeline: HeadPipeline = service.get("pipeline")
+    return latency_answer(service.get("pipeline"), image_bytes)
+
+
+def latency_answer(pipeline: HeadPipeline, image_bytes: int) -> dict[str, Any]:
+    """The latency estimates and each mode's prediction for an image of ``image_bytes``."""
     chosen, predictions = pipeline.latency.choose(image_bytes)
     return {
         "estimates": pipeline.latency.snapshot(),

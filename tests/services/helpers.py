@@ -72,3 +72,40 @@ def running_stack(
         yield Stack(urls["gateway"], urls["head"], urls["tail"], processes)
     finally:
         serve.stop_processes(processes.values())
+
+
+@dataclass
+class Device:
+    gateway: str
+    tail: str
+    processes: dict[str, subprocess.Popen]
+
+
+@contextmanager
+def running_device(
+    bundle_dir: Path, token: str | None, ready_timeout: float = 60
+) -> Iterator[Device]:
+    """The tail and the device (gateway and head in one process, as ``splitdnn serve all``
+    starts them) as uvicorn subprocesses on ephemeral 127.0.0.1 ports."""
+    ports = {name: free_port() for name in ("tail", "device")}
+    tail_url = f"http://127.0.0.1:{ports['tail']}"
+    envs = {
+        "tail": serve.tail_env(bundle_dir, token),
+        "device": {
+            **serve.device_env(tail_url, bundle_dir, token),
+            "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
+            "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
+        },
+    }
+    apps = {"tail": serve.TAIL_APP, "device": serve.DEVICE_APP}
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        for name in ("tail", "device"):
+            command = serve.uvicorn_command(apps[name], "127.0.0.1", ports[name], "warning")
+            processes[name] = subprocess.Popen(command, env={**os.environ, **envs[name]})
+        for name in ("tail", "device"):
+            url = f"http://127.0.0.1:{ports[name]}/v2/health/ready"
+            assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
+        yield Device(f"http://127.0.0.1:{ports['device']}", tail_url, processes)
+    finally:
+        serve.stop_processes(processes.values())

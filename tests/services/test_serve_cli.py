@@ -72,7 +72,20 @@ def test_bad_quantisation_is_refused(calls, toy_bundle_dir) -> None:
     assert result.exit_code == 2 and not calls
 
 
-def test_serve_all_plans_three_wired_processes(monkeypatch, toy_bundle_dir) -> None:
+def test_serve_device_runs_gateway_and_head_in_one_process(calls, toy_bundle_dir) -> None:
+    result = runner.invoke(
+        serve_app,
+        ["device", "--port", "9103", "--tail-url", "http://edge:1", "--bundle", str(toy_bundle_dir),
+         "--default-mode", "auto"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls[0][0] == ("gateway.app:create_device_app",) and calls[0][1]["port"] == 9103
+    assert os.environ["SPLITDNN_HEAD_TAIL_URL"] == "http://edge:1"
+    assert os.environ["SPLITDNN_BUNDLE"] == str(toy_bundle_dir)
+    assert os.environ["SPLITDNN_GATEWAY_DEFAULT_MODE"] == "auto"
+
+
+def test_serve_all_plans_the_tail_and_the_device_wired(monkeypatch, toy_bundle_dir) -> None:
     started: list[tuple[list[str], dict]] = []
 
     class FakeProcess:
@@ -88,13 +101,13 @@ def test_serve_all_plans_three_wired_processes(monkeypatch, toy_bundle_dir) -> N
     monkeypatch.setattr(serve.subprocess, "Popen", FakeProcess)
     monkeypatch.setattr(serve, "wait_ready", lambda *a, **k: True)
     monkeypatch.setattr(serve, "ports_in_use", lambda host, ports: [])
-    code = serve.serve_all(bundle=toy_bundle_dir, tail_port=1, head_port=2, gateway_port=3)
+    code = serve.serve_all(bundle=toy_bundle_dir, tail_port=1, gateway_port=3)
     assert code == 3
     apps = [command[3] for command, _ in started]
-    assert apps == [serve.TAIL_APP, serve.HEAD_APP, serve.GATEWAY_APP]
-    head_env, gateway_env = started[1][1], started[2][1]
-    assert head_env["SPLITDNN_HEAD_TAIL_URL"] == "http://127.0.0.1:1"
-    assert gateway_env["SPLITDNN_GATEWAY_HEAD_URL"] == "http://127.0.0.1:2"
+    assert apps == [serve.TAIL_APP, serve.DEVICE_APP]
+    device_env = started[1][1]
+    assert device_env["SPLITDNN_HEAD_TAIL_URL"] == "http://127.0.0.1:1"
+    assert started[1][0][started[1][0].index("--port") + 1] == "3"
 
 
 def test_library_imports_no_web_stack_and_wire_latency_no_torch() -> None:
