@@ -2,7 +2,7 @@
 # The main job without Docker, on the embedded default model:
 #   1. a venv with splitdnn (train extra: the default bundle is exported from committed weights),
 #   2. `splitdnn export default` into splitdnn/assets/default-bundle (once),
-#   3. tail, head and gateway on 127.0.0.1 (`splitdnn serve all`),
+#   3. tail and device (gateway + head in one process) on 127.0.0.1 (`splitdnn serve all`),
 #   4. examples/cat.jpg classified in local, offload, split and auto mode, answers printed,
 #   5. the services stopped again.
 # Keep them running instead with: splitdnn serve all
@@ -24,7 +24,7 @@ if [ ! -f "$BUNDLE/manifest.json" ]; then
   splitdnn export default --out "$BUNDLE"
 fi
 
-echo "==> starting tail :8001, head :8002, gateway :8000"
+echo "==> starting tail :8001, device (gateway + head) :8000"
 splitdnn serve all --bundle "$BUNDLE" --log-level warning &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT

@@ -1,9 +1,10 @@
 """The product's main job, end to end with a real Docker engine.
 
 Builds the images from docker/Dockerfile with compose, runs ``docker compose up --wait``,
-classifies examples/cat.jpg through the gateway on localhost:8000 in local, offload and
-split modes, checks the answers, the health, users, threads and link shaping of the
-running stack, and tears everything down (``compose down -v``) whatever happens.
+classifies examples/cat.jpg through the device (gateway and head in one process) on
+localhost:8000 in local, offload and split modes, checks the answers, the health, users,
+threads and link shaping of the running stack, and tears everything down
+(``compose down -v``) whatever happens.
 
 Skipped, with the reason, where no Docker engine or compose plugin answers
 (``scripts/ci-docker-setup.sh`` installs and starts both where it can).
@@ -48,7 +49,7 @@ ARM64_FILE = ROOT / "docker" / "compose.arm64.yml"
 CAT = ROOT / "examples" / "cat.jpg"
 PROJECT = "splitdnn-test"
 GATEWAY = "http://127.0.0.1:8000"
-PORTS = (8000, 8001, 8002)
+PORTS = (8000, 8001)
 #: ImageNet-1k domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 CAT_CLASSES = range(281, 286)
 BASE_STANDIN = "splitdnn-base:bookworm"
@@ -235,6 +236,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             started = time.monotonic()
             built = run(compose("build"), timeout=BUILD_TIMEOUT_S, env=env, log=log)
             assert built.returncode == 0, f"docker compose build failed:\n{tail_of(log)}"
+            # the gateway image (apart from a head; NoNN) is in no default service
+            built = run(
+                compose("--profile", "nonn", "build", "nonn-gateway"),
+                timeout=BUILD_TIMEOUT_S,
+                env=env,
+                log=log,
+            )
+            assert built.returncode == 0, f"gateway image build failed:\n{tail_of(log)}"
             build_s = time.monotonic() - started
             up = run(
                 compose("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_S)),
@@ -319,7 +328,7 @@ def test_every_container_is_healthy_and_not_root(stack: Stack):
     assert result.returncode == 0, result.stderr
     text = result.stdout.strip()
     rows = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines()]
-    assert {row["Service"] for row in rows} == {"link", "tail", "head", "gateway"}
+    assert {row["Service"] for row in rows} == {"link", "tail", "head"}
     for row in rows:
         assert row["State"] == "running" and row["Health"] == "healthy", row
         uid = stack.compose("exec", "-T", row["Service"], "id", "-u", timeout=60).stdout.strip()

@@ -149,9 +149,16 @@ def test_every_depends_on_target_is_a_service(services):
             assert condition == "service_healthy", f"{name} -> {target}: {condition}"
 
 
-def test_the_stack_starts_in_order_link_tail_head_gateway(services):
+def test_the_stack_starts_in_order_link_tail_then_the_device(services):
     assert set(services["head"]["depends_on"]) == {"tail", "link"}
-    assert set(services["gateway"]["depends_on"]) == {"head", "tail"}
+
+
+def test_gateway_and_head_share_one_process_under_the_device_quota(services):
+    """The device runs `serve device` (no second server, parse or hop on its CPU); no
+    separate gateway service calls a head over HTTP."""
+    assert services["head"]["command"][:3] == ["splitdnn", "serve", "device"]
+    assert services["head"]["cpus"] == "${HEAD_CPUS:-1.0}"
+    assert "gateway" not in services
 
 
 def test_every_service_has_a_healthcheck_that_needs_no_curl(services):
@@ -192,16 +199,14 @@ def _flag(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
-def test_gateway_is_on_port_8000_and_services_agree_on_ports(services):
-    gateway, head, tail = (services[n]["command"] for n in ("gateway", "head", "tail"))
-    assert _flag(gateway, "--port") == "${GATEWAY_PORT:-8000}"
-    tail_port, head_port = _flag(tail, "--port"), _flag(head, "--port")
-    assert _flag(head, "--tail-url") == f"http://127.0.0.1:{tail_port}"
-    assert _flag(gateway, "--tail-url") == f"http://127.0.0.1:{tail_port}"
-    assert _flag(gateway, "--head-url") == f"http://127.0.0.1:{head_port}"
+def test_the_device_is_on_port_8000_and_services_agree_on_ports(services):
+    device, tail = (services[n]["command"] for n in ("head", "tail"))
+    assert _flag(device, "--port") == "${GATEWAY_PORT:-8000}"
+    tail_port = _flag(tail, "--port")
+    assert _flag(device, "--tail-url") == f"http://127.0.0.1:{tail_port}"
     assert services["link"]["environment"]["LINK_PORT"] == tail_port
     assert services["tail"]["environment"]["PORT"] == tail_port  # the healthcheck's port
-    assert services["head"]["environment"]["PORT"] == head_port
+    assert services["head"]["environment"]["PORT"] == "${GATEWAY_PORT:-8000}"
 
 
 def test_compose_builds_every_service_from_a_dockerfile_target(services, dockerfile_stages):

@@ -151,19 +151,24 @@ def test_the_serve_config_is_valid_for_ray_and_names_our_deployment() -> None:
     assert set(application["runtime_env"]["env_vars"]) <= fields
 
 
-def test_head_and_gateway_are_probed_resourced_and_on_arm64() -> None:
+def test_the_device_is_probed_resourced_on_arm64_and_runs_gateway_and_head_in_one_process():
     daemonsets = {d["metadata"]["name"]: d for _, d in core_objects() if d["kind"] == "DaemonSet"}
-    assert set(daemonsets) == {"splitdnn-head", "splitdnn-gateway"}
-    for daemonset in daemonsets.values():
-        pod = daemonset["spec"]["template"]["spec"]
-        assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
-        (container,) = pod["containers"]
-        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-        assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
-    head = daemonsets["splitdnn-head"]["spec"]["template"]["spec"]
-    assert any(v["name"] == "bundle" for v in head["volumes"])
-    assert "http://splitdnn-tail-serve-svc:8000" in head["containers"][0]["args"]
+    assert set(daemonsets) == {"splitdnn-device"}
+    pod = daemonsets["splitdnn-device"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    (container,) = pod["containers"]
+    assert container["args"][:3] == ["splitdnn", "serve", "device"]
+    assert "http://splitdnn-tail-serve-svc:8000" in container["args"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "cpu" in container["resources"]["limits"]  # its threads follow this quota
+    names = {e["name"] for e in container["env"]}
+    assert not any(n.endswith("_INTRA_OP_THREADS") for n in names)  # sized, not set by hand
+    assert any(v["name"] == "bundle" for v in pod["volumes"])
+    (service,) = [d for _, d in core_objects() if d["kind"] == "Service"]
+    assert service["spec"]["selector"] == {"app.kubernetes.io/name": "splitdnn-device"}
+    assert service["spec"]["ports"][0]["nodePort"] == 30080
     for template in ray_pod_templates(rayservice()):
         (container,) = template["spec"]["containers"]
         assert {"cpu", "memory"} <= set(container["resources"]["requests"])
