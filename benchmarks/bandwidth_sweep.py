@@ -2,11 +2,22 @@
 
 The tail runs inside a network namespace behind a veth pair shaped with tbf both ways (a
 ~1-packet bucket, segmentation offload off: see ``benchmarks/netns.py``; the rate each
-setting really gets is calibrated with a bulk upload and reported). The head runs in the
+setting really gets is calibrated with a bulk upload and reported). The device runs in the
 root namespace inside a cgroup holding a device profile's CPU share
-(``splitdnn/devices.json``: pi4, jetson-nano, unlimited). For every profile x rate x mode
-the client posts held-out photos to the head's ``/infer/{mode}`` open-loop, all modes of
-a rate interleaved on one fixed schedule (each request followed by a gap of 1.5x its
+(``splitdnn/devices.json``: pi4, jetson-nano, unlimited), with default settings (ONNX
+Runtime threads sized by the services themselves; ``--threads N`` sets them by hand).
+
+Two paths per profile (``--paths``):
+
+* ``classify``, the public path as deployed: gateway and head in one process
+  (``splitdnn serve device``) under the device's quota, the client posting to
+  ``/classify?mode=...``. Offload there is the head's setting (the fair re-encode when the
+  bundle has ``reencode.json``), so its cells are ``offload-fair``; no raw ``offload``.
+* ``head``, the head alone (``splitdnn serve head``) under the quota, the client posting to
+  its ``/infer/{mode}``: the figures of the sweeps before.
+
+For every path x profile x rate x mode the client posts held-out photos open-loop, all
+modes of a rate interleaved on one fixed schedule (each request followed by a gap of 1.5x its
 mode's warm-up time, so a cell measures latency, not a queue, and a burst of load on the
 shared machine hits every mode alike; latency from the intended send time), and records
 per request the client time, the stages the head reports (τhead with its model part,
@@ -63,6 +74,10 @@ MODES = ("local", "split", "offload", "offload-fair", "auto")
 FIXED = ("local", "split", "offload-fair")  # what auto chooses among
 PROFILES = ("pi4", "jetson-nano", "unlimited")
 RATES = (0.5, 1, 2, 5, 10, 20, 50, 100)
+#: classify: gateway + head in one process, /classify (as deployed); head: /infer/{mode}.
+PATHS = ("classify", "head")
+#: What /classify can ask: offload is the head's setting (fair), there is no raw offload.
+CLASSIFY_MODES = ("local", "split", "offload-fair", "auto")
 TAIL_PORT, HEAD_PORT = 18101, 18102
 
 
@@ -80,28 +95,33 @@ def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
 
 
 class Services:
-    """Tail in the namespace (no CPU limit), head in the profile's cgroup; stopped on exit."""
+    """Tail in the namespace (no CPU limit), the device side in the profile's cgroup: the
+    head alone (``path`` head) or gateway and head in one process (``classify``); stopped
+    on exit. ``threads`` 0 leaves ONNX Runtime threads to the services (the default)."""
 
-    def __init__(self, link: Link, bundle: Path, group: cgroup.CpuGroup, threads: int) -> None:
+    def __init__(
+        self, link: Link, bundle: Path, group: cgroup.CpuGroup, threads: int, path: str
+    ) -> None:
         self.link, self.bundle, self.group, self.threads = link, bundle, group, threads
+        self.path = path
         self.processes: list[subprocess.Popen] = []
         self.tail_url = f"http://{link.ns_ip}:{TAIL_PORT}"
         self.head_url = f"http://127.0.0.1:{HEAD_PORT}"
 
     def __enter__(self) -> Services:
-        base = {
-            **os.environ,
-            "SPLITDNN_TAIL_INTRA_OP_THREADS": str(self.threads),
-            "SPLITDNN_HEAD_INTRA_OP_THREADS": str(self.threads),
-            "SPLITDNN_HEAD_INTER_OP_THREADS": "1",
-            "SPLITDNN_TAIL_INTER_OP_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-        }
+        base = dict(os.environ)
+        if self.threads:
+            for service in ("TAIL", "HEAD"):
+                base[f"SPLITDNN_{service}_INTRA_OP_THREADS"] = str(self.threads)
+                base[f"SPLITDNN_{service}_INTER_OP_THREADS"] = "1"
+            base["OMP_NUM_THREADS"] = "1"
         tail = serve.uvicorn_command(serve.TAIL_APP, self.link.ns_ip, TAIL_PORT, "warning")
-        head = serve.uvicorn_command(serve.HEAD_APP, "127.0.0.1", HEAD_PORT, "warning")
+        app = serve.DEVICE_APP if self.path == "classify" else serve.HEAD_APP
+        head = serve.uvicorn_command(app, "127.0.0.1", HEAD_PORT, "warning")
         head_env = {
-            **serve.head_env(self.tail_url, self.bundle, compression="zstd"),
+            **serve.device_env(self.tail_url, self.bundle, compression="zstd"),
             "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "60",
+            "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
             "SPLITDNN_HEAD_OFFLOAD_REENCODE": "bundle",
         }
         try:
@@ -122,31 +142,37 @@ class Services:
         serve.stop_processes(self.processes)
 
 
-def request_params(mode: str) -> tuple[str, dict[str, str]]:
+def request_params(mode: str, path: str = "head") -> tuple[str, dict[str, str]]:
+    """(URL path, query) of one request: the head's ``/infer/{mode}``, or ``/classify``
+    (where offload is the head's setting: the fair re-encode)."""
+    if path == "classify":
+        return "/classify", {"mode": mode.removesuffix("-fair"), "fallback": "false"}
     if mode == "offload":
-        return "offload", {"reencode": "false", "fallback": "false"}
+        return "/infer/offload", {"reencode": "false", "fallback": "false"}
     if mode == "offload-fair":
-        return "offload", {"reencode": "true", "fallback": "false"}
-    return mode, {"fallback": "false"}
+        return "/infer/offload", {"reencode": "true", "fallback": "false"}
+    return f"/infer/{mode}", {"fallback": "false"}
 
 
-def post(client: httpx.Client, mode: str, image: bytes) -> dict[str, Any]:
-    path, params = request_params(mode)
+def post(client: httpx.Client, mode: str, image: bytes, path: str = "head") -> dict[str, Any]:
+    url, params = request_params(mode, path)
     response = client.post(
-        f"/infer/{path}", params=params, content=image, headers={"Content-Type": "image/jpeg"}
+        url, params=params, content=image, headers={"Content-Type": "image/jpeg"}
     )
     if response.status_code != 200:
         raise RuntimeError(f"{mode}: {response.status_code} {response.text[:200]}")
     return response.json()
 
 
-def warm_interval(client: httpx.Client, images: list, mode: str, warmup: int) -> float:
+def warm_interval(
+    client: httpx.Client, images: list, mode: str, warmup: int, path: str = "head"
+) -> float:
     """Warm a mode up; the gap to leave after each of its requests (1.5x its time)."""
     warm = []
     for i in range(warmup):
         start = time.perf_counter()
         try:
-            post(client, mode, images[i % len(images)][1])
+            post(client, mode, images[i % len(images)][1], path)
         except (RuntimeError, httpx.HTTPError) as exc:  # counted in the cell, not fatal
             print(f"warm-up {mode}: {exc}", file=sys.stderr)
         warm.append(time.perf_counter() - start)
@@ -159,12 +185,15 @@ def measure_row(
     modes: list[str],
     payload_mbit: float,
     warmup: int,
+    path: str = "head",
 ) -> list[dict[str, Any]]:
     """One profile x rate row: every mode's requests interleaved on one open-loop schedule
     (photo 1 in every mode, then photo 2, ...; each request followed by a gap of 1.5x its
     mode's warm-up time, so requests do not overlap and a burst of load on the shared
     machine hits all modes alike), then one cell per mode."""
-    gaps = {m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1)) for m in modes}
+    gaps = {
+        m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1), path) for m in modes
+    }
     plan = [(m, i) for i in range(len(images)) for m in modes]
     times, t = [], 0.0
     for m, _ in plan:
@@ -173,7 +202,7 @@ def measure_row(
 
     def send(k: int) -> Reply:
         mode, i = plan[k]
-        answer = post(client, mode, images[i][1])
+        answer = post(client, mode, images[i][1], path)
         t = answer["timings_ms"]
         stages = answer.get("head_stages_ms") or {}
         info = {
@@ -318,6 +347,45 @@ def band(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def sweep_one(
+    args: argparse.Namespace,
+    bundle_dir: Path,
+    images: list[tuple[str, bytes]],
+    name: str,
+    profile: devices.DeviceProfile,
+    path: str,
+    modes: list[str],
+) -> dict[str, Any]:
+    """Every rate of one profile on one path, with fresh services."""
+    rows: list[dict[str, Any]] = []
+    with (
+        shaped_link(args.rates[0], name=args.name) as link,
+        cgroup.cpu_group(f"{args.name}-{name}", profile) as group,
+        Services(link, bundle_dir, group, args.threads, path) as services,
+        httpx.Client(base_url=services.head_url, timeout=300) as client,
+    ):
+        for rate in args.rates:
+            link = link.set_rate(rate)
+            cal = calibrate(link)
+            cells = measure_row(client, images, modes, cal["payload_mbit"], args.warmup, path)
+            row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": cells}
+            derive(row)
+            rows.append(row)
+            brief = {c["mode"]: c["p50_ms"] for c in row["cells"]}
+            print(name, path, rate, f"cal {cal['wire_mbit']}", brief, flush=True)
+    local = [c for r in rows for c in r["cells"] if c["mode"] == "local"]
+    return {
+        "name": name,
+        "path": path,
+        "cpu_share": profile.cpu_share,
+        "period_us": profile.period_us,
+        "device": profile.device,
+        "local_model_ms": statistics.median(c["head_model_ms"] for c in local) if local else None,
+        "rows": rows,
+        "band": band(rows),
+    }
+
+
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
     bundle_dir = Path(args.bundle)
     bundle = load_bundle(bundle_dir)
@@ -336,44 +404,26 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
         "note": args.note,
+        "threads": args.threads or "auto (the services size them)",
         "profiles": [],
     }
     for name in args.profiles:
         profile = devices.get(name)
         if args.period_us:
             profile = dataclasses.replace(profile, period_us=args.period_us)
-        rows: list[dict[str, Any]] = []
-        with (
-            shaped_link(args.rates[0], name="sdsweep") as link,
-            cgroup.cpu_group(f"sdsweep-{name}", profile) as group,
-            Services(link, bundle_dir, group, args.threads) as services,
-            httpx.Client(base_url=services.head_url, timeout=300) as client,
-        ):
-            for rate in args.rates:
-                link = link.set_rate(rate)
-                cal = calibrate(link)
-                cells = measure_row(client, images, args.modes, cal["payload_mbit"], args.warmup)
-                row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": cells}
-                derive(row)
-                rows.append(row)
-                brief = {c["mode"]: c["p50_ms"] for c in row["cells"]}
-                print(name, rate, f"cal {cal['wire_mbit']}", brief, flush=True)
-        local = [c for r in rows for c in r["cells"] if c["mode"] == "local"]
-        result["profiles"].append(
-            {
-                "name": name,
-                "cpu_share": profile.cpu_share,
-                "period_us": profile.period_us,
-                "device": profile.device,
-                "local_model_ms": statistics.median(c["head_model_ms"] for c in local)
-                if local
-                else None,
-                "rows": rows,
-                "band": band(rows),
-            }
-        )
-    unlimited = next((p for p in result["profiles"] if p["name"] == "unlimited"), None)
+        if args.cpu_share:
+            name = f"{name}@{args.cpu_share:g}"
+            profile = dataclasses.replace(profile, name=name, cpu_share=args.cpu_share)
+        for path in args.paths:
+            modes = [m for m in args.modes if path == "head" or m in CLASSIFY_MODES]
+            result["profiles"].append(
+                sweep_one(args, bundle_dir, images, name, profile, path, modes)
+            )
     for p in result["profiles"]:
+        unlimited = next(
+            (u for u in result["profiles"] if u["name"] == "unlimited" and u["path"] == p["path"]),
+            None,
+        )
         if unlimited and unlimited["local_model_ms"] and p["local_model_ms"]:
             p["slowdown_measured"] = round(p["local_model_ms"] / unlimited["local_model_ms"], 2)
         split_model = [
@@ -386,6 +436,11 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def label(profile: dict[str, Any]) -> str:
+    """A profile's name and path (runs before the public path measured the head only)."""
+    return f"{profile['name']}, {profile.get('path', 'head')}"
+
+
 def _cell(row: dict[str, Any], mode: str) -> dict[str, Any] | None:
     return next((c for c in row["cells"] if c["mode"] == mode), None)
 
@@ -393,6 +448,7 @@ def _cell(row: dict[str, Any], mode: str) -> dict[str, Any] | None:
 def write_csv(result: dict[str, Any], path: Path) -> None:
     keys = [
         "profile",
+        "path",
         "rate_mbit",
         "calibrated_wire_mbit",
         "mode",
@@ -419,9 +475,10 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
                     writer.writerow(
                         {
                             "profile": p["name"],
+                            "path": p.get("path", "head"),
                             "rate_mbit": r["rate_mbit"],
                             "calibrated_wire_mbit": r["calibration"]["wire_mbit"],
-                            **{k: c.get(k) for k in keys[3:]},
+                            **{k: c.get(k) for k in keys[4:]},
                             "chosen": json.dumps(c.get("chosen")) if c.get("chosen") else "",
                         }
                     )
@@ -439,8 +496,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"Bundle `{result['bundle']['name']}` ({result['bundle']['id']}); "
         f"{result['images']['count']} held-out ImageNet-sample photos per cell (median "
-        f"{result['images']['median_bytes']:,} B), open-loop fixed arrivals; head in a cgroup "
-        "with the profile's CPU share (10 ms period), tail unlimited in a network namespace "
+        f"{result['images']['median_bytes']:,} B), open-loop fixed arrivals; the device side "
+        "(path classify: gateway and head in one process, `/classify`; path head: the head "
+        "alone, `/infer/{mode}`) in a cgroup with the profile's CPU share (10 ms period), "
+        f"ONNX Runtime threads {result.get('threads', 1)}; tail unlimited in a network namespace "
         "behind a tbf-shaped veth (~1-packet bucket, offloads off). Host: "
         f"{result['host']}; load average before/after "
         f"{', '.join(f'{x:.2f}' for x in result['load_before'])} / "
@@ -458,7 +517,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         share = "no limit" if p["cpu_share"] is None else f"{p['cpu_share']} core"
         lines += [
             "",
-            f"## {p['name']} ({share})",
+            f"## {label(p)} ({share})",
             "",
             f"Local model {fmt(p['local_model_ms'], 1)} ms (slowdown "
             f"{fmt(p.get('slowdown_measured'), 2)}x vs unlimited); device part's model "
@@ -546,7 +605,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
             ax.plot(rates, ys, label=mode, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(p["name"])
+        ax.set_title(label(p))
         ax.set_xlabel("link rate (Mbit/s)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("p50 capture-to-output (ms)")
@@ -565,7 +624,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
         for p in profiles:
             rates = [r["rate_mbit"] for r in p["rows"]]
             ax.plot(
-                rates, [r.get(f"gain_vs_{other}") for r in p["rows"]], marker="o", label=p["name"]
+                rates, [r.get(f"gain_vs_{other}") for r in p["rows"]], marker="o", label=label(p)
             )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
@@ -586,9 +645,9 @@ def plot(result: dict[str, Any], out: Path) -> None:
             rates,
             [(_cell(r, "split") or {}).get("overhead_ratio") for r in p["rows"]],
             marker="o",
-            label=p["name"],
+            label=label(p),
         )
-        axes[1].plot(rates, [r.get("auto_vs_best") for r in p["rows"]], marker="o", label=p["name"])
+        axes[1].plot(rates, [r.get("auto_vs_best") for r in p["rows"]], marker="o", label=label(p))
     axes[0].axhline(1.10, color="r", lw=0.8, linestyle="--", label="target 1.10")
     axes[0].set_title("split: measured / (τhead + bytes/rate + τtail)")
     axes[1].axhline(1.05, color="r", lw=0.8, linestyle="--", label="target 1.05")
@@ -612,11 +671,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads/service")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime threads/service; 0: the default"
+    )
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument(
+        "--name", default="sdsweep", help="network namespace and cgroup name prefix (short)"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--note", default="", help="what else ran on the machine (reported)")
     parser.add_argument("--from-json", help="rewrite the reports of an earlier run's JSON")
     parser.add_argument("--period-us", type=int, help="cgroup period instead of devices.json's")
+    parser.add_argument(
+        "--cpu-share", type=float, help="cores instead of the profile's (named PROFILE@SHARE)"
+    )
     args = parser.parse_args(argv)
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())

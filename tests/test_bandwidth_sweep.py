@@ -58,3 +58,17 @@ def test_a_cell_reports_medians_overhead_and_what_is_not_the_model() -> None:
     cell["records"][0]["latency_ms"] = 30.0  # faster than head + tail alone: impossible
     floors(result)
     assert cell["below_floor"] == 1
+
+
+def test_the_public_path_asks_classify_and_its_offload_is_the_head_setting() -> None:
+    from benchmarks.bandwidth_sweep import request_params
+
+    assert request_params("split", "classify") == (
+        "/classify",
+        {"mode": "split", "fallback": "false"},
+    )
+    assert request_params("offload-fair", "classify")[1]["mode"] == "offload"
+    assert request_params("offload-fair", "head") == (
+        "/infer/offload",
+        {"reencode": "true", "fallback": "false"},
+    )
