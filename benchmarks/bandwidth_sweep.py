@@ -15,6 +15,9 @@ Two paths per profile (``--paths``):
   bundle has ``reencode.json``), so its cells are ``offload-fair``; no raw ``offload``.
 * ``head``, the head alone (``splitdnn serve head``) under the quota, the client posting to
   its ``/infer/{mode}``: the figures of the sweeps before.
+* ``apart`` (only when asked for): gateway and head as two processes, both under the quota,
+  the client posting to the gateway's ``/classify`` (local and split unless ``--modes``):
+  what the second server, parse and hop cost.
 
 For every path x profile x rate x mode the client posts held-out photos open-loop, all
 modes of a rate interleaved on one fixed schedule (each request followed by a gap of 1.5x its
@@ -74,11 +77,13 @@ MODES = ("local", "split", "offload", "offload-fair", "auto")
 FIXED = ("local", "split", "offload-fair")  # what auto chooses among
 PROFILES = ("pi4", "jetson-nano", "unlimited")
 RATES = (0.5, 1, 2, 5, 10, 20, 50, 100)
-#: classify: gateway + head in one process, /classify (as deployed); head: /infer/{mode}.
+#: classify: gateway + head in one process, /classify (as deployed); head: /infer/{mode};
+#: apart (on request): gateway and head as two processes under the quota, /classify.
 PATHS = ("classify", "head")
+ALL_PATHS = ("classify", "apart", "head")
 #: What /classify can ask: offload is the head's setting (fair), there is no raw offload.
 CLASSIFY_MODES = ("local", "split", "offload-fair", "auto")
-TAIL_PORT, HEAD_PORT = 18101, 18102
+TAIL_PORT, HEAD_PORT, GATEWAY_PORT = 18101, 18102, 18100
 
 
 def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
@@ -107,6 +112,8 @@ class Services:
         self.processes: list[subprocess.Popen] = []
         self.tail_url = f"http://{link.ns_ip}:{TAIL_PORT}"
         self.head_url = f"http://127.0.0.1:{HEAD_PORT}"
+        #: Where the client posts: the gateway when it runs apart, else the device or head.
+        self.url = f"http://127.0.0.1:{GATEWAY_PORT}" if path == "apart" else self.head_url
 
     def __enter__(self) -> Services:
         base = dict(os.environ)
@@ -124,13 +131,23 @@ class Services:
             "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
             "SPLITDNN_HEAD_OFFLOAD_REENCODE": "bundle",
         }
+        plan = [
+            (self.link.exec_argv(tail), serve.tail_env(self.bundle)),
+            (self.group.wrap(head), head_env),
+        ]
+        urls = [self.tail_url, self.head_url]
+        if self.path == "apart":  # a gateway process beside the head, both under the quota
+            gateway = serve.uvicorn_command(serve.GATEWAY_APP, "127.0.0.1", GATEWAY_PORT, "warning")
+            gateway_env = {
+                **serve.gateway_env(self.head_url, self.tail_url),
+                "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
+            }
+            plan.append((self.group.wrap(gateway), gateway_env))
+            urls.append(self.url)
         try:
-            for argv, env in (
-                (self.link.exec_argv(tail), serve.tail_env(self.bundle)),
-                (self.group.wrap(head), head_env),
-            ):
+            for argv, env in plan:
                 self.processes.append(subprocess.Popen(argv, env={**base, **env}))
-            for url, process in zip((self.tail_url, self.head_url), self.processes, strict=True):
+            for url, process in zip(urls, self.processes, strict=True):
                 if not serve.wait_ready(url + "/v2/health/ready", 300, process):
                     raise RuntimeError(f"{url} did not become ready")
         except BaseException:
@@ -145,7 +162,7 @@ class Services:
 def request_params(mode: str, path: str = "head") -> tuple[str, dict[str, str]]:
     """(URL path, query) of one request: the head's ``/infer/{mode}``, or ``/classify``
     (where offload is the head's setting: the fair re-encode)."""
-    if path == "classify":
+    if path in ("classify", "apart"):
         return "/classify", {"mode": mode.removesuffix("-fair"), "fallback": "false"}
     if mode == "offload":
         return "/infer/offload", {"reencode": "false", "fallback": "false"}
@@ -362,7 +379,7 @@ def sweep_one(
         shaped_link(args.rates[0], name=args.name) as link,
         cgroup.cpu_group(f"{args.name}-{name}", profile) as group,
         Services(link, bundle_dir, group, args.threads, path) as services,
-        httpx.Client(base_url=services.head_url, timeout=300) as client,
+        httpx.Client(base_url=services.url, timeout=300) as client,
     ):
         for rate in args.rates:
             link = link.set_rate(rate)
@@ -416,6 +433,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             profile = dataclasses.replace(profile, name=name, cpu_share=args.cpu_share)
         for path in args.paths:
             modes = [m for m in args.modes if path == "head" or m in CLASSIFY_MODES]
+            if path == "apart" and args.modes == list(MODES):
+                modes = ["local", "split"]  # what the extra process costs; nothing else new
             result["profiles"].append(
                 sweep_one(args, bundle_dir, images, name, profile, path, modes)
             )
@@ -602,7 +621,8 @@ def plot(result: dict[str, Any], out: Path) -> None:
         for mode in MODES:
             ys = [(_cell(r, mode) or {}).get("p50_ms") for r in p["rows"]]
             style = {"linestyle": "--", "marker": "x"} if mode == "auto" else {"marker": "o"}
-            ax.plot(rates, ys, label=mode, **style)
+            if any(y is not None for y in ys):  # a path may not run every mode
+                ax.plot(rates, ys, label=mode, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(label(p))
@@ -623,9 +643,9 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ):
         for p in profiles:
             rates = [r["rate_mbit"] for r in p["rows"]]
-            ax.plot(
-                rates, [r.get(f"gain_vs_{other}") for r in p["rows"]], marker="o", label=label(p)
-            )
+            gains = [r.get(f"gain_vs_{other}") for r in p["rows"]]
+            if any(g is not None for g in gains):
+                ax.plot(rates, gains, marker="o", label=label(p))
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -641,19 +661,18 @@ def plot(result: dict[str, Any], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for p in profiles:
         rates = [r["rate_mbit"] for r in p["rows"]]
-        axes[0].plot(
-            rates,
-            [(_cell(r, "split") or {}).get("overhead_ratio") for r in p["rows"]],
-            marker="o",
-            label=label(p),
-        )
-        axes[1].plot(rates, [r.get("auto_vs_best") for r in p["rows"]], marker="o", label=label(p))
+        overhead = [(_cell(r, "split") or {}).get("overhead_ratio") for r in p["rows"]]
+        auto = [r.get("auto_vs_best") for r in p["rows"]]
+        for ax, ys in ((axes[0], overhead), (axes[1], auto)):
+            if any(y is not None for y in ys):
+                ax.plot(rates, ys, marker="o", label=label(p))
     axes[0].axhline(1.10, color="r", lw=0.8, linestyle="--", label="target 1.10")
     axes[0].set_title("split: measured / (τhead + bytes/rate + τtail)")
     axes[1].axhline(1.05, color="r", lw=0.8, linestyle="--", label="target 1.05")
     axes[1].set_title("auto p50 / best fixed mode's p50")
     for ax in axes:
-        ax.set_xscale("log")
+        if len(ax.get_lines()) > 1:  # more than the target line
+            ax.set_xscale("log")
         ax.set_xlabel("link rate (Mbit/s)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -674,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime threads/service; 0: the default"
     )
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=ALL_PATHS)
     parser.add_argument(
         "--name", default="sdsweep", help="network namespace and cgroup name prefix (short)"
     )
