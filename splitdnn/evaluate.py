@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +31,11 @@ from splitdnn.metrics import AgreementMeter, topk_indices
 from splitdnn.models import get_teacher
 from splitdnn.profile import count_macs, head_macs
 from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads
+from splitdnn.stats import paired_difference
 from splitdnn.teacher import normalise_batch, teacher_parts
 
 #: The split precisions scored for a bundle, as the head can send them.
 SPLIT_PRECISIONS = ("fp32", "fp16", "uint8")
-#: Two-sided 95 % normal quantile.
-Z95 = 1.959963984540054
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -235,13 +233,10 @@ class ModeHits:
 
 
 def paired_gap(reference: np.ndarray, other: np.ndarray) -> tuple[float, list[float]]:
-    """``reference``'s top-1 minus ``other``'s (points), with a 95 % confidence interval
-    from the per-image differences (paired: both scored on the same images)."""
-    d = reference.astype(np.float64) - other.astype(np.float64)
-    n = len(d)
-    gap = 100.0 * float(d.mean()) if n else 0.0
-    half = 100.0 * Z95 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else float("inf")
-    return gap, [gap - half, gap + half]
+    """``reference``'s top-1 minus ``other``'s (points) with its paired 95 % interval, as
+    a report stores them (:func:`splitdnn.stats.paired_difference`)."""
+    difference = paired_difference(reference, other)
+    return difference.points, list(difference.ci95)
 
 
 def _through_wire(bottleneck: np.ndarray, bundle_id: str, precision: str) -> np.ndarray:
