@@ -543,6 +543,15 @@ def evaluate(
             "classes) scored beside it on the same images and decision."
         ),
     ] = None,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Bundle only: keep the top-1 per mode in the bundle's manifest, where auto's "
+            "accuracy bound (max_drop) reads it. Use images never used to train or pick the "
+            "checkpoint.",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Accuracy of what a run or bundle answers, and what the split costs.
@@ -571,6 +580,12 @@ def evaluate(
                 limit=limit,
                 progress=progress,
             )
+            if record:
+                from splitdnn.bundle import record_accuracy
+
+                record_accuracy(path, report["task"], ev.task_accuracy(report))
+        elif record:
+            raise _fail("--record keeps figures in a bundle's manifest: pass a bundle directory")
         elif ev.is_classes_run(path):
             # An application-specific student (run or assets): its classes + "other" against
             # the teacher, a general student and the local model, on held-out images.

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from splitdnn import wire
-from splitdnn.bundle import load_bundle
+from splitdnn.bundle import ACCURACY_KEYS, TaskAccuracy, load_bundle
 from splitdnn.checkpoints import linear_from_state, load_run
 from splitdnn.data import Dataset, Sample, load_crops, load_dataset, split_per_class
 from splitdnn.distill.config import DistillConfig, config_samples
@@ -313,6 +313,7 @@ def evaluate_bundle(
         "teacher": manifest.teacher,
         "split_module": manifest.split_module,
         "task": task,
+        "data": str(data),
         "split": split,
         "images": len(samples),
         "modes": modes,
@@ -339,6 +340,15 @@ def evaluate_bundle(
         }
     )
     return report
+
+
+def task_accuracy(report: dict[str, Any], data: str | None = None) -> TaskAccuracy:
+    """The figures of an :func:`evaluate_bundle` report that a bundle keeps for auto's
+    accuracy bound (``splitdnn evaluate BUNDLE --record``); ``data`` says which images
+    (default: the report's data folder and split)."""
+    top1 = {k: round(report[f"{k}_top1"], 2) for k in ACCURACY_KEYS if f"{k}_top1" in report}
+    where = data or f"{report.get('data', report['path'])}, split {report['split']}"
+    return TaskAccuracy(images=report["images"], data=where, top1=top1)
 
 
 def _guess_task(dataset: Dataset, tasks: dict[str, list[str]]) -> str:

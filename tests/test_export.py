@@ -392,3 +392,42 @@ def test_the_default_assets_fair_offload_choice_is_for_their_teacher() -> None:
     assert choice is not None and choice.teacher == read_default_assets().teacher
     assert choice.top1 is not None and choice.raw_top1 is not None
     assert choice.raw_top1 - choice.top1 <= 0.5 and choice.images
+
+
+def test_export_default_records_the_assets_accuracy_for_the_bundle_it_was_measured_on(
+    chain, tmp_path
+):
+    """auto's accuracy bound reads the manifest: the assets' held-out figures go in only when
+    they were measured on a bundle of the same id, with a warning otherwise."""
+    import shutil
+
+    from splitdnn.bundle import ACCURACY_FILE, load_bundle
+    from splitdnn.export import export_default
+
+    assets = tmp_path / "assets"
+    shutil.copytree(chain["assets"], assets)
+    figures = {"images": 9, "data": "held out", "top1": {"offload": 80.0, "split_uint8": 70.0}}
+    measured = {"bundle_id": chain["manifest"].bundle_id, "tasks": {"caltech101": figures}}
+    (assets / ACCURACY_FILE).write_text(json.dumps(measured))
+    export_default(assets, tmp_path / "bundle", check=False)
+    manifest = load_bundle(tmp_path / "bundle").manifest
+    assert manifest.accuracy["caltech101"].drop("split") == pytest.approx(10.0)
+
+    measured["bundle_id"] = "0123456789abcdef"
+    (assets / ACCURACY_FILE).write_text(json.dumps(measured))
+    with pytest.warns(UserWarning, match="measured on bundle 0123456789abcdef"):
+        export_default(assets, tmp_path / "bundle", check=False)
+    assert load_bundle(tmp_path / "bundle").manifest.accuracy == {}
+
+
+def test_the_default_assets_accuracy_is_the_committed_held_out_measurement() -> None:
+    """accuracy.json is derived from the committed per-task reports of the default bundle
+    (benchmarks/results/accuracy/stage7-*.json), not typed in."""
+    from benchmarks import accuracy_by_mode
+    from splitdnn.bundle import read_measured_accuracy
+    from splitdnn.checkpoints import DEFAULT_ASSETS
+
+    committed = read_measured_accuracy(DEFAULT_ASSETS)
+    assert committed is not None
+    assert committed.model_dump() == accuracy_by_mode.measured_accuracy("stage7")
+    assert set(committed.tasks) == {"imagenet", "caltech101"}

@@ -14,6 +14,7 @@ from services.common.deps import (
     ADMISSION,
     AppMetrics,
     Context,
+    MaxDropQuery,
     Service,
     TaskQuery,
     TopKQuery,
@@ -88,12 +89,22 @@ def infer(
         bool | None,
         Query(description="Offload: re-encode at the teacher's input size (default: setting)"),
     ] = None,
+    max_drop: MaxDropQuery = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     pipeline: HeadPipeline = service.get("pipeline")
     encoding = Encoding(quantisation or settings.quantisation, compression or settings.compression)
     outcome, predictions = pipeline.run(
-        mode, image, task, k or settings.top_k, fallback, context, metrics, encoding, reencode
+        mode,
+        image,
+        task,
+        k or settings.top_k,
+        fallback,
+        context,
+        metrics,
+        encoding,
+        reencode,
+        max_drop,
     )
     total_ms = (time.perf_counter() - start) * 1000
     answer: dict[str, Any] = {
@@ -124,6 +135,8 @@ def infer(
     }
     if outcome.fallback_reason:
         answer["fallback_reason"] = outcome.fallback_reason
+    if outcome.auto is not None:
+        answer["auto"] = outcome.auto
     if predictions is not None:
         answer["predicted_ms"] = {m: predictions[m]["total"] for m in MODES}
         answer["predictions"] = predictions
