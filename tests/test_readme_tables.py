@@ -5,8 +5,9 @@ import-linter contracts, in the contracts' order. A module added without its row
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
