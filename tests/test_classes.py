@@ -416,7 +416,10 @@ def test_local_mode_on_another_task_of_a_classes_bundle_names_the_task_it_serves
         response = client.post("/infer/local", params={"task": "caltech101"}, content=cat_jpeg)
         assert response.status_code == 422, response.text
         detail = response.json()["detail"]
-        assert "task=caltech101-1" in detail and "export run" in detail
-        assert "mode=split" in detail
+        assert "task=caltech101-1" in detail and "mode=split" in detail
+        assert "`splitdnn export run RUN --local-probe caltech101=FILE`" in detail
+        imagenet = client.post("/infer/local", params={"task": "imagenet"}, content=cat_jpeg)
+        assert imagenet.status_code == 422
+        assert "`splitdnn export run RUN` for imagenet" in imagenet.json()["detail"]
         ok = client.post("/infer/local", params={"task": "caltech101-1"}, content=cat_jpeg)
         assert ok.status_code == 200, ok.text
