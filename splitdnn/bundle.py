@@ -259,6 +259,24 @@ class Bundle:
     def local_preprocessing(self) -> Preprocessing:
         return self.manifest.local_preprocessing.to_preprocessing()
 
+    def local_mode_fix(self, task: str, local_tasks: list[str]) -> str:
+        """What serves ``task`` in local mode when the local model (answering ``local_tasks``)
+        does not: a probe at export for a run's local model; for the application-specific
+        student of ``export classes`` (which takes no probe), its own task or another bundle."""
+        if "local_student" in self.manifest.metrics and local_tasks:
+            # Lite0, the local model of `export run`, answers ImageNet with its own head.
+            probe = "" if task == "imagenet" else f" --local-probe {task}=FILE"
+            return (
+                f"its local model is the application-specific student of `splitdnn export "
+                f"classes`, which answers {', '.join(local_tasks)} only: ask "
+                f"task={local_tasks[0]} in local mode, or serve a bundle of `splitdnn export "
+                f"run RUN{probe}` for {task} in local mode"
+            )
+        return (
+            f"its local model classifies {local_tasks}; export with --local-probe "
+            f"{task}=FILE to add one"
+        )
+
 
 def _as_spec(value: Preprocessing | dict | PreprocessingSpec) -> PreprocessingSpec:
     if isinstance(value, PreprocessingSpec):

@@ -465,14 +465,14 @@ def export_assets(
             load_linear,
             load_run,
             load_torch,
-            read_kd_student,
             save_default_assets,
-            save_kd_assets,
         )
 
         best = run_dir / "best.pt"
         if best.is_file() and load_torch(best).get("kind") == KD_STUDENT_KIND:
-            path = save_kd_assets(read_kd_student(run_dir), out)
+            from splitdnn.export import export_kd_assets
+
+            path = export_kd_assets(run_dir, out)
             typer.echo(f"wrote whole-student assets to {path.parent}")
             return
 
@@ -589,7 +589,7 @@ def evaluate(
         elif ev.is_classes_run(path):
             # An application-specific student (run or assets): its classes + "other" against
             # the teacher, a general student and the local model, on held-out images.
-            report = ev.evaluate_classes(path, general, data=data, progress=progress)
+            report = ev.evaluate_classes(path, general, data=data, progress=progress, limit=limit)
         elif (path / "best.pt").is_file():
             if task is not None:
                 raise _fail(

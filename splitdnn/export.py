@@ -324,6 +324,29 @@ def export_default(
     return manifest
 
 
+# --- a whole student's assets (method kd, labels or classes) ----------------------------------
+
+
+def export_kd_assets(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """A whole student's run as assets to commit or move (written by
+    :func:`splitdnn.checkpoints.save_kd_assets`): its config's paths relative to ``out_dir``,
+    and the teacher probe the run fitted itself (or took from ``kd.teacher_run``) copied
+    beside, so ``splitdnn evaluate`` of the assets needs no run directory. A probe the config
+    names (``teacher.probe_from``) stays a path. Returns the JSON's path."""
+    from splitdnn.checkpoints import read_kd_student, save_kd_assets
+    from splitdnn.distill.config import parse_config, portable_config
+    from splitdnn.distill.kd import teacher_probe_candidates
+
+    payload = read_kd_student(run_dir)
+    config = parse_config(payload["config"], base_dir=Path(run_dir))
+    used = next((p for p in teacher_probe_candidates(config, Path(run_dir)) if p.is_file()), None)
+    probe = None
+    if used is not None and used != config.teacher.probe_from:
+        probe = load_linear(used).state_dict()
+    payload = {**payload, "config": portable_config(config, Path(out_dir))}
+    return save_kd_assets(payload, out_dir, teacher_probe=probe)
+
+
 # --- an application-specific student as the local model (method: classes) --------------------
 
 

@@ -431,3 +431,70 @@ def test_the_default_assets_accuracy_is_the_committed_held_out_measurement() -> 
     assert committed is not None
     assert committed.model_dump() == accuracy_by_mode.measured_accuracy("stage7")
     assert set(committed.tasks) == {"imagenet", "caltech101"}
+
+
+# --- a run on the user's own teacher weights (issue #22 item 1) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_weights_run(tmp_path_factory: pytest.TempPathFactory):
+    """A run distilled towards the user's own Lite0 (the published weights, perturbed: a state
+    dict of the same architecture that answers differently), its probe in ``classifier.pt``."""
+    from splitdnn.models import get_teacher
+
+    root = tmp_path_factory.mktemp("own-weights")
+    torch.manual_seed(7)
+    mine = get_teacher(TEACHER).build(True)
+    with torch.no_grad():
+        for tensor in mine.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.mul_(1 + 0.2 * torch.randn_like(tensor).clamp(-2, 2))
+    weights = root / "my-lite0.pt"
+    torch.save(mine.state_dict(), weights)
+    payload = _fake_run(root / "run", root / "caltech101")
+    payload["config"]["teacher"]["weights"] = str(weights)
+    torch.save(payload, root / "run" / "best.pt")
+    torch.save(payload["classifier"], root / "run" / "classifier.pt")
+    return {"root": root, "run": root / "run", "weights": weights, "model": mine.eval()}
+
+
+def test_local_mode_of_a_run_on_own_weights_answers_like_the_users_model(
+    own_weights_run, cat_jpeg: bytes
+) -> None:
+    """`export run --local-probe TASK=RUN/classifier.pt`: local.onnx is the user's Lite0 (its
+    own head for imagenet, the run's probe for the task), not the packaged one."""
+    from splitdnn.checkpoints import load_linear
+    from splitdnn.export import export_run
+    from splitdnn.models import build_teacher, get_teacher
+    from splitdnn.runtime import ImageClassifier
+
+    run, out = own_weights_run["run"], own_weights_run["root"] / "bundle"
+    probe = {"caltech101": run / "classifier.pt"}
+    manifest = export_run(run, out, local_probes=probe, check=False)
+    local = ImageClassifier(load_bundle(out), "local")
+    x = local.preprocess(cat_jpeg)
+    _, served_imagenet = local.run(x, "imagenet")
+    _, served_task = local.run(x, "caltech101")
+
+    model = build_teacher(TEACHER, weights=own_weights_run["weights"])
+    with torch.no_grad():
+        want_imagenet = model(torch.from_numpy(x))
+        model.set_submodule(get_teacher(TEACHER).classifier, nn.Identity())
+        want_task = load_linear(run / "classifier.pt")(model(torch.from_numpy(x)))
+    assert np.abs(served_imagenet - want_imagenet.numpy()).max() <= 1e-4
+    assert np.abs(served_task - want_task.numpy()).max() <= 1e-4
+    assert manifest.metrics["local_weights"]["file"] == "my-lite0.pt"
+
+
+def test_the_runs_probe_on_a_local_model_of_another_architecture_is_refused(
+    own_weights_run, tmp_path: Path
+) -> None:
+    """Lite2's pooled features have Lite0's width (1,280): the probe would fit and answer
+    wrongly; export names both ways out instead."""
+    from splitdnn.export import export_run
+
+    probe = {"caltech101": own_weights_run["run"] / "classifier.pt"}
+    with pytest.raises(ExportError) as info:
+        export_run(own_weights_run["run"], tmp_path, local="efficientnet_lite2", local_probes=probe)
+    assert "--local efficientnet_lite0" in str(info.value)
+    assert "splitdnn.distill.probe CONFIG --teacher efficientnet_lite2" in str(info.value)

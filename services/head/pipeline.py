@@ -330,8 +330,8 @@ class HeadPipeline:
     def no_local_model(self, task: str) -> InvalidRequestError:
         """422 for ``mode=local`` on a task the bundle's local model cannot classify."""
         return InvalidRequestError(
-            f"task {task!r} has no local model in bundle {self.bundle.name!r} (its local model "
-            f"classifies {self.local_tasks}; export with --local-probe {task}=FILE to add one): "
+            f"task {task!r} has no local model in bundle {self.bundle.name!r} "
+            f"({self.bundle.local_mode_fix(task, self.local_tasks)}): "
             "use mode=split or mode=offload, or auto, which picks between those two"
         )
 
