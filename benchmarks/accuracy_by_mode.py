@@ -5,6 +5,9 @@ python benchmarks/accuracy_by_mode.py evaluate BUNDLE --name NAME [--threads 1]
     probes nor the students trained on; ImageNet: the 750 held-out photos of the ImageNet
     sample (val_fraction 0.75, seed 0), which no stage trained on. One JSON per task in
     benchmarks/results/accuracy/NAME-TASK.json (splitdnn.evaluate.evaluate_bundle).
+python benchmarks/accuracy_by_mode.py assets NAME [--out splitdnn/assets/default]
+    accuracy.json beside the default assets from NAME-TASK.json: the held-out top-1 per
+    mode that `splitdnn export default` records in the bundle's manifest (auto's bound).
 python benchmarks/accuracy_by_mode.py report
     accuracy.md (a table per task: top-1 of every mode, agreement, gaps with 95 % CI)
     and accuracy.png (top-1 by mode, bundle and task) from every JSON there.
@@ -55,6 +58,35 @@ def evaluate(bundle: Path, name: str, data: Path, threads: int, limit: int | Non
         path = RESULTS / f"{name}-{task}.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def held_out_images(task: str) -> str:
+    """Which images a task's figures come from, as the manifest states it."""
+    folder, list_file, fraction, seed = HELD_OUT[task]
+    return (
+        f"{folder}{f' ({list_file})' if list_file else ''}: {fraction:.0%} per class held out "
+        f"(seed {seed}), used neither to train nor to pick the checkpoint"
+    )
+
+
+def measured_accuracy(name: str) -> dict:
+    """``accuracy.json`` of the assets from the NAME-TASK.json reports of one bundle."""
+    from splitdnn.evaluate import task_accuracy
+
+    reports = {task: json.loads((RESULTS / f"{name}-{task}.json").read_text()) for task in HELD_OUT}
+    ids = {r["bundle_id"] for r in reports.values()}
+    if len(ids) != 1:
+        raise SystemExit(f"the {name} reports are of different bundles: {sorted(ids)}")
+    tasks = {
+        task: task_accuracy(r, held_out_images(task)).model_dump() for task, r in reports.items()
+    }
+    return {"bundle_id": ids.pop(), "tasks": tasks}
+
+
+def assets(name: str, out: Path) -> None:
+    path = out / "accuracy.json"
+    path.write_text(json.dumps(measured_accuracy(name), indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def _row(r: dict) -> str:
@@ -213,6 +245,9 @@ def main() -> None:
     ev.add_argument("--threads", type=int, default=1)
     ev.add_argument("--limit", type=int, default=None)
     sub.add_parser("report")
+    asset = sub.add_parser("assets")
+    asset.add_argument("name")
+    asset.add_argument("--out", type=Path, default=ROOT / "splitdnn" / "assets" / "default")
     cu = sub.add_parser("curves")
     cu.add_argument("run_dir", type=Path)
     cu.add_argument("--name", required=True)
@@ -223,6 +258,8 @@ def main() -> None:
         evaluate(args.bundle, args.name, args.data, args.threads, args.limit)
     elif args.command == "report":
         report()
+    elif args.command == "assets":
+        assets(args.name, args.out)
     elif args.command == "finetune":
         finetune(args.runs)
     else:

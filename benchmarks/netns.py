@@ -14,11 +14,12 @@ veth pair, never on a real interface.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from benchmarks.system_tools import why_missing
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,7 @@ def why_unavailable() -> str | None:
     """None if links can be made here, else the reason (for pytest skips)."""
     if os.geteuid() != 0:
         return "needs root for ip netns / tc"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"needs iproute2 ({tool} not found)"
-    return None
+    return why_missing("ip", "tc", "ethtool")
 
 
 def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:

@@ -21,7 +21,13 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from gateway.nonn import NoNNState, classify_nonn
 from gateway.settings import GatewaySettings, Mode
 from services.common.context import REQUEST_ID, RequestContext
-from services.common.deps import Context, get_app_settings, limit_in_flight, read_capped
+from services.common.deps import (
+    Context,
+    MaxDropQuery,
+    get_app_settings,
+    limit_in_flight,
+    read_capped,
+)
 from services.common.errors import (
     InvalidRequestError,
     UnsupportedMediaError,
@@ -174,6 +180,7 @@ async def classify(
         Literal["none", "zstd"] | None,
         Query(description="Split mode: envelope compression (default from the head)"),
     ] = None,
+    max_drop: MaxDropQuery = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     image = await extract_image(request, settings.max_image_bytes)
@@ -190,7 +197,7 @@ async def classify(
     if isinstance(head, InProcessHead):  # its pipeline records the stages in context
         answer = await head.infer(
             mode, image, context, task=task, k=k, fallback=fallback,
-            quantisation=quantisation, compression=compression,
+            quantisation=quantisation, compression=compression, max_drop=max_drop,
         )  # fmt: skip
         timings = answer["timings_ms"]
     else:
@@ -200,6 +207,7 @@ async def classify(
             "fallback": str(fallback).lower(),
             "quantisation": quantisation,
             "compression": compression,
+            "max_drop": max_drop,
         }
         answer = await call_head(head, f"/infer/{mode}", image, params, context)
         timings = answer.setdefault("timings_ms", {})

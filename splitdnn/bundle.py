@@ -56,6 +56,60 @@ class TaskSpec(BaseModel):
     labels: list[str] = Field(min_length=1)
 
 
+#: The top-1 figures a task's measured accuracy may hold: the teacher (offload, the
+#: reference every drop is counted from), the local model, split at each quantisation.
+ACCURACY_KEYS: tuple[str, ...] = ("offload", "local", "split_fp32", "split_fp16", "split_uint8")
+
+
+class TaskAccuracy(BaseModel):
+    """Top-1 per mode of one task, measured on held-out images (``splitdnn evaluate BUNDLE
+    --record``): what auto's accuracy bound reads, so auto never serves a mode that loses
+    more than the caller allows without saying so."""
+
+    images: int = Field(gt=0)
+    data: str = Field(description="which images: never used to train or pick the checkpoint")
+    top1: dict[str, float]
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> TaskAccuracy:
+        unknown = sorted(set(self.top1) - set(ACCURACY_KEYS))
+        if unknown or "offload" not in self.top1:
+            raise ValueError(
+                f"top1 needs 'offload' (the reference) and only keys of {list(ACCURACY_KEYS)}; "
+                f"got {sorted(self.top1)}"
+            )
+        return self
+
+    def drop(self, mode: str, quantisation: str = "uint8") -> float | None:
+        """Points ``mode`` loses against the teacher (``split`` at ``quantisation``); None
+        when that mode was not measured."""
+        key = f"split_{quantisation}" if mode == "split" else mode
+        if key not in self.top1:
+            return None
+        return self.top1["offload"] - self.top1[key]
+
+
+#: Measured accuracy kept beside a bundle's sources (the default assets), for the bundle of
+#: that id only: ``{"bundle_id": ..., "tasks": {task: TaskAccuracy}}``.
+ACCURACY_FILE = "accuracy.json"
+
+
+class MeasuredAccuracy(BaseModel):
+    bundle_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    tasks: dict[str, TaskAccuracy]
+
+
+def read_measured_accuracy(directory: str | Path) -> MeasuredAccuracy | None:
+    """``directory/accuracy.json``, or None when there is none."""
+    path = Path(directory) / ACCURACY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return MeasuredAccuracy.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise BundleError(f"{path} is not a valid accuracy file: {exc}") from exc
+
+
 class FileEntry(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
@@ -86,6 +140,8 @@ class Manifest(BaseModel):
     models: ModelFiles = Field(default_factory=ModelFiles)
     files: dict[str, FileEntry]
     metrics: dict[str, Any] = Field(default_factory=dict)
+    #: task -> measured held-out accuracy per mode (absent: not measured).
+    accuracy: dict[str, TaskAccuracy] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -93,6 +149,9 @@ class Manifest(BaseModel):
             raise ValueError(f"format_version {self.format_version} is not supported")
         if self.default_task not in self.tasks:
             raise ValueError(f"default_task {self.default_task!r} is not one of {list(self.tasks)}")
+        unknown = sorted(set(self.accuracy) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"accuracy for task(s) {unknown} the bundle does not have")
         for role in ROLES:
             if getattr(self.models, role) not in self.files:
                 raise ValueError(f"models.{role} is not listed in files")
@@ -125,6 +184,26 @@ def default_bundle_path() -> Path:
 
 
 @dataclass(frozen=True)
+class AccuracyBound:
+    """Which modes auto may serve for a task under ``max_drop`` points against the teacher."""
+
+    max_drop: float
+    allowed: tuple[str, ...]
+    #: mode -> its measured drop, for each mode the bound rules out
+    excluded: dict[str, float]
+    #: modes without a measured figure for this task (allowed: nothing says they lose)
+    unmeasured: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_drop": self.max_drop,
+            "allowed": list(self.allowed),
+            "excluded": {m: round(d, 2) for m, d in self.excluded.items()},
+            "unmeasured": list(self.unmeasured),
+        }
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A loaded, verified bundle: its directory and manifest."""
 
@@ -153,6 +232,22 @@ class Bundle:
             )
         return name
 
+    def accuracy_bound(
+        self, task: str, modes: tuple[str, ...], max_drop: float, quantisation: str = "uint8"
+    ) -> AccuracyBound:
+        """The ``modes`` whose measured top-1 on ``task`` is at most ``max_drop`` points below
+        the teacher's (split as sent in ``quantisation``); a mode never measured stays
+        allowed and is named in ``unmeasured``."""
+        figures = self.manifest.accuracy.get(task)
+        drops = {m: figures.drop(m, quantisation) if figures else None for m in modes}
+        excluded = {m: d for m, d in drops.items() if d is not None and d > max_drop}
+        return AccuracyBound(
+            max_drop=max_drop,
+            allowed=tuple(m for m in modes if m not in excluded),
+            excluded=excluded,
+            unmeasured=tuple(m for m, d in drops.items() if d is None),
+        )
+
     def labels(self, task: str | None = None) -> list[str]:
         return self.manifest.tasks[self.task(task)].labels
 
@@ -163,6 +258,24 @@ class Bundle:
     @property
     def local_preprocessing(self) -> Preprocessing:
         return self.manifest.local_preprocessing.to_preprocessing()
+
+    def local_mode_fix(self, task: str, local_tasks: list[str]) -> str:
+        """What serves ``task`` in local mode when the local model (answering ``local_tasks``)
+        does not: a probe at export for a run's local model; for the application-specific
+        student of ``export classes`` (which takes no probe), its own task or another bundle."""
+        if "local_student" in self.manifest.metrics and local_tasks:
+            # Lite0, the local model of `export run`, answers ImageNet with its own head.
+            probe = "" if task == "imagenet" else f" --local-probe {task}=FILE"
+            return (
+                f"its local model is the application-specific student of `splitdnn export "
+                f"classes`, which answers {', '.join(local_tasks)} only: ask "
+                f"task={local_tasks[0]} in local mode, or serve a bundle of `splitdnn export "
+                f"run RUN{probe}` for {task} in local mode"
+            )
+        return (
+            f"its local model classifies {local_tasks}; export with --local-probe "
+            f"{task}=FILE to add one"
+        )
 
 
 def _as_spec(value: Preprocessing | dict | PreprocessingSpec) -> PreprocessingSpec:
@@ -221,8 +334,32 @@ def write_manifest(
         )
     except ValidationError as exc:
         raise BundleError(f"invalid manifest for {directory}: {exc}") from exc
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False)
-    (directory / MANIFEST).write_text(text + "\n", encoding="utf-8")
+    _write(directory, manifest)
+    return manifest
+
+
+def _write(directory: Path, manifest: Manifest) -> None:
+    """``manifest.json`` replaced whole (a reader never sees half a manifest)."""
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2)
+    partial = directory / f".{MANIFEST}.partial"
+    partial.write_text(text + "\n", encoding="utf-8")
+    os.replace(partial, directory / MANIFEST)
+
+
+def record_accuracy(directory: str | Path, task: str, accuracy: TaskAccuracy) -> Manifest:
+    """Write ``accuracy`` as the measured figures of ``task`` into the bundle's manifest.
+    The bundle id does not change: it pins the model files, and the figures describe them."""
+    bundle = load_bundle(directory, verify=False)
+    try:
+        manifest = Manifest.model_validate(
+            {
+                **bundle.manifest.model_dump(),
+                "accuracy": {**bundle.manifest.accuracy, task: accuracy},
+            }
+        )
+    except ValidationError as exc:
+        raise BundleError(f"cannot record accuracy for {task!r} in {directory}: {exc}") from exc
+    _write(bundle.path, manifest)
     return manifest
 
 

@@ -363,12 +363,20 @@ def read_default_assets(assets_dir: str | Path = DEFAULT_ASSETS) -> StudentCheck
 
 #: A whole student's assets: its trained weights (fp16 safetensors) and this JSON of the rest.
 KD_STUDENT_JSON = "kd_student.json"
+#: The teacher probe a whole-student run fitted itself, copied beside its assets.
+KD_TEACHER_PROBE_FILE = "teacher_probe.safetensors"
 
 
-def save_kd_assets(payload: Mapping[str, Any], out_dir: str | Path) -> Path:
+def save_kd_assets(
+    payload: Mapping[str, Any],
+    out_dir: str | Path,
+    teacher_probe: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
     """A whole student's ``best.pt`` payload as committed assets: the trained layers in fp16
     safetensors (the frozen prefix is the base's published weights) and a JSON of the plain
-    values (name, classes, metrics, config). Returns the JSON's path."""
+    values (name, classes, metrics, config). ``teacher_probe``: the probe the run fitted for
+    its teacher (a state dict), kept as ``teacher_probe.safetensors`` and named in the JSON,
+    since the run directory does not travel with the assets. Returns the JSON's path."""
     from safetensors.torch import save_file
 
     if payload.get("kind") != KD_STUDENT_KIND:
@@ -379,6 +387,9 @@ def save_kd_assets(payload: Mapping[str, Any], out_dir: str | Path) -> Path:
     save_file(state, str(out / STUDENT_FILE))
     meta = {k: v for k, v in payload.items() if k != "student"}
     meta["weights"] = {"file": STUDENT_FILE, "dtype": "float16"}
+    if teacher_probe is not None:
+        save_file(_contiguous(teacher_probe), str(out / KD_TEACHER_PROBE_FILE))
+        meta["teacher_probe"] = KD_TEACHER_PROBE_FILE
     path = out / KD_STUDENT_JSON
     path.write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -386,7 +397,8 @@ def save_kd_assets(payload: Mapping[str, Any], out_dir: str | Path) -> Path:
 
 def read_kd_student(source: str | Path) -> dict[str, Any]:
     """A whole student's payload (``best.pt``'s schema, float32 tensors) from a run directory,
-    a ``best.pt`` file or a folder written by :func:`save_kd_assets`."""
+    a ``best.pt`` file or a folder written by :func:`save_kd_assets` (whose ``config`` paths
+    are relative to that folder, and ``teacher_probe``, when present, a file in it)."""
     source = Path(source)
     if source.is_dir() and (source / KD_STUDENT_JSON).is_file():
         from safetensors.torch import load_file

@@ -465,14 +465,14 @@ def export_assets(
             load_linear,
             load_run,
             load_torch,
-            read_kd_student,
             save_default_assets,
-            save_kd_assets,
         )
 
         best = run_dir / "best.pt"
         if best.is_file() and load_torch(best).get("kind") == KD_STUDENT_KIND:
-            path = save_kd_assets(read_kd_student(run_dir), out)
+            from splitdnn.export import export_kd_assets
+
+            path = export_kd_assets(run_dir, out)
             typer.echo(f"wrote whole-student assets to {path.parent}")
             return
 
@@ -543,6 +543,15 @@ def evaluate(
             "classes) scored beside it on the same images and decision."
         ),
     ] = None,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Bundle only: keep the top-1 per mode in the bundle's manifest, where auto's "
+            "accuracy bound (max_drop) reads it. Use images never used to train or pick the "
+            "checkpoint.",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Accuracy of what a run or bundle answers, and what the split costs.
@@ -571,10 +580,16 @@ def evaluate(
                 limit=limit,
                 progress=progress,
             )
+            if record:
+                from splitdnn.bundle import record_accuracy
+
+                record_accuracy(path, report["task"], ev.task_accuracy(report))
+        elif record:
+            raise _fail("--record keeps figures in a bundle's manifest: pass a bundle directory")
         elif ev.is_classes_run(path):
             # An application-specific student (run or assets): its classes + "other" against
             # the teacher, a general student and the local model, on held-out images.
-            report = ev.evaluate_classes(path, general, data=data, progress=progress)
+            report = ev.evaluate_classes(path, general, data=data, progress=progress, limit=limit)
         elif (path / "best.pt").is_file():
             if task is not None:
                 raise _fail(

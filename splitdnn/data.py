@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splitdnn.errors import DataError
+from splitdnn.errors import DataError, ImageError
 from splitdnn.imaging import Preprocessing, decode_image, resize_and_crop
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -71,14 +71,24 @@ def _from_folders(root: Path) -> Dataset:
     """``root/<class>/<image>`` (torchvision's ImageFolder); hidden folders and files
     (``.ipynb_checkpoints``, ``._x.jpg``) are not classes or images."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    samples = [
-        Sample(path, label)
-        for label, name in enumerate(classes)
-        for path in sorted((root / name).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    ]
-    if not samples:
+    images = {
+        name: [
+            path
+            for path in sorted((root / name).iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        ]
+        for name in classes
+    }
+    if not any(images.values()):
         raise DataError(f"{root} has no class folders with images")
+    # An empty folder would still be a class: a probe output no image ever trains.
+    empty = [str(root / name) for name in classes if not images[name]]
+    if empty:
+        raise DataError(
+            f"class folder(s) without images ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+            f"{', '.join(empty)}; add images to them or remove them"
+        )
+    samples = [Sample(path, label) for label, name in enumerate(classes) for path in images[name]]
     return Dataset(samples, classes, "folder")
 
 
@@ -177,7 +187,10 @@ def load_crop(path: Path, spec: Preprocessing) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
-    return np.asarray(resize_and_crop(decode_image(data), spec), dtype=np.uint8)
+    try:
+        return np.asarray(resize_and_crop(decode_image(data), spec), dtype=np.uint8)
+    except ImageError as exc:  # stop, naming the file: a skipped image would shift the split
+        raise DataError(f"{path}: {exc}; replace or remove the file") from exc
 
 
 def load_crops(samples: Sequence[Sample], spec: Preprocessing, progress: bool = False):

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,23 +20,22 @@ import numpy as np
 import torch
 
 from splitdnn import wire
-from splitdnn.bundle import load_bundle
+from splitdnn.bundle import ACCURACY_KEYS, TaskAccuracy, load_bundle
 from splitdnn.checkpoints import linear_from_state, load_run
 from splitdnn.data import Dataset, Sample, load_crops, load_dataset, split_per_class
-from splitdnn.distill.config import DistillConfig, config_samples
-from splitdnn.errors import DataError
+from splitdnn.distill.config import DistillConfig, config_samples, parse_config
+from splitdnn.errors import CheckpointError, DataError
 from splitdnn.imaging import normalise_pixels
 from splitdnn.labels import imagenet_labels
 from splitdnn.metrics import AgreementMeter, topk_indices
 from splitdnn.models import get_teacher
 from splitdnn.profile import count_macs, head_macs
 from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads
+from splitdnn.stats import paired_difference
 from splitdnn.teacher import normalise_batch, teacher_parts
 
 #: The split precisions scored for a bundle, as the head can send them.
 SPLIT_PRECISIONS = ("fp32", "fp16", "uint8")
-#: Two-sided 95 % normal quantile.
-Z95 = 1.959963984540054
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -235,13 +233,10 @@ class ModeHits:
 
 
 def paired_gap(reference: np.ndarray, other: np.ndarray) -> tuple[float, list[float]]:
-    """``reference``'s top-1 minus ``other``'s (points), with a 95 % confidence interval
-    from the per-image differences (paired: both scored on the same images)."""
-    d = reference.astype(np.float64) - other.astype(np.float64)
-    n = len(d)
-    gap = 100.0 * float(d.mean()) if n else 0.0
-    half = 100.0 * Z95 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else float("inf")
-    return gap, [gap - half, gap + half]
+    """``reference``'s top-1 minus ``other``'s (points) with its paired 95 % interval, as
+    a report stores them (:func:`splitdnn.stats.paired_difference`)."""
+    difference = paired_difference(reference, other)
+    return difference.points, list(difference.ci95)
 
 
 def _through_wire(bottleneck: np.ndarray, bundle_id: str, precision: str) -> np.ndarray:
@@ -318,6 +313,7 @@ def evaluate_bundle(
         "teacher": manifest.teacher,
         "split_module": manifest.split_module,
         "task": task,
+        "data": str(data),
         "split": split,
         "images": len(samples),
         "modes": modes,
@@ -344,6 +340,15 @@ def evaluate_bundle(
         }
     )
     return report
+
+
+def task_accuracy(report: dict[str, Any], data: str | None = None) -> TaskAccuracy:
+    """The figures of an :func:`evaluate_bundle` report that a bundle keeps for auto's
+    accuracy bound (``splitdnn evaluate BUNDLE --record``); ``data`` says which images
+    (default: the report's data folder and split)."""
+    top1 = {k: round(report[f"{k}_top1"], 2) for k in ACCURACY_KEYS if f"{k}_top1" in report}
+    where = data or f"{report.get('data', report['path'])}, split {report['split']}"
+    return TaskAccuracy(images=report["images"], data=where, top1=top1)
 
 
 def _guess_task(dataset: Dataset, tasks: dict[str, list[str]]) -> str:
@@ -378,17 +383,22 @@ def is_classes_run(path: str | Path) -> bool:
     return False
 
 
-def _teacher_probe(config: DistillConfig, run_dir: Path) -> Path:
-    """The teacher's probe of a whole-student run: ``teacher.probe_from`` (when recorded in
-    another checkout, the file of that name in the default assets), else the run's own."""
-    from splitdnn.checkpoints import DEFAULT_ASSETS
+def _teacher_probe(payload: dict[str, Any], config: DistillConfig, source: Path) -> Path:
+    """The teacher probe of a whole-student run or its assets: the assets' copy, else where
+    the run took it from (:func:`splitdnn.distill.kd.teacher_probe_candidates`)."""
+    from splitdnn.distill.kd import teacher_probe_candidates
 
-    path = config.teacher.probe_from
-    if path is None:
-        return run_dir / "teacher_probe.pt"
-    if not path.exists() and (DEFAULT_ASSETS / path.name).exists():
-        return DEFAULT_ASSETS / path.name
-    return path
+    if payload.get("teacher_probe"):
+        return source / payload["teacher_probe"]
+    candidates = teacher_probe_candidates(config, source)
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise CheckpointError(
+            f"the teacher probe of {source} is none of {', '.join(map(str, candidates))}; "
+            "write the assets from the run again (`splitdnn export assets RUN --out DIR` "
+            "copies the probe the run fitted)"
+        )
+    return found
 
 
 def _grouped_row(
@@ -434,6 +444,7 @@ def evaluate_classes(
     data: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """An application-specific student (``method: classes``: a run directory or its committed
     assets) on its run's held-out images (the validation split of its config, or of ``data``
@@ -445,7 +456,10 @@ def evaluate_classes(
     * ``general``: a general student run (``method: kd`` on all classes, e.g. of the same
       size),
     * the product's general local-mode model: EfficientNet-Lite0 at 224 px + its probe
-      (``local_probe``; default: the default assets' ``lite0_caltech101_probe``).
+      (``local_probe``; default: the default assets' ``lite0_caltech101_probe``, left out
+      with the reason in ``local_model_left_out`` when the data are not its 101 classes).
+
+    ``limit``: score only that many of the held-out images, spread evenly (a quick check).
 
     Per model: accuracy on the classes of interest, "other" recall and precision, overall
     accuracy (each with its 95 % Wilson interval and its number of images), MACs (one image)
@@ -462,12 +476,13 @@ def evaluate_classes(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     payload = read_kd_student(run_dir)
-    config = DistillConfig.model_validate(payload["config"])
+    config = parse_config(payload["config"], base_dir=run_dir)  # assets: paths relative to it
     if config.classes is None:
         raise DataError(f"{run_dir} is not a method: classes run")
     if data is not None:
         config.data.root = Path(data)
     _, samples, classes, _ = config_samples(config)
+    samples = _subset(samples, limit)
     of_interest = classes_of_interest(config.classes, classes)
     groups = class_groups(len(classes), of_interest)
     labels = groups[torch.tensor([s.label for s in samples])]
@@ -499,7 +514,7 @@ def evaluate_classes(
     _, teacher = frozen_backbone(
         config.teacher.name, config.teacher.pretrained, None, config.teacher.weights
     )
-    probe_path = _teacher_probe(config, run_dir)
+    probe_path = _teacher_probe(payload, config, run_dir)
     add(
         "teacher",
         torch.nn.Sequential(teacher, load_linear(probe_path)),
@@ -512,20 +527,25 @@ def evaluate_classes(
             raise DataError(f"{general} is not a student of the same {len(classes)} classes")
         model = whole_student(general_payload)
         add("general_student", model, base_preprocessing(general_payload["student_name"]), False)
+    given = local_probe is not None
     local_probe = Path(local_probe or DEFAULT_ASSETS / "lite0_caltech101_probe.safetensors")
     probe = load_linear(local_probe)
+    left_out = None
     if probe.out_features != len(classes):
-        raise DataError(
+        left_out = (
             f"the local model's probe {local_probe} answers {probe.out_features} classes, "
-            f"the data has {len(classes)}: pass the local probe for this data"
+            f"the data has {len(classes)}"
         )
-    _, lite0 = frozen_backbone("efficientnet_lite0", True, None)
-    add(
-        "local_model",
-        torch.nn.Sequential(lite0, probe),
-        get_teacher("efficientnet_lite0").preprocessing,
-        False,
-    )
+        if given:
+            raise DataError(f"{left_out}: pass the local probe for this data")
+    else:
+        _, lite0 = frozen_backbone("efficientnet_lite0", True, None)
+        add(
+            "local_model",
+            torch.nn.Sequential(lite0, probe),
+            get_teacher("efficientnet_lite0").preprocessing,
+            False,
+        )
     gap, ci = paired_gap(hits["student"], hits["teacher"])
     student = rows[0]
     shares = {
@@ -544,6 +564,7 @@ def evaluate_classes(
         "student_minus_teacher_classes_accuracy": gap,
         "student_minus_teacher_classes_accuracy_ci95": ci,
         **shares,
+        **({"local_model_left_out": left_out} if left_out else {}),
         "seconds": time.perf_counter() - started,
     }
 
@@ -584,4 +605,6 @@ def classes_table(report: dict[str, Any]) -> str:
         for key, value in report.items()
         if key.startswith("macs_percent_of_")
     ]
+    if report.get("local_model_left_out"):
+        lines.append(f"Local model left out: {report['local_model_left_out']}.")
     return "\n".join(lines)

@@ -30,7 +30,15 @@ import torch
 from torch import nn
 
 from splitdnn import reencode
-from splitdnn.bundle import MANIFEST, Manifest, default_bundle_path, write_manifest
+from splitdnn.bundle import (
+    ACCURACY_FILE,
+    MANIFEST,
+    Manifest,
+    default_bundle_path,
+    read_measured_accuracy,
+    record_accuracy,
+    write_manifest,
+)
 from splitdnn.checkpoints import (
     DEFAULT_ASSETS,
     DEFAULT_LOCAL,
@@ -286,11 +294,24 @@ def export_default(
 
     The assets' measured fair-offload choice (``reencode.json``, written by
     ``benchmarks/reencode_sweep.py --write-assets``) goes beside the bundle: it depends on the
-    teacher and its preprocessing only, so it holds for every student of that teacher."""
+    teacher and its preprocessing only, so it holds for every student of that teacher. Their
+    held-out accuracy per mode (``accuracy.json``, written by ``benchmarks/accuracy_by_mode.py
+    assets``) goes into the manifest when it was measured on the bundle of the same id."""
     checkpoint = read_default_assets(assets_dir)
     name = checkpoint.name or f"default-{checkpoint.teacher}-b{checkpoint.bottleneck}"
     target = Path(out_dir) if out_dir is not None else default_bundle_path()
     manifest = export_bundle(assemble(checkpoint, name=name), target, check=check)
+    measured = read_measured_accuracy(assets_dir)
+    if measured is not None and measured.bundle_id == manifest.bundle_id:
+        for task, figures in measured.tasks.items():
+            manifest = record_accuracy(target, task, figures)
+    elif measured is not None:
+        warnings.warn(
+            f"{assets_dir}/{ACCURACY_FILE} was measured on bundle {measured.bundle_id}, not "
+            f"{manifest.bundle_id}: not recorded (measure again: python "
+            "benchmarks/accuracy_by_mode.py evaluate BUNDLE --name NAME, then its assets command)",
+            stacklevel=2,
+        )
     choice = reencode.load_choice(assets_dir)
     if choice is not None and choice.teacher in (None, checkpoint.teacher):
         reencode.save_choice(target, choice)
@@ -301,6 +322,29 @@ def export_default(
             stacklevel=2,
         )
     return manifest
+
+
+# --- a whole student's assets (method kd, labels or classes) ----------------------------------
+
+
+def export_kd_assets(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """A whole student's run as assets to commit or move (written by
+    :func:`splitdnn.checkpoints.save_kd_assets`): its config's paths relative to ``out_dir``,
+    and the teacher probe the run fitted itself (or took from ``kd.teacher_run``) copied
+    beside, so ``splitdnn evaluate`` of the assets needs no run directory. A probe the config
+    names (``teacher.probe_from``) stays a path. Returns the JSON's path."""
+    from splitdnn.checkpoints import read_kd_student, save_kd_assets
+    from splitdnn.distill.config import parse_config, portable_config
+    from splitdnn.distill.kd import teacher_probe_candidates
+
+    payload = read_kd_student(run_dir)
+    config = parse_config(payload["config"], base_dir=Path(run_dir))
+    used = next((p for p in teacher_probe_candidates(config, Path(run_dir)) if p.is_file()), None)
+    probe = None
+    if used is not None and used != config.teacher.probe_from:
+        probe = load_linear(used).state_dict()
+    payload = {**payload, "config": portable_config(config, Path(out_dir))}
+    return save_kd_assets(payload, out_dir, teacher_probe=probe)
 
 
 # --- an application-specific student as the local model (method: classes) --------------------

@@ -270,16 +270,23 @@ class LatencyModel:
         return {"local": local, "split": split, "offload": offload}
 
     def choose(
-        self, image_bytes: int, now: float | None = None
+        self, image_bytes: int, now: float | None = None, allowed: tuple[str, ...] = MODES
     ) -> tuple[str, dict[str, Prediction]]:
-        """The mode with the lowest predicted total (ties prefer local, then split); every
-        ``explore_every``-th call the available mode measured longest ago instead."""
+        """The ``allowed`` mode with the lowest predicted total (ties prefer local, then
+        split); every ``explore_every``-th call the available allowed mode measured longest
+        ago instead. Predictions are of every mode, allowed or not."""
+        unknown = sorted(set(allowed) - set(MODES))
+        if unknown or not allowed:
+            raise ValueError(f"allowed must be a non-empty subset of {MODES}, got {allowed}")
+        candidates = [m for m in MODES if m in allowed]
         predictions = self.predict(image_bytes, now)
-        best = min(MODES, key=lambda m: (predictions[m].total_ms, MODES.index(m)))
+        best = min(candidates, key=lambda m: (predictions[m].total_ms, MODES.index(m)))
         with self._lock:
             self._decisions += 1
             if self.explore_every and self._decisions % self.explore_every == 0:
-                others = [m for m in MODES if m != best and math.isfinite(predictions[m].total_ms)]
+                others = [
+                    m for m in candidates if m != best and math.isfinite(predictions[m].total_ms)
+                ]
                 if others:
                     return min(others, key=lambda m: self._last_seen[m]), predictions
         return best, predictions

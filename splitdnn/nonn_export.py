@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -43,6 +42,7 @@ from splitdnn.nonn_bundle import (
     write_nonn_manifest,
 )
 from splitdnn.profile import count_macs, count_params
+from splitdnn.stats import paired_difference, proportion_ci
 from splitdnn.students import NoNNMember, get_nonn_student, nonn_member
 from splitdnn.teacher import frozen_backbone
 
@@ -191,14 +191,10 @@ def _check(path: Path, module: nn.Module, example: torch.Tensor) -> None:
         raise ExportError(f"{path.name} differs from torch by {diff:.3g}")
 
 
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion, in percent."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(100 * (centre - half), 2), round(100 * (centre + half), 2))
+def _ci95(hits: int, n: int) -> tuple[float, float]:
+    """The Wilson interval in percent, rounded as the figures files store it."""
+    low, high = proportion_ci(hits, n)
+    return round(low, 2), round(high, 2)
 
 
 def member_costs(run: Path) -> list[dict[str, Any]]:
@@ -269,7 +265,7 @@ def served_accuracy(
     return {
         "images": n,
         "top1": round(100 * hits / max(n, 1), 2),
-        "ci95": wilson(hits, n),
+        "ci95": _ci95(hits, n),
         "quantisation": quantisation,
         "envelope_bytes": [int(max(s)) if s else 0 for s in sizes],
         "member_ms_median": [round(float(np.median(m)), 2) if m else 0.0 for m in ms],
@@ -301,20 +297,15 @@ def teacher_correct(config_path: Path) -> list[bool]:
     return [bool(p == s.label) for p, s in zip(logits.argmax(1).tolist(), val, strict=True)]
 
 
-def paired_difference(a: list[bool], b: list[bool]) -> dict[str, Any]:
-    """Top-1 of ``a`` minus top-1 of ``b`` on the same images, in points, with a 95 % normal
-    interval of the paired difference, and the discordant counts."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    n = len(d)
-    half = 1.96 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+def served_minus_teacher(served: list[bool], teacher: list[bool]) -> dict[str, Any]:
+    """Served top-1 minus the teacher's on the same images, in points, with its paired 95 %
+    interval and the discordant counts."""
+    difference = paired_difference(served, teacher)
     return {
-        "points": round(100 * float(d.mean()), 2),
-        "ci95": (
-            round(100 * (float(d.mean()) - half), 2),
-            round(100 * (float(d.mean()) + half), 2),
-        ),
-        "only_first_right": int((d > 0).sum()),
-        "only_second_right": int((d < 0).sum()),
+        "points": round(difference.points, 2),
+        "ci95": tuple(round(bound, 2) for bound in difference.ci95),
+        "only_first_right": difference.only_first_right,
+        "only_second_right": difference.only_second_right,
     }
 
 
@@ -352,9 +343,9 @@ def main(argv: list[str] | None = None) -> None:
         "teacher": {
             "images": len(teacher),
             "top1": round(100 * sum(teacher) / max(len(teacher), 1), 2),
-            "ci95": wilson(sum(teacher), len(teacher)),
+            "ci95": _ci95(sum(teacher), len(teacher)),
         },
-        "served_minus_teacher": paired_difference(served["correct"], teacher),
+        "served_minus_teacher": served_minus_teacher(served["correct"], teacher),
         "members": member_costs(args.run),
         "correct": [int(c) for c in served["correct"]],
     }

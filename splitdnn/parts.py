@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from splitdnn.checkpoints import DEFAULT_LOCAL, StudentCheckpoint, linear_from_state
-from splitdnn.errors import CheckpointError
+from splitdnn.errors import CheckpointError, ExportError
 from splitdnn.labels import imagenet_labels
-from splitdnn.models import TeacherSpec, get_teacher
+from splitdnn.models import TeacherSpec, build_teacher, get_teacher
 from splitdnn.models.weights import weights_digest
 from splitdnn.students import BottleneckStudent
 from splitdnn.teacher import teacher_parts
@@ -53,14 +55,17 @@ class BundleParts:
 
 
 def local_parts(
-    name: str, probes: Mapping[str, nn.Module] | None = None
+    name: str,
+    probes: Mapping[str, nn.Module] | None = None,
+    weights: Path | None = None,
 ) -> tuple[TeacherSpec, nn.Module, dict[str, nn.Module]]:
-    """A device-only model (its real weights) as (spec, backbone, classifiers per task).
+    """A device-only model as (spec, backbone, classifiers per task): its published weights,
+    or the user's state dict ``weights``.
 
     Its own classifier is the ``imagenet`` task; ``probes`` add other tasks on its features.
     """
     spec = get_teacher(name)
-    model = spec.build(True)
+    model = build_teacher(spec.name, True, weights)
     own = model.get_submodule(spec.classifier)
     model.set_submodule(spec.classifier, nn.Identity())
     classifiers: dict[str, nn.Module] = {"imagenet": own} if spec.num_classes == 1000 else {}
@@ -96,9 +101,15 @@ def assemble(
     if checkpoint.local_probe is not None and checkpoint.task:
         probes[checkpoint.task] = linear_from_state(checkpoint.local_probe)
     probes.update(local_probes or {})
-    local_spec, backbone, local_classifiers = local_parts(
-        local or checkpoint.local or DEFAULT_LOCAL, probes
-    )
+    local_name = get_teacher(local or checkpoint.local or DEFAULT_LOCAL).name
+    _refuse_the_runs_probe_elsewhere(checkpoint, local_name, probes)
+    # The run's probes were fitted on its teacher's features: a local model of the teacher's
+    # architecture is the teacher, with the user's own weights when the run had them.
+    local_weights = checkpoint.teacher_weights if local_name == spec.name else None
+    local_spec, backbone, local_classifiers = local_parts(local_name, probes, local_weights)
+    metrics = _provenance(checkpoint)
+    if local_weights is not None:
+        metrics["local_weights"] = metrics["teacher_weights"]
     return BundleParts(
         name=name,
         teacher=spec,
@@ -112,8 +123,28 @@ def assemble(
         local=local_spec,
         local_backbone=backbone,
         local_classifiers=local_classifiers,
-        metrics=_provenance(checkpoint),
+        metrics=metrics,
     )
+
+
+def _refuse_the_runs_probe_elsewhere(
+    checkpoint: StudentCheckpoint, local: str, probes: Mapping[str, nn.Module]
+) -> None:
+    """The run's own probe (``classifier.pt``) reads its teacher's features; on a local model
+    of another architecture (EfficientNet-Lite0 and -Lite2 both have 1,280) it would answer
+    without an error, and wrongly."""
+    if checkpoint.probe is None or local == checkpoint.teacher:
+        return
+    weight = checkpoint.probe.get("weight")
+    for task, probe in probes.items():
+        same = isinstance(probe, nn.Linear) and weight is not None
+        if same and probe.weight.shape == weight.shape and torch.equal(probe.weight, weight):
+            raise ExportError(
+                f"the local probe for {task!r} is the run's teacher probe, fitted on "
+                f"{checkpoint.teacher}'s features, but the local model is {local}: pass "
+                f"--local {checkpoint.teacher}, or fit a probe on {local}'s features with "
+                f"`python -m splitdnn.distill.probe CONFIG --teacher {local} --out FILE`"
+            )
 
 
 def _provenance(checkpoint: StudentCheckpoint) -> dict[str, Any]:

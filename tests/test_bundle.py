@@ -12,9 +12,11 @@ import pytest
 from splitdnn.bundle import (
     MANIFEST,
     Manifest,
+    TaskAccuracy,
     bundle_id_of,
     default_bundle_path,
     load_bundle,
+    record_accuracy,
     write_manifest,
 )
 from splitdnn.errors import BundleError, UnknownNameError
@@ -144,3 +146,45 @@ def test_a_copied_bundle_keeps_its_id(bundle_dir: Path, tmp_path_factory) -> Non
     copy = tmp_path_factory.mktemp("copy") / "b"
     shutil.copytree(bundle_dir, copy)
     assert load_bundle(copy).id == load_bundle(bundle_dir).id
+
+
+# --- measured accuracy and auto's bound ---------------------------------------------------------
+
+
+def _figures(split: float, local: float | None = None) -> TaskAccuracy:
+    top1 = {"offload": 90.0, "split_uint8": split, "split_fp32": split + 0.5}
+    if local is not None:
+        top1["local"] = local
+    return TaskAccuracy(images=500, data="held-out photos", top1=top1)
+
+
+def test_recorded_accuracy_is_kept_in_the_manifest_and_the_id_does_not_change(bundle_dir):
+    before = load_bundle(bundle_dir)
+    record_accuracy(bundle_dir, "imagenet", _figures(split=81.0, local=89.0))
+    after = load_bundle(bundle_dir)
+    assert after.id == before.id
+    assert after.manifest.accuracy["imagenet"].drop("split") == pytest.approx(9.0)
+    assert after.manifest.accuracy["imagenet"].drop("split", "fp32") == pytest.approx(8.5)
+    assert after.manifest.accuracy["imagenet"].drop("split", "fp16") is None
+    with pytest.raises(BundleError, match="does not have"):
+        record_accuracy(bundle_dir, "cifar10", _figures(split=81.0))
+
+
+def test_accuracy_figures_need_the_teacher_as_reference_and_known_modes():
+    with pytest.raises(ValueError, match="offload"):
+        TaskAccuracy(images=5, data="x", top1={"split_uint8": 80.0})
+    with pytest.raises(ValueError, match="only keys"):
+        TaskAccuracy(images=5, data="x", top1={"offload": 90.0, "split": 80.0})
+
+
+def test_the_bound_excludes_modes_that_lose_more_than_max_drop(bundle_dir):
+    modes = ("local", "split", "offload")
+    record_accuracy(bundle_dir, "imagenet", _figures(split=81.0, local=89.0))
+    bundle = load_bundle(bundle_dir)
+    bound = bundle.accuracy_bound("imagenet", modes, max_drop=2.0)
+    assert bound.allowed == ("local", "offload") and bound.excluded == {"split": pytest.approx(9.0)}
+    assert bundle.accuracy_bound("imagenet", modes, max_drop=9.0).allowed == modes
+    assert bundle.accuracy_bound("imagenet", modes, 0.5).allowed == ("offload",)
+    # a task never measured: nothing says any mode loses, and the bound says so
+    unmeasured = bundle.accuracy_bound("caltech101", modes, max_drop=0.0)
+    assert unmeasured.allowed == modes and unmeasured.unmeasured == modes

@@ -289,3 +289,137 @@ def test_cli_writes_assets_of_a_run_and_evaluates_them_beside_a_general_student(
     models = [r["model"] for r in report["rows"]]
     assert models == ["student", "teacher", "general_student", "local_model"]
     assert report["macs_percent_of_general_student"] == pytest.approx(100.0, abs=0.5)
+
+
+# -- assets a user moves, evaluates and serves (issue #22 item 6) ---------------------------------
+
+
+def _run_that_fitted_its_teacher_probe(app_bundle, name: str) -> Path:
+    """A classes run directory as the trainer leaves it without ``teacher.probe_from``: the
+    probe it fitted for its teacher in ``teacher_probe.pt``."""
+    root = app_bundle["root"]
+    run = root / name
+    run.mkdir()
+    payload = dict(app_bundle["payload"])
+    config = json.loads(json.dumps(payload["config"]))
+    config["teacher"]["probe_from"] = None
+    payload["config"] = config
+    torch.save(payload, run / "best.pt")
+    torch.save(torch.load(root / "teacher_probe.pt", weights_only=True), run / "teacher_probe.pt")
+    return run
+
+
+def _export_assets(run: Path, out: Path) -> None:
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    result = CliRunner().invoke(app, ["export", "assets", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+
+def test_assets_of_a_run_that_fitted_its_teacher_probe_evaluate_without_the_run(app_bundle):
+    import shutil
+
+    from splitdnn.evaluate import evaluate_classes
+
+    run = _run_that_fitted_its_teacher_probe(app_bundle, "run-own-probe")
+    assets = app_bundle["root"] / "assets-own-probe"
+    _export_assets(run, assets)
+    shutil.rmtree(run)  # assets are what is committed; the run stays on the machine
+    local_probe = app_bundle["root"] / "local_probe.pt"
+    torch.save(torch.nn.Linear(1280, 3).state_dict(), local_probe)
+    report = evaluate_classes(assets, local_probe=local_probe)
+    assert [r["model"] for r in report["rows"]] == ["student", "teacher", "local_model"]
+
+
+def test_assets_record_paths_relative_to_their_folder_and_work_when_moved(app_bundle, tmp_path):
+    import shutil
+
+    from splitdnn.evaluate import evaluate_classes
+
+    root = app_bundle["root"]
+    run = _run_that_fitted_its_teacher_probe(app_bundle, "run-moved")
+    _export_assets(run, root / "assets-moved")
+    config = json.loads((root / "assets-moved" / "kd_student.json").read_text())["config"]
+    assert config["data"]["root"] == "../caltech101"
+    # The whole tree moves (a clone elsewhere): the assets find their data by relative path.
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copytree(root / "assets-moved", moved / "assets-moved")
+    shutil.copytree(app_bundle["data"], moved / "caltech101")
+    shutil.rmtree(run)
+    report = evaluate_classes(moved / "assets-moved", limit=2)
+    assert report["images"] == 2
+
+
+def test_the_committed_classes_assets_hold_no_absolute_path() -> None:
+    import os
+
+    from splitdnn.checkpoints import DEFAULT_ASSETS, KD_STUDENT_JSON
+    from splitdnn.distill.config import parse_config
+
+    folder = DEFAULT_ASSETS.parent / "classes-caltech101-5"
+    text = (folder / KD_STUDENT_JSON).read_text()
+
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    absolute = [s for s in strings(json.loads(text)) if os.path.isabs(s)]
+    assert absolute == []
+    config = parse_config(json.loads(text)["config"], base_dir=folder)
+    assert config.teacher.probe_from == DEFAULT_ASSETS / "caltech101_probe.safetensors"
+
+
+def test_evaluate_of_classes_assets_honours_limit_and_leaves_out_a_local_model_of_other_classes(
+    app_bundle,
+):
+    """The default local model's probe answers Caltech-101's 101 classes: on other data it is
+    left out with the reason, not a failure only a library argument could fix."""
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    assets = app_bundle["root"] / "assets"
+    result = CliRunner().invoke(app, ["evaluate", str(assets), "--limit", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 2
+    assert [r["model"] for r in report["rows"]] == ["student", "teacher"]
+    assert "101 classes" in report["local_model_left_out"]
+
+
+def test_local_mode_on_another_task_of_a_classes_bundle_names_the_task_it_serves(
+    app_bundle, cat_jpeg
+):
+    """`export classes` takes no --local-probe: the 422 names what does serve locally."""
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from services.head.app import create_app
+    from services.head.settings import HeadSettings
+
+    def tail(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"bundle": "x", "warmup_ms": {}})
+
+    settings = HeadSettings(
+        bundle=app_bundle["root"] / "bundle", tail_url="http://tail.test", load_in_background=False
+    )
+    with TestClient(create_app(settings, tail_transport=httpx.MockTransport(tail))) as client:
+        response = client.post("/infer/local", params={"task": "caltech101"}, content=cat_jpeg)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert "task=caltech101-1" in detail and "mode=split" in detail
+        assert "`splitdnn export run RUN --local-probe caltech101=FILE`" in detail
+        imagenet = client.post("/infer/local", params={"task": "imagenet"}, content=cat_jpeg)
+        assert imagenet.status_code == 422
+        assert "`splitdnn export run RUN` for imagenet" in imagenet.json()["detail"]
+        ok = client.post("/infer/local", params={"task": "caltech101-1"}, content=cat_jpeg)
+        assert ok.status_code == 200, ok.text

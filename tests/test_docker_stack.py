@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.system_tools import why_missing
+
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,8 +312,9 @@ def test_split_sends_fewer_bytes_than_offload_and_agrees_with_it(stack: Stack):
 
 
 def test_readme_curl_command_works(stack: Stack):
-    if shutil.which("curl") is None:
-        pytest.skip("no curl on this machine")
+    missing = why_missing("curl")
+    if missing:
+        pytest.skip(missing)
     result = run(
         ["curl", "-sS", "--max-time", "120", "-F", f"image=@{CAT}",
          f"{GATEWAY.replace('127.0.0.1', 'localhost')}/classify?mode=split"],

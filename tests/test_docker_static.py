@@ -370,7 +370,8 @@ def test_rootfs_image_names_the_architecture_for_docker_load(tmp_path):
 @pytest.mark.parametrize(
     "script",
     ["docker/link-shaper.sh", "docker/with-ca.sh", "scripts/build-base-image.sh",
-     "scripts/start-dockerd.sh", "scripts/ci-docker-setup.sh"],
+     "scripts/start-dockerd.sh", "scripts/ci-docker-setup.sh",
+     "scripts/system-tools.sh"],
 )  # fmt: skip
 def test_shell_scripts_parse_and_are_executable(script):
     path = ROOT / script

@@ -274,18 +274,17 @@ def test_evaluate_bundle_scores_every_served_mode_on_the_same_images(chain) -> N
     assert low <= report["uint8_cost"] <= high
 
 
-def test_paired_gap_interval_shrinks_with_more_images() -> None:
+def test_paired_gap_is_the_stats_modules_paired_difference() -> None:
     from splitdnn.evaluate import paired_gap
+    from splitdnn.stats import paired_difference
 
     rng = np.random.default_rng(0)
-    a = rng.random(4000) < 0.9
+    a = rng.random(400) < 0.9
     b = a.copy()
-    b[rng.choice(4000, 200, replace=False)] ^= True
+    b[rng.choice(400, 20, replace=False)] ^= True
     gap, (low, high) = paired_gap(a, b)
+    assert (gap, (low, high)) == (paired_difference(a, b).points, paired_difference(a, b).ci95)
     assert gap == pytest.approx(100.0 * (a.mean() - b.mean()))
-    _, (low_small, high_small) = paired_gap(a[:400], b[:400])
-    assert high - low < high_small - low_small
-    assert paired_gap(a, a) == (0.0, [0.0, 0.0])
 
 
 def test_evaluate_run_uses_the_runs_validation_split(chain) -> None:
@@ -393,3 +392,109 @@ def test_the_default_assets_fair_offload_choice_is_for_their_teacher() -> None:
     assert choice is not None and choice.teacher == read_default_assets().teacher
     assert choice.top1 is not None and choice.raw_top1 is not None
     assert choice.raw_top1 - choice.top1 <= 0.5 and choice.images
+
+
+def test_export_default_records_the_assets_accuracy_for_the_bundle_it_was_measured_on(
+    chain, tmp_path
+):
+    """auto's accuracy bound reads the manifest: the assets' held-out figures go in only when
+    they were measured on a bundle of the same id, with a warning otherwise."""
+    import shutil
+
+    from splitdnn.bundle import ACCURACY_FILE, load_bundle
+    from splitdnn.export import export_default
+
+    assets = tmp_path / "assets"
+    shutil.copytree(chain["assets"], assets)
+    figures = {"images": 9, "data": "held out", "top1": {"offload": 80.0, "split_uint8": 70.0}}
+    measured = {"bundle_id": chain["manifest"].bundle_id, "tasks": {"caltech101": figures}}
+    (assets / ACCURACY_FILE).write_text(json.dumps(measured))
+    export_default(assets, tmp_path / "bundle", check=False)
+    manifest = load_bundle(tmp_path / "bundle").manifest
+    assert manifest.accuracy["caltech101"].drop("split") == pytest.approx(10.0)
+
+    measured["bundle_id"] = "0123456789abcdef"
+    (assets / ACCURACY_FILE).write_text(json.dumps(measured))
+    with pytest.warns(UserWarning, match="measured on bundle 0123456789abcdef"):
+        export_default(assets, tmp_path / "bundle", check=False)
+    assert load_bundle(tmp_path / "bundle").manifest.accuracy == {}
+
+
+def test_the_default_assets_accuracy_is_the_committed_held_out_measurement() -> None:
+    """accuracy.json is derived from the committed per-task reports of the default bundle
+    (benchmarks/results/accuracy/stage7-*.json), not typed in."""
+    from benchmarks import accuracy_by_mode
+    from splitdnn.bundle import read_measured_accuracy
+    from splitdnn.checkpoints import DEFAULT_ASSETS
+
+    committed = read_measured_accuracy(DEFAULT_ASSETS)
+    assert committed is not None
+    assert committed.model_dump() == accuracy_by_mode.measured_accuracy("stage7")
+    assert set(committed.tasks) == {"imagenet", "caltech101"}
+
+
+# --- a run on the user's own teacher weights (issue #22 item 1) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_weights_run(tmp_path_factory: pytest.TempPathFactory):
+    """A run distilled towards the user's own Lite0 (the published weights, perturbed: a state
+    dict of the same architecture that answers differently), its probe in ``classifier.pt``."""
+    from splitdnn.models import get_teacher
+
+    root = tmp_path_factory.mktemp("own-weights")
+    torch.manual_seed(7)
+    mine = get_teacher(TEACHER).build(True)
+    with torch.no_grad():
+        for tensor in mine.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.mul_(1 + 0.2 * torch.randn_like(tensor).clamp(-2, 2))
+    weights = root / "my-lite0.pt"
+    torch.save(mine.state_dict(), weights)
+    payload = _fake_run(root / "run", root / "caltech101")
+    payload["config"]["teacher"]["weights"] = str(weights)
+    torch.save(payload, root / "run" / "best.pt")
+    torch.save(payload["classifier"], root / "run" / "classifier.pt")
+    return {"root": root, "run": root / "run", "weights": weights, "model": mine.eval()}
+
+
+def test_local_mode_of_a_run_on_own_weights_answers_like_the_users_model(
+    own_weights_run, cat_jpeg: bytes
+) -> None:
+    """`export run --local-probe TASK=RUN/classifier.pt`: local.onnx is the user's Lite0 (its
+    own head for imagenet, the run's probe for the task), not the packaged one."""
+    from splitdnn.checkpoints import load_linear
+    from splitdnn.export import export_run
+    from splitdnn.models import build_teacher, get_teacher
+    from splitdnn.runtime import ImageClassifier
+
+    run, out = own_weights_run["run"], own_weights_run["root"] / "bundle"
+    probe = {"caltech101": run / "classifier.pt"}
+    manifest = export_run(run, out, local_probes=probe, check=False)
+    local = ImageClassifier(load_bundle(out), "local")
+    x = local.preprocess(cat_jpeg)
+    _, served_imagenet = local.run(x, "imagenet")
+    _, served_task = local.run(x, "caltech101")
+
+    model = build_teacher(TEACHER, weights=own_weights_run["weights"])
+    with torch.no_grad():
+        want_imagenet = model(torch.from_numpy(x))
+        model.set_submodule(get_teacher(TEACHER).classifier, nn.Identity())
+        want_task = load_linear(run / "classifier.pt")(model(torch.from_numpy(x)))
+    assert np.abs(served_imagenet - want_imagenet.numpy()).max() <= 1e-4
+    assert np.abs(served_task - want_task.numpy()).max() <= 1e-4
+    assert manifest.metrics["local_weights"]["file"] == "my-lite0.pt"
+
+
+def test_the_runs_probe_on_a_local_model_of_another_architecture_is_refused(
+    own_weights_run, tmp_path: Path
+) -> None:
+    """Lite2's pooled features have Lite0's width (1,280): the probe would fit and answer
+    wrongly; export names both ways out instead."""
+    from splitdnn.export import export_run
+
+    probe = {"caltech101": own_weights_run["run"] / "classifier.pt"}
+    with pytest.raises(ExportError) as info:
+        export_run(own_weights_run["run"], tmp_path, local="efficientnet_lite2", local_probes=probe)
+    assert "--local efficientnet_lite0" in str(info.value)
+    assert "splitdnn.distill.probe CONFIG --teacher efficientnet_lite2" in str(info.value)

@@ -150,6 +150,19 @@ def test_every_nth_auto_decision_refreshes_the_mode_measured_longest_ago() -> No
     assert {chosen[4], chosen[9]} <= {"split", "offload"}
 
 
+def test_auto_never_chooses_a_mode_it_is_not_allowed_even_when_exploring() -> None:
+    """Split is by far the fastest predicted; allowed only local and offload, auto never
+    serves it, neither as the best nor on an exploration turn."""
+    model = LatencyModel(Priors(local_ms=100, head_split_ms=1, tail_split_ms=1), explore_every=2)
+    assert model.choose(30_000)[0] == "split"
+    chosen = {model.choose(30_000, allowed=("local", "offload"))[0] for _ in range(20)}
+    assert chosen == {"local", "offload"}
+    with pytest.raises(ValueError, match="non-empty subset"):
+        model.choose(30_000, allowed=())
+    with pytest.raises(ValueError, match="non-empty subset"):
+        model.choose(30_000, allowed=("nonn",))
+
+
 class SimulatedLink:
     """Times the head would measure: local 100 ms; split 40 + envelope + 20; offload
     20 + photo + 30 (ms), the link with a 3 ms overhead per request."""

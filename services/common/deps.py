@@ -122,6 +122,15 @@ AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 #: Query options of every endpoint that classifies; ``None`` means the service's default.
 TaskQuery = Annotated[str | None, Query(description="Task head; default from manifest")]
 TopKQuery = Annotated[int | None, Query(alias="top_k", ge=1, le=100)]
+MaxDropQuery = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=100,
+        description="Auto: serve only modes whose measured top-1 on the task is at most this "
+        "many points below the teacher's (default: the head's auto_max_drop setting)",
+    ),
+]
 
 
 def check_token(request: Request, expected: str | None) -> None:

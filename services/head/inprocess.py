@@ -40,13 +40,14 @@ class InProcessHead:
         fallback: bool = True,
         quantisation: str | None = None,
         compression: str | None = None,
+        max_drop: float | None = None,
     ) -> dict[str, Any]:
         """The head's answer to ``/infer/{mode}``; its stages are recorded in ``context``.
         Raises the head's errors (503 while loading, 404 unknown task, ...) unchanged."""
         pipeline: HeadPipeline = self.service.get("pipeline")
         return await run_in_threadpool(
             infer_answer, pipeline, self.settings, mode, image, task, k, fallback, context,
-            self.metrics, quantisation, compression,
+            self.metrics, quantisation, compression, None, max_drop,
         )  # fmt: skip
 
     async def ready(self) -> bool:

@@ -68,6 +68,8 @@ class Outcome:
     #: Parts of ``head_ms``: decode/resize/normalise (or re-encode), and the model alone.
     preprocess_ms: float = 0.0
     model_ms: float = 0.0
+    #: Auto only: the accuracy bound, the modes it allowed and excluded, what it chose and why.
+    auto: dict[str, Any] | None = None
 
 
 #: Tail statuses tried again: an error of one replica, not an overload (503) or a deadline.
@@ -328,18 +330,31 @@ class HeadPipeline:
     def no_local_model(self, task: str) -> InvalidRequestError:
         """422 for ``mode=local`` on a task the bundle's local model cannot classify."""
         return InvalidRequestError(
-            f"task {task!r} has no local model in bundle {self.bundle.name!r} (its local model "
-            f"classifies {self.local_tasks}; export with --local-probe {task}=FILE to add one): "
+            f"task {task!r} has no local model in bundle {self.bundle.name!r} "
+            f"({self.bundle.local_mode_fix(task, self.local_tasks)}): "
             "use mode=split or mode=offload, or auto, which picks between those two"
         )
 
-    def choose(self, image_bytes: int, task: str) -> tuple[str, dict[str, Any]]:
-        """Auto mode: the latency model's choice, unless that is local and the local model
-        cannot classify ``task``: then the faster predicted of split and offload."""
-        mode, predicted = self.latency.choose(image_bytes)
-        if mode == "local" and task not in self.local_tasks:
-            mode = min(("split", "offload"), key=lambda m: (predicted[m].total_ms, MODES.index(m)))
-        return mode, predicted
+    def choose(
+        self, image_bytes: int, task: str, max_drop: float, quantisation: str
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """Auto mode: the latency model's choice among the modes that can classify ``task``
+        (local only with a local classifier) and whose measured drop against the teacher is
+        within ``max_drop``; returns the mode, the predictions and why."""
+        servable = tuple(m for m in MODES if m != "local" or task in self.local_tasks)
+        bound = self.bundle.accuracy_bound(task, servable, max_drop, quantisation)
+        mode, predicted = self.latency.choose(image_bytes, allowed=bound.allowed)
+        fastest = min(bound.allowed, key=lambda m: (predicted[m].total_ms, MODES.index(m)))
+        why = {
+            **bound.to_dict(),
+            "chose": mode,
+            "because": "fastest predicted within max_drop"
+            if mode == fastest
+            else "exploring: the allowed mode measured longest ago",
+        }
+        if "local" not in servable:
+            why["no_local_model"] = task
+        return mode, predicted, why
 
     @classmethod
     def priors(cls, settings: HeadSettings, bundle: Bundle, local_ms: float, head_ms: float):
@@ -366,15 +381,19 @@ class HeadPipeline:
         metrics: Metrics,
         encoding: Encoding | None = None,
         reencode_offload: bool | None = None,
+        max_drop: float | None = None,
     ) -> tuple[Outcome, dict[str, Any] | None]:
-        """Serve ``mode`` (``auto`` resolved here); returns the outcome and predictions.
-        ``reencode_offload`` overrides whether offload re-encodes (None: the setting)."""
+        """Serve ``mode`` (``auto`` resolved here); returns the outcome (for auto, with why
+        it chose) and auto's predictions. ``reencode_offload`` overrides whether offload
+        re-encodes, ``max_drop`` auto's accuracy bound (None: the settings)."""
         task = self.bundle.task(task)
         predictions = None
         fair = self.reencoding is not None if reencode_offload is None else reencode_offload
         if mode == "auto":
             offload_bytes = round(len(image) * (self._offload_ratio if fair else 1.0))
-            mode, predicted = self.choose(offload_bytes, task)
+            bound = self.settings.auto_max_drop if max_drop is None else max_drop
+            quantisation = encoding.quantisation if encoding else self.settings.quantisation
+            mode, predicted, why = self.choose(offload_bytes, task, bound, quantisation)
             predictions = {m: p.to_dict() for m, p in predicted.items()}
         if mode == "local" and task not in self.local_tasks:
             raise self.no_local_model(task)
@@ -393,6 +412,8 @@ class HeadPipeline:
                 log.warning("tail failed in %s mode, falling back to local: %s", mode, exc)
                 outcome = self.run_local(image, task, k, context)
                 outcome.fallback, outcome.fallback_reason = True, exc.detail
+        if predictions is not None:
+            outcome.auto = why
         metrics.modes.labels(metrics.service, outcome.mode, str(outcome.fallback).lower()).inc()
         metrics.bytes_sent.labels(metrics.service, outcome.mode).inc(outcome.bytes_sent)
         for stage, ms in (("head", outcome.head_ms), ("transfer", outcome.transfer_ms)):

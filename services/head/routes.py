@@ -15,6 +15,7 @@ from services.common.deps import (
     ADMISSION,
     AppMetrics,
     Context,
+    MaxDropQuery,
     Service,
     TaskQuery,
     TopKQuery,
@@ -90,6 +91,7 @@ def infer(
         bool | None,
         Query(description="Offload: re-encode at the teacher's input size (default: setting)"),
     ] = None,
+    max_drop: MaxDropQuery = None,
 ) -> dict[str, Any]:
     pipeline: HeadPipeline = service.get("pipeline")
     return infer_answer(
@@ -105,6 +107,7 @@ def infer(
         quantisation,
         compression,
         reencode,
+        max_drop,
     )
 
 
@@ -121,13 +124,23 @@ def infer_answer(
     quantisation: str | None = None,
     compression: str | None = None,
     reencode: bool | None = None,
+    max_drop: float | None = None,
 ) -> dict[str, Any]:
     """Run one classification and build the head's answer: what ``/infer/{mode}`` returns
     and what a gateway in the same process (:mod:`services.head.inprocess`) relays."""
     start = time.perf_counter()
     encoding = Encoding(quantisation or settings.quantisation, compression or settings.compression)
     outcome, predictions = pipeline.run(
-        mode, image, task, k or settings.top_k, fallback, context, metrics, encoding, reencode
+        mode,
+        image,
+        task,
+        k or settings.top_k,
+        fallback,
+        context,
+        metrics,
+        encoding,
+        reencode,
+        max_drop,
     )
     total_ms = (time.perf_counter() - start) * 1000
     answer: dict[str, Any] = {
@@ -158,6 +171,8 @@ def infer_answer(
     }
     if outcome.fallback_reason:
         answer["fallback_reason"] = outcome.fallback_reason
+    if outcome.auto is not None:
+        answer["auto"] = outcome.auto
     if predictions is not None:
         answer["predicted_ms"] = {m: predictions[m]["total"] for m in MODES}
         answer["predictions"] = predictions

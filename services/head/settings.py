@@ -60,6 +60,14 @@ class HeadSettings(ServiceSettings):
     ewma_alpha: float = Field(
         default=0.3, gt=0, le=1, description="Weight of the newest sample in the estimates."
     )
+    auto_max_drop: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="Auto serves only modes whose measured top-1 on the task (the bundle's "
+        "manifest, `splitdnn evaluate BUNDLE --record`) is at most this many points below the "
+        "teacher's; a request's max_drop overrides it.",
+    )
     tail_retry_s: float = Field(
         default=5.0, ge=0, description="After a tail failure, auto avoids remote modes this long."
     )

@@ -24,7 +24,6 @@ classes of interest, and the recall of "other" (images of the other classes answ
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -32,9 +31,7 @@ import torch
 from splitdnn.distill.config import ClassesConfig, DistillConfig, classes_of_interest
 from splitdnn.distill.kd import WholeStudentDistillation
 from splitdnn.errors import ConfigError
-
-#: Two-sided 95 % normal quantile.
-_Z95 = 1.959963984540054
+from splitdnn.stats import proportion_ci
 
 
 def class_groups(num_classes: int, of_interest: list[int]) -> torch.Tensor:
@@ -70,14 +67,7 @@ def _rate(hits: int, n: int) -> dict[str, Any]:
     """A percentage with its 95 % Wilson interval and its count."""
     if n == 0:
         return {"percent": None, "ci95": None, "n": 0}
-    p = hits / n
-    centre = (p + _Z95**2 / (2 * n)) / (1 + _Z95**2 / n)
-    half = _Z95 * math.sqrt(p * (1 - p) / n + _Z95**2 / (4 * n * n)) / (1 + _Z95**2 / n)
-    return {
-        "percent": 100.0 * p,
-        "ci95": [100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)],
-        "n": n,
-    }
+    return {"percent": 100.0 * hits / n, "ci95": list(proportion_ci(hits, n)), "n": n}
 
 
 def grouped_scores(predicted: torch.Tensor, labels: torch.Tensor, other: int) -> dict[str, Any]:

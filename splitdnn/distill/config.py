@@ -6,9 +6,10 @@ config is imported or executed: teachers and students are looked up by name in t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -358,13 +359,29 @@ def parse_config(data: object, base_dir: Path | None = None) -> DistillConfig:
     except ValidationError as exc:
         raise ConfigError(f"invalid config: {_format(exc)}") from None
     if base_dir is not None:
-        parts = [(getattr(config, section), key) for section, key in PATH_KEYS]
-        parts += [(source, "root") for source in config.data.unlabelled]
-        for part, key in parts:
+        for part, key in _path_fields(config):
             path = getattr(part, key)
             if path is not None and not path.is_absolute():
                 setattr(part, key, (base_dir / path).resolve())
     return config
+
+
+def _path_fields(config: DistillConfig) -> list[tuple[BaseModel, str]]:
+    """(section, key) of every path in ``config``: :data:`PATH_KEYS` and unlabelled roots."""
+    parts = [(getattr(config, section), key) for section, key in PATH_KEYS]
+    return parts + [(source, "root") for source in config.data.unlabelled]
+
+
+def portable_config(config: DistillConfig, base_dir: Path) -> dict[str, Any]:
+    """``config`` as JSON values with its paths relative to ``base_dir``, for files that are
+    committed or moved (assets): no absolute path of the machine they were made on.
+    ``parse_config(data, base_dir)`` reads them back."""
+    copy = config.model_copy(deep=True)
+    for part, key in _path_fields(copy):
+        path = getattr(part, key)
+        if path is not None and path.is_absolute():
+            setattr(part, key, Path(os.path.relpath(path, Path(base_dir).resolve())))
+    return copy.model_dump(mode="json")
 
 
 def load_config(path: str | Path) -> DistillConfig:

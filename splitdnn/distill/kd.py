@@ -81,6 +81,22 @@ class FineTunedStudent(nn.Module):
         return self.classifier(self.rest(h))
 
 
+#: The teacher probe a whole-student run fits itself, in its run directory.
+TEACHER_PROBE = "teacher_probe.pt"
+
+
+def teacher_probe_candidates(config: DistillConfig, run_dir: Path) -> list[Path]:
+    """Where a whole-student run's teacher probe comes from, the first that exists:
+    ``teacher.probe_from``, ``kd.teacher_run``'s probe, else the one the run fits itself
+    (the last, :data:`TEACHER_PROBE` in ``run_dir``)."""
+    candidates = [Path(run_dir) / TEACHER_PROBE]
+    if config.kd.teacher_run is not None:
+        candidates.insert(0, config.kd.teacher_run / PROBE)
+    if config.teacher.probe_from is not None:
+        candidates.insert(0, config.teacher.probe_from)
+    return candidates
+
+
 def whole_student(payload: dict[str, Any]) -> nn.Module:
     """The whole student of a ``best.pt`` payload (``method: kd|labels|classes``), from the
     image (the base's preprocessed crop) to its logits: the input pool (``downsample``), the
@@ -178,11 +194,7 @@ class WholeStudentDistillation(Method):
         if c.teacher.classifier == "imagenet":
             model = build_teacher(c.teacher.name, c.teacher.pretrained, c.teacher.weights)
             return model.get_submodule(self.teacher_spec.classifier).eval()
-        candidates = [self.run_dir / "teacher_probe.pt"]
-        if c.kd.teacher_run is not None:
-            candidates.insert(0, c.kd.teacher_run / PROBE)
-        if c.teacher.probe_from is not None:
-            candidates.insert(0, c.teacher.probe_from)
+        candidates = teacher_probe_candidates(c, self.run_dir)
         for path in candidates:
             if path.exists():
                 self.log(f"teacher probe from {path}")

@@ -234,26 +234,19 @@ def fit_linear_probe(
     cache_dir: str | Path | None = None,
     cut: str | None = None,
     progress: bool = False,
+    weights: str | Path | None = None,
 ) -> ProbeResult:
-    """Fit a linear classifier on the frozen pooled features of ``teacher_name``.
+    """Fit a linear classifier on the frozen pooled features of ``teacher_name`` (with the
+    user's state dict ``weights``, else its published weights).
 
     Mirrored training images (``hflip``) double the probe's data at the cost of one more
     backbone pass. ``cut`` only adds those activations to the cache (see
     :func:`extract_features`), so a later whole-student run reuses this pass.
     """
     torch.manual_seed(seed)
-    tr = extract_features(
-        teacher_name,
-        train,
-        cut=cut,
-        hflip=hflip,
-        pretrained=pretrained,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    va = extract_features(
-        teacher_name, val, cut=cut, pretrained=pretrained, cache_dir=cache_dir, progress=progress
-    )
+    common = {"pretrained": pretrained, "cache_dir": cache_dir, "progress": progress}
+    tr = extract_features(teacher_name, train, cut=cut, hflip=hflip, weights=weights, **common)
+    va = extract_features(teacher_name, val, cut=cut, weights=weights, **common)
     probe = nn.Linear(tr["pooled"].shape[1], num_classes)
     settings = ProbeConfig(epochs=epochs, lr=lr, weight_decay=weight_decay)
     labels = torch.tensor([s.label for s in train])
@@ -314,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     teacher = args.teacher or config.teacher.name
+    # The config's own weights go with its teacher only: an exported local model of that
+    # architecture is built from them too (splitdnn.parts.assemble).
+    own = get_teacher(teacher).name == get_teacher(config.teacher.name).name
+    weights = config.teacher.weights if own else None
     train, val, classes, _ = config_samples(config)
     result = fit_linear_probe(
         teacher,
@@ -328,9 +325,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         cache_dir=args.cache_dir,
         cut=args.cut,
         progress=True,
+        weights=weights,
     )
     meta = {
         "teacher": teacher,
+        "weights": weights.name if weights else None,
         "classes": classes,
         "data": {
             "list": config.data.list,

@@ -112,3 +112,8 @@ def test_a_device_without_a_tail_falls_back_to_local(toy_bundle_dir, cat_jpeg) -
         assert response.status_code == 200, response.text
         assert response.json()["mode"] == "local" and response.json()["fallback"] is True
         assert test_client.get("/status").json()["tail_ready"] is False
+
+
+def test_auto_max_drop_reaches_the_in_process_head(client, cat_jpeg) -> None:
+    answer = classify(client, cat_jpeg, mode="auto", max_drop=7.5).json()
+    assert answer["auto"]["max_drop"] == 7.5

@@ -115,6 +115,13 @@ def test_mode_task_and_options_reach_the_head(gateway, fake_head, cat_jpeg, mode
     assert dict(sent.url.params) == {"task": "caltech101", "top_k": "3", "fallback": "false"}
 
 
+def test_auto_accuracy_bound_reaches_the_head(gateway, fake_head, cat_jpeg) -> None:
+    gateway.post("/classify", params={"mode": "auto", "max_drop": 0.5}, files={"image": cat_jpeg})
+    assert fake_head.requests[-1].url.params["max_drop"] == "0.5"
+    refused = gateway.post("/classify", params={"max_drop": 101}, files={"image": cat_jpeg})
+    assert refused.status_code == 422
+
+
 def test_not_an_image_is_415_before_reaching_the_head(gateway, fake_head) -> None:
     assert_problem(gateway.post("/classify", files={"image": b"hello"}), 415, "unsupported-image")
     response = gateway.post(

@@ -250,6 +250,43 @@ def test_auto_picks_the_mode_that_was_measured_fastest(
         assert answer["mode"] == fastest, answer["predicted_ms"]
 
 
+def test_auto_serves_no_mode_whose_measured_drop_exceeds_max_drop(
+    toy_bundle_dir, cat_jpeg, monkeypatch, tmp_path
+) -> None:
+    """Split is measured fastest (a slow image model), but the bundle's manifest says split
+    loses 9 points on the task: auto serves another mode and says why, unless the request
+    allows a 9-point drop."""
+    import shutil
+
+    from splitdnn.bundle import TaskAccuracy, record_accuracy
+
+    shutil.copytree(toy_bundle_dir, tmp_path / "bundle")
+    figures = {"offload": 90.0, "local": 89.5, "split_uint8": 81.0}
+    record_accuracy(
+        tmp_path / "bundle", "imagenet", TaskAccuracy(images=750, data="x", top1=figures)
+    )
+    original = ImageClassifier.run
+
+    def slow_model(self, *args, **kwargs):
+        time.sleep(0.25)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassifier, "run", slow_model)
+    with _fresh_head(tmp_path / "bundle", FakeTail(load_bundle(tmp_path / "bundle"))) as head:
+        assert _measured_fastest(head, cat_jpeg) == "split"
+        for _ in range(12):  # past an exploration turn too
+            answer = infer(head, "auto", cat_jpeg, task="imagenet").json()
+            assert answer["mode"] in ("local", "offload"), answer["auto"]
+        assert answer["auto"]["max_drop"] == 2.0
+        assert answer["auto"]["excluded"] == {"split": 9.0}
+        assert answer["auto"]["allowed"] == ["local", "offload"]
+        allowed = infer(head, "auto", cat_jpeg, task="imagenet", max_drop=9.5).json()
+        assert allowed["mode"] == "split" and allowed["auto"]["excluded"] == {}
+        unmeasured = infer(head, "auto", cat_jpeg, task="caltech101").json()
+        assert unmeasured["auto"]["unmeasured"] == ["local", "split", "offload"]
+        assert_problem(infer(head, "auto", cat_jpeg, max_drop=-1), 422, "validation-error")
+
+
 def test_auto_avoids_a_tail_that_just_failed(toy_bundle_dir, fake_tail, cat_jpeg) -> None:
     settings = HeadSettings(
         bundle=toy_bundle_dir, tail_url="http://tail.test", load_in_background=False,

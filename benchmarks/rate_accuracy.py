@@ -1,0 +1,248 @@
+"""Rate against accuracy: what each way of sending an image costs in bytes and top-1.
+
+On each task's held-out images (the same sets as ``accuracy_by_mode.py``: never trained on,
+never used to pick a checkpoint) the script scores, image by image:
+
+* **the image, re-encoded** (WebP and JPEG at several sizes and qualities: the short side
+  scaled to ``size``, centre square, encoded; the teacher resizes it back) and sent to the
+  unmodified teacher (``offload.onnx``): SC2's baseline, the one split must beat;
+* **split** as the head sends it (device part, the wire envelope, server part): the bytes
+  are the envelope's, as on the wire;
+* the teacher on the raw upload and the **local** model (0 bytes) as reference lines.
+
+    python -m benchmarks.rate_accuracy splitdnn/assets/default-bundle [--limit N]
+
+Writes ``benchmarks/results/rate_accuracy.{json,md,png}``: per task and setting the median
+and mean bytes, top-1 with its 95 % Wilson interval, and the number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.accuracy_by_mode import DATA, HELD_OUT
+from splitdnn import reencode, wire
+from splitdnn.bundle import Bundle, load_bundle
+from splitdnn.data import load_dataset, split_per_class
+from splitdnn.evaluate import task_targets
+from splitdnn.imaging import decode_image
+from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads
+from splitdnn.stats import proportion_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+#: Short side of the re-encoded view (px; the teacher's own resize is the largest) and the
+#: qualities tried at each: from ~1 KB up to past the split envelope's bytes.
+SIZES = (112, 144, 192, 224, 292)
+QUALITIES = {"webp": (10, 30, 60), "jpeg": (10, 30, 60)}
+
+
+@dataclass(frozen=True)
+class ImageSetting:
+    """One re-encoding of the photo: format, quality, short side of the view."""
+
+    format: str
+    quality: int
+    size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.format} {self.size} px q{self.quality}"
+
+    def encode(self, image: Image.Image, bundle: Bundle) -> bytes:
+        view = reencode.fit_view(image, bundle.preprocessing)
+        if self.size < view.width:
+            view = view.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        if self.format == "webp":
+            view.save(buffer, "WEBP", quality=self.quality, method=4)
+        else:
+            view.save(buffer, "JPEG", quality=self.quality, optimize=True)
+        return buffer.getvalue()
+
+
+def settings(sizes: tuple[int, ...] = SIZES) -> list[ImageSetting]:
+    return [ImageSetting(f, q, s) for f, qs in QUALITIES.items() for q in qs for s in sizes]
+
+
+def _row(kind: str, label: str, hits: list[int], sizes: list[int]) -> dict[str, Any]:
+    low, high = proportion_ci(sum(hits), len(hits))
+    return {
+        "kind": kind,
+        "setting": label,
+        "images": len(hits),
+        "top1": round(100 * statistics.fmean(hits), 2),
+        "top1_ci95": [round(low, 2), round(high, 2)],
+        "median_bytes": int(statistics.median(sizes)),
+        "mean_bytes": round(statistics.fmean(sizes)),
+    }
+
+
+def measure_task(
+    bundle: Bundle, task: str, data: Path, limit: int | None, grid: list[ImageSetting]
+) -> dict[str, Any]:
+    """Every setting of ``grid``, split and the references on one task's held-out images."""
+    folder, list_file, fraction, seed = HELD_OUT[task]
+    dataset = load_dataset(data / folder, list_file)
+    targets = task_targets(dataset.classes, dataset.label_space, bundle.labels(task))
+    samples = split_per_class(dataset, fraction, seed)[1]
+    samples = samples[:: max(1, len(samples) // limit)][:limit] if limit else samples
+    threads = Threads(intra_op=1, inter_op=1)
+    teacher = ImageClassifier(bundle, "offload", threads)
+    local = ImageClassifier(bundle, "local", threads)
+    device, server = DeviceRunner(bundle, threads), ServerRunner(bundle, threads)
+    has_local = task in bundle.manifest.metrics.get("local_tasks", [task])
+    hits: dict[str, list[int]] = {}
+    sizes: dict[str, list[int]] = {}
+
+    def score(key: str, logits: np.ndarray, nbytes: int, label: int) -> None:
+        hits.setdefault(key, []).append(int(int(np.argmax(logits[0])) == label))
+        sizes.setdefault(key, []).append(nbytes)
+
+    for i, sample in enumerate(samples):
+        raw = sample.path.read_bytes()
+        label = targets[sample.label]
+        score("raw", teacher(raw, task)[1], len(raw), label)
+        image = decode_image(raw)
+        for setting in grid:
+            encoded = setting.encode(image, bundle)
+            score(setting.label, teacher(encoded, task)[1], len(encoded), label)
+        envelope = wire.encode(
+            device(raw), bundle_id=bundle.id, quantisation="uint8", compression="zstd"
+        )
+        score("split", server(wire.decode_array(envelope)[1], task)[1], len(envelope), label)
+        if has_local:
+            score("local", local(raw, task)[1], 0, label)
+        print(f"\r{task}: {i + 1}/{len(samples)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return {
+        "task": task,
+        "data": f"{folder}: {fraction:.0%} per class held out (seed {seed})",
+        "images": len(samples),
+        "raw": _row("reference", "the photo as uploaded -> teacher", hits["raw"], sizes["raw"]),
+        "local": _row("reference", "local model", hits["local"], sizes["local"])
+        if has_local
+        else None,
+        "split": [_row("split", "split: uint8 + zstd", hits["split"], sizes["split"])],
+        "image": [_row(s.format, s.label, hits[s.label], sizes[s.label]) for s in grid],
+    }
+
+
+def image_at(rows: list[dict[str, Any]], nbytes: int) -> dict[str, Any] | None:
+    """The best re-encoded image that fits in ``nbytes`` (median), or None."""
+    fitting = [r for r in rows if r["median_bytes"] <= nbytes]
+    return max(fitting, key=lambda r: r["top1"]) if fitting else None
+
+
+def write_report(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rate_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# Rate against accuracy",
+        "",
+        f"Written by `python benchmarks/rate_accuracy.py` for bundle `{result['bundle']['name']}` "
+        f"({result['bundle']['id']}). Top-1 in percent with its 95 % Wilson interval; bytes are "
+        "what crosses the link (median per image). `image` rows: the photo re-encoded at that "
+        "short side and quality, classified by the unmodified teacher.",
+    ]
+    for task in result["tasks"]:
+        lines += ["", f"## {task['task']} ({task['images']} held-out images: {task['data']})", ""]
+        lines += ["| what is sent | median bytes | top-1 [95 % CI] | best image within its bytes |"]
+        lines += ["|---|---:|---:|---|"]
+        rows = task["split"] + sorted(task["image"], key=lambda r: r["median_bytes"])
+        rows += [r for r in (task["raw"], task["local"]) if r]
+        for r in rows:
+            versus = ""
+            if r["kind"] == "split":
+                best = image_at(task["image"], r["median_bytes"])
+                versus = (
+                    f"{best['setting']}: {best['top1']:.2f} ({r['top1'] - best['top1']:+.2f})"
+                    if best
+                    else "none fits"
+                )
+            low, high = r["top1_ci95"]
+            lines.append(
+                f"| {r['setting']} | {r['median_bytes']:,} | {r['top1']:.2f} "
+                f"[{low:.1f}, {high:.1f}] | {versus} |"
+            )
+    (out / "rate_accuracy.md").write_text("\n".join(lines) + "\n")
+    plot(result, out / "rate_accuracy.png")
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = result["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for fmt, marker in (("webp", "o"), ("jpeg", "s")):
+            for size in sorted({int(r["setting"].split()[1]) for r in task["image"]}):
+                rows = [
+                    r
+                    for r in task["image"]
+                    if r["kind"] == fmt and int(r["setting"].split()[1]) == size
+                ]
+                rows.sort(key=lambda r: r["median_bytes"])
+                ax.plot(
+                    [r["median_bytes"] for r in rows],
+                    [r["top1"] for r in rows],
+                    marker=marker,
+                    lw=0.8,
+                    ms=3,
+                    alpha=0.7,
+                    label=f"image {fmt} {size} px",
+                )
+        for r in task["split"]:
+            ax.plot(r["median_bytes"], r["top1"], "r*", ms=14, label=r["setting"])
+        ax.axhline(task["raw"]["top1"], color="k", ls="--", lw=1, label="teacher, raw upload")
+        if task["local"]:
+            ax.axhline(task["local"]["top1"], color="g", ls=":", lw=1.2, label="local (0 B)")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes sent per image (median, log)")
+        ax.set_ylabel("top-1 %")
+        ax.set_title(f"{task['task']}: {task['images']} held-out images")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--tasks", nargs="+", default=list(HELD_OUT), choices=list(HELD_OUT))
+    parser.add_argument("--limit", type=int, default=None, help="images per task, spread evenly")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    bundle = load_bundle(args.bundle)
+    grid = settings(tuple(args.sizes))
+    result: dict[str, Any] = {
+        "bundle": {"name": bundle.name, "id": bundle.id},
+        "teacher": bundle.manifest.teacher,
+        "tasks": [],
+    }
+    for task in args.tasks:  # the report after each task: a long run keeps what it finished
+        result["tasks"].append(measure_task(bundle, task, args.data, args.limit, grid))
+        write_report(result, args.out)
+    print(f"wrote {args.out}/rate_accuracy.{{json,md,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The accuracy intervals (splitdnn/stats.py): published values, and the ranges the normal
+approximation used to leave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from splitdnn.stats import paired_difference, proportion_ci
+
+
+@pytest.mark.parametrize(
+    ("hits", "n", "low", "high"),
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table II,
+    # method 3 (Wilson score without continuity correction)
+    [(81, 263, 25.53, 36.62), (15, 148, 6.24, 16.05), (0, 20, 0.0, 16.11), (1, 29, 0.61, 17.18)],
+)
+def test_wilson_interval_matches_the_published_values(hits, n, low, high):
+    assert proportion_ci(hits, n) == pytest.approx((low, high), abs=0.006)
+
+
+def test_wilson_interval_of_no_images_is_the_whole_range_and_bad_counts_are_refused():
+    assert proportion_ci(0, 0) == (0.0, 100.0)
+    with pytest.raises(ValueError):
+        proportion_ci(7, 6)
+
+
+def pairs(both: int, only_first: int, only_second: int, neither: int):
+    first = [True] * (both + only_first) + [False] * (only_second + neither)
+    second = [True] * both + [False] * only_first + [True] * only_second + [False] * neither
+    return np.array(first), np.array(second)
+
+
+def test_paired_interval_matches_a_published_example():
+    # Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency Tables" (2017),
+    # chapter 8: the 2 x 2 table [[59, 6], [16, 80]], Newcombe's square-and-add interval
+    difference = paired_difference(*pairs(59, 6, 16, 80))
+    assert difference.points == pytest.approx(-6.21, abs=0.005)
+    assert difference.ci95 == pytest.approx((-11.86, -0.46), abs=0.005)
+    assert (difference.only_first_right, difference.only_second_right) == (6, 16)
+
+
+def test_paired_interval_stays_in_range_on_a_few_images():
+    # the normal approximation gave [25.3, 108.0] points on six images like these
+    difference = paired_difference(*pairs(1, 5, 0, 0))
+    low, high = difference.ci95
+    assert -100.0 <= low <= difference.points <= high <= 100.0
+    everything = paired_difference(*pairs(0, 6, 0, 0))
+    assert everything.points == 100.0 and everything.ci95[1] <= 100.0
+
+
+def test_paired_interval_keeps_a_width_when_no_image_disagrees_and_shrinks_with_n():
+    small = paired_difference(*pairs(90, 0, 0, 10))
+    large = paired_difference(*pairs(900, 0, 0, 100))
+    assert small.points == large.points == 0.0
+    assert small.ci95[0] < 0.0 < small.ci95[1]
+    assert large.ci95[1] - large.ci95[0] < small.ci95[1] - small.ci95[0]
+
+
+def test_paired_interval_agrees_with_the_normal_approximation_on_many_images():
+    rng = np.random.default_rng(0)
+    a = rng.random(4000) < 0.9
+    b = a.copy()
+    b[rng.choice(4000, 200, replace=False)] ^= True
+    difference = paired_difference(a, b)
+    d = a.astype(float) - b
+    half = 100 * 1.959964 * d.std(ddof=1) / np.sqrt(len(d))
+    assert difference.points == pytest.approx(100 * d.mean())
+    assert difference.ci95 == pytest.approx((100 * d.mean() - half, 100 * d.mean() + half), abs=0.1)
+
+
+def test_paired_interval_refuses_vectors_of_different_lengths():
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference([True, False], [True])
+    assert paired_difference([], []).ci95 == (-100.0, 100.0)
