@@ -1,6 +1,7 @@
-"""schemathesis ``--checks all`` over the OpenAPI of the three real apps (uvicorn subprocesses
-on 127.0.0.1): no 5xx, every status, header and content type answered is documented, answers
-match their schemas, invalid requests are refused and valid ones accepted.
+"""schemathesis ``--checks all`` over the OpenAPI of the real apps (uvicorn subprocesses on
+127.0.0.1: gateway, head and tail apart, and the device, gateway and head in one process):
+no 5xx, every status, header and content type answered is documented, answers match their
+schemas, invalid requests are refused and valid ones accepted.
 
 One stated allowance: a body documented as ``string``/``binary`` (an image, a msgpack
 envelope) cannot say "a decodable JPEG" or "a valid envelope" in OpenAPI, so for POST
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Stack, running_stack
+from helpers import Device, Stack, running_device, running_stack
 
 from splitdnn.bundle import load_bundle
 
@@ -42,17 +43,28 @@ def stack(toy_bundle_dir) -> Iterator[Stack]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def device(toy_bundle_dir) -> Iterator[Device]:
+    with running_device(toy_bundle_dir, TOKEN) as running:
+        yield running
+
+
 def schemathesis_cli() -> list[str]:
     st = shutil.which("st") or str(Path(sys.executable).parent / "st")
     return [st]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("service", ["gateway", "head", "tail"])
-def test_every_check_passes_against_the_real_app(stack, toy_bundle_dir, tmp_path, service) -> None:
+@pytest.mark.parametrize("service", ["gateway", "head", "tail", "device"])
+def test_every_check_passes_against_the_real_app(
+    request, toy_bundle_dir, tmp_path, service
+) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG.format(name=json.dumps(load_bundle(toy_bundle_dir).name)))
-    url = getattr(stack, service)
+    if service == "device":
+        url = request.getfixturevalue("device").gateway
+    else:
+        url = getattr(request.getfixturevalue("stack"), service)
     command = [
         *schemathesis_cli(),
         "--config-file", str(config),
