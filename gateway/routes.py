@@ -41,11 +41,10 @@ PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image, or malformed multipart",
         401: "the head or the tail refused the token",
-        404: "unknown task",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image",
-        422: "unknown mode or task parameter, or no 'image' field",
+        422: "unknown or empty mode or task, or no 'image' field",
         502: "the tail answered nonsense and fallback=false",
         503: "over the in-flight limit (Retry-After), head unavailable or busy, or tail down "
         "with fallback=false",
@@ -177,7 +176,7 @@ async def classify(
     mode = mode or settings.default_mode
     if mode == "nonn":
         nonn: NoNNState | None = request.state.nonn
-        answer = await classify_nonn(nonn, image, k, quantisation, context)
+        answer = await classify_nonn(nonn, image, task, k, quantisation, context)
         context.record("members", answer["timings_ms"]["transfer"] / 1000)
         answer["timings_ms"]["total"] = round((time.perf_counter() - start) * 1000, 3)
         answer["request_id"] = context.request_id

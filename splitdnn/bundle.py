@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from splitdnn.errors import BundleError, UnknownNameError
+from splitdnn.errors import BundleError, UnknownNameError, UnknownTaskError
 from splitdnn.imaging import Preprocessing
 
 FORMAT_VERSION = 1
@@ -145,10 +145,11 @@ class Bundle:
         return self.path / getattr(self.manifest.models, role)
 
     def task(self, task: str | None) -> str:
-        """Resolve ``None`` to the default task; unknown names list the known ones."""
-        name = task or self.manifest.default_task
+        """Resolve ``None`` (no task asked for) to the default task; an unknown name, the empty
+        one too (``task=``), is refused with the known ones listed, never read as the default."""
+        name = self.manifest.default_task if task is None else task
         if name not in self.manifest.tasks:
-            raise UnknownNameError(
+            raise UnknownTaskError(
                 f"unknown task {name!r}; this bundle has {list(self.manifest.tasks)}"
             )
         return name

@@ -37,11 +37,11 @@ PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image",
         401: "missing or wrong bearer token (the head's own, or the tail refused it)",
-        404: "unknown task or model name",
+        404: "unknown model name",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image, or a multipart form (the head takes the raw image body)",
-        422: "invalid path or query parameter",
+        422: "invalid path or query parameter (an unknown or empty task too)",
         502: "the tail answered without the fields the head needs and fallback=false",
         503: "not ready, over the in-flight limit (Retry-After), or the tail is down and "
         "fallback=false",

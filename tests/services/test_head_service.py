@@ -280,7 +280,8 @@ def test_image_errors(head, cat_jpeg) -> None:
     assert_problem(infer(head, "split", b"GIF89a but not really"), 415, "unsupported-image")
     assert_problem(infer(head, "local", cat_jpeg[:2000]), 400, "corrupt-image")
     assert_problem(infer(head, "split", cat_jpeg * 7), 413)
-    assert_problem(infer(head, "split", cat_jpeg, task="cifar10"), 404, "unknown-name")
+    for task in ("cifar10", ""):  # a bad value of a parameter (422), never the default
+        assert_problem(infer(head, "split", cat_jpeg, task=task), 422, "unknown-task")
     assert_problem(infer(head, "sideways", cat_jpeg), 422, "validation-error")
 
 
