@@ -154,7 +154,6 @@ async def classify_nonn(
         )
         raise UpstreamUnavailableError(
             f"NoNN members unavailable: {reasons}",
-            headers={"Retry-After": "1"},
             members=[_public(a) for a in answers],
         )
     start = time.perf_counter()

@@ -46,8 +46,8 @@ PROBLEMS = problem_responses(
         415: "not an image",
         422: "unknown or empty mode or task, or no 'image' field",
         502: "the tail answered nonsense and fallback=false",
-        503: "over the in-flight limit (Retry-After), head unavailable or busy, or tail down "
-        "with fallback=false",
+        503: "over the in-flight limit, head unavailable or busy, or tail down with "
+        "fallback=false (each with Retry-After)",
         504: "deadline missed",
     }
 )
@@ -215,7 +215,7 @@ async def _ready(client: httpx.AsyncClient, url: str) -> bool:
 )
 async def ready(head: Head) -> dict[str, Any]:
     if not await _ready(head, "/v2/health/ready"):
-        raise UpstreamUnavailableError("the head is not ready", headers={"Retry-After": "1"})
+        raise UpstreamUnavailableError("the head is not ready")
     return {"ready": True}
 
 

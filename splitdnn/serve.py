@@ -39,6 +39,8 @@ TAIL_APP = "services.tail.app:create_app"
 TAIL_RAY_RUN = "services.tail.ray_app:run"
 HEAD_APP = "services.head.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
+#: uvicorn's HTTP protocol with its parser's refusals (a URL over 64 KB) as problem+json.
+HTTP_PROTOCOL = "services.common.http:ProblemHTTPProtocol"
 DEFAULT_PORTS = {"gateway": 8000, "tail": 8001, "head": 8002}
 
 
@@ -84,7 +86,15 @@ def _run(app: str, host: str, port: int, env: Mapping[str, str], log_level: str)
     import uvicorn  # only here: the library never imports the web stack at module level
 
     # The services log each request themselves, with its request id (splitdnn.access).
-    uvicorn.run(app, factory=True, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        app,
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=HTTP_PROTOCOL,
+    )
 
 
 def tail_env(bundle: Path | None = None, token: str | None = None) -> dict[str, str]:
@@ -221,6 +231,7 @@ def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> 
     return [
         sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", host, "--port", str(port), "--log-level", log_level, "--no-access-log",
+        "--http", HTTP_PROTOCOL,
     ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ request ends in a bare 500 page or a hang.
     ├── PayloadTooLargeError    a request body over the limit (413)
     ├── UnsupportedMediaError   a body that is not an image or envelope (415)
     ├── InvalidRequestError     a request missing a required part (422)
-    ├── UpstreamUnavailableError the next service is down or refused (503)
+    ├── UpstreamUnavailableError the next service is down or refused (503, Retry-After)
     │   ├── UpstreamTimeoutError    it missed the deadline (504)
     │   └── UpstreamBadAnswerError  it answered 200 without what we need (502)
     └── UpstreamProblem         the next service answered with a problem: relay it
@@ -99,7 +99,16 @@ class InvalidRequestError(ServiceError):
 
 
 class UpstreamUnavailableError(ServiceError):
+    """The next service is down or refused; as a 503 (not its 504/502 subclasses) it says
+    when to try again, like every other 503 here."""
+
     status, slug, title = 503, "upstream-unavailable", "The next service is unavailable"
+    retry_after_s = 1
+
+    def __init__(self, detail: str = "", **kw: Any) -> None:
+        super().__init__(detail, **kw)
+        if self.status == 503:
+            self.headers.setdefault("Retry-After", str(self.retry_after_s))
 
 
 class UpstreamTimeoutError(UpstreamUnavailableError):
@@ -157,22 +166,45 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    """One problem+json response carrying the request id.
+    """One problem+json response carrying the request id."""
+    body = problem_body(
+        status,
+        slug,
+        title,
+        detail,
+        instance=request.url.path,
+        request_id=getattr(request.state, "request_id", None),
+        **extra,
+    )
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def problem_body(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None,
+    request_id: str | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The problem+json document; also what the HTTP parser's own refusals carry
+    (:mod:`services.common.http`), which no route sees.
 
     ``error`` repeats the detail: Open Inference Protocol clients (``tritonclient``, KServe)
     read that field of an error body.
     """
-    body: dict[str, Any] = {
+    return {
         "type": TYPE_PREFIX + slug,
         "title": title,
         "status": status,
         "detail": detail,
         "error": detail or title,
-        "instance": request.url.path,
-        "request_id": getattr(request.state, "request_id", None),
+        "instance": instance,
+        "request_id": request_id,
         **extra,
     }
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -181,7 +213,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, UpstreamProblem):
-            body = {**exc.body, "request_id": getattr(request.state, "request_id", None)}
+            # The caller's own path, not the next service's internal route (/infer/split).
+            request_id = getattr(request.state, "request_id", None)
+            body = {**exc.body, "instance": request.url.path, "request_id": request_id}
             body.setdefault("error", str(body.get("detail") or body.get("title") or ""))
             return JSONResponse(
                 body, status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON
