@@ -219,7 +219,26 @@ async def ready(head: Head) -> dict[str, Any]:
     return {"ready": True}
 
 
-@router.get("/status", tags=["health"], summary="Head and tail readiness, latency estimates")
+async def _head_json(head: httpx.AsyncClient, path: str) -> dict[str, Any] | None:
+    """The head's JSON answer at ``path``, or None when it is down or refuses."""
+    try:
+        response = await head.get(path, timeout=1.0)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+@router.get(
+    "/status",
+    tags=["health"],
+    summary="Head and tail readiness, the bundle's tasks with the modes each answers, latency "
+    "estimates",
+)
 async def status(head: Head, settings: Settings) -> dict[str, Any]:
     tail_ready = await _ready(head, settings.tail_url.rstrip("/") + "/v2/health/ready")
     answer: dict[str, Any] = {
@@ -229,10 +248,11 @@ async def status(head: Head, settings: Settings) -> dict[str, Any]:
         "tail_ready": tail_ready,
         "default_mode": settings.default_mode,
     }
-    try:
-        response = await head.get("/latency", timeout=1.0)
-        if response.status_code == 200:
-            answer["latency"] = response.json()
-    except httpx.HTTPError:
-        pass
+    bundle = await _head_json(head, "/bundle")  # splitdnn.bundle.describe, on the head
+    if bundle is not None:
+        keep = ("bundle_id", "name", "default_task", "tasks")
+        answer["bundle"] = {key: bundle.get(key) for key in keep}
+    latency = await _head_json(head, "/latency")
+    if latency is not None:
+        answer["latency"] = latency
     return answer

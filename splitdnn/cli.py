@@ -5,6 +5,7 @@
     splitdnn student TEACHER -b B    what a bottleneck student costs next to the teacher head
     splitdnn export run|default|assets  a bundle (ONNX + manifest) from a run or the default
     splitdnn evaluate PATH --data D  accuracy of every served mode (bundle) or of a run
+    splitdnn bundle info BUNDLE      what a bundle serves: tasks, modes per task, files
     splitdnn distill CONFIG          hnd, kd, labels, classes, nonn (resumable)
     splitdnn serve ...               the services, without Docker (splitdnn.cli_serve)
 
@@ -509,6 +510,58 @@ def export_assets(
         probe = load_linear(probes[checkpoint.task]) if probes else None
         path = save_default_assets(checkpoint, out, local=local, local_probe=probe)
     typer.echo(f"wrote default assets to {path.parent}")
+
+
+# --- bundle ---------------------------------------------------------------------------------
+
+bundle_app = typer.Typer(help="Look inside a model bundle.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("info")
+def bundle_info(
+    path: Annotated[
+        Path,
+        typer.Argument(help="Bundle directory (manifest.json + ONNX files).", show_default=False),
+    ],
+    as_json: Json = False,
+) -> None:
+    """What a bundle serves: per task its classes and the modes a head answers (local only
+    where the local model has a classifier for it), the split and its bottleneck, the accuracy
+    figures the manifest carries, and every file with its size and sha256 (all verified)."""
+    with user_errors():
+        from splitdnn.bundle import describe, load_bundle
+        from splitdnn.runtime import model_tasks
+
+        bundle = load_bundle(path)  # checks every file against its sha256
+        info = describe(bundle, model_tasks(bundle, "local"))
+    if as_json:
+        _echo_json(info)
+        return
+    bottleneck = info["bottleneck"]
+    shape = "x".join(str(d) for d in bottleneck["shape"])
+    percent = bottleneck["data_size_percent"]
+    share = f", {percent:.2f} % of the input" if percent is not None else ""
+    typer.echo(f"bundle        {info['bundle_id']} ({info['name']}), {info['bytes']:,} bytes")
+    typer.echo(f"split         {info['teacher']} after {info['split_module']}")
+    typer.echo(f"bottleneck    {shape}, {bottleneck['uint8_bytes']} bytes as uint8{share}")
+    typer.echo(f"local model   {info['local_model'] or '(not named in the manifest)'}")
+    typer.echo(f"default task  {info['default_task']} (a request without task=)")
+    width = max(len(task) for task in info["tasks"])
+    typer.echo(f"\n{'task':<{width}}  {'classes':>7}  modes")
+    for task, row in info["tasks"].items():
+        typer.echo(f"{task:<{width}}  {row['classes']:>7}  {', '.join(row['modes'])}")
+    for name, figures in info["accuracy"].items():
+        typer.echo(f"\n{name} (from the manifest): {json.dumps(figures)}")
+    caveat = " (a run's validation images may have picked its checkpoint)"
+    typer.echo(
+        "\naccuracy on held-out images of every mode: `splitdnn evaluate BUNDLE --data DIR`"
+        + (caveat if info["accuracy"] else "")
+    )
+    width = max(len(name) for name in info["files"])
+    typer.echo(f"\n{'file':<{width}}  {'bytes':>11}  sha256")
+    for name, entry in info["files"].items():
+        typer.echo(f"{name:<{width}}  {entry['bytes']:>11,}  {entry['sha256']}")
 
 
 # --- evaluate -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from services.common.errors import UnsupportedMediaError
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
 from services.head.settings import Compression, HeadSettings, Quantisation
-from splitdnn.bundle import Bundle
+from splitdnn.bundle import Bundle, describe
 from splitdnn.errors import UnknownNameError
 from splitdnn.latency import MODES
 
@@ -148,6 +148,17 @@ def latency(
         "auto_would_choose": chosen,
         "predictions": {m: p.to_dict() for m, p in predictions.items()},
     }
+
+
+@router.get(
+    "/bundle",
+    summary="What this head's bundle serves: tasks with their modes, the split, files",
+    responses=PROBLEMS,
+    dependencies=[Depends(authorised)],
+)
+def bundle_info(service: Service) -> dict[str, Any]:
+    pipeline: HeadPipeline = service.get("pipeline")
+    return describe(pipeline.bundle, pipeline.local_tasks)
 
 
 @router.get(
