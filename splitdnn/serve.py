@@ -29,6 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from splitdnn.bundle import MANIFEST, default_bundle_path
 from splitdnn.errors import BundleError, ConfigError
@@ -37,6 +38,8 @@ from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
 TAIL_APP = "services.tail.app:create_app"
 #: The tail on Ray Serve: ``run(**options)`` deploys it (needs the ``ray`` extra).
 TAIL_RAY_RUN = "services.tail.ray_app:run"
+#: Its deployments and replica counts through the cluster's GCS (no dashboard needed).
+TAIL_RAY_STATUS = "services.tail.ray_app:status"
 HEAD_APP = "services.head.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
 #: uvicorn's HTTP protocol with its parser's refusals (a URL over 64 KB) as problem+json.
@@ -176,14 +179,7 @@ def serve_tail_ray(
     os.environ.update(tail_env(bundle, token))
     os.environ["SPLITDNN_TAIL_BATCH_MAX_SIZE"] = str(batch_max_size)
     os.environ["SPLITDNN_TAIL_BATCH_WAIT_MS"] = str(batch_wait_ms)
-    module_name, _, function = TAIL_RAY_RUN.partition(":")
-    try:
-        module = importlib.import_module(module_name)  # by name: the library imports no service
-    except ImportError as exc:
-        raise ConfigError(
-            f"Ray Serve is not installed: pip install 'splitdnn[ray]' ({exc})"
-        ) from exc
-    getattr(module, function)(
+    _ray_tail(TAIL_RAY_RUN)(
         host=host,
         port=port,
         address=address,
@@ -191,6 +187,24 @@ def serve_tail_ray(
         max_replicas=max_replicas,
         num_cpus=num_cpus,
     )
+
+
+def _ray_tail(target: str) -> Any:
+    """A function of the Ray tail, imported by name (the library imports no service)."""
+    module_name, _, function = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"Ray Serve is not installed: pip install 'splitdnn[ray]' ({exc})"
+        ) from exc
+    return getattr(module, function)
+
+
+def ray_tail_status(address: str = "auto") -> dict[str, Any]:
+    """The Ray tail's applications, deployments and replica counts (``serve status`` without
+    the dashboard); :class:`ConfigError` when the cluster or the tail is not there."""
+    return _ray_tail(TAIL_RAY_STATUS)(address=address)
 
 
 def serve_head(
