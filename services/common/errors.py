@@ -19,7 +19,9 @@ request ends in a bare 500 page or a hang.
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.context import REQUEST_ID, new_request_id
 from splitdnn.errors import (
     BundleError,
     BundleMismatchError,
@@ -205,6 +208,33 @@ def problem_body(
         "request_id": request_id,
         **extra,
     }
+
+
+#: What uvicorn's HTTP parser refuses before any route runs (:mod:`services.common.http`).
+PARSER_PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("bad-http-request", "Malformed HTTP request"),
+    414: ("uri-too-long", "Request URL too long"),
+    431: ("request-header-too-large", "Request line and headers too large"),
+}
+
+
+def parser_refusal(status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole HTTP/1.1 response (``connection: close``) with a problem+json body, for a
+    request the parser refused (no route, no middleware); ``headers``: the server's own
+    (``server``, ``date``)."""
+    slug, title = PARSER_PROBLEMS[status]
+    request_id = new_request_id()
+    body = problem_body(status, slug, title, detail, instance=None, request_id=request_id)
+    payload = json.dumps(body).encode()
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+    lines += [name + b": " + value for name, value in headers]
+    lines += [
+        b"content-type: " + PROBLEM_JSON.encode(),
+        b"content-length: %d" % len(payload),
+        REQUEST_ID.lower().encode() + b": " + request_id.encode(),
+        b"connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
 def install_error_handlers(app: FastAPI) -> None:
