@@ -26,7 +26,7 @@ from gateway.settings import GatewaySettings
 from services.common.context import REQUEST_ID, RequestContext
 from services.common.errors import UpstreamUnavailableError
 from splitdnn import wire
-from splitdnn.errors import SplitDNNError
+from splitdnn.errors import SplitDNNError, UnknownTaskError
 from splitdnn.nonn_bundle import Join, NoNNBundle, load_nonn_bundle
 from splitdnn.runtime import top_k
 
@@ -127,16 +127,22 @@ async def _ask(
 async def classify_nonn(
     state: NoNNState | None,
     image: bytes,
+    task: str | None,
     k: int,
     quantisation: str | None,
     context: RequestContext,
 ) -> dict[str, Any]:
-    """The answer of ``mode=nonn`` (same keys as the head's answers, plus ``members``)."""
+    """The answer of ``mode=nonn`` (same keys as the head's answers, plus ``members``); a
+    ``task`` other than the NoNN bundle's one task is refused (422), as the head refuses one."""
     if state is None:
         from services.common.errors import InvalidRequestError
 
         raise InvalidRequestError(
             "mode=nonn is not configured: set SPLITDNN_NONN_BUNDLE and SPLITDNN_GATEWAY_MEMBER_URLS"
+        )
+    if task is not None and task != state.bundle.manifest.task:
+        raise UnknownTaskError(
+            f"unknown task {task!r}; the NoNN bundle has {[state.bundle.manifest.task]}"
         )
     answers = await asyncio.gather(
         *(_ask(state, i, image, quantisation, context.request_id) for i in range(len(state.urls)))
@@ -148,7 +154,6 @@ async def classify_nonn(
         )
         raise UpstreamUnavailableError(
             f"NoNN members unavailable: {reasons}",
-            headers={"Retry-After": "1"},
             members=[_public(a) for a in answers],
         )
     start = time.perf_counter()

@@ -50,14 +50,13 @@ PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image, or malformed multipart",
         401: "the head or the tail refused the token",
-        404: "unknown task",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image",
-        422: "unknown mode or task parameter, or no 'image' field",
+        422: "unknown or empty mode or task, or no 'image' field",
         502: "the tail answered nonsense and fallback=false",
-        503: "over the in-flight limit (Retry-After), head unavailable or busy, or tail down "
-        "with fallback=false",
+        503: "over the in-flight limit, head unavailable or busy, or tail down with "
+        "fallback=false (each with Retry-After)",
         504: "deadline missed",
     }
 )
@@ -188,7 +187,7 @@ async def classify(
     mode = mode or settings.default_mode
     if mode == "nonn":
         nonn: NoNNState | None = request.state.nonn
-        answer = await classify_nonn(nonn, image, k, quantisation, context)
+        answer = await classify_nonn(nonn, image, task, k, quantisation, context)
         context.record("members", answer["timings_ms"]["transfer"] / 1000)
         answer["timings_ms"]["total"] = round((time.perf_counter() - start) * 1000, 3)
         answer["request_id"] = context.request_id
@@ -236,11 +235,30 @@ async def _ready(client: httpx.AsyncClient, url: str) -> bool:
 async def ready(head: Head) -> dict[str, Any]:
     in_process = isinstance(head, InProcessHead)
     if not (await head.ready() if in_process else await _ready(head, "/v2/health/ready")):
-        raise UpstreamUnavailableError("the head is not ready", headers={"Retry-After": "1"})
+        raise UpstreamUnavailableError("the head is not ready")
     return {"ready": True}
 
 
-@router.get("/status", tags=["health"], summary="Head and tail readiness, latency estimates")
+async def _head_json(head: httpx.AsyncClient, path: str) -> dict[str, Any] | None:
+    """The head's JSON answer at ``path``, or None when it is down or refuses."""
+    try:
+        response = await head.get(path, timeout=1.0)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+@router.get(
+    "/status",
+    tags=["health"],
+    summary="Head and tail readiness, the bundle's tasks with the modes each answers, latency "
+    "estimates",
+)
 async def status(head: Head, settings: Settings) -> dict[str, Any]:
     if isinstance(head, InProcessHead):
         return {
@@ -259,10 +277,11 @@ async def status(head: Head, settings: Settings) -> dict[str, Any]:
         "tail_ready": tail_ready,
         "default_mode": settings.default_mode,
     }
-    try:
-        response = await head.get("/latency", timeout=1.0)
-        if response.status_code == 200:
-            answer["latency"] = response.json()
-    except httpx.HTTPError:
-        pass
+    bundle = await _head_json(head, "/bundle")  # splitdnn.bundle.describe, on the head
+    if bundle is not None:
+        keep = ("bundle_id", "name", "default_task", "tasks")
+        answer["bundle"] = {key: bundle.get(key) for key in keep}
+    latency = await _head_json(head, "/latency")
+    if latency is not None:
+        answer["latency"] = latency
     return answer

@@ -18,14 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from splitdnn.errors import BundleError, UnknownNameError
+from splitdnn.errors import BundleError, UnknownNameError, UnknownTaskError
 from splitdnn.imaging import Preprocessing
+from splitdnn.latency import MODES
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -224,10 +226,11 @@ class Bundle:
         return self.path / getattr(self.manifest.models, role)
 
     def task(self, task: str | None) -> str:
-        """Resolve ``None`` to the default task; unknown names list the known ones."""
-        name = task or self.manifest.default_task
+        """Resolve ``None`` (no task asked for) to the default task; an unknown name, the empty
+        one too (``task=``), is refused with the known ones listed, never read as the default."""
+        name = self.manifest.default_task if task is None else task
         if name not in self.manifest.tasks:
-            raise UnknownNameError(
+            raise UnknownTaskError(
                 f"unknown task {name!r}; this bundle has {list(self.manifest.tasks)}"
             )
         return name
@@ -392,3 +395,63 @@ def load_bundle(directory: str | Path | None = None, *, verify: bool = True) -> 
             if sha256_file(path) != entry.sha256:
                 raise BundleError(f"{path} does not match its sha256 in the manifest (tampered?)")
     return Bundle(path=directory, manifest=manifest)
+
+
+# --- what a bundle serves -----------------------------------------------------------------------
+
+
+def served_modes(bundle: Bundle, local_tasks: Sequence[str]) -> dict[str, list[str]]:
+    """Per task, the modes a head on ``bundle`` answers: split and offload for every task
+    (server and offload models have a classifier for each), local for ``local_tasks`` (those
+    of the local model: :func:`splitdnn.runtime.model_tasks`), and auto, which picks among
+    those."""
+    return {
+        task: [m for m in MODES if m != "local" or task in local_tasks] + ["auto"]
+        for task in bundle.manifest.tasks
+    }
+
+
+def describe(bundle: Bundle, local_tasks: Sequence[str]) -> dict[str, Any]:
+    """What a bundle serves, as ``splitdnn bundle info`` prints it and the head's ``/bundle``
+    (and so the gateway's ``/status``) answers: tasks with their modes, the split, the
+    accuracy figures the manifest carries, and every file with its size and sha256."""
+    m = bundle.manifest
+    metrics = m.metrics
+    modes = served_modes(bundle, local_tasks)
+    elements = 1
+    for size in m.bottleneck.shape:
+        elements *= size
+    accuracy = {
+        key: value
+        for key, value in {
+            "run_validation": metrics.get("validation"),
+            "local_student_validation": (metrics.get("local_student") or {}).get("validation"),
+        }.items()
+        if value
+    }
+    return {
+        "bundle_id": m.bundle_id,
+        "name": m.name,
+        "path": str(bundle.path),
+        "teacher": m.teacher,
+        "split_module": m.split_module,
+        "local_model": metrics.get("local_model"),
+        "default_task": m.default_task,
+        "tasks": {
+            task: {"classes": len(spec.labels), "modes": modes[task]}
+            for task, spec in m.tasks.items()
+        },
+        "bottleneck": {
+            "shape": m.bottleneck.shape,
+            "dtype": m.bottleneck.dtype,
+            "uint8_bytes": elements,  # before the envelope's header and zstd
+            "data_size_percent": metrics.get("data_size_percent"),
+        },
+        "device_macs": metrics.get("device_macs"),
+        "teacher_head_macs": metrics.get("teacher_head_macs"),
+        "accuracy": accuracy,
+        "bytes": sum(entry.bytes for entry in m.files.values()),
+        "files": {
+            name: {"bytes": entry.bytes, "sha256": entry.sha256} for name, entry in m.files.items()
+        },
+    }

@@ -5,6 +5,7 @@
     splitdnn student TEACHER -b B    what a bottleneck student costs next to the teacher head
     splitdnn export run|default|assets  a bundle (ONNX + manifest) from a run or the default
     splitdnn evaluate PATH --data D  accuracy of every served mode (bundle) or of a run
+    splitdnn bundle info BUNDLE      what a bundle serves: tasks, modes per task, files
     splitdnn distill CONFIG          hnd, kd, labels, classes, nonn (resumable)
     splitdnn serve ...               the services, without Docker (splitdnn.cli_serve)
 
@@ -15,6 +16,7 @@ message on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from splitdnn.cli_serve import serve_app
 from splitdnn.errors import SplitDNNError
@@ -100,7 +103,12 @@ def _echo_fields(data: dict[str, Any]) -> None:
 
 
 Teacher = Annotated[
-    str, typer.Argument(help="Registered teacher name, e.g. efficientnet_lite2 or densenet201.")
+    str,
+    typer.Argument(
+        help="Teacher name: one `splitdnn teachers` lists (efficientnet_lite2, densenet201, "
+        "...) or any torchvision classification model (resnet18, convnext_tiny, ...).",
+        show_default=False,
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
@@ -136,7 +144,10 @@ def profile(
     as_json: Json = False,
     plot: Annotated[
         Path | None,
-        typer.Option(help="Also write the papers' Figure 1 for this teacher as a PNG file."),
+        typer.Option(
+            help="Also write the papers' Figure 1 for this teacher to this PNG file (its full "
+            "path is printed on stderr, and under 'plot' with --json)."
+        ),
     ] = None,
     image: Annotated[
         Path | None,
@@ -192,15 +203,20 @@ def profile(
             except OSError as exc:  # a download that failed (no internet)
                 raise _fail(f"cannot load {teacher} weights ({exc}); try --no-pretrained") from exc
         rows = profile_split_points(model, spec.split_points, x)
+        written = None
         if plot is not None:
             from splitdnn.plots import plot_profile
 
             weights = "trained" if use_weights else "random"
-            plot_profile(rows, plot, f"{teacher} ({weights} weights): cost per split point")
+            title = f"{teacher} ({weights} weights): cost per split point"
+            written = plot_profile(rows, plot, title).resolve()
+            typer.echo(f"wrote the figure to {written}", err=True)
     if as_json:
-        _echo_json(
-            {"teacher": teacher, "pretrained": use_weights, "rows": [row.to_dict() for row in rows]}
-        )
+        data = {"teacher": teacher, "pretrained": use_weights}
+        data["rows"] = [row.to_dict() for row in rows]
+        if written is not None:
+            data["plot"] = str(written)
+        _echo_json(data)
         return
     typer.echo(
         f"{'split point':<22} {'output shape':<16} {'size %':>8} {'zlib %':>8} {'MACs %':>8}"
@@ -211,8 +227,6 @@ def profile(
             f"{row.module:<22} {shape:<16} {row.output_percent:8.2f} "
             f"{row.compressed_percent:8.2f} {row.cumulative_macs_percent:8.2f}"
         )
-    if plot is not None:
-        typer.echo(f"wrote {plot}")
 
 
 # --- teachers -------------------------------------------------------------------------------
@@ -221,7 +235,11 @@ def profile(
 @app.command()
 def teachers(as_json: Json = False) -> None:
     """Every registered teacher: input size, split points, the students that exist for it
-    (the default first) and whether its weights are here without the internet."""
+    (the default first) and whether its weights are here without the internet.
+
+    Any torchvision classification model is a teacher too, by name (resnet18, convnext_tiny,
+    ...): its split points come from its graph (`splitdnn profile NAME` lists them) and its
+    students cut by default at the last point whose grid is at least 1/8 of the input's."""
     with user_errors():
         from splitdnn.models import get_teacher, list_teachers
         from splitdnn.models.torchvision_models import weights_cached
@@ -266,6 +284,11 @@ def teachers(as_json: Json = False) -> None:
         "[x]: where the students cut. weights: installed (a package, offline), cached (in "
         "torch's hub cache), download (needs the internet; --no-pretrained works without)."
     )
+    typer.echo(
+        "Any torchvision classifier is a teacher too (resnet18, convnext_tiny, ...): `splitdnn "
+        "profile NAME` lists its split points; its students cut at the last one whose grid is "
+        "at least 1/8 of the input's."
+    )
 
 
 # --- student --------------------------------------------------------------------------------
@@ -296,6 +319,7 @@ def student(
             "layers (the default where the teacher has one, as in a config), or the papers' "
             "narrow (caltech101, the default for the others) or wide (imagenet) decoder.",
             show_default=False,
+            metavar="<design>",
         ),
     ] = None,
     split_module: Annotated[
@@ -486,6 +510,58 @@ def export_assets(
         probe = load_linear(probes[checkpoint.task]) if probes else None
         path = save_default_assets(checkpoint, out, local=local, local_probe=probe)
     typer.echo(f"wrote default assets to {path.parent}")
+
+
+# --- bundle ---------------------------------------------------------------------------------
+
+bundle_app = typer.Typer(help="Look inside a model bundle.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("info")
+def bundle_info(
+    path: Annotated[
+        Path,
+        typer.Argument(help="Bundle directory (manifest.json + ONNX files).", show_default=False),
+    ],
+    as_json: Json = False,
+) -> None:
+    """What a bundle serves: per task its classes and the modes a head answers (local only
+    where the local model has a classifier for it), the split and its bottleneck, the accuracy
+    figures the manifest carries, and every file with its size and sha256 (all verified)."""
+    with user_errors():
+        from splitdnn.bundle import describe, load_bundle
+        from splitdnn.runtime import model_tasks
+
+        bundle = load_bundle(path)  # checks every file against its sha256
+        info = describe(bundle, model_tasks(bundle, "local"))
+    if as_json:
+        _echo_json(info)
+        return
+    bottleneck = info["bottleneck"]
+    shape = "x".join(str(d) for d in bottleneck["shape"])
+    percent = bottleneck["data_size_percent"]
+    share = f", {percent:.2f} % of the input" if percent is not None else ""
+    typer.echo(f"bundle        {info['bundle_id']} ({info['name']}), {info['bytes']:,} bytes")
+    typer.echo(f"split         {info['teacher']} after {info['split_module']}")
+    typer.echo(f"bottleneck    {shape}, {bottleneck['uint8_bytes']} bytes as uint8{share}")
+    typer.echo(f"local model   {info['local_model'] or '(not named in the manifest)'}")
+    typer.echo(f"default task  {info['default_task']} (a request without task=)")
+    width = max(len(task) for task in info["tasks"])
+    typer.echo(f"\n{'task':<{width}}  {'classes':>7}  modes")
+    for task, row in info["tasks"].items():
+        typer.echo(f"{task:<{width}}  {row['classes']:>7}  {', '.join(row['modes'])}")
+    for name, figures in info["accuracy"].items():
+        typer.echo(f"\n{name} (from the manifest): {json.dumps(figures)}")
+    caveat = " (a run's validation images may have picked its checkpoint)"
+    typer.echo(
+        "\naccuracy on held-out images of every mode: `splitdnn evaluate BUNDLE --data DIR`"
+        + (caveat if info["accuracy"] else "")
+    )
+    width = max(len(name) for name in info["files"])
+    typer.echo(f"\n{'file':<{width}}  {'bytes':>11}  sha256")
+    for name, entry in info["files"].items():
+        typer.echo(f"{name:<{width}}  {entry['bytes']:>11,}  {entry['sha256']}")
 
 
 # --- evaluate -------------------------------------------------------------------------------
@@ -681,6 +757,59 @@ def distill(
         )
     typer.echo(json.dumps(result, default=str))
 
+
+# --- help -------------------------------------------------------------------------------------
+
+
+def unwrap(text: str | None) -> str | None:
+    """One line per paragraph: docstrings are wrapped at 100 columns for the source, and the
+    terminal wraps them again, so a kept newline breaks a sentence in the middle."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _no_bool_metavar(params: list[Any]) -> list[Any]:
+    """A flag takes no value, so its type column stays empty (not ``<bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class HelpCommand(TyperCommand):
+    """A command whose help has whole paragraphs and no ``<bool>`` beside its flags."""
+
+    def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=unwrap(help), **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_metavar(super().get_params(ctx))
+
+
+class HelpGroup(TyperGroup):
+    """A command group with the same help as :class:`HelpCommand`."""
+
+    def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=unwrap(help), **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_metavar(super().get_params(ctx))
+
+
+def _tidy_help(typer_app: typer.Typer) -> None:
+    """Every command and group of ``typer_app``, nested ones too, gets the help above."""
+    typer_app.info.cls = HelpGroup
+    for command in typer_app.registered_commands:
+        if command.cls in (None, TyperCommand):
+            command.cls = HelpCommand
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _tidy_help(group.typer_instance)
+
+
+_tidy_help(app)
 
 if __name__ == "__main__":
     app()

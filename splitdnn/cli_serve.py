@@ -5,6 +5,7 @@ Mounted by ``splitdnn/cli.py`` with ``app.add_typer(serve_app, name="serve")``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +111,36 @@ def tail(
             log_level=log_level,
             insecure=insecure,
         )
+
+
+@serve_app.command("status")
+def status(
+    address: Annotated[
+        str,
+        typer.Option(
+            help="The Ray cluster's HOST:PORT (its GCS port), or auto: the cluster `splitdnn "
+            "serve tail --ray` started last on this machine (under the same RAY_TMPDIR)."
+        ),
+    ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """The Ray tail's deployments and how many replicas run, read from the cluster itself:
+    Ray's own `serve status` needs the dashboard, which `serve tail --ray` leaves off."""
+    with _exit_on_library_error():
+        report = serve.ray_tail_status(address)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for name, application in report["applications"].items():
+        typer.echo(f"application {name}: {application['status']}")
+        for deployment_name, deployment in application["deployments"].items():
+            states = ", ".join(f"{k} {v}" for k, v in sorted(deployment["replicas"].items()))
+            typer.echo(
+                f"  deployment {deployment_name}: {deployment['status']}, "
+                f"{deployment['running']} replica(s) running ({states or 'none'})"
+            )
+            if deployment["message"]:
+                typer.echo(f"    {deployment['message']}")
 
 
 @serve_app.command("head")

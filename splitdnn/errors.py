@@ -3,6 +3,7 @@ class to one HTTP status.
 
     SplitDNNError
     ├── UnknownNameError        a teacher, split point or student that is not registered
+    │   └── UnknownTaskError        a task (or an empty task name) a bundle does not have (422)
     ├── ConfigError             a distillation config with a bad key or value
     ├── DataError               a data folder or list file that cannot be read
     ├── ImageError              uploaded bytes that cannot become an input tensor
@@ -33,6 +34,11 @@ class UnknownNameError(SplitDNNError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownTaskError(UnknownNameError):
+    """A request names a task the bundle does not have; a bad value of a request parameter,
+    not a missing resource, so services answer 422."""
 
 
 class ConfigError(SplitDNNError, ValueError):

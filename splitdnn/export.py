@@ -271,7 +271,8 @@ def export_run(
 ) -> Manifest:
     """A bundle from a distillation run directory: its best student, its teacher (ImageNet
     head and the run's probe task, named ``task`` or after the data folder) and the device-only
-    model ``local`` with its own ImageNet head plus ``local_probes`` (task -> probe file)."""
+    model ``local`` with its own ImageNet head plus ``local_probes`` (task -> probe file).
+    The run's probe task is the bundle's default task."""
     checkpoint = load_run(run_dir, task)
     probes: dict[str, nn.Module] = {t: load_linear(p) for t, p in (local_probes or {}).items()}
     parts = assemble(
@@ -279,6 +280,7 @@ def export_run(
         name=name or f"{checkpoint.teacher}-b{checkpoint.bottleneck}-{Path(run_dir).name}",
         local=local,
         local_probes=probes,
+        default_task=checkpoint.task,
     )
     return export_bundle(parts, out_dir, check=check)
 
@@ -405,6 +407,7 @@ def export_classes(
     assert checkpoint.task is not None  # a probe comes with its task
     parts.classifiers[task] = GroupedHead(parts.classifiers[checkpoint.task], groups)
     parts.labels[task] = list(payload["classes"])
+    parts.preferred_task = task  # what its local model answers: its users' own photos
     pool, prefix, head = whole_student(payload)
     spec = get_kd_student(payload["student_name"])
     parts.local = get_teacher(spec.base)

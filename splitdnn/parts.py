@@ -47,10 +47,14 @@ class BundleParts:
     local_backbone: nn.Module
     local_classifiers: dict[str, nn.Module]
     metrics: dict[str, Any] = field(default_factory=dict)
+    preferred_task: str | None = None
 
     @property
     def default_task(self) -> str:
-        """What a request without ``task`` gets: ImageNet when the bundle has it."""
+        """What a request without ``task`` gets: ``preferred_task`` (a user's run: its own
+        task, as its users send photos of its classes), else ImageNet when the bundle has it."""
+        if self.preferred_task in self.labels:
+            return self.preferred_task
         return "imagenet" if "imagenet" in self.labels else next(iter(self.labels))
 
 
@@ -79,10 +83,12 @@ def assemble(
     name: str,
     local: str | None = None,
     local_probes: Mapping[str, nn.Module] | None = None,
+    default_task: str | None = None,
 ) -> BundleParts:
     """:class:`BundleParts` of a student checkpoint. ``local`` (default: the checkpoint's,
     else EfficientNet-Lite0) is the device-only model; ``local_probes`` (task -> linear layer)
-    add tasks to it, on top of the checkpoint's own local probe (default assets carry one)."""
+    add tasks to it, on top of the checkpoint's own local probe (default assets carry one).
+    ``default_task``: what a request without ``task`` gets (default: ImageNet, if there)."""
     spec = get_teacher(checkpoint.teacher)
     student = checkpoint.build_student()
     model, parts = teacher_parts(
@@ -124,6 +130,7 @@ def assemble(
         local_backbone=backbone,
         local_classifiers=local_classifiers,
         metrics=metrics,
+        preferred_task=default_task,
     )
 
 

@@ -206,6 +206,13 @@ class ImageClassifier(_ClassifierMixin):
         return self.run(self.preprocess(image, max_pixels), task)
 
 
+def model_tasks(bundle: Bundle, role: str) -> list[str]:
+    """The tasks the bundle's ``role`` model has a classifier for (its ``logits_<task>``
+    outputs; the local model may have fewer than the bundle)."""
+    names = set(OnnxModel(bundle.model_path(role)).output_names)
+    return [task for task in bundle.manifest.tasks if LOGITS_PREFIX + task in names]
+
+
 def warm_up(run: Any, x: np.ndarray, repeats: int = 2) -> float:
     """Run ``run(x)`` a few times; returns the last time in seconds (the first is slow)."""
     elapsed = 0.0

@@ -30,6 +30,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from splitdnn.bundle import MANIFEST, default_bundle_path
 from splitdnn.errors import BundleError, ConfigError
@@ -38,10 +39,14 @@ from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
 TAIL_APP = "services.tail.app:create_app"
 #: The tail on Ray Serve: ``run(**options)`` deploys it (needs the ``ray`` extra).
 TAIL_RAY_RUN = "services.tail.ray_app:run"
+#: Its deployments and replica counts through the cluster's GCS (no dashboard needed).
+TAIL_RAY_STATUS = "services.tail.ray_app:status"
 HEAD_APP = "services.head.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
 #: Gateway and head in one process: /classify calls the head's pipeline, no second hop.
 DEVICE_APP = "gateway.app:create_device_app"
+#: uvicorn's HTTP protocol with its parser's refusals (a URL over 64 KB) as problem+json.
+HTTP_PROTOCOL = "services.common.http:ProblemHTTPProtocol"
 DEFAULT_PORTS = {"gateway": 8000, "device": 8000, "tail": 8001, "head": 8002}
 
 
@@ -87,7 +92,15 @@ def _run(app: str, host: str, port: int, env: Mapping[str, str], log_level: str)
     import uvicorn  # only here: the library never imports the web stack at module level
 
     # The services log each request themselves, with its request id (splitdnn.access).
-    uvicorn.run(app, factory=True, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        app,
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=HTTP_PROTOCOL,
+    )
 
 
 def tail_env(bundle: Path | None = None, token: str | None = None) -> dict[str, str]:
@@ -186,14 +199,7 @@ def serve_tail_ray(
     os.environ.update(tail_env(bundle, token))
     os.environ["SPLITDNN_TAIL_BATCH_MAX_SIZE"] = str(batch_max_size)
     os.environ["SPLITDNN_TAIL_BATCH_WAIT_MS"] = str(batch_wait_ms)
-    module_name, _, function = TAIL_RAY_RUN.partition(":")
-    try:
-        module = importlib.import_module(module_name)  # by name: the library imports no service
-    except ImportError as exc:
-        raise ConfigError(
-            f"Ray Serve is not installed: pip install 'splitdnn[ray]' ({exc})"
-        ) from exc
-    getattr(module, function)(
+    _ray_tail(TAIL_RAY_RUN)(
         host=host,
         port=port,
         address=address,
@@ -201,6 +207,24 @@ def serve_tail_ray(
         max_replicas=max_replicas,
         num_cpus=num_cpus,
     )
+
+
+def _ray_tail(target: str) -> Any:
+    """A function of the Ray tail, imported by name (the library imports no service)."""
+    module_name, _, function = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"Ray Serve is not installed: pip install 'splitdnn[ray]' ({exc})"
+        ) from exc
+    return getattr(module, function)
+
+
+def ray_tail_status(address: str = "auto") -> dict[str, Any]:
+    """The Ray tail's applications, deployments and replica counts (``serve status`` without
+    the dashboard); :class:`ConfigError` when the cluster or the tail is not there."""
+    return _ray_tail(TAIL_RAY_STATUS)(address=address)
 
 
 def serve_head(
@@ -259,6 +283,7 @@ def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> 
     return [
         sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", host, "--port", str(port), "--log-level", log_level, "--no-access-log",
+        "--http", HTTP_PROTOCOL,
     ]  # fmt: skip
 
 

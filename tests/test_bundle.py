@@ -19,7 +19,7 @@ from splitdnn.bundle import (
     record_accuracy,
     write_manifest,
 )
-from splitdnn.errors import BundleError, UnknownNameError
+from splitdnn.errors import BundleError, UnknownNameError, UnknownTaskError
 from splitdnn.imaging import Preprocessing
 
 TASKS = {"imagenet": ["tench", "goldfish"], "caltech101": ["Faces", "Leopards", "Motorbikes"]}
@@ -59,6 +59,14 @@ def test_written_manifest_loads_and_matches_the_contract(bundle_dir: Path) -> No
     assert bundle.local_preprocessing == Preprocessing.torchvision(224)
     assert bundle.model_path("server") == bundle_dir / "server.onnx"
     assert bundle.manifest.metrics == {"device_macs": 123}
+
+
+def test_no_task_is_the_default_but_an_empty_or_unknown_task_is_refused(bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
+    assert bundle.task(None) == "imagenet" and bundle.task("caltech101") == "caltech101"
+    for name in ("", "cifar"):
+        with pytest.raises(UnknownTaskError, match="this bundle has"):
+            bundle.task(name)
 
 
 def test_bundle_id_is_sha256_over_sorted_name_hash_pairs(bundle_dir: Path) -> None:

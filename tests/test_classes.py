@@ -227,6 +227,7 @@ def test_bundle_serves_the_app_task_locally_and_every_task_in_split_mode(app_bun
     assert set(manifest.tasks) == {"imagenet", "caltech101", task}
     assert manifest.tasks[task].labels == ["cat_bw", "other"]
     assert manifest.metrics["local_tasks"] == [task]
+    assert manifest.default_task == task  # a request without task= gets its users' classes
     student = manifest.metrics["local_student"]
     assert student["input_size"] == 112 and student["macs"] < 100e6
     assert manifest.metrics["onnx_max_abs_diff"]["local"] <= 1e-4

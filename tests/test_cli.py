@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,8 @@ def test_profile_json_and_figure(tmp_path: Path) -> None:
             "compressed_percent",
         } <= set(row)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["plot"] == str(png.resolve())  # where it went, without spoiling the JSON
+    assert f"wrote the figure to {png.resolve()}" in result.stderr
 
 
 def test_profile_takes_an_image_and_defaults_torchvision_to_random_weights(
@@ -118,3 +121,48 @@ def test_serve_is_mounted() -> None:
     result = runner.invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
     assert "tail" in result.stdout and "head" in result.stdout
+
+
+def _command_paths(command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group of the CLI as its argv prefix (the root is ``()``)."""
+    paths = [path]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+def _commands():
+    import typer.main
+
+    root = typer.main.get_command(app)
+    for path in _command_paths(root):
+        command = root
+        for name in path:
+            command = command.commands[name]
+        yield path, command
+
+
+@pytest.mark.parametrize("width", ["80", "100", "160"])
+def test_every_help_has_whole_paragraphs_flags_without_a_type_and_whole_choices(width) -> None:
+    """Docstrings are wrapped for the source; kept newlines would break sentences wherever the
+    terminal wraps differently. A flag takes no value (no ``<bool>``), and a type or choice
+    list in the type column is never cut in two."""
+    checked = 0
+    for path, command in _commands():
+        for paragraph in (command.help or "").split("\n\n"):
+            assert "\n" not in paragraph.strip(), (path, paragraph)
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": width})
+        assert result.exit_code == 0, (path, result.output)
+        assert "<bool>" not in result.output, (path, result.output)
+        for line in result.output.splitlines():
+            assert not re.search(r"<[^<>]*$", line), (path, line)  # a type cut in two
+        checked += 1
+    assert checked >= 15  # every command and group: export run|default|classes|assets, serve ...
+
+
+def test_teachers_and_profile_help_say_torchvision_classifiers_are_teachers() -> None:
+    for command in (["teachers"], ["profile"]):
+        text = " ".join(runner.invoke(app, [*command, "--help"]).output.split())
+        assert "torchvision classif" in text and "registered teacher name" not in text.lower()
+    teachers = " ".join(runner.invoke(app, ["teachers", "--help"]).output.split())
+    assert "1/8 of the input" in teachers  # where their students cut by default

@@ -140,6 +140,16 @@ def test_manifest_follows_the_bundle_contract(chain) -> None:
     assert m.metrics["validation"]["mimic_top1"] == 33.3
 
 
+def test_a_bundle_from_a_users_run_defaults_to_the_runs_own_task(chain, tmp_path) -> None:
+    """A request without ``task`` to a bundle of one's own photos gets their classes, not
+    ImageNet's (the default bundle, from assets, keeps ImageNet: see above)."""
+    from splitdnn.export import export_run
+
+    manifest = export_run(chain["run"], tmp_path / "bundle", check=False)
+    assert list(manifest.tasks) == ["imagenet", "caltech101"]
+    assert manifest.default_task == "caltech101"
+
+
 def test_onnx_files_have_the_contract_names_and_a_dynamic_batch(chain) -> None:
     import onnxruntime as ort
 

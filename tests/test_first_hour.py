@@ -7,6 +7,7 @@ One section per item of the issue; everything runs on toy data and the toy bundl
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -159,6 +160,38 @@ def test_auto_skips_local_for_a_task_without_a_local_model(head_without_local_ta
     )
     assert response.status_code == 200, response.text
     assert response.json()["mode"] in ("split", "offload")
+
+
+def test_bundle_info_and_the_gateway_status_show_the_modes_of_each_task(
+    head_without_local_task, imagenet_only_local
+):
+    """Issue #22 item 7: which modes answer which task, before a request is refused."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app as create_gateway
+    from gateway.settings import GatewaySettings
+
+    printed = runner.invoke(app, ["bundle", "info", str(imagenet_only_local), "--json"])
+    assert printed.exit_code == 0, printed.output
+    info = json.loads(printed.stdout)
+    assert info["tasks"]["imagenet"]["modes"] == ["local", "split", "offload", "auto"]
+    assert info["tasks"]["caltech101"]["modes"] == ["split", "offload", "auto"]
+    assert info["default_task"] == "imagenet" and info["tasks"]["caltech101"]["classes"] == 5
+    for name, entry in info["files"].items():
+        data = (imagenet_only_local / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    table = runner.invoke(app, ["bundle", "info", str(imagenet_only_local)]).stdout
+    assert "caltech101" in table and "split, offload, auto" in table
+
+    def head(request: httpx.Request) -> httpx.Response:  # the real head app, in process
+        answer = head_without_local_task.get(request.url.path)
+        return httpx.Response(answer.status_code, content=answer.content)
+
+    settings = GatewaySettings(head_url="http://head.test")
+    with TestClient(create_gateway(settings, head_transport=httpx.MockTransport(head))) as gw:
+        status = gw.get("/status").json()
+    assert status["bundle"]["tasks"] == info["tasks"]
+    assert status["bundle"]["default_task"] == "imagenet"
 
 
 # --- 4. run directories ------------------------------------------------------------------

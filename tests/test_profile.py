@@ -87,3 +87,35 @@ def test_compressed_size_rewards_redundancy() -> None:
 
 def test_count_params() -> None:
     assert count_params(nn.Linear(10, 3)) == 33
+
+
+def test_the_profile_legend_hides_no_bar_and_stays_in_the_figure() -> None:
+    """Lite2's ``_bn0`` output is 265 % of the input: a legend inside the axes sat on it."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.patches import Rectangle
+
+    from splitdnn.plots import profile_figure
+    from splitdnn.profile import SplitPointRow
+
+    sizes = [100.0, 265.0, 133.0, 50.0, 50.0, 26.0, 12.0, 17.0, 8.0, 51.0, 0.6]
+    rows = [
+        SplitPointRow(f"point{i}", [1], 1, size, i, 10.0 * i, 1, 0.9 * size)
+        for i, size in enumerate(sizes)
+    ]
+    fig = profile_figure(rows, "toy: cost per split point")
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        (ax,) = fig.axes
+        legend = ax.get_legend().get_window_extent(renderer)
+        bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+        assert len(bars) == 2 * len(rows)
+        for bar in bars:
+            assert not legend.overlaps(bar.get_window_extent(renderer)), bar
+        assert fig.bbox.contains(legend.x0, legend.y0) and fig.bbox.contains(legend.x1, legend.y1)
+        title = ax.title.get_window_extent(renderer)
+        assert not legend.overlaps(title)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

@@ -76,16 +76,30 @@ def create_service_app(
     return app
 
 
+def server_log_level() -> int:
+    """The level uvicorn was started with (``--log-level``, set on ``uvicorn.error``; its
+    default config sets ``uvicorn`` to INFO); INFO where no uvicorn configured one (a Ray
+    Serve replica, a test client)."""
+    for name in ("uvicorn.error", "uvicorn"):
+        level = logging.getLogger(name).level
+        if level != logging.NOTSET:
+            return level
+    return logging.INFO
+
+
 def log_to_stderr() -> None:
-    """Show the ``splitdnn.*`` loggers (startup line, access lines with request ids) where
-    nothing else does: under uvicorn, which configures only its own loggers."""
+    """The one place the services configure logging: the ``splitdnn.*`` loggers (startup
+    line, access lines with request ids, fallbacks) take the level the server was started
+    with (``splitdnn serve ... --log-level warning`` or ``uvicorn --log-level warning`` hides
+    the access lines), and go to stderr where nothing else shows them: uvicorn configures
+    only its own loggers."""
     ours = logging.getLogger("splitdnn")
+    ours.setLevel(server_log_level())
     if ours.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
     ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
 
 
 # The small dependencies are ``async def`` although they never await: FastAPI runs a sync

@@ -11,7 +11,7 @@ request ends in a bare 500 page or a hang.
     ├── PayloadTooLargeError    a request body over the limit (413)
     ├── UnsupportedMediaError   a body that is not an image or envelope (415)
     ├── InvalidRequestError     a request missing a required part (422)
-    ├── UpstreamUnavailableError the next service is down or refused (503)
+    ├── UpstreamUnavailableError the next service is down or refused (503, Retry-After)
     │   ├── UpstreamTimeoutError    it missed the deadline (504)
     │   └── UpstreamBadAnswerError  it answered 200 without what we need (502)
     └── UpstreamProblem         the next service answered with a problem: relay it
@@ -19,7 +19,9 @@ request ends in a bare 500 page or a hang.
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.context import REQUEST_ID, new_request_id
 from splitdnn.errors import (
     BundleError,
     BundleMismatchError,
@@ -37,6 +40,7 @@ from splitdnn.errors import (
     ImageTooLargeError,
     SplitDNNError,
     UnknownNameError,
+    UnknownTaskError,
     UnsupportedImageError,
     WireError,
     WireLimitError,
@@ -98,7 +102,16 @@ class InvalidRequestError(ServiceError):
 
 
 class UpstreamUnavailableError(ServiceError):
+    """The next service is down or refused; as a 503 (not its 504/502 subclasses) it says
+    when to try again, like every other 503 here."""
+
     status, slug, title = 503, "upstream-unavailable", "The next service is unavailable"
+    retry_after_s = 1
+
+    def __init__(self, detail: str = "", **kw: Any) -> None:
+        super().__init__(detail, **kw)
+        if self.status == 503:
+            self.headers.setdefault("Retry-After", str(self.retry_after_s))
 
 
 class UpstreamTimeoutError(UpstreamUnavailableError):
@@ -132,6 +145,7 @@ LIBRARY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     WireLimitError: (413, "envelope-too-large", "Envelope, raw size or batch over the limit"),
     WireValueError: (422, "non-finite-tensor", "NaN or infinity in the tensor"),
     WireError: (400, "bad-envelope", "Bad tensor envelope"),
+    UnknownTaskError: (422, "unknown-task", "No such task in this bundle"),
     UnknownNameError: (404, "unknown-name", "No such name"),
     ConfigError: (422, "bad-config", "Bad configuration"),
     DataError: (400, "bad-data", "Bad data"),
@@ -155,22 +169,72 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    """One problem+json response carrying the request id.
+    """One problem+json response carrying the request id."""
+    body = problem_body(
+        status,
+        slug,
+        title,
+        detail,
+        instance=request.url.path,
+        request_id=getattr(request.state, "request_id", None),
+        **extra,
+    )
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def problem_body(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None,
+    request_id: str | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The problem+json document; also what the HTTP parser's own refusals carry
+    (:mod:`services.common.http`), which no route sees.
 
     ``error`` repeats the detail: Open Inference Protocol clients (``tritonclient``, KServe)
     read that field of an error body.
     """
-    body: dict[str, Any] = {
+    return {
         "type": TYPE_PREFIX + slug,
         "title": title,
         "status": status,
         "detail": detail,
         "error": detail or title,
-        "instance": request.url.path,
-        "request_id": getattr(request.state, "request_id", None),
+        "instance": instance,
+        "request_id": request_id,
         **extra,
     }
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+#: What uvicorn's HTTP parser refuses before any route runs (:mod:`services.common.http`).
+PARSER_PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("bad-http-request", "Malformed HTTP request"),
+    414: ("uri-too-long", "Request URL too long"),
+    431: ("request-header-too-large", "Request line and headers too large"),
+}
+
+
+def parser_refusal(status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole HTTP/1.1 response (``connection: close``) with a problem+json body, for a
+    request the parser refused (no route, no middleware); ``headers``: the server's own
+    (``server``, ``date``)."""
+    slug, title = PARSER_PROBLEMS[status]
+    request_id = new_request_id()
+    body = problem_body(status, slug, title, detail, instance=None, request_id=request_id)
+    payload = json.dumps(body).encode()
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+    lines += [name + b": " + value for name, value in headers]
+    lines += [
+        b"content-type: " + PROBLEM_JSON.encode(),
+        b"content-length: %d" % len(payload),
+        REQUEST_ID.lower().encode() + b": " + request_id.encode(),
+        b"connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -179,7 +243,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, UpstreamProblem):
-            body = {**exc.body, "request_id": getattr(request.state, "request_id", None)}
+            # The caller's own path, not the next service's internal route (/infer/split).
+            request_id = getattr(request.state, "request_id", None)
+            body = {**exc.body, "instance": request.url.path, "request_id": request_id}
             body.setdefault("error", str(body.get("detail") or body.get("title") or ""))
             return JSONResponse(
                 body, status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON

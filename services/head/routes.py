@@ -28,7 +28,7 @@ from services.common.metrics import Metrics
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
 from services.head.settings import Compression, HeadSettings, Quantisation
-from splitdnn.bundle import Bundle
+from splitdnn.bundle import Bundle, describe
 from splitdnn.errors import UnknownNameError
 from splitdnn.latency import MODES
 
@@ -40,11 +40,11 @@ PROBLEMS = problem_responses(
     {
         400: "truncated or corrupt image",
         401: "missing or wrong bearer token (the head's own, or the tail refused it)",
-        404: "unknown task or model name",
+        404: "unknown model name",
         409: "head and tail hold different bundles",
         413: "image over the configured limit",
         415: "not an image, or a multipart form (the head takes the raw image body)",
-        422: "invalid path or query parameter",
+        422: "invalid path or query parameter (an unknown or empty task too)",
         502: "the tail answered without the fields the head needs and fallback=false",
         503: "not ready, over the in-flight limit (Retry-After), or the tail is down and "
         "fallback=false",
@@ -201,6 +201,17 @@ def latency_answer(pipeline: HeadPipeline, image_bytes: int) -> dict[str, Any]:
         "auto_would_choose": chosen,
         "predictions": {m: p.to_dict() for m, p in predictions.items()},
     }
+
+
+@router.get(
+    "/bundle",
+    summary="What this head's bundle serves: tasks with their modes, the split, files",
+    responses=PROBLEMS,
+    dependencies=[Depends(authorised)],
+)
+def bundle_info(service: Service) -> dict[str, Any]:
+    pipeline: HeadPipeline = service.get("pipeline")
+    return describe(pipeline.bundle, pipeline.local_tasks)
 
 
 @router.get(

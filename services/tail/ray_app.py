@@ -18,8 +18,10 @@ Environment, besides the tail's own ``SPLITDNN_TAIL_*``: ``SPLITDNN_TAIL_BATCH_M
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.tail.app import RunWrapper, create_app
 from services.tail.routes import ServerRun
 from services.tail.settings import TailSettings
+from splitdnn.errors import ConfigError
 
 APP_NAME = "splitdnn-tail"
 DEPLOYMENT = "Tail"
@@ -220,6 +223,64 @@ def run(
         if blocking and not address:  # our own cluster goes with us; a joined one stays
             serve.shutdown()
             ray.shutdown()
+
+
+def status(address: str = "auto") -> dict[str, Any]:
+    """The tail's deployments and replica counts as Ray Serve reports them, read through the
+    cluster's GCS at ``address`` (``auto``: the cluster this machine started last, found under
+    ``RAY_TMPDIR``). Ray's own ``serve status`` asks the dashboard, which ``splitdnn serve
+    tail --ray`` does not start: it ends in a connection traceback there.
+
+    Refuses (:class:`ConfigError`) at once when nothing listens at ``address`` (``ray.init``
+    would retry for minutes) or no cluster is found, and when Serve runs no application.
+    """
+    import ray
+
+    _check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"no Ray cluster at {address!r} ({exc}). A local `splitdnn serve tail --ray` is "
+            "found with the RAY_TMPDIR it was started with; a cluster of its own by --address "
+            "HOST:PORT (its GCS port, 6379 by default)"
+        ) from None
+    try:
+        state = serve.status()
+    finally:
+        ray.shutdown()
+    applications: dict[str, Any] = {}
+    for name, application in state.applications.items():
+        deployments = {}
+        for deployment_name, deployment in application.deployments.items():
+            replicas = {str(k): int(v) for k, v in deployment.replica_states.items()}
+            deployments[deployment_name] = {
+                "status": str(deployment.status),
+                "replicas": replicas,
+                "running": replicas.get("RUNNING", 0),
+                "message": deployment.message,
+            }
+        applications[name] = {"status": str(application.status), "deployments": deployments}
+    if not applications:
+        raise ConfigError(
+            f"the Ray cluster at {address!r} runs no Serve application: start the tail with "
+            "`splitdnn serve tail --ray --address HOST:PORT`"
+        )
+    return {"address": address, "applications": applications}
+
+
+def _check_reachable(address: str) -> None:
+    """For ``HOST:PORT``, a TCP connection first: a clear refusal instead of a long retry."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" or a ray:// address: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"nothing answers at {address} ({exc.strerror or exc}): is the Ray head node "
+            "running, and is that its GCS port (6379 unless `ray start --port` said otherwise)?"
+        ) from None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -46,11 +46,12 @@ PROBLEMS = problem_responses(
     {
         400: "bad envelope or OIP request, or corrupt image (problem+json with 'error')",
         401: "missing or wrong bearer token",
-        404: "unknown model name or task",
+        404: "unknown model name",
         409: "the sender holds a different bundle",
         413: "body, declared raw size or batch over the configured limit",
         415: "not an image",
-        422: "invalid query parameter, or NaN/infinity in the tensor",
+        422: "invalid query parameter (an unknown or empty task too), or NaN/infinity in the "
+        "tensor",
         503: "not ready or overloaded (Retry-After)",
     }
 )

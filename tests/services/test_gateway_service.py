@@ -157,17 +157,26 @@ def test_unknown_mode_and_missing_field_are_422(gateway, cat_jpeg) -> None:
     assert_problem(gateway.post("/classify", files={"photo": cat_jpeg}), 422)
 
 
-def test_head_problems_are_relayed_with_the_gateway_request_id(
+def test_head_problems_are_relayed_with_the_gateway_request_id_and_path(
     gateway, fake_head, cat_jpeg
 ) -> None:
     problem = {"type": "urn:splitdnn:problem:corrupt-image", "title": "Truncated", "status": 400,
-               "detail": "truncated", "request_id": "head-id"}  # fmt: skip
+               "detail": "truncated", "request_id": "head-id",
+               "instance": "/infer/split"}  # fmt: skip
     fake_head.reply = httpx.Response(
         400, content=json.dumps(problem), headers={"Content-Type": "application/problem+json"}
     )
     response = gateway.post("/classify", files={"image": cat_jpeg})
     body = assert_problem(response, 400, "corrupt-image")
     assert body["request_id"] == response.headers["x-request-id"]
+    assert body["instance"] == "/classify"  # the caller's path, not the head's internal route
+
+
+def test_an_unreachable_head_is_503_with_retry_after(gateway, fake_head, cat_jpeg) -> None:
+    fake_head.error = httpx.ConnectError
+    response = gateway.post("/classify", files={"image": cat_jpeg})
+    assert_problem(response, 503, "upstream-unavailable")
+    assert response.headers["retry-after"] == "1"
 
 
 def test_overloaded_head_keeps_retry_after(gateway, fake_head, cat_jpeg) -> None:

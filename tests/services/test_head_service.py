@@ -182,7 +182,10 @@ def test_tail_failure_falls_back_to_local(head, fake_tail, cat_jpeg, failure, mo
 )
 def test_no_fallback_when_the_request_says_so(head, fake_tail, cat_jpeg, failure, status) -> None:
     fake_tail.failure = failure
-    assert_problem(infer(head, "split", cat_jpeg, fallback="false"), status)
+    response = infer(head, "split", cat_jpeg, fallback="false")
+    assert_problem(response, status)
+    if status == 503:  # the tail is down: say when to try again, like every other 503
+        assert response.headers["retry-after"] == "1"
 
 
 @pytest.mark.parametrize(
@@ -192,7 +195,7 @@ def test_tail_problems_are_relayed_not_hidden_by_fallback(
     head, fake_tail, cat_jpeg, status, slug
 ) -> None:
     problem = {"type": f"urn:splitdnn:problem:{slug}", "title": "t", "status": status,
-               "detail": "from the tail"}  # fmt: skip
+               "detail": "from the tail", "instance": "/v2/models/toy/infer"}  # fmt: skip
 
     def refuse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -202,6 +205,7 @@ def test_tail_problems_are_relayed_not_hidden_by_fallback(
     fake_tail.failure = refuse
     body = assert_problem(infer(head, "split", cat_jpeg), status, slug)
     assert body["detail"] == "from the tail"
+    assert body["instance"] == "/infer/split"  # the head's caller's path, not the tail's route
 
 
 def test_auto_reports_its_choice_and_predictions(head, fake_tail, cat_jpeg) -> None:
@@ -317,7 +321,8 @@ def test_image_errors(head, cat_jpeg) -> None:
     assert_problem(infer(head, "split", b"GIF89a but not really"), 415, "unsupported-image")
     assert_problem(infer(head, "local", cat_jpeg[:2000]), 400, "corrupt-image")
     assert_problem(infer(head, "split", cat_jpeg * 7), 413)
-    assert_problem(infer(head, "split", cat_jpeg, task="cifar10"), 404, "unknown-name")
+    for task in ("cifar10", ""):  # a bad value of a parameter (422), never the default
+        assert_problem(infer(head, "split", cat_jpeg, task=task), 422, "unknown-task")
     assert_problem(infer(head, "sideways", cat_jpeg), 422, "validation-error")
 
 

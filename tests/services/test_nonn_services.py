@@ -147,6 +147,10 @@ def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, ca
                 httpx.post(gw + "/classify", params={"mode": "nonn"}, content=b"GIF89a..."),
                 415,
             )
+            for task in ("imagenet", ""):  # not the NoNN bundle's one task: 422, as the head
+                params = {"mode": "nonn", "task": task}
+                refused = httpx.post(gw + "/classify", params=params, content=cat_jpeg)
+                assert_problem(refused, 422, "unknown-task")
 
             # stop member 1: the answer comes from member 0 and member 1's training means
             serve.stop_processes([started[1][1]])

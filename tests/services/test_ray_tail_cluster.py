@@ -7,8 +7,10 @@ skipped with the reason when Ray is not installed or the cluster cannot start he
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -90,6 +92,20 @@ def test_the_ray_tail_serves_the_same_routes_and_problems(ray_tail, toy_bundle_d
         assert bad.status_code == 400
         assert bad.headers["content-type"].startswith("application/problem+json")
         assert client.get("/v2/models/nope").status_code == 404
+
+
+def test_status_shows_the_replica_count_without_the_dashboard(cluster, ray_tail) -> None:
+    """The cluster runs without a dashboard (Ray's `serve status` fails there); `splitdnn
+    serve status` reads the deployment through the cluster itself."""
+    command = [sys.executable, "-m", "splitdnn.cli", "serve", "status", "--json",
+               "--address", cluster.address]  # fmt: skip
+    done = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (application,) = report["applications"].values()
+    (deployment,) = application["deployments"].values()
+    assert deployment["running"] == 2 and deployment["replicas"]["RUNNING"] == 2
+    assert "Traceback" not in done.stderr
 
 
 def test_a_replica_killed_mid_run_fails_no_request(cluster, head, cat_jpeg) -> None:

@@ -184,3 +184,24 @@ def test_serve_tail_ray_refuses_bad_replica_counts(calls, toy_bundle_dir) -> Non
     )  # fmt: skip
     assert result.exit_code == 2
     assert "max_replicas" in result.output
+
+
+@pytest.mark.parametrize("address", ["auto", "closed-port"])
+def test_ray_tail_status_without_a_cluster_is_one_line_not_a_traceback(
+    tmp_path, monkeypatch, address
+) -> None:
+    """Issue #22 item 9: Ray's own ``serve status`` ends in a traceback without the
+    dashboard; ours says what is missing, at once (``ray.init`` on a dead address retries
+    for minutes)."""
+    pytest.importorskip("ray.serve", reason="needs the ray extra (pip install 'splitdnn[ray]')")
+    from helpers import free_port
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no cluster of this machine is found
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if address == "closed-port":
+        address = f"127.0.0.1:{free_port()}"
+    result = runner.invoke(serve_app, ["status", "--address", address])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "Ray" in result.stderr

@@ -174,7 +174,8 @@ def test_image_inference_and_image_errors(tail, bundle, cat_jpeg: bytes) -> None
     assert_problem(tail.post(url, content=big, headers=headers), 413)
     mismatch = {**headers, "X-Bundle-ID": "0000000000000000"}
     assert_problem(tail.post(url, content=cat_jpeg, headers=mismatch), 409, "bundle-mismatch")
-    assert_problem(tail.post(url, content=cat_jpeg, params={"task": "cifar"}), 404)
+    for task in ("cifar", ""):
+        assert_problem(tail.post(url, content=cat_jpeg, params={"task": task}), 422, "unknown-task")
 
 
 def test_request_id_and_server_timing_headers(tail, bundle) -> None:
