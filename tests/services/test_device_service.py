@@ -81,7 +81,7 @@ def test_the_head_stages_reach_server_timing_once(client, cat_jpeg) -> None:
 
 def test_head_errors_are_problems_from_the_one_process(client, cat_jpeg) -> None:
     assert_problem(classify(client, b"not an image", mode="split"), 415)
-    assert_problem(classify(client, cat_jpeg, mode="split", task="nope"), 404)
+    assert_problem(classify(client, cat_jpeg, mode="split", task="nope"), 422, "unknown-task")
 
 
 def test_status_and_ready_report_the_in_process_head_and_the_tail(client, device) -> None:
