@@ -23,11 +23,10 @@ from services.common.deps import Context, get_app_settings, limit_in_flight, rea
 from services.common.errors import (
     InvalidRequestError,
     UnsupportedMediaError,
-    UpstreamProblem,
-    UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from services.common.openapi import IMAGE_CONTENT, problem_responses
+from services.common.upstream import connection_error, upstream_error
 from splitdnn.errors import CorruptImageError, ImageTooLargeError
 from splitdnn.imaging import open_image
 
@@ -109,21 +108,12 @@ async def call_head(
             params={k: v for k, v in params.items() if v is not None},
             headers={"Content-Type": "application/octet-stream", REQUEST_ID: context.request_id},
         )
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeoutError(f"the head missed the deadline: {exc!r}") from exc
     except httpx.HTTPError as exc:
-        raise UpstreamUnavailableError(f"the head is unreachable: {exc!r}") from exc
+        raise connection_error("head", str(head.base_url), exc) from exc
     if response.status_code >= 400:
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"title": "Head error", "detail": response.text[:200]}
-        if not isinstance(body, dict):
-            body = {"title": "Head error", "detail": str(body)[:200]}
-        body.setdefault("status", response.status_code)
-        keep = ("retry-after", "www-authenticate")
-        headers = {k: v for k, v in response.headers.items() if k.lower() in keep}
-        raise UpstreamProblem(response.status_code, body, headers)
+        raise upstream_error(
+            "head", response.status_code, response.content, response.headers, relay_all=True
+        )
     return response.json()
 
 
