@@ -99,7 +99,12 @@ def sniff(data: bytes, max_pixels: int) -> None:
 
 
 async def call_head(
-    head: Head, path: str, image: bytes, params: dict[str, Any], context: RequestContext
+    head: Head,
+    path: str,
+    image: bytes,
+    params: dict[str, Any],
+    context: RequestContext,
+    client_cert: bool = False,
 ) -> dict[str, Any]:
     try:
         response = await head.post(
@@ -109,7 +114,7 @@ async def call_head(
             headers={"Content-Type": "application/octet-stream", REQUEST_ID: context.request_id},
         )
     except httpx.HTTPError as exc:
-        raise connection_error("head", str(head.base_url), exc) from exc
+        raise connection_error("head", str(head.base_url), exc, client_cert) from exc
     if response.status_code >= 400:
         raise upstream_error(
             "head", response.status_code, response.content, response.headers, relay_all=True
@@ -180,7 +185,9 @@ async def classify(
         "quantisation": quantisation,
         "compression": compression,
     }
-    answer = await call_head(head, f"/infer/{mode}", image, params, context)
+    answer = await call_head(
+        head, f"/infer/{mode}", image, params, context, settings.tls_cert is not None
+    )
     timings = answer.setdefault("timings_ms", {})
     for stage in ("head", "transfer", "tail"):
         context.record(stage, float(timings.get(stage) or 0.0) / 1000)

@@ -8,9 +8,11 @@ import string and builds each app in its own factory, configured through the sam
     serve_gateway(port=8000, head_url=...)        device, public
     serve_all()                                   all three on 127.0.0.1, one command
 
-Head and tail authenticate their callers with ``SPLITDNN_TOKEN``; one that would bind an
-address other hosts can reach without a token refuses to start unless told ``insecure``
-(:func:`check_exposure`). The gateway is the public front and sends the head that token.
+Head and tail authenticate their callers with ``SPLITDNN_TOKEN`` or, under mutual TLS, by
+their client certificate; one that would bind an address other hosts can reach with neither
+refuses to start unless told ``insecure`` (:func:`check_exposure`). The gateway is the
+public front and sends the head that token. TLS: :mod:`splitdnn.tls`; every service takes a
+:class:`~splitdnn.tls.TLSFiles` (``--tls-cert/--tls-key/--tls-ca``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,10 +31,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
+from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
 from splitdnn.bundle import MANIFEST, default_bundle_path
 from splitdnn.errors import BundleError, ConfigError
+from splitdnn.tls import TLSFiles, client_context, tls_files
 from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
 
 TAIL_APP = "services.tail.app:create_app"
@@ -40,6 +46,8 @@ TAIL_RAY_RUN = "services.tail.ray_app:run"
 HEAD_APP = "services.head.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
 DEFAULT_PORTS = {"gateway": 8000, "tail": 8001, "head": 8002}
+#: uvicorn's HTTP protocol plus a log line naming each client certificate (mutual TLS).
+PEER_LOGGING_HTTP = "services.common.peers:PeerLoggingProtocol"
 
 
 def _check_bundle(bundle: Path | None) -> Path:
@@ -63,28 +71,68 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(service: str, host: str, token: str | None, insecure: bool = False) -> None:
+def check_exposure(
+    service: str,
+    host: str,
+    token: str | None,
+    insecure: bool = False,
+    tls: TLSFiles | None = None,
+) -> None:
     """Refuse (:class:`ConfigError`) to serve ``service`` on a non-loopback ``host`` without
-    a token: anyone who can reach it could run the models and, through the head, the tail."""
-    if token or insecure or is_loopback(host):
+    a token or mutual TLS: anyone who can reach it could run the models and, through the
+    head, the tail."""
+    if token or insecure or is_loopback(host) or (tls is not None and is_mutual(tls)):
         return
     raise ConfigError(
         f"the {service} would listen on {host} without a token: set SPLITDNN_TOKEN (or "
-        "--token) to the secret head and tail share, bind 127.0.0.1, or pass --insecure "
-        "to serve it open on purpose"
+        "--token) to the secret head and tail share, or serve mutual TLS (--tls-cert, "
+        "--tls-key and --tls-ca), bind 127.0.0.1, or pass --insecure to serve it open on purpose"
     )
+
+
+def is_mutual(tls: TLSFiles) -> bool:
+    """Whether a tail, head or member with these files asks clients for a certificate."""
+    return tls.serves_tls and tls.ca is not None
+
+
+def uvicorn_tls(tls: TLSFiles | None, mutual: bool = False) -> dict[str, Any]:
+    """uvicorn's options for serving with ``tls``; ``mutual``: only clients with a
+    certificate the CA signed get past the handshake, and each is logged by name."""
+    if tls is None or not tls.serves_tls:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    if mutual and tls.ca is not None:
+        options.update(
+            ssl_ca_certs=str(tls.ca), ssl_cert_reqs=int(ssl.CERT_REQUIRED), http=PEER_LOGGING_HTTP
+        )
+    return options
 
 
 def _env(values: Mapping[str, object | None]) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v is not None}
 
 
-def _run(app: str, host: str, port: int, env: Mapping[str, str], log_level: str) -> None:
+def _run(
+    app: str,
+    host: str,
+    port: int,
+    env: Mapping[str, str],
+    log_level: str,
+    tls: dict[str, Any] | None = None,
+) -> None:
     os.environ.update(env)
     import uvicorn  # only here: the library never imports the web stack at module level
 
     # The services log each request themselves, with its request id (splitdnn.access).
-    uvicorn.run(app, factory=True, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        app,
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        **(tls or {}),
+    )
 
 
 def tail_env(bundle: Path | None = None, token: str | None = None) -> dict[str, str]:
@@ -136,10 +184,13 @@ def serve_tail(
     token: str | None = None,
     log_level: str = "info",
     insecure: bool = False,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Run the tail (edge) service in this process until interrupted."""
-    check_exposure("tail", host, token, insecure)
-    _run(TAIL_APP, host, port, tail_env(bundle, token), log_level)
+    """Run the tail (edge) service in this process until interrupted; with ``tls`` over
+    HTTPS, and with its CA only for clients that CA signed."""
+    check_exposure("tail", host, token, insecure, tls)
+    env = {**tail_env(bundle, token), **(tls.env() if tls else {})}
+    _run(TAIL_APP, host, port, env, log_level, uvicorn_tls(tls, mutual=True))
 
 
 def serve_tail_ray(
@@ -194,11 +245,14 @@ def serve_head(
     compression: str | None = None,
     log_level: str = "info",
     insecure: bool = False,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Run the head (device) service in this process until interrupted."""
-    check_exposure("head", host, token, insecure)
-    env = head_env(tail_url, bundle, token, quantisation, compression)
-    _run(HEAD_APP, host, port, env, log_level)
+    """Run the head (device) service in this process until interrupted; ``tls`` as for the
+    tail, and its certificate is what the head shows an https:// tail."""
+    check_exposure("head", host, token, insecure, tls)
+    env = {**head_env(tail_url, bundle, token, quantisation, compression),
+           **(tls.env() if tls else {})}  # fmt: skip
+    _run(HEAD_APP, host, port, env, log_level, uvicorn_tls(tls, mutual=True))
 
 
 def serve_gateway(
@@ -210,18 +264,26 @@ def serve_gateway(
     default_mode: str | None = None,
     log_level: str = "info",
     token: str | None = None,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Run the gateway (the public front: it may bind any address) until interrupted."""
-    env = gateway_env(head_url, tail_url, default_mode, token)
-    _run(GATEWAY_APP, host, port, env, log_level)
+    """Run the gateway (the public front: it may bind any address) until interrupted; with
+    ``tls`` over HTTPS (no client certificates asked), its CA verifying an https:// head."""
+    env = {**gateway_env(head_url, tail_url, default_mode, token), **(tls.env() if tls else {})}
+    _run(GATEWAY_APP, host, port, env, log_level, uvicorn_tls(tls))
 
 
-def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> list[str]:
-    """The argv that runs ``app`` under uvicorn with this interpreter."""
-    return [
+def uvicorn_command(
+    app: str, host: str, port: int, log_level: str = "info", tls: dict[str, Any] | None = None
+) -> list[str]:
+    """The argv that runs ``app`` under uvicorn with this interpreter; ``tls`` is
+    :func:`uvicorn_tls` of the service's files."""
+    command = [
         sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", host, "--port", str(port), "--log-level", log_level, "--no-access-log",
     ]  # fmt: skip
+    for name, value in (tls or {}).items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    return command
 
 
 def ports_in_use(host: str, ports: Iterable[int]) -> list[int]:
@@ -283,11 +345,17 @@ def listens_on(process: subprocess.Popen, port: int) -> bool:
     return False
 
 
-def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> bool:
+def wait_ready(
+    url: str,
+    timeout: float = 60.0,
+    process: subprocess.Popen | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> bool:
     """Poll ``url`` until it answers 200; False on timeout or if ``process`` exits.
 
     With ``process``, a 200 counts only once that process holds the port's listening
-    socket: another server already on the port must not pass for the one started.
+    socket: another server already on the port must not pass for the one started. ``tls``
+    verifies an https:// server (and shows a client certificate under mutual TLS).
     """
     port = urllib.parse.urlsplit(url).port
     deadline = time.monotonic() + timeout
@@ -295,7 +363,7 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
         if process is not None and process.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
+            with urllib.request.urlopen(url, timeout=1.0, context=tls) as response:
                 if response.status == 200 and (
                     process is None or port is None or listens_on(process, port)
                 ):
@@ -333,13 +401,20 @@ def serve_all(
     log_level: str = "info",
     ready_timeout: float = 120.0,
     insecure: bool = False,
+    tls_dir: Path | None = None,
 ) -> int:
     """Start tail, head and gateway as child processes on ``host``; stop all on Ctrl-C.
 
+    ``tls_dir`` (made by ``splitdnn certs``): every hop over TLS, tail and head under mutual
+    TLS, each service with its own ``<name>.pem``/``<name>.key`` and ``ca.pem``.
     Returns the exit code: 0 after an interrupt, else the code of the first child to die.
     Raises :class:`ConfigError` before starting anything when a port is taken or given twice.
     """
-    check_exposure("head and tail", host, token, insecure)
+    files = {
+        name: tls_files(name, *astuple(TLSFiles.from_dir(Path(tls_dir), name)))
+        for name in ("tail", "head", "gateway")
+    } if tls_dir is not None else {}  # fmt: skip
+    check_exposure("head and tail", host, token, insecure, files.get("tail"))
     ports = {"gateway": gateway_port, "head": head_port, "tail": tail_port}
     if len(set(ports.values())) < len(ports):
         raise ConfigError(f"the three services need three different ports, not {ports}")
@@ -350,13 +425,17 @@ def serve_all(
             f"port(s) already in use on {host}: {named} (another `splitdnn serve`?). Stop what "
             "holds them or pick others with --gateway-port/--head-port/--tail-port"
         )
-    tail_url, head_url = f"http://{host}:{tail_port}", f"http://{host}:{head_port}"
+    scheme = "https" if files else "http"
+    tail_url, head_url = f"{scheme}://{host}:{tail_port}", f"{scheme}://{host}:{head_port}"
     base = dict(os.environ)
     plan = [
         ("tail", TAIL_APP, tail_port, tail_env(bundle, token)),
         ("head", HEAD_APP, head_port, head_env(tail_url, bundle, token)),
         ("gateway", GATEWAY_APP, gateway_port, gateway_env(head_url, tail_url, token=token)),
     ]
+    probe = None
+    if files:  # the probe shows the gateway's certificate to the mutual-TLS tail and head
+        probe = client_context(files["gateway"].ca, files["gateway"].cert, files["gateway"].key)
     children: dict[str, subprocess.Popen] = {}
 
     def _stop(signum: int, frame: object) -> None:
@@ -368,15 +447,18 @@ def serve_all(
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for name, app, port, env in plan:
-            command = uvicorn_command(app, host, port, log_level)
-            children[name] = subprocess.Popen(command, env={**base, **env})
+            tls = files.get(name)
+            options = uvicorn_tls(tls, mutual=name != "gateway")
+            command = uvicorn_command(app, host, port, log_level, options)
+            tls_env = tls.env() if tls else {}
+            children[name] = subprocess.Popen(command, env={**base, **env, **tls_env})
         for name, _, port, _ in plan:
-            url = f"http://{host}:{port}/v2/health/ready"
-            if not wait_ready(url, ready_timeout, children[name]):
+            url = f"{scheme}://{host}:{port}/v2/health/ready"
+            if not wait_ready(url, ready_timeout, children[name], probe):
                 print(f"splitdnn: {name} did not become ready at {url}", file=sys.stderr)
                 return 1
         print(
-            f"splitdnn: ready. POST http://{host}:{gateway_port}/classify?mode=split|local|"
+            f"splitdnn: ready. POST {scheme}://{host}:{gateway_port}/classify?mode=split|local|"
             "offload|auto (Ctrl-C stops all three)",
             flush=True,
         )

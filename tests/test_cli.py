@@ -118,3 +118,18 @@ def test_serve_is_mounted() -> None:
     result = runner.invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
     assert "tail" in result.stdout and "head" in result.stdout
+
+
+def test_certs_makes_a_ca_and_certificates_the_services_accept(tmp_path) -> None:
+    pytest.importorskip("cryptography")
+    from splitdnn.tls import tls_files
+
+    out = tmp_path / "certs"
+    result = runner.invoke(app, ["certs", str(out), "--name", "tail", "--host", "edge.lan"])
+    assert result.exit_code == 0, result.output
+    ca = (out / "ca.pem").read_bytes()
+    assert (out / "ca.key").stat().st_mode & 0o077 == 0  # the CA's key is private
+    tls_files("tail", out / "tail.pem", out / "tail.key", out / "ca.pem")  # chains, not expired
+    again = runner.invoke(app, ["certs", str(out), "--name", "head"])
+    assert again.exit_code == 0 and (out / "ca.pem").read_bytes() == ca  # the CA is reused
+    tls_files("head", out / "head.pem", out / "head.key", out / "ca.pem")

@@ -31,6 +31,7 @@ from services.common.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from splitdnn import tls
 
 #: Statuses of one failing replica, worth another try (not an overload (503) or a deadline).
 RETRIED = (500, 502)
@@ -75,16 +76,24 @@ def upstream_error(
     return UpstreamUnavailableError(detail)
 
 
-def connection_error(who: str, url: str, exc: BaseException) -> UpstreamUnavailableError:
+def connection_error(
+    who: str, url: str, exc: BaseException, client_cert: bool = False
+) -> UpstreamUnavailableError:
     """A failed exchange with ``who`` at ``url``: the deadline (504), else unavailable (503),
-    saying why in words that name the fix where one is known (see :func:`explain`)."""
+    saying why in words that name the fix where one is known (see :func:`explain`);
+    ``client_cert``: this service showed a TLS client certificate."""
     if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return UpstreamTimeoutError(f"the {who} at {url} missed the deadline: {exc!r}")
-    return UpstreamUnavailableError(f"the {who} at {url} is unreachable: {explain(exc)}")
+    why = explain(exc, url, client_cert)
+    return UpstreamUnavailableError(f"the {who} at {url} is unreachable: {why}")
 
 
-def explain(exc: BaseException) -> str:
-    """What went wrong, from the innermost cause of ``exc``."""
+def explain(exc: BaseException, url: str, client_cert: bool = False) -> str:
+    """What went wrong: the TLS reading with its fix (:func:`splitdnn.tls.explain`), else
+    the innermost cause of ``exc``."""
+    words = tls.explain(exc, url, client_cert)
+    if words is not None:
+        return words
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return repr(exc)

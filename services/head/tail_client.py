@@ -63,17 +63,20 @@ class TailClient:
         self,
         settings: HeadSettings,
         transport: Transport | httpx.BaseTransport | None = None,
-        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = settings.tail_url.rstrip("/")
         if transport is None:
             transport = PooledTransport(
-                self.url, settings.connect_timeout_s, settings.max_connections, tls
+                self.url,
+                settings.connect_timeout_s,
+                settings.max_connections,
+                settings.client_tls() if self.url.startswith("https://") else None,
             )
         elif isinstance(transport, httpx.BaseTransport):
             transport = HttpxTransport(transport, self.url)
         self.transport: Transport = transport
         self.headers = bearer(settings.token)
+        self.client_cert = settings.tls_cert is not None
         self.timeout_s = settings.tail_timeout_s
         self.retries = settings.tail_retries
 
@@ -98,7 +101,7 @@ class TailClient:
                 method, target, {**self.headers, **(headers or {})}, body, timeout or self.timeout_s
             )
         except (OSError, http.client.HTTPException) as exc:
-            raise connection_error("tail", self.url, exc) from exc
+            raise connection_error("tail", self.url, exc, self.client_cert) from exc
 
     def post(
         self, path: str, body: bytes, content_type: str, params: dict, headers: dict
