@@ -58,6 +58,7 @@ from benchmarks.netns import (  # noqa: E402
 )
 from splitdnn import devices, serve  # noqa: E402
 from splitdnn.bundle import default_bundle_path, load_bundle  # noqa: E402
+from splitdnn.tls import TLSFiles, client_context  # noqa: E402
 
 MODES = ("local", "split", "offload", "offload-fair", "auto")
 FIXED = ("local", "split", "offload-fair")  # what auto chooses among
@@ -80,13 +81,32 @@ def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
 
 
 class Services:
-    """Tail in the namespace (no CPU limit), head in the profile's cgroup; stopped on exit."""
+    """Tail in the namespace (no CPU limit), head in the profile's cgroup; stopped on exit.
 
-    def __init__(self, link: Link, bundle: Path, group: cgroup.CpuGroup, threads: int) -> None:
+    ``tls_dir`` (``splitdnn certs`` output naming the namespace's address): head → tail over
+    mutual TLS; ``port_offset`` lets a second pair run beside the first.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        bundle: Path,
+        group: cgroup.CpuGroup,
+        threads: int,
+        tls_dir: Path | None = None,
+        port_offset: int = 0,
+    ) -> None:
         self.link, self.bundle, self.group, self.threads = link, bundle, group, threads
         self.processes: list[subprocess.Popen] = []
-        self.tail_url = f"http://{link.ns_ip}:{TAIL_PORT}"
-        self.head_url = f"http://127.0.0.1:{HEAD_PORT}"
+        self.tail_port, self.head_port = TAIL_PORT + port_offset, HEAD_PORT + port_offset
+        self.tls = (
+            {name: TLSFiles.from_dir(tls_dir, name) for name in ("tail", "head")}
+            if tls_dir is not None
+            else {}
+        )
+        scheme = "https" if tls_dir is not None else "http"
+        self.tail_url = f"{scheme}://{link.ns_ip}:{self.tail_port}"
+        self.head_url = f"http://127.0.0.1:{self.head_port}"
 
     def __enter__(self) -> Services:
         base = {
@@ -97,21 +117,30 @@ class Services:
             "SPLITDNN_TAIL_INTER_OP_THREADS": "1",
             "OMP_NUM_THREADS": "1",
         }
-        tail = serve.uvicorn_command(serve.TAIL_APP, self.link.ns_ip, TAIL_PORT, "warning")
-        head = serve.uvicorn_command(serve.HEAD_APP, "127.0.0.1", HEAD_PORT, "warning")
+        tail_tls, head_tls = self.tls.get("tail"), self.tls.get("head")
+        tail = serve.uvicorn_command(
+            serve.TAIL_APP, self.link.ns_ip, self.tail_port, "warning",
+            serve.uvicorn_tls(tail_tls, mutual=True),
+        )  # fmt: skip
+        head = serve.uvicorn_command(serve.HEAD_APP, "127.0.0.1", self.head_port, "warning")
         head_env = {
             **serve.head_env(self.tail_url, self.bundle, compression="zstd"),
             "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "60",
             "SPLITDNN_HEAD_OFFLOAD_REENCODE": "bundle",
+            **(head_tls.env() if head_tls else {}),
         }
+        probes = [None, None]
+        if head_tls is not None:  # the tail asks for a client certificate: show the head's
+            probes[0] = client_context(head_tls.ca, head_tls.cert, head_tls.key)
         try:
             for argv, env in (
                 (self.link.exec_argv(tail), serve.tail_env(self.bundle)),
                 (self.group.wrap(head), head_env),
             ):
                 self.processes.append(subprocess.Popen(argv, env={**base, **env}))
-            for url, process in zip((self.tail_url, self.head_url), self.processes, strict=True):
-                if not serve.wait_ready(url + "/v2/health/ready", 300, process):
+            urls = (self.tail_url, self.head_url)
+            for url, process, probe in zip(urls, self.processes, probes, strict=True):
+                if not serve.wait_ready(url + "/v2/health/ready", 300, process, probe):
                     raise RuntimeError(f"{url} did not become ready")
         except BaseException:
             self.__exit__()

@@ -196,12 +196,38 @@ def test_gateway_is_on_port_8000_and_services_agree_on_ports(services):
     gateway, head, tail = (services[n]["command"] for n in ("gateway", "head", "tail"))
     assert _flag(gateway, "--port") == "${GATEWAY_PORT:-8000}"
     tail_port, head_port = _flag(tail, "--port"), _flag(head, "--port")
-    assert _flag(head, "--tail-url") == f"http://127.0.0.1:{tail_port}"
-    assert _flag(gateway, "--tail-url") == f"http://127.0.0.1:{tail_port}"
-    assert _flag(gateway, "--head-url") == f"http://127.0.0.1:{head_port}"
+    scheme = "http${TLS_DIR:+s}"  # https with TLS_DIR set
+    assert _flag(head, "--tail-url") == f"{scheme}://127.0.0.1:{tail_port}"
+    assert _flag(gateway, "--tail-url") == f"{scheme}://127.0.0.1:{tail_port}"
+    assert _flag(gateway, "--head-url") == f"{scheme}://127.0.0.1:{head_port}"
     assert services["link"]["environment"]["LINK_PORT"] == tail_port
     assert services["tail"]["environment"]["PORT"] == tail_port  # the healthcheck's port
     assert services["head"]["environment"]["PORT"] == head_port
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
+    reason="the docker compose plugin is not installed",
+)
+@pytest.mark.parametrize("tls_dir", [None, "./certs"])
+def test_tls_dir_switches_every_hop_to_https_with_each_services_certificate(tls_dir):
+    env = {k: v for k, v in os.environ.items() if k != "TLS_DIR"}
+    if tls_dir:
+        env["TLS_DIR"] = tls_dir
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    services = json.loads(result.stdout)["services"]
+    scheme = "https" if tls_dir else "http"
+    for name in ("tail", "head", "gateway"):
+        service = services[name]
+        env_tls = service["environment"].get("SPLITDNN_TLS_CERT") or None
+        assert env_tls == (f"/certs/{name}.pem" if tls_dir else None), name
+        assert service["volumes"][0]["target"] == "/certs"
+        assert service["volumes"][0]["source"].endswith("certs" if tls_dir else "no-certs")
+    assert f"{scheme}://127.0.0.1:8001" in services["head"]["command"]
+    assert f"{scheme}://127.0.0.1:8002" in services["gateway"]["command"]
 
 
 def test_compose_builds_every_service_from_a_dockerfile_target(services, dockerfile_stages):

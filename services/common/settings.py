@@ -21,7 +21,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitdnn.bundle import default_bundle_path
@@ -57,6 +57,12 @@ class BaseServiceSettings(BaseSettings):
         description="CA (PEM) the servers this service calls must chain to; unset: the "
         "system's CAs. Verification is never off.",
     )
+
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``SPLITDNN_TLS_CERT=`` (compose without ``TLS_DIR``) means no TLS, not ``.``."""
+        return None if value == "" else value
 
     def client_tls(self) -> ssl.SSLContext:
         """How this service verifies the servers it calls (https:// URLs) and proves
