@@ -271,3 +271,20 @@ def test_serve_all_with_certs_from_the_certs_command_answers_over_tls(
         serve.stop_processes([process])
     assert answer.status_code == 200, answer.text
     assert answer.json()["mode"] == "split"
+
+
+def test_the_container_healthcheck_speaks_mutual_tls(tls_tail, authority) -> None:
+    """docker/healthcheck.py with the service's SPLITDNN_TLS_* checks https and shows the
+    certificate; without one, the mutual-TLS tail refuses it (unhealthy, not hung)."""
+    script = Path(__file__).resolve().parents[2] / "docker" / "healthcheck.py"
+    cert, key = _head_cert(authority)
+    port = tls_tail.url.rsplit(":", 1)[1]
+    base = {"PATH": os.environ.get("PATH", ""), "PORT": port}
+    tls_env = {"SPLITDNN_TLS_CERT": str(cert), "SPLITDNN_TLS_KEY": str(key),
+               "SPLITDNN_TLS_CA": str(authority.ca_pem)}  # fmt: skip
+    healthy = subprocess.run([sys.executable, str(script)], env={**base, **tls_env}, timeout=30)
+    assert healthy.returncode == 0
+    no_cert = {**base, "HEALTHCHECK_URL": f"{tls_tail.url}/v2/health/ready",
+               "SPLITDNN_TLS_CA": str(authority.ca_pem)}  # fmt: skip
+    refused = subprocess.run([sys.executable, str(script)], env=no_cert, timeout=30)
+    assert refused.returncode == 1
