@@ -288,3 +288,34 @@ def test_the_container_healthcheck_speaks_mutual_tls(tls_tail, authority) -> Non
                "SPLITDNN_TLS_CA": str(authority.ca_pem)}  # fmt: skip
     refused = subprocess.run([sys.executable, str(script)], env=no_cert, timeout=30)
     assert refused.returncode == 1
+
+
+def test_a_tail_with_an_expired_certificate_is_refused_naming_it(authority, tmp_path) -> None:
+    """A server whose certificate expired (served anyway: a raw TLS listener here, since
+    `splitdnn serve` would refuse to start with it) fails the head's handshake in words."""
+    import socket
+    import ssl
+    import threading
+
+    long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    old = authority.issue("stale", not_before=long_ago, not_after=long_ago + dt.timedelta(days=1))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(old.cert, old.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept_once() -> None:
+        conn, _ = listener.accept()
+        try:
+            server.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            pass  # the client gives up at the handshake
+        finally:
+            conn.close()
+
+    threading.Thread(target=accept_once, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        detail = _refusal(_client(url, tls_ca=authority.ca_pem))
+    finally:
+        listener.close()
+    assert "expired" in detail and "splitdnn certs" in detail
