@@ -164,7 +164,7 @@ def explain(exc: BaseException, url: str, client_cert: bool = False) -> str | No
             if "CERTIFICATE_REQUIRED" in reason or "UNKNOWN_CA" in reason or "BAD_CERT" in reason:
                 return _refused_client(client_cert)
             return f"TLS failed ({error.reason or error})"
-        closed = isinstance(error, (http.client.RemoteDisconnected, ConnectionResetError)) or (
+        closed = isinstance(error, (http.client.RemoteDisconnected, *_CLOSED)) or (
             "without sending a response" in str(error)
         )
         if closed and https:
@@ -175,6 +175,10 @@ def explain(exc: BaseException, url: str, client_cert: bool = False) -> str | No
                 f"in the URL ({url})"
             )
     return None
+
+
+#: How a peer that hung up shows: on reading, or on writing the rest of a request body.
+_CLOSED = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 def _refused_client(client_cert: bool) -> str:

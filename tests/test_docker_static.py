@@ -230,6 +230,28 @@ def test_tls_dir_switches_every_hop_to_https_with_each_services_certificate(tls_
     assert f"{scheme}://127.0.0.1:8002" in services["gateway"]["command"]
 
 
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
+    reason="the docker compose plugin is not installed",
+)
+@pytest.mark.parametrize("tls_dir", [None, "./certs"])
+def test_tls_dir_puts_the_nonn_members_under_mutual_tls(tls_dir):
+    env = {k: v for k, v in os.environ.items() if k != "TLS_DIR"}
+    if tls_dir:
+        env["TLS_DIR"] = tls_dir
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "--profile", "nonn", "config", "--format",
+         "json"], capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    services = json.loads(result.stdout)["services"]
+    for i in (0, 1):
+        member = services[f"nonn-member{i}"]["environment"]
+        assert member["UVICORN_SSL_CERTFILE"] == (f"/certs/member{i}.pem" if tls_dir else "")
+        assert member["UVICORN_SSL_CERT_REQS"] == ("2" if tls_dir else "")  # CERT_REQUIRED
+    urls = json.loads(services["nonn-gateway"]["environment"]["SPLITDNN_GATEWAY_MEMBER_URLS"])
+    assert all(u.startswith("https://" if tls_dir else "http://") for u in urls)
+
+
 def test_compose_builds_every_service_from_a_dockerfile_target(services, dockerfile_stages):
     for name, service in services.items():
         build = service["build"]

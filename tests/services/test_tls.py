@@ -319,3 +319,53 @@ def test_a_tail_with_an_expired_certificate_is_refused_naming_it(authority, tmp_
     finally:
         listener.close()
     assert "expired" in detail and "splitdnn certs" in detail
+
+
+def test_nonn_members_under_mutual_tls_answer_the_gateway_and_only_it(
+    authority, tmp_path, cat_jpeg
+) -> None:
+    """Members accept only clients the CA signed: the gateway with its certificate gets a
+    full (not degraded) answer; one without a certificate is refused by both, in words."""
+    pytest.importorskip("torch")
+    import json
+
+    from toy_nonn_bundle import build_toy_nonn_bundle
+
+    bundle = tmp_path / "nonn"
+    bundle.mkdir()
+    build_toy_nonn_bundle(bundle)
+    processes, member_urls = [], []
+    try:
+        for i in range(2):
+            files, port = authority.issue(f"member{i}"), free_port()
+            env = {"SPLITDNN_NONN_BUNDLE": str(bundle), "SPLITDNN_MEMBER_INDEX": str(i),
+                   "SPLITDNN_MEMBER_INTRA_OP_THREADS": "1", **files.env()}  # fmt: skip
+            options = serve.uvicorn_tls(files, mutual=True)
+            processes.append(
+                _start("services.member.app:create_app", port, env, options, tmp_path / f"m{i}")
+            )
+            member_urls.append(f"https://127.0.0.1:{port}")
+        gateways = {}
+        for name, files in (("with-cert", authority.issue("gateway")),
+                            ("no-cert", TLSFiles(ca=authority.ca_pem))):  # fmt: skip
+            port = free_port()
+            env = {"SPLITDNN_NONN_BUNDLE": str(bundle), **files.env(),
+                   "SPLITDNN_GATEWAY_MEMBER_URLS": json.dumps(member_urls),
+                   "SPLITDNN_GATEWAY_HEAD_URL": "http://127.0.0.1:9"}  # fmt: skip
+            processes.append(_start(serve.GATEWAY_APP, port, env, {}, tmp_path / f"{name}.log"))
+            gateways[name] = f"http://127.0.0.1:{port}"
+        probe = client_context(authority.ca_pem, *_head_cert(authority))
+        for url in member_urls:
+            assert serve.wait_ready(f"{url}/v2/health/ready", 60, None, probe)
+        answers = {}
+        for name, url in gateways.items():
+            assert serve.wait_ready(f"{url}/v2/health/live", 60)
+            answers[name] = httpx.post(f"{url}/classify", params={"mode": "nonn"},
+                                       content=cat_jpeg, timeout=60)  # fmt: skip
+    finally:
+        serve.stop_processes(processes)
+    full = answers["with-cert"].json()
+    assert answers["with-cert"].status_code == 200 and full["degraded"] is False, full
+    refused = answers["no-cert"]
+    assert refused.status_code == 503, refused.text
+    assert "asks for a client certificate" in refused.json()["detail"]
