@@ -72,6 +72,7 @@ from benchmarks.netns import (  # noqa: E402
 )
 from splitdnn import devices, serve  # noqa: E402
 from splitdnn.bundle import default_bundle_path, load_bundle  # noqa: E402
+from splitdnn.tls import TLSFiles, client_context  # noqa: E402
 
 MODES = ("local", "split", "offload", "offload-fair", "auto")
 FIXED = ("local", "split", "offload-fair")  # what auto chooses among
@@ -101,19 +102,39 @@ def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
 
 class Services:
     """Tail in the namespace (no CPU limit), the device side in the profile's cgroup: the
-    head alone (``path`` head) or gateway and head in one process (``classify``); stopped
-    on exit. ``threads`` 0 leaves ONNX Runtime threads to the services (the default)."""
+    head alone (``path`` head), gateway and head in one process (``classify``) or as two
+    processes (``apart``); stopped on exit. ``threads`` 0 leaves ONNX Runtime threads to the
+    services (the default).
+
+    ``tls_dir`` (``splitdnn certs`` output naming the namespace's address): head → tail over
+    mutual TLS; ``port_offset`` lets a second set run beside the first.
+    """
 
     def __init__(
-        self, link: Link, bundle: Path, group: cgroup.CpuGroup, threads: int, path: str
+        self,
+        link: Link,
+        bundle: Path,
+        group: cgroup.CpuGroup,
+        threads: int,
+        path: str = "head",
+        tls_dir: Path | None = None,
+        port_offset: int = 0,
     ) -> None:
         self.link, self.bundle, self.group, self.threads = link, bundle, group, threads
         self.path = path
         self.processes: list[subprocess.Popen] = []
-        self.tail_url = f"http://{link.ns_ip}:{TAIL_PORT}"
-        self.head_url = f"http://127.0.0.1:{HEAD_PORT}"
+        self.tail_port, self.head_port = TAIL_PORT + port_offset, HEAD_PORT + port_offset
+        self.gateway_port = GATEWAY_PORT + port_offset
+        self.tls = (
+            {name: TLSFiles.from_dir(tls_dir, name) for name in ("tail", "head")}
+            if tls_dir is not None
+            else {}
+        )
+        scheme = "https" if tls_dir is not None else "http"
+        self.tail_url = f"{scheme}://{link.ns_ip}:{self.tail_port}"
+        self.head_url = f"http://127.0.0.1:{self.head_port}"
         #: Where the client posts: the gateway when it runs apart, else the device or head.
-        self.url = f"http://127.0.0.1:{GATEWAY_PORT}" if path == "apart" else self.head_url
+        self.url = f"http://127.0.0.1:{self.gateway_port}" if path == "apart" else self.head_url
 
     def __enter__(self) -> Services:
         base = dict(os.environ)
@@ -122,33 +143,44 @@ class Services:
                 base[f"SPLITDNN_{service}_INTRA_OP_THREADS"] = str(self.threads)
                 base[f"SPLITDNN_{service}_INTER_OP_THREADS"] = "1"
             base["OMP_NUM_THREADS"] = "1"
-        tail = serve.uvicorn_command(serve.TAIL_APP, self.link.ns_ip, TAIL_PORT, "warning")
+        tail_tls, head_tls = self.tls.get("tail"), self.tls.get("head")
+        tail = serve.uvicorn_command(
+            serve.TAIL_APP, self.link.ns_ip, self.tail_port, "warning",
+            serve.uvicorn_tls(tail_tls, mutual=True),
+        )  # fmt: skip
         app = serve.DEVICE_APP if self.path == "classify" else serve.HEAD_APP
-        head = serve.uvicorn_command(app, "127.0.0.1", HEAD_PORT, "warning")
+        head = serve.uvicorn_command(app, "127.0.0.1", self.head_port, "warning")
         head_env = {
             **serve.device_env(self.tail_url, self.bundle, compression="zstd"),
             "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "60",
             "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
             "SPLITDNN_HEAD_OFFLOAD_REENCODE": "bundle",
+            **(head_tls.env() if head_tls else {}),
         }
         plan = [
             (self.link.exec_argv(tail), serve.tail_env(self.bundle)),
             (self.group.wrap(head), head_env),
         ]
         urls = [self.tail_url, self.head_url]
+        probes = [None, None]
+        if head_tls is not None:  # the tail asks for a client certificate: show the head's
+            probes[0] = client_context(head_tls.ca, head_tls.cert, head_tls.key)
         if self.path == "apart":  # a gateway process beside the head, both under the quota
-            gateway = serve.uvicorn_command(serve.GATEWAY_APP, "127.0.0.1", GATEWAY_PORT, "warning")
+            gateway = serve.uvicorn_command(
+                serve.GATEWAY_APP, "127.0.0.1", self.gateway_port, "warning"
+            )
             gateway_env = {
                 **serve.gateway_env(self.head_url, self.tail_url),
                 "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
             }
             plan.append((self.group.wrap(gateway), gateway_env))
             urls.append(self.url)
+            probes.append(None)
         try:
             for argv, env in plan:
                 self.processes.append(subprocess.Popen(argv, env={**base, **env}))
-            for url, process in zip(urls, self.processes, strict=True):
-                if not serve.wait_ready(url + "/v2/health/ready", 300, process):
+            for url, process, probe in zip(urls, self.processes, probes, strict=True):
+                if not serve.wait_ready(url + "/v2/health/ready", 300, process, probe):
                     raise RuntimeError(f"{url} did not become ready")
         except BaseException:
             self.__exit__()

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from gateway import nonn, routes
 from gateway.settings import GatewaySettings, get_settings
 from services.common.deps import InFlightLimiter, create_service_app
+from services.common.upstream import bearer
 from services.head.app import running_head
 from services.head.inprocess import InProcessHead
 from services.head.settings import HeadSettings
@@ -38,20 +39,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-        headers = {}
-        if settings.token:
-            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+        tls = settings.client_tls()  # https:// head and member URLs: verified against tls_ca
         async with (
             httpx.AsyncClient(
                 base_url=settings.head_url,
-                headers=headers,
+                headers=bearer(settings.token),
                 timeout=httpx.Timeout(settings.timeout_s, connect=2.0, pool=1.0),
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
                 transport=head_transport,
+                verify=tls,
             ) as client,
             httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
                 transport=member_transport,
+                verify=tls,
             ) as members,
         ):
             yield {"head": client, "nonn": nonn.load_state(settings, members)}
@@ -90,6 +91,7 @@ def create_device_app(
             async with httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
                 transport=member_transport,
+                verify=settings.client_tls(),  # https:// member URLs: verified against tls_ca
             ) as members:
                 yield {
                     "head": InProcessHead(service, head_settings, app.state.metrics),

@@ -25,7 +25,8 @@ import httpx
 from gateway.settings import GatewaySettings
 from services.common.context import REQUEST_ID, RequestContext
 from services.common.errors import UpstreamUnavailableError
-from splitdnn import wire
+from services.common.upstream import bearer
+from splitdnn import tls, wire
 from splitdnn.errors import SplitDNNError, UnknownTaskError
 from splitdnn.nonn_bundle import Join, NoNNBundle, load_nonn_bundle
 from splitdnn.runtime import top_k
@@ -44,6 +45,8 @@ class NoNNState:
     degraded: bool
     timeout_s: float
     headers: dict[str, str] = field(default_factory=dict)
+    #: The gateway shows a TLS client certificate (the members may ask for one).
+    client_cert: bool = False
 
 
 def load_state(settings: GatewaySettings, client: httpx.AsyncClient) -> NoNNState | None:
@@ -57,9 +60,7 @@ def load_state(settings: GatewaySettings, client: httpx.AsyncClient) -> NoNNStat
             f"the NoNN bundle has {len(bundle.manifest.members)} members, "
             f"SPLITDNN_GATEWAY_MEMBER_URLS lists {len(settings.member_urls)}"
         )
-    headers = {}
-    if settings.token:
-        headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+    headers = bearer(settings.token)
     return NoNNState(
         bundle,
         bundle.join(),
@@ -68,6 +69,7 @@ def load_state(settings: GatewaySettings, client: httpx.AsyncClient) -> NoNNStat
         settings.nonn_degraded,
         settings.member_timeout_s,
         headers,
+        settings.tls_cert is not None,
     )
 
 
@@ -94,7 +96,9 @@ async def _ask(
     except httpx.TimeoutException as exc:
         record["error"] = f"timed out after {state.timeout_s} s ({type(exc).__name__})"
     except httpx.HTTPError as exc:
-        record["error"] = f"unreachable: {type(exc).__name__}"
+        record["error"] = (
+            f"unreachable: {tls.explain(exc, url, state.client_cert) or type(exc).__name__}"
+        )
     else:
         record["round_trip_ms"] = round((time.perf_counter() - start) * 1000, 3)
         record["bytes"] = len(response.content)

@@ -31,11 +31,10 @@ from services.common.deps import (
 from services.common.errors import (
     InvalidRequestError,
     UnsupportedMediaError,
-    UpstreamProblem,
-    UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from services.common.openapi import IMAGE_CONTENT, problem_responses
+from services.common.upstream import connection_error, upstream_error
 from services.head.inprocess import InProcessHead
 from splitdnn.errors import CorruptImageError, ImageTooLargeError
 from splitdnn.imaging import open_image
@@ -109,7 +108,12 @@ def sniff(data: bytes, max_pixels: int) -> None:
 
 
 async def call_head(
-    head: Head, path: str, image: bytes, params: dict[str, Any], context: RequestContext
+    head: Head,
+    path: str,
+    image: bytes,
+    params: dict[str, Any],
+    context: RequestContext,
+    client_cert: bool = False,
 ) -> dict[str, Any]:
     try:
         response = await head.post(
@@ -118,21 +122,12 @@ async def call_head(
             params={k: v for k, v in params.items() if v is not None},
             headers={"Content-Type": "application/octet-stream", REQUEST_ID: context.request_id},
         )
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeoutError(f"the head missed the deadline: {exc!r}") from exc
     except httpx.HTTPError as exc:
-        raise UpstreamUnavailableError(f"the head is unreachable: {exc!r}") from exc
+        raise connection_error("head", str(head.base_url), exc, client_cert) from exc
     if response.status_code >= 400:
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"title": "Head error", "detail": response.text[:200]}
-        if not isinstance(body, dict):
-            body = {"title": "Head error", "detail": str(body)[:200]}
-        body.setdefault("status", response.status_code)
-        keep = ("retry-after", "www-authenticate")
-        headers = {k: v for k, v in response.headers.items() if k.lower() in keep}
-        raise UpstreamProblem(response.status_code, body, headers)
+        raise upstream_error(
+            "head", response.status_code, response.content, response.headers, relay_all=True
+        )
     return response.json()
 
 
@@ -208,7 +203,9 @@ async def classify(
             "compression": compression,
             "max_drop": max_drop,
         }
-        answer = await call_head(head, f"/infer/{mode}", image, params, context)
+        answer = await call_head(
+            head, f"/infer/{mode}", image, params, context, settings.tls_cert is not None
+        )
         timings = answer.setdefault("timings_ms", {})
         for stage in ("head", "transfer", "tail"):
             context.record(stage, float(timings.get(stage) or 0.0) / 1000)

@@ -8,6 +8,7 @@
     splitdnn bundle info BUNDLE      what a bundle serves: tasks, modes per task, files
     splitdnn distill CONFIG          hnd, kd, labels, classes, nonn (resumable)
     splitdnn serve ...               the services, without Docker (splitdnn.cli_serve)
+    splitdnn certs DIR               a development CA and a certificate per service (TLS)
 
 Heavy imports (torch, onnxruntime, matplotlib) happen inside the commands, so ``splitdnn
 serve`` starts on a device without torch. Library errors are user errors here: a one-line
@@ -230,6 +231,36 @@ def profile(
 
 
 # --- teachers -------------------------------------------------------------------------------
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Argument(help="Folder for ca.pem, ca.key, <name>.pem, .key.")],
+    name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--name",
+            help="A service to issue for (repeat); default tail, head, gateway, member0, "
+            "member1. Its name is in the certificate, with localhost and 127.0.0.1.",
+        ),
+    ] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--host", help="Another host name or IP every certificate is valid for (repeat)."
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 825,
+) -> None:
+    """A development CA and one certificate per service, for TLS between the services
+    (`splitdnn serve ... --tls-cert/--tls-key/--tls-ca`, `docker compose --profile tls`).
+    An existing CA in OUT is reused. Keep ca.key off the devices."""
+    with user_errors():
+        from splitdnn.tls import DEFAULT_NAMES, make_certificates
+
+        written = make_certificates(out, name or DEFAULT_NAMES, host or (), days)
+        for path in written:
+            typer.echo(str(path))
 
 
 @app.command()

@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 
 from splitdnn import serve
-from splitdnn.errors import SplitDNNError
+from splitdnn.errors import ConfigError, SplitDNNError
+from splitdnn.tls import tls_files
 
 serve_app = typer.Typer(
     help="Run the split-inference services locally (no Docker).", no_args_is_help=True
@@ -39,6 +40,26 @@ Insecure = Annotated[
     ),
 ]
 TailUrl = Annotated[str, typer.Option(help="Base URL of the tail service (edge server).")]
+TLSCert = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="SPLITDNN_TLS_CERT",
+        help="Serve HTTPS with this certificate (PEM); also shown to a server that asks "
+        "for a client certificate. `splitdnn certs` makes development ones.",
+    ),
+]
+TLSKey = Annotated[
+    Path | None, typer.Option(envvar="SPLITDNN_TLS_KEY", help="The certificate's key (PEM).")
+]
+TLSCA = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="SPLITDNN_TLS_CA",
+        help="CA (PEM) that signed the peers' certificates: https:// servers this service "
+        "calls are verified against it, and with --tls-cert the tail and head accept only "
+        "clients it signed (mutual TLS).",
+    ),
+]
 HeadUrl = Annotated[str, typer.Option(help="Base URL of the head service (device).")]
 
 
@@ -85,9 +106,15 @@ def tail(
     num_cpus: Annotated[
         int | None, typer.Option(help="With --ray and no --address: CPUs of the local cluster.")
     ] = None,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    tls_ca: TLSCA = None,
 ) -> None:
     """The edge half: server part for split mode, whole teacher for offload mode."""
     with _exit_on_library_error():
+        tls = tls_files("tail", tls_cert, tls_key, tls_ca)
+        if ray and tls.serves_tls:
+            raise ConfigError("--ray serves plain HTTP: put TLS in front of Ray Serve's proxy")
         if ray:
             serve.serve_tail_ray(
                 host=host,
@@ -110,6 +137,7 @@ def tail(
             token=token,
             log_level=log_level,
             insecure=insecure,
+            tls=tls,
         )
 
 
@@ -158,6 +186,9 @@ def head(
     ] = None,
     log_level: LogLevel = "info",
     insecure: Insecure = False,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    tls_ca: TLSCA = None,
 ) -> None:
     """The device half alone (a gateway on another machine calls it): device part and
     envelope upload, the local model, auto mode. On one device, `serve device` runs both."""
@@ -172,6 +203,7 @@ def head(
             compression=compression,
             log_level=log_level,
             insecure=insecure,
+            tls=tls_files("head", tls_cert, tls_key, tls_ca),
         )
 
 
@@ -192,9 +224,13 @@ def device(
         str | None, typer.Option(help="Mode when a request names none (default split).")
     ] = None,
     log_level: LogLevel = "info",
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    tls_ca: TLSCA = None,
 ) -> None:
     """The device: gateway and head in one process (POST /classify runs the device part here,
-    no second HTTP hop). Use head + gateway instead when they run on different machines."""
+    no second HTTP hop). Use head + gateway instead when they run on different machines.
+    With TLS files it serves HTTPS and shows its certificate to an https:// tail."""
     with _exit_on_library_error():
         serve.serve_device(
             host=host,
@@ -206,6 +242,7 @@ def device(
             compression=compression,
             default_mode=default_mode,
             log_level=log_level,
+            tls=tls_files("head", tls_cert, tls_key, tls_ca),
         )
 
 
@@ -220,18 +257,23 @@ def gateway(
     ] = None,
     token: Token = None,
     log_level: LogLevel = "info",
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    tls_ca: TLSCA = None,
 ) -> None:
     """The public front apart from its head: POST /classify?mode=split|local|offload|auto
     (sends the head the token). On one device, `serve device` runs both in one process."""
-    serve.serve_gateway(
-        host=host,
-        port=port,
-        head_url=head_url,
-        tail_url=tail_url,
-        default_mode=default_mode,
-        log_level=log_level,
-        token=token,
-    )
+    with _exit_on_library_error():
+        serve.serve_gateway(
+            host=host,
+            port=port,
+            head_url=head_url,
+            tail_url=tail_url,
+            default_mode=default_mode,
+            log_level=log_level,
+            token=token,
+            tls=tls_files("gateway", tls_cert, tls_key, tls_ca),
+        )
 
 
 @serve_app.command("all")
@@ -243,6 +285,13 @@ def all_(
     token: Token = None,
     log_level: LogLevel = "info",
     insecure: Insecure = False,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Both over TLS, the tail under mutual TLS (the device shows DIR/head.pem), "
+            "with the certificates `splitdnn certs DIR` made (DIR/ca.pem, DIR/<name>.pem, .key)."
+        ),
+    ] = None,
 ) -> None:
     """The tail and the device (gateway and head in one process) on one machine, wired."""
     with _exit_on_library_error():
@@ -254,5 +303,6 @@ def all_(
             token=token,
             log_level=log_level,
             insecure=insecure,
+            tls_dir=tls_dir,
         )
     raise typer.Exit(code=code)

@@ -9,9 +9,11 @@ import string and builds each app in its own factory, configured through the sam
     serve_gateway(port=8000, head_url=...)        public front apart from its head
     serve_all()                                   tail and device on 127.0.0.1, one command
 
-Head and tail authenticate their callers with ``SPLITDNN_TOKEN``; one that would bind an
-address other hosts can reach without a token refuses to start unless told ``insecure``
-(:func:`check_exposure`). The gateway is the public front and sends the head that token.
+Head and tail authenticate their callers with ``SPLITDNN_TOKEN`` or, under mutual TLS, by
+their client certificate; one that would bind an address other hosts can reach with neither
+refuses to start unless told ``insecure`` (:func:`check_exposure`). The gateway is the
+public front and sends the head that token. TLS: :mod:`splitdnn.tls`; every service takes a
+:class:`~splitdnn.tls.TLSFiles` (``--tls-cert/--tls-key/--tls-ca``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,11 +32,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 from splitdnn.bundle import MANIFEST, default_bundle_path
 from splitdnn.errors import BundleError, ConfigError
+from splitdnn.tls import TLSFiles, client_context, tls_files
 from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
 
 TAIL_APP = "services.tail.app:create_app"
@@ -45,8 +50,9 @@ HEAD_APP = "services.head.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
 #: Gateway and head in one process: /classify calls the head's pipeline, no second hop.
 DEVICE_APP = "gateway.app:create_device_app"
-#: uvicorn's HTTP protocol with its parser's refusals (a URL over 64 KB) as problem+json.
-HTTP_PROTOCOL = "services.common.http:ProblemHTTPProtocol"
+#: uvicorn's HTTP protocol with its parser's refusals (a URL over 64 KB) as problem+json and
+#: each mutual-TLS client certificate logged by name.
+HTTP_PROTOCOL = "services.common.http:ServiceHTTPProtocol"
 DEFAULT_PORTS = {"gateway": 8000, "device": 8000, "tail": 8001, "head": 8002}
 
 
@@ -71,23 +77,53 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(service: str, host: str, token: str | None, insecure: bool = False) -> None:
+def check_exposure(
+    service: str,
+    host: str,
+    token: str | None,
+    insecure: bool = False,
+    tls: TLSFiles | None = None,
+) -> None:
     """Refuse (:class:`ConfigError`) to serve ``service`` on a non-loopback ``host`` without
-    a token: anyone who can reach it could run the models and, through the head, the tail."""
-    if token or insecure or is_loopback(host):
+    a token or mutual TLS: anyone who can reach it could run the models and, through the
+    head, the tail."""
+    if token or insecure or is_loopback(host) or (tls is not None and is_mutual(tls)):
         return
     raise ConfigError(
         f"the {service} would listen on {host} without a token: set SPLITDNN_TOKEN (or "
-        "--token) to the secret head and tail share, bind 127.0.0.1, or pass --insecure "
-        "to serve it open on purpose"
+        "--token) to the secret head and tail share, or serve mutual TLS (--tls-cert, "
+        "--tls-key and --tls-ca), bind 127.0.0.1, or pass --insecure to serve it open on purpose"
     )
+
+
+def is_mutual(tls: TLSFiles) -> bool:
+    """Whether a tail, head or member with these files asks clients for a certificate."""
+    return tls.serves_tls and tls.ca is not None
+
+
+def uvicorn_tls(tls: TLSFiles | None, mutual: bool = False) -> dict[str, Any]:
+    """uvicorn's options for serving with ``tls``; ``mutual``: only clients with a
+    certificate the CA signed get past the handshake, and each is logged by name."""
+    if tls is None or not tls.serves_tls:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    if mutual and tls.ca is not None:
+        options.update(ssl_ca_certs=str(tls.ca), ssl_cert_reqs=int(ssl.CERT_REQUIRED))
+    return options
 
 
 def _env(values: Mapping[str, object | None]) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v is not None}
 
 
-def _run(app: str, host: str, port: int, env: Mapping[str, str], log_level: str) -> None:
+def _run(
+    app: str,
+    host: str,
+    port: int,
+    env: Mapping[str, str],
+    log_level: str,
+    tls: dict[str, Any] | None = None,
+) -> None:
     os.environ.update(env)
     import uvicorn  # only here: the library never imports the web stack at module level
 
@@ -100,6 +136,7 @@ def _run(app: str, host: str, port: int, env: Mapping[str, str], log_level: str)
         log_level=log_level,
         access_log=False,
         http=HTTP_PROTOCOL,
+        **(tls or {}),
     )
 
 
@@ -169,10 +206,13 @@ def serve_tail(
     token: str | None = None,
     log_level: str = "info",
     insecure: bool = False,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Run the tail (edge) service in this process until interrupted."""
-    check_exposure("tail", host, token, insecure)
-    _run(TAIL_APP, host, port, tail_env(bundle, token), log_level)
+    """Run the tail (edge) service in this process until interrupted; with ``tls`` over
+    HTTPS, and with its CA only for clients that CA signed."""
+    check_exposure("tail", host, token, insecure, tls)
+    env = {**tail_env(bundle, token), **(tls.env() if tls else {})}
+    _run(TAIL_APP, host, port, env, log_level, uvicorn_tls(tls, mutual=True))
 
 
 def serve_tail_ray(
@@ -238,11 +278,14 @@ def serve_head(
     compression: str | None = None,
     log_level: str = "info",
     insecure: bool = False,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Run the head (device) service in this process until interrupted."""
-    check_exposure("head", host, token, insecure)
-    env = head_env(tail_url, bundle, token, quantisation, compression)
-    _run(HEAD_APP, host, port, env, log_level)
+    """Run the head (device) service in this process until interrupted; ``tls`` as for the
+    tail, and its certificate is what the head shows an https:// tail."""
+    check_exposure("head", host, token, insecure, tls)
+    env = {**head_env(tail_url, bundle, token, quantisation, compression),
+           **(tls.env() if tls else {})}  # fmt: skip
+    _run(HEAD_APP, host, port, env, log_level, uvicorn_tls(tls, mutual=True))
 
 
 def serve_gateway(
@@ -254,10 +297,12 @@ def serve_gateway(
     default_mode: str | None = None,
     log_level: str = "info",
     token: str | None = None,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Run the gateway (the public front: it may bind any address) until interrupted."""
-    env = gateway_env(head_url, tail_url, default_mode, token)
-    _run(GATEWAY_APP, host, port, env, log_level)
+    """Run the gateway (the public front: it may bind any address) until interrupted; with
+    ``tls`` over HTTPS (no client certificates asked), its CA verifying an https:// head."""
+    env = {**gateway_env(head_url, tail_url, default_mode, token), **(tls.env() if tls else {})}
+    _run(GATEWAY_APP, host, port, env, log_level, uvicorn_tls(tls))
 
 
 def serve_device(
@@ -271,20 +316,30 @@ def serve_device(
     compression: str | None = None,
     default_mode: str | None = None,
     log_level: str = "info",
+    tls: TLSFiles | None = None,
 ) -> None:
     """Run gateway and head in one process (the public front: it may bind any address;
-    the head's own endpoints are not served) until interrupted."""
-    env = device_env(tail_url, bundle, token, quantisation, compression, default_mode)
-    _run(DEVICE_APP, host, port, env, log_level)
+    the head's own endpoints are not served) until interrupted; with ``tls`` over HTTPS (no
+    client certificates asked), and its certificate is what the device shows an https://
+    tail, its CA what verifies that tail."""
+    env = {**device_env(tail_url, bundle, token, quantisation, compression, default_mode),
+           **(tls.env() if tls else {})}  # fmt: skip
+    _run(DEVICE_APP, host, port, env, log_level, uvicorn_tls(tls))
 
 
-def uvicorn_command(app: str, host: str, port: int, log_level: str = "info") -> list[str]:
-    """The argv that runs ``app`` under uvicorn with this interpreter."""
-    return [
+def uvicorn_command(
+    app: str, host: str, port: int, log_level: str = "info", tls: dict[str, Any] | None = None
+) -> list[str]:
+    """The argv that runs ``app`` under uvicorn with this interpreter; ``tls`` is
+    :func:`uvicorn_tls` of the service's files."""
+    command = [
         sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", host, "--port", str(port), "--log-level", log_level, "--no-access-log",
         "--http", HTTP_PROTOCOL,
     ]  # fmt: skip
+    for name, value in (tls or {}).items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    return command
 
 
 def ports_in_use(host: str, ports: Iterable[int]) -> list[int]:
@@ -346,11 +401,17 @@ def listens_on(process: subprocess.Popen, port: int) -> bool:
     return False
 
 
-def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> bool:
+def wait_ready(
+    url: str,
+    timeout: float = 60.0,
+    process: subprocess.Popen | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> bool:
     """Poll ``url`` until it answers 200; False on timeout or if ``process`` exits.
 
     With ``process``, a 200 counts only once that process holds the port's listening
-    socket: another server already on the port must not pass for the one started.
+    socket: another server already on the port must not pass for the one started. ``tls``
+    verifies an https:// server (and shows a client certificate under mutual TLS).
     """
     port = urllib.parse.urlsplit(url).port
     deadline = time.monotonic() + timeout
@@ -358,7 +419,7 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
         if process is not None and process.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
+            with urllib.request.urlopen(url, timeout=1.0, context=tls) as response:
                 if response.status == 200 and (
                     process is None or port is None or listens_on(process, port)
                 ):
@@ -395,15 +456,23 @@ def serve_all(
     log_level: str = "info",
     ready_timeout: float = 120.0,
     insecure: bool = False,
+    tls_dir: Path | None = None,
 ) -> int:
     """Start the tail and the device (gateway and head in one process) as child processes
     on ``host``; stop both on Ctrl-C.
 
+    ``tls_dir`` (made by ``splitdnn certs``): both over TLS, the tail under mutual TLS (the
+    device shows ``head.pem``: to the tail it is the head), with ``ca.pem``.
     Returns the exit code: 0 after an interrupt, else the code of the first child to die.
     Raises :class:`ConfigError` before starting anything when a port is taken or given twice.
     """
-    check_exposure("tail", host, token, insecure)
-    ports = {"gateway": gateway_port, "tail": tail_port}
+    # The device shows the head's certificate: to the tail it is the head.
+    files = {
+        name: tls_files(name, *astuple(TLSFiles.from_dir(Path(tls_dir), cert)))
+        for name, cert in (("tail", "tail"), ("device", "head"))
+    } if tls_dir is not None else {}  # fmt: skip
+    check_exposure("tail", host, token, insecure, files.get("tail"))
+    ports = {"device": gateway_port, "tail": tail_port}
     if len(set(ports.values())) < len(ports):
         raise ConfigError(f"the two services need two different ports, not {ports}")
     busy = ports_in_use(host, ports.values())
@@ -413,12 +482,16 @@ def serve_all(
             f"port(s) already in use on {host}: {named} (another `splitdnn serve`?). Stop what "
             "holds them or pick others with --gateway-port/--tail-port"
         )
-    tail_url = f"http://{host}:{tail_port}"
+    scheme = "https" if files else "http"
+    tail_url = f"{scheme}://{host}:{tail_port}"
     base = dict(os.environ)
     plan = [
         ("tail", TAIL_APP, tail_port, tail_env(bundle, token)),
         ("device", DEVICE_APP, gateway_port, device_env(tail_url, bundle, token)),
     ]
+    probe = None
+    if files:  # the probe shows the device's certificate to the mutual-TLS tail
+        probe = client_context(files["device"].ca, files["device"].cert, files["device"].key)
     children: dict[str, subprocess.Popen] = {}
 
     def _stop(signum: int, frame: object) -> None:
@@ -430,15 +503,18 @@ def serve_all(
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for name, app, port, env in plan:
-            command = uvicorn_command(app, host, port, log_level)
-            children[name] = subprocess.Popen(command, env={**base, **env})
+            tls = files.get(name)
+            options = uvicorn_tls(tls, mutual=name == "tail")  # the device is the public front
+            command = uvicorn_command(app, host, port, log_level, options)
+            tls_env = tls.env() if tls else {}
+            children[name] = subprocess.Popen(command, env={**base, **env, **tls_env})
         for name, _, port, _ in plan:
-            url = f"http://{host}:{port}/v2/health/ready"
-            if not wait_ready(url, ready_timeout, children[name]):
+            url = f"{scheme}://{host}:{port}/v2/health/ready"
+            if not wait_ready(url, ready_timeout, children[name], probe):
                 print(f"splitdnn: {name} did not become ready at {url}", file=sys.stderr)
                 return 1
         print(
-            f"splitdnn: ready. POST http://{host}:{gateway_port}/classify?mode=split|local|"
+            f"splitdnn: ready. POST {scheme}://{host}:{gateway_port}/classify?mode=split|local|"
             "offload|auto (Ctrl-C stops both)",
             flush=True,
         )

@@ -166,3 +166,18 @@ def test_teachers_and_profile_help_say_torchvision_classifiers_are_teachers() ->
         assert "torchvision classif" in text and "registered teacher name" not in text.lower()
     teachers = " ".join(runner.invoke(app, ["teachers", "--help"]).output.split())
     assert "1/8 of the input" in teachers  # where their students cut by default
+
+
+def test_certs_makes_a_ca_and_certificates_the_services_accept(tmp_path) -> None:
+    pytest.importorskip("cryptography")
+    from splitdnn.tls import tls_files
+
+    out = tmp_path / "certs"
+    result = runner.invoke(app, ["certs", str(out), "--name", "tail", "--host", "edge.lan"])
+    assert result.exit_code == 0, result.output
+    ca = (out / "ca.pem").read_bytes()
+    assert (out / "ca.key").stat().st_mode & 0o077 == 0  # the CA's key is private
+    tls_files("tail", out / "tail.pem", out / "tail.key", out / "ca.pem")  # chains, not expired
+    again = runner.invoke(app, ["certs", str(out), "--name", "head"])
+    assert again.exit_code == 0 and (out / "ca.pem").read_bytes() == ca  # the CA is reused
+    tls_files("head", out / "head.pem", out / "head.key", out / "ca.pem")

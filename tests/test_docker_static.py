@@ -203,10 +203,58 @@ def test_the_device_is_on_port_8000_and_services_agree_on_ports(services):
     device, tail = (services[n]["command"] for n in ("head", "tail"))
     assert _flag(device, "--port") == "${GATEWAY_PORT:-8000}"
     tail_port = _flag(tail, "--port")
-    assert _flag(device, "--tail-url") == f"http://127.0.0.1:{tail_port}"
+    scheme = "http${TLS_DIR:+s}"  # https with TLS_DIR set
+    assert _flag(device, "--tail-url") == f"{scheme}://127.0.0.1:{tail_port}"
     assert services["link"]["environment"]["LINK_PORT"] == tail_port
     assert services["tail"]["environment"]["PORT"] == tail_port  # the healthcheck's port
     assert services["head"]["environment"]["PORT"] == "${GATEWAY_PORT:-8000}"
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
+    reason="the docker compose plugin is not installed",
+)
+@pytest.mark.parametrize("tls_dir", [None, "./certs"])
+def test_tls_dir_switches_every_hop_to_https_with_each_services_certificate(tls_dir):
+    env = {k: v for k, v in os.environ.items() if k != "TLS_DIR"}
+    if tls_dir:
+        env["TLS_DIR"] = tls_dir
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    services = json.loads(result.stdout)["services"]
+    scheme = "https" if tls_dir else "http"
+    for name in ("tail", "head", "gateway"):
+        service = services[name]
+        env_tls = service["environment"].get("SPLITDNN_TLS_CERT") or None
+        assert env_tls == (f"/certs/{name}.pem" if tls_dir else None), name
+        assert service["volumes"][0]["target"] == "/certs"
+        assert service["volumes"][0]["source"].endswith("certs" if tls_dir else "no-certs")
+    assert f"{scheme}://127.0.0.1:8001" in services["head"]["command"]
+    assert f"{scheme}://127.0.0.1:8002" in services["gateway"]["command"]
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
+    reason="the docker compose plugin is not installed",
+)
+@pytest.mark.parametrize("tls_dir", [None, "./certs"])
+def test_tls_dir_puts_the_nonn_members_under_mutual_tls(tls_dir):
+    env = {k: v for k, v in os.environ.items() if k != "TLS_DIR"}
+    if tls_dir:
+        env["TLS_DIR"] = tls_dir
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "--profile", "nonn", "config", "--format",
+         "json"], capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    services = json.loads(result.stdout)["services"]
+    for i in (0, 1):
+        member = services[f"nonn-member{i}"]["environment"]
+        assert member["UVICORN_SSL_CERTFILE"] == (f"/certs/member{i}.pem" if tls_dir else "")
+        assert member["UVICORN_SSL_CERT_REQS"] == ("2" if tls_dir else "")  # CERT_REQUIRED
+    urls = json.loads(services["nonn-gateway"]["environment"]["SPLITDNN_GATEWAY_MEMBER_URLS"])
+    assert all(u.startswith("https://" if tls_dir else "http://") for u in urls)
 
 
 def test_compose_builds_every_service_from_a_dockerfile_target(services, dockerfile_stages):

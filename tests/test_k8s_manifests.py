@@ -158,9 +158,9 @@ def test_the_device_is_probed_resourced_on_arm64_and_runs_gateway_and_head_in_on
     assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
     (container,) = pod["containers"]
     assert container["args"][:3] == ["splitdnn", "serve", "device"]
-    assert "http://splitdnn-tail-serve-svc:8000" in container["args"]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert "https://splitdnn-tail-serve-svc:8000" in container["args"]
+    assert _probe_path(container["livenessProbe"]) == "/v2/health/live"
+    assert _probe_path(container["readinessProbe"]) == "/v2/health/ready"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "cpu" in container["resources"]["limits"]  # its threads follow this quota
     names = {e["name"] for e in container["env"]}
@@ -175,6 +175,45 @@ def test_the_device_is_probed_resourced_on_arm64_and_runs_gateway_and_head_in_on
         assert {"name": "bundle", "mountPath": "/bundle", "readOnly": True} in container[
             "volumeMounts"
         ]
+
+
+def _probe_path(probe: dict) -> str:
+    """The path a probe asks: an httpGet's, or the healthcheck script's (its argument, else
+    the ready route), which shows the pod's TLS certificate to a mutual-TLS head."""
+    if "httpGet" in probe:
+        return probe["httpGet"]["path"]
+    command = probe["exec"]["command"]
+    assert command[:2] == ["python3", "/usr/local/lib/splitdnn-docker/healthcheck.py"]
+    return command[2] if len(command) > 2 else "/v2/health/ready"
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_every_hop_is_https_with_certificates_mounted_from_secrets() -> None:
+    """The device and the Ray tail serve and call https with the files of one Secret each
+    (mounted at /certs), named by SPLITDNN_TLS_* or Serve's http_options."""
+    secrets = {}
+    for _, doc in core_objects():
+        if doc["kind"] != "DaemonSet":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = _env(container)
+        assert (env["SPLITDNN_TLS_CERT"], env["SPLITDNN_TLS_KEY"], env["SPLITDNN_TLS_CA"]) == (
+            "/certs/tls.crt", "/certs/tls.key", "/certs/ca.crt",
+        )  # fmt: skip
+        assert {"name": "tls", "mountPath": "/certs", "readOnly": True} in container["volumeMounts"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        secrets[doc["metadata"]["name"]] = volume["secret"]["secretName"]
+        assert not [a for a in container["args"] if a.startswith("http://")], container["args"]
+    assert secrets == {"splitdnn-device": "splitdnn-tls-head"}  # to the tail it is the head
+    options = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])["http_options"]
+    assert options["ssl_certfile"] == "/certs/tls.crt" and options["ssl_ca_certs"]
+    for template in ray_pod_templates(rayservice()):
+        (container,) = template["spec"]["containers"]
+        assert {"name": "tls", "mountPath": "/certs", "readOnly": True} in container["volumeMounts"]
 
 
 def test_kustomization_lists_every_manifest() -> None:

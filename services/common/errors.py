@@ -12,6 +12,7 @@ request ends in a bare 500 page or a hang.
     ├── UnsupportedMediaError   a body that is not an image or envelope (415)
     ├── InvalidRequestError     a request missing a required part (422)
     ├── UpstreamUnavailableError the next service is down or refused (503, Retry-After)
+    │   ├── UpstreamServerError     it answered 500 or 502 (another try may succeed)
     │   ├── UpstreamTimeoutError    it missed the deadline (504)
     │   └── UpstreamBadAnswerError  it answered 200 without what we need (502)
     └── UpstreamProblem         the next service answered with a problem: relay it
@@ -112,6 +113,11 @@ class UpstreamUnavailableError(ServiceError):
         super().__init__(detail, **kw)
         if self.status == 503:
             self.headers.setdefault("Retry-After", str(self.retry_after_s))
+
+
+class UpstreamServerError(UpstreamUnavailableError):
+    """The next service answered 500 or 502: an error of one replica (a Ray tail's proxy
+    answers 500 for a replica that died mid-request), so the head tries again."""
 
 
 class UpstreamTimeoutError(UpstreamUnavailableError):

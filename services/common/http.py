@@ -8,7 +8,9 @@ installed, as the ``serve`` extra does) rejects a URL over 65,535 bytes, because
 100 KB ``?mode=`` never reached the services' own 422. These subclasses keep both parsers and
 their limits and change only the answer: 414 for a URL over the limit, 431 for a request
 head over h11's, 400 for anything else malformed, each as problem+json with a request id.
-``splitdnn serve`` hands uvicorn :data:`splitdnn.serve.HTTP_PROTOCOL` (``--http``).
+:class:`ServiceHTTPProtocol` adds one log line per mutual-TLS connection naming the client
+certificate (:mod:`services.common.peers`); ``splitdnn serve`` hands it to uvicorn
+(:data:`splitdnn.serve.HTTP_PROTOCOL`, ``--http``) for every service, with TLS or without.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from services.common.errors import parser_refusal
+from services.common.peers import log_peer
 
 #: The longest URL httptools can parse (``http_parser_url`` has 16-bit offsets).
 MAX_URL_BYTES = 65_535
@@ -65,3 +68,12 @@ else:
             self.transport.close()
 
     ProblemHTTPProtocol = ProblemHttpToolsProtocol
+
+
+class ServiceHTTPProtocol(ProblemHTTPProtocol):  # type: ignore[misc, valid-type]
+    """The services' protocol: parser refusals as problem+json, and the client certificate
+    of each mutual-TLS connection logged by name."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def, override]
+        super().connection_made(transport)
+        log_peer(transport)

@@ -8,17 +8,24 @@ parties must agree on have one unprefixed name each:
 ``SPLITDNN_BUNDLE``    bundle directory                                     packaged default
 ``SPLITDNN_TOKEN``     shared bearer token between head and tail; unset =   unset
                        no authentication
+``SPLITDNN_TLS_CERT``  this service's certificate (PEM): it serves HTTPS    unset
+``SPLITDNN_TLS_KEY``   its key                                              unset
+``SPLITDNN_TLS_CA``    the CA that signed the peers' certificates: servers  unset (system
+                       called are verified against it; with a certificate,  CAs for
+                       tail, head and members accept only clients it signed  servers)
 =====================  ===================================================  ============
 """
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitdnn.bundle import default_bundle_path
+from splitdnn.tls import client_context
 
 
 class BaseServiceSettings(BaseSettings):
@@ -35,6 +42,32 @@ class BaseServiceSettings(BaseSettings):
     max_in_flight: int = Field(
         default=8, gt=0, description="Requests processed at once; more get 503 + Retry-After."
     )
+    tls_cert: Path | None = Field(
+        default=None,
+        validation_alias="SPLITDNN_TLS_CERT",
+        description="This service's certificate (PEM): served, and shown to a server that "
+        "asks for a client certificate (mutual TLS).",
+    )
+    tls_key: Path | None = Field(
+        default=None, validation_alias="SPLITDNN_TLS_KEY", description="Its private key (PEM)."
+    )
+    tls_ca: Path | None = Field(
+        default=None,
+        validation_alias="SPLITDNN_TLS_CA",
+        description="CA (PEM) the servers this service calls must chain to; unset: the "
+        "system's CAs. Verification is never off.",
+    )
+
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``SPLITDNN_TLS_CERT=`` (compose without ``TLS_DIR``) means no TLS, not ``.``."""
+        return None if value == "" else value
+
+    def client_tls(self) -> ssl.SSLContext:
+        """How this service verifies the servers it calls (https:// URLs) and proves
+        who it is to them."""
+        return client_context(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 class ServiceSettings(BaseServiceSettings):

@@ -17,8 +17,9 @@ from services.common.deps import create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.head import routes
-from services.head.pipeline import HeadPipeline, TailClient, local_tasks
+from services.head.pipeline import HeadPipeline, local_tasks
 from services.head.settings import HeadSettings, get_settings
+from services.head.tail_client import TailClient, Transport
 from splitdnn import wire
 from splitdnn.bundle import load_bundle
 from splitdnn.latency import LatencyModel
@@ -67,9 +68,11 @@ def running_head(
 
 
 def create_app(
-    settings: HeadSettings | None = None, tail_transport: httpx.BaseTransport | None = None
+    settings: HeadSettings | None = None,
+    tail_transport: Transport | httpx.BaseTransport | None = None,
 ) -> FastAPI:
-    """The head app; ``tail_transport`` lets tests wire a fake or in-process tail."""
+    """The head app; ``tail_transport`` lets tests wire a fake or in-process tail (the
+    production :class:`~services.head.tail_client.PooledTransport` otherwise)."""
     settings = settings or get_settings()
 
     @asynccontextmanager

@@ -12,36 +12,24 @@ time feeds the compute estimates.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import math
-import queue
-import socket
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from services.common.context import BUNDLE_HEADER, REQUEST_ID, RequestContext
-from services.common.errors import (
-    InvalidRequestError,
-    UpstreamBadAnswerError,
-    UpstreamProblem,
-    UpstreamTimeoutError,
-    UpstreamUnavailableError,
-)
+from services.common.errors import InvalidRequestError, UpstreamUnavailableError
 from services.common.metrics import Metrics
 from services.head.settings import HeadSettings
+from services.head.tail_client import TailClient
 from splitdnn import reencode, wire
 from splitdnn.bundle import Bundle
 from splitdnn.latency import MODES, LatencyModel, Priors
 from splitdnn.runtime import LOGITS_PREFIX, DeviceRunner, ImageClassifier, top_k
 
 log = logging.getLogger("splitdnn.head")
-PROBLEM_JSON = "application/problem+json"
 
 
 @dataclass(frozen=True)
@@ -70,238 +58,6 @@ class Outcome:
     model_ms: float = 0.0
     #: Auto only: the accuracy bound, the modes it allowed and excluded, what it chose and why.
     auto: dict[str, Any] | None = None
-
-
-#: Tail statuses tried again: an error of one replica, not an overload (503) or a deadline.
-RETRIED = (500, 502)
-
-
-class TailServerError(UpstreamUnavailableError):
-    """The tail answered 500 or 502; another try may reach a healthy replica."""
-
-
-class TailClient:
-    """Pooled HTTP connections to the tail; maps its failures to fallback-able errors."""
-
-    def __init__(self, settings: HeadSettings, transport: httpx.BaseTransport | None = None):
-        headers = {}
-        if settings.token:
-            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
-        self.client = httpx.Client(
-            base_url=settings.tail_url,
-            headers=headers,
-            timeout=httpx.Timeout(settings.tail_timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-            ),
-            transport=transport,
-        )
-        # Real tails go through a stdlib keep-alive pool: httpx costs ~1.2 ms more CPU per
-        # request, which a weak device (0.11 core) pays ~10x in wall time. Tests that hand
-        # in a transport keep httpx.
-        self.fast = _ConnectionPool(settings, headers) if transport is None else None
-        self.retries = settings.tail_retries
-
-    def close(self) -> None:
-        self.client.close()
-        if self.fast is not None:
-            self.fast.close()
-
-    def post(
-        self, path: str, body: bytes, content_type: str, params: dict, headers: dict
-    ) -> tuple[dict[str, Any], float]:
-        """POST and return (JSON answer, round-trip seconds, failed tries included).
-
-        A 500 or 502 is tried again up to ``tail_retries`` times: a replica that died
-        mid-request (Ray tail) is the likely cause, and another replica answers.
-        """
-        start = time.perf_counter()
-        for attempt in range(self.retries + 1):
-            try:
-                answer, _ = self._post_once(path, body, content_type, params, headers)
-            except TailServerError as exc:
-                if attempt == self.retries:
-                    raise
-                log.warning("tail answered %s; trying again (%d)", exc.detail, attempt + 1)
-                continue
-            return answer, time.perf_counter() - start
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-    def _post_once(
-        self, path: str, body: bytes, content_type: str, params: dict, headers: dict
-    ) -> tuple[dict[str, Any], float]:
-        if self.fast is not None:
-            answer, elapsed = self.fast.post(path, body, content_type, params, headers)
-            return checked_answer(answer), elapsed
-        start = time.perf_counter()
-        try:
-            response = self.client.post(
-                path,
-                content=body,
-                params={k: v for k, v in params.items() if v is not None},
-                headers={"Content-Type": content_type, **headers},
-            )
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"the tail missed the deadline: {exc!r}") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailableError(f"the tail is unreachable: {exc!r}") from exc
-        elapsed = time.perf_counter() - start
-        if response.status_code in RETRIED:
-            raise TailServerError(f"the tail answered {response.status_code}: {_detail(response)}")
-        if response.status_code >= 500 or response.status_code == 429:
-            raise UpstreamUnavailableError(
-                f"the tail answered {response.status_code}: {_detail(response)}"
-            )
-        if response.status_code >= 400:
-            raise UpstreamProblem(response.status_code, _problem(response), _relay(response))
-        try:
-            answer = response.json()
-        except ValueError as exc:
-            raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
-        return checked_answer(answer), elapsed
-
-
-class _ConnectionPool:
-    """Keep-alive ``http.client`` connections to the tail, one per concurrent request."""
-
-    def __init__(self, settings: HeadSettings, headers: dict[str, str]) -> None:
-        url = urllib.parse.urlsplit(settings.tail_url)
-        self.https = url.scheme == "https"
-        self.host, self.port = url.hostname or "127.0.0.1", url.port
-        self.prefix = url.path.rstrip("/")
-        self.headers = headers
-        self.timeout, self.connect_timeout = settings.tail_timeout_s, settings.connect_timeout_s
-        self.idle: queue.LifoQueue[tuple[float, http.client.HTTPConnection]] = queue.LifoQueue()
-        self.max_idle = settings.max_connections
-        #: uvicorn drops keep-alive connections idle for 5 s; do not reuse older ones
-        self.max_idle_s = 4.0
-
-    def _connect(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=self.connect_timeout)
-        conn.connect()
-        conn.sock.settimeout(self.timeout)
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
-
-    def post(
-        self, path: str, body: bytes, content_type: str, params: dict, headers: dict
-    ) -> tuple[dict[str, Any], float]:
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        target = f"{self.prefix}{path}?{query}" if query else f"{self.prefix}{path}"
-        all_headers = {**self.headers, "Content-Type": content_type, **headers}
-        start = time.perf_counter()
-        for attempt in (0, 1):  # a kept-alive connection the tail closed: once more, fresh
-            conn = self._take() if attempt == 0 else None
-            reused = conn is not None
-            try:
-                if conn is None:
-                    conn = self._connect()
-                conn.request("POST", target, body=body, headers=all_headers)
-                response = conn.getresponse()
-                content = response.read()
-            except TimeoutError as exc:
-                _close(conn)
-                raise UpstreamTimeoutError(f"the tail missed the deadline: {exc!r}") from exc
-            except (OSError, http.client.HTTPException) as exc:
-                _close(conn)
-                if reused and attempt == 0:
-                    self.close()  # the others idled as long: probably closed too
-                    continue
-                raise UpstreamUnavailableError(f"the tail is unreachable: {exc!r}") from exc
-            break
-        elapsed = time.perf_counter() - start
-        if response.will_close or self.idle.qsize() >= self.max_idle:
-            _close(conn)
-        else:
-            self.idle.put((time.monotonic(), conn))
-        status = response.status
-        if status == 200:
-            try:
-                return json.loads(content), elapsed
-            except ValueError as exc:
-                raise UpstreamBadAnswerError("the tail answered something not JSON") from exc
-        relayed = httpx.Response(status, headers=response.getheaders(), content=content)
-        if status in RETRIED:
-            raise TailServerError(f"the tail answered {status}: {_detail(relayed)}")
-        if status >= 500 or status == 429:
-            raise UpstreamUnavailableError(f"the tail answered {status}: {_detail(relayed)}")
-        if status >= 400:
-            raise UpstreamProblem(status, _problem(relayed), _relay(relayed))
-        try:
-            return relayed.json(), elapsed
-        except ValueError as exc:
-            raise UpstreamBadAnswerError("the tail answered something that is not JSON") from exc
-
-    def _take(self) -> http.client.HTTPConnection | None:
-        """A pooled connection idle for less than ``max_idle_s``, or None."""
-        while True:
-            try:
-                since, conn = self.idle.get_nowait()
-            except queue.Empty:
-                return None
-            if time.monotonic() - since < self.max_idle_s:
-                return conn
-            conn.close()
-
-    def close(self) -> None:
-        while True:
-            try:
-                _close(self.idle.get_nowait()[1])
-            except queue.Empty:
-                return
-
-
-def _close(conn: http.client.HTTPConnection | None) -> None:
-    if conn is not None:
-        conn.close()
-
-
-def checked_answer(answer: object) -> dict[str, Any]:
-    """A tail's 200 answer, if it holds what the head uses: a ``top_k`` list of
-    ``{index, label, score}`` and, optionally, finite ``timings_ms.compute``. Anything else
-    is :class:`UpstreamBadAnswerError` (fallback to local, or 502), never a 500."""
-    if not isinstance(answer, dict):
-        raise UpstreamBadAnswerError("the tail's answer is not a JSON object")
-    ranked = answer.get("top_k")
-    if not isinstance(ranked, list) or not all(
-        isinstance(r, dict)
-        and isinstance(r.get("index"), int)
-        and isinstance(r.get("label"), str)
-        and isinstance(r.get("score"), (int, float))
-        and math.isfinite(r["score"])
-        for r in ranked
-    ):
-        raise UpstreamBadAnswerError("the tail's answer has no valid 'top_k' list")
-    timings = answer.get("timings_ms", {})
-    compute = timings.get("compute", 0.0) if isinstance(timings, dict) else None
-    if (
-        not isinstance(compute, (int, float))
-        or isinstance(compute, bool)
-        or not math.isfinite(compute)
-    ):
-        raise UpstreamBadAnswerError("the tail's 'timings_ms.compute' is not a finite number")
-    return answer
-
-
-def _problem(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            return body
-    except ValueError:
-        pass
-    return {"title": "Tail error", "status": response.status_code, "detail": response.text[:200]}
-
-
-def _detail(response: httpx.Response) -> str:
-    return str(_problem(response).get("detail", ""))
-
-
-def _relay(response: httpx.Response) -> dict[str, str]:
-    keep = ("retry-after", "www-authenticate")
-    return {k: v for k, v in response.headers.items() if k.lower() in keep}
 
 
 class HeadPipeline:
@@ -529,17 +285,17 @@ class HeadPipeline:
         url = f"{self.settings.tail_url}/v2/models/{self.bundle.name}"
         ours = f"{self.bundle.id} ({self.bundle.name})"
         try:
-            response = self.tail.client.get(f"/v2/models/{self.bundle.name}", timeout=1.0)
-            meta = response.json() if response.status_code in (200, 404) else None
-        except (httpx.HTTPError, ValueError) as exc:
-            log.info("tail not reachable yet (%r); using priors", exc)
+            reply = self.tail.send("GET", f"/v2/models/{self.bundle.name}", timeout=1.0)
+            meta = json.loads(reply.content) if reply.status in (200, 404) else None
+        except (UpstreamUnavailableError, ValueError) as exc:
+            log.info("tail not reachable yet (%s); using priors", exc)
             return None
-        if response.status_code == 404:
+        if reply.status == 404:
             theirs = (meta or {}).get("detail", "it serves another model")
             self._set_mismatch(f"the tail at {url} does not serve this head's {ours}: {theirs}")
             return None
         if meta is None or not isinstance(meta, dict):
-            log.info("tail answered %s to %s; using priors", response.status_code, url)
+            log.info("tail answered %s to %s; using priors", reply.status, url)
             return None
         if meta.get("bundle") != self.bundle.id:
             self._set_mismatch(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +111,59 @@ def running_device(
         yield Device(f"http://127.0.0.1:{ports['device']}", tail_url, processes)
     finally:
         serve.stop_processes(processes.values())
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@contextmanager
+def serving(handler: Handler) -> Iterator[str]:
+    """``handler`` (an ``httpx.MockTransport`` handler) behind a real HTTP/1.1 server on
+    127.0.0.1, keep-alive on: the base URL. The same fake then answers the head's production
+    transport over a socket and the in-memory one. A handler that raises a timeout leaves
+    the connection silent until the client hangs up; any other ``httpx`` error closes it
+    without an answer."""
+
+    class Adapter(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = httpx.Request(
+                self.command,
+                f"http://{self.headers.get('Host', 'tail.test')}{self.path}",
+                headers=list(self.headers.items()),
+                content=self.rfile.read(length),
+            )
+            try:
+                response = handler(request)
+            except httpx.TimeoutException:
+                self.rfile.read(1)  # until the client gives up and closes
+                self.close_connection = True
+                return
+            except httpx.HTTPError:
+                self.close_connection = True
+                return
+            content = response.read()
+            self.send_response(response.status_code)
+            for name, value in response.headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Adapter)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

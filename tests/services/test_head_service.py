@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import assert_problem
+from helpers import assert_problem, serving
 
 from services.head.app import create_app
 from services.head.settings import HeadSettings
@@ -68,17 +69,25 @@ def fake_tail(bundle) -> FakeTail:
     return FakeTail(bundle)
 
 
-@pytest.fixture(scope="module")
-def head(toy_bundle_dir, fake_tail):
-    settings = HeadSettings(
-        bundle=toy_bundle_dir,
-        token=TOKEN,
-        tail_url="http://tail.test",
-        load_in_background=False,
-        max_image_bytes=200_000,
-        tail_retry_s=0.0,
-    )
-    with TestClient(create_app(settings, tail_transport=httpx.MockTransport(fake_tail))) as c:
+@pytest.fixture(scope="module", params=["production", "fake"])
+def head(request, toy_bundle_dir, fake_tail):
+    """The head with the fake tail behind its production transport (keep-alive connections
+    to a real socket) and behind an in-memory ``httpx.MockTransport``."""
+    with ExitStack() as stack:
+        if request.param == "production":
+            tail_url, transport = stack.enter_context(serving(fake_tail)), None
+        else:
+            tail_url, transport = "http://tail.test", httpx.MockTransport(fake_tail)
+        settings = HeadSettings(
+            bundle=toy_bundle_dir,
+            token=TOKEN,
+            tail_url=tail_url,
+            load_in_background=False,
+            max_image_bytes=200_000,
+            tail_retry_s=0.0,
+            tail_timeout_s=1.0,  # a silent tail on a real socket costs this much
+        )
+        c = stack.enter_context(TestClient(create_app(settings, tail_transport=transport)))
         c.headers["Authorization"] = f"Bearer {TOKEN}"  # the head checks its callers too
         yield c
 

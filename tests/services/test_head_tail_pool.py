@@ -1,4 +1,5 @@
-"""The head's stdlib keep-alive pool to a real tail: answers, errors, reused connections."""
+"""The head's production transport (stdlib keep-alive pool) to a real server: answers,
+errors, reused connections."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 from services.common.errors import (
     UpstreamBadAnswerError,
     UpstreamProblem,
+    UpstreamServerError,
     UpstreamUnavailableError,
 )
-from services.head.pipeline import TailClient
 from services.head.settings import HeadSettings
+from services.head.tail_client import PooledTransport, TailClient
 
 
 class Tail(http.server.BaseHTTPRequestHandler):
@@ -67,7 +69,7 @@ def client(url: str) -> TailClient:
 
 def test_posts_reuse_one_connection_and_carry_headers_and_params(tail_url: str) -> None:
     tail = client(tail_url)
-    assert tail.fast is not None
+    assert isinstance(tail.transport, PooledTransport)
     for _ in range(3):
         answer, seconds = tail.post("/infer", b"abc", "application/x", {"task": "t", "k": None}, {})
         assert answer["n"] == 3 and answer["auth"] == "Bearer tok" and seconds > 0
@@ -99,6 +101,8 @@ def test_errors_map_to_fallback_or_relayed_problems(tail_url: str) -> None:
     with pytest.raises(UpstreamProblem) as problem:
         tail.post("/infer", b"x", "a/b", {"status": 409}, {})
     assert problem.value.status == 409
+    with pytest.raises(UpstreamServerError, match="502"):  # tried again, then given up
+        tail.post("/infer", b"x", "a/b", {"status": 502}, {})
     tail.close()
 
 
@@ -111,10 +115,11 @@ def test_a_tail_that_is_down_is_unavailable() -> None:
 def test_idle_connections_the_tail_timed_out_are_all_replaced(tail_url: str) -> None:
     """uvicorn closes idle keep-alive connections after 5 s; every pooled one may be dead."""
     tail = client(tail_url)
-    assert tail.fast is not None
-    dead = [tail.fast._connect() for _ in range(3)]
+    pool = tail.transport
+    assert isinstance(pool, PooledTransport)
+    dead = [pool._connect() for _ in range(3)]
     for conn in dead:
         conn.sock.close()  # closed under the pool's feet, as a timed-out peer leaves them
-        tail.fast.idle.put((time.monotonic(), conn))
+        pool.idle.put((time.monotonic(), conn))
     assert tail.post("/infer", b"abc", "a/b", {}, {})[0]["n"] == 3
     tail.close()
