@@ -150,7 +150,7 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     lines = [
         "# Rate against accuracy",
         "",
-        f"Written by `python benchmarks/rate_accuracy.py` for bundle `{result['bundle']['name']}` "
+        f"Written by `python -m benchmarks.rate_accuracy` for bundle `{result['bundle']['name']}` "
         f"({result['bundle']['id']}). Top-1 in percent with its 95 % Wilson interval; bytes are "
         "what crosses the link (median per image). `image` rows: the photo re-encoded at that "
         "short side and quality, classified by the unmodified teacher.",
