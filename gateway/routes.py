@@ -250,6 +250,11 @@ async def _head_json(head: httpx.AsyncClient, path: str) -> dict[str, Any] | Non
         return None
 
 
+def _bundle_summary(described: dict[str, Any]) -> dict[str, Any]:
+    """The part of :func:`splitdnn.bundle.describe` the status page shows."""
+    return {key: described.get(key) for key in ("bundle_id", "name", "default_task", "tasks")}
+
+
 @router.get(
     "/status",
     tags=["health"],
@@ -264,6 +269,7 @@ async def status(head: Head, settings: Settings) -> dict[str, Any]:
             "head_ready": await head.ready(),
             "tail_ready": await head.tail_ready(),
             "default_mode": settings.default_mode,
+            **({"bundle": _bundle_summary(bundle)} if (bundle := head.bundle()) else {}),
             **({"latency": latency} if (latency := head.latency()) else {}),
         }
     tail_ready = await _ready(head, settings.tail_url.rstrip("/") + "/v2/health/ready")
@@ -276,8 +282,7 @@ async def status(head: Head, settings: Settings) -> dict[str, Any]:
     }
     bundle = await _head_json(head, "/bundle")  # splitdnn.bundle.describe, on the head
     if bundle is not None:
-        keep = ("bundle_id", "name", "default_task", "tasks")
-        answer["bundle"] = {key: bundle.get(key) for key in keep}
+        answer["bundle"] = _bundle_summary(bundle)
     latency = await _head_json(head, "/latency")
     if latency is not None:
         answer["latency"] = latency

@@ -426,6 +426,8 @@ def describe(bundle: Bundle, local_tasks: Sequence[str]) -> dict[str, Any]:
         for key, value in {
             "run_validation": metrics.get("validation"),
             "local_student_validation": (metrics.get("local_student") or {}).get("validation"),
+            # what auto's bound reads: per task, top-1 of each mode on held-out images
+            "held_out": {task: figures.model_dump() for task, figures in m.accuracy.items()},
         }.items()
         if value
     }

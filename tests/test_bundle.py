@@ -196,3 +196,11 @@ def test_the_bound_excludes_modes_that_lose_more_than_max_drop(bundle_dir):
     # a task never measured: nothing says any mode loses, and the bound says so
     unmeasured = bundle.accuracy_bound("caltech101", modes, max_drop=0.0)
     assert unmeasured.allowed == modes and unmeasured.unmeasured == modes
+
+
+def test_bundle_info_shows_the_held_out_figures_auto_reads(bundle_dir):
+    from splitdnn.bundle import describe
+
+    record_accuracy(bundle_dir, "imagenet", _figures(split=81.0, local=89.0))
+    shown = describe(load_bundle(bundle_dir), ["imagenet"])["accuracy"]["held_out"]
+    assert shown["imagenet"]["top1"]["split_uint8"] == 81.0 and shown["imagenet"]["images"] == 500

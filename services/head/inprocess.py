@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from starlette.concurrency import run_in_threadpool
 
 from services.common.context import RequestContext
+from services.common.errors import UpstreamUnavailableError
 from services.common.health import ServiceState
 from services.common.metrics import Metrics
 from services.head.pipeline import HeadPipeline
 from services.head.routes import infer_answer, latency_answer
 from services.head.settings import HeadSettings
+from splitdnn.bundle import describe
 
 
 class InProcessHead:
@@ -67,12 +68,19 @@ class InProcessHead:
 
         def ask() -> bool:
             try:
-                response = pipeline.tail.client.get("/v2/health/ready", timeout=1.0)
-            except httpx.HTTPError:
+                return pipeline.tail.send("GET", "/v2/health/ready", timeout=1.0).status == 200
+            except UpstreamUnavailableError:
                 return False
-            return response.status_code == 200
 
         return await run_in_threadpool(ask)
+
+    def bundle(self) -> dict[str, Any] | None:
+        """What the head's ``/bundle`` answers (:func:`splitdnn.bundle.describe`), or None
+        while loading."""
+        if not self.service.ready:
+            return None
+        pipeline: HeadPipeline = self.service.get("pipeline")
+        return describe(pipeline.bundle, pipeline.local_tasks)
 
     def latency(self, image_bytes: int = 50_000) -> dict[str, Any] | None:
         """What the head's ``/latency`` answers, or None while loading."""

@@ -90,6 +90,7 @@ def test_status_and_ready_report_the_in_process_head_and_the_tail(client, device
     assert status["head_url"] is None and status["tail_url"] == device.tail
     assert status["head_ready"] is True and status["tail_ready"] is True
     assert set(status["latency"]["predictions"]) == {"split", "local", "offload"}
+    assert set(status["bundle"]["tasks"]["imagenet"]["modes"]) >= {"split", "offload"}
 
 
 def test_the_in_flight_limit_is_the_head_one_when_smaller(toy_bundle_dir) -> None:
