@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
@@ -38,6 +38,7 @@ from services.common.upstream import connection_error, upstream_error
 from services.head.inprocess import InProcessHead
 from splitdnn.errors import CorruptImageError, ImageTooLargeError
 from splitdnn.imaging import open_image
+from splitdnn.wire import Compression, Quantisation
 
 router = APIRouter(tags=["classify"])
 Settings = Annotated[GatewaySettings, Depends(get_app_settings)]
@@ -167,11 +168,11 @@ async def classify(
         bool, Query(description="Fall back to local when the tail is down or late")
     ] = True,
     quantisation: Annotated[
-        Literal["fp32", "fp16", "uint8"] | None,
+        Quantisation | None,
         Query(description="Split mode: envelope quantisation (default from the head)"),
     ] = None,
     compression: Annotated[
-        Literal["none", "zstd"] | None,
+        Compression | None,
         Query(description="Split mode: envelope compression (default from the head)"),
     ] = None,
     max_drop: MaxDropQuery = None,

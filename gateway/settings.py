@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings
+from splitdnn.serve import DEFAULT_URLS
 
 Mode = Literal["split", "local", "offload", "auto", "nonn"]
 
@@ -21,9 +22,9 @@ class GatewaySettings(BaseServiceSettings):
         env_prefix="SPLITDNN_GATEWAY_", populate_by_name=True, extra="ignore"
     )
 
-    head_url: str = Field(default="http://127.0.0.1:8002", description="Base URL of the head.")
+    head_url: str = Field(default=DEFAULT_URLS["head"], description="Base URL of the head.")
     tail_url: str = Field(
-        default="http://127.0.0.1:8001", description="Base URL of the tail (status page only)."
+        default=DEFAULT_URLS["tail"], description="Base URL of the tail (status page only)."
     )
     timeout_s: float = Field(
         default=30.0, gt=0, description="Deadline for the head's answer (504 after it)."

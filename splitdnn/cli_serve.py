@@ -16,6 +16,7 @@ import typer
 from splitdnn import serve
 from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.tls import tls_files
+from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
 
 serve_app = typer.Typer(
     help="Run the split-inference services locally (no Docker).", no_args_is_help=True
@@ -61,6 +62,17 @@ TLSCA = Annotated[
     ),
 ]
 HeadUrl = Annotated[str, typer.Option(help="Base URL of the head service (device).")]
+Quantisation = Annotated[
+    str | None,
+    typer.Option(help=f"Envelope quantisation: {', '.join(QUANTISATIONS)} (default uint8)."),
+]
+Compression = Annotated[
+    str | None,
+    typer.Option(help=f"Envelope compression: {' or '.join(COMPRESSIONS)} (default zstd)."),
+]
+DefaultMode = Annotated[
+    str | None, typer.Option(help="Mode when a request names none (default split).")
+]
 
 
 @contextmanager
@@ -174,16 +186,12 @@ def status(
 @serve_app.command("head")
 def head(
     port: Port = serve.DEFAULT_PORTS["head"],
-    tail_url: TailUrl = "http://127.0.0.1:8001",
+    tail_url: TailUrl = serve.DEFAULT_URLS["tail"],
     host: Host = "127.0.0.1",
     bundle: BundleOpt = None,
     token: Token = None,
-    quantisation: Annotated[
-        str | None, typer.Option(help="Envelope quantisation: fp32, fp16 or uint8 (default).")
-    ] = None,
-    compression: Annotated[
-        str | None, typer.Option(help="Envelope compression: zstd (default) or none.")
-    ] = None,
+    quantisation: Quantisation = None,
+    compression: Compression = None,
     log_level: LogLevel = "info",
     insecure: Insecure = False,
     tls_cert: TLSCert = None,
@@ -210,19 +218,13 @@ def head(
 @serve_app.command("device")
 def device(
     port: Port = serve.DEFAULT_PORTS["device"],
-    tail_url: TailUrl = "http://127.0.0.1:8001",
+    tail_url: TailUrl = serve.DEFAULT_URLS["tail"],
     host: Host = "127.0.0.1",
     bundle: BundleOpt = None,
     token: Token = None,
-    quantisation: Annotated[
-        str | None, typer.Option(help="Envelope quantisation: fp32, fp16 or uint8 (default).")
-    ] = None,
-    compression: Annotated[
-        str | None, typer.Option(help="Envelope compression: zstd (default) or none.")
-    ] = None,
-    default_mode: Annotated[
-        str | None, typer.Option(help="Mode when a request names none (default split).")
-    ] = None,
+    quantisation: Quantisation = None,
+    compression: Compression = None,
+    default_mode: DefaultMode = None,
     log_level: LogLevel = "info",
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
@@ -249,12 +251,10 @@ def device(
 @serve_app.command("gateway")
 def gateway(
     port: Port = serve.DEFAULT_PORTS["gateway"],
-    head_url: HeadUrl = "http://127.0.0.1:8002",
-    tail_url: TailUrl = "http://127.0.0.1:8001",
+    head_url: HeadUrl = serve.DEFAULT_URLS["head"],
+    tail_url: TailUrl = serve.DEFAULT_URLS["tail"],
     host: Host = "127.0.0.1",
-    default_mode: Annotated[
-        str | None, typer.Option(help="Mode when a request names none (default split).")
-    ] = None,
+    default_mode: DefaultMode = None,
     token: Token = None,
     log_level: LogLevel = "info",
     tls_cert: TLSCert = None,

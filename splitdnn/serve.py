@@ -54,6 +54,9 @@ DEVICE_APP = "gateway.app:create_device_app"
 #: each mutual-TLS client certificate logged by name.
 HTTP_PROTOCOL = "services.common.http:ServiceHTTPProtocol"
 DEFAULT_PORTS = {"gateway": 8000, "device": 8000, "tail": 8001, "head": 8002}
+#: Where each service answers when started with the defaults: the one source of the default
+#: URLs in the CLI, ``serve`` and the services' settings.
+DEFAULT_URLS = {name: f"http://127.0.0.1:{port}" for name, port in DEFAULT_PORTS.items()}
 
 
 def _check_bundle(bundle: Path | None) -> Path:
@@ -271,7 +274,7 @@ def serve_head(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORTS["head"],
-    tail_url: str = "http://127.0.0.1:8001",
+    tail_url: str = DEFAULT_URLS["tail"],
     bundle: Path | None = None,
     token: str | None = None,
     quantisation: str | None = None,
@@ -292,8 +295,8 @@ def serve_gateway(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORTS["gateway"],
-    head_url: str = "http://127.0.0.1:8002",
-    tail_url: str = "http://127.0.0.1:8001",
+    head_url: str = DEFAULT_URLS["head"],
+    tail_url: str = DEFAULT_URLS["tail"],
     default_mode: str | None = None,
     log_level: str = "info",
     token: str | None = None,
@@ -309,7 +312,7 @@ def serve_device(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORTS["device"],
-    tail_url: str = "http://127.0.0.1:8001",
+    tail_url: str = DEFAULT_URLS["tail"],
     bundle: Path | None = None,
     token: str | None = None,
     quantisation: str | None = None,

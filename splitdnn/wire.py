@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import msgpack
 import numpy as np
@@ -71,6 +72,10 @@ DTYPES: dict[str, np.dtype] = {
 #: Quantisation scheme -> the OIP datatype its payload is written in.
 QUANTISATIONS: dict[str, str] = {"fp32": "FP32", "fp16": "FP16", "uint8": "UINT8"}
 COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
+#: The same choices as types, for settings and query parameters (tests/test_wire.py keeps
+#: them equal to the tables above).
+Quantisation = Literal["fp32", "fp16", "uint8"]
+Compression = Literal["none", "zstd"]
 
 _KEYS = (
     "v",

@@ -347,3 +347,11 @@ def test_fp32_values_that_overflow_fp16_are_refused_in_fp16() -> None:
     x = np.full((1, 4), 1e6, np.float32)  # inf once written as fp16
     with pytest.raises(WireValueError):
         wire.decode_array(wire.encode(x, bundle_id=BUNDLE, quantisation="fp16"))
+
+
+def test_the_quantisation_and_compression_types_are_the_tables():
+    """Settings and query parameters take their choices from these types: one list."""
+    from typing import get_args
+
+    assert get_args(wire.Quantisation) == tuple(wire.QUANTISATIONS)
+    assert get_args(wire.Compression) == wire.COMPRESSIONS

@@ -27,10 +27,11 @@ from services.common.errors import UnsupportedMediaError
 from services.common.metrics import Metrics
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
-from services.head.settings import Compression, HeadSettings, Quantisation
+from services.head.settings import HeadSettings
 from splitdnn.bundle import Bundle, describe
 from splitdnn.errors import UnknownNameError
 from splitdnn.latency import MODES
+from splitdnn.wire import Compression, Quantisation
 
 router = APIRouter(tags=["inference"])
 Settings = Annotated[HeadSettings, Depends(get_app_settings)]

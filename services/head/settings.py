@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
-
-Quantisation = Literal["fp32", "fp16", "uint8"]
-Compression = Literal["none", "zstd"]
+from splitdnn.serve import DEFAULT_URLS
+from splitdnn.wire import Compression, Quantisation
 
 
 class HeadSettings(ServiceSettings):
@@ -21,7 +19,7 @@ class HeadSettings(ServiceSettings):
         env_prefix="SPLITDNN_HEAD_", populate_by_name=True, extra="ignore"
     )
 
-    tail_url: str = Field(default="http://127.0.0.1:8001", description="Base URL of the tail.")
+    tail_url: str = Field(default=DEFAULT_URLS["tail"], description="Base URL of the tail.")
     max_in_flight: int = Field(
         default=2,
         gt=0,

@@ -9,7 +9,7 @@ decodes them with the same checks as the tail does a bottleneck. Timings travel 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
@@ -27,6 +27,7 @@ from splitdnn import wire
 from splitdnn.imaging import load_input
 from splitdnn.nonn_bundle import NoNNBundle
 from splitdnn.runtime import OnnxModel
+from splitdnn.wire import Quantisation
 
 router = APIRouter(prefix="/v2", tags=["inference"])
 Settings = Annotated[MemberSettings, Depends(get_app_settings)]
@@ -82,7 +83,7 @@ def features(
     metrics: AppMetrics,
     settings: Settings,
     quantisation: Annotated[
-        Literal["fp32", "fp16", "uint8"] | None,
+        Quantisation | None,
         Query(description="Envelope quantisation (default from settings)"),
     ] = None,
 ) -> Response:

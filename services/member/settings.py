@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from splitdnn.wire import Quantisation
 
 
 class MemberSettings(ServiceSettings):
@@ -25,7 +25,7 @@ class MemberSettings(ServiceSettings):
         description="NoNN bundle directory (nonn.json, member ONNX files, join.npz).",
     )
     index: int = Field(default=0, ge=0, description="Which member of the bundle this runs.")
-    quantisation: Literal["fp32", "fp16", "uint8"] = Field(
+    quantisation: Quantisation = Field(
         default="uint8", description="Default envelope quantisation of the features."
     )
     max_in_flight: int = Field(
