@@ -475,7 +475,7 @@ def serve_all(
         for name, cert in (("tail", "tail"), ("device", "head"))
     } if tls_dir is not None else {}  # fmt: skip
     check_exposure("tail", host, token, insecure, files.get("tail"))
-    ports = {"device": gateway_port, "tail": tail_port}
+    ports = {"gateway": gateway_port, "tail": tail_port}
     if len(set(ports.values())) < len(ports):
         raise ConfigError(f"the two services need two different ports, not {ports}")
     busy = ports_in_use(host, ports.values())

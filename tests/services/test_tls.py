@@ -249,15 +249,15 @@ def test_split_over_mutual_tls_equals_the_plain_answer_and_the_tail_logs_the_dev
 def test_serve_all_with_certs_from_the_certs_command_answers_over_tls(
     toy_bundle_dir, cat_jpeg, tmp_path
 ) -> None:
-    """`splitdnn certs` then `splitdnn serve all --tls-dir`: every hop is HTTPS."""
+    """`splitdnn certs` then `splitdnn serve all --tls-dir`: the device answers over HTTPS and
+    reaches the mutual-TLS tail with the head's certificate (split answers, no fallback)."""
     pytest.importorskip("cryptography")
     certs = tmp_path / "certs"
-    make_certificates(certs, ["tail", "head", "gateway"])
-    ports = [free_port() for _ in range(3)]
+    make_certificates(certs, ["tail", "head"])
+    ports = [free_port() for _ in range(2)]
     command = [sys.executable, "-m", "splitdnn.cli", "serve", "all", "--tls-dir", str(certs),
                "--bundle", str(toy_bundle_dir), "--log-level", "warning",
-               "--gateway-port", str(ports[0]), "--head-port", str(ports[1]),
-               "--tail-port", str(ports[2])]  # fmt: skip
+               "--gateway-port", str(ports[0]), "--tail-port", str(ports[1])]  # fmt: skip
     log = tmp_path / "all.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
