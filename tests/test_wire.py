@@ -215,6 +215,8 @@ def test_deep_nesting_is_rejected(depth: int) -> None:
 
 def test_unknown_version_is_rejected() -> None:
     with pytest.raises(WireVersionError):
+        wire.decode(pack(header(v=3)))
+    with pytest.raises(WireError, match="version 2"):  # entropy-coded: other keys
         wire.decode(pack(header(v=2)))
 
 
