@@ -586,6 +586,24 @@ class EntropyStudent(BottleneckStudent):
         return [self.log_gain, *self.entropy.parameters()]
 
     @torch.no_grad()
+    def coding_tables(self) -> dict[str, list]:
+        """The entropy model as fixed tables for serving without torch (the plain lists of
+        :meth:`splitdnn.rans.CodingTables.from_lists`): per channel the median, the smallest
+        symbol relative to it and compressai's quantised CDF (16-bit). Its last bin is
+        compressai's escape; here it is the value just above the range, into which values
+        out of range are clamped (:meth:`splitdnn.rans.CodingTables.symbols`)."""
+        self.entropy.update(force=True)
+        lengths = self.entropy._cdf_length.tolist()
+        cdfs = [
+            row[:n] for row, n in zip(self.entropy._quantized_cdf.tolist(), lengths, strict=True)
+        ]
+        return {
+            "medians": self.medians().flatten().tolist(),
+            "offsets": [int(o) for o in self.entropy._offset.tolist()],
+            "cdfs": cdfs,
+        }
+
+    @torch.no_grad()
     def calibrate(self, prefix_outputs: torch.Tensor, levels: float) -> None:
         """Set each channel's gain so its 99.9th percentile spans ``levels`` integer steps
         (a channel that is always zero keeps gain 1)."""

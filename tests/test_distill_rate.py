@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -93,6 +94,40 @@ def test_rate_run_resumes_with_its_entropy_model(shapes, plain_run, tmp_path):  
     assert summary["last"]["epoch"] == 2 and "bottleneck_bytes_median" in summary["last"]
 
 
+def test_coded_bytes_are_what_the_entropy_model_predicts(monkeypatch):
+    """The tables exported for serving code the rounded latent in the bytes the model
+    estimates in training (plus the coder's lane states), and decode to the same integers."""
+    from splitdnn import rans, wire
+
+    _lite0_teacher_init(monkeypatch)
+    torch.manual_seed(0)
+    student = entropy_student(build_student("efficientnet_lite0", 8, "teacher_init")).eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        student.calibrate(student.frozen()(torch.rand(4, 3, 224, 224)), 8.0)
+        _, bits = student.forward_with_bits(student.frozen()(x))
+        latent = student.encode(x).numpy()
+    tables = rans.CodingTables.from_lists(**student.coding_tables())
+    symbols = tables.symbols(latent)
+    envelope = wire.encode_entropy(latent, bundle_id="b", tables=tables, lanes=8)
+    stream = msgpack_stream(envelope)
+    assert bits.item() / 8 <= len(stream) <= 1.02 * bits.item() / 8 + 4 * 8 + 2
+    decoded = wire.decode(envelope, tables=tables).to_array()
+    with torch.no_grad():
+        expected = student.quantise(torch.from_numpy(latent)).numpy()
+    # equal where the model's range holds the value; clamped into it elsewhere (rare)
+    inside = np.isclose(tables.latent(symbols), expected)
+    assert inside.mean() > 0.99
+    assert np.array_equal(decoded[inside], expected[inside])
+    assert np.array_equal(tables.symbols(decoded), symbols)
+
+
+def msgpack_stream(envelope: bytes) -> bytes:
+    import msgpack
+
+    return msgpack.unpackb(envelope)["streams"][0]
+
+
 def test_widened_student_computes_what_the_narrow_one_did(monkeypatch):
     """New bottleneck channels start silent: the decoder's new input columns are zero."""
     _lite0_teacher_init(monkeypatch)
@@ -132,3 +167,26 @@ def test_rate_config_refuses_what_cannot_train(change, message, tmp_path):
     config = {"data": {"root": str(tmp_path)}, "rate": {"beta": 1e-5}, **change}
     with pytest.raises(ConfigError, match=message):
         parse_config(config)
+
+
+RATE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "rate").glob("*.yaml"))
+
+
+def test_rate_ladder_configs_differ_only_in_beta_and_hold_out_what_stage_7_does(monkeypatch):
+    """Every rung starts from the committed default, trains on stage 7's images (so the same
+    images stay held out) and lets no validation image pick its checkpoint."""
+    from splitdnn.distill.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    configs = [load_config(p) for p in RATE_CONFIGS]
+    assert len(configs) >= 3
+    betas = sorted(c.rate.beta for c in configs)
+    assert len(set(betas)) == len(betas)
+    without_beta = [c.model_dump(exclude={"rate": {"beta"}}) for c in configs]
+    assert all(d == without_beta[0] for d in without_beta)
+    stage7 = load_config(root / "configs/lite2-stage7-both-tasks.yaml")
+    first = configs[0]
+    assert first.train.init_from == root / "splitdnn/assets/default"
+    assert first.train.keep == "last"
+    assert first.data.model_dump(exclude={"root"}) == stage7.data.model_dump(exclude={"root"})
