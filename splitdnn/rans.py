@@ -57,9 +57,15 @@ class CodingTables:
 
     @classmethod
     def from_lists(
-        cls, medians: list[float], offsets: list[int], cdfs: list[list[int]]
+        cls,
+        medians: list[float],
+        offsets: list[int],
+        cdfs: list[list[int]],
+        precision: int = PRECISION,
     ) -> CodingTables:
         """Checked tables from plain lists (a bundle's JSON); :class:`BundleError` if not."""
+        if precision != PRECISION:
+            raise BundleError(f"coding tables of {precision}-bit precision; the coder has 16")
         channels = len(medians)
         if not (len(offsets) == len(cdfs) == channels) or channels == 0:
             raise BundleError("coding tables need one median, offset and CDF per channel")

@@ -105,6 +105,26 @@ class BottleneckStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def device_part(self) -> nn.Module:
+        """The module the device runs (what ``encode`` computes), for export."""
+        return self.encoder
+
+    def server_part(self) -> nn.Module:
+        """The module the edge runs on what the device sent (what ``decode`` computes)."""
+        return self.decoder
+
+
+class ChannelScale(nn.Module):
+    """Multiplies each channel by a fixed factor: the entropy student's gain (or its
+    inverse) in an exported part."""
+
+    def __init__(self, factors: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("factors", factors.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factors
+
 
 class MimicModel(nn.Module):
     """Student head + the teacher's own (frozen) tail: the assembled split model."""
@@ -564,6 +584,15 @@ class EntropyStudent(BottleneckStudent):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.quantise(self.encode(x)))
 
+    def device_part(self) -> nn.Module:
+        """Encoder then gain: the continuous latent the device rounds and entropy-codes
+        (:mod:`splitdnn.rans`; rounding and coding are not in the ONNX file)."""
+        return nn.Sequential(self.encoder, ChannelScale(self.log_gain.exp()))
+
+    def server_part(self) -> nn.Module:
+        """Inverse gain then decoder, on ``integers + median`` from the wire."""
+        return nn.Sequential(ChannelScale((-self.log_gain).exp()), self.decoder)
+
     def forward_from_frozen(self, prefix_output: torch.Tensor) -> torch.Tensor:
         return self.forward_with_bits(prefix_output)[0]
 
@@ -598,6 +627,7 @@ class EntropyStudent(BottleneckStudent):
             row[:n] for row, n in zip(self.entropy._quantized_cdf.tolist(), lengths, strict=True)
         ]
         return {
+            "precision": int(self.entropy.entropy_coder_precision),
             "medians": self.medians().flatten().tolist(),
             "offsets": [int(o) for o in self.entropy._offset.tolist()],
             "cdfs": cdfs,
