@@ -110,3 +110,24 @@ def test_device_to_server_through_the_entropy_envelope_is_torchs_answer(
     assert np.abs(latent - want_latent.numpy()).max() <= 1e-4
     assert np.abs(logits - want.numpy()).max() <= 1e-3
     assert envelope.size < latent.size  # under a byte per element
+
+
+def test_evaluate_bundle_scores_the_entropy_envelope_with_its_bytes(rate_bundle) -> None:
+    from splitdnn.data import load_crops, load_dataset
+    from splitdnn.evaluate import evaluate_bundle
+    from splitdnn.imaging import normalise_pixels
+    from splitdnn.runtime import DeviceRunner
+
+    data = rate_bundle["root"] / "data"
+    report = evaluate_bundle(rate_bundle["bundle"], data, "train.txt", task="data")
+    assert "split_entropy" in report["modes"] and report["images"] == 6
+    bundle = load_bundle(rate_bundle["bundle"])
+    spec = bundle.preprocessing
+    samples = load_dataset(data, "train.txt").samples
+    latent = DeviceRunner(bundle).run(normalise_pixels(load_crops(samples, spec), spec))
+    sizes = [
+        len(wire.encode_entropy(z[None], bundle_id=bundle.id, tables=bundle.coding_tables()))
+        for z in latent
+    ]
+    assert report["split_entropy_median_bytes"] == float(np.median(sizes))
+    assert report["split_uint8_zstd_median_bytes"] > 0
