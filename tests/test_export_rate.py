@@ -131,3 +131,16 @@ def test_evaluate_bundle_scores_the_entropy_envelope_with_its_bytes(rate_bundle)
     ]
     assert report["split_entropy_median_bytes"] == float(np.median(sizes))
     assert report["split_uint8_zstd_median_bytes"] > 0
+
+
+def test_the_rate_benchmark_sends_an_entropy_bundles_split_entropy_coded(rate_bundle, cat_jpeg):
+    from benchmarks.rate_accuracy import send_split, split_label
+    from splitdnn.runtime import DeviceRunner
+
+    bundle = load_bundle(rate_bundle["bundle"])
+    latent = DeviceRunner(bundle)(cat_jpeg)
+    envelope, received = send_split(bundle, latent)
+    tables = bundle.coding_tables()
+    assert envelope == wire.encode_entropy(latent, bundle_id=bundle.id, tables=tables)
+    assert np.array_equal(received, tables.latent(tables.symbols(latent)))
+    assert split_label(bundle) == "split: entropy-coded"
