@@ -126,38 +126,47 @@ class CodingTables:
 
 
 def _layout(shape: tuple[int, ...], lanes: int) -> tuple[int, int, np.ndarray]:
-    """(elements, steps, channel of every padded element) of one sample ``(C, ...)``."""
+    """(elements, steps, channel of every element) of one sample ``(C, ...)``."""
     n = math.prod(shape)
     steps = -(-n // lanes)
-    per_channel = math.prod(shape[1:])
-    channel = np.minimum(np.arange(steps * lanes) // max(per_channel, 1), shape[0] - 1)
+    channel = np.arange(n) // max(math.prod(shape[1:]), 1)
     return n, steps, channel
 
 
+def _padded(values: np.ndarray, steps: int, lanes: int, fill: int) -> np.ndarray:
+    """``values`` as a (steps, lanes) uint64 array, the last step filled up with ``fill``."""
+    out = np.full(steps * lanes, fill, dtype=np.uint64)
+    out[: len(values)] = values
+    return out.reshape(steps, lanes)
+
+
 def encode(symbols: np.ndarray, tables: CodingTables, lanes: int = DEFAULT_LANES) -> bytes:
-    """One sample's symbols ``(C, ...)`` (from :meth:`CodingTables.symbols`) as a stream."""
+    """One sample's symbols ``(C, ...)`` (from :meth:`CodingTables.symbols`) as a stream.
+
+    Elements past the last fill the last step with an identity symbol (frequency ``2**16``,
+    start 0: the state neither changes nor renormalises), so every step is the same few
+    numpy operations on all lanes."""
     if not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"lanes must be 1 to {MAX_LANES}")
     if symbols.ndim < 1 or symbols.shape[0] != tables.channels:
         raise ValueError(f"symbols of shape {symbols.shape} for {tables.channels} channels")
     starts, freqs, base, _ = tables._flat()
-    n, steps, channel = _layout(symbols.shape, lanes)
-    index = np.zeros(steps * lanes, dtype=np.int64)
-    index[:n] = symbols.reshape(-1).astype(np.int64) - tables.offsets[channel[:n]]
-    index = base[channel] + index
-    start, freq = starts[index].reshape(steps, lanes), freqs[index].reshape(steps, lanes)
-    active = (np.arange(steps * lanes) < n).reshape(steps, lanes)
+    _, steps, channel = _layout(symbols.shape, lanes)
+    index = base[channel] + symbols.reshape(-1).astype(np.int64) - tables.offsets[channel]
+    start = _padded(starts[index], steps, lanes, 0)
+    freq = _padded(freqs[index], steps, lanes, _TOTAL)
+    limit = freq << np.uint64(16)  # renormalise at or above this
+    shift, mask = np.uint64(_WORD), np.uint64(_MASK)
     x = np.full(lanes, _LOW, dtype=np.uint64)
     words: list[np.ndarray] = []
     for s in range(steps - 1, -1, -1):
-        f, on = freq[s].astype(np.uint64), active[s]
-        emit = on & (x >= (f << np.uint64(16)))
-        words.append((x[emit] & np.uint64(_MASK)).astype("<u2"))
-        x[emit] >>= np.uint64(_WORD)
-        coded = ((x // f) << np.uint64(PRECISION)) + (x % f) + start[s].astype(np.uint64)
-        x = np.where(on, coded, x)
+        emit = x >= limit[s]
+        words.append(x[emit] & mask)
+        x[emit] >>= shift
+        q, r = np.divmod(x, freq[s])
+        x = (q << shift) + r + start[s]
     # the decoder reads the last step's words first, and within a step the lanes backwards
-    body = np.concatenate([w[::-1] for w in reversed(words)]) if words else np.empty(0, "<u2")
+    body = np.concatenate([w[::-1] for w in reversed(words)]) if words else np.empty(0)
     return x.astype("<u4").tobytes() + body.astype("<u2").tobytes()
 
 
@@ -183,24 +192,27 @@ def decode(
     if (x < _LOW).any():
         raise WireCompressionError("the entropy-coded stream holds an impossible coder state")
     words = np.frombuffer(stream[head:], dtype="<u2").astype(np.uint64)
-    channels = channel.reshape(steps, lanes).astype(np.int64) << 17
-    out = np.zeros(steps * lanes, dtype=np.int64)
+    # search keys of each step's lanes; past the last element a key no slot reaches, so
+    # that lane decodes the identity symbol (appended at the end of the flat tables)
+    channels = _padded(channel.astype(np.uint64) << np.uint64(17), steps, lanes, 1 << 40)
+    keys = np.append(keys, 1 << 40).astype(np.uint64)
+    starts, freqs = np.append(starts, 0), np.append(freqs, _TOTAL)
+    starts, freqs = starts.astype(np.uint64), freqs.astype(np.uint64)
+    shift, low = np.uint64(PRECISION), np.uint64(_LOW)
+    slot_mask = np.uint64(_TOTAL - 1)
+    out = np.zeros((steps, lanes), dtype=np.int64)
     read = 0
-    lane_ids = np.arange(lanes)
     for s in range(steps):
-        on = lane_ids + s * lanes < n
-        slot = (x & np.uint64(_TOTAL - 1)).astype(np.int64)
+        slot = x & slot_mask
         j = np.searchsorted(keys, channels[s] + slot, side="right") - 1
-        out[s * lanes : (s + 1) * lanes] = j
-        f, st = freqs[j].astype(np.uint64), starts[j].astype(np.uint64)
-        decoded = f * (x >> np.uint64(PRECISION)) + slot.astype(np.uint64) - st
-        x = np.where(on, decoded, x)
-        renorm = np.flatnonzero(on & (x < _LOW))[::-1]
+        out[s] = j
+        x = freqs[j] * (x >> shift) + slot - starts[j]
+        renorm = np.flatnonzero(x < low)[::-1]
         if read + len(renorm) > len(words):
             raise WireCompressionError("the entropy-coded stream ends before its symbols")
         x[renorm] = (x[renorm] << np.uint64(_WORD)) | words[read : read + len(renorm)]
         read += len(renorm)
     if read != len(words) or (x != _LOW).any():
         raise WireCompressionError("the entropy-coded stream does not decode to its symbols")
-    symbols = out[:n] - base[channel[:n]] + tables.offsets[channel[:n]]
+    symbols = out.reshape(-1)[:n] - base[channel] + tables.offsets[channel]
     return symbols.astype(np.int32).reshape(shape)
