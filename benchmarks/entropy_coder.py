@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,12 +29,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.rate_accuracy import provenance  # noqa: E402
 from splitdnn import rans  # noqa: E402
 
 SHAPE = (48, 17, 17)
 ALPHABET = 24
 LANES = (16, 32, 64)
+
+
+def provenance() -> dict[str, Any]:
+    """Commit, host, CPUs and load beside the figures."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "commit": commit,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def stand_in(seed: int = 0) -> tuple[rans.CodingTables, np.ndarray, list[np.ndarray]]:
