@@ -54,6 +54,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -473,9 +474,10 @@ def envelope_size(shape: tuple[int, ...] | list[int], quantisation: str = "fp32"
     return len(encode(probe, bundle_id="0" * 16, quantisation=quantisation))
 
 
-def decode_array(data: bytes, **limits: int) -> tuple[Envelope, np.ndarray]:
-    """Decode and dequantise in one call: (envelope, float32 tensor)."""
-    envelope = decode(data, **limits)
+def decode_array(data: bytes, **options: Any) -> tuple[Envelope, np.ndarray]:
+    """Decode and dequantise in one call: (envelope, float32 tensor); ``options`` are
+    :func:`decode`'s (limits, expected bundle and shape, coding tables)."""
+    envelope = decode(data, **options)
     return envelope, envelope.to_array()
 
 
