@@ -43,9 +43,10 @@ The integers are ``round(y − median)`` of the device's latent ``y`` per channe
 the bundle's tables (:class:`~splitdnn.rans.CodingTables`), which the receiver supplies: the
 envelope carries no model. Before decoding, the decoder checks the header, the bundle, the
 per-sample shape (and the channel count against its tables), the batch, the decoded size
-against ``max_raw_bytes`` and every stream's length against the most its symbols can take;
-decoding then runs a fixed number of steps set by the expected shape, so a hostile stream
-costs at most that and ends in :class:`~splitdnn.errors.WireCompressionError`.
+against ``max_raw_bytes``, the steps a stream takes (elements / lanes) against
+``rans.MAX_STEPS`` and every stream's length against the most its symbols can take;
+decoding then runs that fixed number of steps, so a hostile stream costs at most that and
+ends in :class:`~splitdnn.errors.WireCompressionError`.
 :meth:`Envelope.to_array` gives ``integers + median`` in float32.
 """
 
@@ -239,7 +240,8 @@ def encode_entropy(
     lanes: int = rans.DEFAULT_LANES,
 ) -> bytes:
     """Pack a latent ``(N, C, ...)`` as a version 2 envelope: per channel
-    ``round(y − median)``, clamped to the tables' range, entropy-coded per sample."""
+    ``round(y − median)``, clamped to the tables' range, entropy-coded per sample in
+    ``lanes`` lanes (more where a sample would otherwise take over ``rans.MAX_STEPS``)."""
     y = np.asarray(latent)
     if not 2 <= y.ndim <= MAX_NDIM or y.shape[1] != tables.channels:
         raise WireError(
@@ -248,6 +250,10 @@ def encode_entropy(
     if not np.isfinite(y).all():
         raise WireError("cannot entropy-code a latent holding NaN or infinity")
     symbols = tables.symbols(y)
+    try:
+        lanes = rans.lanes_for(math.prod(y.shape[1:]), lanes)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
     header = {
         "v": ENTROPY_VERSION,
         "bundle": str(bundle_id),
@@ -436,7 +442,13 @@ def _decode_entropy(
     if not isinstance(streams, list) or len(streams) != shape[0]:
         raise WireSizeError(f"'streams' must be a list of one bin per sample ({shape[0]})")
     per_sample = math.prod(shape[1:])
-    longest = 4 * lanes + 2 * lanes * -(-per_sample // lanes)
+    steps = -(-per_sample // lanes)
+    if steps > rans.MAX_STEPS:
+        raise WireLimitError(
+            f"{lanes} lanes for {per_sample} elements take {steps} steps a sample; the limit "
+            f"is {rans.MAX_STEPS}"
+        )
+    longest = 4 * lanes + 2 * lanes * steps
     for stream in streams:
         if not isinstance(stream, bytes):
             raise WireError("every stream must be msgpack bin")

@@ -183,6 +183,24 @@ def test_hostile_entropy_headers_are_named_errors(overrides, error, message) -> 
         )
 
 
+def test_few_lanes_for_many_elements_are_refused_before_decoding() -> None:
+    """One lane for 1,800 elements would be 1,800 decoder steps a sample: over the limit."""
+    fields = entropy_fields(shape=[1, 2, 30, 30], lanes=1, streams=[b"\x00\x00\x01\x00"])
+    with pytest.raises(WireLimitError, match="steps a sample"):
+        wire.decode(pack(fields), tables=SMALL)
+    with pytest.raises(WireCompressionError, match="steps a stream"):
+        rans.decode(b"\x00\x00\x01\x00", (2, 30, 30), SMALL, lanes=1)
+
+
+def test_the_encoder_raises_its_lanes_to_stay_within_the_step_limit() -> None:
+    latent = np.zeros((1, 2, 40, 40), np.float32)  # 3,200 elements: 7 lanes of <= 512 steps
+    fields = msgpack.unpackb(wire.encode_entropy(latent, bundle_id=BUNDLE, tables=SMALL, lanes=1))
+    assert fields["lanes"] == 7
+    assert wire.decode(pack(fields), tables=SMALL).to_array().shape == latent.shape
+    with pytest.raises(WireError, match="lanes"):
+        wire.encode_entropy(np.zeros((1, 2, 300, 300), np.float32), bundle_id=BUNDLE, tables=SMALL)
+
+
 def test_an_entropy_envelope_needs_the_receivers_tables() -> None:
     with pytest.raises(WireVersionError, match="coding tables"):
         wire.decode(pack(entropy_fields()))
