@@ -63,7 +63,14 @@ class TaskSpec(BaseModel):
 
 #: The top-1 figures a task's measured accuracy may hold: the teacher (offload, the
 #: reference every drop is counted from), the local model, split at each quantisation.
-ACCURACY_KEYS: tuple[str, ...] = ("offload", "local", "split_fp32", "split_fp16", "split_uint8")
+ACCURACY_KEYS: tuple[str, ...] = (
+    "offload",
+    "local",
+    "split_fp32",
+    "split_fp16",
+    "split_uint8",
+    "split_entropy",
+)
 
 
 class TaskAccuracy(BaseModel):

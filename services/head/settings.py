@@ -10,7 +10,8 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
 
-Quantisation = Literal["fp32", "fp16", "uint8"]
+#: ``entropy``: the entropy-coded envelope (version 2), for a bundle with coding tables.
+Quantisation = Literal["fp32", "fp16", "uint8", "entropy"]
 Compression = Literal["none", "zstd"]
 
 
@@ -42,7 +43,9 @@ class HeadSettings(ServiceSettings):
     )
     max_connections: int = Field(default=16, gt=0, description="Pooled connections to the tail.")
     quantisation: Quantisation = Field(
-        default="uint8", description="How the bottleneck is sent: fp32, fp16 or uint8."
+        default="uint8",
+        description="How the bottleneck is sent: fp32, fp16, uint8, or entropy (entropy-coded "
+        "integers; only for a bundle of an entropy-coded student, which carries coding tables).",
     )
     compression: Compression = Field(
         default="zstd",

@@ -1,6 +1,7 @@
-"""The tail takes an entropy-coded envelope (version 2) when its bundle carries coding
-tables, answers what the server part computes on the decoded integers, and refuses hostile
-streams, and version 2 without tables, with a 400 problem."""
+"""Entropy-coded envelopes (version 2) between head and tail: the tail takes them when its
+bundle carries coding tables and answers what the server part computes on the decoded
+integers; hostile streams, and version 2 without tables, are 400 problems; the head sends
+them with quantisation=entropy, and refuses that for a bundle without tables."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import assert_problem
 
+from services.head.app import create_app as create_head
+from services.head.settings import HeadSettings
 from services.tail.app import create_app
 from services.tail.settings import TailSettings
 from splitdnn import rans, wire
 from splitdnn.bundle import bundle_id_of, load_bundle, sha256_file
-from splitdnn.runtime import ServerRunner
+from splitdnn.runtime import DeviceRunner, ServerRunner
 
 
 def _tables(channels: int) -> dict:
@@ -91,3 +94,38 @@ def test_a_tail_without_coding_tables_refuses_version_2(toy_bundle_dir, coded_bu
     with _client(toy_bundle_dir) as client:
         problem = assert_problem(_post(client, bundle, body), 400)
     assert "coding tables" in problem["detail"]
+
+
+def _head(bundle_dir, tail, **settings):
+    head = HeadSettings(
+        bundle=bundle_dir, tail_url="http://tail.test", load_in_background=False, **settings
+    )
+    return TestClient(create_head(head, tail_transport=tail._transport))
+
+
+def test_the_head_sends_split_entropy_coded_to_a_tail_that_takes_it(coded_bundle_dir, cat_jpeg):
+    bundle = load_bundle(coded_bundle_dir)
+    tables = bundle.coding_tables()
+    latent = DeviceRunner(bundle)(cat_jpeg)
+    expected = wire.encode_entropy(latent, bundle_id=bundle.id, tables=tables)
+    with (
+        _client(coded_bundle_dir) as tail,
+        _head(coded_bundle_dir, tail, quantisation="entropy") as head,
+    ):
+        response = head.post("/infer/split", content=cat_jpeg, params={"task": "caltech101"})
+        assert response.status_code == 200, response.text
+        assert response.json()["bytes_sent"] == len(expected)
+        plain = head.post("/infer/split", content=cat_jpeg, params={"quantisation": "uint8"})
+        assert plain.status_code == 200 and plain.json()["bytes_sent"] != len(expected)
+
+
+def test_entropy_needs_a_bundle_with_coding_tables(toy_bundle_dir, cat_jpeg):
+    with _client(toy_bundle_dir) as tail:
+        with _head(toy_bundle_dir, tail) as head:
+            response = head.post(
+                "/infer/split", content=cat_jpeg, params={"quantisation": "entropy"}
+            )
+            assert "coding tables" in assert_problem(response, 422)["detail"]
+        with _head(toy_bundle_dir, tail, quantisation="entropy") as head:  # loading fails
+            ready = head.get("/v2/health/ready")
+            assert ready.status_code == 503 and "coding tables" in ready.text
