@@ -621,6 +621,15 @@ class EntropyStudent(BottleneckStudent):
         symbol relative to it and compressai's quantised CDF (16-bit). Its last bin is
         compressai's escape; here it is the value just above the range, into which values
         out of range are clamped (:meth:`splitdnn.rans.CodingTables.symbols`)."""
+        # The tails from the density itself (bisection), not the aux-trained quantiles,
+        # which move at the optimiser's pace and can lag far behind a short fine-tuning:
+        # values past them would be clamped. The medians stay: the decoder learnt their grid.
+        medians = self.entropy.quantiles[:, :, 1].clone()
+        self.entropy._update_quantiles()
+        quantiles = self.entropy.quantiles
+        quantiles[:, :, 1] = medians
+        quantiles[:, :, 0] = torch.minimum(quantiles[:, :, 0], medians)
+        quantiles[:, :, 2] = torch.maximum(quantiles[:, :, 2], medians)
         self.entropy.update(force=True)
         lengths = self.entropy._cdf_length.tolist()
         cdfs = [

@@ -122,6 +122,19 @@ def test_coded_bytes_are_what_the_entropy_model_predicts(monkeypatch):
     assert np.array_equal(tables.symbols(decoded), symbols)
 
 
+def test_coding_tables_reach_as_far_as_the_density_not_the_lagging_quantiles(monkeypatch):
+    """Values well past the untrained quantiles (+-10) but inside the density's mass are
+    coded as they are, not clamped."""
+    from splitdnn import rans
+
+    _lite0_teacher_init(monkeypatch)
+    student = entropy_student(build_student("efficientnet_lite0", 4, "teacher_init")).eval()
+    tables = rans.CodingTables.from_lists(**student.coding_tables())
+    latent = np.linspace(-30.0, 30.0, 4 * 3 * 3, dtype=np.float32).reshape(1, 4, 3, 3)
+    medians = tables.medians.reshape(1, -1, 1, 1)
+    assert np.array_equal(tables.symbols(latent), np.rint(latent - medians).astype(np.int32))
+
+
 def msgpack_stream(envelope: bytes) -> bytes:
     import msgpack
 
