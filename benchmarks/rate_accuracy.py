@@ -7,7 +7,8 @@ never used to pick a checkpoint) the script scores, image by image:
   scaled to ``size``, centre square, encoded; the teacher resizes it back) and sent to the
   unmodified teacher (``offload.onnx``): SC2's baseline, the one split must beat;
 * **split** as the head sends it (device part, the wire envelope, server part): the bytes
-  are the envelope's, as on the wire;
+  are the envelope's, as on the wire; a bundle of an entropy-coded student (coding tables)
+  sends the entropy-coded envelope (version 2), others uint8 + zstd;
 * the teacher on the raw upload and the **local** model (0 bytes) as reference lines.
 
     python -m benchmarks.rate_accuracy splitdnn/assets/default-bundle [--limit N]
@@ -88,6 +89,23 @@ def _row(kind: str, label: str, hits: list[int], sizes: list[int]) -> dict[str, 
     }
 
 
+def split_label(bundle: Bundle) -> str:
+    return "split: entropy-coded" if bundle.manifest.coding else "split: uint8 + zstd"
+
+
+def send_split(bundle: Bundle, bottleneck: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The envelope split sends for ``bottleneck`` and what the tail decodes from it: the
+    entropy-coded one (version 2) when the bundle has coding tables, else uint8 + zstd."""
+    tables = bundle.coding_tables()
+    if tables is not None:
+        envelope = wire.encode_entropy(bottleneck, bundle_id=bundle.id, tables=tables)
+        return envelope, wire.decode(envelope, tables=tables).to_array()
+    envelope = wire.encode(
+        bottleneck, bundle_id=bundle.id, quantisation="uint8", compression="zstd"
+    )
+    return envelope, wire.decode_array(envelope)[1]
+
+
 def measure_task(
     bundle: Bundle, task: str, data: Path, limit: int | None, grid: list[ImageSetting]
 ) -> dict[str, Any]:
@@ -117,10 +135,8 @@ def measure_task(
         for setting in grid:
             encoded = setting.encode(image, bundle)
             score(setting.label, teacher(encoded, task)[1], len(encoded), label)
-        envelope = wire.encode(
-            device(raw), bundle_id=bundle.id, quantisation="uint8", compression="zstd"
-        )
-        score("split", server(wire.decode_array(envelope)[1], task)[1], len(envelope), label)
+        envelope, received = send_split(bundle, device(raw))
+        score("split", server(received, task)[1], len(envelope), label)
         if has_local:
             score("local", local(raw, task)[1], 0, label)
         print(f"\r{task}: {i + 1}/{len(samples)}", end="", file=sys.stderr, flush=True)
@@ -133,7 +149,7 @@ def measure_task(
         "local": _row("reference", "local model", hits["local"], sizes["local"])
         if has_local
         else None,
-        "split": [_row("split", "split: uint8 + zstd", hits["split"], sizes["split"])],
+        "split": [_row("split", split_label(bundle), hits["split"], sizes["split"])],
         "image": [_row(s.format, s.label, hits[s.label], sizes[s.label]) for s in grid],
     }
 

@@ -38,7 +38,7 @@ from services.common.upstream import connection_error, upstream_error
 from services.head.inprocess import InProcessHead
 from splitdnn.errors import CorruptImageError, ImageTooLargeError
 from splitdnn.imaging import open_image
-from splitdnn.wire import Compression, Quantisation
+from splitdnn.wire import Compression, SplitQuantisation
 
 router = APIRouter(tags=["classify"])
 Settings = Annotated[GatewaySettings, Depends(get_app_settings)]
@@ -168,7 +168,7 @@ async def classify(
         bool, Query(description="Fall back to local when the tail is down or late")
     ] = True,
     quantisation: Annotated[
-        Quantisation | None,
+        SplitQuantisation | None,
         Query(description="Split mode: envelope quantisation (default from the head)"),
     ] = None,
     compression: Annotated[

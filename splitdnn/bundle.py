@@ -25,12 +25,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from splitdnn import rans
 from splitdnn.errors import BundleError, UnknownNameError, UnknownTaskError
 from splitdnn.imaging import Preprocessing
 from splitdnn.latency import MODES
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: File name of an entropy-coded bottleneck's tables in a bundle.
+CODING_FILE = "coding.json"
 #: The roles a bundle provides and their default file names.
 ROLES: tuple[str, ...] = ("device", "server", "offload", "local")
 DEFAULT_FILES: dict[str, str] = {role: f"{role}.onnx" for role in ROLES}
@@ -60,7 +63,14 @@ class TaskSpec(BaseModel):
 
 #: The top-1 figures a task's measured accuracy may hold: the teacher (offload, the
 #: reference every drop is counted from), the local model, split at each quantisation.
-ACCURACY_KEYS: tuple[str, ...] = ("offload", "local", "split_fp32", "split_fp16", "split_uint8")
+ACCURACY_KEYS: tuple[str, ...] = (
+    "offload",
+    "local",
+    "split_fp32",
+    "split_fp16",
+    "split_uint8",
+    "split_entropy",
+)
 
 
 class TaskAccuracy(BaseModel):
@@ -144,6 +154,9 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     #: task -> measured held-out accuracy per mode (absent: not measured).
     accuracy: dict[str, TaskAccuracy] = Field(default_factory=dict)
+    #: The entropy-coding tables of an entropy-coded bottleneck (a file listed in ``files``),
+    #: or None: the bottleneck goes as a plain tensor (envelope version 1).
+    coding: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -157,6 +170,8 @@ class Manifest(BaseModel):
         for role in ROLES:
             if getattr(self.models, role) not in self.files:
                 raise ValueError(f"models.{role} is not listed in files")
+        if self.coding is not None and self.coding not in self.files:
+            raise ValueError("coding is not listed in files")
         return self
 
 
@@ -280,6 +295,17 @@ class Bundle:
             f"{task}=FILE to add one"
         )
 
+    def coding_tables(self) -> rans.CodingTables | None:
+        """The entropy-coding tables (checked), or None for a plain-tensor bottleneck."""
+        if self.manifest.coding is None:
+            return None
+        path = self.path / self.manifest.coding
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return rans.CodingTables.from_lists(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise BundleError(f"{path} holds no coding tables: {exc}") from exc
+
 
 def _as_spec(value: Preprocessing | dict | PreprocessingSpec) -> PreprocessingSpec:
     if isinstance(value, PreprocessingSpec):
@@ -303,11 +329,13 @@ def write_manifest(
     models: dict[str, str] | None = None,
     metrics: dict[str, Any] | None = None,
     bottleneck_dtype: str = "FP32",
+    coding: str | None = None,
 ) -> Manifest:
     """Hash the model files already in ``directory`` and write ``manifest.json`` next to them.
 
     ``models`` maps roles to file names (default ``<role>.onnx``); any other files listed
-    there are hashed too. Returns the manifest written.
+    there are hashed too, and so is ``coding`` (the entropy-coding tables' file, if any).
+    Returns the manifest written.
     """
     directory = Path(directory)
     roles = {**DEFAULT_FILES, **(models or {})}
@@ -320,6 +348,11 @@ def write_manifest(
     for filename in sorted(p.name for p in directory.iterdir() if p.name.endswith(".onnx.data")):
         path = directory / filename  # external weights the exporter may write
         files[filename] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+    if coding is not None:
+        path = directory / coding
+        if not path.is_file():
+            raise BundleError(f"cannot write a manifest: coding tables {path} do not exist")
+        files[coding] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     try:
         manifest = Manifest(
             bundle_id=bundle_id_of(files),
@@ -334,6 +367,7 @@ def write_manifest(
             models=ModelFiles(**{role: roles[role] for role in ROLES}),
             files=files,
             metrics=metrics or {},
+            coding=coding,
         )
     except ValidationError as exc:
         raise BundleError(f"invalid manifest for {directory}: {exc}") from exc

@@ -34,7 +34,7 @@ from torch import nn
 
 from splitdnn.errors import CheckpointError
 from splitdnn.models import get_teacher
-from splitdnn.students import BottleneckStudent, build_student
+from splitdnn.students import BottleneckStudent, build_student, entropy_student
 
 STUDENT_KIND = "splitdnn-student"
 KD_STUDENT_KIND = "splitdnn-kd-student"
@@ -159,8 +159,14 @@ class StudentCheckpoint:
             "config": self.config,
         }
 
+    @property
+    def entropy_coded(self) -> bool:
+        """Whether the bottleneck is entropy-coded (trained with a ``rate`` section)."""
+        return bool(self.config.get("rate"))
+
     def build_student(self) -> BottleneckStudent:
-        """The student module with these weights, in eval mode."""
+        """The student module with these weights, in eval mode (an
+        :class:`~splitdnn.students.EntropyStudent` for an entropy-coded one)."""
         if self.bottleneck is None:
             raise CheckpointError(
                 "a student without a bottleneck has no device/server split to export"
@@ -177,6 +183,8 @@ class StudentCheckpoint:
             split_module=self.split_module,
             teacher_model=scaffold,
         )
+        if self.entropy_coded:
+            student = entropy_student(student)
         try:
             student.load_state_dict(dict(self.student))
         except RuntimeError as exc:

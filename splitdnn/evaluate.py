@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitdnn import wire
+from splitdnn import rans, wire
 from splitdnn.bundle import ACCURACY_KEYS, TaskAccuracy, load_bundle
 from splitdnn.checkpoints import linear_from_state, load_run
 from splitdnn.data import Dataset, Sample, load_crops, load_dataset, split_per_class
@@ -247,6 +247,19 @@ def _through_wire(bottleneck: np.ndarray, bundle_id: str, precision: str) -> np.
     return wire.decode(data).to_array()
 
 
+def _entropy_coded(
+    latent: np.ndarray, bundle_id: str, tables: rans.CodingTables
+) -> tuple[np.ndarray, list[int]]:
+    """The latent as the tail sees it after an entropy-coded envelope (version 2), and the
+    bytes each image's envelope takes on the wire (one envelope an image, as served)."""
+    received, sizes = [], []
+    for one in latent:
+        data = wire.encode_entropy(one[None], bundle_id=bundle_id, tables=tables)
+        received.append(wire.decode(data, tables=tables).to_array())
+        sizes.append(len(data))
+    return np.concatenate(received), sizes
+
+
 def evaluate_bundle(
     bundle_dir: str | Path,
     data: str | Path,
@@ -265,8 +278,11 @@ def evaluate_bundle(
     Keys name mode and precision: ``offload_top1``, ``split_fp32_top1``,
     ``split_uint8_top1``, ``local_top1`` (and ``_top5``; ``_agreement`` with the teacher;
     ``_gap`` to the teacher with ``_gap_ci95``). ``local`` is left out when the bundle's
-    local model has no classifier for the task. ``threads``: ONNX Runtime threads per model
-    (0: onnxruntime decides).
+    local model has no classifier for the task. A bundle with coding tables (an
+    entropy-coded bottleneck) adds ``split_entropy``, the envelope it serves, with the bytes
+    of each image's envelope (``split_entropy_median_bytes``, ``_mean_bytes``);
+    ``split_uint8_zstd_median_bytes`` is the same for uint8 + zstd (version 1).
+    ``threads``: ONNX Runtime threads per model (0: onnxruntime decides).
     """
     started = time.perf_counter()
     bundle = load_bundle(bundle_dir)
@@ -286,9 +302,13 @@ def evaluate_bundle(
     offload = ImageClassifier(bundle, "offload", pool)
     local = ImageClassifier(bundle, "local", pool)
     has_local = task in manifest.metrics.get("local_tasks", [task])
+    tables = bundle.coding_tables()
     modes = ["offload", *(f"split_{p}" for p in SPLIT_PRECISIONS)]
+    modes += ["split_entropy"] if tables is not None else []
     modes += ["local"] if has_local else []
     hits = {m: ModeHits() for m in modes}
+    entropy_bytes: list[int] = []
+    uint8_bytes: list[int] = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         labels = np.array([targets[s.label] for s in chunk])
@@ -299,6 +319,14 @@ def evaluate_bundle(
         for precision in SPLIT_PRECISIONS:
             z = _through_wire(bottleneck, bundle.id, precision)
             logits[f"split_{precision}"] = server(z, task)[1]
+        uint8_bytes += [
+            len(wire.encode(b[None], bundle_id=bundle.id, quantisation="uint8", compression="zstd"))
+            for b in bottleneck
+        ]
+        if tables is not None:
+            z, sizes = _entropy_coded(bottleneck, bundle.id, tables)
+            logits["split_entropy"] = server(z, task)[1]
+            entropy_bytes += sizes
         if has_local:
             local_x = normalise_pixels(load_crops(chunk, local_spec), local_spec)
             logits["local"] = local.run(local_x, task)[1]
@@ -329,6 +357,10 @@ def evaluate_bundle(
     if "split_uint8" in hits:
         gap, ci = paired_gap(hits["split_fp32"].hits(), hits["split_uint8"].hits())
         report["uint8_cost"], report["uint8_cost_ci95"] = gap, ci
+    report["split_uint8_zstd_median_bytes"] = float(np.median(uint8_bytes))
+    if entropy_bytes:
+        report["split_entropy_median_bytes"] = float(np.median(entropy_bytes))
+        report["split_entropy_mean_bytes"] = float(np.mean(entropy_bytes))
     metrics = manifest.metrics
     report.update(bottleneck_costs(manifest.bottleneck.shape, (3, spec.size, spec.size)))
     report.update(

@@ -105,6 +105,26 @@ class BottleneckStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def device_part(self) -> nn.Module:
+        """The module the device runs (what ``encode`` computes), for export."""
+        return self.encoder
+
+    def server_part(self) -> nn.Module:
+        """The module the edge runs on what the device sent (what ``decode`` computes)."""
+        return self.decoder
+
+
+class ChannelScale(nn.Module):
+    """Multiplies each channel by a fixed factor: the entropy student's gain (or its
+    inverse) in an exported part."""
+
+    def __init__(self, factors: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("factors", factors.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factors
+
 
 class MimicModel(nn.Module):
     """Student head + the teacher's own (frozen) tail: the assembled split model."""
@@ -515,6 +535,166 @@ def _fit_grid(grid: tuple[int, int], target: tuple[int, int], channels: int) -> 
     raise UnknownNameError(f"no student grid fits {target} from {grid}")  # pragma: no cover
 
 
+# --- the entropy-coded bottleneck (issue #21) ---------------------------------------------------
+
+
+class EntropyStudent(BottleneckStudent):
+    """A bottleneck student whose bottleneck is sent as integers, entropy-coded with a learned
+    per-channel model (Ballé et al. 2018's factorized prior, compressai's
+    ``EntropyBottleneck``), as in the Entropic Student (Matsubara et al. 2022).
+
+    ``encode`` (device) gives the continuous latent ``y = z · gain`` of the plain student's
+    bottleneck ``z``; the wire carries ``round(y − median)`` per channel; ``decode`` (server)
+    divides by the gain before the plain decoder. The per-channel gain sets how many integer
+    levels a channel spends (calibrated from data when a plain student is turned into this
+    one, then learnt); the rate term decides which channels are worth their bits.
+
+    Training (``forward_with_bits``): the rate is counted on the latent plus uniform noise
+    (differentiable), while the decoder already sees the rounded latent through a
+    straight-through estimator, so what it learns is what it will be served.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, frozen_layers: int, channels: int):
+        super().__init__(encoder, decoder, frozen_layers)
+        from compressai.entropy_models import EntropyBottleneck
+
+        self.channels = channels
+        self.log_gain = nn.Parameter(torch.zeros(channels))
+        self.entropy = EntropyBottleneck(channels)
+
+    def gain(self) -> torch.Tensor:
+        return self.log_gain.exp().view(1, -1, 1, 1)
+
+    def medians(self) -> torch.Tensor:
+        """Per-channel offset the integers are counted from (the entropy model's medians)."""
+        return self.entropy.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x) * self.gain()
+
+    def quantise(self, y: torch.Tensor) -> torch.Tensor:
+        """``round(y − median) + median``, with the identity's gradient (straight through)."""
+        medians = self.medians()
+        rounded = torch.round(y - medians) + medians
+        return y + (rounded - y).detach()
+
+    def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.decoder(y_hat / self.gain())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.quantise(self.encode(x)))
+
+    def device_part(self) -> nn.Module:
+        """Encoder then gain: the continuous latent the device rounds and entropy-codes
+        (:mod:`splitdnn.rans`; rounding and coding are not in the ONNX file)."""
+        return nn.Sequential(self.encoder, ChannelScale(self.log_gain.exp()))
+
+    def server_part(self) -> nn.Module:
+        """Inverse gain then decoder, on ``integers + median`` from the wire."""
+        return nn.Sequential(ChannelScale((-self.log_gain).exp()), self.decoder)
+
+    def forward_from_frozen(self, prefix_output: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_bits(prefix_output)[0]
+
+    def forward_with_bits(self, prefix_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head output, bits of each image) from the frozen prefix's output. In training the
+        bits are those of the noisy latent; in eval mode those of the rounded one, i.e. the
+        model's estimate of what the entropy coder writes."""
+        y = self.encoder[self.frozen_layers :](prefix_output) * self.gain()  # type: ignore[index]
+        _, likelihoods = self.entropy(y)
+        bits = -torch.log2(likelihoods).flatten(1).sum(1)
+        return self.decode(self.quantise(y)), bits
+
+    def aux_loss(self) -> torch.Tensor:
+        """compressai's quantile loss: moves only the entropy model's quantiles (its tails
+        and medians), which the coder's tables are cut from."""
+        return self.entropy.loss()
+
+    def entropy_parameters(self) -> list[nn.Parameter]:
+        """The entropy model and the gain: what learns at ``rate.entropy_lr``."""
+        return [self.log_gain, *self.entropy.parameters()]
+
+    @torch.no_grad()
+    def coding_tables(self) -> dict[str, list]:
+        """The entropy model as fixed tables for serving without torch (the plain lists of
+        :meth:`splitdnn.rans.CodingTables.from_lists`): per channel the median, the smallest
+        symbol relative to it and compressai's quantised CDF (16-bit). Its last bin is
+        compressai's escape; here it is the value just above the range, into which values
+        out of range are clamped (:meth:`splitdnn.rans.CodingTables.symbols`)."""
+        # The tails from the density itself (bisection), not the aux-trained quantiles,
+        # which move at the optimiser's pace and can lag far behind a short fine-tuning:
+        # values past them would be clamped. The medians stay: the decoder learnt their grid.
+        medians = self.entropy.quantiles[:, :, 1].clone()
+        self.entropy._update_quantiles()
+        quantiles = self.entropy.quantiles
+        quantiles[:, :, 1] = medians
+        quantiles[:, :, 0] = torch.minimum(quantiles[:, :, 0], medians)
+        quantiles[:, :, 2] = torch.maximum(quantiles[:, :, 2], medians)
+        self.entropy.update(force=True)
+        lengths = self.entropy._cdf_length.tolist()
+        cdfs = [
+            row[:n] for row, n in zip(self.entropy._quantized_cdf.tolist(), lengths, strict=True)
+        ]
+        return {
+            "precision": int(self.entropy.entropy_coder_precision),
+            "medians": self.medians().flatten().tolist(),
+            "offsets": [int(o) for o in self.entropy._offset.tolist()],
+            "cdfs": cdfs,
+        }
+
+    @torch.no_grad()
+    def calibrate(self, prefix_outputs: torch.Tensor, levels: float) -> None:
+        """Set each channel's gain so its 99.9th percentile spans ``levels`` integer steps
+        (a channel that is always zero keeps gain 1)."""
+        z = self.encoder[self.frozen_layers :](prefix_outputs)  # type: ignore[index]
+        per_channel = z.transpose(0, 1).flatten(1).float()
+        top = torch.quantile(per_channel, 0.999, dim=1)
+        gain = torch.where(top > 1e-6, levels / top.clamp_min(1e-6), torch.ones_like(top))
+        self.log_gain.copy_(gain.log())
+
+
+def entropy_student(student: BottleneckStudent) -> EntropyStudent:
+    """``student``'s layers (shared, not copied) behind an entropy-coded bottleneck."""
+    channels = _bottleneck_channels(student)
+    out = EntropyStudent(student.encoder, student.decoder, student.frozen_layers, channels)
+    return out.train(student.training)
+
+
+def _bottleneck_channels(student: BottleneckStudent) -> int:
+    """Channels of the decoder's first conv's input: the bottleneck's."""
+    for module in student.decoder.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise UnknownNameError("a student decoder without a conv has no bottleneck")  # pragma: no cover
+
+
+def widen_state(
+    state: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A narrower student's weights in a wider one of the same design (more bottleneck
+    channels), so that the wider one starts as the narrow one's function.
+
+    Every tensor of ``state`` whose shape differs from ``fresh``'s goes into the leading slice
+    of the fresh tensor. The new *output* rows of a layer keep their fresh initialisation,
+    the new *input* columns of a conv (dim 1) start at zero: the decoder ignores the new
+    channels until training makes them useful. Returns (state, names widened).
+    """
+    out, widened = dict(fresh), []
+    for name, old in state.items():
+        new = fresh.get(name)
+        if new is None or new.shape == old.shape:
+            out[name] = old
+            continue
+        if new.ndim != old.ndim or any(o > n for o, n in zip(old.shape, new.shape, strict=True)):
+            raise UnknownNameError(f"{name}: {tuple(old.shape)} does not fit {tuple(new.shape)}")
+        target = new.clone()
+        if new.ndim > 1 and new.shape[1] != old.shape[1]:
+            target[:, old.shape[1] :] = 0
+        target[tuple(slice(0, d) for d in old.shape)] = old
+        out[name], widened = target, [*widened, name]
+    return out, widened
+
+
 # --- whole students for local mode (knowledge distillation) --------------------------------------
 
 
@@ -809,11 +989,13 @@ __all__: Sequence[str] = [
     "KD_STUDENTS",
     "NONN_STUDENTS",
     "BottleneckStudent",
+    "EntropyStudent",
     "KDStudentSpec",
     "MimicModel",
     "NoNNMember",
     "NoNNStudentSpec",
     "build_student",
+    "entropy_student",
     "get_kd_student",
     "get_nonn_student",
     "lite_student",
@@ -824,4 +1006,5 @@ __all__: Sequence[str] = [
     "student_problem",
     "student_split",
     "teacher_init_student",
+    "widen_state",
 ]

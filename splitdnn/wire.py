@@ -26,6 +26,28 @@ there), and :meth:`Envelope.to_array` refuses NaN and infinity in the float32 re
 are checked in float32 too, so 1e300 or 1e-300 never reach the model). It raises one named
 :class:`~splitdnn.errors.WireError` subclass per failure. Byte counts are exact:
 the size of an envelope is ``len(encode(...))``. No torch: the device image needs none.
+
+Format version 2: an entropy-coded bottleneck (issue #21). The same msgpack rules; the keys
+are exactly, in this order:
+
+====================  ==========================================================================
+``v``                 the integer 2
+``bundle``            as in version 1
+``shape``             list of 2 to 8 non-negative integers ``[N, C, ...]``
+``coder``             ``rans16``: :mod:`splitdnn.rans`, 16-bit probabilities
+``lanes``             interleaved coder states per stream, 1 to ``rans.MAX_LANES``
+``streams``           N msgpack bin, one coded stream per sample
+====================  ==========================================================================
+
+The integers are ``round(y − median)`` of the device's latent ``y`` per channel, coded with
+the bundle's tables (:class:`~splitdnn.rans.CodingTables`), which the receiver supplies: the
+envelope carries no model. Before decoding, the decoder checks the header, the bundle, the
+per-sample shape (and the channel count against its tables), the batch, the decoded size
+against ``max_raw_bytes``, the steps a stream takes (elements / lanes) against
+``rans.MAX_STEPS`` and every stream's length against the most its symbols can take;
+decoding then runs that fixed number of steps, so a hostile stream costs at most that and
+ends in :class:`~splitdnn.errors.WireCompressionError`.
+:meth:`Envelope.to_array` gives ``integers + median`` in float32.
 """
 
 from __future__ import annotations
@@ -33,12 +55,13 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import msgpack
 import numpy as np
 import zstandard
 
+from splitdnn import rans
 from splitdnn.errors import (
     BundleMismatchError,
     WireCompressionError,
@@ -51,8 +74,14 @@ from splitdnn.errors import (
 
 #: Media type of an envelope in HTTP bodies.
 CONTENT_TYPE = "application/vnd.msgpack"
-#: The only format version this module writes and reads.
+#: The format version of plain tensors (fp32, fp16, uint8).
 FORMAT_VERSION = 1
+#: The format version of an entropy-coded bottleneck.
+ENTROPY_VERSION = 2
+#: Every format version this module reads.
+VERSIONS = (FORMAT_VERSION, ENTROPY_VERSION)
+#: Entropy coders of version 2, by name.
+CODERS = ("rans16",)
 #: Default limits: an envelope (or its decompressed payload) larger than this is refused.
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
 MAX_RAW_BYTES = 64 * 1024 * 1024
@@ -72,9 +101,13 @@ DTYPES: dict[str, np.dtype] = {
 #: Quantisation scheme -> the OIP datatype its payload is written in.
 QUANTISATIONS: dict[str, str] = {"fp32": "FP32", "fp16": "FP16", "uint8": "UINT8"}
 COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
+#: The quantisation of an entropy-coded envelope (format version 2).
+ENTROPY = "entropy"
 #: The same choices as types, for settings and query parameters (tests/test_wire.py keeps
-#: them equal to the tables above).
+#: them equal to the tables above). What the head may send split as: a version-1
+#: quantisation or the entropy-coded envelope (a bundle with coding tables).
 Quantisation = Literal["fp32", "fp16", "uint8"]
+SplitQuantisation = Literal["fp32", "fp16", "uint8", "entropy"]
 Compression = Literal["none", "zstd"]
 
 _KEYS = (
@@ -89,6 +122,7 @@ _KEYS = (
     "raw_size",
     "data",
 )
+_KEYS_V2 = ("v", "bundle", "shape", "coder", "lanes", "streams")
 
 
 @dataclass(frozen=True)
@@ -107,13 +141,21 @@ class Envelope:
     payload: bytes
     #: Length of the encoded envelope in bytes, i.e. what crossed the link.
     size: int
+    #: Version 2 only: the receiver's per-channel medians the integers count from.
+    medians: tuple[float, ...] | None = None
 
     def to_array(self) -> np.ndarray:
-        """The float32 tensor the server part expects (dequantised when ``uint8``).
+        """The float32 tensor the server part expects (dequantised when ``uint8``; for an
+        entropy-coded bottleneck, ``integers + median``).
 
         Raises :class:`WireValueError` if any element is NaN or infinite in float32 (a NaN
         payload, or a scale large enough to overflow).
         """
+        if self.quantisation == ENTROPY:
+            symbols = np.frombuffer(self.payload, dtype="<i4").reshape(self.shape)
+            shape = (1, len(self.medians or ())) + (1,) * (len(self.shape) - 2)
+            medians = np.asarray(self.medians, dtype=np.float32).reshape(shape)
+            return (symbols.astype(np.float32) + medians).astype(np.float32)
         values = np.frombuffer(self.payload, dtype=DTYPES[self.dtype]).reshape(self.shape)
         if self.quantisation != "uint8":
             result = values.astype(np.float32)
@@ -198,6 +240,39 @@ def encode(
     return msgpack.packb(header, use_bin_type=True)
 
 
+def encode_entropy(
+    latent: np.ndarray,
+    *,
+    bundle_id: str,
+    tables: rans.CodingTables,
+    lanes: int = rans.DEFAULT_LANES,
+) -> bytes:
+    """Pack a latent ``(N, C, ...)`` as a version 2 envelope: per channel
+    ``round(y − median)``, clamped to the tables' range, entropy-coded per sample in
+    ``lanes`` lanes (more where a sample would otherwise take over ``rans.MAX_STEPS``)."""
+    y = np.asarray(latent)
+    if not 2 <= y.ndim <= MAX_NDIM or y.shape[1] != tables.channels:
+        raise WireError(
+            f"an entropy-coded latent is (N, {tables.channels}, ...), got {list(y.shape)}"
+        )
+    if not np.isfinite(y).all():
+        raise WireError("cannot entropy-code a latent holding NaN or infinity")
+    symbols = tables.symbols(y)
+    try:
+        lanes = rans.lanes_for(math.prod(y.shape[1:]), lanes)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
+    header = {
+        "v": ENTROPY_VERSION,
+        "bundle": str(bundle_id),
+        "shape": [int(d) for d in y.shape],
+        "coder": CODERS[0],
+        "lanes": int(lanes),
+        "streams": [rans.encode(sample, tables, lanes) for sample in symbols],
+    }
+    return msgpack.packb(header, use_bin_type=True)
+
+
 def decode(
     data: bytes,
     *,
@@ -206,6 +281,7 @@ def decode(
     max_batch: int = MAX_BATCH,
     sample_shape: tuple[int, ...] | None = None,
     bundle_id: str | None = None,
+    tables: rans.CodingTables | None = None,
 ) -> Envelope:
     """Check and unpack an envelope; every failure is a :class:`WireError` subclass.
 
@@ -213,6 +289,7 @@ def decode(
     checked before the payload is decompressed: a bottleneck for another model costs the
     receiver no allocation (:class:`BundleMismatchError`, :class:`WireSizeError`). A batch
     over ``max_batch``, or sizes over the byte limits, raise :class:`WireLimitError`.
+    ``tables``: the receiver's entropy-coding tables; a version 2 envelope needs them.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("an envelope must be bytes")
@@ -238,8 +315,14 @@ def decode(
     version = fields.get("v")
     if not _is_int(version):
         raise WireError("the envelope has no integer format version 'v'")
-    if version != FORMAT_VERSION:
-        raise WireVersionError(f"envelope format version {version} is not supported; speak 1")
+    if version not in VERSIONS:
+        raise WireVersionError(
+            f"envelope format version {version} is not supported; speak {list(VERSIONS)}"
+        )
+    if version == ENTROPY_VERSION:
+        return _decode_entropy(
+            fields, size, max_raw_bytes, max_batch, sample_shape, bundle_id, tables
+        )
     if set(fields) != set(_KEYS):
         missing = sorted(set(_KEYS) - set(fields))
         extra = sorted(map(str, set(fields) - set(_KEYS)))
@@ -313,6 +396,93 @@ def decode(
     )
 
 
+def _decode_entropy(
+    fields: dict,
+    size: int,
+    max_raw_bytes: int,
+    max_batch: int,
+    sample_shape: tuple[int, ...] | None,
+    bundle_id: str | None,
+    tables: rans.CodingTables | None,
+) -> Envelope:
+    """The version 2 checks (module docstring), then the streams decoded."""
+    if set(fields) != set(_KEYS_V2):
+        missing = sorted(set(_KEYS_V2) - set(fields))
+        extra = sorted(map(str, set(fields) - set(_KEYS_V2)))
+        raise WireError(f"envelope keys do not match version 2: missing {missing}, extra {extra}")
+    if tables is None:
+        raise WireVersionError(
+            "an entropy-coded envelope (version 2) needs the bundle's coding tables, and "
+            "this receiver's bundle has none; send version 1"
+        )
+    sender = fields["bundle"]
+    if not isinstance(sender, str) or len(sender) > 64:
+        raise WireError("'bundle' must be a bundle id string of at most 64 characters")
+    coder = fields["coder"]
+    if not isinstance(coder, str) or coder not in CODERS:
+        raise WireError(f"unknown coder {coder!r}; expected one of {list(CODERS)}")
+    lanes = fields["lanes"]
+    if not _is_int(lanes) or not 1 <= lanes <= rans.MAX_LANES:
+        raise WireError(f"'lanes' must be an integer from 1 to {rans.MAX_LANES}")
+    shape = fields["shape"]
+    if (
+        not isinstance(shape, list)
+        or not 2 <= len(shape) <= MAX_NDIM
+        or not all(_is_int(d) and d >= 0 for d in shape)
+    ):
+        raise WireError(f"'shape' must be 2 to {MAX_NDIM} non-negative integers")
+    if bundle_id is not None and bundle_id != sender:
+        raise BundleMismatchError(
+            f"the sender holds bundle {sender!r}; the receiver holds {bundle_id!r}"
+        )
+    if sample_shape is not None and tuple(shape[1:]) != tuple(sample_shape):
+        raise WireSizeError(
+            f"sample shape {shape[1:]} does not match the expected {list(sample_shape)}"
+        )
+    if shape[1] != tables.channels:
+        raise WireSizeError(f"{shape[1]} channels; the coding tables have {tables.channels}")
+    if shape[0] > max_batch:
+        raise WireLimitError(f"batch of {shape[0]}; the limit is {max_batch} per request")
+    raw_size = math.prod(shape) * 4
+    if raw_size > max_raw_bytes:
+        raise WireLimitError(f"decoded size {raw_size} is over the limit {max_raw_bytes}")
+    streams = fields["streams"]
+    if not isinstance(streams, list) or len(streams) != shape[0]:
+        raise WireSizeError(f"'streams' must be a list of one bin per sample ({shape[0]})")
+    per_sample = math.prod(shape[1:])
+    steps = -(-per_sample // lanes)
+    if steps > rans.MAX_STEPS:
+        raise WireLimitError(
+            f"{lanes} lanes for {per_sample} elements take {steps} steps a sample; the limit "
+            f"is {rans.MAX_STEPS}"
+        )
+    longest = 4 * lanes + 2 * lanes * steps
+    for stream in streams:
+        if not isinstance(stream, bytes):
+            raise WireError("every stream must be msgpack bin")
+        if len(stream) > longest:
+            raise WireSizeError(f"a stream of {len(stream)} bytes; its symbols take <= {longest}")
+    symbols = (
+        np.stack([rans.decode(stream, tuple(shape[1:]), tables, lanes) for stream in streams])
+        if streams
+        else np.zeros(shape, np.int32)
+    )
+    return Envelope(
+        version=ENTROPY_VERSION,
+        bundle_id=sender,
+        dtype="INT32",
+        shape=tuple(shape),
+        quantisation=ENTROPY,
+        scale=None,
+        zero_point=None,
+        compression=coder,
+        raw_size=raw_size,
+        payload=symbols.astype("<i4").tobytes(),
+        size=size,
+        medians=tuple(float(m) for m in tables.medians),
+    )
+
+
 def envelope_size(shape: tuple[int, ...] | list[int], quantisation: str = "fp32") -> int:
     """Size of an uncompressed envelope for ``shape``: exact for fp32 and fp16, an upper
     bound for uint8 (a zero point below 128 packs one byte shorter). zstd makes it smaller.
@@ -324,9 +494,10 @@ def envelope_size(shape: tuple[int, ...] | list[int], quantisation: str = "fp32"
     return len(encode(probe, bundle_id="0" * 16, quantisation=quantisation))
 
 
-def decode_array(data: bytes, **limits: int) -> tuple[Envelope, np.ndarray]:
-    """Decode and dequantise in one call: (envelope, float32 tensor)."""
-    envelope = decode(data, **limits)
+def decode_array(data: bytes, **options: Any) -> tuple[Envelope, np.ndarray]:
+    """Decode and dequantise in one call: (envelope, float32 tensor); ``options`` are
+    :func:`decode`'s (limits, expected bundle and shape, coding tables)."""
+    envelope = decode(data, **options)
     return envelope, envelope.to_array()
 
 

@@ -215,6 +215,8 @@ def test_deep_nesting_is_rejected(depth: int) -> None:
 
 def test_unknown_version_is_rejected() -> None:
     with pytest.raises(WireVersionError):
+        wire.decode(pack(header(v=3)))
+    with pytest.raises(WireError, match="version 2"):  # entropy-coded: other keys
         wire.decode(pack(header(v=2)))
 
 
@@ -354,4 +356,5 @@ def test_the_quantisation_and_compression_types_are_the_tables():
     from typing import get_args
 
     assert get_args(wire.Quantisation) == tuple(wire.QUANTISATIONS)
+    assert get_args(wire.SplitQuantisation) == (*wire.QUANTISATIONS, wire.ENTROPY)
     assert get_args(wire.Compression) == wire.COMPRESSIONS

@@ -17,11 +17,18 @@ from services.common.deps import create_service_app
 from services.common.health import ServiceState
 from services.common.warmup import time_ms, warmup_jpeg
 from services.head import routes
-from services.head.pipeline import HeadPipeline, local_tasks
+from services.head.pipeline import (
+    Encoding,
+    HeadPipeline,
+    encode_bottleneck,
+    local_tasks,
+    no_coding_tables,
+)
 from services.head.settings import HeadSettings, get_settings
 from services.head.tail_client import TailClient, Transport
 from splitdnn import wire
 from splitdnn.bundle import load_bundle
+from splitdnn.errors import ConfigError
 from splitdnn.latency import LatencyModel
 from splitdnn.runtime import DeviceRunner, ImageClassifier, Threads
 
@@ -34,9 +41,13 @@ def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
     device = DeviceRunner(bundle, threads)
     local = ImageClassifier(bundle, "local", threads)
     image = warmup_jpeg()
+    tables = bundle.coding_tables()
+    if settings.quantisation == wire.ENTROPY and tables is None:
+        raise ConfigError(no_coding_tables(bundle))
+    encoding = Encoding(settings.quantisation, settings.compression)
 
     def head_split() -> None:
-        wire.encode(device(image), bundle_id=bundle.id, quantisation=settings.quantisation)
+        encode_bottleneck(device(image), bundle, tables, encoding, settings.zstd_level)
 
     warmup_ms = {
         "head_split": round(time_ms(head_split), 3),

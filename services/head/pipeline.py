@@ -19,12 +19,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from services.common.context import BUNDLE_HEADER, REQUEST_ID, RequestContext
 from services.common.errors import InvalidRequestError, UpstreamUnavailableError
 from services.common.metrics import Metrics
 from services.head.settings import HeadSettings
 from services.head.tail_client import TailClient
-from splitdnn import reencode, wire
+from splitdnn import rans, reencode, wire
 from splitdnn.bundle import Bundle
 from splitdnn.latency import MODES, LatencyModel, Priors
 from splitdnn.runtime import LOGITS_PREFIX, DeviceRunner, ImageClassifier, top_k
@@ -60,6 +62,35 @@ class Outcome:
     auto: dict[str, Any] | None = None
 
 
+def no_coding_tables(bundle: Bundle) -> str:
+    return (
+        "quantisation=entropy needs a bundle of an entropy-coded student (with coding "
+        f"tables); bundle {bundle.name!r} has none: send fp32, fp16 or uint8"
+    )
+
+
+def encode_bottleneck(
+    bottleneck: np.ndarray,
+    bundle: Bundle,
+    tables: rans.CodingTables | None,
+    encoding: Encoding,
+    level: int,
+) -> bytes:
+    """The envelope split sends: the entropy-coded integers (version 2, needs ``tables``)
+    for ``entropy``, else the tensor as ``encoding`` says (version 1)."""
+    if encoding.quantisation == wire.ENTROPY:
+        if tables is None:
+            raise InvalidRequestError(no_coding_tables(bundle))
+        return wire.encode_entropy(bottleneck, bundle_id=bundle.id, tables=tables)
+    return wire.encode(
+        bottleneck,
+        bundle_id=bundle.id,
+        quantisation=encoding.quantisation,
+        compression=encoding.compression,
+        level=level,
+    )
+
+
 class HeadPipeline:
     """The device side of every mode, with its measurements."""
 
@@ -82,6 +113,8 @@ class HeadPipeline:
         self._tail_probed = 0.0
         self.reencoding = _reencoding(settings.offload_reencode, bundle)
         self._offload_ratio = 1.0  # re-encoded bytes / uploaded bytes, EWMA
+        #: The bundle's entropy-coding tables, or None (then no ``entropy`` envelopes).
+        self.coding_tables = bundle.coding_tables()
 
     def no_local_model(self, task: str) -> InvalidRequestError:
         """422 for ``mode=local`` on a task the bundle's local model cannot classify."""
@@ -120,8 +153,10 @@ class HeadPipeline:
             head_split_ms=head_ms,
             tail_split_ms=settings.prior_tail_ms,
             tail_offload_ms=settings.prior_tail_ms,
+            # entropy-coded: no size before the first one is sent; uint8's bounds it above
             envelope_bytes=wire.envelope_size(
-                (1, *bundle.manifest.bottleneck.shape), settings.quantisation
+                (1, *bundle.manifest.bottleneck.shape),
+                "uint8" if settings.quantisation == wire.ENTROPY else settings.quantisation,
             ),
         )
 
@@ -199,18 +234,16 @@ class HeadPipeline:
         encoding: Encoding | None = None,
     ) -> Outcome:
         encoding = encoding or Encoding(self.settings.quantisation, self.settings.compression)
+        if encoding.quantisation == wire.ENTROPY and self.coding_tables is None:
+            raise InvalidRequestError(no_coding_tables(self.bundle))
         start = time.perf_counter()
         with context.stage("head"):
             x = self.device.preprocess(image, self.settings.max_pixels)
             ready = time.perf_counter()
             bottleneck = self.device.run(x)
             ran = time.perf_counter()
-            envelope = wire.encode(
-                bottleneck,
-                bundle_id=self.bundle.id,
-                quantisation=encoding.quantisation,
-                compression=encoding.compression,
-                level=self.settings.zstd_level,
+            envelope = encode_bottleneck(
+                bottleneck, self.bundle, self.coding_tables, encoding, self.settings.zstd_level
             )
         head_s = time.perf_counter() - start
         answer, round_trip = self.tail.post(

@@ -31,7 +31,7 @@ from services.head.settings import HeadSettings
 from splitdnn.bundle import Bundle, describe
 from splitdnn.errors import UnknownNameError
 from splitdnn.latency import MODES
-from splitdnn.wire import Compression, Quantisation
+from splitdnn.wire import Compression, SplitQuantisation
 
 router = APIRouter(tags=["inference"])
 Settings = Annotated[HeadSettings, Depends(get_app_settings)]
@@ -83,7 +83,7 @@ def infer(
     k: TopKQuery = None,
     fallback: Annotated[bool, Query(description="Fall back to local if the tail fails")] = True,
     quantisation: Annotated[
-        Quantisation | None, Query(description="Override the envelope quantisation")
+        SplitQuantisation | None, Query(description="Override the envelope quantisation")
     ] = None,
     compression: Annotated[
         Compression | None, Query(description="Override the envelope compression")

@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
 from splitdnn.serve import DEFAULT_URLS
-from splitdnn.wire import Compression, Quantisation
+from splitdnn.wire import Compression, SplitQuantisation
 
 
 class HeadSettings(ServiceSettings):
@@ -39,8 +39,10 @@ class HeadSettings(ServiceSettings):
         "and the next try reaches a live one. 503 and timeouts are not retried.",
     )
     max_connections: int = Field(default=16, gt=0, description="Pooled connections to the tail.")
-    quantisation: Quantisation = Field(
-        default="uint8", description="How the bottleneck is sent: fp32, fp16 or uint8."
+    quantisation: SplitQuantisation = Field(
+        default="uint8",
+        description="How the bottleneck is sent: fp32, fp16, uint8, or entropy (entropy-coded "
+        "integers; only for a bundle of an entropy-coded student, which carries coding tables).",
     )
     compression: Compression = Field(
         default="zstd",

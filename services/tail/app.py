@@ -45,6 +45,8 @@ def load_components(settings: TailSettings, wrap_run: RunWrapper | None = None) 
     run_server = wrap_run(server.model.run) if wrap_run else server.model.run
     return {
         "bundle": bundle,
+        # the bundle's entropy-coding tables (None: it takes version 1 envelopes only)
+        "coding_tables": bundle.coding_tables(),
         "server": server,
         "run_server": run_server,
         "offload": offload,

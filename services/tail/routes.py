@@ -199,6 +199,7 @@ def infer(
             max_batch=settings.max_batch,
             sample_shape=server.bottleneck_shape,
             bundle_id=bundle.id,
+            tables=service.get("coding_tables"),
         )
     task = bundle.task(task)
     run_server: ServerRun = service.get("run_server")

@@ -86,6 +86,23 @@ class StudentConfig(_Strict):
     variant: Literal["caltech101", "imagenet", "teacher_init"] | None = None
 
 
+class RateConfig(_Strict):
+    """An entropy-coded bottleneck (``splitdnn.students.EntropyStudent``, issue #21): the
+    bottleneck is sent as integers coded with a learned model, and the loss adds
+    ``beta`` × the bits each image costs (the model's estimate; see ``EntropyStudent``)."""
+
+    #: Weight of the rate term, per bit of one image: larger sends fewer bytes.
+    beta: float = Field(ge=0)
+    #: Learning rate of the entropy model and the per-channel gains (they start far from
+    #: their values, the rest starts from a trained student).
+    entropy_lr: float = Field(default=1e-3, gt=0)
+    #: With ``train.init_from`` a plain student: each channel's 99.9th percentile starts at
+    #: this many integer steps (today's 4-bit quantisation, which costs no accuracy, has 15).
+    init_levels: float = Field(default=16.0, gt=0)
+    #: Frozen-prefix outputs of this many training images calibrate the gains.
+    calibration_images: int = Field(default=256, ge=1)
+
+
 class UnlabelledSource(_Strict):
     """More training inputs for the label-free losses (their labels, if any, are not used).
 
@@ -299,7 +316,17 @@ class DistillConfig(_Strict):
     #: ``method: classes`` only: the classes of interest.
     classes: ClassesConfig | None = None
     nonn: NoNNConfig = NoNNConfig()
+    #: ``method: hnd`` only: an entropy-coded bottleneck trained with a rate term.
+    rate: RateConfig | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _rate_needs_a_bottleneck(self) -> DistillConfig:
+        if self.rate is not None and self.method != "hnd":
+            raise ValueError("rate: an entropy-coded bottleneck goes with method: hnd")
+        if self.rate is not None and self.student.bottleneck is None:
+            raise ValueError("rate: an entropy-coded bottleneck needs student.bottleneck")
+        return self
 
     @model_validator(mode="after")
     def _classes_section(self) -> DistillConfig:

@@ -13,6 +13,11 @@ What :class:`HeadDistillation` adds to the epoch loop of :mod:`.trainer`:
 5. The loss: SSE on the head output (+ optional pooled-feature SSE and soft-target KL on the
    classifier's logits, both through the frozen tail; optional random resized crops on part of
    each batch, their targets computed then). The score: the mimic's validation top-1.
+6. With a ``rate`` section, the student's bottleneck is entropy-coded
+   (:class:`~splitdnn.students.EntropyStudent`): the loss adds ``rate.beta`` × the bits per
+   image and the entropy model's quantile loss, and every epoch reports the bits the model
+   expects on the validation images. It may start from a plain student with fewer bottleneck
+   channels (``train.init_from``): the new channels start silent (``widen_state``).
 """
 
 from __future__ import annotations
@@ -38,12 +43,25 @@ from splitdnn.errors import CheckpointError, ConfigError
 from splitdnn.metrics import AgreementMeter
 from splitdnn.models import get_teacher
 from splitdnn.models.weights import weights_digest
-from splitdnn.students import BottleneckStudent, build_student, student_split
+from splitdnn.students import (
+    BottleneckStudent,
+    EntropyStudent,
+    build_student,
+    entropy_student,
+    student_split,
+    widen_state,
+)
 from splitdnn.teacher import normalise_batch, teacher_parts
 
 #: Bump when what a cache file means changes, so caches of older code are rebuilt.
 CACHE_VERSION = "2"
 BATCH = 32
+#: Weight of the entropy model's quantile loss, so the logged loss shows distortion and rate
+#: (unweighted, ~2,000 at the start of a 48-channel run, it hid them). Its gradient reaches
+#: only the quantiles, and Adam's steps hardly depend on a gradient's scale: the medians
+#: (the rounding grid) learn as fast; the tails learn slower where the density is thin, and
+#: nothing depends on them (the served tables bisect the density, ``coding_tables``).
+AUX_WEIGHT = 1e-3
 
 
 class HeadDistillation(Method):
@@ -109,13 +127,18 @@ class HeadDistillation(Method):
             split_module=self.split_module,
             weights=cfg.teacher.weights,
         )
+        if cfg.rate is not None:
+            student = entropy_student(student)
         student.to(memory_format=torch.channels_last)
+        calibrate = fresh and isinstance(student, EntropyStudent)
         if fresh and cfg.train.init_from is not None:
-            self._init_student(student, cfg.train.init_from)
+            calibrate = self._init_student(student, cfg.train.init_from) and calibrate
         self.student = student
         self.prefix: dict[str, torch.Tensor] | None = None
         if student.frozen_layers and cfg.augmentation.cache_teacher:
             self.prefix = self._frozen_outputs(student)
+        if calibrate:
+            self._calibrate(student)
         heads, feats = self.cache["train_heads"], self.cache["train_feats"]
         self.head_energy = float(
             np.mean(np.square(np.asarray(heads[:256], np.float32))) * np.prod(heads.shape[1:])
@@ -239,21 +262,72 @@ class HeadDistillation(Method):
         save_atomic(probe.state_dict(), path)
         return probe.eval()
 
-    def _init_student(self, student: BottleneckStudent, source: Path) -> None:
-        """Load the weights of an earlier student of the same design (``train.init_from``)."""
+    def _init_student(self, student: BottleneckStudent, source: Path) -> bool:
+        """Load the weights of an earlier student of the same design (``train.init_from``).
+
+        An entropy-coded student may start from a plain one, and from one with fewer
+        bottleneck channels. Returns whether the entropy model and gains still need a start
+        (the source had none)."""
         try:
             checkpoint = read_student(source)
         except (CheckpointError, KeyError) as exc:
             raise ConfigError(f"train.init_from: {exc}") from None
         c = self.config
         ours = (self.spec.name, self.split_module, c.student.bottleneck, c.student.variant)
-        if checkpoint.design != ours:
+        theirs = checkpoint.design
+        wider = (
+            isinstance(student, EntropyStudent)
+            and theirs[:2] + theirs[3:] == ours[:2] + ours[3:]
+            and theirs[2] is not None
+            and ours[2] is not None
+            and theirs[2] < ours[2]
+        )
+        if theirs != ours and not wider:
             raise ConfigError(
                 f"train.init_from: {checkpoint.source} holds a student for "
-                f"{checkpoint.design}, this run needs {ours}"
+                f"{theirs}, this run needs {ours}"
             )
-        student.load_state_dict(checkpoint.student)
+        state = dict(checkpoint.student)
+        if isinstance(student, EntropyStudent):
+            state, widened = widen_state(state, student.state_dict())
+            if widened:
+                self.log(f"bottleneck widened from {theirs[2]} to {ours[2]} channels")
+        student.load_state_dict(state)
         self.log(f"student initialised from {checkpoint.source}")
+        return "log_gain" not in checkpoint.student
+
+    def _calibrate(self, student: EntropyStudent) -> None:
+        """Start the gains from the bottleneck's spread on some training images."""
+        rate = self.config.rate
+        assert rate is not None
+        n = min(rate.calibration_images, len(self.train_samples))
+        if self.prefix is not None:
+            prefix = self.prefix["train"][:n].float()
+        else:
+            crops = normalise_batch(self.cache["train_crops"][:n], self.spec.preprocessing)
+            with torch.no_grad():
+                prefix = student.frozen()(crops)
+        student.calibrate(prefix, rate.init_levels)
+        gains = student.log_gain.detach().exp()
+        self.log(
+            f"gains calibrated on {n} images for {rate.init_levels:g} levels: "
+            f"{float(gains.min()):.3g}..{float(gains.max()):.3g}"
+        )
+
+    def parameter_groups(self, student: nn.Module) -> list[dict[str, Any]]:
+        """The entropy model and gains learn at ``rate.entropy_lr``, the rest at the
+        configured rate."""
+        if not isinstance(student, EntropyStudent) or self.config.rate is None:
+            return super().parameter_groups(student)
+        fast = {id(p) for p in student.entropy_parameters()}
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in trainable if id(p) not in fast]},
+            {
+                "params": [p for p in trainable if id(p) in fast],
+                "lr": self.config.rate.entropy_lr,
+            },
+        ]
 
     def _frozen_outputs(self, student: BottleneckStudent) -> dict[str, torch.Tensor]:
         """The student's frozen prefix run once on every crop (it never changes in training).
@@ -288,8 +362,15 @@ class HeadDistillation(Method):
     def loss(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         x, target, feats = self._batch(idx, flip, rng)
         student = self.student
-        out = student.forward_from_frozen(x) if self.prefix is not None else student(x)
-        loss = sse(out, target) / self.head_energy
+        rate = self.config.rate
+        if isinstance(student, EntropyStudent) and rate is not None:
+            prefix = x if self.prefix is not None else student.frozen()(x)
+            out, bits = student.forward_with_bits(prefix)
+            loss = rate.beta * bits.mean() + AUX_WEIGHT * student.aux_loss()
+        else:
+            out = student.forward_from_frozen(x) if self.prefix is not None else student(x)
+            loss = out.new_zeros(())
+        loss = loss + sse(out, target) / self.head_energy
         tcfg = self.config.train
         tail_terms = (tcfg.pooled_loss_weight, tcfg.logits_loss_weight)
         if any(w > 0 for w in tail_terms) or self._imagenet_term():
@@ -394,27 +475,42 @@ class HeadDistillation(Method):
 
     def evaluate(self, batch_size: int = BATCH) -> dict[str, Any]:
         """Teacher vs mimic (student + frozen teacher tail) on the validation images."""
-        self.student.eval()
+        student = self.student.eval()
         meter = AgreementMeter()
+        bits: list[torch.Tensor] = []
         with torch.no_grad():
             for i in range(0, len(self.val), batch_size):
                 if self.prefix is not None:
-                    head = self.student.forward_from_frozen(self.prefix["val"][i : i + batch_size])
+                    x = self.prefix["val"][i : i + batch_size]
                 else:
                     crops = self.cache["val_crops"][i : i + batch_size]
-                    head = self.student(normalise_batch(crops, self.spec.preprocessing))
+                    x = normalise_batch(crops, self.spec.preprocessing)
+                if isinstance(student, EntropyStudent):
+                    prefix = x if self.prefix is not None else student.frozen()(x)
+                    head, image_bits = student.forward_with_bits(prefix)
+                    bits.append(image_bits)
+                else:
+                    head = student.forward_from_frozen(x) if self.prefix is not None else student(x)
                 meter.update(
                     self.teacher_val_logits[i : i + batch_size],
                     self.parts.tail(head),
                     self.val_labels[i : i + batch_size],
                 )
-        return meter.result().to_dict()
+        record = meter.result().to_dict()
+        if bits:  # the entropy model's estimate of the coded bottleneck, headers not counted
+            per_image = torch.cat(bits)
+            record["bottleneck_bytes_mean"] = float(per_image.mean()) / 8
+            record["bottleneck_bytes_median"] = float(per_image.median()) / 8
+        return record
 
     def describe(self, record: dict[str, Any]) -> str:
-        return (
+        text = (
             f"teacher top-1 {record['teacher_top1']:.2f}, mimic top-1 "
             f"{record['mimic_top1']:.2f}, agreement {record['top1_agreement']:.2f}"
         )
+        if "bottleneck_bytes_median" in record:
+            text += f", bottleneck {record['bottleneck_bytes_median']:.0f} B (median, estimated)"
+        return text
 
     def best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
         c = self.config

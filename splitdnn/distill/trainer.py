@@ -8,7 +8,8 @@ here, once:
 * seeded data order: an epoch's order and flips depend only on ``seed`` and the epoch, a
   step's extra randomness on ``(seed, epoch, step)``, so a resumed run trains exactly what an
   uninterrupted one would;
-* Adam on the trainable parameters, a multi-step learning-rate schedule;
+* Adam on the trainable parameters (in the method's groups), a multi-step learning-rate
+  schedule;
 * ``last.pt`` written atomically every ``checkpoint_every`` steps and after every epoch;
   ``--resume`` continues at the saved epoch and step;
 * after every epoch: the method's validation metrics, one line in ``metrics.jsonl`` (a fresh
@@ -69,6 +70,11 @@ class Method:
 
     def num_samples(self) -> int:
         raise NotImplementedError
+
+    def parameter_groups(self, student: nn.Module) -> list[dict[str, Any]]:
+        """Adam's parameter groups: by default one, every trainable parameter at the
+        configured learning rate (a group may set its own ``lr``)."""
+        return [{"params": [p for p in student.parameters() if p.requires_grad]}]
 
     def loss(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         """The loss of one batch: sample indices (sorted), which of them to mirror, and a
@@ -167,7 +173,7 @@ def train(method: Method, resume: bool = False) -> dict[str, Any]:
         raise
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
     optimiser = torch.optim.Adam(
-        [p for p in student.parameters() if p.requires_grad],
+        method.parameter_groups(student),
         lr=tcfg.optimizer.lr,
         weight_decay=tcfg.optimizer.weight_decay,
     )

