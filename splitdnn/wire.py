@@ -328,9 +328,7 @@ def decode(
         extra = sorted(map(str, set(fields) - set(_KEYS)))
         raise WireError(f"envelope keys do not match version 1: missing {missing}, extra {extra}")
 
-    sender = fields["bundle"]
-    if not isinstance(sender, str) or len(sender) > 64:
-        raise WireError("'bundle' must be a bundle id string of at most 64 characters")
+    sender = _sender(fields)
     dtype = fields["dtype"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise WireError(f"unknown dtype {dtype!r}; expected one of {list(DTYPES)}")
@@ -343,21 +341,8 @@ def decode(
     if not isinstance(compression, str) or compression not in COMPRESSIONS:
         raise WireError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
 
-    shape = fields["shape"]
-    if (
-        not isinstance(shape, list)
-        or not 1 <= len(shape) <= MAX_NDIM
-        or not all(_is_int(d) and d >= 0 for d in shape)
-    ):
-        raise WireError(f"'shape' must be 1 to {MAX_NDIM} non-negative integers")
-    if bundle_id is not None and bundle_id != sender:
-        raise BundleMismatchError(
-            f"the sender holds bundle {sender!r}; the receiver holds {bundle_id!r}"
-        )
-    if sample_shape is not None and tuple(shape[1:]) != tuple(sample_shape):
-        raise WireSizeError(
-            f"sample shape {shape[1:]} does not match the expected {list(sample_shape)}"
-        )
+    shape = _shape(fields, 1)
+    _check_receiver(sender, shape, bundle_id, sample_shape)
     if shape[0] > max_batch:
         raise WireLimitError(f"batch of {shape[0]}; the limit is {max_batch} per request")
     raw_size = fields["raw_size"]
@@ -415,30 +400,15 @@ def _decode_entropy(
             "an entropy-coded envelope (version 2) needs the bundle's coding tables, and "
             "this receiver's bundle has none; send version 1"
         )
-    sender = fields["bundle"]
-    if not isinstance(sender, str) or len(sender) > 64:
-        raise WireError("'bundle' must be a bundle id string of at most 64 characters")
+    sender = _sender(fields)
     coder = fields["coder"]
     if not isinstance(coder, str) or coder not in CODERS:
         raise WireError(f"unknown coder {coder!r}; expected one of {list(CODERS)}")
     lanes = fields["lanes"]
     if not _is_int(lanes) or not 1 <= lanes <= rans.MAX_LANES:
         raise WireError(f"'lanes' must be an integer from 1 to {rans.MAX_LANES}")
-    shape = fields["shape"]
-    if (
-        not isinstance(shape, list)
-        or not 2 <= len(shape) <= MAX_NDIM
-        or not all(_is_int(d) and d >= 0 for d in shape)
-    ):
-        raise WireError(f"'shape' must be 2 to {MAX_NDIM} non-negative integers")
-    if bundle_id is not None and bundle_id != sender:
-        raise BundleMismatchError(
-            f"the sender holds bundle {sender!r}; the receiver holds {bundle_id!r}"
-        )
-    if sample_shape is not None and tuple(shape[1:]) != tuple(sample_shape):
-        raise WireSizeError(
-            f"sample shape {shape[1:]} does not match the expected {list(sample_shape)}"
-        )
+    shape = _shape(fields, 2)
+    _check_receiver(sender, shape, bundle_id, sample_shape)
     if shape[1] != tables.channels:
         raise WireSizeError(f"{shape[1]} channels; the coding tables have {tables.channels}")
     if shape[0] > max_batch:
@@ -499,6 +469,40 @@ def decode_array(data: bytes, **options: Any) -> tuple[Envelope, np.ndarray]:
     :func:`decode`'s (limits, expected bundle and shape, coding tables)."""
     envelope = decode(data, **options)
     return envelope, envelope.to_array()
+
+
+def _sender(fields: dict) -> str:
+    """The sender's bundle id, checked (both versions)."""
+    sender = fields["bundle"]
+    if not isinstance(sender, str) or len(sender) > 64:
+        raise WireError("'bundle' must be a bundle id string of at most 64 characters")
+    return sender
+
+
+def _shape(fields: dict, min_ndim: int) -> list[int]:
+    """The envelope's shape: ``min_ndim`` to ``MAX_NDIM`` non-negative integers."""
+    shape = fields["shape"]
+    if (
+        not isinstance(shape, list)
+        or not min_ndim <= len(shape) <= MAX_NDIM
+        or not all(_is_int(d) and d >= 0 for d in shape)
+    ):
+        raise WireError(f"'shape' must be {min_ndim} to {MAX_NDIM} non-negative integers")
+    return shape
+
+
+def _check_receiver(
+    sender: str, shape: list[int], bundle_id: str | None, sample_shape: tuple[int, ...] | None
+) -> None:
+    """The envelope is for this receiver: same bundle, the sample shape it expects."""
+    if bundle_id is not None and bundle_id != sender:
+        raise BundleMismatchError(
+            f"the sender holds bundle {sender!r}; the receiver holds {bundle_id!r}"
+        )
+    if sample_shape is not None and tuple(shape[1:]) != tuple(sample_shape):
+        raise WireSizeError(
+            f"sample shape {shape[1:]} does not match the expected {list(sample_shape)}"
+        )
 
 
 def _is_int(value: object) -> bool:
