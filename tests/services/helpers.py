@@ -35,6 +35,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def running_services(
+    apps: dict[str, tuple[str, dict[str, str]]], ready_timeout: float
+) -> Iterator[tuple[dict[str, str], dict[str, subprocess.Popen]]]:
+    """``apps`` (name -> (import string, environment)) as uvicorn subprocesses on ephemeral
+    127.0.0.1 ports, started in order and each waited for: (their URLs, their processes).
+    An environment may name another service's URL as ``{url:NAME}``."""
+    ports = {name: free_port() for name in apps}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        for name, (app, env) in apps.items():
+            for other, url in urls.items():
+                env = {key: value.replace(f"{{url:{other}}}", url) for key, value in env.items()}
+            command = serve.uvicorn_command(app, "127.0.0.1", ports[name], "warning")
+            processes[name] = subprocess.Popen(command, env={**os.environ, **env})
+        for name in apps:
+            url = urls[name] + "/v2/health/ready"
+            assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
+        yield urls, processes
+    finally:
+        serve.stop_processes(processes.values())
+
+
 @dataclass
 class Stack:
     gateway: str
@@ -48,32 +72,28 @@ def running_stack(
     bundle_dir: Path, token: str | None, ready_timeout: float = 60
 ) -> Iterator[Stack]:
     """Tail, head and gateway as uvicorn subprocesses on ephemeral 127.0.0.1 ports."""
-    ports = {name: free_port() for name in ("tail", "head", "gateway")}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     common = {"SPLITDNN_TAIL_INTRA_OP_THREADS": "1", "SPLITDNN_HEAD_INTRA_OP_THREADS": "1"}
-    envs = {
-        "tail": serve.tail_env(bundle_dir, token),
-        "head": {
-            **serve.head_env(urls["tail"], bundle_dir, token),
-            "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
-        },
-        "gateway": {
-            **serve.gateway_env(urls["head"], urls["tail"], token=token),
-            "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
-        },
+    apps = {
+        "tail": (serve.TAIL_APP, {**common, **serve.tail_env(bundle_dir, token)}),
+        "head": (
+            serve.HEAD_APP,
+            {
+                **common,
+                **serve.head_env("{url:tail}", bundle_dir, token),
+                "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
+            },
+        ),
+        "gateway": (
+            serve.GATEWAY_APP,
+            {
+                **common,
+                **serve.gateway_env("{url:head}", "{url:tail}", token=token),
+                "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
+            },
+        ),
     }
-    apps = {"tail": serve.TAIL_APP, "head": serve.HEAD_APP, "gateway": serve.GATEWAY_APP}
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        for name in ("tail", "head", "gateway"):
-            command = serve.uvicorn_command(apps[name], "127.0.0.1", ports[name], "warning")
-            processes[name] = subprocess.Popen(command, env={**os.environ, **common, **envs[name]})
-        for name in ("tail", "head", "gateway"):
-            url = urls[name] + "/v2/health/ready"
-            assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
+    with running_services(apps, ready_timeout) as (urls, processes):
         yield Stack(urls["gateway"], urls["head"], urls["tail"], processes)
-    finally:
-        serve.stop_processes(processes.values())
 
 
 @dataclass
@@ -89,28 +109,26 @@ def running_device(
 ) -> Iterator[Device]:
     """The tail and the device (gateway and head in one process, as ``splitdnn serve all``
     starts them) as uvicorn subprocesses on ephemeral 127.0.0.1 ports."""
-    ports = {name: free_port() for name in ("tail", "device")}
-    tail_url = f"http://127.0.0.1:{ports['tail']}"
-    envs = {
-        "tail": serve.tail_env(bundle_dir, token),
-        "device": {
-            **serve.device_env(tail_url, bundle_dir, token),
-            "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
-            "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
-        },
+    apps = {
+        "tail": (serve.TAIL_APP, serve.tail_env(bundle_dir, token)),
+        "device": (
+            serve.DEVICE_APP,
+            {
+                **serve.device_env("{url:tail}", bundle_dir, token),
+                "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "3",
+                "SPLITDNN_GATEWAY_MAX_IMAGE_BYTES": "1000000",
+            },
+        ),
     }
-    apps = {"tail": serve.TAIL_APP, "device": serve.DEVICE_APP}
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        for name in ("tail", "device"):
-            command = serve.uvicorn_command(apps[name], "127.0.0.1", ports[name], "warning")
-            processes[name] = subprocess.Popen(command, env={**os.environ, **envs[name]})
-        for name in ("tail", "device"):
-            url = f"http://127.0.0.1:{ports[name]}/v2/health/ready"
-            assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
-        yield Device(f"http://127.0.0.1:{ports['device']}", tail_url, processes)
-    finally:
-        serve.stop_processes(processes.values())
+    with running_services(apps, ready_timeout) as (urls, processes):
+        yield Device(urls["device"], urls["tail"], processes)
+
+
+def classify_form(client: httpx.Client, image: bytes, **params: object) -> httpx.Response:
+    """POST /classify with the image as the multipart field ``image`` (curl -F)."""
+    return client.post(
+        "/classify", params=params, files={"image": ("cat.jpg", image, "image/jpeg")}
+    )
 
 
 Handler = Callable[[httpx.Request], httpx.Response]

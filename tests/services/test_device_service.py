@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers import Device, assert_problem, running_device
+from helpers import classify_form as classify
 
 from gateway.app import create_device_app
 from gateway.settings import GatewaySettings
@@ -32,12 +33,6 @@ def device(toy_bundle_dir) -> Iterator[Device]:
 def client(device) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=device.gateway, timeout=20) as c:
         yield c
-
-
-def classify(client: httpx.Client, image: bytes, **params) -> httpx.Response:
-    return client.post(
-        "/classify", params=params, files={"image": ("cat.jpg", image, "image/jpeg")}
-    )
 
 
 @pytest.mark.parametrize("mode", ["split", "local", "offload", "auto"])

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers import Stack, assert_problem, running_stack
+from helpers import classify_form as classify
 
 from splitdnn.bundle import load_bundle
 from splitdnn.imaging import load_input
@@ -29,12 +30,6 @@ def stack(toy_bundle_dir) -> Iterator[Stack]:
 def client(stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.gateway, timeout=20) as c:
         yield c
-
-
-def classify(client: httpx.Client, image: bytes, **params) -> httpx.Response:
-    return client.post(
-        "/classify", params=params, files={"image": ("cat.jpg", image, "image/jpeg")}
-    )
 
 
 @pytest.fixture(scope="module")
