@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,8 +46,10 @@ from benchmarks.bandwidth_sweep import (  # noqa: E402
 )
 from benchmarks.loadgen import Reply, run  # noqa: E402
 from benchmarks.netns import calibrate, shaped_link, why_unavailable  # noqa: E402
+from benchmarks.process_cpu import cpu_seconds  # noqa: E402
 from splitdnn import devices  # noqa: E402
 from splitdnn.bundle import default_bundle_path  # noqa: E402
+from splitdnn.stats import median_ratio  # noqa: E402
 from splitdnn.tls import make_certificates  # noqa: E402
 
 MODES = ["split", "offload"]
@@ -128,8 +131,11 @@ def measure_pair(
     images: list[tuple[str, bytes]],
     payload_mbit: float,
     warmup: int,
-) -> dict[str, dict[str, Any]]:
-    """One rate: every (variant, mode) cell on one interleaved open-loop schedule."""
+    head_pids: dict[str, int],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One rate: every (variant, mode) cell on one interleaved open-loop schedule; and per
+    mode the TLS/plain ratio of p50s with its paired 95 % interval and the head's CPU per
+    request in both (what TLS costs the device itself, steady where wall times are not)."""
     gaps = {(v, m): warm_interval(clients[v], images, m, warmup) for v in VARIANTS for m in MODES}
     plan = []
     for i in range(len(images)):
@@ -142,17 +148,20 @@ def measure_pair(
 
     def send(k: int) -> Reply:
         variant, mode, i = plan[k]
+        cpu_before = cpu_seconds(head_pids[variant])
         answer = post(clients[variant], mode, images[i][1])
+        head_cpu_ms = (cpu_seconds(head_pids[variant]) - cpu_before) * 1000
         t = answer["timings_ms"]
         stages = answer.get("head_stages_ms") or {}
         return Reply(None, {
             "image": images[i][0], "mode": answer["mode"], "head_ms": t["head"],
             "head_model_ms": stages.get("model", 0.0), "transfer_ms": t["transfer"],
             "tail_ms": t["tail"], "head_total_ms": t["total"], "bytes": answer["bytes_sent"],
+            "head_cpu_ms": round(head_cpu_ms, 3),
         })  # fmt: skip
 
     records = run(send, rate=1.0, count=len(plan), times=times)["records"]
-    return {
+    cells = {
         v: {
             m: cell_of(
                 m, [r for r in records if plan[r["i"]][:2] == (v, m)], gaps[v, m], payload_mbit
@@ -160,6 +169,32 @@ def measure_pair(
             for m in MODES
         }
         for v in VARIANTS
+    }
+    return cells, {m: tls_effect(records, plan, m) for m in MODES}
+
+
+def tls_effect(records: list[dict], plan: list[tuple[str, str, int]], mode: str) -> dict:
+    """TLS/plain for one mode over the photos both variants answered: ratio of p50s with a
+    paired bootstrap interval, and the head's median CPU per request in each."""
+    by = {(plan[r["i"]][0], plan[r["i"]][2]): r for r in records
+          if plan[r["i"]][1] == mode and r["error"] is None}  # fmt: skip
+    photos = sorted({i for v, i in by if (("plain", i) in by and ("tls", i) in by)})
+    if not photos:
+        return {"photos": 0}
+    pairs = [(by["plain", i], by["tls", i]) for i in photos]
+    ratio = median_ratio([p["latency_ms"] for p, _ in pairs], [t["latency_ms"] for _, t in pairs])
+    cpu = {
+        v: statistics.median(pair[k]["head_cpu_ms"] for pair in pairs)
+        for k, v in enumerate(VARIANTS)
+    }
+    return {
+        "photos": len(photos),
+        "p50_ratio": round(ratio.ratio, 4),
+        "p50_ratio_ci95": [round(x, 4) for x in ratio.ci95],
+        "head_cpu_ms": {v: round(c, 3) for v, c in cpu.items()},
+        "head_cpu_added_ms": round(
+            statistics.median(t["head_cpu_ms"] - p["head_cpu_ms"] for p, t in pairs), 3
+        ),
     }
 
 
@@ -186,7 +221,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         os.chmod(certs, 0o755)
         result["client_cpu_us"] = client_cpu(certs, args.cpu_count)
         print("client CPU per request (us):", result["client_cpu_us"], flush=True)
-        clients = {}
+        clients, head_pids = {}, {}
         for offset, variant in enumerate(VARIANTS):
             tls_dir = certs if variant == "tls" else None
             # each head its own share, as each device has its own CPU
@@ -207,15 +242,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             clients[variant] = stack.enter_context(
                 httpx.Client(base_url=services.head_url, timeout=300)
             )
+            head_pids[variant] = services.processes[1].pid  # tail first, then the head
         for rate in args.rates:
             link = link.set_rate(rate)
             cal = calibrate(link)
-            cells = measure_pair(clients, images, cal["payload_mbit"], args.warmup)
+            cells, effect = measure_pair(
+                clients, images, cal["payload_mbit"], args.warmup, head_pids
+            )
             row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": cells}
             p50 = {v: {m: c["p50_ms"] for m, c in cells[v].items()} for v in VARIANTS}
             row["tls_over_plain"] = {m: round(p50["tls"][m] / p50["plain"][m], 3) for m in MODES}
+            row["tls_effect"] = effect
             result["rows"].append(row)
-            print(rate, p50, row["tls_over_plain"], flush=True)
+            print(rate, p50, effect, flush=True)
     result["load_after"] = os.getloadavg()
     return result
 
@@ -232,9 +271,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"Also running: {result['note'] or 'not recorded'}",
         "",
-        "| rate (Mbit/s) | split p50 plain | split p50 TLS | TLS/plain | "
-        "offload p50 plain | offload p50 TLS | TLS/plain |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "TLS/plain is the ratio of p50s with a 95 % paired-bootstrap interval (photos "
+        "resampled with both their times); head CPU is the head process's CPU per request "
+        "(all threads), plain → TLS, median.",
+        "",
+        "| rate (Mbit/s) | split p50 plain | split p50 TLS | TLS/plain [95 % CI] | "
+        "split head CPU ms | offload p50 plain | offload p50 TLS | TLS/plain [95 % CI] | "
+        "offload head CPU ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     cpu = result.get("client_cpu_us")
     tail_lines = []
@@ -255,12 +299,22 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         ]
     for row in result["rows"]:
         c = row["cells"]
-        lines.append(
-            f"| {row['rate_mbit']:g} | {c['plain']['split']['p50_ms']:.1f} | "
-            f"{c['tls']['split']['p50_ms']:.1f} | {row['tls_over_plain']['split']:.3f} | "
-            f"{c['plain']['offload']['p50_ms']:.1f} | {c['tls']['offload']['p50_ms']:.1f} | "
-            f"{row['tls_over_plain']['offload']:.3f} |"
-        )
+        cols = [f"{row['rate_mbit']:g}"]
+        for mode in MODES:
+            effect = row.get("tls_effect", {}).get(mode, {})
+            ratio = f"{row['tls_over_plain'][mode]:.3f}"
+            cpu = "–"
+            if effect.get("photos"):
+                low, high = effect["p50_ratio_ci95"]
+                ratio = f"{effect['p50_ratio']:.3f} [{low:.3f}, {high:.3f}]"
+                cpu = f"{effect['head_cpu_ms']['plain']:.2f} → {effect['head_cpu_ms']['tls']:.2f}"
+            cols += [
+                f"{c['plain'][mode]['p50_ms']:.1f}",
+                f"{c['tls'][mode]['p50_ms']:.1f}",
+                ratio,
+                cpu,
+            ]
+        lines.append("| " + " | ".join(cols) + " |")
     path.write_text("\n".join(lines + tail_lines) + "\n")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from splitdnn.stats import paired_difference, proportion_ci
+from splitdnn.stats import median_ratio, paired_difference, proportion_ci
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,29 @@ def test_paired_interval_refuses_vectors_of_different_lengths():
     with pytest.raises(ValueError, match="equal-length"):
         paired_difference([True, False], [True])
     assert paired_difference([], []).ci95 == (-100.0, 100.0)
+
+
+def test_median_ratio_is_the_ratio_of_medians_and_its_interval_holds_it():
+    first = np.linspace(50.0, 150.0, 41)
+    ratio = median_ratio(first, first * 1.2)
+    assert ratio.ratio == pytest.approx(1.2)
+    assert ratio.ci95 == pytest.approx((1.2, 1.2))  # every pair differs by the same factor
+    assert ratio.items == 41
+
+
+def test_median_ratio_interval_widens_with_noise_and_narrows_with_items():
+    rng = np.random.default_rng(1)
+    few = rng.lognormal(4.3, 0.3, 16)
+    many = rng.lognormal(4.3, 0.3, 256)
+    noisy = [median_ratio(x, x * rng.lognormal(0.05, 0.2, x.size)) for x in (few, many)]
+    widths = [r.ci95[1] - r.ci95[0] for r in noisy]
+    assert widths[0] > widths[1] > 0
+    for r in noisy:
+        assert r.ci95[0] <= r.ratio <= r.ci95[1]
+
+
+def test_median_ratio_refuses_unpaired_or_non_positive_times():
+    with pytest.raises(ValueError):
+        median_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        median_ratio([0.0, 2.0], [1.0, 2.0])
