@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The rate ladder of issue #21: entropy-coded bottleneck students at three rate weights, one
-# after the other (one run at a time on a shared 2-core machine), each from the committed
-# default student (configs/rate/lite2-rate-b*.yaml say how). Every run is resumable: run
+# The rate ladder: entropy-coded bottleneck students at three rate weights, one after the
+# other (one run at a time on a shared 2-core machine): beta 1e-4 for six epochs from the
+# committed default student, then 3e-4 and 1e-3, each two epochs from the rung before it
+# (configs/rate/lite2-rate-b*.yaml say how). Every run is resumable: run
 # this script again and each finished run is skipped, an interrupted one continues from its
 # last.pt. The runs share one cache of crops and teacher outputs (same images, same key):
 # the first run builds it (~30 min on 2 free cores), the others link to it.
 #   bash scripts/train-rate.sh                       # the whole ladder, beta 1e-4 first
-#   RATE_BETAS="3e-5" bash scripts/train-rate.sh     # one rung
+#   RATE_BETAS="1e-4" bash scripts/train-rate.sh     # one rung
 # Logs: runs/rate/lite2-rate-b<beta>/train.log. Needs ../shared/data/caltech101,
 # ../shared/data/unlabelled-photos and ../shared/data/imagenet-sample; run inside the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BETAS=${RATE_BETAS:-"1e-4 3e-5 3e-4"}
+BETAS=${RATE_BETAS:-"1e-4 3e-4 1e-3"}
 NICE=${RATE_NICE:-19}
 RUNS=runs/rate
 mkdir -p "$RUNS"
