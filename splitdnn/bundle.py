@@ -8,6 +8,12 @@
     offload.onnx    "image" -> "logits_<task>": the whole teacher       (offload mode)
     local.onnx      "image" (its own preprocessing) -> "logits_<task>"  (local mode)
 
+A *ladder* bundle (issue #21) holds several entropy-coded split rates: ``rates`` maps each
+name to its own device and server parts and coding tables (``device-<rate>.onnx``, ...; a file
+identical to another rate's is stored once) with its held-out figures, and ``default_rate``
+is the one the top-level ``models``/``coding`` name, so a reader that knows no ladder serves
+the default rate. A one-rate bundle has neither key (its manifest is what it always was).
+
 The bundle id is the first 16 hex digits of sha256 over the sorted ``(file name, sha256)``
 pairs, so head and tail can prove in one short string that they run the same weights.
 The exporter calls :func:`write_manifest`; services call :func:`load_bundle`.
@@ -18,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +34,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from splitdnn import rans
-from splitdnn.errors import BundleError, UnknownNameError, UnknownTaskError
+from splitdnn.errors import BundleError, UnknownNameError, UnknownRateError, UnknownTaskError
 from splitdnn.imaging import Preprocessing
-from splitdnn.latency import MODES
+from splitdnn.latency import MODES, split_option
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -134,6 +142,31 @@ class ModelFiles(BaseModel):
     local: str = "local.onnx"
 
 
+#: What a rate may be called: it travels in ``?rate=`` and in an envelope.
+RATE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+
+
+class RateSpec(BaseModel):
+    """One operating point of a ladder: its files (listed in the manifest's ``files``), its
+    bottleneck, and what it measured on held-out images (``splitdnn evaluate --record``)."""
+
+    device: str
+    server: str
+    coding: str
+    bottleneck: BottleneckSpec
+    #: task -> held-out top-1 per mode; ``split_entropy`` is this rate's split as sent
+    accuracy: dict[str, TaskAccuracy] = Field(default_factory=dict)
+    #: task -> median bytes of this rate's envelope on the same images
+    median_bytes: dict[str, float] = Field(default_factory=dict)
+    #: where the rate came from (its run, beta), for people
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def drop(self, task: str) -> float | None:
+        """Points this rate's split loses against the teacher on ``task``; None unmeasured."""
+        figures = self.accuracy.get(task)
+        return figures.drop("split", "entropy") if figures else None
+
+
 class Manifest(BaseModel):
     """``manifest.json``; field names are a contract with the exporter and the services."""
 
@@ -157,6 +190,10 @@ class Manifest(BaseModel):
     #: The entropy-coding tables of an entropy-coded bottleneck (a file listed in ``files``),
     #: or None: the bottleneck goes as a plain tensor (envelope version 1).
     coding: str | None = None
+    #: A ladder: rate name -> its parts and figures (None: a one-rate bundle).
+    rates: dict[str, RateSpec] | None = None
+    #: The rate the top-level ``models.device``/``models.server``/``coding`` name.
+    default_rate: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -172,7 +209,29 @@ class Manifest(BaseModel):
                 raise ValueError(f"models.{role} is not listed in files")
         if self.coding is not None and self.coding not in self.files:
             raise ValueError("coding is not listed in files")
+        self._consistent_ladder()
         return self
+
+    def _consistent_ladder(self) -> None:
+        if self.rates is None:
+            if self.default_rate is not None:
+                raise ValueError("default_rate without rates")
+            return
+        if not self.rates or self.default_rate not in self.rates:
+            raise ValueError(f"default_rate {self.default_rate!r} is not one of {list(self.rates)}")
+        for name, rate in self.rates.items():
+            if not re.match(RATE_NAME, name):
+                raise ValueError(f"rate name {name!r} does not match {RATE_NAME}")
+            for filename in (rate.device, rate.server, rate.coding):
+                if filename not in self.files:
+                    raise ValueError(f"rate {name!r}: {filename} is not listed in files")
+            unknown = sorted((set(rate.accuracy) | set(rate.median_bytes)) - set(self.tasks))
+            if unknown:
+                raise ValueError(f"rate {name!r}: figures for task(s) {unknown} not in tasks")
+        default = self.rates[self.default_rate]
+        top = (self.models.device, self.models.server, self.coding, self.bottleneck.shape)
+        if (default.device, default.server, default.coding, default.bottleneck.shape) != top:
+            raise ValueError("the default rate's files must be the top-level models and coding")
 
 
 def bundle_id_of(files: dict[str, FileEntry] | dict[str, str]) -> str:
@@ -210,14 +269,19 @@ class AccuracyBound:
     excluded: dict[str, float]
     #: modes without a measured figure for this task (allowed: nothing says they lose)
     unmeasured: tuple[str, ...]
+    #: a ladder's rates without a measured figure for this task (excluded); None: no ladder
+    unmeasured_rates: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "max_drop": self.max_drop,
             "allowed": list(self.allowed),
             "excluded": {m: round(d, 2) for m, d in self.excluded.items()},
             "unmeasured": list(self.unmeasured),
         }
+        if self.unmeasured_rates is not None:
+            answer["unmeasured_rates"] = list(self.unmeasured_rates)
+        return answer
 
 
 @dataclass(frozen=True)
@@ -255,15 +319,32 @@ class Bundle:
     ) -> AccuracyBound:
         """The ``modes`` whose measured top-1 on ``task`` is at most ``max_drop`` points below
         the teacher's (split as sent in ``quantisation``); a mode never measured stays
-        allowed and is named in ``unmeasured``."""
+        allowed and is named in ``unmeasured``. On a ladder, split is every rate
+        (``split@<rate>``, entropy-coded): a rate never measured for ``task`` is *excluded*
+        (a ladder's rates differ too much to assume) and named in ``unmeasured_rates``."""
+        ladder = bool(self.rates) and "split" in modes
+        plain = tuple(m for m in modes if not (ladder and m == "split"))
         figures = self.manifest.accuracy.get(task)
-        drops = {m: figures.drop(m, quantisation) if figures else None for m in modes}
+        drops = {m: figures.drop(m, quantisation) if figures else None for m in plain}
         excluded = {m: d for m, d in drops.items() if d is not None and d > max_drop}
+        allowed = [m for m in plain if m not in excluded]
+        unmeasured_rates: list[str] | None = None
+        if ladder:
+            unmeasured_rates = []
+            for rate in self.rates:
+                option, drop = split_option(rate), self.rate_spec(rate).drop(task)
+                if drop is None:
+                    unmeasured_rates.append(option)
+                elif drop > max_drop:
+                    excluded[option] = drop
+                else:
+                    allowed.append(option)
         return AccuracyBound(
             max_drop=max_drop,
-            allowed=tuple(m for m in modes if m not in excluded),
+            allowed=tuple(allowed),
             excluded=excluded,
             unmeasured=tuple(m for m, d in drops.items() if d is None),
+            unmeasured_rates=None if unmeasured_rates is None else tuple(unmeasured_rates),
         )
 
     def labels(self, task: str | None = None) -> list[str]:
@@ -295,11 +376,50 @@ class Bundle:
             f"{task}=FILE to add one"
         )
 
+    # --- a ladder of rates -----------------------------------------------------------
+
+    @property
+    def rates(self) -> tuple[str, ...]:
+        """The ladder's rate names (empty for a one-rate bundle)."""
+        return tuple(self.manifest.rates or ())
+
+    def rate(self, name: str | None) -> str | None:
+        """Resolve a requested rate: None is the default rate (None for a one-rate bundle);
+        a name the ladder does not have is refused with the rates there are."""
+        if name is None:
+            return self.manifest.default_rate
+        if name not in self.rates:
+            there = f"the rates are {list(self.rates)}" if self.rates else "it has one rate only"
+            raise UnknownRateError(f"unknown rate {name!r}; in bundle {self.name!r} {there}")
+        return name
+
+    def rate_spec(self, name: str) -> RateSpec:
+        rate = self.rate(name)
+        assert rate is not None and self.manifest.rates is not None
+        return self.manifest.rates[rate]
+
+    def rate_model_path(self, name: str, role: str) -> Path:
+        """The ``device`` or ``server`` part of rate ``name``."""
+        if role not in ("device", "server"):
+            raise UnknownNameError(f"a rate has a device and a server part, not {role!r}")
+        return self.path / getattr(self.rate_spec(name), role)
+
+    def rate_coding_tables(self, name: str) -> rans.CodingTables:
+        return self._read_tables(self.rate_spec(name).coding)
+
+    def rate_bytes(self, task: str) -> dict[str, float]:
+        """Per rate, the median envelope bytes measured for ``task`` (rates measured only)."""
+        specs = self.manifest.rates or {}
+        return {r: s.median_bytes[task] for r, s in specs.items() if task in s.median_bytes}
+
     def coding_tables(self) -> rans.CodingTables | None:
         """The entropy-coding tables (checked), or None for a plain-tensor bottleneck."""
         if self.manifest.coding is None:
             return None
-        path = self.path / self.manifest.coding
+        return self._read_tables(self.manifest.coding)
+
+    def _read_tables(self, filename: str) -> rans.CodingTables:
+        path = self.path / filename
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return rans.CodingTables.from_lists(**data)
@@ -376,8 +496,10 @@ def write_manifest(
 
 
 def _write(directory: Path, manifest: Manifest) -> None:
-    """``manifest.json`` replaced whole (a reader never sees half a manifest)."""
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2)
+    """``manifest.json`` replaced whole (a reader never sees half a manifest). A one-rate
+    bundle's manifest leaves the ladder keys out, so it stays what it was before ladders."""
+    ladder = {"rates", "default_rate"} if manifest.rates is None else set()
+    text = json.dumps(manifest.model_dump(mode="json", exclude=ladder), indent=2)
     partial = directory / f".{MANIFEST}.partial"
     partial.write_text(text + "\n", encoding="utf-8")
     os.replace(partial, directory / MANIFEST)
@@ -397,6 +519,122 @@ def record_accuracy(directory: str | Path, task: str, accuracy: TaskAccuracy) ->
     except ValidationError as exc:
         raise BundleError(f"cannot record accuracy for {task!r} in {directory}: {exc}") from exc
     _write(bundle.path, manifest)
+    return manifest
+
+
+def record_rate_accuracy(
+    directory: str | Path, rate: str, task: str, accuracy: TaskAccuracy, median_bytes: float
+) -> Manifest:
+    """Write one rate's measured figures for ``task`` (its top-1 per mode and the median
+    bytes of its envelope) into a ladder bundle's manifest; the bundle id does not change.
+    The default rate's figures go to the top-level ``accuracy`` too (what a reader that
+    knows no ladder reads)."""
+    bundle = load_bundle(directory, verify=False)
+    spec = bundle.rate_spec(rate)
+    updated = spec.model_copy(
+        update={
+            "accuracy": {**spec.accuracy, task: accuracy},
+            "median_bytes": {**spec.median_bytes, task: float(median_bytes)},
+        }
+    )
+    data = bundle.manifest.model_dump()
+    data["rates"] = {**bundle.manifest.rates, rate: updated}  # type: ignore[dict-item]
+    if rate == bundle.manifest.default_rate:
+        data["accuracy"] = {**bundle.manifest.accuracy, task: accuracy}
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"cannot record rate {rate!r} in {directory}: {exc}") from exc
+    _write(bundle.path, manifest)
+    return manifest
+
+
+#: What every rate of a ladder must share with the others (the device's input, the teacher,
+#: the tasks, the offload and local models).
+_LADDER_SHARED = ("teacher", "split_module", "preprocessing", "local_preprocessing", "tasks")
+
+
+def write_ladder(
+    out_dir: str | Path,
+    sources: dict[str, str | Path],
+    default_rate: str,
+    metrics: dict[str, dict[str, Any]] | None = None,
+) -> Manifest:
+    """One bundle holding several rates from one-rate entropy-coded bundles (``sources``:
+    rate name -> bundle directory, in ladder order). The default rate's bundle is copied
+    whole (its offload and local models are every rate's); every other rate adds its device
+    and server parts and coding tables as ``<role>-<rate>.onnx`` / ``coding-<rate>.json``,
+    unless an identical file is already in (then the rate names that one: a device part
+    several rates share is stored once). Each source's recorded figures become its rate's.
+    """
+    out_dir = Path(out_dir)
+    if default_rate not in sources:
+        raise BundleError(f"default rate {default_rate!r} is not one of {list(sources)}")
+    loaded = {name: load_bundle(path) for name, path in sources.items()}
+    for name, bundle in loaded.items():
+        if not re.match(RATE_NAME, name):
+            raise BundleError(f"rate name {name!r} does not match {RATE_NAME}")
+        if bundle.manifest.coding is None or bundle.rates:
+            raise BundleError(
+                f"rate {name!r}: {bundle.path} is not a one-rate entropy-coded bundle "
+                "(export an entropy student: `rate:` in its config)"
+            )
+    base = loaded[default_rate]
+    for name, bundle in loaded.items():
+        differ = [
+            key
+            for key in _LADDER_SHARED
+            if getattr(bundle.manifest, key) != getattr(base.manifest, key)
+        ]
+        if differ:
+            raise BundleError(
+                f"rate {name!r} ({bundle.path}) differs from the default rate in {differ}: "
+                "a ladder's rates share the teacher, the split, the tasks and preprocessing"
+            )
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise BundleError(f"{out_dir} is not empty; a ladder is written into a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for filename in base.manifest.files:
+        shutil.copyfile(base.path / filename, out_dir / filename)
+    files = dict(base.manifest.files)
+    by_hash = {entry.sha256: filename for filename, entry in files.items()}
+    rates: dict[str, RateSpec] = {}
+    for name, bundle in loaded.items():
+        m = bundle.manifest
+        assert m.coding is not None
+        named: dict[str, str] = {}
+        for role, filename, target in (
+            ("device", m.models.device, f"device-{name}.onnx"),
+            ("server", m.models.server, f"server-{name}.onnx"),
+            ("coding", m.coding, f"coding-{name}.json"),
+        ):
+            entry = m.files[filename]
+            if entry.sha256 not in by_hash:
+                if any(f.endswith(".onnx.data") for f in m.files):
+                    raise BundleError(f"rate {name!r}: ONNX files with external data")
+                shutil.copyfile(bundle.path / filename, out_dir / target)
+                files[target] = entry
+                by_hash[entry.sha256] = target
+            named[role] = by_hash[entry.sha256]
+        rates[name] = RateSpec(
+            **named,
+            bottleneck=m.bottleneck,
+            accuracy={t: a for t, a in m.accuracy.items() if "split_entropy" in a.top1},
+            metrics={"source_bundle": m.bundle_id, "name": m.name, **(metrics or {}).get(name, {})},
+        )
+    data = base.manifest.model_dump()
+    data.update(
+        bundle_id=bundle_id_of(files),
+        files=files,
+        rates=rates,
+        default_rate=default_rate,
+        name=f"{base.manifest.name}-ladder",
+    )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"invalid ladder manifest for {out_dir}: {exc}") from exc
+    _write(out_dir, manifest)
     return manifest
 
 

@@ -3,7 +3,8 @@ class to one HTTP status.
 
     SplitDNNError
     ├── UnknownNameError        a teacher, split point or student that is not registered
-    │   └── UnknownTaskError        a task (or an empty task name) a bundle does not have (422)
+    │   ├── UnknownTaskError        a task (or an empty task name) a bundle does not have (422)
+    │   └── UnknownRateError        a split rate a bundle does not have (422)
     ├── ConfigError             a distillation config with a bad key or value
     ├── DataError               a data folder or list file that cannot be read
     ├── ImageError              uploaded bytes that cannot become an input tensor
@@ -39,6 +40,11 @@ class UnknownNameError(SplitDNNError, KeyError):
 class UnknownTaskError(UnknownNameError):
     """A request names a task the bundle does not have; a bad value of a request parameter,
     not a missing resource, so services answer 422."""
+
+
+class UnknownRateError(UnknownNameError):
+    """A request (or an envelope) names a split rate the bundle's ladder does not have; the
+    message lists the rates there are. Services answer 422 (400 inside an envelope)."""
 
 
 class ConfigError(SplitDNNError, ValueError):

@@ -7,7 +7,16 @@ the device→edge link:
 ``local``     τ_local                                   (device-only model)
 ``split``     τ_head + T(B_env) + τ_tail                (device part, envelope, server part)
 ``offload``   τ_send + T(B_img) + τ_teacher             (raw image to the edge, full teacher)
+``split@r``   τ_head + T(B_r) + τ_tail                  (one rate r of a ladder bundle)
 ============  ===================================================================
+
+Offload counts what the device really does: when the head may re-encode the photo (fair
+offload), ``offload`` is the faster of sending it as uploaded (τ_send + T(B_img)) and
+re-encoding it (τ_reencode + T(B_reenc), with the re-encoded bytes the caller expects), and
+the prediction says which (``reencode``), so auto sends what it predicted. τ_send and
+τ_reencode are separate estimates: a plain offload never lowers the re-encode's cost.
+A ladder's rates share τ_head and τ_tail (the same architecture); ``B_r`` is the EWMA of
+rate r's sent envelopes, seeded with the rate's measured median from the bundle.
 
 Every τ is an exponentially weighted moving average (EWMA) of measured times, seeded by a
 warm-up run or a prior; ``B_env`` is the EWMA of sent envelope sizes. ``T`` comes from
@@ -35,7 +44,25 @@ from dataclasses import dataclass, field
 #: The modes a request can be served in; ``auto`` picks one of these.
 MODES: tuple[str, ...] = ("local", "split", "offload")
 #: Compute stages whose times the model tracks.
-STAGES: tuple[str, ...] = ("local", "head_split", "tail_split", "head_offload", "tail_offload")
+STAGES: tuple[str, ...] = (
+    "local",
+    "head_split",
+    "tail_split",
+    "head_offload",
+    "tail_offload",
+    "head_reencode",
+)
+
+
+def split_option(rate: str) -> str:
+    """How auto names split at one rate of a ladder: ``split@<rate>``."""
+    return f"split@{rate}"
+
+
+def option_mode(option: str) -> tuple[str, str | None]:
+    """``split@r1`` -> (``split``, ``r1``); a plain mode -> (mode, None)."""
+    mode, _, rate = option.partition("@")
+    return mode, rate or None
 
 
 class Ewma:
@@ -166,6 +193,10 @@ class Prediction:
     transfer_ms: float
     tail_ms: float
     bytes: int
+    #: split at one rate of a ladder: that rate
+    rate: str | None = None
+    #: offload: whether the photo is re-encoded before it is sent
+    reencode: bool = False
 
     @property
     def total_ms(self) -> float:
@@ -175,7 +206,7 @@ class Prediction:
         def finite(v: float) -> float | None:  # JSON has no infinity
             return round(v, 3) if math.isfinite(v) else None
 
-        return {
+        answer: dict[str, float | int | str | None] = {
             "mode": self.mode,
             "head": finite(self.head_ms),
             "transfer": finite(self.transfer_ms),
@@ -183,6 +214,11 @@ class Prediction:
             "total": finite(self.total_ms),
             "bytes": self.bytes,
         }
+        if self.rate is not None:
+            answer["rate"] = self.rate
+        if self.reencode:
+            answer["reencode"] = True
+        return answer
 
 
 @dataclass
@@ -196,6 +232,10 @@ class Priors:
     head_offload_ms: float = 0.5
     tail_offload_ms: float = 20.0
     envelope_bytes: int = 4096
+    #: re-encoding a photo before offload (decode, resize, encode) on the device
+    head_reencode_ms: float = 50.0
+    #: a ladder's rates: rate -> envelope bytes (the bundle's measured median)
+    rate_bytes: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,9 +254,19 @@ class LatencyModel:
         self.bandwidth = BandwidthEstimator(self.priors.rate_bytes_per_s, self.alpha)
         self._stages = {stage: Ewma(self.alpha) for stage in STAGES}
         self._envelope = Ewma(self.alpha)
+        self._rate_envelope = {
+            rate: Ewma(self.alpha, initial=float(nbytes))
+            for rate, nbytes in self.priors.rate_bytes.items()
+        }
         self._tail_down_until = 0.0
         self._decisions = 0
-        self._last_seen = dict.fromkeys(MODES, 0)  # decision count at a mode's last sample
+        self._last_seen = dict.fromkeys(self.options, 0)  # decisions at an option's last sample
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """What auto may choose, in tie order: local, split, each rate, offload."""
+        rates = tuple(split_option(rate) for rate in self._rate_envelope)
+        return ("local", "split", *rates, "offload")
 
     # --- measurements -------------------------------------------------------------
     def observe_stage(self, stage: str, seconds: float) -> None:
@@ -228,11 +278,17 @@ class LatencyModel:
             if mode is not None:
                 self._last_seen[mode] = self._decisions
 
-    def observe_transfer(self, nbytes: int, seconds: float, *, envelope: bool = False) -> None:
-        """One payload crossed the link; ``envelope`` marks split-mode payloads."""
+    def observe_transfer(
+        self, nbytes: int, seconds: float, *, envelope: bool = False, rate: str | None = None
+    ) -> None:
+        """One payload crossed the link; ``envelope`` marks split-mode payloads, ``rate``
+        the ladder rate it was sent at."""
         with self._lock:
             self.bandwidth.observe(nbytes, seconds)
-            if envelope:
+            if rate is not None and rate in self._rate_envelope:
+                self._rate_envelope[rate].update(float(nbytes))
+                self._last_seen[split_option(rate)] = self._decisions
+            elif envelope:
                 self._envelope.update(float(nbytes))
             self._tail_down_until = 0.0
 
@@ -247,40 +303,67 @@ class LatencyModel:
     def stage_ms(self, stage: str) -> float:
         return self._stages[stage].get(getattr(self.priors, f"{stage}_ms"))
 
-    def predict(self, image_bytes: int, now: float | None = None) -> dict[str, Prediction]:
-        """Predicted times of every mode for an image of ``image_bytes`` bytes."""
+    def predict(
+        self, image_bytes: int, now: float | None = None, reencoded_bytes: int | None = None
+    ) -> dict[str, Prediction]:
+        """Predicted times of every option for an image of ``image_bytes`` bytes;
+        ``reencoded_bytes``: what the photo would be re-encoded to, when the head may
+        (offload is then the faster of sending it as it is and re-encoding it)."""
         with self._lock:
             env_bytes = round(self._envelope.get(float(self.priors.envelope_bytes)))
             remote = self.tail_available(now)
+
+            def send_ms(nbytes: int) -> float:
+                return 1000.0 * self.bandwidth.seconds_for(nbytes) if remote else math.inf
+
+            def split(nbytes: int, rate: str | None = None) -> Prediction:
+                head, tail = self.stage_ms("head_split"), self.stage_ms("tail_split")
+                return Prediction("split", head, send_ms(nbytes), tail, nbytes, rate=rate)
+
             local = Prediction("local", self.stage_ms("local"), 0.0, 0.0, 0)
-            split = Prediction(
-                "split",
-                self.stage_ms("head_split"),
-                1000.0 * self.bandwidth.seconds_for(env_bytes) if remote else math.inf,
-                self.stage_ms("tail_split"),
-                env_bytes,
-            )
+            tail_offload = self.stage_ms("tail_offload")
             offload = Prediction(
                 "offload",
                 self.stage_ms("head_offload"),
-                1000.0 * self.bandwidth.seconds_for(image_bytes) if remote else math.inf,
-                self.stage_ms("tail_offload"),
+                send_ms(image_bytes),
+                tail_offload,
                 image_bytes,
             )
-        return {"local": local, "split": split, "offload": offload}
+            if reencoded_bytes is not None:
+                reencoded = Prediction(
+                    "offload",
+                    self.stage_ms("head_reencode"),
+                    send_ms(reencoded_bytes),
+                    tail_offload,
+                    reencoded_bytes,
+                    reencode=True,
+                )
+                if reencoded.total_ms < offload.total_ms:
+                    offload = reencoded
+            predictions = {"local": local, "split": split(env_bytes)}
+            for rate, ewma in self._rate_envelope.items():
+                predictions[split_option(rate)] = split(round(ewma.get(0.0)), rate)
+            predictions["offload"] = offload
+        return predictions
 
     def choose(
-        self, image_bytes: int, now: float | None = None, allowed: tuple[str, ...] = MODES
+        self,
+        image_bytes: int,
+        now: float | None = None,
+        allowed: tuple[str, ...] = MODES,
+        reencoded_bytes: int | None = None,
     ) -> tuple[str, dict[str, Prediction]]:
-        """The ``allowed`` mode with the lowest predicted total (ties prefer local, then
-        split); every ``explore_every``-th call the available allowed mode measured longest
-        ago instead. Predictions are of every mode, allowed or not."""
-        unknown = sorted(set(allowed) - set(MODES))
+        """The ``allowed`` option (a mode, or ``split@<rate>``) with the lowest predicted
+        total (ties in :attr:`options` order); every ``explore_every``-th call the available
+        allowed option measured longest ago instead. Predictions are of every option,
+        allowed or not."""
+        options = self.options
+        unknown = sorted(set(allowed) - set(options))
         if unknown or not allowed:
-            raise ValueError(f"allowed must be a non-empty subset of {MODES}, got {allowed}")
-        candidates = [m for m in MODES if m in allowed]
-        predictions = self.predict(image_bytes, now)
-        best = min(candidates, key=lambda m: (predictions[m].total_ms, MODES.index(m)))
+            raise ValueError(f"allowed must be a non-empty subset of {options}, got {allowed}")
+        candidates = [m for m in options if m in allowed]
+        predictions = self.predict(image_bytes, now, reencoded_bytes)
+        best = min(candidates, key=lambda m: (predictions[m].total_ms, options.index(m)))
         with self._lock:
             self._decisions += 1
             if self.explore_every and self._decisions % self.explore_every == 0:
@@ -308,5 +391,6 @@ class LatencyModel:
                 "explore_every": self.explore_every,
                 "stages_ms": {s: round(self.stage_ms(s), 3) for s in STAGES},
                 "envelope_bytes": self._envelope.get(float(self.priors.envelope_bytes)),
+                "rate_envelope_bytes": {r: e.get(0.0) for r, e in self._rate_envelope.items()},
                 "tail_available": self.tail_available(),
             }

@@ -153,12 +153,18 @@ class _ClassifierMixin:
 
 
 class DeviceRunner:
-    """The device part: image bytes -> bottleneck tensor (float32, batch of one)."""
+    """The device part: image bytes -> bottleneck tensor (float32, batch of one); ``rate``:
+    that rate's device part of a ladder bundle (None: the bundle's default)."""
 
-    def __init__(self, bundle: Bundle, threads: Threads = Threads()) -> None:
+    def __init__(
+        self, bundle: Bundle, threads: Threads = Threads(), rate: str | None = None
+    ) -> None:
         self.bundle = bundle
         self.spec: Preprocessing = bundle.preprocessing
-        self.model = OnnxModel(bundle.model_path("device"), threads)
+        path = (
+            bundle.model_path("device") if rate is None else bundle.rate_model_path(rate, "device")
+        )
+        self.model = OnnxModel(path, threads)
 
     def preprocess(self, image: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return load_input(image, self.spec, max_pixels)
@@ -172,12 +178,19 @@ class DeviceRunner:
 
 
 class ServerRunner(_ClassifierMixin):
-    """The server part: bottleneck tensor -> logits of one task."""
+    """The server part: bottleneck tensor -> logits of one task; ``rate``: that rate's
+    server part of a ladder bundle (None: the bundle's default)."""
 
-    def __init__(self, bundle: Bundle, threads: Threads = Threads()) -> None:
+    def __init__(
+        self, bundle: Bundle, threads: Threads = Threads(), rate: str | None = None
+    ) -> None:
         self.bundle = bundle
-        self.model = OnnxModel(bundle.model_path("server"), threads)
-        self.bottleneck_shape = tuple(bundle.manifest.bottleneck.shape)
+        if rate is None:
+            self.model = OnnxModel(bundle.model_path("server"), threads)
+            self.bottleneck_shape = tuple(bundle.manifest.bottleneck.shape)
+        else:
+            self.model = OnnxModel(bundle.rate_model_path(rate, "server"), threads)
+            self.bottleneck_shape = tuple(bundle.rate_spec(rate).bottleneck.shape)
 
     def __call__(self, bottleneck: np.ndarray, task: str | None = None) -> tuple[str, np.ndarray]:
         return self._logits(self.model.run(bottleneck), task)

@@ -39,6 +39,11 @@ are exactly, in this order:
 ``streams``           N msgpack bin, one coded stream per sample
 ====================  ==========================================================================
 
+One optional key, after ``bundle``: ``rate``, the name (1 to 32 characters) of the rate of a
+ladder bundle the streams were coded at, so the receiver decodes with that rate's tables
+and runs that rate's server part; without it, the receiver's default. A rate the receiver
+does not hold is :class:`~splitdnn.errors.UnknownRateError` naming the ones it does.
+
 The integers are ``round(y − median)`` of the device's latent ``y`` per channel, coded with
 the bundle's tables (:class:`~splitdnn.rans.CodingTables`), which the receiver supplies: the
 envelope carries no model. Before decoding, the decoder checks the header, the bundle, the
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,6 +70,7 @@ import zstandard
 from splitdnn import rans
 from splitdnn.errors import (
     BundleMismatchError,
+    UnknownRateError,
     WireCompressionError,
     WireError,
     WireLimitError,
@@ -123,6 +130,11 @@ _KEYS = (
     "data",
 )
 _KEYS_V2 = ("v", "bundle", "shape", "coder", "lanes", "streams")
+#: The optional key of version 2: the ladder rate the streams were coded at.
+RATE_KEY = "rate"
+MAX_RATE_NAME = 32
+#: A receiver's ladder for :func:`decode`: rate -> (its coding tables, its sample shape).
+Ladder = Mapping[str, tuple[rans.CodingTables, tuple[int, ...]]]
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,8 @@ class Envelope:
     size: int
     #: Version 2 only: the receiver's per-channel medians the integers count from.
     medians: tuple[float, ...] | None = None
+    #: Version 2 only: the ladder rate the sender named (None: the receiver's default).
+    rate: str | None = None
 
     def to_array(self) -> np.ndarray:
         """The float32 tensor the server part expects (dequantised when ``uint8``; for an
@@ -246,10 +260,14 @@ def encode_entropy(
     bundle_id: str,
     tables: rans.CodingTables,
     lanes: int = rans.DEFAULT_LANES,
+    rate: str | None = None,
 ) -> bytes:
     """Pack a latent ``(N, C, ...)`` as a version 2 envelope: per channel
     ``round(y − median)``, clamped to the tables' range, entropy-coded per sample in
-    ``lanes`` lanes (more where a sample would otherwise take over ``rans.MAX_STEPS``)."""
+    ``lanes`` lanes (more where a sample would otherwise take over ``rans.MAX_STEPS``);
+    ``rate`` names the ladder rate whose tables these are (omitted when None)."""
+    if rate is not None and not 0 < len(rate) <= MAX_RATE_NAME:
+        raise WireError(f"a rate name has 1 to {MAX_RATE_NAME} characters, got {rate!r}")
     y = np.asarray(latent)
     if not 2 <= y.ndim <= MAX_NDIM or y.shape[1] != tables.channels:
         raise WireError(
@@ -262,9 +280,10 @@ def encode_entropy(
         lanes = rans.lanes_for(math.prod(y.shape[1:]), lanes)
     except ValueError as exc:
         raise WireError(str(exc)) from None
-    header = {
-        "v": ENTROPY_VERSION,
-        "bundle": str(bundle_id),
+    header: dict[str, Any] = {"v": ENTROPY_VERSION, "bundle": str(bundle_id)}
+    if rate is not None:
+        header[RATE_KEY] = rate
+    header |= {
         "shape": [int(d) for d in y.shape],
         "coder": CODERS[0],
         "lanes": int(lanes),
@@ -282,14 +301,18 @@ def decode(
     sample_shape: tuple[int, ...] | None = None,
     bundle_id: str | None = None,
     tables: rans.CodingTables | None = None,
+    rates: Ladder | None = None,
 ) -> Envelope:
-    """Check and unpack an envelope; every failure is a :class:`WireError` subclass.
+    """Check and unpack an envelope; every failure is a :class:`WireError` subclass (or
+    :class:`UnknownRateError` for a rate the receiver does not hold).
 
     ``sample_shape`` (the shape after the batch axis) and ``bundle_id``, when given, are
     checked before the payload is decompressed: a bottleneck for another model costs the
     receiver no allocation (:class:`BundleMismatchError`, :class:`WireSizeError`). A batch
     over ``max_batch``, or sizes over the byte limits, raise :class:`WireLimitError`.
     ``tables``: the receiver's entropy-coding tables; a version 2 envelope needs them.
+    ``rates``: a ladder receiver's tables and sample shape per rate, for a version 2
+    envelope that names its rate (then ``tables`` and ``sample_shape`` are the default's).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("an envelope must be bytes")
@@ -320,8 +343,11 @@ def decode(
             f"envelope format version {version} is not supported; speak {list(VERSIONS)}"
         )
     if version == ENTROPY_VERSION:
+        rate = _rate(fields, rates)
+        if rate is not None and rates is not None:
+            tables, sample_shape = rates[rate]
         return _decode_entropy(
-            fields, size, max_raw_bytes, max_batch, sample_shape, bundle_id, tables
+            fields, size, max_raw_bytes, max_batch, sample_shape, bundle_id, tables, rate
         )
     if set(fields) != set(_KEYS):
         missing = sorted(set(_KEYS) - set(fields))
@@ -389,11 +415,13 @@ def _decode_entropy(
     sample_shape: tuple[int, ...] | None,
     bundle_id: str | None,
     tables: rans.CodingTables | None,
+    rate: str | None = None,
 ) -> Envelope:
     """The version 2 checks (module docstring), then the streams decoded."""
-    if set(fields) != set(_KEYS_V2):
-        missing = sorted(set(_KEYS_V2) - set(fields))
-        extra = sorted(map(str, set(fields) - set(_KEYS_V2)))
+    keys = set(_KEYS_V2) | ({RATE_KEY} if rate is not None else set())
+    if set(fields) != keys:
+        missing = sorted(keys - set(fields))
+        extra = sorted(map(str, set(fields) - keys))
         raise WireError(f"envelope keys do not match version 2: missing {missing}, extra {extra}")
     if tables is None:
         raise WireVersionError(
@@ -450,7 +478,23 @@ def _decode_entropy(
         payload=symbols.astype("<i4").tobytes(),
         size=size,
         medians=tuple(float(m) for m in tables.medians),
+        rate=rate,
     )
+
+
+def _rate(fields: dict, rates: Ladder | None) -> str | None:
+    """The rate a version 2 envelope names (checked against the receiver's), or None."""
+    if RATE_KEY not in fields:
+        return None
+    rate = fields[RATE_KEY]
+    if not isinstance(rate, str) or not 0 < len(rate) <= MAX_RATE_NAME:
+        raise WireError(f"'rate' must be a rate name of 1 to {MAX_RATE_NAME} characters")
+    if rates is None or rate not in rates:
+        held = f"the rates {sorted(rates)}" if rates else "no ladder of rates"
+        raise UnknownRateError(
+            f"the envelope's rate {rate!r} is not here: this receiver holds {held}"
+        )
+    return rate
 
 
 def envelope_size(shape: tuple[int, ...] | list[int], quantisation: str = "fp32") -> int:

@@ -1,0 +1,201 @@
+"""A ladder of rates in one bundle (issue #21): the manifest lists each rate's files and
+figures, hashed like the rest; an envelope names its rate and the receiver decodes with
+that rate's tables; auto's bound and the latency model weigh every rate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from splitdnn import wire
+from splitdnn.bundle import MANIFEST, TaskAccuracy, load_bundle, record_rate_accuracy
+from splitdnn.errors import BundleError, UnknownRateError, WireError
+from splitdnn.latency import LatencyModel, Priors, split_option
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def ladder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from toy_ladder import build_toy_ladder
+
+    directory = tmp_path_factory.mktemp("ladder") / "bundle"
+    build_toy_ladder(directory)
+    return directory
+
+
+def _figures(offload: float, split: float) -> TaskAccuracy:
+    top1 = {"offload": offload, "local": offload - 1.0, "split_entropy": split}
+    return TaskAccuracy(images=50, data="held-out toy images", top1=top1)
+
+
+def test_a_one_rate_bundle_has_no_ladder_keys(toy_bundle_dir: Path) -> None:
+    raw = json.loads((toy_bundle_dir / MANIFEST).read_text())
+    assert "rates" not in raw and "default_rate" not in raw
+    bundle = load_bundle(toy_bundle_dir)
+    assert bundle.rates == () and bundle.rate(None) is None
+    with pytest.raises(UnknownRateError, match="one rate only"):
+        bundle.rate("r1")
+
+
+def test_the_ladder_lists_each_rates_files_hashed_and_shares_identical_parts(ladder_dir):
+    bundle = load_bundle(ladder_dir)
+    m = bundle.manifest
+    assert bundle.rates == ("r1", "r2", "r3") and m.default_rate == "r2"
+    default = m.rates["r2"]
+    assert (default.device, default.server, default.coding) == (
+        m.models.device, m.models.server, m.coding,
+    )  # fmt: skip
+    # r1 has r2's weights: its device and server parts are the same files, its tables not
+    assert (m.rates["r1"].device, m.rates["r1"].server) == (default.device, default.server)
+    assert m.rates["r1"].coding != default.coding
+    assert m.rates["r3"].device not in (default.device,)
+    for spec in m.rates.values():
+        assert {spec.device, spec.server, spec.coding} <= set(m.files)
+    assert bundle.rate_coding_tables("r1").channels == bundle.coding_tables().channels
+
+
+def test_a_tampered_rate_file_is_refused(ladder_dir, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(ladder_dir, copy)
+    coding = load_bundle(copy).manifest.rates["r3"].coding
+    (copy / coding).write_text((copy / coding).read_text().replace("0.0", "1.0", 1))
+    with pytest.raises(BundleError, match=coding.replace(".", r"\.")):
+        load_bundle(copy)
+
+
+def test_an_unknown_rate_names_the_rates_there_are(ladder_dir) -> None:
+    with pytest.raises(UnknownRateError, match=r"\['r1', 'r2', 'r3'\]"):
+        load_bundle(ladder_dir).rate("r9")
+
+
+def test_recorded_rate_figures_keep_the_bundle_id(ladder_dir, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(ladder_dir, copy)
+    before = load_bundle(copy).id
+    record_rate_accuracy(copy, "r1", "imagenet", _figures(80.0, 75.0), 1234.5)
+    record_rate_accuracy(copy, "r2", "imagenet", _figures(80.0, 79.0), 2345.0)
+    bundle = load_bundle(copy)
+    assert bundle.id == before
+    assert bundle.manifest.rates["r1"].median_bytes == {"imagenet": 1234.5}
+    assert bundle.manifest.rates["r1"].drop("imagenet") == pytest.approx(5.0)
+    assert bundle.manifest.accuracy["imagenet"].top1["split_entropy"] == 79.0  # the default's
+    assert bundle.rate_bytes("imagenet") == {"r1": 1234.5, "r2": 2345.0}
+
+
+def test_the_bound_excludes_unmeasured_rates_and_rates_that_lose_too_much(ladder_dir, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(ladder_dir, copy)
+    record_rate_accuracy(copy, "r1", "imagenet", _figures(80.0, 75.0), 1000)
+    record_rate_accuracy(copy, "r2", "imagenet", _figures(80.0, 79.0), 3000)
+    bound = load_bundle(copy).accuracy_bound("imagenet", ("local", "split", "offload"), 2.0)
+    assert bound.allowed == ("local", "offload", "split@r2")
+    assert bound.excluded == {"split@r1": pytest.approx(5.0)}
+    assert bound.unmeasured_rates == ("split@r3",)
+    assert bound.to_dict()["unmeasured_rates"] == ["split@r3"]
+    wide = load_bundle(copy).accuracy_bound("imagenet", ("split", "offload"), 6.0)
+    assert wide.allowed == ("offload", "split@r1", "split@r2")
+
+
+# --- the envelope names its rate -------------------------------------------------------------
+
+
+def _latent(bundle, rate: str) -> np.ndarray:
+    shape = bundle.rate_spec(rate).bottleneck.shape
+    return np.random.default_rng(0).normal(0.0, 0.4, (1, *shape)).astype(np.float32)
+
+
+def _receiver(bundle) -> dict:
+    return {
+        r: (bundle.rate_coding_tables(r), tuple(bundle.rate_spec(r).bottleneck.shape))
+        for r in bundle.rates
+    }
+
+
+def test_an_envelope_decodes_with_the_tables_of_the_rate_it_names(ladder_dir) -> None:
+    bundle = load_bundle(ladder_dir)
+    latent = _latent(bundle, "r1")
+    tables = bundle.rate_coding_tables("r1")
+    data = wire.encode_entropy(latent, bundle_id=bundle.id, tables=tables, rate="r1")
+    envelope = wire.decode(
+        data, tables=bundle.coding_tables(), bundle_id=bundle.id, rates=_receiver(bundle)
+    )
+    assert envelope.rate == "r1"
+    np.testing.assert_array_equal(envelope.to_array(), tables.latent(tables.symbols(latent)))
+    # the peaked tables of r1 code the same latent in fewer bytes than r2's flat ones
+    flat = wire.encode_entropy(
+        latent, bundle_id=bundle.id, tables=bundle.rate_coding_tables("r2"), rate="r2"
+    )
+    assert len(data) < len(flat)
+
+
+def test_an_envelope_without_a_rate_is_what_it_was(ladder_dir) -> None:
+    bundle = load_bundle(ladder_dir)
+    data = wire.encode_entropy(
+        _latent(bundle, "r2"), bundle_id=bundle.id, tables=bundle.coding_tables()
+    )
+    assert list(msgpack.unpackb(data)) == ["v", "bundle", "shape", "coder", "lanes", "streams"]
+    assert wire.decode(data, tables=bundle.coding_tables()).rate is None
+
+
+def test_an_unknown_or_hostile_rate_in_an_envelope_is_refused(ladder_dir) -> None:
+    bundle = load_bundle(ladder_dir)
+    tables = bundle.coding_tables()
+    data = wire.encode_entropy(_latent(bundle, "r2"), bundle_id=bundle.id, tables=tables, rate="r2")
+    fields = msgpack.unpackb(data)
+    with pytest.raises(UnknownRateError, match=r"\['r1', 'r2', 'r3'\]"):
+        wire.decode(msgpack.packb({**fields, "rate": "r9"}), tables=tables, rates=_receiver(bundle))
+    with pytest.raises(UnknownRateError, match="no ladder"):
+        wire.decode(data, tables=tables)  # a one-rate receiver
+    for hostile in (7, "", "x" * 33, None, ["r1"]):
+        with pytest.raises(WireError, match="'rate'"):
+            wire.decode(
+                msgpack.packb({**fields, "rate": hostile}), tables=tables, rates=_receiver(bundle)
+            )
+
+
+# --- the latency model weighs every rate ------------------------------------------------------
+
+
+def _model(rates: dict[str, float], **priors) -> LatencyModel:
+    return LatencyModel(Priors(rate_bytes=rates, **priors), explore_every=0)
+
+
+def test_each_rate_is_predicted_with_its_own_bytes() -> None:
+    model = _model({"r1": 1000, "r3": 8000}, rate_bytes_per_s=1e5)
+    predicted = model.predict(30_000)
+    assert predicted[split_option("r1")].bytes == 1000
+    assert predicted[split_option("r3")].bytes == 8000
+    assert predicted["split@r1"].transfer_ms < predicted["split@r3"].transfer_ms
+    assert predicted["split@r1"].to_dict()["rate"] == "r1"
+    model.observe_transfer(1500, 0.015, envelope=True, rate="r1")  # measured replaces the prior
+    assert model.predict(30_000)["split@r1"].bytes == 1500
+
+
+def test_on_a_slow_link_auto_picks_the_small_rate_the_bound_allows() -> None:
+    model = _model({"r1": 1000, "r2": 3000, "r3": 8000}, rate_bytes_per_s=25_000, local_ms=200)
+    allowed = ("local", "offload", "split@r1", "split@r2", "split@r3")
+    assert model.choose(30_000, allowed=allowed)[0] == "split@r1"
+    # the bound ruled r1 out: the next smallest
+    assert model.choose(30_000, allowed=("local", "offload", "split@r2"))[0] == "split@r2"
+
+
+def test_offload_is_predicted_with_what_the_device_really_sends_and_does() -> None:
+    """Re-encoding costs device time: on a fast link it does not pay, so the prediction is
+    the plain upload; on a slow one the smaller payload wins, with the re-encode counted."""
+    model = _model({}, head_offload_ms=0.5, head_reencode_ms=30.0, rate_bytes_per_s=2.5e6)
+    fast = model.predict(36_000, reencoded_bytes=30_000)["offload"]
+    assert not fast.reencode and fast.bytes == 36_000 and fast.head_ms == 0.5
+    slow_model = _model({}, head_offload_ms=0.5, head_reencode_ms=30.0, rate_bytes_per_s=1.25e5)
+    slow = slow_model.predict(36_000, reencoded_bytes=10_000)["offload"]
+    assert slow.reencode and slow.bytes == 10_000 and slow.head_ms == 30.0
+    assert slow.to_dict()["reencode"] is True
+    # plain offloads never lower the re-encode's estimate (separate stages)
+    slow_model.observe_stage("head_offload", 0.0001)
+    assert slow_model.stage_ms("head_reencode") == 30.0
