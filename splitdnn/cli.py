@@ -447,6 +447,51 @@ def export_run(
         )
 
 
+@export_app.command("ladder")
+def export_ladder(
+    rate: Annotated[
+        list[str],
+        typer.Option(
+            help="NAME=RUN: one rate of the ladder, an entropy student's run directory (or a "
+            "bundle exported from one); repeat, smallest to largest, e.g. --rate "
+            "b3e-4=runs/rate/lite2-rate-b3e-4 --rate b1e-4=... --rate b3e-5=..."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (a new folder).")],
+    default: Annotated[
+        str | None, typer.Option(help="The rate a request without rate= gets (default: first).")
+    ] = None,
+    local: Local = "efficientnet_lite0",
+    local_probe: LocalProbe = None,
+    task: Task = None,
+) -> None:
+    """A ladder bundle: several entropy-coded split rates sharing the teacher, offload and
+    local (the serving picks one with ?rate=, auto weighs them all). Then record each rate's
+    held-out figures: `splitdnn evaluate OUT --data DIR --split val --record`."""
+    sources: dict[str, Path] = {}
+    with user_errors():
+        for value in rate:
+            name, sep, path = value.partition("=")
+            if not sep or not name or not path or name in sources:
+                raise _fail(f"--rate takes NAME=RUN with a new NAME each time, got {value!r}")
+            sources[name] = Path(path)
+        from splitdnn import export as exporter
+
+        manifest = exporter.export_ladder(
+            sources,
+            out,
+            default_rate=default,
+            local=local,
+            local_probes=_parse_probes(local_probe),
+            task=task,
+        )
+    typer.echo(
+        f"wrote ladder bundle {manifest.bundle_id} ({manifest.name}) to {out}: rates "
+        f"{list(manifest.rates or {})}, default {manifest.default_rate}; record their figures "
+        f"with `splitdnn evaluate {out} --data DIR --split val --record`"
+    )
+
+
 @export_app.command("default")
 def export_default(
     out: Annotated[
@@ -655,8 +700,8 @@ def evaluate(
         typer.Option(
             "--record",
             help="Bundle only: keep the top-1 per mode in the bundle's manifest, where auto's "
-            "accuracy bound (max_drop) reads it. Use images never used to train or pick the "
-            "checkpoint.",
+            "accuracy bound (max_drop) reads it (a ladder: every rate's top-1 and median "
+            "bytes too). Use images never used to train or pick the checkpoint.",
         ),
     ] = False,
     as_json: Json = False,
@@ -688,9 +733,13 @@ def evaluate(
                 progress=progress,
             )
             if record:
-                from splitdnn.bundle import record_accuracy
+                from splitdnn.bundle import record_accuracy, record_rate_accuracy
 
                 record_accuracy(path, report["task"], ev.task_accuracy(report))
+                for rate, scores in report.get("rates", {}).items():
+                    figures = ev.rate_accuracy(report, rate)
+                    task_name, median = report["task"], scores["median_bytes"]
+                    record_rate_accuracy(path, rate, task_name, figures, median)
         elif record:
             raise _fail("--record keeps figures in a bundle's manifest: pass a bundle directory")
         elif ev.is_classes_run(path):

@@ -248,16 +248,79 @@ def _through_wire(bottleneck: np.ndarray, bundle_id: str, precision: str) -> np.
 
 
 def _entropy_coded(
-    latent: np.ndarray, bundle_id: str, tables: rans.CodingTables
+    latent: np.ndarray, bundle_id: str, tables: rans.CodingTables, rate: str | None = None
 ) -> tuple[np.ndarray, list[int]]:
     """The latent as the tail sees it after an entropy-coded envelope (version 2), and the
-    bytes each image's envelope takes on the wire (one envelope an image, as served)."""
+    bytes each image's envelope takes on the wire (one envelope an image, as served; a
+    ladder's envelope names its ``rate``, as the head sends it)."""
     received, sizes = [], []
     for one in latent:
-        data = wire.encode_entropy(one[None], bundle_id=bundle_id, tables=tables)
-        received.append(wire.decode(data, tables=tables).to_array())
+        data = wire.encode_entropy(one[None], bundle_id=bundle_id, tables=tables, rate=rate)
+        ladder = None if rate is None else {rate: (tables, tuple(one.shape))}
+        received.append(wire.decode(data, tables=tables, rates=ladder).to_array())
         sizes.append(len(data))
     return np.concatenate(received), sizes
+
+
+class _LadderScores:
+    """Every rate of a ladder bundle, served as the head sends it (the rate's device part,
+    its envelope naming the rate, its server part); parts several rates share run once."""
+
+    def __init__(self, bundle: Any, pool: Threads) -> None:
+        self.bundle = bundle
+        self.rates: tuple[str, ...] = bundle.rates
+        self.hits = {r: ModeHits() for r in self.rates}
+        self.sizes: dict[str, list[int]] = {r: [] for r in self.rates}
+        self._runners: dict[Path, Any] = {}
+        self._pool = pool
+
+    def _runner(self, kind: type, rate: str, role: str) -> Any:
+        path = self.bundle.rate_model_path(rate, role)
+        if path not in self._runners:
+            self._runners[path] = kind(self.bundle, self._pool, rate)
+        return self._runners[path]
+
+    def update(
+        self,
+        x: np.ndarray,
+        bottleneck: np.ndarray,
+        device: DeviceRunner,
+        task: str,
+        labels: np.ndarray,
+        teacher: np.ndarray,
+    ) -> np.ndarray:
+        """Score one batch at every rate; returns the default rate's logits."""
+        latents = {device.model.path: bottleneck}
+        default = None
+        for rate in self.rates:
+            runner = self._runner(DeviceRunner, rate, "device")
+            if runner.model.path not in latents:
+                latents[runner.model.path] = runner.run(x)
+            tables = self.bundle.rate_coding_tables(rate)
+            z, sizes = _entropy_coded(latents[runner.model.path], self.bundle.id, tables, rate)
+            logits = self._runner(ServerRunner, rate, "server")(z, task)[1]
+            self.hits[rate].update(logits, labels, teacher)
+            self.sizes[rate] += sizes
+            if rate == self.bundle.manifest.default_rate:
+                default = logits
+        assert default is not None
+        return default
+
+    def report(self, reference: np.ndarray) -> dict[str, dict[str, Any]]:
+        scores = {}
+        for rate, hits in self.hits.items():
+            top1 = hits.hits()
+            gap, ci = paired_gap(reference, top1)
+            scores[rate] = {
+                "top1": 100.0 * float(top1.mean()),
+                "top5": 100.0 * float(np.concatenate(hits.top5).mean()),
+                "agreement": 100.0 * float(np.concatenate(hits.agree).mean()),
+                "gap": gap,
+                "gap_ci95": ci,
+                "median_bytes": float(np.median(self.sizes[rate])),
+                "mean_bytes": float(np.mean(self.sizes[rate])),
+            }
+        return scores
 
 
 def evaluate_bundle(
@@ -281,7 +344,10 @@ def evaluate_bundle(
     local model has no classifier for the task. A bundle with coding tables (an
     entropy-coded bottleneck) adds ``split_entropy``, the envelope it serves, with the bytes
     of each image's envelope (``split_entropy_median_bytes``, ``_mean_bytes``);
-    ``split_uint8_zstd_median_bytes`` is the same for uint8 + zstd (version 1).
+    ``split_uint8_zstd_median_bytes`` is the same for uint8 + zstd (version 1). A ladder
+    bundle adds ``rates``: per rate its split as served (``top1``, ``top5``, ``agreement``,
+    ``gap`` to the teacher with ``gap_ci95``, ``median_bytes``, ``mean_bytes``); its
+    ``split_entropy`` is the default rate's.
     ``threads``: ONNX Runtime threads per model (0: onnxruntime decides).
     """
     started = time.perf_counter()
@@ -307,6 +373,7 @@ def evaluate_bundle(
     modes += ["split_entropy"] if tables is not None else []
     modes += ["local"] if has_local else []
     hits = {m: ModeHits() for m in modes}
+    ladder = _LadderScores(bundle, pool)
     entropy_bytes: list[int] = []
     uint8_bytes: list[int] = []
     for i in range(0, len(samples), batch_size):
@@ -323,7 +390,11 @@ def evaluate_bundle(
             len(wire.encode(b[None], bundle_id=bundle.id, quantisation="uint8", compression="zstd"))
             for b in bottleneck
         ]
-        if tables is not None:
+        if ladder.rates:
+            default = ladder.update(x, bottleneck, device, task, labels, teacher)
+            logits["split_entropy"] = default
+            entropy_bytes = ladder.sizes[bundle.manifest.default_rate or ""]
+        elif tables is not None:
             z, sizes = _entropy_coded(bottleneck, bundle.id, tables)
             logits["split_entropy"] = server(z, task)[1]
             entropy_bytes += sizes
@@ -361,6 +432,8 @@ def evaluate_bundle(
     if entropy_bytes:
         report["split_entropy_median_bytes"] = float(np.median(entropy_bytes))
         report["split_entropy_mean_bytes"] = float(np.mean(entropy_bytes))
+    if ladder.rates:
+        report["rates"] = ladder.report(reference)
     metrics = manifest.metrics
     report.update(bottleneck_costs(manifest.bottleneck.shape, (3, spec.size, spec.size)))
     report.update(
@@ -381,6 +454,14 @@ def task_accuracy(report: dict[str, Any], data: str | None = None) -> TaskAccura
     top1 = {k: round(report[f"{k}_top1"], 2) for k in ACCURACY_KEYS if f"{k}_top1" in report}
     where = data or f"{report.get('data', report['path'])}, split {report['split']}"
     return TaskAccuracy(images=report["images"], data=where, top1=top1)
+
+
+def rate_accuracy(report: dict[str, Any], rate: str, data: str | None = None) -> TaskAccuracy:
+    """One rate's figures of a ladder bundle's report, as its manifest keeps them: the
+    teacher and local as measured beside it, ``split_entropy`` this rate's split."""
+    figures = task_accuracy(report, data)
+    top1 = {**figures.top1, "split_entropy": round(report["rates"][rate]["top1"], 2)}
+    return figures.model_copy(update={"top1": top1})
 
 
 def _guess_task(dataset: Dataset, tasks: dict[str, list[str]]) -> str:

@@ -40,6 +40,7 @@ from splitdnn.bundle import (
     default_bundle_path,
     read_measured_accuracy,
     record_accuracy,
+    write_ladder,
     write_manifest,
 )
 from splitdnn.checkpoints import (
@@ -340,6 +341,52 @@ def export_default(
             stacklevel=2,
         )
     return manifest
+
+
+def export_ladder(
+    sources: Mapping[str, str | Path],
+    out_dir: str | Path,
+    *,
+    default_rate: str | None = None,
+    local: str = DEFAULT_LOCAL,
+    local_probes: Mapping[str, str | Path] | None = None,
+    task: str | None = None,
+    check: bool = True,
+) -> Manifest:
+    """A ladder bundle: several rates (rate name -> an entropy student's run directory, or a
+    bundle already exported from one) sharing the teacher, the split, offload and local.
+    Runs are exported first (:func:`export_run`, into a scratch folder beside ``out_dir``
+    that is removed after), then :func:`splitdnn.bundle.write_ladder` puts the rates
+    together; ``default_rate`` (default: the first) is what a request without ``rate=``
+    gets. Figures: ``splitdnn evaluate OUT --record`` on held-out images, per rate."""
+    import shutil
+    import tempfile
+
+    if not sources:
+        raise ExportError("a ladder needs at least one rate")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-rates-", dir=out_dir.parent))
+    try:
+        bundles: dict[str, Path] = {}
+        for rate, source in sources.items():
+            source = Path(source)
+            if (source / MANIFEST).is_file():
+                bundles[rate] = source
+                continue
+            bundles[rate] = scratch / rate
+            export_run(
+                source,
+                bundles[rate],
+                local=local,
+                local_probes=local_probes,
+                task=task,
+                check=check,
+            )
+        origin = {rate: {"source": str(path)} for rate, path in sources.items()}
+        return write_ladder(out_dir, bundles, default_rate or next(iter(sources)), origin)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --- a whole student's assets (method kd, labels or classes) ----------------------------------

@@ -199,3 +199,63 @@ def test_offload_is_predicted_with_what_the_device_really_sends_and_does() -> No
     # plain offloads never lower the re-encode's estimate (separate stages)
     slow_model.observe_stage("head_offload", 0.0001)
     assert slow_model.stage_ms("head_reencode") == 30.0
+
+
+# --- the export command and per-rate figures ---------------------------------------------------
+
+
+def _toy_images(root: Path) -> None:
+    """Six photos in two of the toy bundle's caltech101 classes, with a list file."""
+    from PIL import Image, ImageOps
+    from skimage import data
+
+    photo = Image.fromarray(data.chelsea())
+    lines = []
+    for c, image in enumerate([photo, ImageOps.mirror(photo)]):
+        (root / "images" / f"caltech-class-{c}").mkdir(parents=True)
+        for i, crop in enumerate([(0, 0, 451, 300), (40, 10, 420, 290), (80, 0, 380, 300)]):
+            name = f"caltech-class-{c}/image_{i:04d}.jpg"
+            image.crop(crop).save(root / "images" / name, quality=90)
+            lines.append(name)
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_export_ladder_puts_exported_rates_together(ladder_dir, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    sources = [f"{r}={ladder_dir.parent / f'{ladder_dir.name}-source-{r}'}" for r in ("r1", "r3")]
+    out = tmp_path / "two"
+    args = ["export", "ladder", "--rate", sources[0], "--rate", sources[1], "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--default", "r3"])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(out)
+    assert bundle.rates == ("r1", "r3") and bundle.manifest.default_rate == "r3"
+    assert bundle.id in result.output
+    again = CliRunner().invoke(app, [*args, "--default", "r9"])
+    assert again.exit_code == 2 and "r9" in again.output
+
+
+def test_evaluate_record_fills_every_rates_figures(ladder_dir, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+    from splitdnn.evaluate import evaluate_bundle
+
+    copy, data = tmp_path / "bundle", tmp_path / "data"
+    shutil.copytree(ladder_dir, copy)
+    _toy_images(data)
+    report = evaluate_bundle(copy, data, "train.txt", task="caltech101")
+    assert set(report["rates"]) == {"r1", "r2", "r3"}
+    assert report["split_entropy_top1"] == report["rates"]["r2"]["top1"]  # the default rate
+    args = ["evaluate", str(copy), "--data", str(data), "--list", "train.txt"]
+    result = CliRunner().invoke(app, [*args, "--task", "caltech101", "--record", "--json"])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(copy)
+    for rate, scores in report["rates"].items():
+        spec = bundle.manifest.rates[rate]
+        assert spec.accuracy["caltech101"].top1["split_entropy"] == round(scores["top1"], 2)
+        assert spec.accuracy["caltech101"].images == 6
+        assert spec.median_bytes["caltech101"] == scores["median_bytes"]
+    assert bundle.id == load_bundle(ladder_dir).id
