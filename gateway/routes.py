@@ -24,6 +24,7 @@ from services.common.context import REQUEST_ID, RequestContext
 from services.common.deps import (
     Context,
     MaxDropQuery,
+    RateQuery,
     get_app_settings,
     limit_in_flight,
     read_capped,
@@ -176,6 +177,7 @@ async def classify(
         Query(description="Split mode: envelope compression (default from the head)"),
     ] = None,
     max_drop: MaxDropQuery = None,
+    rate: RateQuery = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     image = await extract_image(request, settings.max_image_bytes)
@@ -192,7 +194,7 @@ async def classify(
     if isinstance(head, InProcessHead):  # its pipeline records the stages in context
         answer = await head.infer(
             mode, image, context, task=task, k=k, fallback=fallback,
-            quantisation=quantisation, compression=compression, max_drop=max_drop,
+            quantisation=quantisation, compression=compression, max_drop=max_drop, rate=rate,
         )  # fmt: skip
         timings = answer["timings_ms"]
     else:
@@ -203,6 +205,7 @@ async def classify(
             "quantisation": quantisation,
             "compression": compression,
             "max_drop": max_drop,
+            "rate": rate,
         }
         answer = await call_head(
             head, f"/infer/{mode}", image, params, context, settings.tls_cert is not None

@@ -285,9 +285,10 @@ class LatencyModel:
         the ladder rate it was sent at."""
         with self._lock:
             self.bandwidth.observe(nbytes, seconds)
-            if rate is not None and rate in self._rate_envelope:
-                self._rate_envelope[rate].update(float(nbytes))
-                self._last_seen[split_option(rate)] = self._decisions
+            if rate is not None:  # a rate's bytes are its own (an unmeasured one: not kept)
+                if rate in self._rate_envelope:
+                    self._rate_envelope[rate].update(float(nbytes))
+                    self._last_seen[split_option(rate)] = self._decisions
             elif envelope:
                 self._envelope.update(float(nbytes))
             self._tail_down_until = 0.0

@@ -147,6 +147,18 @@ MaxDropQuery = Annotated[
 ]
 
 
+RateQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=32,
+        description="Split on a ladder bundle: the rate to send at (entropy-coded; default the "
+        "bundle's default rate); auto: consider only this split rate. An unknown rate is 422 "
+        "naming the rates there are",
+    ),
+]
+
+
 def check_token(request: Request, expected: str | None) -> None:
     """401 unless ``Authorization: Bearer <expected>``; no token configured = open."""
     if not expected:

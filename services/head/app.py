@@ -23,10 +23,11 @@ from services.head.pipeline import (
     encode_bottleneck,
     local_tasks,
     no_coding_tables,
+    reencoding_of,
 )
 from services.head.settings import HeadSettings, get_settings
 from services.head.tail_client import TailClient, Transport
-from splitdnn import wire
+from splitdnn import reencode, wire
 from splitdnn.bundle import load_bundle
 from splitdnn.errors import ConfigError
 from splitdnn.latency import LatencyModel
@@ -53,9 +54,30 @@ def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
         "head_split": round(time_ms(head_split), 3),
         "local": round(time_ms(lambda: local(image, local_tasks(local)[0])), 3),
     }
-    priors = HeadPipeline.priors(settings, bundle, warmup_ms["local"], warmup_ms["head_split"])
+    reencoding = reencoding_of(settings.offload_reencode, bundle)
+    if reencoding is not None:  # what re-encoding a photo costs this device, for auto
+
+        def reencode_photo() -> None:
+            reencode.reencode(image, bundle.preprocessing, reencoding, settings.max_pixels)
+
+        warmup_ms["head_reencode"] = round(time_ms(reencode_photo), 3)
+    # a ladder's rates: their own device parts (one session per distinct file)
+    rate_devices: dict[str, DeviceRunner] = {}
+    for rate in bundle.rates:
+        path = bundle.rate_model_path(rate, "device")
+        same = [r for r in rate_devices.values() if r.model.path == path]
+        if path == device.model.path:
+            same.append(device)
+        rate_devices[rate] = same[0] if same else DeviceRunner(bundle, threads, rate)
+    priors = HeadPipeline.priors(
+        settings,
+        bundle,
+        warmup_ms["local"],
+        warmup_ms["head_split"],
+        warmup_ms.get("head_reencode"),
+    )
     latency = LatencyModel(priors, alpha=settings.ewma_alpha, tail_retry_s=settings.tail_retry_s)
-    pipeline = HeadPipeline(bundle, device, local, tail, settings, latency)
+    pipeline = HeadPipeline(bundle, device, local, tail, settings, latency, rate_devices)
     pipeline.probe_tail()
     return {"bundle": bundle, "pipeline": pipeline, "warmup_ms": warmup_ms}
 

@@ -42,13 +42,14 @@ class InProcessHead:
         quantisation: str | None = None,
         compression: str | None = None,
         max_drop: float | None = None,
+        rate: str | None = None,
     ) -> dict[str, Any]:
         """The head's answer to ``/infer/{mode}``; its stages are recorded in ``context``.
         Raises the head's errors (503 while loading, 404 unknown task, ...) unchanged."""
         pipeline: HeadPipeline = self.service.get("pipeline")
         return await run_in_threadpool(
             infer_answer, pipeline, self.settings, mode, image, task, k, fallback, context,
-            self.metrics, quantisation, compression, None, max_drop,
+            self.metrics, quantisation, compression, None, max_drop, rate,
         )  # fmt: skip
 
     async def ready(self) -> bool:

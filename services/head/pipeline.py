@@ -3,7 +3,8 @@
 local    image -> local.onnx                              (nothing leaves the device)
 split    image -> device.onnx -> envelope --POST--> tail server part
 offload  image bytes --POST--> tail teacher
-auto     the mode :class:`~splitdnn.latency.LatencyModel` predicts fastest
+auto     the mode :class:`~splitdnn.latency.LatencyModel` predicts fastest among those the
+         accuracy bound allows (on a ladder bundle: local, offload and every split rate)
 
 Split and offload fall back to local when the tail is down, overloaded or late, unless the
 caller said ``fallback=false``. Every transfer feeds the bandwidth estimate; every stage
@@ -28,7 +29,7 @@ from services.head.settings import HeadSettings
 from services.head.tail_client import TailClient
 from splitdnn import rans, reencode, wire
 from splitdnn.bundle import Bundle
-from splitdnn.latency import MODES, LatencyModel, Priors
+from splitdnn.latency import MODES, LatencyModel, Priors, option_mode, split_option
 from splitdnn.runtime import LOGITS_PREFIX, DeviceRunner, ImageClassifier, top_k
 
 log = logging.getLogger("splitdnn.head")
@@ -40,6 +41,8 @@ class Encoding:
 
     quantisation: str = "uint8"
     compression: str = "none"
+    #: a ladder bundle's rate (entropy-coded with that rate's parts); None: the default
+    rate: str | None = None
 
 
 @dataclass
@@ -60,6 +63,10 @@ class Outcome:
     model_ms: float = 0.0
     #: Auto only: the accuracy bound, the modes it allowed and excluded, what it chose and why.
     auto: dict[str, Any] | None = None
+    #: Split: the quantisation sent (auto may send a rate entropy-coded), and on a
+    #: ladder bundle the rate.
+    quantisation: str | None = None
+    rate: str | None = None
 
 
 def no_coding_tables(bundle: Bundle) -> str:
@@ -76,12 +83,15 @@ def encode_bottleneck(
     encoding: Encoding,
     level: int,
 ) -> bytes:
-    """The envelope split sends: the entropy-coded integers (version 2, needs ``tables``)
-    for ``entropy``, else the tensor as ``encoding`` says (version 1)."""
+    """The envelope split sends: the entropy-coded integers (version 2, needs ``tables``;
+    naming ``encoding.rate`` on a ladder) for ``entropy``, else the tensor as ``encoding``
+    says (version 1)."""
     if encoding.quantisation == wire.ENTROPY:
         if tables is None:
             raise InvalidRequestError(no_coding_tables(bundle))
-        return wire.encode_entropy(bottleneck, bundle_id=bundle.id, tables=tables)
+        return wire.encode_entropy(
+            bottleneck, bundle_id=bundle.id, tables=tables, rate=encoding.rate
+        )
     return wire.encode(
         bottleneck,
         bundle_id=bundle.id,
@@ -89,6 +99,21 @@ def encode_bottleneck(
         compression=encoding.compression,
         level=level,
     )
+
+
+def resolve_encoding(bundle: Bundle, encoding: Encoding) -> Encoding:
+    """The encoding split really sends: on a ladder, entropy-coded envelopes name their rate
+    (the default when none was asked for); a rate asks for entropy coding, so another
+    quantisation with it is refused. An unknown rate is refused naming the rates there are."""
+    rate = bundle.rate(encoding.rate)  # UnknownRateError (422) for a rate it does not have
+    if encoding.rate is not None and encoding.quantisation != wire.ENTROPY:
+        raise InvalidRequestError(
+            f"rate={encoding.rate} is an entropy-coded operating point; it cannot be sent as "
+            f"quantisation={encoding.quantisation} (leave quantisation out, or use entropy)"
+        )
+    if encoding.quantisation != wire.ENTROPY:
+        return Encoding(encoding.quantisation, encoding.compression)
+    return Encoding(encoding.quantisation, encoding.compression, rate)
 
 
 class HeadPipeline:
@@ -102,6 +127,7 @@ class HeadPipeline:
         tail: TailClient,
         settings: HeadSettings,
         latency: LatencyModel,
+        rate_devices: dict[str, DeviceRunner] | None = None,
     ) -> None:
         self.bundle, self.device, self.local, self.tail = bundle, device, local, tail
         self.settings, self.latency = settings, latency
@@ -111,10 +137,18 @@ class HeadPipeline:
         self.tail_mismatch: str | None = None
         self.tail_matched = False
         self._tail_probed = 0.0
-        self.reencoding = _reencoding(settings.offload_reencode, bundle)
+        self.reencoding = reencoding_of(settings.offload_reencode, bundle)
         self._offload_ratio = 1.0  # re-encoded bytes / uploaded bytes, EWMA
         #: The bundle's entropy-coding tables, or None (then no ``entropy`` envelopes).
         self.coding_tables = bundle.coding_tables()
+        #: A ladder's rates: rate -> (its device part, its tables).
+        self.rates = {
+            rate: (
+                (rate_devices or {}).get(rate) or DeviceRunner(bundle, rate=rate),
+                bundle.rate_coding_tables(rate),
+            )
+            for rate in bundle.rates
+        }
 
     def no_local_model(self, task: str) -> InvalidRequestError:
         """422 for ``mode=local`` on a task the bundle's local model cannot classify."""
@@ -125,28 +159,57 @@ class HeadPipeline:
         )
 
     def choose(
-        self, image_bytes: int, task: str, max_drop: float, quantisation: str
+        self,
+        image_bytes: int,
+        task: str,
+        max_drop: float,
+        quantisation: str,
+        reencoded_bytes: int | None = None,
+        rate: str | None = None,
     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        """Auto mode: the latency model's choice among the modes that can classify ``task``
-        (local only with a local classifier) and whose measured drop against the teacher is
-        within ``max_drop``; returns the mode, the predictions and why."""
+        """Auto mode: the latency model's choice among the options that can classify
+        ``task`` (local only with a local classifier; on a ladder every split rate, or only
+        ``rate`` when one was asked for) and whose measured drop against the teacher is
+        within ``max_drop``; returns the option (a mode or ``split@<rate>``), the
+        predictions and why."""
         servable = tuple(m for m in MODES if m != "local" or task in self.local_tasks)
         bound = self.bundle.accuracy_bound(task, servable, max_drop, quantisation)
-        mode, predicted = self.latency.choose(image_bytes, allowed=bound.allowed)
-        fastest = min(bound.allowed, key=lambda m: (predicted[m].total_ms, MODES.index(m)))
+        allowed = tuple(
+            o
+            for o in bound.allowed
+            if rate is None or option_mode(o)[0] != "split" or o == split_option(rate)
+        )
+        option, predicted = self.latency.choose(
+            image_bytes, allowed=allowed, reencoded_bytes=reencoded_bytes
+        )
+        order = self.latency.options
+        fastest = min(allowed, key=lambda m: (predicted[m].total_ms, order.index(m)))
+        chose_mode, chose_rate = option_mode(option)
         why = {
             **bound.to_dict(),
-            "chose": mode,
+            "chose": chose_mode,
             "because": "fastest predicted within max_drop"
-            if mode == fastest
+            if option == fastest
             else "exploring: the allowed mode measured longest ago",
         }
+        if self.bundle.rates:
+            why["allowed"] = list(allowed)
+            why["rate"] = chose_rate
+        if chose_mode == "offload" and predicted[option].reencode:
+            why["reencode"] = True
         if "local" not in servable:
             why["no_local_model"] = task
-        return mode, predicted, why
+        return option, predicted, why
 
     @classmethod
-    def priors(cls, settings: HeadSettings, bundle: Bundle, local_ms: float, head_ms: float):
+    def priors(
+        cls,
+        settings: HeadSettings,
+        bundle: Bundle,
+        local_ms: float,
+        head_ms: float,
+        reencode_ms: float | None = None,
+    ) -> Priors:
         return Priors(
             rate_bytes_per_s=settings.prior_rate_mbps * 1e6 / 8,
             local_ms=local_ms,
@@ -158,6 +221,8 @@ class HeadPipeline:
                 (1, *bundle.manifest.bottleneck.shape),
                 "uint8" if settings.quantisation == wire.ENTROPY else settings.quantisation,
             ),
+            head_reencode_ms=reencode_ms if reencode_ms is not None else Priors.head_reencode_ms,
+            rate_bytes=rate_priors(bundle),
         )
 
     # --- the modes ------------------------------------------------------------------
@@ -180,12 +245,22 @@ class HeadPipeline:
         task = self.bundle.task(task)
         predictions = None
         fair = self.reencoding is not None if reencode_offload is None else reencode_offload
+        encoding = encoding or Encoding(self.settings.quantisation, self.settings.compression)
         if mode == "auto":
-            offload_bytes = round(len(image) * (self._offload_ratio if fair else 1.0))
+            reencoded = None
+            if fair and reencode.worth_it(image, self.bundle.preprocessing):
+                reencoded = round(len(image) * self._offload_ratio)
             bound = self.settings.auto_max_drop if max_drop is None else max_drop
-            quantisation = encoding.quantisation if encoding else self.settings.quantisation
-            mode, predicted, why = self.choose(offload_bytes, task, bound, quantisation)
+            self.bundle.rate(encoding.rate)  # an unknown rate is refused before anything runs
+            option, predicted, why = self.choose(
+                len(image), task, bound, encoding.quantisation, reencoded, encoding.rate
+            )
             predictions = {m: p.to_dict() for m, p in predicted.items()}
+            mode, rate = option_mode(option)
+            if rate is not None:
+                encoding = Encoding(wire.ENTROPY, encoding.compression, rate)
+            if mode == "offload":
+                fair = predicted[option].reencode
         if mode == "local" and task not in self.local_tasks:
             raise self.no_local_model(task)
         if mode == "local":
@@ -234,16 +309,20 @@ class HeadPipeline:
         encoding: Encoding | None = None,
     ) -> Outcome:
         encoding = encoding or Encoding(self.settings.quantisation, self.settings.compression)
+        encoding = resolve_encoding(self.bundle, encoding)
         if encoding.quantisation == wire.ENTROPY and self.coding_tables is None:
             raise InvalidRequestError(no_coding_tables(self.bundle))
+        device, tables = self.device, self.coding_tables
+        if encoding.rate is not None:
+            device, tables = self.rates[encoding.rate]
         start = time.perf_counter()
         with context.stage("head"):
-            x = self.device.preprocess(image, self.settings.max_pixels)
+            x = device.preprocess(image, self.settings.max_pixels)
             ready = time.perf_counter()
-            bottleneck = self.device.run(x)
+            bottleneck = device.run(x)
             ran = time.perf_counter()
             envelope = encode_bottleneck(
-                bottleneck, self.bundle, self.coding_tables, encoding, self.settings.zstd_level
+                bottleneck, self.bundle, tables, encoding, self.settings.zstd_level
             )
         head_s = time.perf_counter() - start
         answer, round_trip = self.tail.post(
@@ -258,7 +337,7 @@ class HeadPipeline:
         context.record("tail", tail_s)
         self.latency.observe_stage("head_split", head_s)
         self.latency.observe_stage("tail_split", tail_s)
-        self.latency.observe_transfer(len(envelope), transfer_s, envelope=True)
+        self.latency.observe_transfer(len(envelope), transfer_s, envelope=True, rate=encoding.rate)
         outcome = Outcome(
             "split",
             task,
@@ -268,6 +347,7 @@ class HeadPipeline:
             tail_s * 1000,
             len(envelope),
         )
+        outcome.quantisation, outcome.rate = encoding.quantisation, encoding.rate
         outcome.preprocess_ms, outcome.model_ms = (ready - start) * 1000, (ran - ready) * 1000
         return outcome
 
@@ -277,7 +357,8 @@ class HeadPipeline:
         """Send the image; ``fair`` re-encodes it at the teacher's input size first."""
         start = time.perf_counter()
         payload = image
-        if fair and reencode.worth_it(image, self.bundle.preprocessing):
+        reencoded = fair and reencode.worth_it(image, self.bundle.preprocessing)
+        if reencoded:
             with context.stage("head"):
                 setting = self.reencoding or reencode.Reencoding()
                 payload = reencode.reencode(
@@ -295,7 +376,8 @@ class HeadPipeline:
         tail_s, transfer_s = _split_round_trip(answer, round_trip)
         context.record("transfer", transfer_s)
         context.record("tail", tail_s)
-        self.latency.observe_stage("head_offload", head_s)
+        # re-encoding is its own estimate: a plain offload never makes it look cheaper
+        self.latency.observe_stage("head_reencode" if reencoded else "head_offload", head_s)
         self.latency.observe_stage("tail_offload", tail_s)
         self.latency.observe_transfer(len(payload), transfer_s)
         outcome = Outcome(
@@ -361,13 +443,23 @@ class HeadPipeline:
         return self.tail_mismatch
 
 
+def rate_priors(bundle: Bundle) -> dict[str, float]:
+    """Each measured rate's envelope bytes before any is sent: its median on the default
+    task's held-out images, else on another task's."""
+    priors: dict[str, float] = {}
+    for task in [bundle.manifest.default_task, *bundle.manifest.tasks]:
+        for rate, nbytes in bundle.rate_bytes(task).items():
+            priors.setdefault(rate, nbytes)
+    return priors
+
+
 def local_tasks(local: ImageClassifier) -> list[str]:
     """The tasks the local model has a classifier for (its ``logits_<task>`` outputs)."""
     names = local.model.output_names
     return [n.removeprefix(LOGITS_PREFIX) for n in names if n.startswith(LOGITS_PREFIX)]
 
 
-def _reencoding(setting: str, bundle: Bundle) -> reencode.Reencoding | None:
+def reencoding_of(setting: str, bundle: Bundle) -> reencode.Reencoding | None:
     """``none``, ``bundle`` (the measured choice beside the bundle, if any) or ``webp:95``."""
     if setting == "none":
         return None

@@ -16,6 +16,7 @@ from services.common.deps import (
     AppMetrics,
     Context,
     MaxDropQuery,
+    RateQuery,
     Service,
     TaskQuery,
     TopKQuery,
@@ -28,6 +29,7 @@ from services.common.metrics import Metrics
 from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.head.pipeline import Encoding, HeadPipeline
 from services.head.settings import HeadSettings
+from splitdnn import wire
 from splitdnn.bundle import Bundle, describe
 from splitdnn.errors import UnknownNameError
 from splitdnn.latency import MODES
@@ -93,6 +95,7 @@ def infer(
         Query(description="Offload: re-encode at the teacher's input size (default: setting)"),
     ] = None,
     max_drop: MaxDropQuery = None,
+    rate: RateQuery = None,
 ) -> dict[str, Any]:
     pipeline: HeadPipeline = service.get("pipeline")
     return infer_answer(
@@ -109,6 +112,7 @@ def infer(
         compression,
         reencode,
         max_drop,
+        rate,
     )
 
 
@@ -126,11 +130,19 @@ def infer_answer(
     compression: str | None = None,
     reencode: bool | None = None,
     max_drop: float | None = None,
+    rate: str | None = None,
 ) -> dict[str, Any]:
     """Run one classification and build the head's answer: what ``/infer/{mode}`` returns
-    and what a gateway in the same process (:mod:`services.head.inprocess`) relays."""
+    and what a gateway in the same process (:mod:`services.head.inprocess`) relays. On a
+    ladder bundle, ``rate`` picks the split rate (an unknown one is 422, whatever the mode);
+    the answer names the rate split sent at."""
     start = time.perf_counter()
-    encoding = Encoding(quantisation or settings.quantisation, compression or settings.compression)
+    pipeline.bundle.rate(rate)
+    # a rate is entropy-coded: asked for alone, it sends entropy whatever the setting
+    default_quantisation = wire.ENTROPY if rate is not None else settings.quantisation
+    encoding = Encoding(
+        quantisation or default_quantisation, compression or settings.compression, rate
+    )
     outcome, predictions = pipeline.run(
         mode,
         image,
@@ -161,7 +173,10 @@ def infer_answer(
         },
         "bytes_sent": outcome.bytes_sent,
         "encoding": (
-            {"quantisation": encoding.quantisation, "compression": encoding.compression}
+            {
+                "quantisation": outcome.quantisation or encoding.quantisation,
+                "compression": encoding.compression,
+            }
             if outcome.mode == "split"
             else None
         ),
@@ -170,6 +185,8 @@ def infer_answer(
         "request_id": context.request_id,
         "fallback": outcome.fallback,
     }
+    if outcome.rate is not None:  # split on a ladder: the rate sent, and its bytes above
+        answer["rate"] = outcome.rate
     if outcome.fallback_reason:
         answer["fallback_reason"] = outcome.fallback_reason
     if outcome.auto is not None:

@@ -43,10 +43,23 @@ def load_components(settings: TailSettings, wrap_run: RunWrapper | None = None) 
         "offload": round(time_ms(lambda: offload(image)), 3),
     }
     run_server = wrap_run(server.model.run) if wrap_run else server.model.run
+    # a ladder's rates: each rate's server part (one session per distinct file; the default
+    # rate's is the server above) and what its envelopes are decoded with
+    rate_servers: dict[str, ServerRunner] = {}
+    for rate in bundle.rates:
+        path = bundle.rate_model_path(rate, "server")
+        same = [r for r in [server, *rate_servers.values()] if r.model.path == path]
+        rate_servers[rate] = same[0] if same else ServerRunner(bundle, threads, rate)
+    ladder = {
+        rate: (bundle.rate_coding_tables(rate), runner.bottleneck_shape)
+        for rate, runner in rate_servers.items()
+    }
     return {
         "bundle": bundle,
         # the bundle's entropy-coding tables (None: it takes version 1 envelopes only)
         "coding_tables": bundle.coding_tables(),
+        "rate_servers": rate_servers,
+        "ladder": ladder or None,
         "server": server,
         "run_server": run_server,
         "offload": offload,

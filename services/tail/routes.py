@@ -192,7 +192,7 @@ def infer(
     bundle = _bundle(service, name)
     metrics.bytes_in.labels(metrics.service, "envelope").inc(len(body))
     with context.stage("decode"):
-        _, tensor = wire.decode_array(
+        envelope, tensor = wire.decode_array(
             body,
             max_envelope_bytes=settings.max_envelope_bytes,
             max_raw_bytes=max_raw_bytes(settings, server),
@@ -200,12 +200,19 @@ def infer(
             sample_shape=server.bottleneck_shape,
             bundle_id=bundle.id,
             tables=service.get("coding_tables"),
+            rates=service.get("ladder"),
         )
     task = bundle.task(task)
     run_server: ServerRun = service.get("run_server")
+    if envelope.rate is not None:  # a ladder's rate: that rate's server part
+        rate_server: ServerRunner = service.get("rate_servers")[envelope.rate]
+        if rate_server is not server:
+            server, run_server = rate_server, rate_server.model.run
     with context.stage("tail"):  # with the Ray tail, this includes the batching wait
         task, out = server.logits(run_server(tensor), task)
     answer = _answer(bundle, task, out, k or settings.top_k, logits)
+    if envelope.rate is not None:
+        answer["rate"] = envelope.rate
     return _with_timings(answer, body, start, context, metrics)
 
 
