@@ -55,12 +55,14 @@ def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
         "local": round(time_ms(lambda: local(image, local_tasks(local)[0])), 3),
     }
     reencoding = reencoding_of(settings.offload_reencode, bundle)
-    if reencoding is not None:  # what re-encoding a photo costs this device, for auto
+    reencode_ratio = 1.0
+    if reencoding is not None:  # what re-encoding a photo costs this device and saves
 
-        def reencode_photo() -> None:
-            reencode.reencode(image, bundle.preprocessing, reencoding, settings.max_pixels)
+        def reencode_photo() -> bytes:
+            return reencode.reencode(image, bundle.preprocessing, reencoding, settings.max_pixels)
 
         warmup_ms["head_reencode"] = round(time_ms(reencode_photo), 3)
+        reencode_ratio = len(reencode_photo()) / len(image)
     # a ladder's rates: their own device parts (one session per distinct file)
     rate_devices: dict[str, DeviceRunner] = {}
     for rate in bundle.rates:
@@ -77,7 +79,9 @@ def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
         warmup_ms.get("head_reencode"),
     )
     latency = LatencyModel(priors, alpha=settings.ewma_alpha, tail_retry_s=settings.tail_retry_s)
-    pipeline = HeadPipeline(bundle, device, local, tail, settings, latency, rate_devices)
+    pipeline = HeadPipeline(
+        bundle, device, local, tail, settings, latency, rate_devices, reencode_ratio
+    )
     pipeline.probe_tail()
     return {"bundle": bundle, "pipeline": pipeline, "warmup_ms": warmup_ms}
 

@@ -128,6 +128,7 @@ class HeadPipeline:
         settings: HeadSettings,
         latency: LatencyModel,
         rate_devices: dict[str, DeviceRunner] | None = None,
+        reencode_ratio: float = 1.0,
     ) -> None:
         self.bundle, self.device, self.local, self.tail = bundle, device, local, tail
         self.settings, self.latency = settings, latency
@@ -138,7 +139,9 @@ class HeadPipeline:
         self.tail_matched = False
         self._tail_probed = 0.0
         self.reencoding = reencoding_of(settings.offload_reencode, bundle)
-        self._offload_ratio = 1.0  # re-encoded bytes / uploaded bytes, EWMA
+        # re-encoded bytes / uploaded bytes, EWMA, seeded by the warm-up photo's: without a
+        # seed, re-encoding would look like it saves nothing and auto would never try it
+        self._offload_ratio = reencode_ratio
         #: The bundle's entropy-coding tables, or None (then no ``entropy`` envelopes).
         self.coding_tables = bundle.coding_tables()
         #: A ladder's rates: rate -> (its device part, its tables).
