@@ -724,8 +724,27 @@ def describe(bundle: Bundle, local_tasks: Sequence[str]) -> dict[str, Any]:
         "device_macs": metrics.get("device_macs"),
         "teacher_head_macs": metrics.get("teacher_head_macs"),
         "accuracy": accuracy,
+        **_describe_ladder(m),
         "bytes": sum(entry.bytes for entry in m.files.values()),
         "files": {
             name: {"bytes": entry.bytes, "sha256": entry.sha256} for name, entry in m.files.items()
+        },
+    }
+
+
+def _describe_ladder(m: Manifest) -> dict[str, Any]:
+    """A ladder's rates as :func:`describe` shows them (nothing for a one-rate bundle)."""
+    if m.rates is None:
+        return {}
+    return {
+        "default_rate": m.default_rate,
+        "rates": {
+            name: {
+                "files": [spec.device, spec.server, spec.coding],
+                "bottleneck": spec.bottleneck.shape,
+                "median_bytes": spec.median_bytes,
+                "held_out": {t: figures.model_dump() for t, figures in spec.accuracy.items()},
+            }
+            for name, spec in m.rates.items()
         },
     }

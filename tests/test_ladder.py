@@ -259,3 +259,11 @@ def test_evaluate_record_fills_every_rates_figures(ladder_dir, tmp_path: Path) -
         assert spec.accuracy["caltech101"].images == 6
         assert spec.median_bytes["caltech101"] == scores["median_bytes"]
     assert bundle.id == load_bundle(ladder_dir).id
+
+
+def test_bundle_info_shows_the_rates(ladder_dir) -> None:
+    from splitdnn.bundle import describe
+
+    described = describe(load_bundle(ladder_dir), ["imagenet"])
+    assert described["default_rate"] == "r2" and list(described["rates"]) == ["r1", "r2", "r3"]
+    assert "rates" not in describe(load_bundle(ladder_dir.parent / "bundle-source-r1"), [])
