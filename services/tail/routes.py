@@ -141,6 +141,8 @@ def model_metadata(name: str, service: Service) -> dict[str, Any]:
         "tasks": {task: len(spec.labels) for task, spec in bundle.manifest.tasks.items()},
         "default_task": bundle.manifest.default_task,
         "envelope": {"content_type": wire.CONTENT_TYPE, "version": wire.FORMAT_VERSION},
+        # a ladder's rates an entropy-coded envelope may name (empty: one rate)
+        "rates": list(bundle.rates),
         "warmup_ms": service.get("warmup_ms"),
     }
 
