@@ -32,7 +32,6 @@ from services.head.settings import HeadSettings
 from splitdnn import wire
 from splitdnn.bundle import Bundle, describe
 from splitdnn.errors import UnknownNameError
-from splitdnn.latency import MODES
 from splitdnn.wire import Compression, SplitQuantisation
 
 router = APIRouter(tags=["inference"])
@@ -192,7 +191,7 @@ def infer_answer(
     if outcome.auto is not None:
         answer["auto"] = outcome.auto
     if predictions is not None:
-        answer["predicted_ms"] = {m: predictions[m]["total"] for m in MODES}
+        answer["predicted_ms"] = {m: p["total"] for m, p in predictions.items()}
         answer["predictions"] = predictions
     return answer
 

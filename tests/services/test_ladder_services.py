@@ -195,6 +195,7 @@ def test_on_a_slow_link_auto_picks_the_small_rate_the_bound_allows(head_on, meas
     assert answer["mode"] == "split" and answer["rate"] == "r1", answer["auto"]
     assert answer["auto"]["chose"] == "split" and answer["auto"]["rate"] == "r1"
     assert answer["predictions"]["split@r1"]["bytes"] == 1000  # the manifest's median
+    assert answer["predicted_ms"]["split@r1"] < answer["predicted_ms"]["split@r2"]
     # a bound that rules r1 out: the next rate
     answer = _infer(head, "auto", cat_jpeg, max_drop=2.0, task="imagenet").json()
     assert (answer["mode"], answer.get("rate")) == ("split", "r2"), answer["auto"]
