@@ -91,7 +91,10 @@ def infer(
     ] = None,
     reencode: Annotated[
         bool | None,
-        Query(description="Offload: re-encode at the teacher's input size (default: setting)"),
+        Query(
+            description="Offload: re-encode at the teacher's input size (default: setting); "
+            "auto: may, where that is predicted faster than sending the upload as it is"
+        ),
     ] = None,
     max_drop: MaxDropQuery = None,
     rate: RateQuery = None,
