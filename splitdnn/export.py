@@ -365,6 +365,10 @@ def export_ladder(
     if not sources:
         raise ExportError("a ladder needs at least one rate")
     out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir} is not an empty folder; a ladder is written into a new one")
+    if default_rate is not None and default_rate not in sources:
+        raise ExportError(f"default rate {default_rate!r} is not one of {list(sources)}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-rates-", dir=out_dir.parent))
     try:

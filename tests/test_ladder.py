@@ -233,8 +233,11 @@ def test_export_ladder_puts_exported_rates_together(ladder_dir, tmp_path: Path) 
     bundle = load_bundle(out)
     assert bundle.rates == ("r1", "r3") and bundle.manifest.default_rate == "r3"
     assert bundle.id in result.output
-    again = CliRunner().invoke(app, [*args, "--default", "r9"])
-    assert again.exit_code == 2 and "r9" in again.output
+    again = CliRunner().invoke(app, [*args, "--default", "r3"])
+    assert again.exit_code == 2 and "not an empty folder" in again.output
+    unknown = [*args[:-1], str(tmp_path / "three"), "--default", "r9"]
+    refused = CliRunner().invoke(app, unknown)
+    assert refused.exit_code == 2 and "r9" in refused.output
 
 
 def test_evaluate_record_fills_every_rates_figures(ladder_dir, tmp_path: Path) -> None:
