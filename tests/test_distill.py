@@ -197,6 +197,39 @@ def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_pa
     assert best["variant"] == "teacher_init"
 
 
+def test_frozen_prefix_outputs_are_stored_and_a_run_sharing_the_cache_reads_them(
+    shapes, tmp_path, monkeypatch
+):
+    """A second run on the same images and prefix (a rung of a rate ladder, a resumed run)
+    loads the stored prefix outputs instead of running the prefix, and trains the same."""
+    _lite0_teacher_init(monkeypatch)
+    config = _config(shapes, epochs=1)
+    config["student"]["variant"] = "teacher_init"
+    config["augmentation"]["hflip"] = True
+    first, second = tmp_path / "first", tmp_path / "second"
+    distil(config, first)
+    stored = sorted(p.name.rsplit("-", 1)[-1] for p in (first / "cache").glob("prefix-*.npy"))
+    assert stored == ["flip.npy", "train.npy", "val.npy"]
+    second.mkdir()
+    (second / "cache").symlink_to(first / "cache")
+    prefix_runs = []
+    original = HeadDistillation._stored_prefix
+
+    def spied(self, frozen, names):
+        kept = original(self, frozen, names)
+        prefix_runs.append(sorted(set(names) - set(kept.arrays)))
+        return kept
+
+    monkeypatch.setattr(HeadDistillation, "_stored_prefix", spied)
+    distil(config, second)
+    assert prefix_runs == [[]]  # nothing recomputed
+    losses = [
+        [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (first, second)
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("source", "refusal"),
     [

@@ -23,6 +23,7 @@ What :class:`HeadDistillation` adds to the epoch loop of :mod:`.trainer`:
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import warnings
 from pathlib import Path
@@ -341,7 +342,11 @@ class HeadDistillation(Method):
         if self.config.augmentation.hflip:
             jobs.append(("flip", "train_crops", True))
         outputs: dict[str, torch.Tensor] = {}
+        stored = self._stored_prefix(frozen, [name for name, _, _ in jobs])
         for name, key, flip in jobs:
+            if stored is not None and name in stored.arrays:
+                outputs[name] = stored.arrays[name]
+                continue
             crops = self.cache[key]
             batches: Any = range(0, len(crops), BATCH)
             if self.progress:
@@ -355,7 +360,26 @@ class HeadDistillation(Method):
                     h = frozen(x.flip(3) if flip else x).contiguous()
                     chunks.append(h if name == "val" else h.half())
             outputs[name] = torch.cat(chunks)
+            if stored is not None:
+                outputs[name] = stored.save(name, outputs[name])
         return outputs
+
+    def _stored_prefix(self, frozen: nn.Module, names: list[str]) -> _StoredPrefix | None:
+        """The frozen prefix's outputs kept beside the crop cache: a run that resumes, or a
+        rung of a rate ladder with the same teacher prefix and images, loads them instead of
+        recomputing (~8 min for Lite2 on two busy cores). Keyed by the crop cache's key and
+        a digest of the prefix's weights, so a different prefix never reads them."""
+        if not self.config.augmentation.cache_teacher:
+            return None
+        digest = hashlib.sha256(self._cache_key().encode())
+        for name, tensor in sorted(frozen.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        sizes = {n: len(self.val) if n == "val" else len(self.train_samples) for n in names}
+        stored = _StoredPrefix(self.cache_dir, digest.hexdigest()[:16], sizes)
+        if stored.arrays:
+            self.log(f"using the stored frozen-prefix outputs ({', '.join(stored.arrays)})")
+        return stored
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -526,3 +550,30 @@ class HeadDistillation(Method):
             metrics=record,
             config=c.model_dump(mode="json"),
         ).to_payload()
+
+
+class _StoredPrefix:
+    """Frozen-prefix outputs as ``.npy`` files named by the prefix's digest; a file is
+    written whole under a temporary name and renamed, so a crash never leaves half of one."""
+
+    def __init__(self, folder: Path, digest: str, sizes: dict[str, int]) -> None:
+        self.folder, self.digest = folder, digest
+        self.arrays: dict[str, torch.Tensor] = {}
+        for name, size in sizes.items():
+            path = self._path(name)
+            if path.exists():
+                array = np.load(path, mmap_mode="r")
+                if len(array) == size:
+                    with warnings.catch_warnings():  # read-only memory map; nothing writes it
+                        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                        self.arrays[name] = torch.as_tensor(array)
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"prefix-{self.digest}-{name}.npy"
+
+    def save(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self._path(name).with_suffix(".partial.npy")
+        np.save(partial, tensor.numpy())
+        os.replace(partial, self._path(name))
+        return tensor
