@@ -23,8 +23,8 @@ What :class:`HeadDistillation` adds to the epoch loop of :mod:`.trainer`:
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
