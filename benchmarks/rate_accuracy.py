@@ -8,10 +8,13 @@ never used to pick a checkpoint) the script scores, image by image:
   unmodified teacher (``offload.onnx``): SC2's baseline, the one split must beat;
 * **split** as the head sends it (device part, the wire envelope, server part): the bytes
   are the envelope's, as on the wire; a bundle of an entropy-coded student (coding tables)
-  sends the entropy-coded envelope (version 2), others uint8 + zstd;
+  sends the entropy-coded envelope (version 2), others uint8 + zstd; a ladder bundle, every
+  rate (each with its own device part, tables and server part; the envelope names the rate);
+  ``--also BUNDLE`` adds other bundles' split on the same images (e.g. today's default);
 * the teacher on the raw upload and the **local** model (0 bytes) as reference lines.
 
     python -m benchmarks.rate_accuracy splitdnn/assets/default-bundle [--limit N]
+    python -m benchmarks.rate_accuracy bundles/ladder --also splitdnn/assets/default-bundle
 
 Writes ``benchmarks/results/rate_accuracy.{json,md,png}``: per task and setting the median
 and mean bytes, top-1 with its 95 % Wilson interval, and the number of images.
@@ -89,27 +92,71 @@ def _row(kind: str, label: str, hits: list[int], sizes: list[int]) -> dict[str, 
     }
 
 
-def split_label(bundle: Bundle) -> str:
+def split_label(bundle: Bundle, rate: str | None = None) -> str:
+    if rate is not None:
+        return f"split: entropy-coded, rate {rate}"
     return "split: entropy-coded" if bundle.manifest.coding else "split: uint8 + zstd"
 
 
-def send_split(bundle: Bundle, bottleneck: np.ndarray) -> tuple[bytes, np.ndarray]:
+def send_split(
+    bundle: Bundle, bottleneck: np.ndarray, rate: str | None = None
+) -> tuple[bytes, np.ndarray]:
     """The envelope split sends for ``bottleneck`` and what the tail decodes from it: the
-    entropy-coded one (version 2) when the bundle has coding tables, else uint8 + zstd."""
-    tables = bundle.coding_tables()
+    entropy-coded one (version 2) when the bundle has coding tables (a ladder's ``rate``:
+    that rate's tables, named in the envelope), else uint8 + zstd."""
+    tables = bundle.coding_tables() if rate is None else bundle.rate_coding_tables(rate)
     if tables is not None:
-        envelope = wire.encode_entropy(bottleneck, bundle_id=bundle.id, tables=tables)
-        return envelope, wire.decode(envelope, tables=tables).to_array()
+        envelope = wire.encode_entropy(bottleneck, bundle_id=bundle.id, tables=tables, rate=rate)
+        ladder = None if rate is None else {rate: (tables, tuple(bottleneck.shape[1:]))}
+        return envelope, wire.decode(envelope, tables=tables, rates=ladder).to_array()
     envelope = wire.encode(
         bottleneck, bundle_id=bundle.id, quantisation="uint8", compression="zstd"
     )
     return envelope, wire.decode_array(envelope)[1]
 
 
+@dataclass
+class SplitWay:
+    """One way split can be sent: a bundle (and a ladder's rate) with its two parts."""
+
+    label: str
+    bundle: Bundle
+    rate: str | None
+    device: DeviceRunner
+    server: ServerRunner
+
+    def __call__(self, raw: bytes, task: str) -> tuple[np.ndarray, int]:
+        envelope, received = send_split(self.bundle, self.device(raw), self.rate)
+        return self.server(received, task)[1], len(envelope)
+
+
+def split_ways(bundle: Bundle, threads: Threads, named: bool = False) -> list[SplitWay]:
+    """Every rate of a ladder bundle, or its one split; ``named`` puts the bundle's name in
+    the label (a bundle compared with the main one)."""
+    prefix = f"{bundle.name}: " if named else ""
+    rates: list[str | None] = list(bundle.rates) or [None]
+    return [
+        SplitWay(
+            prefix + split_label(bundle, rate),
+            bundle,
+            rate,
+            DeviceRunner(bundle, threads, rate=rate),
+            ServerRunner(bundle, threads, rate=rate),
+        )
+        for rate in rates
+    ]
+
+
 def measure_task(
-    bundle: Bundle, task: str, data: Path, limit: int | None, grid: list[ImageSetting]
+    bundle: Bundle,
+    task: str,
+    data: Path,
+    limit: int | None,
+    grid: list[ImageSetting],
+    also: tuple[Bundle, ...] = (),
 ) -> dict[str, Any]:
-    """Every setting of ``grid``, split and the references on one task's held-out images."""
+    """Every setting of ``grid``, every split way (each rate, and the ``also`` bundles') and
+    the references on one task's held-out images."""
     folder, list_file, fraction, seed = HELD_OUT[task]
     dataset = load_dataset(data / folder, list_file)
     targets = task_targets(dataset.classes, dataset.label_space, bundle.labels(task))
@@ -118,7 +165,10 @@ def measure_task(
     threads = Threads(intra_op=1, inter_op=1)
     teacher = ImageClassifier(bundle, "offload", threads)
     local = ImageClassifier(bundle, "local", threads)
-    device, server = DeviceRunner(bundle, threads), ServerRunner(bundle, threads)
+    ways = split_ways(bundle, threads)
+    for other in also:
+        if task in other.manifest.tasks:
+            ways += split_ways(other, threads, named=True)
     has_local = task in bundle.manifest.metrics.get("local_tasks", [task])
     hits: dict[str, list[int]] = {}
     sizes: dict[str, list[int]] = {}
@@ -135,8 +185,9 @@ def measure_task(
         for setting in grid:
             encoded = setting.encode(image, bundle)
             score(setting.label, teacher(encoded, task)[1], len(encoded), label)
-        envelope, received = send_split(bundle, device(raw))
-        score("split", server(received, task)[1], len(envelope), label)
+        for way in ways:
+            logits, nbytes = way(raw, task)
+            score(way.label, logits, nbytes, label)
         if has_local:
             score("local", local(raw, task)[1], 0, label)
         print(f"\r{task}: {i + 1}/{len(samples)}", end="", file=sys.stderr, flush=True)
@@ -149,7 +200,10 @@ def measure_task(
         "local": _row("reference", "local model", hits["local"], sizes["local"])
         if has_local
         else None,
-        "split": [_row("split", split_label(bundle), hits["split"], sizes["split"])],
+        "split": [
+            {**_row("split", w.label, hits[w.label], sizes[w.label]), "bundle": w.bundle.name}
+            for w in ways
+        ],
         "image": [_row(s.format, s.label, hits[s.label], sizes[s.label]) for s in grid],
     }
 
@@ -221,8 +275,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     alpha=0.7,
                     label=f"image {fmt} {size} px",
                 )
-        for r in task["split"]:
-            ax.plot(r["median_bytes"], r["top1"], "r*", ms=14, label=r["setting"])
+        split_rows = sorted(task["split"], key=lambda r: r["median_bytes"])
+        main = result["bundle"]["name"]
+        ours = [r for r in split_rows if r.get("bundle", main) == main]  # not an --also one
+        if len(ours) > 1:  # a ladder: its rates as one curve
+            ax.plot([r["median_bytes"] for r in ours], [r["top1"] for r in ours], "r-", lw=1.2)
+        for r in split_rows:
+            style = "r*" if r in ours else "m^"
+            ax.plot(r["median_bytes"], r["top1"], style, ms=12, label=r["setting"])
         ax.axhline(task["raw"]["top1"], color="k", ls="--", lw=1, label="teacher, raw upload")
         if task["local"]:
             ax.axhline(task["local"]["top1"], color="g", ls=":", lw=1.2, label="local (0 B)")
@@ -245,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="images per task, spread evenly")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--also", type=Path, nargs="*", default=[], help="other bundles whose split to add"
+    )
     args = parser.parse_args(argv)
     bundle = load_bundle(args.bundle)
+    also = tuple(load_bundle(path) for path in args.also)
     grid = settings(tuple(args.sizes))
     result: dict[str, Any] = {
         "bundle": {"name": bundle.name, "id": bundle.id},
@@ -254,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": [],
     }
     for task in args.tasks:  # the report after each task: a long run keeps what it finished
-        result["tasks"].append(measure_task(bundle, task, args.data, args.limit, grid))
+        result["tasks"].append(measure_task(bundle, task, args.data, args.limit, grid, also))
         write_report(result, args.out)
     print(f"wrote {args.out}/rate_accuracy.{{json,md,png}}")
     return 0

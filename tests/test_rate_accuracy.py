@@ -67,3 +67,30 @@ def test_the_report_compares_split_with_the_best_image_that_fits_its_bytes(tmp_p
     )
     assert json.loads((tmp_path / "rate_accuracy.json").read_text())["tasks"][0]["images"] == 10
     assert (tmp_path / "rate_accuracy.png").stat().st_size > 10_000
+
+
+def test_a_ladder_is_scored_at_every_rate_and_another_bundle_beside_it(
+    tmp_path, toy_bundle_dir, cat_jpeg
+):
+    """Each rate sends with its own tables (the peaked r1 in fewer bytes than the flat r2),
+    and an --also bundle's split is labelled with its name."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    from toy_ladder import build_toy_ladder
+
+    from benchmarks.rate_accuracy import split_ways
+    from splitdnn.runtime import Threads
+
+    build_toy_ladder(tmp_path / "ladder")
+    ladder = load_bundle(tmp_path / "ladder")
+    ways = split_ways(ladder, Threads(1, 1))
+    assert [w.rate for w in ways] == list(ladder.rates) == ["r1", "r2", "r3"]
+    task = ladder.manifest.default_task
+    sent = {w.rate: w(cat_jpeg, task) for w in ways}
+    for logits, nbytes in sent.values():
+        assert logits.shape[-1] == len(ladder.labels(task)) and nbytes > 0
+    assert sent["r1"][1] < sent["r2"][1]
+    other = split_ways(load_bundle(toy_bundle_dir), Threads(1, 1), named=True)
+    assert len(other) == 1 and other[0].rate is None
+    assert other[0].label.startswith(f"{load_bundle(toy_bundle_dir).name}: split")
