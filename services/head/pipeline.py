@@ -28,7 +28,7 @@ from services.common.metrics import Metrics
 from services.head.settings import HeadSettings
 from services.head.tail_client import TailClient
 from splitdnn import rans, reencode, wire
-from splitdnn.bundle import Bundle
+from splitdnn.bundle import AccuracyBound, Bundle
 from splitdnn.latency import MODES, LatencyModel, Priors, option_mode, split_option
 from splitdnn.runtime import LOGITS_PREFIX, DeviceRunner, ImageClassifier, top_k
 
@@ -175,13 +175,7 @@ class HeadPipeline:
         ``rate`` when one was asked for) and whose measured drop against the teacher is
         within ``max_drop``; returns the option (a mode or ``split@<rate>``), the
         predictions and why."""
-        servable = tuple(m for m in MODES if m != "local" or task in self.local_tasks)
-        bound = self.bundle.accuracy_bound(task, servable, max_drop, quantisation)
-        allowed = tuple(
-            o
-            for o in bound.allowed
-            if rate is None or option_mode(o)[0] != "split" or o == split_option(rate)
-        )
+        servable, bound, allowed = self._within_bound(task, max_drop, quantisation, rate)
         option, predicted = self.latency.choose(
             image_bytes, allowed=allowed, reencoded_bytes=reencoded_bytes
         )
@@ -203,6 +197,34 @@ class HeadPipeline:
         if "local" not in servable:
             why["no_local_model"] = task
         return option, predicted, why
+
+    def _within_bound(
+        self, task: str, max_drop: float, quantisation: str, rate: str | None = None
+    ) -> tuple[tuple[str, ...], AccuracyBound, tuple[str, ...]]:
+        """The modes that can classify ``task``, the accuracy bound over them, and the
+        options auto may choose (only ``rate``'s split when one was asked for)."""
+        servable = tuple(m for m in MODES if m != "local" or task in self.local_tasks)
+        bound = self.bundle.accuracy_bound(task, servable, max_drop, quantisation)
+        allowed = tuple(
+            o
+            for o in bound.allowed
+            if rate is None or option_mode(o)[0] != "split" or o == split_option(rate)
+        )
+        return servable, bound, allowed
+
+    def would_choose(
+        self, image_bytes: int, task: str | None = None, max_drop: float | None = None
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """What auto would serve now for an image of ``image_bytes`` (the fastest predicted
+        option within the bound; no exploration, and nothing counted as a decision), the
+        predictions and the bound: for ``/latency``, which must not steer auto."""
+        task = self.bundle.task(task)
+        drop = self.settings.auto_max_drop if max_drop is None else max_drop
+        _, bound, allowed = self._within_bound(task, drop, self.settings.quantisation)
+        predicted = self.latency.predict(image_bytes)
+        order = self.latency.options
+        option = min(allowed, key=lambda o: (predicted[o].total_ms, order.index(o)))
+        return option, predicted, {"task": task, **bound.to_dict()}
 
     @classmethod
     def priors(

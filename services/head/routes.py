@@ -208,17 +208,26 @@ def infer_answer(
 def latency(
     service: Service,
     image_bytes: Annotated[int, Query(ge=0, description="Image size to predict for")] = 50_000,
+    task: Annotated[str | None, Query(description="Task auto would classify")] = None,
+    max_drop: MaxDropQuery = None,
 ) -> dict[str, Any]:
-    return latency_answer(service.get("pipeline"), image_bytes)
+    return latency_answer(service.get("pipeline"), image_bytes, task, max_drop)
 
 
-def latency_answer(pipeline: HeadPipeline, image_bytes: int) -> dict[str, Any]:
-    """The latency estimates and each mode's prediction for an image of ``image_bytes``."""
-    chosen, predictions = pipeline.latency.choose(image_bytes)
+def latency_answer(
+    pipeline: HeadPipeline,
+    image_bytes: int,
+    task: str | None = None,
+    max_drop: float | None = None,
+) -> dict[str, Any]:
+    """The latency estimates, each option's prediction for an image of ``image_bytes``, and
+    what auto would serve within its accuracy bound (``auto``: the bound, as in answers)."""
+    chosen, predictions, bound = pipeline.would_choose(image_bytes, task, max_drop)
     return {
         "estimates": pipeline.latency.snapshot(),
         "image_bytes": image_bytes,
         "auto_would_choose": chosen,
+        "auto": bound,
         "predictions": {m: p.to_dict() for m, p in predictions.items()},
     }
 

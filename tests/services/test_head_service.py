@@ -17,6 +17,7 @@ from services.tail.app import create_app as create_tail
 from services.tail.settings import TailSettings
 from splitdnn import wire
 from splitdnn.bundle import load_bundle
+from splitdnn.latency import LatencyModel
 from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
 
 TOKEN = "s3cret"
@@ -298,6 +299,12 @@ def test_auto_serves_no_mode_whose_measured_drop_exceeds_max_drop(
         unmeasured = infer(head, "auto", cat_jpeg, task="caltech101").json()
         assert unmeasured["auto"]["unmeasured"] == ["local", "split", "offload"]
         assert_problem(infer(head, "auto", cat_jpeg, max_drop=-1), 422, "validation-error")
+        # /latency says what auto would serve under the same bound, without steering it
+        would = head.get("/latency", params={"task": "imagenet"}).json()
+        assert would["auto_would_choose"] in ("local", "offload")
+        assert would["auto"]["excluded"] == {"split": 9.0} and would["auto"]["task"] == "imagenet"
+        loose = head.get("/latency", params={"task": "imagenet", "max_drop": 9.5}).json()
+        assert loose["auto_would_choose"] == "split"
 
 
 def test_auto_avoids_a_tail_that_just_failed(toy_bundle_dir, fake_tail, cat_jpeg) -> None:
@@ -314,7 +321,7 @@ def test_auto_avoids_a_tail_that_just_failed(toy_bundle_dir, fake_tail, cat_jpeg
         assert head.get("/latency").json()["estimates"]["tail_available"] is False
 
 
-def test_latency_endpoint_predicts_every_mode(toy_bundle_dir, bundle, cat_jpeg) -> None:
+def test_latency_endpoint_predicts_every_mode(toy_bundle_dir, bundle, cat_jpeg, monkeypatch):
     with _fresh_head(toy_bundle_dir, FakeTail(bundle)) as head:
         before = head.get("/latency", params={"image_bytes": 10_000}).json()
         assert set(before["predictions"]) == {"local", "split", "offload"}
@@ -324,6 +331,16 @@ def test_latency_endpoint_predicts_every_mode(toy_bundle_dir, bundle, cat_jpeg) 
         infer(head, "offload", cat_jpeg)
         after = head.get("/latency").json()["estimates"]
         assert after["rate_samples"] == 2
+        decisions = []
+        original = LatencyModel.choose
+        monkeypatch.setattr(
+            LatencyModel, "choose", lambda *a, **k: decisions.append(1) or original(*a, **k)
+        )
+        for _ in range(12):  # polling /latency is not auto deciding (its exploration counts)
+            head.get("/latency")
+        assert decisions == []
+        infer(head, "auto", cat_jpeg)
+        assert decisions == [1]
 
 
 def test_image_errors(head, cat_jpeg) -> None:
