@@ -28,9 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.report import ROOT
 from splitdnn import serve
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class ClusterError(RuntimeError):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import http.server
-import os
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from http_helpers import answering
 
 from splitdnn import serve, wire
 from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
@@ -46,19 +45,14 @@ def running_services(
     An environment may name another service's URL as ``{url:NAME}``."""
     ports = {name: free_port() for name in apps}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        for name, (app, env) in apps.items():
-            for other, url in urls.items():
-                env = {key: value.replace(f"{{url:{other}}}", url) for key, value in env.items()}
-            command = serve.uvicorn_command(app, "127.0.0.1", ports[name], "warning")
-            processes[name] = subprocess.Popen(command, env={**os.environ, **env})
-        for name in apps:
-            url = urls[name] + "/v2/health/ready"
-            assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
+    children = {}
+    for name, (app, env) in apps.items():
+        for other, url in urls.items():
+            env = {key: value.replace(f"{{url:{other}}}", url) for key, value in env.items()}
+        command = serve.uvicorn_command(app, "127.0.0.1", ports[name], "warning")
+        children[name] = serve.Child(command, env, urls[name] + "/v2/health/ready")
+    with serve.running_children(children, ready_timeout) as processes:
         yield urls, processes
-    finally:
-        serve.stop_processes(processes.values())
 
 
 @dataclass
@@ -219,12 +213,5 @@ def serving(handler: Handler) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Adapter)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Adapter)) as url:
+        yield url
