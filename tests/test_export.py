@@ -387,7 +387,7 @@ def test_the_default_assets_accuracy_is_the_committed_held_out_measurement() -> 
     assert set(committed.tasks) == {"imagenet", "caltech101"}
 
 
-# --- a run on the user's own teacher weights (issue #22 item 1) ------------------------------
+# --- a run on the user's own teacher weights: the bundle serves their model, not ours -------
 
 
 @pytest.fixture(scope="module")

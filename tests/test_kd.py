@@ -123,7 +123,7 @@ def test_kd_training_moves_the_student_towards_the_teacher(shapes, tmp_path):
     assert after < 0.9 * before
 
 
-# -- server-side fine-tuning (issue #11): the edge side trained on labels, device part frozen --
+# -- server-side fine-tuning: the edge side trained on labels, device part frozen (same wire) --
 
 DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / "splitdnn" / "assets" / "default"
 

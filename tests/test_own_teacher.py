@@ -1,4 +1,4 @@
-"""Your own split point, teacher and data (issue #14 items 0-1): a student for every split
+"""Your own split point, teacher and data, not only ours: a student for every split
 point the profile lists, a teacher from a user's state dict (loaded strictly), any torchvision
 classifier by name, and a plain class-folder data set without a list file."""
 
