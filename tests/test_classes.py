@@ -22,7 +22,7 @@ from splitdnn.distill.config import (  # noqa: E402
     classes_of_interest,
     parse_config,
 )
-from splitdnn.errors import ConfigError  # noqa: E402
+from splitdnn.errors import ConfigError, DataError  # noqa: E402
 
 # -- the grouped targets -----------------------------------------------------------------------
 
@@ -284,7 +284,7 @@ def test_cli_writes_assets_of_a_run_and_evaluates_them_beside_a_general_student(
     assert report["macs_percent_of_general_student"] == pytest.approx(100.0, abs=0.5)
 
 
-# -- assets a user moves, evaluates and serves (issue #22 item 6) ---------------------------------
+# -- assets a user moves, evaluates and serves: nothing points back into the run ----------------
 
 
 def _run_that_fitted_its_teacher_probe(app_bundle, name: str) -> Path:
@@ -416,3 +416,32 @@ def test_local_mode_on_another_task_of_a_classes_bundle_names_the_task_it_serves
         assert "`splitdnn export run RUN` for imagenet" in imagenet.json()["detail"]
         ok = client.post("/infer/local", params={"task": "caltech101-1"}, content=cat_jpeg)
         assert ok.status_code == 200, ok.text
+
+
+# -- a classes bundle scored on its own task -----------------------------------------------------
+
+
+def test_task_targets_map_every_class_outside_a_grouped_task_to_its_other_label():
+    from splitdnn.evaluate import task_targets
+
+    classes = ["cat", "cat_bw", "cat_flipped"]
+    assert task_targets(classes, "names", ["cat_bw", "other"], other="other") == [1, 0, 1]
+    with pytest.raises(DataError, match="not labels of the task"):
+        task_targets(classes, "names", ["cat_bw", "other"])
+
+
+def test_evaluate_scores_a_classes_bundle_on_its_own_task_in_every_mode(app_bundle):
+    """The application task's labels are the classes of interest and "other": the data set's
+    other classes count as "other", as the bundle's grouped teacher and its student answer."""
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    bundle = app_bundle["root"] / "bundle"
+    args = ["evaluate", str(bundle), "--data", str(app_bundle["data"]), "--list", "train.txt"]
+    result = CliRunner().invoke(app, [*args, "--task", "caltech101-1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["task"] == "caltech101-1" and report["images"] == 6
+    assert "local" in report["modes"] and "split_uint8" in report["modes"]
+    assert all(0.0 <= report[f"{mode}_top1"] <= 100.0 for mode in report["modes"])
