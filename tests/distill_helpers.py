@@ -4,6 +4,7 @@ tests (import as ``from distill_helpers import ...``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,17 @@ def lite0_teacher_init(monkeypatch: pytest.MonkeyPatch) -> None:
         suffix=("_blocks.6", "_blocks.7"),
     )
     monkeypatch.setitem(students.TEACHER_INIT_DESIGNS, "efficientnet_lite0", lite0)
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list:
+    """Replace ``owner.name`` by a wrapper that keeps each of its results: the list, newest
+    last."""
+    results: list = []
+    real = getattr(owner, name)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(owner, name, recorded)
+    return results

@@ -312,14 +312,20 @@ class _Trap:
         return (Path.touch, (self.marker,))
 
 
+def _carry_code(checkpoint: Path) -> Path:
+    """Add a pickled object that would run code on load to ``checkpoint``; the file that
+    code would create."""
+    marker = checkpoint.parent.parent / "code-ran"
+    torch.save({**torch.load(checkpoint, weights_only=True), "extra": _Trap(marker)}, checkpoint)
+    return marker
+
+
 def test_resume_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
     from splitdnn.errors import CheckpointError
 
     run = tmp_path / "run"
     distil(distil_config(shapes, epochs=1), run)
-    marker = tmp_path / "code-ran"
-    last = torch.load(run / "last.pt", weights_only=True)
-    torch.save({**last, "extra": _Trap(marker)}, run / "last.pt")
+    marker = _carry_code(run / "last.pt")
     with pytest.raises(CheckpointError, match=r"last\.pt"):
         distil(distil_config(shapes, epochs=2), run, resume=True)
     assert not marker.exists()
@@ -330,9 +336,7 @@ def test_init_from_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
 
     first = tmp_path / "first"
     distil(distil_config(shapes, epochs=1), first)
-    marker = tmp_path / "code-ran"
-    best = torch.load(first / "best.pt", weights_only=True)
-    torch.save({**best, "extra": _Trap(marker)}, first / "best.pt")
+    marker = _carry_code(first / "best.pt")
     with pytest.raises(ConfigError, match=r"train\.init_from: cannot read"):
         distil(distil_config(shapes, epochs=1, init_from=str(first)), tmp_path / "second")
     assert not marker.exists()

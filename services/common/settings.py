@@ -20,12 +20,24 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitdnn.bundle import default_bundle_path
 from splitdnn.tls import client_context
+
+
+def shared(name: str, description: str, **default: Any) -> Any:
+    """A field read from the unprefixed ``SPLITDNN_<NAME>`` (the table above), not from the
+    service's own prefix: a value every service of a deployment must agree on. ``default``:
+    ``default=`` or ``default_factory=`` (None when neither is given)."""
+    return Field(
+        **(default or {"default": None}),
+        validation_alias=f"SPLITDNN_{name}",
+        description=description,
+    )
 
 
 class BaseServiceSettings(BaseSettings):
@@ -42,20 +54,16 @@ class BaseServiceSettings(BaseSettings):
     max_in_flight: int = Field(
         default=8, gt=0, description="Requests processed at once; more get 503 + Retry-After."
     )
-    tls_cert: Path | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_TLS_CERT",
-        description="This service's certificate (PEM): served, and shown to a server that "
-        "asks for a client certificate (mutual TLS).",
+    tls_cert: Path | None = shared(
+        "TLS_CERT",
+        "This service's certificate (PEM): served, and shown to a server that asks for a "
+        "client certificate (mutual TLS).",
     )
-    tls_key: Path | None = Field(
-        default=None, validation_alias="SPLITDNN_TLS_KEY", description="Its private key (PEM)."
-    )
-    tls_ca: Path | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_TLS_CA",
-        description="CA (PEM) the servers this service calls must chain to; unset: the "
-        "system's CAs. Verification is never off.",
+    tls_key: Path | None = shared("TLS_KEY", "Its private key (PEM).")
+    tls_ca: Path | None = shared(
+        "TLS_CA",
+        "CA (PEM) the servers this service calls must chain to; unset: the system's CAs. "
+        "Verification is never off.",
     )
 
     @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
@@ -73,15 +81,13 @@ class BaseServiceSettings(BaseSettings):
 class ServiceSettings(BaseServiceSettings):
     """Settings of a service that loads a bundle and runs ONNX models."""
 
-    bundle: Path = Field(
+    bundle: Path = shared(
+        "BUNDLE",
+        "Bundle directory (manifest.json + ONNX files).",
         default_factory=default_bundle_path,
-        validation_alias="SPLITDNN_BUNDLE",  # no prefix: head and tail share it
-        description="Bundle directory (manifest.json + ONNX files).",
     )
-    token: SecretStr | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_TOKEN",
-        description="Shared bearer token between head and tail; unset disables auth.",
+    token: SecretStr | None = shared(
+        "TOKEN", "Shared bearer token between head and tail; unset disables auth."
     )
     intra_op_threads: int = Field(
         default=0,
