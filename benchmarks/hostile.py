@@ -37,7 +37,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from benchmarks.report import ROOT, conditions, figure, table, write_results
-from benchmarks.stack import Stack, local_stack, stack_parser
+from benchmarks.stack import Stack, local_stack, mark_times, stack_parser
 from services.tail.settings import TailSettings
 from splitdnn import oip, wire
 from splitdnn.bundle import load_bundle
@@ -433,12 +433,10 @@ def write_report(result: dict[str, Any], stack: Stack, out: Path) -> None:
 
     def plot(result: dict[str, Any], path: Path) -> None:
         with figure(path, figsize=(8, 4.5), dpi=120) as (_, ax):
+            phases = ("envelopes_start", "envelopes_end", "uploads_end")
+            mark_times([ax], result["phases"], dict.fromkeys(phases, "grey"))
             stack.plot_rss(ax)
-            for label in ("envelopes_start", "envelopes_end", "uploads_end"):
-                ax.axvline(result["phases"][label], color="grey", lw=0.8, ls="--")
-            ax.set_xlabel("time (s)")
             ax.set_title(f"RSS while {s['cases']:,} hostile requests arrive")
-            ax.legend()
 
     write_results("hostile", result, lines, out, plot)
 

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from benchmarks.report import ROOT, conditions, figure, table, write_results
-from benchmarks.stack import Stack, local_stack, stack_parser
+from benchmarks.stack import Stack, local_stack, mark_times, stack_parser
 from services.head.settings import HeadSettings
 from splitdnn.bundle import load_bundle
 
@@ -254,12 +254,9 @@ def write_report(result: dict[str, Any], records: list[dict], stack: Stack, out:
             ax.set_ylabel("answer time (ms)")
             ax.set_title(f"{s['offered_rps']} req/s offered vs {s['capacity_rps']} capacity")
             ax.legend(markerscale=4)
-            stack.plot_rss(ax2)
-            for a in (ax, ax2):
-                a.axvline(result["events"]["tail_killed"], color="red", lw=0.8, ls="--")
-                a.axvline(result["events"]["tail_ready"], color="green", lw=0.8, ls="--")
-            ax2.set_xlabel("time (s); red: tail killed, green: tail ready again")
-            ax2.legend()
+            events = {"tail_killed": "red", "tail_ready": "green"}
+            mark_times((ax, ax2), result["events"], events)
+            stack.plot_rss(ax2, "time (s); red: tail killed, green: tail ready again")
 
     write_results("soak", result, lines, out, plot)
 

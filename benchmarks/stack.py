@@ -112,13 +112,21 @@ class Stack:
         values = [s.rss_mib for s in self.samples if s.service == name and since <= s.t <= until]
         return max(values) if values else None
 
-    def plot_rss(self, ax: Any) -> None:
-        """Each service's sampled RSS over time on a matplotlib axis, labelled."""
+    def plot_rss(self, ax: Any, xlabel: str = "time (s)") -> None:
+        """Each service's sampled RSS over time on a matplotlib axis, with a legend."""
         for name in self.children:
             points = [(s.t, s.rss_mib) for s in self.samples if s.service == name]
             if points:
                 ax.plot(*zip(*points, strict=True), label=name)
-        ax.set_ylabel("RSS (MiB)")
+        ax.set(xlabel=xlabel, ylabel="RSS (MiB)")
+        ax.legend()
+
+
+def mark_times(axes: Any, times: Mapping[str, float], colours: Mapping[str, str]) -> None:
+    """A dashed vertical line at each event's time (s), in its colour, on every axis."""
+    for ax in axes:
+        for event, colour in colours.items():
+            ax.axvline(times[event], color=colour, lw=0.8, ls="--")
 
 
 def stack_parser(description: str) -> argparse.ArgumentParser:

@@ -8,14 +8,52 @@ from typing import Any
 
 import pytest
 
-from splitdnn.distill.config import parse_config
-from splitdnn.distill.hnd import HeadDistillation
-from splitdnn.distill.trainer import train
-
 
 def distil(config: dict, run: Path, resume: bool = False) -> dict:
     """Train ``config`` into ``run`` without a progress bar; the trainer's summary."""
+    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.hnd import HeadDistillation
+    from splitdnn.distill.trainer import train
+
     return train(HeadDistillation(parse_config(config), run, progress=False), resume=resume)
+
+
+def two_step_run(
+    run: Path, data: Path, teacher: dict, student: dict, probe_epochs: int, **extra: Any
+) -> Any:
+    """A head-distillation run of two steps (batch 3, no flips, a third of ``data`` held
+    out) into ``run``; its checkpoint (``splitdnn.checkpoints.load_run``)."""
+    from splitdnn.checkpoints import load_run
+
+    distil(
+        {
+            "teacher": teacher,
+            **extra,
+            "student": student,
+            "data": {"root": str(data), "val_fraction": 0.34},
+            "augmentation": {"hflip": False},
+            "train": {"epochs": 1, "batch_size": 3, "max_steps_per_epoch": 2, "threads": 1},
+            "probe": {"epochs": probe_epochs},
+        },
+        run,
+    )
+    return load_run(run)
+
+
+def whole_student_config(
+    root: Path, method: str, student: str, epochs: int = 1, hflip: bool = False
+) -> dict:
+    """A whole-student run (``method`` kd, labels or classes) of ``student`` on ``root``
+    with a Lite0 + probe teacher, one thread, a fifth of the images held out."""
+    return {
+        "method": method,
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "kd": {"student": student, "temperature": 4.0, "alpha": 0.9},
+        "data": {"root": str(root), "val_fraction": 0.2},
+        "augmentation": {"hflip": hflip},
+        "train": {"epochs": epochs, "batch_size": 4, "threads": 1, "optimizer": {"lr": 1e-4}},
+        "probe": {"epochs": 10},
+    }
 
 
 def distil_config(root: Path, **train) -> dict:

@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from distill_helpers import whole_student_config  # noqa: E402
+
 from splitdnn.distill.classes import (  # noqa: E402
     class_groups,
     grouped_logits,
@@ -114,16 +116,8 @@ def test_unknown_class_names_are_refused_by_name():
 
 
 def _tiny(root: Path, names: list) -> dict:
-    return {
-        "method": "classes",
-        "classes": {"names": names},
-        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
-        "kd": {"student": "efficientnet_lite0_112_tail", "temperature": 4.0, "alpha": 0.9},
-        "data": {"root": str(root), "val_fraction": 0.2},
-        "augmentation": {"hflip": False},
-        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "optimizer": {"lr": 1e-4}},
-        "probe": {"epochs": 10},
-    }
+    config = whole_student_config(root, "classes", "efficientnet_lite0_112_tail")
+    return {**config, "classes": {"names": names}}
 
 
 def test_tiny_classes_run_trains_a_student_for_the_classes_and_other(shapes, tmp_path):

@@ -40,6 +40,11 @@ def shared(name: str, description: str, **default: Any) -> Any:
     )
 
 
+def onnx_threads(description: str) -> Any:
+    """A thread count of ONNX Runtime; 0 (the default) lets the service size it."""
+    return Field(default=0, ge=0, description=f"ONNX Runtime {description}")
+
+
 class BaseServiceSettings(BaseSettings):
     """Common configuration switches; subclasses set ``env_prefix``."""
 
@@ -89,17 +94,11 @@ class ServiceSettings(BaseServiceSettings):
     token: SecretStr | None = shared(
         "TOKEN", "Shared bearer token between head and tail; unset disables auth."
     )
-    intra_op_threads: int = Field(
-        default=0,
-        ge=0,
-        description="ONNX Runtime intra-op threads; 0 = the whole cores of the process's "
-        "cgroup quota within its CPU affinity (splitdnn/cpus.py).",
+    intra_op_threads: int = onnx_threads(
+        "intra-op threads; 0 = the whole cores of the process's cgroup quota within its CPU "
+        "affinity (splitdnn/cpus.py)."
     )
-    inter_op_threads: int = Field(
-        default=0,
-        ge=0,
-        description="ONNX Runtime inter-op threads; 0 = 1 (sessions run sequentially).",
-    )
+    inter_op_threads: int = onnx_threads("inter-op threads; 0 = 1 (sessions run sequentially).")
     load_in_background: bool = Field(
         default=True,
         description="Load and warm up after the server starts, so /v2/health/live answers "

@@ -56,11 +56,18 @@ def running_services(
 
 
 @dataclass
-class Stack:
+class Running:
+    """The services a test started: ``gateway`` is where a client posts (the gateway, or the
+    device that serves ``/classify`` itself); ``head`` is None inside a device."""
+
     gateway: str
-    head: str
     tail: str
     processes: dict[str, subprocess.Popen]
+    head: str | None = None
+
+
+#: The names the test modules use: tail + head + gateway, or tail + device.
+Stack = Device = Running
 
 
 @contextmanager
@@ -89,14 +96,7 @@ def running_stack(
         ),
     }
     with running_services(apps, ready_timeout) as (urls, processes):
-        yield Stack(urls["gateway"], urls["head"], urls["tail"], processes)
-
-
-@dataclass
-class Device:
-    gateway: str
-    tail: str
-    processes: dict[str, subprocess.Popen]
+        yield Running(urls["gateway"], urls["tail"], processes, head=urls["head"])
 
 
 @contextmanager
@@ -117,7 +117,7 @@ def running_device(
         ),
     }
     with running_services(apps, ready_timeout) as (urls, processes):
-        yield Device(urls["device"], urls["tail"], processes)
+        yield Running(urls["device"], urls["tail"], processes)
 
 
 def classify_form(client: httpx.Client, image: bytes, **params: object) -> httpx.Response:
