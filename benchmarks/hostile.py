@@ -19,10 +19,8 @@ import asyncio
 import io
 import json
 import math
-import struct
 import sys
 import time
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from benchmarks.inputs import png_declaring
 from benchmarks.report import ROOT, conditions, figure, table, write_results
 from benchmarks.stack import Stack, local_stack, mark_times, stack_parser
 from services.tail.settings import TailSettings
@@ -95,24 +94,6 @@ def envelope_fields(
     }
     fields.update(over)
     return msgpack.packb(fields, use_bin_type=True)
-
-
-def png_declaring(width: int, height: int, pixels: bool = False) -> bytes:
-    """A PNG whose header declares ``width`` x ``height``: with 64 bytes of data (a bomb's
-    header), or with every (black) pixel when ``pixels`` (a real, decodable image)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(bytes((1 + 3 * width) * height if pixels else 64)))
-        + chunk(b"IEND", b"")
-    )
 
 
 def image_bytes(fmt: str, size: tuple[int, int]) -> bytes:

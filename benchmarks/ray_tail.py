@@ -13,7 +13,6 @@ the answers do, and latency counts from the intended send time.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import threading
@@ -26,6 +25,7 @@ import numpy as np
 import psutil
 
 from benchmarks import loadgen
+from benchmarks.inputs import cat_jpeg
 from benchmarks.raycluster import LocalRayCluster
 from benchmarks.report import RESULTS, conditions, figure, table, write_json, write_results
 from splitdnn import wire
@@ -33,15 +33,6 @@ from splitdnn.bundle import default_bundle_path, load_bundle
 from splitdnn.runtime import DeviceRunner, ServerRunner, Threads
 
 BATCH_SIZES = (1, 2, 4, 8, 16)
-
-
-def photo() -> bytes:
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def batch_curve(bundle_dir: Path, repeats: int = 15) -> list[dict[str, float]]:
@@ -67,7 +58,7 @@ def batch_curve(bundle_dir: Path, repeats: int = 15) -> list[dict[str, float]]:
 def envelope(bundle_dir: Path) -> tuple[str, bytes]:
     bundle = load_bundle(bundle_dir)
     device = DeviceRunner(bundle, Threads(1, 1))
-    x = device.run(device.preprocess(photo()))
+    x = device.run(device.preprocess(cat_jpeg()))
     return bundle.name, wire.encode(x, bundle_id=bundle.id)
 
 

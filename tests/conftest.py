@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -31,12 +30,9 @@ def toy_bundle_dir(toy_bundle) -> Path:
 @pytest.fixture(scope="session")
 def cat_jpeg() -> bytes:
     """A real photo: scikit-image's Chelsea the cat (451x300), as JPEG bytes."""
-    from PIL import Image
-    from skimage import data
+    from benchmarks.inputs import cat_jpeg
 
-    buffer = io.BytesIO()
-    Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return cat_jpeg()
 
 
 @pytest.fixture(scope="module")

@@ -490,7 +490,7 @@ def test_tail_ray_image_serves_the_tail_on_ray(tmp_path: Path):
         pytest.skip(reason)
     import httpx
 
-    from tests.services.helpers import free_port
+    from benchmarks.inputs import free_port
 
     log = tmp_path / "ray.log"
     with image_build_env() as env:

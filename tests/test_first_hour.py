@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,16 +23,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.inputs import free_port
 from splitdnn import serve
 from splitdnn.cli import app
 
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def invoke(*args: str):

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from image_helpers import png_header_declaring
 from PIL import Image
 
+from benchmarks.inputs import png_declaring
 from splitdnn.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 from splitdnn.imaging import Preprocessing, decode_image, load_input, normalise, preprocess
 
@@ -75,7 +75,7 @@ def test_grey_and_rgba_images_become_rgb() -> None:
 def test_a_header_declaring_a_bomb_is_too_large_before_decoding(side: int) -> None:
     # 60000x60000 is above Pillow's own DecompressionBombError threshold (Image.open raises)
     with pytest.raises(ImageTooLargeError):
-        decode_image(png_header_declaring(side, side))
+        decode_image(png_declaring(side, side))
 
 
 def test_an_extreme_aspect_ratio_is_refused_not_resized() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 from http_helpers import answering
 
+from benchmarks.inputs import free_port
 from splitdnn import serve, wire
 from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
 
@@ -28,12 +28,6 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     if slug is not None:
         assert body["type"].endswith(":" + slug), body
     return body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
