@@ -1,19 +1,19 @@
 """Accuracy of every served mode of a bundle on held-out images, and the report of all runs.
 
-python benchmarks/accuracy_by_mode.py evaluate BUNDLE --name NAME [--threads 1]
+python -m benchmarks.accuracy_by_mode evaluate BUNDLE --name NAME [--threads 1]
     Caltech-101: the 578 validation images (10 % per class, seed 0), which neither the
     probes nor the students trained on; ImageNet: the 750 held-out photos of the ImageNet
     sample (val_fraction 0.75, seed 0), which no stage trained on. One JSON per task in
     benchmarks/results/accuracy/NAME-TASK.json (splitdnn.evaluate.evaluate_bundle).
-python benchmarks/accuracy_by_mode.py assets NAME [--out splitdnn/assets/default]
+python -m benchmarks.accuracy_by_mode assets NAME [--out splitdnn/assets/default]
     accuracy.json beside the default assets from NAME-TASK.json: the held-out top-1 per
     mode that `splitdnn export default` records in the bundle's manifest (auto's bound).
-python benchmarks/accuracy_by_mode.py report
+python -m benchmarks.accuracy_by_mode report
     accuracy.md (a table per task: top-1 of every mode, agreement, gaps with 95 % CI)
     and accuracy.png (top-1 by mode, bundle and task) from every JSON there.
-python benchmarks/accuracy_by_mode.py curves RUN_DIR --name NAME
+python -m benchmarks.accuracy_by_mode curves RUN_DIR --name NAME
     copies RUN_DIR/metrics.jsonl to benchmarks/results/distill/NAME.jsonl and plots it.
-python benchmarks/accuracy_by_mode.py finetune [--runs runs/finetune-]
+python -m benchmarks.accuracy_by_mode finetune [--runs runs/finetune-]
     server-side fine-tuning (configs/finetune/MODE.yaml, run into runs/finetune-MODE):
     copies each mode's metrics.jsonl to benchmarks/results/finetune/MODE.jsonl and writes
     finetune.md + finetune.png: validation top-1 per epoch, epoch 0 being the served model.
@@ -26,8 +26,10 @@ import json
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
+from benchmarks.report import RESULTS, ROOT, conditions, conditions_line, figure, table, write_json
+
+#: One JSON per bundle and task (``NAME-TASK.json``), and the report of them all.
+ACCURACY = RESULTS / "accuracy"
 DATA = ROOT.parent / "shared" / "data"
 #: task -> (data folder, list file, val_fraction, seed): the held-out images of each task.
 HELD_OUT = {
@@ -40,7 +42,6 @@ MODES = ("offload", "split_fp32", "split_fp16", "split_uint8", "local")
 def evaluate(bundle: Path, name: str, data: Path, threads: int, limit: int | None) -> None:
     from splitdnn.evaluate import evaluate_bundle
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for task, (folder, list_file, fraction, seed) in HELD_OUT.items():
         report = evaluate_bundle(
             bundle,
@@ -55,9 +56,8 @@ def evaluate(bundle: Path, name: str, data: Path, threads: int, limit: int | Non
             threads=threads,
         )
         report["name"] = name
-        path = RESULTS / f"{name}-{task}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
+        report["conditions"] = conditions()
+        print(f"wrote {write_json(f'{name}-{task}', report, ACCURACY)}")
 
 
 def held_out_images(task: str) -> str:
@@ -73,7 +73,9 @@ def measured_accuracy(name: str) -> dict:
     """``accuracy.json`` of the assets from the NAME-TASK.json reports of one bundle."""
     from splitdnn.evaluate import task_accuracy
 
-    reports = {task: json.loads((RESULTS / f"{name}-{task}.json").read_text()) for task in HELD_OUT}
+    reports = {
+        task: json.loads((ACCURACY / f"{name}-{task}.json").read_text()) for task in HELD_OUT
+    }
     ids = {r["bundle_id"] for r in reports.values()}
     if len(ids) != 1:
         raise SystemExit(f"the {name} reports are of different bundles: {sorted(ids)}")
@@ -89,7 +91,7 @@ def assets(name: str, out: Path) -> None:
     print(f"wrote {path}")
 
 
-def _row(r: dict) -> str:
+def _row(r: dict) -> list[str]:
     cells = [r["name"], str(r["images"])]
     for mode in MODES:
         cells.append(f"{r[f'{mode}_top1']:.2f}" if f"{mode}_top1" in r else "–")
@@ -101,86 +103,74 @@ def _row(r: dict) -> str:
             cells.append("–")
     cells.append(f"{r.get('split_uint8_agreement', float('nan')):.2f}")
     cells.append(f"{r['uint8_cost']:+.2f}")
-    return "| " + " | ".join(cells) + " |"
+    return cells
+
+
+#: The columns of a task's table in accuracy.md.
+HEADER = [
+    "bundle", "images", "offload", "split fp32", "split fp16", "split uint8", "local",
+    "gap split uint8 [95 % CI]", "gap local [95 % CI]", "agreement uint8", "uint8 cost",
+]  # fmt: skip
 
 
 def report() -> None:
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(ACCURACY.glob("*.json"))]
     lines = [
         "# Accuracy of every served mode (held-out images)",
         "",
-        "Written by `python benchmarks/accuracy_by_mode.py report` from the JSON files beside",
+        "Written by `python -m benchmarks.accuracy_by_mode report` from the JSON files beside",
         "this one. Top-1 in percent; gaps are offload (the teacher) minus the mode, with a",
         "paired 95 % confidence interval; agreement is top-1 agreement with the teacher;",
         "uint8 cost is split fp32 minus split as served (8-bit envelope).",
         "",
     ]
-    header = (
-        "| bundle | images | offload | split fp32 | split fp16 | split uint8 | local "
-        "| gap split uint8 [95 % CI] | gap local [95 % CI] | agreement uint8 | uint8 cost |"
-    )
     for task in HELD_OUT:
         rows = [r for r in runs if r["task"] == task]
         if not rows:
             continue
-        lines += [f"## {task}", "", header, "|" + "---|" * (header.count(" | ") + 1)]
-        lines += [_row(r) for r in rows]
-        lines.append("")
-    (RESULTS / "accuracy.md").write_text("\n".join(lines))
-    _plot(runs, RESULTS / "accuracy.png")
+        lines += [f"## {task}", "", *table(HEADER, (_row(r) for r in rows), "l" * len(HEADER))]
+        lines += ["", *(f"* {r['name']}: {conditions_line(r)}" for r in rows), ""]
+    (ACCURACY / "accuracy.md").write_text("\n".join(lines))
+    _plot(runs, ACCURACY / "accuracy.png")
     print("\n".join(lines))
 
 
 def _plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = [t for t in HELD_OUT if any(r["task"] == t for r in runs)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        rows = [r for r in runs if r["task"] == task]
-        width = 0.8 / len(MODES)
-        for j, mode in enumerate(MODES):
-            xs = [i + (j - len(MODES) / 2 + 0.5) * width for i in range(len(rows))]
-            ys = [r.get(f"{mode}_top1", 0.0) for r in rows]
-            ax.bar(xs, ys, width, label=mode.replace("_", " "))
-        ax.set_xticks(range(len(rows)), [f"{r['name']}\n({r['images']} images)" for r in rows])
-        low = min(r.get(f"{m}_top1", 100.0) for r in rows for m in MODES)
-        ax.set_ylim(max(0.0, low - 10), 100)
-        ax.set_ylabel("top-1 [%]")
-        ax.set_title(f"{task}: held-out images")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    size = (6 * len(tasks), 4.2)
+    with figure(path, 1, len(tasks), figsize=size, squeeze=False) as (_, axes):
+        for ax, task in zip(axes[0], tasks, strict=True):
+            rows = [r for r in runs if r["task"] == task]
+            width = 0.8 / len(MODES)
+            for j, mode in enumerate(MODES):
+                xs = [i + (j - len(MODES) / 2 + 0.5) * width for i in range(len(rows))]
+                ys = [r.get(f"{mode}_top1", 0.0) for r in rows]
+                ax.bar(xs, ys, width, label=mode.replace("_", " "))
+            ticks = [f"{r['name']}\n({r['images']} images)" for r in rows]
+            ax.set_xticks(range(len(rows)), ticks)
+            low = min(r.get(f"{m}_top1", 100.0) for r in rows for m in MODES)
+            ax.set_ylim(max(0.0, low - 10), 100)
+            ax.set_ylabel("top-1 [%]")
+            ax.set_title(f"{task}: held-out images")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][0].legend(fontsize=8, loc="lower left")
 
 
 def curves(run_dir: Path, name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    target = ROOT / "benchmarks" / "results" / "distill" / f"{name}.jsonl"
+    target = RESULTS / "distill" / f"{name}.jsonl"
     shutil.copy(run_dir / "metrics.jsonl", target)
     lines = [json.loads(ln) for ln in target.read_text().splitlines() if ln.strip()]
     epochs = [r["epoch"] for r in lines]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.plot(epochs, [r["loss"] for r in lines], marker="o")
-    left.set_xlabel("epoch")
-    left.set_ylabel("training loss (smoothed)")
-    for key in ("teacher_top1", "mimic_top1", "top1_agreement"):
-        right.plot(epochs, [r[key] for r in lines], marker="o", label=key)
-    right.set_xlabel("epoch")
-    right.set_ylabel("validation [%]")
-    right.legend()
-    fig.suptitle(name)
-    fig.tight_layout()
-    fig.savefig(target.with_suffix(".png"), dpi=110)
-    plt.close(fig)
+    with figure(target.with_suffix(".png"), 1, 2, figsize=(10, 3.8)) as (fig, (left, right)):
+        left.plot(epochs, [r["loss"] for r in lines], marker="o")
+        left.set_xlabel("epoch")
+        left.set_ylabel("training loss (smoothed)")
+        for key in ("teacher_top1", "mimic_top1", "top1_agreement"):
+            right.plot(epochs, [r[key] for r in lines], marker="o", label=key)
+        right.set_xlabel("epoch")
+        right.set_ylabel("validation [%]")
+        right.legend()
+        fig.suptitle(name)
     print(f"wrote {target} and {target.with_suffix('.png')}")
 
 
@@ -188,12 +178,7 @@ FINETUNE_MODES = ("split", "offload", "local")
 
 
 def finetune(prefix: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = ROOT / "benchmarks" / "results" / "finetune"
+    out = RESULTS / "finetune"
     out.mkdir(parents=True, exist_ok=True)
     records = {}
     for mode in FINETUNE_MODES:
@@ -204,31 +189,30 @@ def finetune(prefix: str) -> None:
         if path.exists():
             records[mode] = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
     epochs = max((len(r) for r in records.values()), default=0)
-    header = "| mode | images | " + " | ".join(f"epoch {e}" for e in range(epochs))
+    rows = []
+    with figure(out / "finetune.png", figsize=(6, 3.8)) as (_, ax):
+        for mode, history in records.items():
+            tops = [r["val_top1"] for r in history]
+            cells = [f"{t:.2f}" for t in tops] + ["–"] * (epochs - len(tops))
+            rows.append([mode, history[0]["images"], *cells, f"{tops[-1] - tops[0]:+.2f}"])
+            ax.plot([r["epoch"] for r in history], tops, marker="o", label=mode)
+        ax.set_xlabel("epoch (0: served)")
+        ax.set_ylabel("validation top-1 [%]")
+        ax.legend()
     lines = [
         "# Server-side fine-tuning on the labels (Caltech-101)",
         "",
-        "Written by `python benchmarks/accuracy_by_mode.py finetune` from the JSONL files",
+        "Written by `python -m benchmarks.accuracy_by_mode finetune` from the JSONL files",
         "beside this one (configs/finetune/: one budget for every mode). Validation top-1 in",
         "percent on the same held-out images, which picked no checkpoint; epoch 0 is the",
         "served model, before any fine-tuning.",
         "",
-        header + " | change |",
-        "|" + "---|" * (epochs + 3),
+        *table(
+            ["mode", "images", *(f"epoch {e}" for e in range(epochs)), "change"],
+            rows,
+            "l" * (epochs + 3),
+        ),
     ]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for mode, rows in records.items():
-        tops = [r["val_top1"] for r in rows]
-        cells = [f"{t:.2f}" for t in tops] + ["–"] * (epochs - len(tops))
-        change = f"{tops[-1] - tops[0]:+.2f}"
-        lines.append(f"| {mode} | {rows[0]['images']} | " + " | ".join(cells) + f" | {change} |")
-        ax.plot([r["epoch"] for r in rows], tops, marker="o", label=mode)
-    ax.set_xlabel("epoch (0: served)")
-    ax.set_ylabel("validation top-1 [%]")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "finetune.png", dpi=110)
-    plt.close(fig)
     (out / "finetune.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'finetune.md'} and {out / 'finetune.png'}")
 

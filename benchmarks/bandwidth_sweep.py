@@ -30,7 +30,7 @@ Modes: ``local``, ``split`` (uint8 + zstd), ``offload`` (the upload as it came),
 ``offload-fair`` (re-encoded at the teacher's input size, ``splitdnn/reencode.py``) and
 ``auto`` (the head picks among local, split and fair offload).
 
-    python benchmarks/bandwidth_sweep.py --bundle DIR --images ../shared/data/imagenet-sample
+    python -m benchmarks.bandwidth_sweep --bundle DIR --images ../shared/data/imagenet-sample
 
 Writes ``benchmarks/results/bandwidth_sweep.{json,csv,md}`` and PNGs: latency vs rate per
 profile, the gain ratios of the Distilled Split DNNs paper's Figure 3 (offload / split and
@@ -47,32 +47,30 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import cgroup  # noqa: E402
-from benchmarks.loadgen import Reply, percentile, run  # noqa: E402
-from benchmarks.netns import (  # noqa: E402
-    Link,
-    burst_bytes,
-    calibrate,
-    shaped_link,
-    why_unavailable,
+from benchmarks import cgroup
+from benchmarks.loadgen import Reply, percentile, run
+from benchmarks.netns import burst_bytes, calibrate, shaped_link, why_unavailable
+from benchmarks.report import (
+    RESULTS,
+    ROOT,
+    conditions,
+    figure,
+    table,
+    write_results,
 )
-from splitdnn import devices, serve  # noqa: E402
-from splitdnn.bundle import default_bundle_path, load_bundle  # noqa: E402
-from splitdnn.tls import TLSFiles, client_context  # noqa: E402
+from benchmarks.stack import device_stack
+from splitdnn import devices
+from splitdnn.bundle import default_bundle_path, load_bundle
 
 MODES = ("local", "split", "offload", "offload-fair", "auto")
 FIXED = ("local", "split", "offload-fair")  # what auto chooses among
@@ -84,7 +82,6 @@ PATHS = ("classify", "head")
 ALL_PATHS = ("classify", "apart", "head")
 #: What /classify can ask: offload is the head's setting (fair), there is no raw offload.
 CLASSIFY_MODES = ("local", "split", "offload-fair", "auto")
-TAIL_PORT, HEAD_PORT, GATEWAY_PORT = 18101, 18102, 18100
 
 
 def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
@@ -98,97 +95,6 @@ def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
     except Exception:  # a plain folder of photos
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     return [(p.name, p.read_bytes()) for p in paths[:count]]
-
-
-class Services:
-    """Tail in the namespace (no CPU limit), the device side in the profile's cgroup: the
-    head alone (``path`` head), gateway and head in one process (``classify``) or as two
-    processes (``apart``); stopped on exit. ``threads`` 0 leaves ONNX Runtime threads to the
-    services (the default).
-
-    ``tls_dir`` (``splitdnn certs`` output naming the namespace's address): head → tail over
-    mutual TLS; ``port_offset`` lets a second set run beside the first.
-    """
-
-    def __init__(
-        self,
-        link: Link,
-        bundle: Path,
-        group: cgroup.CpuGroup,
-        threads: int,
-        path: str = "head",
-        tls_dir: Path | None = None,
-        port_offset: int = 0,
-    ) -> None:
-        self.link, self.bundle, self.group, self.threads = link, bundle, group, threads
-        self.path = path
-        self.processes: list[subprocess.Popen] = []
-        self.tail_port, self.head_port = TAIL_PORT + port_offset, HEAD_PORT + port_offset
-        self.gateway_port = GATEWAY_PORT + port_offset
-        self.tls = (
-            {name: TLSFiles.from_dir(tls_dir, name) for name in ("tail", "head")}
-            if tls_dir is not None
-            else {}
-        )
-        scheme = "https" if tls_dir is not None else "http"
-        self.tail_url = f"{scheme}://{link.ns_ip}:{self.tail_port}"
-        self.head_url = f"http://127.0.0.1:{self.head_port}"
-        #: Where the client posts: the gateway when it runs apart, else the device or head.
-        self.url = f"http://127.0.0.1:{self.gateway_port}" if path == "apart" else self.head_url
-
-    def __enter__(self) -> Services:
-        base = dict(os.environ)
-        if self.threads:
-            for service in ("TAIL", "HEAD"):
-                base[f"SPLITDNN_{service}_INTRA_OP_THREADS"] = str(self.threads)
-                base[f"SPLITDNN_{service}_INTER_OP_THREADS"] = "1"
-            base["OMP_NUM_THREADS"] = "1"
-        tail_tls, head_tls = self.tls.get("tail"), self.tls.get("head")
-        tail = serve.uvicorn_command(
-            serve.TAIL_APP, self.link.ns_ip, self.tail_port, "warning",
-            serve.uvicorn_tls(tail_tls, mutual=True),
-        )  # fmt: skip
-        app = serve.DEVICE_APP if self.path == "classify" else serve.HEAD_APP
-        head = serve.uvicorn_command(app, "127.0.0.1", self.head_port, "warning")
-        head_env = {
-            **serve.device_env(self.tail_url, self.bundle, compression="zstd"),
-            "SPLITDNN_HEAD_TAIL_TIMEOUT_S": "60",
-            "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
-            "SPLITDNN_HEAD_OFFLOAD_REENCODE": "bundle",
-            **(head_tls.env() if head_tls else {}),
-        }
-        plan = [
-            (self.link.exec_argv(tail), serve.tail_env(self.bundle)),
-            (self.group.wrap(head), head_env),
-        ]
-        urls = [self.tail_url, self.head_url]
-        probes = [None, None]
-        if head_tls is not None:  # the tail asks for a client certificate: show the head's
-            probes[0] = client_context(head_tls.ca, head_tls.cert, head_tls.key)
-        if self.path == "apart":  # a gateway process beside the head, both under the quota
-            gateway = serve.uvicorn_command(
-                serve.GATEWAY_APP, "127.0.0.1", self.gateway_port, "warning"
-            )
-            gateway_env = {
-                **serve.gateway_env(self.head_url, self.tail_url),
-                "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
-            }
-            plan.append((self.group.wrap(gateway), gateway_env))
-            urls.append(self.url)
-            probes.append(None)
-        try:
-            for argv, env in plan:
-                self.processes.append(subprocess.Popen(argv, env={**base, **env}))
-            for url, process, probe in zip(urls, self.processes, probes, strict=True):
-                if not serve.wait_ready(url + "/v2/health/ready", 300, process, probe):
-                    raise RuntimeError(f"{url} did not become ready")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        serve.stop_processes(self.processes)
 
 
 def request_params(mode: str, path: str = "head") -> tuple[str, dict[str, str]]:
@@ -410,8 +316,8 @@ def sweep_one(
     with (
         shaped_link(args.rates[0], name=args.name) as link,
         cgroup.cpu_group(f"{args.name}-{name}", profile) as group,
-        Services(link, bundle_dir, group, args.threads, path) as services,
-        httpx.Client(base_url=services.url, timeout=300) as client,
+        device_stack(link, bundle_dir, group, args.threads, path) as services,
+        httpx.Client(base_url=services.url("client"), timeout=300) as client,
     ):
         for rate in args.rates:
             link = link.set_rate(rate)
@@ -446,12 +352,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             "count": len(images),
             "median_bytes": int(statistics.median(len(b) for _, b in images)),
         },
-        "host": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "load_before": os.getloadavg(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "conditions": conditions(),
         "note": args.note,
         "threads": args.threads or "auto (the services size them)",
         "profiles": [],
@@ -541,7 +442,8 @@ def fmt(v: Any, digits: int = 0) -> str:
     return f"{v:,.{digits}f}" if isinstance(v, (int, float)) else str(v)
 
 
-def write_markdown(result: dict[str, Any], path: Path) -> None:
+def markdown(result: dict[str, Any]) -> list[str]:
+    """The report's lines (the conditions line goes under the title)."""
     lines = [
         "# Where split wins: time per mode, link rate and device profile",
         "",
@@ -551,12 +453,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "(path classify: gateway and head in one process, `/classify`; path head: the head "
         "alone, `/infer/{mode}`) in a cgroup with the profile's CPU share (10 ms period), "
         f"ONNX Runtime threads {result.get('threads', 1)}; tail unlimited in a network namespace "
-        "behind a tbf-shaped veth (~1-packet bucket, offloads off). Host: "
-        f"{result['host']}; load average before/after "
-        f"{', '.join(f'{x:.2f}' for x in result['load_before'])} / "
+        "behind a tbf-shaped veth (~1-packet bucket, offloads off). Load average at the end "
         f"{', '.join(f'{x:.2f}' for x in result['load_after'])}"
-        f"{' (' + result['note'] + ')' if result.get('note') else ''}; medians per cell. "
-        f"Run started {result['started']}.",
+        f"{' (' + result['note'] + ')' if result.get('note') else ''}; medians per cell.",
         "",
         "Times are client-side p50 ms from the intended send time to the parsed answer. "
         "Gain = other / split (> 1: split is faster). Overhead = split time / (τhead + "
@@ -576,22 +475,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             f"{fmt(100 * p['device_part_share'] if p.get('device_part_share') else None, 0)} % "
             "of the local model's time.",
             "",
-            "| Mbit/s (cal.) | local | split | offload | offload-fair | auto | auto chose "
-            "| gain vs local | vs offload | vs fair | auto / best | split overhead |",
-            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
-        for r in p["rows"]:
-            cells = [fmt((_cell(r, m) or {}).get("p50_ms"), 1) for m in MODES]
-            auto = _cell(r, "auto") or {}
-            chose = ", ".join(f"{m} {n}" for m, n in (auto.get("chosen") or {}).items())
-            lines.append(
-                f"| {r['rate_mbit']:g} ({r['calibration']['wire_mbit']:.2f}) | "
-                + " | ".join(cells)
-                + f" | {chose} | {fmt(r.get('gain_vs_local'), 2)} | "
-                f"{fmt(r.get('gain_vs_offload'), 2)} | {fmt(r.get('gain_vs_offload-fair'), 2)} | "
-                f"{fmt(r.get('auto_vs_best'), 2)} | "
-                f"{fmt((_cell(r, 'split') or {}).get('overhead_ratio'), 2)} |"
-            )
+        lines += table(
+            ["Mbit/s (cal.)", *MODES, "auto chose", "gain vs local", "vs offload", "vs fair",
+             "auto / best", "split overhead"],
+            (_rate_row(r) for r in p["rows"]),
+            align="lrrrrrlrrrrr",
+        )  # fmt: skip
         b = p["band"]
         lines += [
             "",
@@ -614,114 +504,149 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             "Per mode, medians over all rates: τhead (model part), bytes, device cost "
             "that is not the model (client time − model − link − tail):",
             "",
-            "| mode | τhead ms | model ms | τtail ms | bytes | not-model device ms |",
-            "|---|---:|---:|---:|---:|---:|",
         ]
-        for mode in MODES:
-            cs = [c for r in p["rows"] for c in r["cells"] if c["mode"] == mode]
-            if not cs:
-                continue
-
-            def m(key: str, cs: list = cs) -> float | None:
-                vals = [c[key] for c in cs if c.get(key) is not None]
-                return statistics.median(vals) if vals else None
-
-            lines.append(
-                f"| {mode} | {fmt(m('head_ms'), 1)} | {fmt(m('head_model_ms'), 1)} | "
-                f"{fmt(m('tail_ms'), 1)} | {fmt(m('bytes'))} | "
-                f"{fmt(m('device_other_ms'), 1)} |"
-            )
+        lines += table(
+            ["mode", "τhead ms", "model ms", "τtail ms", "bytes", "not-model device ms"],
+            _stage_rows(p),
+        )
     lines += ["", "Calibration (bulk TCP upload, wire Mbit/s incl. headers):", ""]
     p0 = result["profiles"][0]
     lines += [
         ", ".join(f"{r['rate_mbit']:g} → {r['calibration']['wire_mbit']:.2f}" for r in p0["rows"])
     ]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
-def plot(result: dict[str, Any], out: Path) -> None:
-    import matplotlib
+def _rate_row(r: dict[str, Any]) -> list[str]:
+    """One rate of a profile's table: p50 per mode, auto's choices, gains and overhead."""
+    auto = _cell(r, "auto") or {}
+    return [
+        f"{r['rate_mbit']:g} ({r['calibration']['wire_mbit']:.2f})",
+        *(fmt((_cell(r, m) or {}).get("p50_ms"), 1) for m in MODES),
+        ", ".join(f"{m} {n}" for m, n in (auto.get("chosen") or {}).items()),
+        fmt(r.get("gain_vs_local"), 2),
+        fmt(r.get("gain_vs_offload"), 2),
+        fmt(r.get("gain_vs_offload-fair"), 2),
+        fmt(r.get("auto_vs_best"), 2),
+        fmt((_cell(r, "split") or {}).get("overhead_ratio"), 2),
+    ]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _stage_rows(p: dict[str, Any]) -> list[list[str]]:
+    """Per mode, medians over all rates of a profile's stage times and bytes."""
+    rows = []
+    for mode in MODES:
+        cs = [c for r in p["rows"] for c in r["cells"] if c["mode"] == mode]
+
+        def m(key: str, cs: list = cs) -> float | None:
+            vals = [c[key] for c in cs if c.get(key) is not None]
+            return statistics.median(vals) if vals else None
+
+        if cs:
+            times = [fmt(m(key), 1) for key in ("head_ms", "head_model_ms", "tail_ms")]
+            rows.append([mode, *times, fmt(m("bytes")), fmt(m("device_other_ms"), 1)])
+    return rows
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """``path`` (latency vs rate per profile), and beside it figure3_gains.png (the gains of
+    split) and overhead_and_auto.png."""
     profiles = result["profiles"]
-    fig, axes = plt.subplots(1, len(profiles), figsize=(5 * len(profiles), 4.2), sharey=True)
-    axes = list(axes) if len(profiles) > 1 else [axes]
-    for ax, p in zip(axes, profiles, strict=True):
-        rates = [r["rate_mbit"] for r in p["rows"]]
-        for mode in MODES:
-            ys = [(_cell(r, mode) or {}).get("p50_ms") for r in p["rows"]]
-            style = {"linestyle": "--", "marker": "x"} if mode == "auto" else {"marker": "o"}
-            if any(y is not None for y in ys):  # a path may not run every mode
-                ax.plot(rates, ys, label=mode, **style)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(label(p))
-        ax.set_xlabel("link rate (Mbit/s)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("p50 capture-to-output (ms)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "bandwidth_sweep.png", dpi=110)
-    plt.close(fig)
+    size = (5 * len(profiles), 4.2)
+    with figure(path, 1, len(profiles), figsize=size, sharey=True) as (_, axes):
+        axes = list(axes) if len(profiles) > 1 else [axes]
+        for ax, p in zip(axes, profiles, strict=True):
+            rates = [r["rate_mbit"] for r in p["rows"]]
+            for mode in MODES:
+                ys = [(_cell(r, mode) or {}).get("p50_ms") for r in p["rows"]]
+                style = {"linestyle": "--", "marker": "x"} if mode == "auto" else {"marker": "o"}
+                if any(y is not None for y in ys):  # a path may not run every mode
+                    ax.plot(rates, ys, label=mode, **style)
+            _rate_axes(ax, label(p))
+        axes[0].set_ylabel("p50 capture-to-output (ms)")
+        axes[0].legend()
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
-    for ax, other, title in zip(
-        axes,
-        ("offload-fair", "offload", "local"),
-        ("(a) vs fair offload", "(b) vs raw offload", "(c) vs local"),
-        strict=True,
-    ):
+    gains = path.parent / "figure3_gains.png"
+    with figure(gains, 1, 3, figsize=(15, 4.2), sharey=True) as (_, axes):
+        for ax, other, title in zip(
+            axes,
+            ("offload-fair", "offload", "local"),
+            ("(a) vs fair offload", "(b) vs raw offload", "(c) vs local"),
+            strict=True,
+        ):
+            for p in profiles:
+                rates = [r["rate_mbit"] for r in p["rows"]]
+                ys = [r.get(f"gain_vs_{other}") for r in p["rows"]]
+                if any(g is not None for g in ys):
+                    ax.plot(rates, ys, marker="o", label=label(p))
+            ax.axhline(1.0, color="k", lw=0.8)
+            _rate_axes(ax, f"gain of split {title}")
+        axes[0].set_ylabel("T(other) / T(split)  (> 1: split faster)")
+        axes[0].legend()
+
+    with figure(path.parent / "overhead_and_auto.png", 1, 2, figsize=(11, 4.2)) as (_, axes):
         for p in profiles:
             rates = [r["rate_mbit"] for r in p["rows"]]
-            gains = [r.get(f"gain_vs_{other}") for r in p["rows"]]
-            if any(g is not None for g in gains):
-                ax.plot(rates, gains, marker="o", label=label(p))
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"gain of split {title}")
-        ax.set_xlabel("link rate (Mbit/s)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("T(other) / T(split)  (> 1: split faster)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "figure3_gains.png", dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for p in profiles:
-        rates = [r["rate_mbit"] for r in p["rows"]]
-        overhead = [(_cell(r, "split") or {}).get("overhead_ratio") for r in p["rows"]]
-        auto = [r.get("auto_vs_best") for r in p["rows"]]
-        for ax, ys in ((axes[0], overhead), (axes[1], auto)):
-            if any(y is not None for y in ys):
-                ax.plot(rates, ys, marker="o", label=label(p))
-    axes[0].axhline(1.10, color="r", lw=0.8, linestyle="--", label="target 1.10")
-    axes[0].set_title("split: measured / (τhead + bytes/rate + τtail)")
-    axes[1].axhline(1.05, color="r", lw=0.8, linestyle="--", label="target 1.05")
-    axes[1].set_title("auto p50 / best fixed mode's p50")
-    for ax in axes:
-        if len(ax.get_lines()) > 1:  # more than the target line
-            ax.set_xscale("log")
-        ax.set_xlabel("link rate (Mbit/s)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "overhead_and_auto.png", dpi=110)
-    plt.close(fig)
+            overhead = [(_cell(r, "split") or {}).get("overhead_ratio") for r in p["rows"]]
+            auto = [r.get("auto_vs_best") for r in p["rows"]]
+            for ax, ys in ((axes[0], overhead), (axes[1], auto)):
+                if any(y is not None for y in ys):
+                    ax.plot(rates, ys, marker="o", label=label(p))
+        axes[0].axhline(1.10, color="r", lw=0.8, linestyle="--", label="target 1.10")
+        axes[0].set_title("split: measured / (τhead + bytes/rate + τtail)")
+        axes[1].axhline(1.05, color="r", lw=0.8, linestyle="--", label="target 1.05")
+        axes[1].set_title("auto p50 / best fixed mode's p50")
+        for ax in axes:
+            if len(ax.get_lines()) > 1:  # more than the target line
+                ax.set_xscale("log")
+            ax.set_xlabel("link rate (Mbit/s)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _rate_axes(ax: Any, title: str) -> None:
+    """Log-log axes over the link rate, titled."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("link rate (Mbit/s)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def link_parser(description: str) -> argparse.ArgumentParser:
+    """The options of every benchmark on a shaped link (this sweep, ``tls_cost``): bundle,
+    photos, requests per cell, warm-up, where to write, what else ran, and a rewrite of the
+    reports from an earlier run's JSON."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bundle", default=str(default_bundle_path()))
     parser.add_argument("--images", default=str(ROOT.parent / "shared/data/imagenet-sample"))
     parser.add_argument("--count", type=int, default=16, help="photos (requests) per cell")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--note", default="", help="what else ran on the machine (reported)")
+    parser.add_argument("--from-json", help="rewrite the reports of an earlier run's JSON")
+    return parser
+
+
+def measured_or_loaded(
+    args: argparse.Namespace, name: str, measure: Callable[[argparse.Namespace], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The result of ``--from-json``, else of ``measure(args)``; None, after saying why on
+    stderr, where this machine cannot shape a link or hold a CPU share."""
+    if args.from_json:
+        return json.loads(Path(args.from_json).read_text())
+    for reason in (why_unavailable(), cgroup.why_unavailable()):
+        if reason is not None:
+            print(f"{name}: {reason}", file=sys.stderr)
+            return None
+    return measure(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = link_parser(__doc__.splitlines()[0])
     parser.add_argument("--profiles", nargs="+", default=list(PROFILES))
     parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime threads/service; 0: the default"
     )
@@ -729,29 +654,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--name", default="sdsweep", help="network namespace and cgroup name prefix (short)"
     )
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--note", default="", help="what else ran on the machine (reported)")
-    parser.add_argument("--from-json", help="rewrite the reports of an earlier run's JSON")
     parser.add_argument("--period-us", type=int, help="cgroup period instead of devices.json's")
     parser.add_argument(
         "--cpu-share", type=float, help="cores instead of the profile's (named PROFILE@SHARE)"
     )
     args = parser.parse_args(argv)
-    if args.from_json:
-        result = json.loads(Path(args.from_json).read_text())
-    else:
-        for reason in (why_unavailable(), cgroup.why_unavailable()):
-            if reason is not None:
-                print(f"bandwidth_sweep: {reason}", file=sys.stderr)
-                return 2
-        result = sweep(args)
+    result = measured_or_loaded(args, "bandwidth_sweep", sweep)
+    if result is None:
+        return 2
     floors(result)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bandwidth_sweep.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_results("bandwidth_sweep", result, markdown(result), out, plot, indent=1)
     write_csv(result, out / "bandwidth_sweep.csv")
-    write_markdown(result, out / "bandwidth_sweep.md")
-    plot(result, out)
     print(f"wrote {out}/bandwidth_sweep.{{json,csv,md,png}}, figure3_gains.png")
     return 0
 

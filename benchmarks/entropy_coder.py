@@ -6,19 +6,14 @@ The symbols are a stand-in for a trained entropy student's bottleneck: 48 channe
 over 24 symbols (narrower with the channel index), coded with its quantised table. Every
 coder must decode the symbols exactly; the best of ``--repeats`` runs is reported.
 
-    python benchmarks/entropy_coder.py [--repeats 7]
+    python -m benchmarks.entropy_coder [--repeats 7]
 
-Writes ``benchmarks/results/entropy_coder.{json,md,png}`` with commit, host and load.
+Writes ``benchmarks/results/entropy_coder.{json,md,png}`` (``benchmarks/report.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,28 +21,12 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from splitdnn import rans  # noqa: E402
+from benchmarks.report import RESULTS, conditions, figure, table, write_results
+from splitdnn import rans
 
 SHAPE = (48, 17, 17)
 ALPHABET = 24
 LANES = (16, 32, 64)
-
-
-def provenance() -> dict[str, Any]:
-    """Commit, host, CPUs and load beside the figures."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "commit": commit,
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 def stand_in(seed: int = 0) -> tuple[rans.CodingTables, np.ndarray, list[np.ndarray]]:
@@ -127,50 +106,42 @@ def measure(repeats: int) -> dict[str, Any]:
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "entropy_coder.json").write_text(json.dumps(result, indent=2) + "\n")
-    p = result["provenance"]
     lines = [
         "# Entropy coder: bytes and time for one 48x17x17 bottleneck (stand-in symbols)",
         "",
-        f"Commit {p['commit']}, {p['date']}, {p['cpus']} CPUs, load {p['load_average']}; "
-        f"information content {result['information_bytes']:,.0f} bytes; best of "
+        f"Information content {result['information_bytes']:,.0f} bytes; best of "
         f"{result['repeats']} runs, one thread.",
         "",
-        "| coder | bytes | encode ms | decode ms |",
-        "|---|---:|---:|---:|",
+        *table(
+            ["coder", "bytes", "encode ms", "decode ms"],
+            (
+                [r["coder"], f"{r['bytes']:,}", f"{r['encode_ms']:.2f}", f"{r['decode_ms']:.2f}"]
+                for r in result["coders"]
+            ),
+        ),
     ]
-    for r in result["coders"]:
-        lines.append(
-            f"| {r['coder']} | {r['bytes']:,} | {r['encode_ms']:.2f} | {r['decode_ms']:.2f} |"
+    write_results("entropy_coder", result, lines, out, plot)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    with figure(path, figsize=(7, 3.5)) as (_, ax):
+        names = [r["coder"].split(" (")[0] for r in result["coders"]]
+        y = np.arange(len(names))
+        ax.barh(y - 0.2, [r["encode_ms"] for r in result["coders"]], 0.4, label="encode")
+        ax.barh(y + 0.2, [r["decode_ms"] for r in result["coders"]], 0.4, label="decode")
+        ax.set_yticks(
+            y, [f"{n}\n{r['bytes']:,} B" for n, r in zip(names, result["coders"], strict=True)]
         )
-    (out / "entropy_coder.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [r["coder"].split(" (")[0] for r in result["coders"]]
-    y = np.arange(len(names))
-    ax.barh(y - 0.2, [r["encode_ms"] for r in result["coders"]], 0.4, label="encode")
-    ax.barh(y + 0.2, [r["decode_ms"] for r in result["coders"]], 0.4, label="decode")
-    ax.set_yticks(
-        y, [f"{n}\n{r['bytes']:,} B" for n, r in zip(names, result["coders"], strict=True)]
-    )
-    ax.set_xlabel("ms per bottleneck (best run, this host)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "entropy_coder.png", dpi=110)
-    plt.close(fig)
+        ax.set_xlabel("ms per bottleneck (best run, this host)")
+        ax.legend()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    result = {"provenance": provenance(), "repeats": args.repeats, **measure(args.repeats)}
+    result = {"conditions": conditions(), "repeats": args.repeats, **measure(args.repeats)}
     write_report(result, args.out)
     print((args.out / "entropy_coder.md").read_text())
     return 0

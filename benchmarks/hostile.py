@@ -1,8 +1,8 @@
 """Hostile inputs against the running stack: hypothesis-generated envelopes, OIP requests and
 uploads, each answered with its 4xx problem+json; RSS of every service sampled throughout.
 
-    python benchmarks/hostile.py                 # 10,000 cases on the default bundle
-    python benchmarks/hostile.py --cases 500 --bundle DIR
+    python -m benchmarks.hostile                 # 10,000 cases on the default bundle
+    python -m benchmarks.hostile --cases 500 --bundle DIR
 
 Envelopes and OIP requests go straight to the tail at its in-flight limit (8 at once);
 uploads go to the gateway at the head's limit (2 at once), so refusals come from the checks,
@@ -15,15 +15,12 @@ Writes ``benchmarks/results/hostile.{json,md,png}``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
 import math
-import struct
 import sys
 import time
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +34,12 @@ from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.stack import Stack  # noqa: E402
-from services.tail.settings import TailSettings  # noqa: E402
-from splitdnn import oip, wire  # noqa: E402
-from splitdnn.bundle import default_bundle_path, load_bundle  # noqa: E402
+from benchmarks.inputs import png_declaring
+from benchmarks.report import ROOT, conditions, figure, table, write_results
+from benchmarks.stack import Stack, local_stack, mark_times, stack_parser
+from services.tail.settings import TailSettings
+from splitdnn import oip, wire
+from splitdnn.bundle import load_bundle
 
 #: Kinds that must never be answered 200.
 NEVER_200 = {
@@ -98,24 +94,6 @@ def envelope_fields(
     }
     fields.update(over)
     return msgpack.packb(fields, use_bin_type=True)
-
-
-def png_declaring(width: int, height: int, pixels: bool = False) -> bytes:
-    """A PNG whose header declares ``width`` x ``height``: with 64 bytes of data (a bomb's
-    header), or with every (black) pixel when ``pixels`` (a real, decodable image)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(bytes((1 + 3 * width) * height if pixels else 64)))
-        + chunk(b"IEND", b"")
-    )
 
 
 def image_bytes(fmt: str, size: tuple[int, int]) -> bytes:
@@ -399,9 +377,18 @@ def summarise(results: list[dict], stack: Stack, phases: dict[str, float]) -> di
 
 
 def write_report(result: dict[str, Any], stack: Stack, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hostile.json").write_text(json.dumps(result, indent=2) + "\n")
     s = result["summary"]
+    figures = [
+        ("5xx other than 503 (or transport errors)", s["server_errors_other_than_503"]),
+        ("503 overloaded (admission control)", s["overloaded_503"]),
+        ("200 for a kind that must be refused", s["never_200_kinds_answered_200"]),
+        ("refusals not problem+json", s["refusals_not_problem_json"]),
+        ("processes that died", len(s["crashed"])),
+        ("tail RSS idle (MiB)", s["tail_idle_rss_mib"]),
+        ("tail RSS peak during envelopes (MiB)", s["tail_peak_rss_mib_during_envelopes"]),
+        ("tail RSS growth (MiB)", s["tail_rss_growth_mib"]),
+        ("p99 / max answer time (ms)", f"{s['p99_ms']} / {s['max_ms']}"),
+    ]
     lines = [
         "# Hostile inputs against the running stack",
         "",
@@ -410,55 +397,37 @@ def write_report(result: dict[str, Any], stack: Stack, out: Path) -> None:
         f"({result['tail_concurrency']} at once), uploads to the gateway at the head's limit "
         f"({result['gateway_concurrency']} at once). Command: `{result['command']}`.",
         "",
-        "| figure | value |",
-        "| --- | ---: |",
-        f"| 5xx other than 503 (or transport errors) | {s['server_errors_other_than_503']} |",
-        f"| 503 overloaded (admission control) | {s['overloaded_503']} |",
-        f"| 200 for a kind that must be refused | {s['never_200_kinds_answered_200']} |",
-        f"| refusals not problem+json | {s['refusals_not_problem_json']} |",
-        f"| processes that died | {len(s['crashed'])} |",
-        f"| tail RSS idle (MiB) | {s['tail_idle_rss_mib']} |",
-        f"| tail RSS peak during envelopes (MiB) | {s['tail_peak_rss_mib_during_envelopes']} |",
-        f"| tail RSS growth (MiB) | {s['tail_rss_growth_mib']} |",
-        f"| p99 / max answer time (ms) | {s['p99_ms']} / {s['max_ms']} |",
+        *table(["figure", "value"], figures),
         "",
-        "| kind | answers (status: count) |",
-        "| --- | --- |",
+        *table(
+            ["kind", "answers (status: count)"],
+            (
+                [
+                    f"{kind}{' (must not be 200)' if kind in NEVER_200 else ''}",
+                    ", ".join(f"{k}: {v}" for k, v in counts.items()),
+                ]
+                for kind, counts in s["by_kind"].items()
+            ),
+            align="ll",
+        ),
     ]
-    for kind, counts in s["by_kind"].items():
-        mark = " (must not be 200)" if kind in NEVER_200 else ""
-        lines.append(f"| {kind}{mark} | {', '.join(f'{k}: {v}' for k, v in counts.items())} |")
-    (out / "hostile.md").write_text("\n".join(lines) + "\n")
 
-    import matplotlib
+    def plot(result: dict[str, Any], path: Path) -> None:
+        with figure(path, figsize=(8, 4.5), dpi=120) as (_, ax):
+            phases = ("envelopes_start", "envelopes_end", "uploads_end")
+            mark_times([ax], result["phases"], dict.fromkeys(phases, "grey"))
+            stack.plot_rss(ax)
+            ax.set_title(f"RSS while {s['cases']:,} hostile requests arrive")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in ("tail", "head", "gateway"):
-        points = [(p.t, p.rss_mib) for p in stack.samples if p.service == name]
-        if points:
-            ax.plot(*zip(*points, strict=True), label=name)
-    for label in ("envelopes_start", "envelopes_end", "uploads_end"):
-        ax.axvline(result["phases"][label], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("RSS (MiB)")
-    ax.set_title(f"RSS while {s['cases']:,} hostile requests arrive")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "hostile.png", dpi=120)
+    write_results("hostile", result, lines, out, plot)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=None)
+    parser = stack_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    bundle_dir = args.bundle or default_bundle_path()
-    bundle = load_bundle(bundle_dir)
+    bundle_dir, bundle = args.bundle, load_bundle(args.bundle)
     tail_limit = TailSettings.model_fields["max_in_flight"].default
     model = Model(
         bundle.name,
@@ -472,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generated {len(cases)} cases in {time.perf_counter() - started:.1f} s", flush=True)
     envelopes = [c for c in cases if c.target == "tail"]
     uploads = [c for c in cases if c.target == "gateway"]
-    with Stack(bundle_dir) as stack:
+    started_at = conditions()
+    with local_stack(bundle_dir) as stack:
         warm_envelopes(stack, model)
         time.sleep(2.0)
         phases = {"tail_idle_rss_mib": stack.rss_mib("tail") or 0.0}
@@ -484,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
         summary = summarise(results, stack, phases)
         result = {
-            "command": "python benchmarks/hostile.py "
+            "conditions": started_at,
+            "command": "python -m benchmarks.hostile "
             + " ".join(argv if argv is not None else sys.argv[1:]),
             "bundle": bundle.id,
             "seed": args.seed,

@@ -6,7 +6,7 @@ budget: ``method: kd`` on the Lite2 + probe teacher's soft targets (Hinton et al
 ``method: labels`` on the labels alone. Writes ``benchmarks/results/kd_vs_labels.json`` and
 ``.md``. Run from the repository root, after the HND run whose cached teacher outputs it reuses:
 
-    nice -n 19 python benchmarks/kd_vs_labels.py --teacher-run runs/attempt1-blocks14
+    nice -n 19 python -m benchmarks.kd_vs_labels --teacher-run runs/attempt1-blocks14
 
 (any finished ``method: hnd`` run of the Lite2 + probe teacher with ``hflip: true`` on the
 same data and seed will do: only its cached pooled features and ``classifier.pt`` are used).
@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.report import RESULTS, ROOT, conditions, table, write_results
 from splitdnn.distill.config import load_config, parse_config
 from splitdnn.distill.kd import WholeStudentDistillation
 from splitdnn.distill.trainer import train
 from splitdnn.students import KD_STUDENTS
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _configs(args: argparse.Namespace) -> dict[str, dict]:
@@ -61,7 +59,7 @@ def _configs(args: argparse.Namespace) -> dict[str, dict]:
     return {method: {**shared, "method": method} for method in ("kd", "labels")}
 
 
-def _markdown(report: dict) -> str:
+def _markdown(report: dict) -> list[str]:
     kd, labels = report["runs"]["kd"], report["runs"]["labels"]
     b = report["budget"]
     lines = [
@@ -75,16 +73,22 @@ def _markdown(report: dict) -> str:
         f"cached; KD: T = {b['temperature']}, α = {b['alpha']}. Validation: "
         f"{report['val_images']} images (10 % per class of train.txt, seed {report['seed']}).",
         "",
-        "| method | start (Lite0 + probe) | best top-1 (epoch) | final top-1 | minutes |",
-        "|---|---|---|---|---|",
+        *table(
+            ["method", "start (Lite0 + probe)", "best top-1 (epoch)", "final top-1", "minutes"],
+            (
+                [
+                    name,
+                    f"{run['initial_top1']:.2f}",
+                    f"{run['best_top1']:.2f} ({run['best_epoch']})",
+                    f"{run['final_top1']:.2f}",
+                    f"{run['minutes']:.1f}",
+                ]
+                for name, run in (("kd", kd), ("labels", labels))
+            ),
+            align="lllll",
+        ),
     ]
-    for name, run in (("kd", kd), ("labels", labels)):
-        lines.append(
-            f"| {name} | {run['initial_top1']:.2f} | {run['best_top1']:.2f} "
-            f"({run['best_epoch']}) | {run['final_top1']:.2f} | {run['minutes']:.1f} |"
-        )
-    lines += ["", report["verdict"], ""]
-    return "\n".join(lines)
+    return [*lines, "", report["verdict"]]
 
 
 def main() -> None:
@@ -100,10 +104,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/kd-vs-labels")
     parser.add_argument("--feature-cache", type=Path, default=ROOT / "runs/lite0-features")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/kd_vs_labels")
+    parser.add_argument("--out", type=Path, default=RESULTS / "kd_vs_labels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    started_at = conditions()
     runs = {}
     for method, raw in _configs(args).items():
         config = parse_config(raw, base_dir=ROOT)
@@ -157,11 +162,9 @@ def main() -> None:
         },
         "runs": runs,
         "verdict": verdict,
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform()},
+        "conditions": started_at,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(report))
+    write_results(args.out.name, report, _markdown(report), args.out.parent)
     print(verdict)
 
 

@@ -15,7 +15,7 @@ class, latency p50/p95/p99/max and every request's record.
 
 CLI (it replaced the closed-loop ``load_test.py``): post photos from a folder to a URL.
 
-    python benchmarks/loadgen.py http://127.0.0.1:8000/classify?mode=split \\
+    python -m benchmarks.loadgen http://127.0.0.1:8000/classify?mode=split \\
         --images ../shared/data/imagenet-sample/images --rate 5 --count 200 --arrivals poisson
 """
 
@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report import conditions
 
 ARRIVALS = ("fixed", "poisson")
 
@@ -196,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no JPEGs in {args.images}", file=sys.stderr)
         return 2
     images = [p.read_bytes() for p in paths[: max(1, min(len(paths), args.count))]]
+    started_at = conditions()
     summary = run(http_sender(args.url, images), args.rate, args.count, args.arrivals, args.seed)
     brief = {k: v for k, v in summary.items() if k != "records"}
     print(json.dumps(brief, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        args.json.write_text(json.dumps({"conditions": started_at, **summary}, indent=2) + "\n")
     return 0
 
 

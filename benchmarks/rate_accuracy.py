@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.accuracy_by_mode import DATA, HELD_OUT
+from benchmarks.report import RESULTS, conditions, figure, table, write_results
 from splitdnn import reencode, wire
 from splitdnn.bundle import Bundle, load_bundle
 from splitdnn.data import load_dataset, split_per_class
@@ -43,8 +43,6 @@ from splitdnn.imaging import decode_image
 from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads
 from splitdnn.stats import proportion_ci
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 #: Short side of the re-encoded view (px; the teacher's own resize is the largest) and the
 #: qualities tried at each: from ~1 KB up to past the split envelope's bytes.
 SIZES = (112, 144, 192, 224, 292)
@@ -215,8 +213,6 @@ def image_at(rows: list[dict[str, Any]], nbytes: int) -> dict[str, Any] | None:
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rate_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Rate against accuracy",
         "",
@@ -227,74 +223,81 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     ]
     for task in result["tasks"]:
         lines += ["", f"## {task['task']} ({task['images']} held-out images: {task['data']})", ""]
-        lines += ["| what is sent | median bytes | top-1 [95 % CI] | best image within its bytes |"]
-        lines += ["|---|---:|---:|---|"]
         rows = task["split"] + sorted(task["image"], key=lambda r: r["median_bytes"])
         rows += [r for r in (task["raw"], task["local"]) if r]
-        for r in rows:
-            versus = ""
-            if r["kind"] == "split":
-                best = image_at(task["image"], r["median_bytes"])
-                versus = (
-                    f"{best['setting']}: {best['top1']:.2f} ({r['top1'] - best['top1']:+.2f})"
-                    if best
-                    else "none fits"
-                )
-            low, high = r["top1_ci95"]
-            lines.append(
-                f"| {r['setting']} | {r['median_bytes']:,} | {r['top1']:.2f} "
-                f"[{low:.1f}, {high:.1f}] | {versus} |"
-            )
-    (out / "rate_accuracy.md").write_text("\n".join(lines) + "\n")
-    plot(result, out / "rate_accuracy.png")
+        lines += table(
+            ["what is sent", "median bytes", "top-1 [95 % CI]", "best image within its bytes"],
+            (_setting_row(task, r) for r in rows),
+            align="lrrl",
+        )
+    write_results("rate_accuracy", result, lines, out, plot)
+
+
+def _setting_row(task: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """One way of sending: bytes, top-1 with its interval and, for split, the best image
+    re-encoding that fits in as many bytes."""
+    versus = ""
+    if r["kind"] == "split":
+        best = image_at(task["image"], r["median_bytes"])
+        versus = (
+            f"{best['setting']}: {best['top1']:.2f} ({r['top1'] - best['top1']:+.2f})"
+            if best
+            else "none fits"
+        )
+    low, high = r["top1_ci95"]
+    return [
+        r["setting"],
+        f"{r['median_bytes']:,}",
+        f"{r['top1']:.2f} [{low:.1f}, {high:.1f}]",
+        versus,
+    ]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = result["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for fmt, marker in (("webp", "o"), ("jpeg", "s")):
-            for size in sorted({int(r["setting"].split()[1]) for r in task["image"]}):
-                rows = [
-                    r
-                    for r in task["image"]
-                    if r["kind"] == fmt and int(r["setting"].split()[1]) == size
-                ]
-                rows.sort(key=lambda r: r["median_bytes"])
-                ax.plot(
-                    [r["median_bytes"] for r in rows],
-                    [r["top1"] for r in rows],
-                    marker=marker,
-                    lw=0.8,
-                    ms=3,
-                    alpha=0.7,
-                    label=f"image {fmt} {size} px",
-                )
-        split_rows = sorted(task["split"], key=lambda r: r["median_bytes"])
-        main = result["bundle"]["name"]
-        ours = [r for r in split_rows if r.get("bundle", main) == main]  # not an --also one
-        if len(ours) > 1:  # a ladder: its rates as one curve
-            ax.plot([r["median_bytes"] for r in ours], [r["top1"] for r in ours], "r-", lw=1.2)
-        for r in split_rows:
-            style = "r*" if r in ours else "m^"
-            ax.plot(r["median_bytes"], r["top1"], style, ms=12, label=r["setting"])
-        ax.axhline(task["raw"]["top1"], color="k", ls="--", lw=1, label="teacher, raw upload")
-        if task["local"]:
-            ax.axhline(task["local"]["top1"], color="g", ls=":", lw=1.2, label="local (0 B)")
-        ax.set_xscale("log")
-        ax.set_xlabel("bytes sent per image (median, log)")
-        ax.set_ylabel("top-1 %")
-        ax.set_title(f"{task['task']}: {task['images']} held-out images")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    size = (6.5 * len(tasks), 4.8)
+    with figure(path, 1, len(tasks), figsize=size, squeeze=False, dpi=130) as (_, axes):
+        for ax, task in zip(axes[0], tasks, strict=True):
+            _plot_task(ax, task, result["bundle"]["name"])
+        axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
+
+
+def _plot_task(ax: Any, task: dict[str, Any], main: str) -> None:
+    """Top-1 against bytes for one task: a curve per image format and size, split as stars
+    (a ladder's rates joined; ``--also`` bundles as triangles), the raw upload and local as
+    lines."""
+    for fmt, marker in (("webp", "o"), ("jpeg", "s")):
+        for size in sorted({int(r["setting"].split()[1]) for r in task["image"]}):
+            rows = [
+                r
+                for r in task["image"]
+                if r["kind"] == fmt and int(r["setting"].split()[1]) == size
+            ]
+            rows.sort(key=lambda r: r["median_bytes"])
+            ax.plot(
+                [r["median_bytes"] for r in rows],
+                [r["top1"] for r in rows],
+                marker=marker,
+                lw=0.8,
+                ms=3,
+                alpha=0.7,
+                label=f"image {fmt} {size} px",
+            )
+    split_rows = sorted(task["split"], key=lambda r: r["median_bytes"])
+    ours = [r for r in split_rows if r.get("bundle", main) == main]  # not an --also bundle
+    if len(ours) > 1:  # a ladder: its rates as one curve
+        ax.plot([r["median_bytes"] for r in ours], [r["top1"] for r in ours], "r-", lw=1.2)
+    for r in split_rows:
+        style = "r*" if r in ours else "m^"
+        ax.plot(r["median_bytes"], r["top1"], style, ms=12, label=r["setting"])
+    ax.axhline(task["raw"]["top1"], color="k", ls="--", lw=1, label="teacher, raw upload")
+    if task["local"]:
+        ax.axhline(task["local"]["top1"], color="g", ls=":", lw=1.2, label="local (0 B)")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes sent per image (median, log)")
+    ax.set_ylabel("top-1 %")
+    ax.set_title(f"{task['task']}: {task['images']} held-out images")
+    ax.grid(alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     also = tuple(load_bundle(path) for path in args.also)
     grid = settings(tuple(args.sizes))
     result: dict[str, Any] = {
+        "conditions": conditions(),
         "bundle": {"name": bundle.name, "id": bundle.id},
         "teacher": bundle.manifest.teacher,
         "tasks": [],

@@ -7,16 +7,13 @@ straight to the tail (the tail is what is measured: 16 devices' heads would not 
 cores beside it). Load is open-loop (``loadgen.py``): requests leave on schedule whatever
 the answers do, and latency counts from the intended send time.
 
-    nice -n 5 .venv/bin/python benchmarks/ray_tail.py --bundle splitdnn/assets/default-bundle
+    nice -n 5 .venv/bin/python -m benchmarks.ray_tail --bundle splitdnn/assets/default-bundle
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import platform
 import statistics
 import threading
 import time
@@ -28,22 +25,14 @@ import numpy as np
 import psutil
 
 from benchmarks import loadgen
+from benchmarks.inputs import cat_jpeg
 from benchmarks.raycluster import LocalRayCluster
+from benchmarks.report import RESULTS, conditions, figure, table, write_json, write_results
 from splitdnn import wire
 from splitdnn.bundle import default_bundle_path, load_bundle
 from splitdnn.runtime import DeviceRunner, ServerRunner, Threads
 
-RESULTS = Path(__file__).parent / "results"
 BATCH_SIZES = (1, 2, 4, 8, 16)
-
-
-def photo() -> bytes:
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def batch_curve(bundle_dir: Path, repeats: int = 15) -> list[dict[str, float]]:
@@ -69,7 +58,7 @@ def batch_curve(bundle_dir: Path, repeats: int = 15) -> list[dict[str, float]]:
 def envelope(bundle_dir: Path) -> tuple[str, bytes]:
     bundle = load_bundle(bundle_dir)
     device = DeviceRunner(bundle, Threads(1, 1))
-    x = device.run(device.preprocess(photo()))
+    x = device.run(device.preprocess(cat_jpeg()))
     return bundle.name, wire.encode(x, bundle_id=bundle.id)
 
 
@@ -239,70 +228,69 @@ def _serving(pid: int) -> bool:
         return False
 
 
-def conditions() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "cluster": "2 Ray nodes on this machine, 1 logical CPU each, replicas 1 CPU each, "
-        "ONNX Runtime 1 thread per replica, one proxy on the head node",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+#: How the cluster was laid out, beside the conditions every report carries.
+CLUSTER = (
+    "2 Ray nodes on this machine, 1 logical CPU each, replicas 1 CPU each, "
+    "ONNX Runtime 1 thread per replica, one proxy on the head node"
+)
 
 
 def write(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ray_tail.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# The tail on Ray Serve", "", f"Conditions: {json.dumps(result['conditions'])}", ""]
-    lines += ["## Server part alone: ONNX Runtime time vs batch size (1 thread)", ""]
-    lines += ["| batch | batch ms | ms per sample |", "|---:|---:|---:|"]
-    lines += [f"| {r['batch']} | {r['batch_ms']} | {r['per_sample_ms']} |" for r in result["curve"]]
+    cluster = result["conditions"].get("cluster", CLUSTER)
+    lines = ["# The tail on Ray Serve", "", f"Cluster: {cluster}."]
+    lines += ["", "## Server part alone: ONNX Runtime time vs batch size (1 thread)", ""]
+    lines += table(
+        ["batch", "batch ms", "ms per sample"],
+        ([r["batch"], r["batch_ms"], r["per_sample_ms"]] for r in result["curve"]),
+        align="rrr",
+    )
     lines += ["", f"## {result['devices']} devices, closed loop (each sends when answered)", ""]
-    lines += ["| replicas | batching | throughput (req/s) | p50 ms | p99 ms | errors |"]
-    lines += ["|---:|---|---:|---:|---:|---:|"]
-    for run in result["runs"]:
-        c = run["closed_loop"]
-        on = f"on (≤{run['batch_max_size']})" if run["batching"] else "off"
-        lines.append(
-            f"| {run['replicas']} | {on} | {c['throughput_rps']} | {c['p50_ms']:.1f} | "
-            f"{c['p99_ms']:.1f} | {c['errors']} |"
-        )
+    lines += table(
+        ["replicas", "batching", "throughput (req/s)", "p50 ms", "p99 ms", "errors"],
+        (
+            [
+                run["replicas"],
+                f"on (≤{run['batch_max_size']})" if run["batching"] else "off",
+                run["closed_loop"]["throughput_rps"],
+                f"{run['closed_loop']['p50_ms']:.1f}",
+                f"{run['closed_loop']['p99_ms']:.1f}",
+                run["closed_loop"]["errors"],
+            ]
+            for run in result["runs"]
+        ),
+        align="rlrrrr",
+    )
     lines += ["", "## Open loop: offered vs achieved, p99", ""]
-    lines += ["| replicas | batching | offered/s | achieved/s | p50 ms | p99 ms | errors | n |"]
-    lines += ["|---:|---|---:|---:|---:|---:|---|---:|"]
-    for run in result["runs"]:
-        on = "on" if run["batching"] else "off"
-        for p in run["open_loop"]:
-            lines.append(
-                f"| {run['replicas']} | {on} | {p['offered_rate']} | {p['achieved_rate']} | "
-                f"{p['p50_ms']} | {p['p99_ms']} | {p['errors'] or 0} | {p['requests']} |"
-            )
-    (out / "ray_tail.md").write_text("\n".join(lines) + "\n")
-    plot(result, out / "ray_tail.png")
+    lines += table(
+        ["replicas", "batching", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors", "n"],
+        (
+            [
+                run["replicas"], "on" if run["batching"] else "off", p["offered_rate"],
+                p["achieved_rate"], p["p50_ms"], p["p99_ms"], p["errors"] or 0, p["requests"],
+            ]
+            for run in result["runs"]
+            for p in run["open_loop"]
+        ),
+        align="rlrrrrlr",
+    )  # fmt: skip
+    write_results("ray_tail", result, lines, out, plot)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for run in result["runs"]:
-        label = f"{run['replicas']} replica(s), batching {'on' if run['batching'] else 'off'}"
-        offered = [p["offered_rate"] for p in run["open_loop"]]
-        ax1.plot(offered, [p["achieved_rate"] for p in run["open_loop"]], "o-", label=label)
-        ax2.plot(offered, [p["p99_ms"] for p in run["open_loop"]], "o-", label=label)
-    ax1.plot(ax1.get_xlim(), ax1.get_xlim(), ":", color="grey")
-    ax1.set(xlabel="offered (req/s)", ylabel="achieved (req/s)", title="Throughput")
-    ax2.set(xlabel="offered (req/s)", ylabel="p99 (ms)", title="p99 latency", yscale="log")
-    curve = result["curve"]
-    ax3.plot([r["batch"] for r in curve], [r["per_sample_ms"] for r in curve], "o-")
-    ax3.set(xlabel="batch size", ylabel="ms per sample", title="Server part (ONNX, 1 thread)",
-            ylim=(0, None))  # fmt: skip
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with figure(path, 1, 3, figsize=(15, 4.2)) as (_, (ax1, ax2, ax3)):
+        for run in result["runs"]:
+            label = f"{run['replicas']} replica(s), batching {'on' if run['batching'] else 'off'}"
+            offered = [p["offered_rate"] for p in run["open_loop"]]
+            ax1.plot(offered, [p["achieved_rate"] for p in run["open_loop"]], "o-", label=label)
+            ax2.plot(offered, [p["p99_ms"] for p in run["open_loop"]], "o-", label=label)
+        ax1.plot(ax1.get_xlim(), ax1.get_xlim(), ":", color="grey")
+        ax1.set(xlabel="offered (req/s)", ylabel="achieved (req/s)", title="Throughput")
+        ax2.set(xlabel="offered (req/s)", ylabel="p99 (ms)", title="p99 latency", yscale="log")
+        curve = result["curve"]
+        ax3.plot([r["batch"] for r in curve], [r["per_sample_ms"] for r in curve], "o-")
+        ax3.set(xlabel="batch size", ylabel="ms per sample", title="Server part (ONNX, 1 thread)",
+                ylim=(0, None))  # fmt: skip
+        ax1.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,13 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.kill:
-        result = {"conditions": conditions(), "replica_kill": kill_sweep(args)}
-        name = "ray_tail_kill.json" if args.retries else "ray_tail_kill_no_retry.json"
-        (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+        result = {"conditions": {**conditions(), "cluster": CLUSTER}}
+        result["replica_kill"] = kill_sweep(args)
+        write_json("ray_tail_kill" if args.retries else "ray_tail_kill_no_retry", result, args.out)
         print(json.dumps({k: v for k, v in result["replica_kill"].items() if k != "records"}))
         return 0
     result = {
-        "conditions": conditions(),
+        "conditions": {**conditions(), "cluster": CLUSTER},
         "devices": args.devices,
         "curve": batch_curve(args.bundle),
     }

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,13 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.inputs import free_port
+from benchmarks.report import ROOT
 from splitdnn import serve
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class ClusterError(RuntimeError):
     """The cluster or the deployment did not come up (tests skip with this reason)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_cli() -> Path:

@@ -9,7 +9,7 @@ upload, the smaller of the two formats as the choice, and (with ``--write-bundle
 beside the bundle as ``reencode.json`` for the head's fair offload (``--write-assets DIR``:
 also in the default assets, which ``splitdnn export default`` copies into the bundle).
 
-    python benchmarks/reencode_sweep.py BUNDLE --data ../shared/data/imagenet-sample
+    python -m benchmarks.reencode_sweep BUNDLE --data ../shared/data/imagenet-sample
 
 Writes ``benchmarks/results/reencode.{json,md}``.
 """
@@ -17,7 +17,6 @@ Writes ``benchmarks/results/reencode.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,14 +25,12 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from splitdnn import reencode, wire  # noqa: E402
-from splitdnn.bundle import load_bundle  # noqa: E402
-from splitdnn.data import load_dataset, split_per_class  # noqa: E402
-from splitdnn.imaging import decode_image  # noqa: E402
-from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads  # noqa: E402
+from benchmarks.report import RESULTS, ROOT, conditions, table, write_results
+from splitdnn import reencode, wire
+from splitdnn.bundle import load_bundle
+from splitdnn.data import load_dataset, split_per_class
+from splitdnn.imaging import decode_image
+from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads
 
 QUALITIES = {"jpeg": (85, 95), "webp": (85, 95)}
 
@@ -104,8 +101,6 @@ def measure(bundle_dir: Path, data: Path, limit: int | None, threads: int) -> di
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reencode.json").write_text(json.dumps(result, indent=2) + "\n")
     raw, split, choice = result["raw"], result["split"], result["choice"]
     lines = [
         "# Fair offload: the photo re-encoded at the teacher's input size, against split",
@@ -116,20 +111,19 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "10-100x larger). Teacher top-1 on the `imagenet` task; re-encoded images are resized "
         "to the teacher's resize (292) and centre-cropped square; the tail crops 260.",
         "",
-        "| payload | top-1 % | median bytes | mean bytes | encode ms (median) |",
-        "|---|---:|---:|---:|---:|",
-        f"| raw upload | {raw['top1']:.2f} | {raw['median_bytes']:,} | {raw['mean_bytes']:,} | – |",
+        *table(
+            ["payload", "top-1 %", "median bytes", "mean bytes", "encode ms (median)"],
+            [
+                _payload_row("raw upload", raw, "–"),
+                *(
+                    _payload_row(r["setting"], r, f"{r['encode_ms_median']:.1f}")
+                    for r in result["reencoded"]
+                ),
+                _payload_row("split envelope (uint8 + zstd)", split, "–"),
+            ],
+        ),
+        "",
     ]
-    for r in result["reencoded"]:
-        lines.append(
-            f"| {r['setting']} | {r['top1']:.2f} | {r['median_bytes']:,} | {r['mean_bytes']:,} "
-            f"| {r['encode_ms_median']:.1f} |"
-        )
-    lines.append(
-        f"| split envelope (uint8 + zstd) | {split['top1']:.2f} | {split['median_bytes']:,} "
-        f"| {split['mean_bytes']:,} | – |"
-    )
-    lines += [""]
     if choice:
         lines += [
             f"Fair offload (lowest bytes within {result['max_drop']} pt of the raw upload's "
@@ -141,7 +135,11 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         ]
     else:
         lines += [f"No setting stays within {result['max_drop']} pt of the raw upload."]
-    (out / "reencode.md").write_text("\n".join(lines) + "\n")
+    write_results("reencode", result, lines, out)
+
+
+def _payload_row(name: str, r: dict[str, Any], encode_ms: str) -> list[str]:
+    return [name, f"{r['top1']:.2f}", f"{r['median_bytes']:,}", f"{r['mean_bytes']:,}", encode_ms]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-drop", type=float, default=0.5, help="top-1 points allowed")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--write-bundle", action="store_true", help="store the choice")
     parser.add_argument(
         "--write-assets",
@@ -160,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "`splitdnn export default` puts it beside every bundle it builds",
     )
     args = parser.parse_args(argv)
-    result = measure(args.bundle, args.data, args.limit, args.threads)
+    started_at = conditions()
+    result = {"conditions": started_at, **measure(args.bundle, args.data, args.limit, args.threads)}
     result["max_drop"] = args.max_drop
     result["choice"] = choose(result["reencoded"], result["raw"]["top1"], args.max_drop)
     write_report(result, args.out)

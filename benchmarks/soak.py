@@ -1,8 +1,8 @@
 """Overload soak: open-loop split requests through the gateway at twice the measured capacity,
 with the tail killed and restarted in the middle.
 
-    python benchmarks/soak.py                    # 300 s at 2x capacity, default bundle
-    python benchmarks/soak.py --duration 60 --factor 2
+    python -m benchmarks.soak                    # 300 s at 2x capacity, default bundle
+    python -m benchmarks.soak --duration 60 --factor 2
 
 1. Capacity: closed loop at the head's in-flight limit for ``--probe`` seconds; capacity is
    the rate of 200 answers.
@@ -21,7 +21,6 @@ Writes ``benchmarks/results/soak.{json,md,png}``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -34,12 +33,10 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.stack import Stack  # noqa: E402
-from services.head.settings import HeadSettings  # noqa: E402
-from splitdnn.bundle import default_bundle_path, load_bundle  # noqa: E402
+from benchmarks.report import ROOT, conditions, figure, table, write_results
+from benchmarks.stack import Stack, local_stack, mark_times, stack_parser
+from services.head.settings import HeadSettings
+from splitdnn.bundle import load_bundle
 
 
 async def post(client: httpx.AsyncClient, image: bytes, timeout: float) -> dict[str, Any]:
@@ -204,10 +201,24 @@ def summarise(
 
 
 def write_report(result: dict[str, Any], records: list[dict], stack: Stack, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     s = result["summary"]
     modes = s["modes_of_200s"]
+    figures = [
+        ("requests", f"{s['requests']:,}"),
+        ("statuses", ", ".join(f"{k}: {v:,}" for k, v in s["statuses"].items())),
+        ("failed (not 200/503)", s["failed"]),
+        ("200/503 answers slower than 1 s", s["answers_over_1s"]),
+        ("slowest answer (ms)", s["max_ms"]),
+        ("accepted p50 / p99 (ms)", f"{s['accepted_p50_ms']} / {s['accepted_p99_ms']}"),
+        ("modes of the 200s", ", ".join(f"{k}: {v:,}" for k, v in modes.items())),
+        ("Retry-After on every 503", s["retry_after_on_every_503"]),
+        ("tail killed at (s) / down for (s)", f"{s['tail_killed_at_s']} / {s['tail_down_s']}"),
+        (
+            "requests sent while the tail was down / failed",
+            f"{s['requests_sent_while_tail_down']} / {s['failed_while_tail_down']}",
+        ),
+        ("split served by the tail again after it was ready (s)", s["split_recovery_s"]),
+    ]
     lines = [
         "# Overload soak: split requests at 2x capacity, tail killed mid-run",
         "",
@@ -216,83 +227,60 @@ def write_report(result: dict[str, Any], records: list[dict], stack: Stack, out:
         f"{s['offered_rps']} req/s for {s['duration_s']} s. Limits: gateway 8, head 2, tail 8 "
         "in flight.",
         "",
-        "| figure | value |",
-        "| --- | ---: |",
-        f"| requests | {s['requests']:,} |",
-        f"| statuses | {', '.join(f'{k}: {v:,}' for k, v in s['statuses'].items())} |",
-        f"| failed (not 200/503) | {s['failed']} |",
-        f"| 200/503 answers slower than 1 s | {s['answers_over_1s']} |",
-        f"| slowest answer (ms) | {s['max_ms']} |",
-        f"| accepted p50 / p99 (ms) | {s['accepted_p50_ms']} / {s['accepted_p99_ms']} |",
-        f"| modes of the 200s | {', '.join(f'{k}: {v:,}' for k, v in modes.items())} |",
-        f"| Retry-After on every 503 | {s['retry_after_on_every_503']} |",
-        f"| tail killed at (s) / down for (s) | {s['tail_killed_at_s']} / {s['tail_down_s']} |",
-        f"| requests sent while the tail was down / failed | "
-        f"{s['requests_sent_while_tail_down']} / {s['failed_while_tail_down']} |",
-        f"| split served by the tail again after it was ready (s) | {s['split_recovery_s']} |",
+        *table(["figure", "value"], figures),
         "",
-        "| process | RSS early (MiB) | RSS late (MiB) | growth % |",
-        "| --- | ---: | ---: | ---: |",
+        *table(
+            ["process", "RSS early (MiB)", "RSS late (MiB)", "growth %"],
+            (
+                [name, v["early_mib"], v["late_mib"], v["growth_pct"]]
+                for name, v in s["rss"].items()
+            ),
+        ),
+        "",
+        "Slowest answers (sent at s after the start, ms, status, mode):",
+        "",
+        *(f"* {r['sent_at_s']} s: {r['ms']} ms, {r['status']}, {r['mode']}" for r in s["slowest"]),
     ]
-    for name, v in s["rss"].items():
-        lines.append(f"| {name} | {v['early_mib']} | {v['late_mib']} | {v['growth_pct']} |")
-    lines += ["", "Slowest answers (sent at s after the start, ms, status, mode):", ""]
-    lines += [
-        f"* {r['sent_at_s']} s: {r['ms']} ms, {r['status']}, {r['mode']}" for r in s["slowest"]
-    ]
-    (out / "soak.md").write_text("\n".join(lines) + "\n")
 
-    import matplotlib
+    def plot(result: dict[str, Any], path: Path) -> None:
+        with figure(path, 2, 1, figsize=(9, 7), sharex=True, dpi=120) as (_, (ax, ax2)):
+            for status, colour in ((200, "tab:blue"), (503, "tab:orange")):
+                points = [(r["t"], r["ms"]) for r in records if r["status"] == status]
+                if points:
+                    ax.scatter(*zip(*points, strict=True), s=2, c=colour, label=str(status))
+            bad = [(r["t"], r["ms"]) for r in records if r["status"] not in (200, 503)]
+            if bad:
+                ax.scatter(*zip(*bad, strict=True), s=8, c="red", label="failed")
+            ax.set_ylabel("answer time (ms)")
+            ax.set_title(f"{s['offered_rps']} req/s offered vs {s['capacity_rps']} capacity")
+            ax.legend(markerscale=4)
+            events = {"tail_killed": "red", "tail_ready": "green"}
+            mark_times((ax, ax2), result["events"], events)
+            stack.plot_rss(ax2, "time (s); red: tail killed, green: tail ready again")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    for status, colour in ((200, "tab:blue"), (503, "tab:orange")):
-        points = [(r["t"], r["ms"]) for r in records if r["status"] == status]
-        if points:
-            ax.scatter(*zip(*points, strict=True), s=2, c=colour, label=str(status))
-    bad = [(r["t"], r["ms"]) for r in records if r["status"] not in (200, 503)]
-    if bad:
-        ax.scatter(*zip(*bad, strict=True), s=8, c="red", label="failed")
-    ax.set_ylabel("answer time (ms)")
-    ax.set_title(f"{s['offered_rps']} req/s offered vs {s['capacity_rps']} capacity")
-    ax.legend(markerscale=4)
-    for name in ("tail", "head", "gateway"):
-        points = [(p.t, p.rss_mib) for p in stack.samples if p.service == name]
-        if points:
-            ax2.plot(*zip(*points, strict=True), label=name)
-    for a in (ax, ax2):
-        a.axvline(result["events"]["tail_killed"], color="red", lw=0.8, ls="--")
-        a.axvline(result["events"]["tail_ready"], color="green", lw=0.8, ls="--")
-    ax2.set_xlabel("time (s); red: tail killed, green: tail ready again")
-    ax2.set_ylabel("RSS (MiB)")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(out / "soak.png", dpi=120)
+    write_results("soak", result, lines, out, plot)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=None)
+    parser = stack_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--factor", type=float, default=2.0)
     parser.add_argument("--probe", type=float, default=20.0, help="capacity probe seconds")
     parser.add_argument("--timeout", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    bundle_dir = args.bundle or default_bundle_path()
-    bundle = load_bundle(bundle_dir)
+    bundle_dir, bundle = args.bundle, load_bundle(args.bundle)
     image = (ROOT / "examples" / "cat.jpg").read_bytes()
     head_limit = HeadSettings.model_fields["max_in_flight"].default
-    with Stack(bundle_dir) as stack:
+    started_at = conditions()
+    with local_stack(bundle_dir) as stack:
         cap = asyncio.run(capacity(stack.url("gateway"), image, head_limit, args.probe))
         rate = args.factor * cap
         print(f"capacity {cap:.2f} req/s; offering {rate:.2f} req/s for {args.duration} s")
         records, events = asyncio.run(soak(stack, image, rate, args.duration, args.timeout))
         summary = summarise(records, events, stack, rate, cap)
         result = {
-            "command": "python benchmarks/soak.py "
+            "conditions": started_at,
+            "command": "python -m benchmarks.soak "
             + " ".join(argv if argv is not None else sys.argv[1:]),
             "bundle": bundle.id,
             "events": {k: round(v, 3) for k, v in events.items()},

@@ -9,7 +9,7 @@ every mode to both heads back to back, the one that goes first alternating from 
 photo, each request followed by a gap of 1.5x its warm-up time (no overlap), so a burst of
 load on the shared machine hits plain and TLS alike.
 
-    sudo python benchmarks/tls_cost.py --profile pi4 --rates 1 2 5 10 20 50
+    sudo python -m benchmarks.tls_cost --profile pi4 --rates 1 2 5 10 20 50
 
 Writes ``benchmarks/results/tls_cost.{json,md,png}``. Needs root, iproute2, ethtool and a
 cgroup v1 cpu controller (like the sweep), and the ``certs`` extra.
@@ -18,9 +18,7 @@ cgroup v1 cpu controller (like the sweep), and the ``certs`` extra.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,24 +31,23 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import cgroup  # noqa: E402
-from benchmarks.bandwidth_sweep import (  # noqa: E402
-    Services,
+from benchmarks import cgroup
+from benchmarks.bandwidth_sweep import (
     cell_of,
     held_out_images,
+    link_parser,
+    measured_or_loaded,
     post,
     warm_interval,
 )
-from benchmarks.loadgen import Reply, run  # noqa: E402
-from benchmarks.netns import calibrate, shaped_link, why_unavailable  # noqa: E402
-from benchmarks.process_cpu import cpu_seconds  # noqa: E402
-from splitdnn import devices  # noqa: E402
-from splitdnn.bundle import default_bundle_path  # noqa: E402
-from splitdnn.stats import median_ratio  # noqa: E402
-from splitdnn.tls import make_certificates  # noqa: E402
+from benchmarks.loadgen import Reply, run
+from benchmarks.netns import calibrate, shaped_link
+from benchmarks.process_cpu import cpu_seconds
+from benchmarks.report import conditions, figure, table, write_results
+from benchmarks.stack import device_stack
+from splitdnn import devices
+from splitdnn.stats import median_ratio
+from splitdnn.tls import make_certificates
 
 MODES = ["split", "offload"]
 VARIANTS = ("plain", "tls")
@@ -205,12 +202,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile,
         "cpu_share": profile.cpu_share,
         "images": {"folder": str(args.images), "count": len(images)},
-        "host": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "load_before": os.getloadavg(),
+        "conditions": conditions(),
         "note": args.note,
         "rows": [],
     }
@@ -229,7 +221,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 cgroup.cpu_group(f"sdtls-{args.profile}-{variant}", profile)
             )
             services = stack.enter_context(
-                Services(
+                device_stack(
                     link,
                     Path(args.bundle),
                     group,
@@ -240,9 +232,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
             clients[variant] = stack.enter_context(
-                httpx.Client(base_url=services.head_url, timeout=300)
+                httpx.Client(base_url=services.url("head"), timeout=300)
             )
-            head_pids[variant] = services.processes[1].pid  # tail first, then the head
+            head_pids[variant] = services.processes["head"].pid
         for rate in args.rates:
             link = link.set_rate(rate)
             cal = calibrate(link)
@@ -259,14 +251,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def write_markdown(result: dict[str, Any], path: Path) -> None:
+def markdown(result: dict[str, Any]) -> list[str]:
+    """The report's lines (the conditions line goes under the title)."""
+    load_after = ", ".join(f"{x:.2f}" for x in result["load_after"])
     lines = [
         f"# TLS cost on the device–edge link ({result['profile']}, "
         f"{result['cpu_share']} core for the head)",
         "",
-        f"commit {result['commit']}, {result['started']}, {result['host']}; load before "
-        f"{[round(x, 2) for x in result['load_before']]}, after "
-        f"{[round(x, 2) for x in result['load_after']]}; {result['images']['count']} held-out "
+        f"Load average at the end {load_after}; {result['images']['count']} held-out "
         "photos per cell; mutual TLS head → tail, keep-alive on.",
         "",
         f"Also running: {result['note'] or 'not recorded'}",
@@ -275,102 +267,76 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "resampled with both their times); head CPU is the head process's CPU per request "
         "(all threads), plain → TLS, median.",
         "",
-        "| rate (Mbit/s) | split p50 plain | split p50 TLS | TLS/plain [95 % CI] | "
-        "split head CPU ms | offload p50 plain | offload p50 TLS | TLS/plain [95 % CI] | "
-        "offload head CPU ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+        *table(
+            ["rate (Mbit/s)", "split p50 plain", "split p50 TLS", "TLS/plain [95 % CI]",
+             "split head CPU ms", "offload p50 plain", "offload p50 TLS",
+             "TLS/plain [95 % CI]", "offload head CPU ms"],
+            ([f"{row['rate_mbit']:g}", *_mode_cells(row, "split"), *_mode_cells(row, "offload")]
+             for row in result["rows"]),
+            align="rrrrrrrrr",
+        ),
+    ]  # fmt: skip
     cpu = result.get("client_cpu_us")
-    tail_lines = []
     if cpu:
-        tail_lines = [
+        lines += [
             "",
             "CPU of the head's tail client per request (its thread's time, keep-alive, "
             f"loopback, outside the cgroup; a {result['cpu_share']}-core device pays "
             f"~{1 / result['cpu_share']:.0f}x this in wall time):",
             "",
-            "| body | plain (µs) | mutual TLS (µs) | TLS adds (µs) |",
-            "| --- | ---: | ---: | ---: |",
-            *(
-                f"| {mode} ({size:,} B) | {cpu['plain'][mode]} | {cpu['tls'][mode]} | "
-                f"{cpu['tls'][mode] - cpu['plain'][mode]:+.1f} |"
-                for mode, size in BODIES.items()
+            *table(
+                ["body", "plain (µs)", "mutual TLS (µs)", "TLS adds (µs)"],
+                (
+                    [f"{mode} ({size:,} B)", cpu["plain"][mode], cpu["tls"][mode],
+                     f"{cpu['tls'][mode] - cpu['plain'][mode]:+.1f}"]
+                    for mode, size in BODIES.items()
+                ),
             ),
-        ]
-    for row in result["rows"]:
-        c = row["cells"]
-        cols = [f"{row['rate_mbit']:g}"]
-        for mode in MODES:
-            effect = row.get("tls_effect", {}).get(mode, {})
-            ratio = f"{row['tls_over_plain'][mode]:.3f}"
-            cpu = "–"
-            if effect.get("photos"):
-                low, high = effect["p50_ratio_ci95"]
-                ratio = f"{effect['p50_ratio']:.3f} [{low:.3f}, {high:.3f}]"
-                cpu = f"{effect['head_cpu_ms']['plain']:.2f} → {effect['head_cpu_ms']['tls']:.2f}"
-            cols += [
-                f"{c['plain'][mode]['p50_ms']:.1f}",
-                f"{c['tls'][mode]['p50_ms']:.1f}",
-                ratio,
-                cpu,
-            ]
-        lines.append("| " + " | ".join(cols) + " |")
-    path.write_text("\n".join(lines + tail_lines) + "\n")
+        ]  # fmt: skip
+    return lines
+
+
+def _mode_cells(row: dict[str, Any], mode: str) -> list[str]:
+    """p50 plain, p50 TLS, TLS/plain (with its interval when measured), head CPU."""
+    effect = row.get("tls_effect", {}).get(mode, {})
+    ratio, cpu = f"{row['tls_over_plain'][mode]:.3f}", "–"
+    if effect.get("photos"):
+        low, high = effect["p50_ratio_ci95"]
+        ratio = f"{effect['p50_ratio']:.3f} [{low:.3f}, {high:.3f}]"
+        cpu = f"{effect['head_cpu_ms']['plain']:.2f} → {effect['head_cpu_ms']['tls']:.2f}"
+    p50 = [f"{row['cells'][v][mode]['p50_ms']:.1f}" for v in VARIANTS]
+    return [*p50, ratio, cpu]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rates = [r["rate_mbit"] for r in result["rows"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, colour in (("split", "C0"), ("offload", "C1")):
-        for variant, style in (("plain", "-"), ("tls", "--")):
-            p50 = [r["cells"][variant][mode]["p50_ms"] for r in result["rows"]]
-            ax.plot(rates, p50, style, color=colour, marker="o", label=f"{mode} {variant}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("link rate (Mbit/s)")
-    ax.set_ylabel("p50 (ms)")
-    ax.set_title(f"TLS vs plain HTTP, {result['profile']} profile, keep-alive")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with figure(path, figsize=(6, 4), dpi=120) as (_, ax):
+        for mode, colour in (("split", "C0"), ("offload", "C1")):
+            for variant, style in (("plain", "-"), ("tls", "--")):
+                p50 = [r["cells"][variant][mode]["p50_ms"] for r in result["rows"]]
+                ax.plot(rates, p50, style, color=colour, marker="o", label=f"{mode} {variant}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("link rate (Mbit/s)")
+        ax.set_ylabel("p50 (ms)")
+        ax.set_title(f"TLS vs plain HTTP, {result['profile']} profile, keep-alive")
+        ax.legend()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", default=str(default_bundle_path()))
-    parser.add_argument("--images", default=str(ROOT.parent / "shared/data/imagenet-sample"))
-    parser.add_argument("--count", type=int, default=16, help="photos (requests) per cell")
+    parser = link_parser(__doc__.splitlines()[0])
     parser.add_argument("--profile", default="pi4")
     parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 5, 10, 20, 50])
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
         "--cpu-count", type=int, default=2000, help="requests per client-CPU measurement"
     )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--note", default="", help="what else ran on the machine (reported)")
-    parser.add_argument("--from-json", help="rewrite the reports of an earlier run's JSON")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.from_json:
-        result = json.loads(Path(args.from_json).read_text())
-        write_markdown(result, out / "tls_cost.md")
-        plot(result, out / "tls_cost.png")
-        return 0
-    for reason in (why_unavailable(), cgroup.why_unavailable()):
-        if reason is not None:
-            print(f"tls_cost: {reason}", file=sys.stderr)
-            return 2
-    result = measure(args)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tls_cost.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_markdown(result, out / "tls_cost.md")
-    plot(result, out / "tls_cost.png")
+    result = measured_or_loaded(args, "tls_cost", measure)
+    if result is None:
+        return 2
+    write_results("tls_cost", result, markdown(result), out, plot, indent=1)
     print(f"wrote {out}/tls_cost.{{json,md,png}}")
     return 0
 

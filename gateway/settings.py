@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import BaseServiceSettings
+from services.common.settings import BaseServiceSettings, shared
 from splitdnn.serve import DEFAULT_URLS
 
 Mode = Literal["split", "local", "offload", "auto", "nonn"]
@@ -37,10 +37,8 @@ class GatewaySettings(BaseServiceSettings):
         "their body is read (so at most this many bodies are buffered).",
     )
     # -- mode=nonn (gateway/nonn.py) --
-    nonn_bundle: Path | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_NONN_BUNDLE",  # no prefix: the members load the same one
-        description="NoNN bundle (its join layer runs here); unset: mode=nonn answers 422.",
+    nonn_bundle: Path | None = shared(  # the members load the same one
+        "NONN_BUNDLE", "NoNN bundle (its join layer runs here); unset: mode=nonn answers 422."
     )
     member_urls: list[str] = Field(
         default_factory=list,
@@ -54,10 +52,8 @@ class GatewaySettings(BaseServiceSettings):
         description="A member down or late: answer from the others with its training-mean "
         "features (degraded: true), or 503 when false.",
     )
-    token: SecretStr | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_TOKEN",  # no prefix: the head checks the same token
-        description="Bearer token the gateway sends the head; unset sends none.",
+    token: SecretStr | None = shared(  # the head checks the same token
+        "TOKEN", "Bearer token the gateway sends the head; unset sends none."
     )
 
 

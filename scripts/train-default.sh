@@ -29,4 +29,4 @@ python -m splitdnn.distill.probe configs/lite2-caltech101.yaml --teacher efficie
 splitdnn export assets runs/lite2-stage7 --out "$ASSETS" \
   --local-probe "caltech101=$ASSETS/lite0_caltech101_probe.safetensors"
 splitdnn export default
-python benchmarks/accuracy_by_mode.py evaluate splitdnn/assets/default-bundle --name default
+python -m benchmarks.accuracy_by_mode evaluate splitdnn/assets/default-bundle --name default

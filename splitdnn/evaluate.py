@@ -1,4 +1,5 @@
-"""Scores of a distillation run or a bundle on labelled images.
+"""Scores of a distillation run or a bundle on labelled images: three evaluators, one per
+kind of thing ``splitdnn evaluate`` is given.
 
 * :func:`evaluate_run` — teacher vs mimic of a run, in torch: one row of the papers' Table 3
   (on the run's own validation split by default, so the figure is the trainer's).
@@ -6,7 +7,14 @@
   ``offload`` (the teacher), ``split`` in fp32 and through the wire envelope as the head sends
   it (``fp16``, ``uint8``: quantised, encoded, decoded and dequantised by :mod:`splitdnn.wire`),
   and ``local``. Per mode: top-1/top-5, top-1 agreement with the teacher, and the gap to the
-  teacher with a paired 95 % confidence interval, beside the number of images.
+  teacher with a paired 95 % confidence interval, beside the number of images. A bundle of
+  ``splitdnn export classes`` is scored on its own task too (``--task``, e.g.
+  ``caltech101-5``): every class of the data set outside the classes of interest counts as
+  the task's "other" label, as the bundle's grouped teacher head and its student answer.
+* :func:`evaluate_classes` — an application-specific student (``method: classes``: a run
+  or its assets) in torch, beside the teacher, a general student and the general local
+  model on the same held-out images and the same decision (a class of interest or
+  "other"); :func:`classes_table` renders it.
 """
 
 from __future__ import annotations
@@ -48,14 +56,22 @@ def _subset(samples: list[Sample], limit: int | None) -> list[Sample]:
     return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, limit).round()]
 
 
-def task_targets(dataset_classes: list[str], label_space: str, task_labels: list[str]) -> list[int]:
+def task_targets(
+    dataset_classes: list[str],
+    label_space: str,
+    task_labels: list[str],
+    other: str | None = None,
+) -> list[int]:
     """Map a data set's label indices to a task's output indices (by name; identity for
-    ImageNet indices against a 1000-class task)."""
+    ImageNet indices against a 1000-class task). ``other``: the task's label for every
+    data set class that is not one of its labels (a grouped task, :func:`grouped_other`)."""
     if label_space == "imagenet":
         if len(task_labels) != 1000:
             raise DataError("the images have ImageNet labels but the task is not ImageNet-1k")
         return list(range(1000))
     index = {name: i for i, name in enumerate(task_labels)}
+    if other is not None:
+        return [index.get(c, index[other]) for c in dataset_classes]
     missing = [c for c in dataset_classes if c not in index]
     if missing:
         raise DataError(
@@ -63,6 +79,18 @@ def task_targets(dataset_classes: list[str], label_space: str, task_labels: list
             f"(first: {missing[:5]}); pick the matching --task"
         )
     return [index[c] for c in dataset_classes]
+
+
+def grouped_other(metrics: dict[str, Any], task: str, labels: list[str]) -> str | None:
+    """The "other" label of a bundle's grouped task, or None: the task of ``splitdnn export
+    classes`` answers its classes of interest and one last label for every other class of
+    the data set (its student's classes, kept in the manifest's ``local_student``)."""
+    student = metrics.get("local_student") or {}
+    return (
+        labels[-1]
+        if task in metrics.get("local_tasks", []) and student.get("classes") == labels
+        else None
+    )
 
 
 def bottleneck_costs(shape: list[int], input_shape: tuple[int, ...] | list[int]) -> dict:
@@ -357,7 +385,9 @@ def evaluate_bundle(
     if task is None:
         task = _guess_task(dataset, {t: s.labels for t, s in manifest.tasks.items()})
     task = bundle.task(task)
-    targets = task_targets(dataset.classes, dataset.label_space, bundle.labels(task))
+    task_labels = bundle.labels(task)
+    other = grouped_other(manifest.metrics, task, task_labels)
+    targets = task_targets(dataset.classes, dataset.label_space, task_labels, other)
     samples = _subset(_select(dataset, split, val_fraction, seed), limit)
     if not samples:
         raise _no_images(dataset, split, val_fraction, limit)

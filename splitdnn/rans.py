@@ -1,7 +1,7 @@
 """Entropy coding of an integer bottleneck with fixed per-channel tables, in numpy (no torch).
 
 Why here and why this coder: the device encodes and the edge decodes an entropy-coded
-bottleneck (:class:`splitdnn.students.EntropyStudent`, issue #21) and neither may need torch;
+bottleneck (:class:`splitdnn.students.EntropyStudent`) and neither may need torch;
 the coder also has to run on the arm64 device image, where no wheel of a compiled range coder
 installs. So this is interleaved rANS (Duda 2013; Giesen's "Interleaved entropy coders",
 2014) vectorised over ``lanes`` independent coder states: one numpy step codes one symbol in

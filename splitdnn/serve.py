@@ -31,8 +31,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
-from dataclasses import astuple
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -447,6 +448,49 @@ def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 10.0)
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@dataclass(frozen=True)
+class Child:
+    """One service to start: its argv (the service's uvicorn command, or that command
+    wrapped by a namespace or a CPU group), what to add to the environment, the URL that
+    answers 200 once it is ready and the TLS context to ask it with."""
+
+    argv: list[str]
+    env: Mapping[str, str]
+    ready_url: str
+    probe: ssl.SSLContext | None = None
+
+
+def start_children(
+    children: Mapping[str, Child], ready_timeout: float
+) -> dict[str, subprocess.Popen]:
+    """Start ``children`` in order, then wait for each to answer ready: the processes by
+    name. If one exits or is not ready in time, all are stopped and RuntimeError names it.
+    The tests' and the benchmarks' stacks start this way."""
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        for name, child in children.items():
+            processes[name] = subprocess.Popen(child.argv, env={**os.environ, **child.env})
+        for name, child in children.items():
+            if not wait_ready(child.ready_url, ready_timeout, processes[name], child.probe):
+                raise RuntimeError(f"{name} did not become ready at {child.ready_url}")
+    except BaseException:
+        stop_processes(processes.values())
+        raise
+    return processes
+
+
+@contextmanager
+def running_children(
+    children: Mapping[str, Child], ready_timeout: float
+) -> Iterator[dict[str, subprocess.Popen]]:
+    """:func:`start_children`, stopping them all on exit."""
+    processes = start_children(children, ready_timeout)
+    try:
+        yield processes
+    finally:
+        stop_processes(processes.values())
 
 
 def serve_all(

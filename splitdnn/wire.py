@@ -27,8 +27,8 @@ are checked in float32 too, so 1e300 or 1e-300 never reach the model). It raises
 :class:`~splitdnn.errors.WireError` subclass per failure. Byte counts are exact:
 the size of an envelope is ``len(encode(...))``. No torch: the device image needs none.
 
-Format version 2: an entropy-coded bottleneck (issue #21). The same msgpack rules; the keys
-are exactly, in this order:
+Format version 2: an entropy-coded bottleneck, fewer bytes than uint8 + zstd. The same
+msgpack rules; the keys are exactly, in this order:
 
 ====================  ==========================================================================
 ``v``                 the integer 2

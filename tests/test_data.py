@@ -1,5 +1,5 @@
-"""A user's own class folders (issue #22 item 2): a file that is not an image and a class
-folder without images are named, never trained on silently."""
+"""A user's own class folders: a file that is not an image and a class folder without
+images are named, never trained on silently (a user's folder is rarely clean)."""
 
 from __future__ import annotations
 

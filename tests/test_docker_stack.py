@@ -34,12 +34,12 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from http_helpers import answering
 
 from benchmarks.system_tools import why_missing
 
@@ -142,13 +142,8 @@ def local_torch_index(wheel: Path) -> Iterator[str]:
             server = http.server.ThreadingHTTPServer(("127.0.0.1", TORCH_INDEX_PORT), handler)
         except OSError:
             server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
-        finally:
-            server.shutdown()
-            server.server_close()
+        with answering(server) as url:
+            yield url + "/simple/"
 
 
 def build_env(torch_index: str | None) -> dict[str, str]:
@@ -495,7 +490,7 @@ def test_tail_ray_image_serves_the_tail_on_ray(tmp_path: Path):
         pytest.skip(reason)
     import httpx
 
-    from tests.services.helpers import free_port
+    from benchmarks.inputs import free_port
 
     log = tmp_path / "ray.log"
     with image_build_env() as env:

@@ -124,12 +124,28 @@ def test_schema_rejects_a_broken_compose_file(compose):
     assert any("restart_policy" in m for m in messages), messages
 
 
-@pytest.mark.skipif(
-    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
-    if shutil.which("docker")
-    else True,
+#: The tests that ask ``docker compose`` itself how it reads the file.
+needs_compose = pytest.mark.skipif(
+    not shutil.which("docker")
+    or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
     reason="the docker compose plugin is not installed",
 )
+
+
+def _compose_services(tls_dir: str | None, *options: str) -> dict:
+    """The services as ``docker compose config`` resolves them with ``TLS_DIR`` set to
+    ``tls_dir`` (unset: None); ``options`` go before ``config`` (``--profile nonn``)."""
+    env = {k: v for k, v in os.environ.items() if k != "TLS_DIR"}
+    if tls_dir:
+        env["TLS_DIR"] = tls_dir
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), *options, "config", "--format", "json"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    return json.loads(result.stdout)["services"]
+
+
+@needs_compose
 def test_docker_compose_config_accepts_the_file():
     result = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
@@ -210,20 +226,10 @@ def test_the_device_is_on_port_8000_and_services_agree_on_ports(services):
     assert services["head"]["environment"]["PORT"] == "${GATEWAY_PORT:-8000}"
 
 
-@pytest.mark.skipif(
-    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
-    reason="the docker compose plugin is not installed",
-)
+@needs_compose
 @pytest.mark.parametrize("tls_dir", [None, "./certs"])
 def test_tls_dir_switches_every_hop_to_https_with_each_services_certificate(tls_dir):
-    env = {k: v for k, v in os.environ.items() if k != "TLS_DIR"}
-    if tls_dir:
-        env["TLS_DIR"] = tls_dir
-    result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
-        capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
-    services = json.loads(result.stdout)["services"]
+    services = _compose_services(tls_dir)
     scheme = "https" if tls_dir else "http"
     for name in ("tail", "head"):  # head: the device (gateway and head in one process)
         service = services[name]
@@ -235,20 +241,10 @@ def test_tls_dir_switches_every_hop_to_https_with_each_services_certificate(tls_
     assert "gateway" not in services  # the device serves /classify itself
 
 
-@pytest.mark.skipif(
-    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
-    reason="the docker compose plugin is not installed",
-)
+@needs_compose
 @pytest.mark.parametrize("tls_dir", [None, "./certs"])
 def test_tls_dir_puts_the_nonn_members_under_mutual_tls(tls_dir):
-    env = {k: v for k, v in os.environ.items() if k != "TLS_DIR"}
-    if tls_dir:
-        env["TLS_DIR"] = tls_dir
-    result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "--profile", "nonn", "config", "--format",
-         "json"], capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
-    services = json.loads(result.stdout)["services"]
+    services = _compose_services(tls_dir, "--profile", "nonn")
     for i in (0, 1):
         member = services[f"nonn-member{i}"]["environment"]
         assert member["UVICORN_SSL_CERTFILE"] == (f"/certs/member{i}.pem" if tls_dir else "")

@@ -14,67 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from export_helpers import BOTTLENECK, CLASSES, TEACHER, fake_run, write_images
 from torch import nn
 
 from splitdnn.bundle import load_bundle
 from splitdnn.errors import BundleError, CheckpointError, ExportError
-
-TEACHER = "efficientnet_lite0"
-BOTTLENECK = 6
-CLASSES = ["cat", "cat_bw", "cat_flipped"]
-
-
-def _write_images(root: Path) -> None:
-    """A three-class Caltech-style folder (list file of class/file.jpg) from one real photo."""
-    from PIL import Image, ImageOps
-    from skimage import data
-
-    photo = Image.fromarray(data.chelsea())
-    variants = {
-        "cat": photo,
-        "cat_bw": ImageOps.grayscale(photo).convert("RGB"),
-        "cat_flipped": ImageOps.mirror(photo),
-    }
-    lines = []
-    for name, image in variants.items():
-        (root / "images" / name).mkdir(parents=True)
-        for i, crop in enumerate([(0, 0, 451, 300), (40, 10, 420, 290)]):
-            image.crop(crop).save(root / "images" / name / f"image_{i:04d}.jpg", quality=90)
-            lines.append(f"{name}/image_{i:04d}.jpg")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-
-
-def _fake_run(run_dir: Path, data_root: Path) -> dict:
-    """A best.pt as the trainer writes it, with a random student and probe."""
-    from splitdnn.distill.config import parse_config
-    from splitdnn.students import build_student
-
-    torch.manual_seed(0)
-    student = build_student(TEACHER, BOTTLENECK).to(memory_format=torch.channels_last)
-    probe = nn.Linear(1280, len(CLASSES))
-    config = parse_config(
-        {
-            "teacher": {"name": TEACHER, "classifier": "probe"},
-            "student": {"bottleneck": BOTTLENECK},
-            "data": {"root": str(data_root), "list": "train.txt", "val_fraction": 0.5},
-            "seed": 3,
-        }
-    )
-    payload = {
-        "kind": "splitdnn-student",
-        "teacher": TEACHER,
-        "split_module": "_blocks.7",
-        "bottleneck": BOTTLENECK,
-        "variant": "caltech101",
-        "student": student.state_dict(),
-        "classifier": probe.state_dict(),
-        "classes": CLASSES,
-        "metrics": {"epoch": 1, "mimic_top1": 33.3},
-        "config": config.model_dump(mode="json"),
-    }
-    run_dir.mkdir(parents=True)
-    torch.save(payload, run_dir / "best.pt")
-    return payload
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +29,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("export")
     data_root = root / "caltech101"
-    _write_images(data_root)
-    payload = _fake_run(root / "run", data_root)
+    write_images(data_root)
+    payload = fake_run(root / "run", data_root)
     local_probe = nn.Linear(1280, len(CLASSES))
     torch.save(local_probe.state_dict(), root / "lite0_probe.pt")
     save_default_assets(load_run(root / "run"), root / "assets", local_probe=local_probe)
@@ -443,7 +387,7 @@ def test_the_default_assets_accuracy_is_the_committed_held_out_measurement() -> 
     assert set(committed.tasks) == {"imagenet", "caltech101"}
 
 
-# --- a run on the user's own teacher weights (issue #22 item 1) ------------------------------
+# --- a run on the user's own teacher weights: the bundle serves their model, not ours -------
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +405,7 @@ def own_weights_run(tmp_path_factory: pytest.TempPathFactory):
                 tensor.mul_(1 + 0.2 * torch.randn_like(tensor).clamp(-2, 2))
     weights = root / "my-lite0.pt"
     torch.save(mine.state_dict(), weights)
-    payload = _fake_run(root / "run", root / "caltech101")
+    payload = fake_run(root / "run", root / "caltech101")
     payload["config"]["teacher"]["weights"] = str(weights)
     torch.save(payload, root / "run" / "best.pt")
     torch.save(payload["classifier"], root / "run" / "classifier.pt")

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("compressai")
 
-from test_export import CLASSES, TEACHER, _write_images  # noqa: E402
+from export_helpers import CLASSES, TEACHER, write_images  # noqa: E402
 
 from splitdnn import wire  # noqa: E402
 from splitdnn.bundle import load_bundle  # noqa: E402
@@ -33,7 +33,7 @@ def rate_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from splitdnn.students import build_student, entropy_student
 
     root = tmp_path_factory.mktemp("rate-export")
-    _write_images(root / "data")
+    write_images(root / "data")
     torch.manual_seed(0)
     student = entropy_student(build_student(TEACHER, BOTTLENECK))
     student.calibrate(torch.rand(4, 3, 224, 224), 6.0)

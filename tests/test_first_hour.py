@@ -1,8 +1,8 @@
-"""A new user's first hour (issue #16), replayed: each step says what it does, refuses
-what it cannot do, and never claims to be ready when it is not.
+"""A new user's first hour, replayed: each step says what it does, refuses what it cannot
+do, and never claims to be ready when it is not.
 
-One section per item of the issue; everything runs on toy data and the toy bundle. Item 10
-(no package-source host written in the repository) is tests/test_package_sources.py.
+One section per place a new user stumbled; everything runs on toy data and the toy bundle.
+That no package-source host is written in the repository is tests/test_package_sources.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,23 +23,18 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.inputs import free_port
 from splitdnn import serve
 from splitdnn.cli import app
 
 runner = CliRunner()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-# --- 1. `serve all` with its ports taken ---------------------------------------------------
+# --- `serve all` with its ports taken -------------------------------------------------------------
 
 
 class _AlwaysReady(http.server.BaseHTTPRequestHandler):
@@ -100,7 +94,7 @@ def test_readiness_counts_only_the_started_process(foreign_server):
         child.wait()
 
 
-# --- 2. a task the local model does not have ------------------------------------------------
+# --- a task the local model does not have ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +159,8 @@ def test_auto_skips_local_for_a_task_without_a_local_model(head_without_local_ta
 def test_bundle_info_and_the_gateway_status_show_the_modes_of_each_task(
     head_without_local_task, imagenet_only_local
 ):
-    """Issue #22 item 7: which modes answer which task, before a request is refused."""
+    """Which modes answer which task, shown before a request is refused, so a user learns it
+    from the status and not from a 4xx."""
     from fastapi.testclient import TestClient
 
     from gateway.app import create_app as create_gateway
@@ -194,7 +189,7 @@ def test_bundle_info_and_the_gateway_status_show_the_modes_of_each_task(
     assert status["bundle"]["default_task"] == "imagenet"
 
 
-# --- 4. run directories ------------------------------------------------------------------
+# --- run directories ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +255,7 @@ def test_an_existing_run_is_refused_unless_resume_or_force(shapes, tmp_path, mon
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-# --- 5. relative paths in a config --------------------------------------------------------
+# --- relative paths in a config -------------------------------------------------------------------
 
 
 def test_relative_paths_in_a_config_are_taken_from_the_config_files_folder(tmp_path, monkeypatch):
@@ -276,7 +271,7 @@ def test_relative_paths_in_a_config_are_taken_from_the_config_files_folder(tmp_p
     assert load_config(Path("../project/configs/mine.yaml")).data.root == project / "photos"
 
 
-# --- 3. defaults that fit one's own data ------------------------------------------------------
+# --- defaults that fit one's own data -------------------------------------------------------------
 
 
 def test_class_folders_get_a_probe_by_default_and_imagenet_lists_keep_the_teachers_head(
@@ -319,7 +314,7 @@ def test_one_default_student_variant_for_the_config_the_cli_and_the_readme():
     assert "`--variant teacher_init` (the default)" in readme
 
 
-# --- 6. evaluate's errors name the cause and the option -----------------------------------------
+# --- evaluate's errors name the cause and the option ----------------------------------------------
 
 
 def test_evaluate_a_missing_path_says_it_does_not_exist(tmp_path):
@@ -350,7 +345,7 @@ def test_evaluate_refuses_task_for_a_run(tmp_path):
     assert result.exit_code == 2 and "--task" in result.stderr and "bundle" in result.stderr
 
 
-# --- 9. version, units, names, the catalogue ------------------------------------------------
+# --- version, units, names, the catalogue ---------------------------------------------------------
 
 
 def test_version():
@@ -372,7 +367,7 @@ def test_tables_print_human_units():
 
 
 def test_student_refusals_name_the_teacher_not_its_family():
-    """Every teacher with a feature-map split point has scaled students now (issue #14), so
+    """Every teacher with a feature-map split point has scaled students now, so
     the refusal a user meets is a variant that does not fit a point: it names the teacher,
     the point and the variants that do fit."""
     assert invoke("student", "mobilenet_v2", "-b", "3").exit_code == 0
@@ -396,7 +391,7 @@ def test_teachers_lists_sizes_split_points_students_and_weights():
     assert table.exit_code == 0 and "[layer2]" in table.stdout
 
 
-# --- 7. head and tail on different bundles; multipart to the head -----------------------------
+# --- head and tail on different bundles; multipart to the head ------------------------------------
 
 
 def _head_on(tail_client, bundle_dir):
@@ -449,7 +444,7 @@ def test_a_multipart_upload_to_the_head_is_told_to_send_the_raw_body(
     assert "raw request body" in detail and "/classify" in detail
 
 
-# --- 8. what the running services show: docs, logs, timings, metrics ---------------------------
+# --- what the running services show: docs, logs, timings, metrics ---------------------------------
 
 
 def _stages(server_timing: str) -> dict[str, float]:

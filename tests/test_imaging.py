@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.inputs import png_declaring
 from splitdnn.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 from splitdnn.imaging import Preprocessing, decode_image, load_input, normalise, preprocess
 
@@ -70,25 +71,11 @@ def test_grey_and_rgba_images_become_rgb() -> None:
 # --- hostile uploads --------------------------------------------------------------------
 
 
-def png_header_declaring(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares ``width`` x ``height`` with almost no pixel data."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize("side", [20_000, 60_000])
 def test_a_header_declaring_a_bomb_is_too_large_before_decoding(side: int) -> None:
     # 60000x60000 is above Pillow's own DecompressionBombError threshold (Image.open raises)
     with pytest.raises(ImageTooLargeError):
-        decode_image(png_header_declaring(side, side))
+        decode_image(png_declaring(side, side))
 
 
 def test_an_extreme_aspect_ratio_is_refused_not_resized() -> None:

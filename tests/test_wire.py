@@ -12,16 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from splitdnn import wire
-from splitdnn.errors import (
-    BundleMismatchError,
-    WireCompressionError,
-    WireError,
-    WireLimitError,
-    WireSizeError,
-    WireValueError,
-    WireVersionError,
-)
+from splitdnn import errors, wire
 
 BUNDLE = "0123456789abcdef"
 
@@ -146,13 +137,13 @@ def test_quantisation_is_per_sample() -> None:
 
 
 def test_encoder_refuses_nan_for_uint8_and_unknown_options() -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.encode(np.array([np.nan], np.float32), bundle_id=BUNDLE, quantisation="uint8")
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.encode(np.zeros(2), bundle_id=BUNDLE, quantisation="int4")
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.encode(np.zeros(2), bundle_id=BUNDLE, compression="gzip")
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.encode(np.float32(1.0), bundle_id=BUNDLE)
 
 
@@ -162,7 +153,7 @@ def test_encoder_refuses_nan_for_uint8_and_unknown_options() -> None:
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=512))
 def test_random_bytes_are_rejected_cleanly(data: bytes) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(data)
 
 
@@ -183,7 +174,7 @@ def test_random_bytes_are_rejected_cleanly(data: bytes) -> None:
     )
 )
 def test_random_msgpack_values_are_rejected_cleanly(value: object) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(msgpack.packb(value, use_bin_type=True))
 
 
@@ -202,54 +193,54 @@ def test_a_mutated_field_never_escapes_as_another_error(key: str, value: object)
     data = pack(header(**{key: value}))
     try:
         envelope = wire.decode(data)
-    except WireError:
+    except errors.WireError:
         return
     envelope.to_array()  # whatever passed the checks must be a usable tensor
 
 
 @pytest.mark.parametrize("depth", [2_000, 100_000])
 def test_deep_nesting_is_rejected(depth: int) -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(b"\x91" * depth + b"\xc0")
 
 
 def test_unknown_version_is_rejected() -> None:
-    with pytest.raises(WireVersionError):
+    with pytest.raises(errors.WireVersionError):
         wire.decode(pack(header(v=3)))
-    with pytest.raises(WireError, match="version 2"):  # entropy-coded: other keys
+    with pytest.raises(errors.WireError, match="version 2"):  # entropy-coded: other keys
         wire.decode(pack(header(v=2)))
 
 
 def test_missing_and_extra_keys_are_rejected() -> None:
     fields = header()
     del fields["scale"]
-    with pytest.raises(WireError, match="missing"):
+    with pytest.raises(errors.WireError, match="missing"):
         wire.decode(pack(fields))
-    with pytest.raises(WireError, match="extra"):
+    with pytest.raises(errors.WireError, match="extra"):
         wire.decode(pack(header(pickle=b"cos\nsystem\n")))
 
 
 def test_shape_and_size_mismatches_are_rejected() -> None:
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(pack(header(shape=[1, 5])))
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(pack(header(raw_size=5)))
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(pack(header(data=b"\x00" * 3)))
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(pack(header(scale=[0.5, 0.5], zero_point=[1, 1])))
 
 
 def test_huge_declared_sizes_are_rejected_before_allocating() -> None:
     huge = [1 << 20, 1 << 20, 1 << 20]
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(pack(header(shape=huge, raw_size=1 << 60)))
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(pack(header(shape=[1, 1 << 27], raw_size=1 << 27)), max_raw_bytes=1 << 20)
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(b"\x00" * 2048, max_envelope_bytes=1024)
     # a bin header that claims 4 GiB but carries 4 bytes
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(b"\x81\xa4data\xc6\xff\xff\xff\xff\x00\x00\x00\x00")
 
 
@@ -258,15 +249,15 @@ def test_zstd_bomb_stops_at_the_declared_size() -> None:
     assert len(bomb) < 10_000
     fields = header(compression="zstd", data=bomb)
     # refused by the window the declared size allows, or at most raw_size + 1 bytes later
-    with pytest.raises(WireCompressionError, match=r"inflates past|too much memory"):
+    with pytest.raises(errors.WireCompressionError, match=r"inflates past|too much memory"):
         wire.decode(pack(fields))
 
 
 def test_zstd_short_or_corrupt_payload_is_rejected() -> None:
     short = zstandard.ZstdCompressor().compress(b"\x01\x02")
-    with pytest.raises(WireSizeError):
+    with pytest.raises(errors.WireSizeError):
         wire.decode(pack(header(compression="zstd", data=short)))
-    with pytest.raises(WireCompressionError):
+    with pytest.raises(errors.WireCompressionError):
         wire.decode(pack(header(compression="zstd", data=b"\x28\xb5\x2f\xfd garbage")))
 
 
@@ -280,20 +271,20 @@ def test_bad_quantisation_parameters_are_rejected() -> None:
         {"scale": None},
         {"dtype": "FP32"},
     ):
-        with pytest.raises(WireError):
+        with pytest.raises(errors.WireError):
             wire.decode(pack(header(**overrides)))
     fp32 = header(dtype="FP32", quant="fp32", raw_size=16, data=b"\x00" * 16)
     wire.decode(pack({**fp32, "scale": None, "zero_point": None}))
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(pack(fp32))  # fp32 with a scale
 
 
 def test_extension_types_and_non_maps_are_rejected() -> None:
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(msgpack.packb(msgpack.ExtType(1, b"x")))
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(pack(header(bundle=msgpack.ExtType(1, b"x"))))
-    with pytest.raises(WireError):
+    with pytest.raises(errors.WireError):
         wire.decode(msgpack.packb([1, 2, 3]))
 
 
@@ -301,38 +292,40 @@ def test_a_zstd_bomb_within_the_window_still_stops_at_the_declared_size() -> Non
     # streamed without a content size: the frame's window is small, its output is not
     compressor = zstandard.ZstdCompressor(level=3, write_content_size=False)
     bomb = compressor.compress(b"\x00" * (8 << 20))
-    with pytest.raises(WireCompressionError, match="inflates past"):
+    with pytest.raises(errors.WireCompressionError, match="inflates past"):
         wire.decode(pack(header(compression="zstd", data=bomb)))
 
 
 def test_expected_bundle_shape_and_batch_are_checked_before_decompressing() -> None:
     # a corrupt payload behind each bad header: the header check must answer first
     corrupt = header(compression="zstd", data=b"\x28\xb5\x2f\xfd garbage")
-    with pytest.raises(BundleMismatchError):
+    with pytest.raises(errors.BundleMismatchError):
         wire.decode(pack(corrupt), bundle_id="fedcba9876543210")
-    with pytest.raises(WireSizeError, match="sample shape"):
+    with pytest.raises(errors.WireSizeError, match="sample shape"):
         wire.decode(pack(corrupt), sample_shape=(5,))
     many = header(
         shape=[1000, 4], raw_size=4000, scale=[0.5] * 1000, zero_point=[3] * 1000,
         compression="zstd", data=b"\x28\xb5\x2f\xfd garbage",
     )  # fmt: skip
-    with pytest.raises(WireLimitError, match="batch of 1000"):
+    with pytest.raises(errors.WireLimitError, match="batch of 1000"):
         wire.decode(pack(many), sample_shape=(4,), max_batch=32)
-    with pytest.raises(WireLimitError):
+    with pytest.raises(errors.WireLimitError):
         wire.decode(pack(header()), max_raw_bytes=3)
-    with pytest.raises(WireCompressionError):  # all header checks passed: now it decompresses
+    with pytest.raises(
+        errors.WireCompressionError
+    ):  # all header checks passed: now it decompresses
         wire.decode(pack(corrupt), bundle_id=BUNDLE, sample_shape=(4,), max_batch=1)
 
 
 @pytest.mark.parametrize("scale", [1e300, 1e-300, 3.5e38])
 def test_scales_are_checked_in_float32(scale: float) -> None:
-    with pytest.raises(WireValueError):
+    with pytest.raises(errors.WireValueError):
         wire.decode(pack(header(scale=[scale])))
 
 
 def test_a_scale_that_overflows_when_dequantised_is_refused() -> None:
     envelope = wire.decode(pack(header(scale=[3.0e38])))  # finite in float32 itself
-    with pytest.raises(WireValueError):
+    with pytest.raises(errors.WireValueError):
         envelope.to_array()  # (255 - 3) * 3e38 overflows
 
 
@@ -341,13 +334,13 @@ def test_a_scale_that_overflows_when_dequantised_is_refused() -> None:
 def test_non_finite_float_payloads_are_refused(quantisation: str, bad: float) -> None:
     x = np.zeros((1, 4), np.float32)
     x[0, 2] = bad
-    with pytest.raises(WireValueError):
+    with pytest.raises(errors.WireValueError):
         wire.decode_array(wire.encode(x, bundle_id=BUNDLE, quantisation=quantisation))
 
 
 def test_fp32_values_that_overflow_fp16_are_refused_in_fp16() -> None:
     x = np.full((1, 4), 1e6, np.float32)  # inf once written as fp16
-    with pytest.raises(WireValueError):
+    with pytest.raises(errors.WireValueError):
         wire.decode_array(wire.encode(x, bundle_id=BUNDLE, quantisation="fp16"))
 
 

@@ -6,13 +6,13 @@ Same contract as the exporter's bundles: four ONNX files plus ``manifest.json`` 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from splitdnn.bundle import Manifest, write_manifest
+from splitdnn.export import export_onnx
 from splitdnn.imaging import Preprocessing
 
 SIZE = 64
@@ -86,19 +86,9 @@ class Local(nn.Module):
 
 
 def _export(module: nn.Module, path: Path, size: int, input_name: str, outputs: list[str]) -> None:
+    """The bundle's own ONNX export (dynamic batch, its opset) on a random example."""
     example = torch.randn(1, *((3, size, size) if input_name == "image" else BOTTLENECK))
-    with warnings.catch_warnings():  # the legacy exporter is deliberate: small, no dynamo
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module.eval(),
-            (example,),
-            str(path),
-            input_names=[input_name],
-            output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in [input_name, *outputs]},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_onnx(module, example, path, input_name, outputs)
 
 
 class Subset(nn.Module):

@@ -16,42 +16,42 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "splitdnn_requests",
-            "HTTP requests by route and status.",
-            ["service", "route", "method", "status"],
-            registry=self.registry,
+        count, time = self._counter, self._histogram
+        self.requests = count(
+            "splitdnn_requests", "HTTP requests by route and status.", "route", "method", "status"
         )
-        self.request_seconds = Histogram(
-            "splitdnn_request_seconds",
-            "Wall time of HTTP requests.",
-            ["service", "route"],
-            buckets=BUCKETS,
-            registry=self.registry,
+        self.request_seconds = time(
+            "splitdnn_request_seconds", "Wall time of HTTP requests.", "route"
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = time(
             "splitdnn_stage_seconds",
             "Time per pipeline stage (decode, head, transfer, tail, ...).",
-            ["service", "stage"],
-            buckets=BUCKETS,
-            registry=self.registry,
+            "stage",
         )
-        self.bytes_in = Counter(
-            "splitdnn_bytes_in",
-            "Request body bytes received, by kind (envelope, image).",
-            ["service", "kind"],
-            registry=self.registry,
+        self.bytes_in = count(
+            "splitdnn_bytes_in", "Request body bytes received, by kind (envelope, image).", "kind"
         )
-        self.bytes_sent = Counter(
-            "splitdnn_bytes_sent",
-            "Payload bytes sent over the device->edge link, by mode.",
-            ["service", "mode"],
-            registry=self.registry,
+        self.bytes_sent = count(
+            "splitdnn_bytes_sent", "Payload bytes sent over the device->edge link, by mode.", "mode"
         )
-        self.modes = Counter(
+        self.modes = count(
             "splitdnn_mode_requests",
             "Classifications by mode used and whether it was a fallback.",
-            ["service", "mode", "fallback"],
+            "mode",
+            "fallback",
+        )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        """``name`` in this app's registry, labelled by service and ``labels``."""
+        return Counter(name, documentation, ["service", *labels], registry=self.registry)
+
+    def _histogram(self, name: str, documentation: str, *labels: str) -> Histogram:
+        """As :meth:`_counter`, with :data:`BUCKETS`."""
+        return Histogram(
+            name,
+            documentation,
+            ["service", *labels],
+            buckets=BUCKETS,
             registry=self.registry,
         )
 

@@ -20,12 +20,29 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitdnn.bundle import default_bundle_path
 from splitdnn.tls import client_context
+
+
+def shared(name: str, description: str, **default: Any) -> Any:
+    """A field read from the unprefixed ``SPLITDNN_<NAME>`` (the table above), not from the
+    service's own prefix: a value every service of a deployment must agree on. ``default``:
+    ``default=`` or ``default_factory=`` (None when neither is given)."""
+    return Field(
+        **(default or {"default": None}),
+        validation_alias=f"SPLITDNN_{name}",
+        description=description,
+    )
+
+
+def onnx_threads(description: str) -> Any:
+    """A thread count of ONNX Runtime; 0 (the default) lets the service size it."""
+    return Field(default=0, ge=0, description=f"ONNX Runtime {description}")
 
 
 class BaseServiceSettings(BaseSettings):
@@ -42,20 +59,16 @@ class BaseServiceSettings(BaseSettings):
     max_in_flight: int = Field(
         default=8, gt=0, description="Requests processed at once; more get 503 + Retry-After."
     )
-    tls_cert: Path | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_TLS_CERT",
-        description="This service's certificate (PEM): served, and shown to a server that "
-        "asks for a client certificate (mutual TLS).",
+    tls_cert: Path | None = shared(
+        "TLS_CERT",
+        "This service's certificate (PEM): served, and shown to a server that asks for a "
+        "client certificate (mutual TLS).",
     )
-    tls_key: Path | None = Field(
-        default=None, validation_alias="SPLITDNN_TLS_KEY", description="Its private key (PEM)."
-    )
-    tls_ca: Path | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_TLS_CA",
-        description="CA (PEM) the servers this service calls must chain to; unset: the "
-        "system's CAs. Verification is never off.",
+    tls_key: Path | None = shared("TLS_KEY", "Its private key (PEM).")
+    tls_ca: Path | None = shared(
+        "TLS_CA",
+        "CA (PEM) the servers this service calls must chain to; unset: the system's CAs. "
+        "Verification is never off.",
     )
 
     @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
@@ -73,27 +86,19 @@ class BaseServiceSettings(BaseSettings):
 class ServiceSettings(BaseServiceSettings):
     """Settings of a service that loads a bundle and runs ONNX models."""
 
-    bundle: Path = Field(
+    bundle: Path = shared(
+        "BUNDLE",
+        "Bundle directory (manifest.json + ONNX files).",
         default_factory=default_bundle_path,
-        validation_alias="SPLITDNN_BUNDLE",  # no prefix: head and tail share it
-        description="Bundle directory (manifest.json + ONNX files).",
     )
-    token: SecretStr | None = Field(
-        default=None,
-        validation_alias="SPLITDNN_TOKEN",
-        description="Shared bearer token between head and tail; unset disables auth.",
+    token: SecretStr | None = shared(
+        "TOKEN", "Shared bearer token between head and tail; unset disables auth."
     )
-    intra_op_threads: int = Field(
-        default=0,
-        ge=0,
-        description="ONNX Runtime intra-op threads; 0 = the whole cores of the process's "
-        "cgroup quota within its CPU affinity (splitdnn/cpus.py).",
+    intra_op_threads: int = onnx_threads(
+        "intra-op threads; 0 = the whole cores of the process's cgroup quota within its CPU "
+        "affinity (splitdnn/cpus.py)."
     )
-    inter_op_threads: int = Field(
-        default=0,
-        ge=0,
-        description="ONNX Runtime inter-op threads; 0 = 1 (sessions run sequentially).",
-    )
+    inter_op_threads: int = onnx_threads("inter-op threads; 0 = 1 (sessions run sequentially).")
     load_in_background: bool = Field(
         default=True,
         description="Load and warm up after the server starts, so /v2/health/live answers "

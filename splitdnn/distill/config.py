@@ -87,7 +87,7 @@ class StudentConfig(_Strict):
 
 
 class RateConfig(_Strict):
-    """An entropy-coded bottleneck (``splitdnn.students.EntropyStudent``, issue #21): the
+    """An entropy-coded bottleneck (``splitdnn.students.EntropyStudent``): the
     bottleneck is sent as integers coded with a learned model, and the loss adds
     ``beta`` × the bits each image costs (the model's estimate; see ``EntropyStudent``)."""
 

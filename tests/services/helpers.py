@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import http.server
-import os
-import socket
 import subprocess
-import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from http_helpers import answering
 
-from splitdnn import serve
+from benchmarks.inputs import free_port
+from splitdnn import serve, wire
+from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict:
@@ -29,12 +30,6 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     return body
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_services(
     apps: dict[str, tuple[str, dict[str, str]]], ready_timeout: float
@@ -44,27 +39,29 @@ def running_services(
     An environment may name another service's URL as ``{url:NAME}``."""
     ports = {name: free_port() for name in apps}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        for name, (app, env) in apps.items():
-            for other, url in urls.items():
-                env = {key: value.replace(f"{{url:{other}}}", url) for key, value in env.items()}
-            command = serve.uvicorn_command(app, "127.0.0.1", ports[name], "warning")
-            processes[name] = subprocess.Popen(command, env={**os.environ, **env})
-        for name in apps:
-            url = urls[name] + "/v2/health/ready"
-            assert serve.wait_ready(url, ready_timeout, processes[name]), f"{name} not ready"
+    children = {}
+    for name, (app, env) in apps.items():
+        for other, url in urls.items():
+            env = {key: value.replace(f"{{url:{other}}}", url) for key, value in env.items()}
+        command = serve.uvicorn_command(app, "127.0.0.1", ports[name], "warning")
+        children[name] = serve.Child(command, env, urls[name] + "/v2/health/ready")
+    with serve.running_children(children, ready_timeout) as processes:
         yield urls, processes
-    finally:
-        serve.stop_processes(processes.values())
 
 
 @dataclass
-class Stack:
+class Running:
+    """The services a test started: ``gateway`` is where a client posts (the gateway, or the
+    device that serves ``/classify`` itself); ``head`` is None inside a device."""
+
     gateway: str
-    head: str
     tail: str
     processes: dict[str, subprocess.Popen]
+    head: str | None = None
+
+
+#: The names the test modules use: tail + head + gateway, or tail + device.
+Stack = Device = Running
 
 
 @contextmanager
@@ -93,14 +90,7 @@ def running_stack(
         ),
     }
     with running_services(apps, ready_timeout) as (urls, processes):
-        yield Stack(urls["gateway"], urls["head"], urls["tail"], processes)
-
-
-@dataclass
-class Device:
-    gateway: str
-    tail: str
-    processes: dict[str, subprocess.Popen]
+        yield Running(urls["gateway"], urls["tail"], processes, head=urls["head"])
 
 
 @contextmanager
@@ -121,7 +111,7 @@ def running_device(
         ),
     }
     with running_services(apps, ready_timeout) as (urls, processes):
-        yield Device(urls["device"], urls["tail"], processes)
+        yield Running(urls["device"], urls["tail"], processes)
 
 
 def classify_form(client: httpx.Client, image: bytes, **params: object) -> httpx.Response:
@@ -132,6 +122,47 @@ def classify_form(client: httpx.Client, image: bytes, **params: object) -> httpx
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeTail:
+    """Answers like the tail, runs the real server part, and records what it received."""
+
+    def __init__(self, bundle) -> None:
+        self.bundle = bundle
+        self.server = ServerRunner(bundle)
+        self.offload = ImageClassifier(bundle, "offload")
+        self.requests: list[httpx.Request] = []
+        self.failure: Handler | None = None
+        self.delay_s = 0.002  # a round trip longer than the 1.5 ms of "compute" reported below
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.method == "GET":
+            return httpx.Response(
+                200, json={"bundle": self.bundle.id, "warmup_ms": {"split": 1, "offload": 5}}
+            )
+        if self.failure is not None:
+            return self.failure(request)
+        task = request.url.params.get("task")
+        if request.url.path.endswith("/infer"):
+            _, x = wire.decode_array(request.content)
+            task, logits = self.server(x, task)
+        else:
+            task, logits = self.offload(request.content, task)
+        ranked = top_k(logits[0], self.bundle.labels(task), int(request.url.params["top_k"]))
+        time.sleep(self.delay_s)
+        return httpx.Response(
+            200,
+            json={"top_k": [r.to_dict() for r in ranked], "timings_ms": {"compute": 1.5}},
+        )
+
+    def last(self, method: str = "POST") -> httpx.Request:
+        return [r for r in self.requests if r.method == method][-1]
+
+
+def infer(head, mode: str, image: bytes, **params) -> httpx.Response:
+    """POST ``image`` to the head's ``/infer/{mode}``."""
+    return head.post(f"/infer/{mode}", content=image, params=params)
 
 
 @contextmanager
@@ -176,12 +207,5 @@ def serving(handler: Handler) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Adapter)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Adapter)) as url:
+        yield url

@@ -229,9 +229,9 @@ def test_over_the_in_flight_limit_is_503_at_once(gateway, fake_head, cat_jpeg) -
 
 
 def test_a_png_declaring_a_bomb_and_other_formats_are_refused(gateway, fake_head) -> None:
-    from test_imaging import png_header_declaring
+    from benchmarks.inputs import png_declaring
 
-    bomb = png_header_declaring(60_000, 60_000)
+    bomb = png_declaring(60_000, 60_000)
     assert_problem(gateway.post("/classify", content=bomb), 413, "image-too-large")
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, "GIF")

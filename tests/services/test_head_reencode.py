@@ -7,8 +7,8 @@ import io
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from helpers import FakeTail, infer
 from PIL import Image
-from test_head_service import FakeTail, infer
 
 from services.head.app import create_app
 from services.head.settings import HeadSettings

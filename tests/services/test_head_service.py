@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import assert_problem, serving
+from helpers import FakeTail, assert_problem, infer, serving
 
 from services.head.app import create_app
 from services.head.settings import HeadSettings
@@ -18,46 +18,10 @@ from services.tail.settings import TailSettings
 from splitdnn import wire
 from splitdnn.bundle import load_bundle
 from splitdnn.latency import LatencyModel
-from splitdnn.runtime import ImageClassifier, ServerRunner, top_k
+from splitdnn.runtime import ImageClassifier
 
 TOKEN = "s3cret"
 Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class FakeTail:
-    """Answers like the tail, runs the real server part, and records what it received."""
-
-    def __init__(self, bundle) -> None:
-        self.bundle = bundle
-        self.server = ServerRunner(bundle)
-        self.offload = ImageClassifier(bundle, "offload")
-        self.requests: list[httpx.Request] = []
-        self.failure: Handler | None = None
-        self.delay_s = 0.002  # a round trip longer than the 1.5 ms of "compute" reported below
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if request.method == "GET":
-            return httpx.Response(
-                200, json={"bundle": self.bundle.id, "warmup_ms": {"split": 1, "offload": 5}}
-            )
-        if self.failure is not None:
-            return self.failure(request)
-        task = request.url.params.get("task")
-        if request.url.path.endswith("/infer"):
-            _, x = wire.decode_array(request.content)
-            task, logits = self.server(x, task)
-        else:
-            task, logits = self.offload(request.content, task)
-        ranked = top_k(logits[0], self.bundle.labels(task), int(request.url.params["top_k"]))
-        time.sleep(self.delay_s)
-        return httpx.Response(
-            200,
-            json={"top_k": [r.to_dict() for r in ranked], "timings_ms": {"compute": 1.5}},
-        )
-
-    def last(self, method: str = "POST") -> httpx.Request:
-        return [r for r in self.requests if r.method == method][-1]
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +62,6 @@ def healthy_tail(fake_tail):
     fake_tail.failure = None
     yield
     fake_tail.failure = None
-
-
-def infer(head, mode: str, image: bytes, **params) -> httpx.Response:
-    return head.post(f"/infer/{mode}", content=image, params=params)
 
 
 def test_routes_read_the_settings_the_app_was_built_with(head) -> None:

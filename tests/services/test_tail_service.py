@@ -251,10 +251,10 @@ def test_a_tiny_zstd_envelope_declaring_a_huge_batch_is_413_before_decompressing
 
 
 def test_a_png_header_declaring_60000_squared_pixels_is_413(tail, bundle) -> None:
-    from test_imaging import png_header_declaring
+    from benchmarks.inputs import png_declaring
 
     url = f"/v2/models/{bundle.name}/classify"
-    response = tail.post(url, content=png_header_declaring(60_000, 60_000))
+    response = tail.post(url, content=png_declaring(60_000, 60_000))
     assert_problem(response, 413, "image-too-large")
 
 
