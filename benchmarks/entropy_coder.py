@@ -26,7 +26,9 @@ from splitdnn import rans
 
 SHAPE = (48, 17, 17)
 ALPHABET = 24
-LANES = (16, 32, 64)
+#: The fewest lanes the envelope allows for this shape (each stream at most rans.MAX_STEPS
+#: steps: a receiver's bound on its work), and more.
+LANES = tuple(sorted({rans.lanes_for(int(np.prod(SHAPE))), 32, 64}))
 
 
 def stand_in(seed: int = 0) -> tuple[rans.CodingTables, np.ndarray, list[np.ndarray]]:
