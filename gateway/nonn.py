@@ -28,7 +28,7 @@ from services.common.errors import UpstreamUnavailableError
 from services.common.upstream import bearer
 from splitdnn import tls, wire
 from splitdnn.errors import SplitDNNError, UnknownTaskError
-from splitdnn.nonn_bundle import Join, NoNNBundle, load_nonn_bundle
+from splitdnn.nonn.bundle import Join, NoNNBundle, load_nonn_bundle
 from splitdnn.runtime import top_k
 
 COMPUTE_HEADER = "X-Compute-Ms"

@@ -110,7 +110,7 @@ def test_cli_config_error_goes_to_stderr_with_exit_code_2(tmp_path):
 
 def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
     from splitdnn.cli import app
-    from splitdnn.distill import methods
+    from splitdnn import methods
 
     seen: dict = {}
 

@@ -6,7 +6,6 @@ Same contract as the exporter's bundles: four ONNX files plus ``manifest.json`` 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 
 from splitdnn.bundle import Manifest, write_manifest
 from splitdnn.imaging import Preprocessing
+from splitdnn.to_onnx import export_onnx
 
 SIZE = 64
 LOCAL_SIZE = 48
@@ -87,18 +87,7 @@ class Local(nn.Module):
 
 def _export(module: nn.Module, path: Path, size: int, input_name: str, outputs: list[str]) -> None:
     example = torch.randn(1, *((3, size, size) if input_name == "image" else BOTTLENECK))
-    with warnings.catch_warnings():  # the legacy exporter is deliberate: small, no dynamo
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module.eval(),
-            (example,),
-            str(path),
-            input_names=[input_name],
-            output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in [input_name, *outputs]},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_onnx(module, example, path, input_name, outputs)
 
 
 class Subset(nn.Module):

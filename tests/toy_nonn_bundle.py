@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from splitdnn.imaging import Preprocessing
-from splitdnn.nonn_bundle import JOIN_FILE, NoNNManifest, save_join, write_nonn_manifest
+from splitdnn.nonn.bundle import JOIN_FILE, NoNNManifest, save_join, write_nonn_manifest
 
 SIZE = 32
 CHANNELS = (6, 5)

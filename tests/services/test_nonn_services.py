@@ -83,7 +83,7 @@ def _expected(bundle: Path, image: bytes, missing: tuple[int, ...] = ()) -> int:
     """The top class computed here: each member's ONNX file, uint8 through the wire format,
     the numpy join (training means for missing members)."""
     from splitdnn.imaging import load_input
-    from splitdnn.nonn_bundle import load_nonn_bundle
+    from splitdnn.nonn.bundle import load_nonn_bundle
     from splitdnn.runtime import OnnxModel
 
     nb = load_nonn_bundle(bundle)
