@@ -73,6 +73,21 @@ def load_state(settings: GatewaySettings, client: httpx.AsyncClient) -> NoNNStat
     )
 
 
+async def nonn_ready(state: NoNNState) -> bool:
+    """Whether ``mode=nonn`` can answer now: every member ready, or (degraded answers
+    allowed) at least one."""
+
+    async def one(url: str) -> bool:
+        try:
+            response = await state.client.get(f"{url}/v2/health/ready", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    ready = await asyncio.gather(*(one(url) for url in state.urls))
+    return any(ready) if state.degraded else all(ready)
+
+
 async def _ask(
     state: NoNNState, index: int, image: bytes, quantisation: str | None, request_id: str
 ) -> dict[str, Any]:

@@ -801,8 +801,22 @@ def evaluate(
     with user_errors():
         from splitdnn import evaluate as ev
         from splitdnn.bundle import MANIFEST
+        from splitdnn.nonn.export import nonn_source
 
         progress = not as_json
+        nonn = None if (path / MANIFEST).is_file() else nonn_source(path)
+        if nonn == "a NoNN bundle":
+            raise _fail(
+                f"{path} is a NoNN bundle: `splitdnn evaluate` scores split bundles; score "
+                f"this one with `splitdnn nonn figures {path} --run RUN --config CONFIG` (the "
+                "served path on the config's held-out images, against the teacher)"
+            )
+        if nonn is not None:
+            raise _fail(
+                f"{path} is {nonn}: `splitdnn evaluate` scores split students; export it with "
+                f"`splitdnn export nonn {path} --out DIR`, then score it with `splitdnn nonn "
+                f"figures DIR --run {path} --config CONFIG`"
+            )
         if (path / MANIFEST).is_file():
             if data is None:
                 raise _fail("--data is required to evaluate a bundle")

@@ -37,3 +37,15 @@ def cat_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(data.chelsea()).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def toy_nonn_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny NoNN bundle: two random members and a join (tests/toy_nonn_bundle.py)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from toy_nonn_bundle import build_toy_nonn_bundle
+
+    directory = tmp_path_factory.mktemp("toy-nonn")
+    build_toy_nonn_bundle(directory)
+    return directory

@@ -115,8 +115,8 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from splitdnn.distill.config import parse_config
-    from splitdnn.methods import method_for
     from splitdnn.distill.trainer import train
+    from splitdnn.methods import method_for
     from splitdnn.nonn.bundle import load_nonn_bundle
     from splitdnn.nonn.export import export_nonn
     from splitdnn.nonn.figures import member_costs, served_accuracy

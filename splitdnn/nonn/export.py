@@ -27,10 +27,11 @@ from splitdnn.checkpoints import (
 )
 from splitdnn.distill.config import config_samples, parse_config
 from splitdnn.distill.probe import extract_features
-from splitdnn.errors import ExportError
+from splitdnn.errors import CheckpointError, ExportError
 from splitdnn.models import get_teacher
 from splitdnn.nonn.bundle import (
     JOIN_FILE,
+    NONN_MANIFEST,
     NoNNBundle,
     load_nonn_bundle,
     save_join,
@@ -64,6 +65,24 @@ def save_assets(run: Path, out: Path) -> Path:
     means = [round(float(x), 6) for x in _member_means(payload, members, run)]
     save_payload_assets(payload, out, ASSET_WEIGHTS, ASSET_INFO, {"means": means})
     return out
+
+
+def nonn_source(path: Path) -> str | None:
+    """What NoNN thing ``path`` holds ("a NoNN bundle", "a NoNN run", "NoNN assets"), or
+    None: other commands name the NoNN ones instead of failing on what they cannot read."""
+    if (path / NONN_MANIFEST).is_file():
+        return "a NoNN bundle"
+    if (path / ASSET_INFO).is_file():
+        return "NoNN assets"
+    best = path / BEST
+    if best.is_file():
+        try:
+            payload = load_torch(best)
+        except CheckpointError:
+            return None  # not for this to report: the command reading it says why
+        if isinstance(payload, dict) and payload.get("kind") == NONN_KIND:
+            return "a NoNN run"
+    return None
 
 
 def read_payload(run: Path) -> dict[str, Any]:
