@@ -34,7 +34,12 @@ from torch import nn
 
 from splitdnn.errors import CheckpointError
 from splitdnn.models import get_teacher
-from splitdnn.students import BottleneckStudent, build_student, entropy_student
+from splitdnn.students import (
+    BottleneckStudent,
+    build_student,
+    canonical_variant,
+    entropy_student,
+)
 
 STUDENT_KIND = "splitdnn-student"
 KD_STUDENT_KIND = "splitdnn-kd-student"
@@ -210,7 +215,7 @@ def _from_payload(payload: Any, path: Path, task: str | None = None) -> StudentC
         teacher=payload["teacher"],
         split_module=payload["split_module"],
         bottleneck=payload["bottleneck"],
-        variant=payload["variant"],
+        variant=canonical_variant(payload["variant"]),
         student=payload["student"],
         pretrained=bool(config.get("teacher", {}).get("pretrained", True)),
         probe=probe,
@@ -352,7 +357,7 @@ def read_default_assets(assets_dir: str | Path = DEFAULT_ASSETS) -> StudentCheck
         teacher=spec.name,
         split_module=meta.get("split_module") or spec.student_split,
         bottleneck=meta["bottleneck"],
-        variant=meta.get("variant", "caltech101"),
+        variant=canonical_variant(meta.get("variant", "narrow")),
         student=read("student") or {},
         pretrained=bool(meta.get("pretrained", True)),
         probe=read("probe") if has_task else None,

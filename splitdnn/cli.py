@@ -329,9 +329,11 @@ def teachers(as_json: Json = False) -> None:
 
 
 class Variant(str, Enum):
-    caltech101 = "caltech101"
-    imagenet = "imagenet"
+    narrow = "narrow"
+    wide = "wide"
     teacher_init = "teacher_init"
+    caltech101 = "caltech101"  # narrow's first name
+    imagenet = "imagenet"  # wide's first name
 
 
 @app.command()
@@ -351,7 +353,8 @@ def student(
         typer.Option(
             help="Student design: teacher_init, a Lite student starting from the teacher's own "
             "layers (the default where the teacher has one, as in a config), or the papers' "
-            "narrow (caltech101, the default for the others) or wide (imagenet) decoder.",
+            "narrow (the default for the others) or wide decoder (first named caltech101 and "
+            "imagenet, still accepted).",
             show_default=False,
             metavar="<design>",
         ),

@@ -25,6 +25,7 @@ from splitdnn.data import Sample, select_samples
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.models import get_teacher
 from splitdnn.students import (
+    canonical_variant,
     default_variant,
     get_kd_student,
     student_problem,
@@ -81,8 +82,14 @@ class StudentConfig(_Strict):
     bottleneck: int | None = Field(default=12, ge=1, le=512)
     #: Student design (see splitdnn.students.build_student); unset: the one default,
     #: ``splitdnn.students.default_variant`` (``teacher_init``, starting from the teacher's
-    #: own layers, for the Lite teachers; ``caltech101`` for the others).
-    variant: Literal["caltech101", "imagenet", "teacher_init"] | None = None
+    #: own layers, for the Lite teachers; ``narrow`` for the others). ``caltech101`` and
+    #: ``imagenet``, the first names of ``narrow`` and ``wide``, are read as those.
+    variant: Literal["narrow", "wide", "teacher_init", "caltech101", "imagenet"] | None = None
+
+    @field_validator("variant")
+    @classmethod
+    def _current_name(cls, value: str | None) -> str | None:
+        return canonical_variant(value) if value is not None else None
 
 
 class RateConfig(_Strict):

@@ -14,20 +14,15 @@ import torch
 from torch import nn
 
 from splitdnn.models.weights import build_teacher
-from splitdnn.students import registered
+from splitdnn.students import FrozenPrefixSpec, registered
 
 
 @dataclass(frozen=True)
-class NoNNStudentSpec:
+class NoNNStudentSpec(FrozenPrefixSpec):
     """A NoNN member family: ``base``'s ImageNet weights frozen through ``cut`` (shared by
     every member, cached once per image); each member gets its own slice of the blocks after
     ``cut`` (a share of every block's expanded channels) and of the 1×1 head conv (its group's
     channels), see :func:`nonn_member`."""
-
-    name: str
-    base: str
-    cut: str
-    notes: str = ""
 
 
 NONN_STUDENTS: dict[str, NoNNStudentSpec] = {
