@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from splitdnn import wire
 from splitdnn.checkpoints import load_linear
-from splitdnn.distill.config import DistillConfig, config_samples, parse_config
+from splitdnn.distill.config import config_samples, load_config
 from splitdnn.errors import ConfigError, ExportError
 from splitdnn.imaging import load_input
 from splitdnn.models import get_teacher
@@ -36,11 +35,6 @@ def _ci95(hits: int, n: int) -> tuple[float, float]:
     """The Wilson interval in percent, rounded as the figures files store it."""
     low, high = proportion_ci(hits, n)
     return round(low, 2), round(high, 2)
-
-
-def read_config(config_path: Path) -> DistillConfig:
-    """The run's config file, its paths relative to its folder."""
-    return parse_config(yaml.safe_load(config_path.read_text()), config_path.resolve().parent)
 
 
 def member_costs(run: Path) -> list[dict[str, Any]]:
@@ -80,7 +74,7 @@ def served_accuracy(
     bundle: NoNNBundle, config_path: Path, quantisation: str = "uint8", limit: int | None = None
 ) -> dict[str, Any]:
     """Top-1 of the served path on the config's validation images (see the module doc)."""
-    config = read_config(config_path)
+    config = load_config(config_path)
     _, val, classes, _ = config_samples(config)
     if classes != bundle.manifest.labels:
         raise ExportError("the config's classes differ from the bundle's labels")
@@ -117,7 +111,7 @@ def served_accuracy(
 def teacher_correct(config_path: Path) -> list[bool]:
     """The teacher's (cached maps, its probe) correctness on the config's validation images,
     in the same order as :func:`served_accuracy`."""
-    config = read_config(config_path)
+    config = load_config(config_path)
     if config.teacher.probe_from is None or config.nonn.cache_dir is None:
         missing = [
             key
