@@ -6,14 +6,15 @@ both: ``/classify`` calls the head's pipeline in-process, with one HTTP server, 
 parse and no loopback hop.
 
 Run: ``splitdnn serve device --port 8000 --tail-url http://EDGE:8001`` (both),
-``splitdnn serve gateway --port 8000 --head-url http://127.0.0.1:8002`` (apart), or
+``splitdnn serve gateway --port 8000 --head-url http://127.0.0.1:8002`` (apart),
+``splitdnn serve gateway --nonn DIR --member-url URL ...`` (NoNN only: no head), or
 ``uvicorn gateway.app:create_app --factory --port 8000``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
@@ -38,24 +39,29 @@ def create_app(
     settings = settings or get_settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         tls = settings.client_tls()  # https:// head and member URLs: verified against tls_ca
-        async with (
-            httpx.AsyncClient(
-                base_url=settings.head_url,
-                headers=bearer(settings.token),
-                timeout=httpx.Timeout(settings.timeout_s, connect=2.0, pool=1.0),
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-                transport=head_transport,
-                verify=tls,
-            ) as client,
-            httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-                transport=member_transport,
-                verify=tls,
-            ) as members,
-        ):
-            yield {"head": client, "nonn": nonn.load_state(settings, members)}
+        async with AsyncExitStack() as stack:
+            head = None  # a NoNN-only gateway (a NoNN bundle and no head URL) has none
+            if settings.head_url is not None:
+                head = await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=settings.head_url,
+                        headers=bearer(settings.token),
+                        timeout=httpx.Timeout(settings.timeout_s, connect=2.0, pool=1.0),
+                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                        transport=head_transport,
+                        verify=tls,
+                    )
+                )
+            members = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                    transport=member_transport,
+                    verify=tls,
+                )
+            )
+            yield {"head": head, "nonn": nonn.load_state(settings, members)}
 
     app = create_service_app(
         "gateway",

@@ -28,7 +28,7 @@ from services.common.errors import UpstreamUnavailableError
 from services.common.upstream import bearer
 from splitdnn import tls, wire
 from splitdnn.errors import SplitDNNError, UnknownTaskError
-from splitdnn.nonn_bundle import Join, NoNNBundle, load_nonn_bundle
+from splitdnn.nonn.bundle import Join, NoNNBundle, load_nonn_bundle
 from splitdnn.runtime import top_k
 
 COMPUTE_HEADER = "X-Compute-Ms"
@@ -71,6 +71,21 @@ def load_state(settings: GatewaySettings, client: httpx.AsyncClient) -> NoNNStat
         headers,
         settings.tls_cert is not None,
     )
+
+
+async def nonn_ready(state: NoNNState) -> bool:
+    """Whether ``mode=nonn`` can answer now: every member ready, or (degraded answers
+    allowed) at least one."""
+
+    async def one(url: str) -> bool:
+        try:
+            response = await state.client.get(f"{url}/v2/health/ready", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    ready = await asyncio.gather(*(one(url) for url in state.urls))
+    return any(ready) if state.degraded else all(ready)
 
 
 async def _ask(

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from gateway.nonn import NoNNState, classify_nonn
+from gateway.nonn import NoNNState, classify_nonn, nonn_ready
 from gateway.settings import GatewaySettings, Mode
 from services.common.context import REQUEST_ID, RequestContext
 from services.common.deps import (
@@ -63,12 +63,15 @@ PROBLEMS = problem_responses(
 )
 
 
-async def get_head(request: Request) -> httpx.AsyncClient | InProcessHead:
-    """The head's HTTP client, or the head itself when it runs in this process."""
+async def get_head(request: Request) -> httpx.AsyncClient | InProcessHead | None:
+    """The head's HTTP client, the head itself when it runs in this process, or None for a
+    gateway that serves NoNN only."""
     return request.state.head
 
 
-Head = Annotated[httpx.AsyncClient | InProcessHead, Depends(get_head)]
+Head = Annotated[httpx.AsyncClient | InProcessHead | None, Depends(get_head)]
+#: The modes a head answers; a NoNN-only gateway refuses them.
+HEAD_MODES = ("split", "local", "offload", "auto")
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -182,7 +185,14 @@ async def classify(
     start = time.perf_counter()
     image = await extract_image(request, settings.max_image_bytes)
     sniff(image, settings.max_pixels)
-    mode = mode or settings.default_mode
+    # a NoNN-only gateway (no head) serves mode=nonn, also when the request names no mode
+    mode = mode or (settings.default_mode if head is not None else "nonn")
+    if head is None and mode != "nonn":
+        raise InvalidRequestError(
+            f"mode={mode}: this gateway serves mode=nonn only (it has a NoNN bundle and no "
+            "head: set SPLITDNN_GATEWAY_HEAD_URL, or --head-url, to serve "
+            f"{'|'.join(HEAD_MODES)} too)"
+        )
     if mode == "nonn":
         nonn: NoNNState | None = request.state.nonn
         answer = await classify_nonn(nonn, image, task, k, quantisation, context)
@@ -230,13 +240,25 @@ async def _ready(client: httpx.AsyncClient, url: str) -> bool:
 @router.get(
     "/v2/health/ready",
     tags=["health"],
-    summary="Ready when the head is ready",
-    responses=problem_responses({503: "the head is not ready (Retry-After)"}),
+    summary="Ready when it can answer the modes it serves: the head's when it has a head, "
+    "mode=nonn when it has a NoNN bundle",
+    responses=problem_responses(
+        {503: "the head is not ready, or too few NoNN members are (Retry-After)"}
+    ),
 )
-async def ready(head: Head) -> dict[str, Any]:
-    in_process = isinstance(head, InProcessHead)
-    if not (await head.ready() if in_process else await _ready(head, "/v2/health/ready")):
+async def ready(request: Request, head: Head) -> dict[str, Any]:
+    if isinstance(head, InProcessHead):
+        head_ready = await head.ready()
+    else:
+        head_ready = head is None or await _ready(head, "/v2/health/ready")
+    if not head_ready:
         raise UpstreamUnavailableError("the head is not ready")
+    state: NoNNState | None = request.state.nonn
+    if state is not None and not await nonn_ready(state):
+        raise UpstreamUnavailableError(
+            "too few NoNN members are ready to answer mode=nonn"
+            + (" (one is enough with degraded answers)" if state.degraded else " (all needed)")
+        )
     return {"ready": True}
 
 
@@ -276,6 +298,8 @@ async def status(head: Head, settings: Settings) -> dict[str, Any]:
             **({"bundle": _bundle_summary(bundle)} if (bundle := head.bundle()) else {}),
             **({"latency": latency} if (latency := head.latency()) else {}),
         }
+    if head is None:  # NoNN only
+        return {"head_url": None, "serves": ["nonn"], "default_mode": "nonn"}
     tail_ready = await _ready(head, settings.tail_url.rstrip("/") + "/v2/health/ready")
     answer: dict[str, Any] = {
         "head_url": settings.head_url,

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, shared
@@ -22,7 +22,11 @@ class GatewaySettings(BaseServiceSettings):
         env_prefix="SPLITDNN_GATEWAY_", populate_by_name=True, extra="ignore"
     )
 
-    head_url: str = Field(default=DEFAULT_URLS["head"], description="Base URL of the head.")
+    head_url: str | None = Field(
+        default=None,
+        description="Base URL of the head; unset: the default head's, except with a NoNN "
+        "bundle, where it means no head: the gateway serves mode=nonn only.",
+    )
     tail_url: str = Field(
         default=DEFAULT_URLS["tail"], description="Base URL of the tail (status page only)."
     )
@@ -55,6 +59,12 @@ class GatewaySettings(BaseServiceSettings):
     token: SecretStr | None = shared(  # the head checks the same token
         "TOKEN", "Bearer token the gateway sends the head; unset sends none."
     )
+
+    @model_validator(mode="after")
+    def _a_head_unless_nonn_only(self) -> GatewaySettings:
+        if self.head_url is None and self.nonn_bundle is None:
+            self.head_url = DEFAULT_URLS["head"]
+        return self
 
 
 @lru_cache

@@ -24,7 +24,7 @@ for stage in 2 3 4 5; do
 done
 splitdnn distill configs/lite2-stage7-both-tasks.yaml --run-dir runs/lite2-stage7
 # The local-mode model's Caltech-101 probe (EfficientNet-Lite0, same training images).
-python -m splitdnn.distill.probe configs/lite2-caltech101.yaml --teacher efficientnet_lite0 \
+splitdnn probe configs/lite2-caltech101.yaml --teacher efficientnet_lite0 \
   --out "$ASSETS/lite0_caltech101_probe" --cache-dir runs/lite0-features
 splitdnn export assets runs/lite2-stage7 --out "$ASSETS" \
   --local-probe "caltech101=$ASSETS/lite0_caltech101_probe.safetensors"

@@ -29,7 +29,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,6 +45,7 @@ CODING_FILE = "coding.json"
 #: The roles a bundle provides and their default file names.
 ROLES: tuple[str, ...] = ("device", "server", "offload", "local")
 DEFAULT_FILES: dict[str, str] = {role: f"{role}.onnx" for role in ROLES}
+AnyManifest = TypeVar("AnyManifest", bound=BaseModel)
 
 
 class PreprocessingSpec(BaseModel):
@@ -253,6 +254,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_entry(path: Path, what: str, manifest: str = "a manifest") -> FileEntry:
+    """``path``'s size and sha256, or a :class:`BundleError` naming ``what`` is missing."""
+    if not path.is_file():
+        raise BundleError(f"cannot write {manifest}: {what} {path} does not exist")
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
 def default_bundle_path() -> Path:
     """``$SPLITDNN_BUNDLE``, else the bundle shipped inside the package."""
     env = os.environ.get("SPLITDNN_BUNDLE")
@@ -285,15 +293,27 @@ class AccuracyBound:
 
 
 @dataclass(frozen=True)
-class Bundle:
-    """A loaded, verified bundle: its directory and manifest."""
+class LoadedBundle:
+    """A loaded, verified bundle directory of any kind (this module's, NoNN's): its path and
+    manifest, which pins the files by ``bundle_id`` and says how images are preprocessed."""
 
     path: Path
-    manifest: Manifest
+    manifest: Any
 
     @property
     def id(self) -> str:
         return self.manifest.bundle_id
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.manifest.preprocessing.to_preprocessing()
+
+
+@dataclass(frozen=True)
+class Bundle(LoadedBundle):
+    """A loaded, verified bundle: its directory and manifest."""
+
+    manifest: Manifest
 
     @property
     def name(self) -> str:
@@ -349,10 +369,6 @@ class Bundle:
 
     def labels(self, task: str | None = None) -> list[str]:
         return self.manifest.tasks[self.task(task)].labels
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.manifest.preprocessing.to_preprocessing()
 
     @property
     def local_preprocessing(self) -> Preprocessing:
@@ -459,50 +475,59 @@ def write_manifest(
     """
     directory = Path(directory)
     roles = {**DEFAULT_FILES, **(models or {})}
-    files: dict[str, FileEntry] = {}
-    for role in ROLES:
-        path = directory / roles[role]
-        if not path.is_file():
-            raise BundleError(f"cannot write a manifest: {role} model {path} does not exist")
-        files[roles[role]] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+    files = {roles[role]: file_entry(directory / roles[role], f"{role} model") for role in ROLES}
     for filename in sorted(p.name for p in directory.iterdir() if p.name.endswith(".onnx.data")):
-        path = directory / filename  # external weights the exporter may write
-        files[filename] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+        # external weights the exporter may write
+        files[filename] = file_entry(directory / filename, "external weights")
     if coding is not None:
-        path = directory / coding
-        if not path.is_file():
-            raise BundleError(f"cannot write a manifest: coding tables {path} do not exist")
-        files[coding] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
-    try:
-        manifest = Manifest(
-            bundle_id=bundle_id_of(files),
-            name=name,
-            teacher=teacher,
-            split_module=split_module,
-            preprocessing=_as_spec(preprocessing),
-            local_preprocessing=_as_spec(local_preprocessing),
-            bottleneck=BottleneckSpec(shape=list(bottleneck_shape), dtype=bottleneck_dtype),
-            tasks={task: TaskSpec(labels=list(labels)) for task, labels in tasks.items()},
-            default_task=default_task or next(iter(tasks)),
-            models=ModelFiles(**{role: roles[role] for role in ROLES}),
-            files=files,
-            metrics=metrics or {},
-            coding=coding,
-        )
-    except ValidationError as exc:
-        raise BundleError(f"invalid manifest for {directory}: {exc}") from exc
+        files[coding] = file_entry(directory / coding, "coding tables")
+    manifest = pinned_manifest(
+        Manifest,
+        directory,
+        files,
+        name=name,
+        teacher=teacher,
+        split_module=split_module,
+        preprocessing=_as_spec(preprocessing),
+        local_preprocessing=_as_spec(local_preprocessing),
+        bottleneck=BottleneckSpec(shape=list(bottleneck_shape), dtype=bottleneck_dtype),
+        tasks={task: TaskSpec(labels=list(labels)) for task, labels in tasks.items()},
+        default_task=default_task or next(iter(tasks)),
+        models=ModelFiles(**{role: roles[role] for role in ROLES}),
+        metrics=metrics or {},
+        coding=coding,
+    )
     _write(directory, manifest)
     return manifest
 
 
+def pinned_manifest(
+    kind: type[AnyManifest], directory: Path, files: dict[str, FileEntry], **fields: Any
+) -> AnyManifest:
+    """A manifest of ``kind`` pinning ``files`` by their bundle id; a field it refuses is a
+    :class:`BundleError` naming ``directory``, never a pydantic traceback."""
+    try:
+        return kind(bundle_id=bundle_id_of(files), files=files, **fields)
+    except ValidationError as exc:
+        raise BundleError(f"invalid manifest for {directory}: {exc}") from exc
+
+
 def _write(directory: Path, manifest: Manifest) -> None:
-    """``manifest.json`` replaced whole (a reader never sees half a manifest). A one-rate
-    bundle's manifest leaves the ladder keys out, so it stays what it was before ladders."""
+    """``manifest.json`` replaced whole. A one-rate bundle's manifest leaves the ladder keys
+    out, so it stays what it was before ladders."""
     ladder = {"rates", "default_rate"} if manifest.rates is None else set()
-    text = json.dumps(manifest.model_dump(mode="json", exclude=ladder), indent=2)
-    partial = directory / f".{MANIFEST}.partial"
+    write_manifest_file(directory, MANIFEST, manifest, exclude=ladder)
+
+
+def write_manifest_file(
+    directory: Path, filename: str, manifest: BaseModel, exclude: set[str] | None = None
+) -> None:
+    """``filename`` replaced whole by ``manifest`` as JSON (a reader never sees half a
+    manifest); ``exclude``: fields left out."""
+    text = json.dumps(manifest.model_dump(mode="json", exclude=exclude), indent=2)
+    partial = directory / f".{filename}.partial"
     partial.write_text(text + "\n", encoding="utf-8")
-    os.replace(partial, directory / MANIFEST)
+    os.replace(partial, directory / filename)
 
 
 def record_accuracy(directory: str | Path, task: str, accuracy: TaskAccuracy) -> Manifest:
@@ -651,9 +676,19 @@ def load_bundle(directory: str | Path | None = None, *, verify: bool = True) -> 
         manifest = Manifest.model_validate_json(manifest_path.read_bytes())
     except ValidationError as exc:
         raise BundleError(f"{manifest_path} is not a valid manifest: {exc}") from exc
-    if bundle_id_of(manifest.files) != manifest.bundle_id:
+    verify_files(manifest_path, manifest.files, manifest.bundle_id, verify=verify)
+    return Bundle(path=directory, manifest=manifest)
+
+
+def verify_files(
+    manifest_path: Path, files: dict[str, FileEntry], bundle_id: str, *, verify: bool = True
+) -> None:
+    """Check that ``bundle_id`` pins ``files`` and that each sits beside ``manifest_path``
+    (``verify``: with its size and sha256); a :class:`BundleError` says which does not."""
+    directory = manifest_path.parent
+    if bundle_id_of(files) != bundle_id:
         raise BundleError(f"{manifest_path}: bundle_id does not match the listed file hashes")
-    for filename, entry in manifest.files.items():
+    for filename, entry in files.items():
         if Path(filename).name != filename:
             raise BundleError(f"{manifest_path}: file name {filename!r} must not contain a path")
         path = directory / filename
@@ -666,7 +701,6 @@ def load_bundle(directory: str | Path | None = None, *, verify: bool = True) -> 
                 )
             if sha256_file(path) != entry.sha256:
                 raise BundleError(f"{path} does not match its sha256 in the manifest (tampered?)")
-    return Bundle(path=directory, manifest=manifest)
 
 
 # --- what a bundle serves -----------------------------------------------------------------------

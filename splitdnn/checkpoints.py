@@ -34,7 +34,12 @@ from torch import nn
 
 from splitdnn.errors import CheckpointError
 from splitdnn.models import get_teacher
-from splitdnn.students import BottleneckStudent, build_student, entropy_student
+from splitdnn.students import (
+    BottleneckStudent,
+    build_student,
+    canonical_variant,
+    entropy_student,
+)
 
 STUDENT_KIND = "splitdnn-student"
 KD_STUDENT_KIND = "splitdnn-kd-student"
@@ -210,7 +215,7 @@ def _from_payload(payload: Any, path: Path, task: str | None = None) -> StudentC
         teacher=payload["teacher"],
         split_module=payload["split_module"],
         bottleneck=payload["bottleneck"],
-        variant=payload["variant"],
+        variant=canonical_variant(payload["variant"]),
         student=payload["student"],
         pretrained=bool(config.get("teacher", {}).get("pretrained", True)),
         probe=probe,
@@ -352,7 +357,7 @@ def read_default_assets(assets_dir: str | Path = DEFAULT_ASSETS) -> StudentCheck
         teacher=spec.name,
         split_module=meta.get("split_module") or spec.student_split,
         bottleneck=meta["bottleneck"],
-        variant=meta.get("variant", "caltech101"),
+        variant=canonical_variant(meta.get("variant", "narrow")),
         student=read("student") or {},
         pretrained=bool(meta.get("pretrained", True)),
         probe=read("probe") if has_task else None,
@@ -390,17 +395,47 @@ def save_kd_assets(
     if payload.get("kind") != KD_STUDENT_KIND:
         raise CheckpointError("not a whole-student checkpoint (kind != splitdnn-kd-student)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().half().contiguous() for k, v in payload["student"].items()}
-    save_file(state, str(out / STUDENT_FILE))
-    meta = {k: v for k, v in payload.items() if k != "student"}
-    meta["weights"] = {"file": STUDENT_FILE, "dtype": "float16"}
+    extra = {}
     if teacher_probe is not None:
+        out.mkdir(parents=True, exist_ok=True)
         save_file(_contiguous(teacher_probe), str(out / KD_TEACHER_PROBE_FILE))
-        meta["teacher_probe"] = KD_TEACHER_PROBE_FILE
-    path = out / KD_STUDENT_JSON
-    path.write_text(json.dumps(meta, indent=2) + "\n")
+        extra["teacher_probe"] = KD_TEACHER_PROBE_FILE
+    return save_payload_assets(payload, out, STUDENT_FILE, KD_STUDENT_JSON, extra)
+
+
+def save_payload_assets(
+    payload: Mapping[str, Any],
+    out_dir: Path,
+    weights_file: str,
+    json_file: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """A run's ``best.pt`` payload as small committed files: its ``student`` state dict in
+    fp16 safetensors (``weights_file``, named in the JSON's ``weights``) and every other value,
+    with ``extra``, as ``json_file``. Read back by :func:`read_payload_assets`."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().half().contiguous() for k, v in payload["student"].items()}
+    save_file(state, str(out_dir / weights_file))
+    meta = {k: v for k, v in payload.items() if k != "student"}
+    meta["weights"] = {"file": weights_file, "dtype": "float16"}
+    path = out_dir / json_file
+    path.write_text(json.dumps({**meta, **(extra or {})}, indent=2) + "\n")
     return path
+
+
+def read_payload_assets(directory: Path, weights_file: str, json_file: str) -> dict[str, Any]:
+    """The payload of :func:`save_payload_assets` (float32 tensors under ``student``); the
+    JSON's ``weights`` names the weights file, else ``weights_file``."""
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((directory / json_file).read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{directory / json_file}: {exc}") from None
+    state = load_file(str(directory / meta.get("weights", {}).get("file", weights_file)))
+    return {**meta, "student": {k: v.float() for k, v in state.items()}}
 
 
 def read_kd_student(source: str | Path) -> dict[str, Any]:
@@ -409,14 +444,7 @@ def read_kd_student(source: str | Path) -> dict[str, Any]:
     are relative to that folder, and ``teacher_probe``, when present, a file in it)."""
     source = Path(source)
     if source.is_dir() and (source / KD_STUDENT_JSON).is_file():
-        from safetensors.torch import load_file
-
-        try:
-            meta = json.loads((source / KD_STUDENT_JSON).read_text())
-        except ValueError as exc:
-            raise CheckpointError(f"{source / KD_STUDENT_JSON}: {exc}") from None
-        state = load_file(str(source / meta["weights"]["file"]))
-        return {**meta, "student": {k: v.float() for k, v in state.items()}}
+        return read_payload_assets(source, STUDENT_FILE, KD_STUDENT_JSON)
     path = source / BEST if source.is_dir() else source
     payload = load_torch(path)
     if not isinstance(payload, dict) or payload.get("kind") != KD_STUDENT_KIND:

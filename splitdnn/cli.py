@@ -4,6 +4,9 @@
     splitdnn profile TEACHER         sizes, MACs and compressibility at every split point
     splitdnn student TEACHER -b B    what a bottleneck student costs next to the teacher head
     splitdnn export run|default|assets  a bundle (ONNX + manifest) from a run or the default
+    splitdnn export nonn RUN         a NoNN bundle (one ONNX file per member + the join)
+    splitdnn nonn assets|figures     a NoNN run's small assets; its served figures
+    splitdnn probe CONFIG            a linear probe on a config's training images
     splitdnn evaluate PATH --data D  accuracy of every served mode (bundle) or of a run
     splitdnn bundle info BUNDLE      what a bundle serves: tasks, modes per task, files
     splitdnn distill CONFIG          hnd, kd, labels, classes, nonn (resumable)
@@ -326,9 +329,11 @@ def teachers(as_json: Json = False) -> None:
 
 
 class Variant(str, Enum):
-    caltech101 = "caltech101"
-    imagenet = "imagenet"
+    narrow = "narrow"
+    wide = "wide"
     teacher_init = "teacher_init"
+    caltech101 = "caltech101"  # narrow's first name
+    imagenet = "imagenet"  # wide's first name
 
 
 @app.command()
@@ -348,7 +353,8 @@ def student(
         typer.Option(
             help="Student design: teacher_init, a Lite student starting from the teacher's own "
             "layers (the default where the teacher has one, as in a config), or the papers' "
-            "narrow (caltech101, the default for the others) or wide (imagenet) decoder.",
+            "narrow (the default for the others) or wide decoder (first named caltech101 and "
+            "imagenet, still accepted).",
             show_default=False,
             metavar="<design>",
         ),
@@ -440,7 +446,7 @@ def export_run(
         typer.echo(
             f"note: task {name!r} has no local model ({local} classifies {local_tasks}): the "
             f"head serves it in split and offload mode only (mode=local answers 422, auto "
-            f"skips local). For local mode, fit a probe with `python -m splitdnn.distill.probe "
+            f"skips local). For local mode, fit a probe with `splitdnn probe "
             f"CONFIG --teacher {local} --out FILE` and export again with "
             f"--local-probe {name}=FILE.safetensors",
             err=True,
@@ -588,6 +594,133 @@ def export_assets(
     typer.echo(f"wrote default assets to {path.parent}")
 
 
+# --- NoNN -----------------------------------------------------------------------------------
+
+nonn_app = typer.Typer(
+    help="NoNN (K students on disjoint groups of the teacher's last filters): a run's small "
+    "assets and the served figures of its bundle. The bundle itself: `splitdnn export nonn`.",
+    no_args_is_help=True,
+)
+app.add_typer(nonn_app, name="nonn")
+
+NoNNRun = Annotated[
+    Path,
+    typer.Argument(
+        help="A method: nonn run directory (best.pt) or its committed assets "
+        "(nonn_student.json, e.g. splitdnn/assets/nonn/k2).",
+        show_default=False,
+    ),
+]
+
+
+@export_app.command("nonn")
+def export_nonn(
+    run: NoNNRun,
+    out: Annotated[Path, typer.Option(help="NoNN bundle directory to write.")],
+    name: Annotated[str, typer.Option(help="The bundle's name in nonn.json.")] = "nonn",
+) -> None:
+    """A NoNN bundle: one ONNX file per member (image -> pooled features, checked against
+    torch in onnxruntime), the join layer (join.npz) and nonn.json. Serve it with `splitdnn
+    serve all --nonn DIR`, or `splitdnn serve member` per member + `splitdnn serve gateway
+    --nonn DIR --member-url URL ...`."""
+    with user_errors():
+        import torch
+
+        from splitdnn.nonn.export import export_nonn as write_bundle
+
+        torch.set_num_threads(1)
+        bundle = write_bundle(run, out, name)
+    typer.echo(f"NoNN bundle {bundle.id} -> {out}")
+
+
+@nonn_app.command("assets")
+def nonn_assets(
+    run: NoNNRun,
+    out: Annotated[Path, typer.Option(help="Folder to write (safetensors + nonn_student.json).")],
+) -> None:
+    """A NoNN run's trained slices and join in float16 safetensors + JSON (a few MB, to
+    commit); `splitdnn export nonn` takes such a folder in place of the run."""
+    with user_errors():
+        from splitdnn.nonn.export import save_assets
+
+        typer.echo(f"NoNN assets -> {save_assets(run, out)}")
+
+
+@nonn_app.command("figures")
+def nonn_figures(
+    bundle: Annotated[Path, typer.Argument(help="NoNN bundle directory.", show_default=False)],
+    run: Annotated[Path, typer.Option(help="The run (or assets) the bundle came from.")],
+    config: Annotated[
+        Path,
+        typer.Option(
+            help="The run's config: its validation images (never used to pick a checkpoint "
+            "with train.keep: last), teacher.probe_from and nonn.cache_dir for the teacher."
+        ),
+    ],
+    quantisation: Annotated[
+        str, typer.Option(help="How the members' features are sent (wire format).")
+    ] = "uint8",
+    out: Annotated[Path | None, typer.Option(help="Also write the figures here as JSON.")] = None,
+) -> None:
+    """The served path on held-out images (members in onnxruntime, features through the wire
+    format, the join in numpy): top-1 with its 95 % interval, the teacher's on the same images,
+    the paired difference, and each member's MACs, parameters and envelope bytes."""
+    with user_errors():
+        import torch
+
+        from splitdnn.nonn.bundle import load_nonn_bundle
+        from splitdnn.nonn.figures import bundle_figures
+
+        torch.set_num_threads(1)
+        record = bundle_figures(load_nonn_bundle(bundle), run, config, quantisation)
+    text = json.dumps(record, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    typer.echo(text)
+
+
+# --- probe ----------------------------------------------------------------------------------
+
+
+@app.command("probe")
+def probe(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Distillation config whose data, split, seed and probe settings the probe uses.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Path without suffix (.safetensors + .json).")],
+    teacher: Annotated[
+        str | None, typer.Option(help="Backbone to probe; default: the config's teacher.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Feature cache (reused by later runs on the same data).")
+    ] = None,
+    cut: Annotated[
+        str | None, typer.Option(help="Also cache the activations after this module.")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+) -> None:
+    """A linear probe on a frozen backbone's pooled features, fitted on exactly the training
+    images of a config's run and scored on its validation images (the local model's classifier
+    for `splitdnn export run --local-probe TASK=FILE`)."""
+    with user_errors():
+        import torch
+
+        from splitdnn.distill.probe import fit_config_probe
+
+        torch.set_num_threads(threads)
+        probed, result, weights, info = fit_config_probe(
+            config, out, teacher=teacher, cache_dir=cache_dir, cut=cut
+        )
+    typer.echo(
+        f"{probed} probe: validation top-1 {result.val_top1:.2f} % "
+        f"({result.val_images} images) -> {weights}, {info}"
+    )
+
+
 # --- bundle ---------------------------------------------------------------------------------
 
 bundle_app = typer.Typer(help="Look inside a model bundle.", no_args_is_help=True)
@@ -716,8 +849,22 @@ def evaluate(
     with user_errors():
         from splitdnn import evaluate as ev
         from splitdnn.bundle import MANIFEST
+        from splitdnn.nonn.export import nonn_source
 
         progress = not as_json
+        nonn = None if (path / MANIFEST).is_file() else nonn_source(path)
+        if nonn == "a NoNN bundle":
+            raise _fail(
+                f"{path} is a NoNN bundle: `splitdnn evaluate` scores split bundles; score "
+                f"this one with `splitdnn nonn figures {path} --run RUN --config CONFIG` (the "
+                "served path on the config's held-out images, against the teacher)"
+            )
+        if nonn is not None:
+            raise _fail(
+                f"{path} is {nonn}: `splitdnn evaluate` scores split students; export it with "
+                f"`splitdnn export nonn {path} --out DIR`, then score it with `splitdnn nonn "
+                f"figures DIR --run {path} --config CONFIG`"
+            )
         if (path / MANIFEST).is_file():
             if data is None:
                 raise _fail("--data is required to evaluate a bundle")
@@ -820,9 +967,9 @@ def distill(
 ) -> None:
     """Train a student: hnd (bottleneck head), kd or labels (whole local-mode student),
     classes (a whole student for chosen classes + other, Distill-Net), nonn (K students on
-    disjoint groups of the teacher's last filters; export with `python -m splitdnn.nonn_export`)."""
+    disjoint groups of the teacher's last filters; export with `splitdnn export nonn`)."""
     from splitdnn.distill.config import load_config
-    from splitdnn.distill.methods import run_config
+    from splitdnn.methods import run_config
 
     with user_errors():
         cfg = load_config(config)

@@ -1,4 +1,5 @@
-"""``splitdnn serve tail|device|head|gateway|all``: thin Typer commands over :mod:`splitdnn.serve`.
+"""``splitdnn serve tail|device|head|gateway|member|all``: thin Typer commands over
+:mod:`splitdnn.serve`.
 
 Mounted by ``splitdnn/cli.py`` with ``app.add_typer(serve_app, name="serve")``.
 """
@@ -61,7 +62,6 @@ TLSCA = Annotated[
         "clients it signed (mutual TLS).",
     ),
 ]
-HeadUrl = Annotated[str, typer.Option(help="Base URL of the head service (device).")]
 Quantisation = Annotated[
     str | None,
     typer.Option(help=f"Envelope quantisation: {', '.join(QUANTISATIONS)} (default uint8)."),
@@ -72,6 +72,21 @@ Compression = Annotated[
 ]
 DefaultMode = Annotated[
     str | None, typer.Option(help="Mode when a request names none (default split).")
+]
+NoNNBundleOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--nonn",
+        help="NoNN bundle (`splitdnn export nonn`): adds mode=nonn, whose join runs here.",
+    ),
+]
+MemberUrls = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--member-url",
+        help="With --nonn: base URL of a NoNN member (`splitdnn serve member`), once per "
+        "member in member order; default: 127.0.0.1:8010, :8011, …",
+    ),
 ]
 
 
@@ -251,7 +266,13 @@ def device(
 @serve_app.command("gateway")
 def gateway(
     port: Port = serve.DEFAULT_PORTS["gateway"],
-    head_url: HeadUrl = serve.DEFAULT_URLS["head"],
+    head_url: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Base URL of the head service (device); default {serve.DEFAULT_URLS['head']}, "
+            "except with --nonn: no head, the gateway serves mode=nonn only."
+        ),
+    ] = None,
     tail_url: TailUrl = serve.DEFAULT_URLS["tail"],
     host: Host = "127.0.0.1",
     default_mode: DefaultMode = None,
@@ -260,10 +281,18 @@ def gateway(
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
     tls_ca: TLSCA = None,
+    nonn: NoNNBundleOpt = None,
+    member_url: MemberUrls = None,
 ) -> None:
     """The public front apart from its head: POST /classify?mode=split|local|offload|auto
-    (sends the head the token). On one device, `serve device` runs both in one process."""
+    (sends the head the token). On one device, `serve device` runs both in one process.
+    With --nonn (and its members' URLs) also mode=nonn; --nonn without --head-url: a NoNN-only
+    gateway, ready when its members are."""
     with _exit_on_library_error():
+        urls = member_url  # no head URL: the gateway's settings pick the default head's,
+        # or none when it has a NoNN bundle (from --nonn or SPLITDNN_NONN_BUNDLE)
+        if nonn is not None and not urls:
+            urls = serve.member_urls("127.0.0.1", serve.nonn_members(nonn))
         serve.serve_gateway(
             host=host,
             port=port,
@@ -273,6 +302,42 @@ def gateway(
             log_level=log_level,
             token=token,
             tls=tls_files("gateway", tls_cert, tls_key, tls_ca),
+            nonn_bundle=nonn,
+            member_urls=urls,
+        )
+
+
+@serve_app.command("member")
+def member(
+    nonn: Annotated[
+        Path,
+        typer.Option("--nonn", help="NoNN bundle directory (`splitdnn export nonn`)."),
+    ],
+    index: Annotated[int, typer.Option(min=0, help="Which member of the bundle this runs.")] = 0,
+    port: Annotated[
+        int | None,
+        typer.Option(help=f"TCP port; default {serve.DEFAULT_PORTS['member']} + index."),
+    ] = None,
+    host: Host = "127.0.0.1",
+    token: Token = None,
+    log_level: LogLevel = "info",
+    insecure: Insecure = False,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    tls_ca: TLSCA = None,
+) -> None:
+    """One NoNN member (one device): the image in, its pooled features out as a wire
+    envelope (POST /v2/features). A gateway with --nonn joins the members' answers."""
+    with _exit_on_library_error():
+        serve.serve_member(
+            nonn_bundle=nonn,
+            index=index,
+            host=host,
+            port=port,
+            token=token,
+            log_level=log_level,
+            insecure=insecure,
+            tls=tls_files(f"member{index}", tls_cert, tls_key, tls_ca),
         )
 
 
@@ -292,10 +357,20 @@ def all_(
             "with the certificates `splitdnn certs DIR` made (DIR/ca.pem, DIR/<name>.pem, .key)."
         ),
     ] = None,
+    nonn: Annotated[
+        Path | None,
+        typer.Option(
+            "--nonn",
+            help="Also a NoNN bundle's members (ports 8010, 8011, …); the device answers "
+            "mode=nonn with them.",
+        ),
+    ] = None,
 ) -> None:
-    """The tail and the device (gateway and head in one process) on one machine, wired."""
+    """The tail and the device (gateway and head in one process) on one machine, wired;
+    with --nonn the NoNN members too."""
     with _exit_on_library_error():
         code = serve.serve_all(
+            nonn_bundle=nonn,
             host=host,
             gateway_port=gateway_port,
             tail_port=tail_port,

@@ -150,7 +150,7 @@ def _refuse_the_runs_probe_elsewhere(
                 f"the local probe for {task!r} is the run's teacher probe, fitted on "
                 f"{checkpoint.teacher}'s features, but the local model is {local}: pass "
                 f"--local {checkpoint.teacher}, or fit a probe on {local}'s features with "
-                f"`python -m splitdnn.distill.probe CONFIG --teacher {local} --out FILE`"
+                f"`splitdnn probe CONFIG --teacher {local} --out FILE`"
             )
 
 

@@ -7,7 +7,9 @@ import string and builds each app in its own factory, configured through the sam
     serve_device(port=8000, tail_url=...)         device: gateway and head in one process, public
     serve_head(port=8002, tail_url=...)           device, head alone (a gateway elsewhere)
     serve_gateway(port=8000, head_url=...)        public front apart from its head
+    serve_member(index=0, nonn_bundle=...)        one NoNN member (port 8010 + index)
     serve_all()                                   tail and device on 127.0.0.1, one command
+                                                  (nonn_bundle=...: and the NoNN members)
 
 Head and tail authenticate their callers with ``SPLITDNN_TOKEN`` or, under mutual TLS, by
 their client certificate; one that would bind an address other hosts can reach with neither
@@ -21,6 +23,7 @@ from __future__ import annotations
 import errno
 import importlib
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -39,6 +42,7 @@ from typing import Any
 
 from splitdnn.bundle import MANIFEST, default_bundle_path
 from splitdnn.errors import BundleError, ConfigError
+from splitdnn.nonn.bundle import NONN_MANIFEST, load_nonn_bundle
 from splitdnn.tls import TLSFiles, client_context, tls_files
 from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
 
@@ -48,13 +52,15 @@ TAIL_RAY_RUN = "services.tail.ray_app:run"
 #: Its deployments and replica counts through the cluster's GCS (no dashboard needed).
 TAIL_RAY_STATUS = "services.tail.ray_app:status"
 HEAD_APP = "services.head.app:create_app"
+#: One NoNN member: the image in, its pooled features out (services/member/).
+MEMBER_APP = "services.member.app:create_app"
 GATEWAY_APP = "gateway.app:create_app"
 #: Gateway and head in one process: /classify calls the head's pipeline, no second hop.
 DEVICE_APP = "gateway.app:create_device_app"
 #: uvicorn's HTTP protocol with its parser's refusals (a URL over 64 KB) as problem+json and
 #: each mutual-TLS client certificate logged by name.
 HTTP_PROTOCOL = "services.common.http:ServiceHTTPProtocol"
-DEFAULT_PORTS = {"gateway": 8000, "device": 8000, "tail": 8001, "head": 8002}
+DEFAULT_PORTS = {"gateway": 8000, "device": 8000, "tail": 8001, "head": 8002, "member": 8010}
 #: Where each service answers when started with the defaults: the one source of the default
 #: URLs in the CLI, ``serve`` and the services' settings.
 DEFAULT_URLS = {name: f"http://127.0.0.1:{port}" for name, port in DEFAULT_PORTS.items()}
@@ -68,6 +74,25 @@ def _check_bundle(bundle: Path | None) -> Path:
             "or build the default with `splitdnn export default`"
         )
     return path
+
+
+def _check_nonn_bundle(bundle: Path) -> Path:
+    if not (Path(bundle) / NONN_MANIFEST).is_file():
+        raise BundleError(
+            f"no NoNN bundle at {bundle} ({NONN_MANIFEST} missing): write one with `splitdnn "
+            "export nonn RUN --out DIR` (e.g. RUN = splitdnn/assets/nonn/k2)"
+        )
+    return Path(bundle)
+
+
+def nonn_members(bundle: Path) -> int:
+    """How many members the NoNN bundle at ``bundle`` has (its files not yet verified)."""
+    return len(load_nonn_bundle(_check_nonn_bundle(bundle), verify=False).manifest.members)
+
+
+def member_urls(host: str, count: int, scheme: str = "http") -> list[str]:
+    """Where ``count`` members started with the default ports answer (8010, 8011, …)."""
+    return [f"{scheme}://{host}:{DEFAULT_PORTS['member'] + i}" for i in range(count)]
 
 
 def is_loopback(host: str) -> bool:
@@ -173,13 +198,56 @@ def head_env(
 
 
 def gateway_env(
-    head_url: str, tail_url: str, default_mode: str | None = None, token: str | None = None
+    head_url: str | None,
+    tail_url: str,
+    default_mode: str | None = None,
+    token: str | None = None,
+    nonn_bundle: Path | None = None,
+    member_urls: list[str] | None = None,
 ) -> dict[str, str]:
+    """The gateway's environment; ``nonn_bundle`` and ``member_urls`` add mode=nonn, and
+    without ``head_url`` such a gateway serves mode=nonn only."""
+    return {
+        **_env(
+            {
+                "SPLITDNN_GATEWAY_HEAD_URL": head_url,
+                "SPLITDNN_GATEWAY_TAIL_URL": tail_url,
+                "SPLITDNN_GATEWAY_DEFAULT_MODE": default_mode,
+                "SPLITDNN_TOKEN": token,
+            }
+        ),
+        **nonn_env(nonn_bundle, member_urls),
+    }
+
+
+def nonn_env(nonn_bundle: Path | None, member_urls: list[str] | None) -> dict[str, str]:
+    """mode=nonn of a gateway or device: the NoNN bundle (its join runs there) and one member
+    URL per member, checked against the bundle before anything starts."""
+    if nonn_bundle is None:
+        if member_urls:
+            raise ConfigError("member URLs need the NoNN bundle they serve: pass --nonn DIR")
+        return {}
+    members = nonn_members(nonn_bundle)
+    if len(member_urls or []) != members:
+        raise ConfigError(
+            f"the NoNN bundle {nonn_bundle} has {members} members: pass --member-url once per "
+            f"member, in member order (got {len(member_urls or [])}); `splitdnn serve member "
+            "--index I` starts member I"
+        )
+    return {
+        "SPLITDNN_NONN_BUNDLE": str(nonn_bundle),
+        "SPLITDNN_GATEWAY_MEMBER_URLS": json.dumps(member_urls),
+    }
+
+
+def member_env(nonn_bundle: Path, index: int, token: str | None = None) -> dict[str, str]:
+    members = nonn_members(nonn_bundle)
+    if not 0 <= index < members:
+        raise ConfigError(f"member {index}: the NoNN bundle {nonn_bundle} has {members} members")
     return _env(
         {
-            "SPLITDNN_GATEWAY_HEAD_URL": head_url,
-            "SPLITDNN_GATEWAY_TAIL_URL": tail_url,
-            "SPLITDNN_GATEWAY_DEFAULT_MODE": default_mode,
+            "SPLITDNN_NONN_BUNDLE": nonn_bundle,
+            "SPLITDNN_MEMBER_INDEX": index,
             "SPLITDNN_TOKEN": token,
         }
     )
@@ -192,6 +260,8 @@ def device_env(
     quantisation: str | None = None,
     compression: str | None = None,
     default_mode: str | None = None,
+    nonn_bundle: Path | None = None,
+    member_urls: list[str] | None = None,
 ) -> dict[str, str]:
     """The head's environment plus the gateway's: one process reads both."""
     return {
@@ -199,6 +269,7 @@ def device_env(
         **_env(
             {"SPLITDNN_GATEWAY_TAIL_URL": tail_url, "SPLITDNN_GATEWAY_DEFAULT_MODE": default_mode}
         ),
+        **nonn_env(nonn_bundle, member_urls),
     }
 
 
@@ -296,17 +367,43 @@ def serve_gateway(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORTS["gateway"],
-    head_url: str = DEFAULT_URLS["head"],
+    head_url: str | None = DEFAULT_URLS["head"],
     tail_url: str = DEFAULT_URLS["tail"],
     default_mode: str | None = None,
     log_level: str = "info",
     token: str | None = None,
     tls: TLSFiles | None = None,
+    nonn_bundle: Path | None = None,
+    member_urls: list[str] | None = None,
 ) -> None:
     """Run the gateway (the public front: it may bind any address) until interrupted; with
-    ``tls`` over HTTPS (no client certificates asked), its CA verifying an https:// head."""
-    env = {**gateway_env(head_url, tail_url, default_mode, token), **(tls.env() if tls else {})}
+    ``tls`` over HTTPS (no client certificates asked), its CA verifying an https:// head.
+    ``nonn_bundle`` and ``member_urls`` add mode=nonn; with ``head_url`` None it is the only
+    mode served."""
+    env = {
+        **gateway_env(head_url, tail_url, default_mode, token, nonn_bundle, member_urls),
+        **(tls.env() if tls else {}),
+    }
     _run(GATEWAY_APP, host, port, env, log_level, uvicorn_tls(tls))
+
+
+def serve_member(
+    *,
+    nonn_bundle: Path,
+    index: int = 0,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    token: str | None = None,
+    log_level: str = "info",
+    insecure: bool = False,
+    tls: TLSFiles | None = None,
+) -> None:
+    """Run NoNN member ``index`` of ``nonn_bundle`` (port 8010 + index by default) until
+    interrupted; exposure and TLS as for the tail (with a CA, only clients it signed)."""
+    check_exposure("member", host, token, insecure, tls)
+    env = {**member_env(nonn_bundle, index, token), **(tls.env() if tls else {})}
+    port = DEFAULT_PORTS["member"] + index if port is None else port
+    _run(MEMBER_APP, host, port, env, log_level, uvicorn_tls(tls, mutual=True))
 
 
 def serve_device(
@@ -504,24 +601,30 @@ def serve_all(
     ready_timeout: float = 120.0,
     insecure: bool = False,
     tls_dir: Path | None = None,
+    nonn_bundle: Path | None = None,
 ) -> int:
     """Start the tail and the device (gateway and head in one process) as child processes
-    on ``host``; stop both on Ctrl-C.
+    on ``host``; stop both on Ctrl-C. ``nonn_bundle``: its members too (ports 8010, 8011, …),
+    and the device serves mode=nonn with them.
 
     ``tls_dir`` (made by ``splitdnn certs``): both over TLS, the tail under mutual TLS (the
     device shows ``head.pem``: to the tail it is the head), with ``ca.pem``.
     Returns the exit code: 0 after an interrupt, else the code of the first child to die.
     Raises :class:`ConfigError` before starting anything when a port is taken or given twice.
     """
+    members = nonn_members(nonn_bundle) if nonn_bundle is not None else 0
+    member_names = [f"member{i}" for i in range(members)]
     # The device shows the head's certificate: to the tail it is the head.
+    services = (("tail", "tail"), ("device", "head"), *((m, m) for m in member_names))
     files = {
         name: tls_files(name, *astuple(TLSFiles.from_dir(Path(tls_dir), cert)))
-        for name, cert in (("tail", "tail"), ("device", "head"))
+        for name, cert in services
     } if tls_dir is not None else {}  # fmt: skip
     check_exposure("tail", host, token, insecure, files.get("tail"))
     ports = {"gateway": gateway_port, "tail": tail_port}
+    ports |= {name: DEFAULT_PORTS["member"] + i for i, name in enumerate(member_names)}
     if len(set(ports.values())) < len(ports):
-        raise ConfigError(f"the two services need two different ports, not {ports}")
+        raise ConfigError(f"no two services may share a port (two different ports), not {ports}")
     busy = ports_in_use(host, ports.values())
     if busy:
         named = ", ".join(f"{name} {port}" for name, port in ports.items() if port in busy)
@@ -532,9 +635,16 @@ def serve_all(
     scheme = "https" if files else "http"
     tail_url = f"{scheme}://{host}:{tail_port}"
     base = dict(os.environ)
+    urls = member_urls(host, members, scheme) if nonn_bundle is not None else None
+    device = device_env(tail_url, bundle, token, nonn_bundle=nonn_bundle, member_urls=urls)
     plan = [
         ("tail", TAIL_APP, tail_port, tail_env(bundle, token)),
-        ("device", DEVICE_APP, gateway_port, device_env(tail_url, bundle, token)),
+        *(
+            (name, MEMBER_APP, ports[name], member_env(nonn_bundle, i, token))
+            for i, name in enumerate(member_names)
+            if nonn_bundle is not None
+        ),
+        ("device", DEVICE_APP, gateway_port, device),
     ]
     probe = None
     if files:  # the probe shows the device's certificate to the mutual-TLS tail
@@ -551,7 +661,8 @@ def serve_all(
     try:
         for name, app, port, env in plan:
             tls = files.get(name)
-            options = uvicorn_tls(tls, mutual=name == "tail")  # the device is the public front
+            # the device is the public front; the tail and the members ask for certificates
+            options = uvicorn_tls(tls, mutual=name != "device")
             command = uvicorn_command(app, host, port, log_level, options)
             tls_env = tls.env() if tls else {}
             children[name] = subprocess.Popen(command, env={**base, **env, **tls_env})
@@ -562,7 +673,7 @@ def serve_all(
                 return 1
         print(
             f"splitdnn: ready. POST {scheme}://{host}:{gateway_port}/classify?mode=split|local|"
-            "offload|auto (Ctrl-C stops both)",
+            f"offload|auto{'|nonn' if members else ''} (Ctrl-C stops them all)",
             flush=True,
         )
         while True:

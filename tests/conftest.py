@@ -42,3 +42,15 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from shape_images import make_shape_dataset
 
     return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
+
+
+@pytest.fixture(scope="session")
+def toy_nonn_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny NoNN bundle: two random members and a join (tests/toy_nonn_bundle.py)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from toy_nonn_bundle import build_toy_nonn_bundle
+
+    directory = tmp_path_factory.mktemp("toy-nonn")
+    build_toy_nonn_bundle(directory)
+    return directory

@@ -121,7 +121,7 @@ def _tiny(root: Path, names: list) -> dict:
 
 
 def test_tiny_classes_run_trains_a_student_for_the_classes_and_other(shapes, tmp_path):
-    from splitdnn.distill.methods import run_config
+    from splitdnn.methods import run_config
 
     run = tmp_path / "run"
     summary = run_config(parse_config(_tiny(shapes, ["square"])), run, progress=False)
@@ -138,7 +138,7 @@ def test_tiny_classes_run_trains_a_student_for_the_classes_and_other(shapes, tmp
 
 
 def test_an_unknown_class_is_refused_before_training(shapes, tmp_path):
-    from splitdnn.distill.methods import run_config
+    from splitdnn.methods import run_config
 
     with pytest.raises(ConfigError, match="'hexagon' is not a class"):
         run_config(parse_config(_tiny(shapes, ["hexagon"])), tmp_path / "run", progress=False)

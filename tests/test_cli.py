@@ -181,3 +181,52 @@ def test_certs_makes_a_ca_and_certificates_the_services_accept(tmp_path) -> None
     again = runner.invoke(app, ["certs", str(out), "--name", "head"])
     assert again.exit_code == 0 and (out / "ca.pem").read_bytes() == ca  # the CA is reused
     tls_files("head", out / "head.pem", out / "head.key", out / "ca.pem")
+
+
+# --- NoNN from the user's side ------------------------------------------------------------------
+
+
+def test_evaluate_on_a_nonn_bundle_names_the_nonn_figures_command(toy_nonn_bundle_dir) -> None:
+    result = runner.invoke(app, ["evaluate", str(toy_nonn_bundle_dir), "--data", "photos"])
+    assert result.exit_code == USAGE_ERROR
+    assert "NoNN bundle" in result.stderr and "splitdnn nonn figures" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("source", ["run", "assets"])
+def test_evaluate_on_a_nonn_run_or_its_assets_names_the_nonn_commands(tmp_path, source) -> None:
+    torch = pytest.importorskip("torch")
+    if source == "run":
+        torch.save({"kind": "splitdnn-nonn", "student": {}}, tmp_path / "best.pt")
+    else:
+        (tmp_path / "nonn_student.json").write_text('{"kind": "splitdnn-nonn"}')
+    result = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == USAGE_ERROR
+    assert "splitdnn export nonn" in result.stderr and "splitdnn nonn figures" in result.stderr
+    assert "not a splitdnn student checkpoint" not in result.stderr
+
+
+def test_nonn_figures_without_the_teachers_probe_is_a_message_not_a_traceback(
+    toy_nonn_bundle_dir, tmp_path
+) -> None:
+    config = tmp_path / "nonn.yaml"
+    config.write_text("method: nonn\ndata: {root: photos}\n")
+    result = runner.invoke(
+        app,
+        ["nonn", "figures", str(toy_nonn_bundle_dir), "--run", str(tmp_path), "--config",
+         str(config)],
+    )  # fmt: skip
+    assert result.exit_code == USAGE_ERROR, result.output
+    assert "teacher.probe_from" in result.stderr and "nonn.cache_dir" in result.stderr
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+def test_no_command_of_the_library_parses_its_own_arguments() -> None:
+    """Every command is a subcommand of `splitdnn` (Typer): no argparse in the library."""
+    library = Path(__file__).resolve().parents[1] / "splitdnn"
+    users = [
+        p.relative_to(library)
+        for p in library.rglob("*.py")
+        if re.search(r"^\s*(import argparse|from argparse )", p.read_text(), re.MULTILINE)
+    ]
+    assert not users, f"argparse in {users}: make it a `splitdnn` subcommand"

@@ -60,7 +60,7 @@ def test_export_and_trainer_import_without_torchvision():
 
     code = (
         "import sys; sys.modules['torchvision'] = None\n"
-        "import splitdnn.export, splitdnn.distill.methods, splitdnn.evaluate"
+        "import splitdnn.export, splitdnn.methods, splitdnn.evaluate"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -109,8 +109,8 @@ def test_cli_config_error_goes_to_stderr_with_exit_code_2(tmp_path):
 
 
 def test_cli_default_run_dir_is_runs_slash_config_stem(tmp_path, monkeypatch):
+    from splitdnn import methods
     from splitdnn.cli import app
-    from splitdnn.distill import methods
 
     seen: dict = {}
 
@@ -200,3 +200,20 @@ def test_fine_tuning_configs_give_every_mode_the_same_budget(monkeypatch):
     assert configs["split"].kd.probe_from == DEFAULT_ASSETS / "caltech101_probe.safetensors"
     assert configs["offload"].kd.probe_from == configs["split"].kd.probe_from
     assert configs["local"].kd.probe_from == DEFAULT_ASSETS / "lite0_caltech101_probe.safetensors"
+
+
+def test_nonn_defaults_the_flip_off_and_refuses_only_an_explicit_one():
+    """NoNN caches unflipped maps once: its default is no flip (the other methods keep
+    theirs), and only a config that asks for flips is refused, naming the key."""
+    assert parse_config({"method": "nonn", "data": {"root": "x"}}).augmentation.hflip is False
+    assert parse_config({"method": "kd", "data": {"root": "x"}}).augmentation.hflip is True
+    with pytest.raises(ConfigError, match=r"augmentation\.hflip"):
+        parse_config({"method": "nonn", "data": {"root": "x"}, "augmentation": {"hflip": True}})
+
+
+def test_an_unknown_nonn_member_family_is_a_config_error_listing_the_registered_ones(tmp_path):
+    from splitdnn.nonn.method import NoNNDistillation
+
+    config = parse_config({"method": "nonn", "data": {"root": "x"}, "nonn": {"student": "big"}})
+    with pytest.raises(ConfigError, match=r"nonn\.student.*efficientnet_lite0_slice"):
+        NoNNDistillation(config, tmp_path / "run", progress=False)

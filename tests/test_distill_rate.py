@@ -7,6 +7,7 @@ run takes seconds.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -185,21 +186,29 @@ def test_rate_config_refuses_what_cannot_train(change, message, tmp_path):
 RATE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "rate").glob("*.yaml"))
 
 
-def test_rate_ladder_configs_differ_only_in_beta_and_hold_out_what_stage_7_does(monkeypatch):
-    """Every rung starts from the committed default, trains on stage 7's images (so the same
-    images stay held out) and lets no validation image pick its checkpoint."""
+def test_rate_ladder_rungs_chain_from_the_default_and_hold_out_what_stage_7_does(monkeypatch):
+    """The first rung starts from the committed default, each rung above it from the rung
+    below (higher beta: fewer bytes); all train on stage 7's images (so the same images stay
+    held out), differ in nothing else that matters, and let no validation image pick a
+    checkpoint."""
     from splitdnn.distill.config import load_config
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
-    configs = [load_config(p) for p in RATE_CONFIGS]
+    configs = sorted((load_config(p) for p in RATE_CONFIGS), key=lambda c: c.rate.beta)
     assert len(configs) >= 3
-    betas = sorted(c.rate.beta for c in configs)
+    betas = [c.rate.beta for c in configs]
     assert len(set(betas)) == len(betas)
-    without_beta = [c.model_dump(exclude={"rate": {"beta"}}) for c in configs]
-    assert all(d == without_beta[0] for d in without_beta)
+    schedule = {"train": {"init_from", "epochs", "milestones", "optimizer"}, "rate": {"beta"}}
+    rest = [c.model_dump(exclude=schedule) for c in configs]
+    assert all(d == rest[0] for d in rest)
     stage7 = load_config(root / "configs/lite2-stage7-both-tasks.yaml")
     first = configs[0]
     assert first.train.init_from == root / "splitdnn/assets/default"
-    assert first.train.keep == "last"
+    for below, rung in itertools.pairwise(configs):
+        assert (
+            rung.train.init_from
+            == root / "runs/rate" / f"lite2-rate-b{below.rate.beta:.0e}".replace("e-0", "e-")
+        )
+    assert all(c.train.keep == "last" for c in configs)
     assert first.data.model_dump(exclude={"root"}) == stage7.data.model_dump(exclude={"root"})

@@ -451,4 +451,4 @@ def test_the_runs_probe_on_a_local_model_of_another_architecture_is_refused(
     with pytest.raises(ExportError) as info:
         export_run(own_weights_run["run"], tmp_path, local="efficientnet_lite2", local_probes=probe)
     assert "--local efficientnet_lite0" in str(info.value)
-    assert "splitdnn.distill.probe CONFIG --teacher efficientnet_lite2" in str(info.value)
+    assert "splitdnn probe CONFIG --teacher efficientnet_lite2" in str(info.value)

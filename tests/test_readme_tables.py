@@ -73,3 +73,17 @@ def test_the_layer_table_follows_the_import_contracts():
         last_row = max(row_of[m] for m in layer)
     distill = {m for layer in _contract("distill-layers") for m in layer}
     assert distill <= set(row_of), f"distill modules missing: {sorted(distill - set(row_of))}"
+
+
+def test_the_nonn_row_lists_the_nonn_contract_in_its_order():
+    row = next(r for r in _table_after("| layer (high → low)") if "`nonn/`" in r)
+    listed = re.findall(r"`nonn\.([a-z_]+)`", row)
+    flat = [m for layer in _contract("nonn-layers") for m in layer]
+    assert sorted(listed) == sorted(flat), f"NoNN row {listed} vs contract {flat}"
+    position = {m: i for i, m in enumerate(listed)}
+    assert [position[layer[0]] for layer in _contract("nonn-layers")] == sorted(
+        position[layer[0]] for layer in _contract("nonn-layers")
+    ), "the NoNN row's order differs from the nonn-layers contract"
+    library = ROOT / "splitdnn" / "nonn"
+    modules = sorted(p.stem for p in library.glob("*.py") if p.stem != "__init__")
+    assert sorted(flat) == modules, f"nonn modules {modules} vs the contract {flat}"

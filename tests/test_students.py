@@ -135,6 +135,24 @@ def test_forward_is_the_same_in_train_and_eval(teacher: str, variant: str) -> No
         assert torch.equal(student(x), expected)
 
 
+@pytest.mark.parametrize(("old", "new"), [("caltech101", "narrow"), ("imagenet", "wide")])
+def test_the_old_variant_names_build_the_same_student(old: str, new: str) -> None:
+    """``narrow``/``wide`` were first named after data sets (colliding with task names): the
+    old names still build the same student, in a config too, stored under the new name."""
+    from splitdnn.distill.config import parse_config
+    from splitdnn.students import canonical_variant
+
+    torch.manual_seed(0)
+    a = build_student("resnet152", 3, old).state_dict()
+    torch.manual_seed(0)
+    b = build_student("resnet152", 3, new).state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert canonical_variant(old) == new
+    config = parse_config({"teacher": {"name": "resnet152"}, "data": {"root": "x"},
+                           "student": {"variant": old}})  # fmt: skip
+    assert config.student.variant == new
+
+
 def test_no_student_for_an_unknown_variant_or_point() -> None:
     with pytest.raises(UnknownNameError, match="cifar10"):
         build_student("resnet152", 3, "cifar10")
@@ -193,8 +211,8 @@ def test_teacher_init_student_copies_teacher_weights_instead_of_sharing_them() -
 
 
 def test_teacher_init_needs_a_split_point_to_start_from() -> None:
-    """Away from the registered Lite2 design, teacher_init is derived (students.py), but the
-    first split point has no earlier one for the frozen device prefix to end at."""
+    """Away from the registered Lite2 design, teacher_init is derived (students/bottleneck.py),
+    but the first split point has no earlier one for the frozen device prefix to end at."""
     with pytest.raises(UnknownNameError, match="teacher_init"):
         build_student("resnet152", 3, "teacher_init", split_module="maxpool")
     teacher = get_teacher("resnet152").build(False)  # random weights: nothing downloaded

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from splitdnn.bundle import Manifest, write_manifest
-from splitdnn.export import export_onnx
 from splitdnn.imaging import Preprocessing
+from splitdnn.to_onnx import export_onnx
 
 SIZE = 64
 LOCAL_SIZE = 48

@@ -3,7 +3,6 @@ weights: two members (image [N,3,32,32] -> features [N,6] and [N,5]) and a join 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import torch
 from torch import nn
 
 from splitdnn.imaging import Preprocessing
-from splitdnn.nonn_bundle import JOIN_FILE, NoNNManifest, save_join, write_nonn_manifest
+from splitdnn.nonn.bundle import JOIN_FILE, NoNNManifest, save_join, write_nonn_manifest
+from splitdnn.to_onnx import export_onnx
 
 SIZE = 32
 CHANNELS = (6, 5)
@@ -36,18 +36,7 @@ def build_toy_nonn_bundle(directory: Path) -> tuple[NoNNManifest, list[nn.Module
     files = []
     for i, member in enumerate(members):
         path = directory / f"member{i}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                member,
-                (torch.zeros(1, 3, SIZE, SIZE),),
-                str(path),
-                input_names=["image"],
-                output_names=["features"],
-                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
+        export_onnx(member, torch.zeros(1, 3, SIZE, SIZE), path, "image", ["features"])
         files.append((path.name, CHANNELS[i]))
     rng = np.random.default_rng(0)
     total = sum(CHANNELS)

@@ -18,7 +18,7 @@ from services.common.warmup import time_ms, warmup_jpeg
 from services.member import routes
 from services.member.settings import MemberSettings, get_settings
 from splitdnn.imaging import load_input
-from splitdnn.nonn_bundle import load_nonn_bundle
+from splitdnn.nonn.bundle import load_nonn_bundle
 from splitdnn.runtime import OnnxModel, Threads
 
 

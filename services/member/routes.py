@@ -25,7 +25,7 @@ from services.common.openapi import IMAGE_CONTENT, problem_responses
 from services.member.settings import MemberSettings
 from splitdnn import wire
 from splitdnn.imaging import load_input
-from splitdnn.nonn_bundle import NoNNBundle
+from splitdnn.nonn.bundle import NoNNBundle
 from splitdnn.runtime import OnnxModel
 from splitdnn.wire import Quantisation
 

@@ -25,9 +25,9 @@ from splitdnn.data import Sample, select_samples
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.models import get_teacher
 from splitdnn.students import (
+    canonical_variant,
     default_variant,
     get_kd_student,
-    get_nonn_student,
     student_problem,
 )
 
@@ -82,8 +82,14 @@ class StudentConfig(_Strict):
     bottleneck: int | None = Field(default=12, ge=1, le=512)
     #: Student design (see splitdnn.students.build_student); unset: the one default,
     #: ``splitdnn.students.default_variant`` (``teacher_init``, starting from the teacher's
-    #: own layers, for the Lite teachers; ``caltech101`` for the others).
-    variant: Literal["caltech101", "imagenet", "teacher_init"] | None = None
+    #: own layers, for the Lite teachers; ``narrow`` for the others). ``caltech101`` and
+    #: ``imagenet``, the first names of ``narrow`` and ``wide``, are read as those.
+    variant: Literal["narrow", "wide", "teacher_init", "caltech101", "imagenet"] | None = None
+
+    @field_validator("variant")
+    @classmethod
+    def _current_name(cls, value: str | None) -> str | None:
+        return canonical_variant(value) if value is not None else None
 
 
 class RateConfig(_Strict):
@@ -276,9 +282,10 @@ def classes_of_interest(config: ClassesConfig, classes: list[str]) -> list[int]:
 
 
 class NoNNConfig(_Strict):
-    """``method: nonn`` (see :mod:`splitdnn.distill.nonn`)."""
+    """``method: nonn`` (see :mod:`splitdnn.nonn.method`)."""
 
-    #: The member family (``splitdnn.students.NONN_STUDENTS``).
+    #: The member family (``splitdnn.nonn.members.NONN_STUDENTS``; checked by the method,
+    #: which sits above this module).
     student: str = "efficientnet_lite0_slice"
     #: K: members, one per group of the teacher's last conv filters.
     students: int = Field(default=2, ge=1, le=16)
@@ -297,11 +304,6 @@ class NoNNConfig(_Strict):
     #: runs on the same data can share it.
     cache_dir: Path | None = None
 
-    @field_validator("student")
-    @classmethod
-    def _known_member(cls, value: str) -> str:
-        return _known_name(get_nonn_student, value)
-
 
 class DistillConfig(_Strict):
     method: Literal["hnd", "kd", "labels", "classes", "nonn"] = "hnd"
@@ -319,6 +321,16 @@ class DistillConfig(_Strict):
     #: ``method: hnd`` only: an entropy-coded bottleneck trained with a rate term.
     rate: RateConfig | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _nonn_flips_nothing(self) -> DistillConfig:
+        """NoNN caches each image's teacher maps and the members' inputs once, unflipped:
+        its default is no flip, and only an explicit ``hflip: true`` is refused."""
+        if self.method == "nonn" and self.augmentation.hflip:
+            if "hflip" in self.augmentation.model_fields_set:
+                raise ValueError("nonn: augmentation.hflip is not supported; set it to false")
+            self.augmentation = self.augmentation.model_copy(update={"hflip": False})
+        return self
 
     @model_validator(mode="after")
     def _rate_needs_a_bottleneck(self) -> DistillConfig:

@@ -17,7 +17,6 @@ probe and a student that fine-tunes the layers after the cut.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -290,23 +289,22 @@ def save_probe(result: ProbeResult, path: str | Path, meta: dict) -> tuple[Path,
     return weights, info
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m splitdnn.distill.probe CONFIG --teacher NAME --out PATH``.
-
-    Takes data, split, seed and probe settings from a distillation config, so a probe is fitted
-    on exactly the training images (and scored on exactly the validation images) of that run.
-    """
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--teacher", default=None, help="backbone; default: the config's")
-    parser.add_argument("--out", type=Path, required=True, help="path without suffix")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (reused)")
-    parser.add_argument("--cut", default=None, help="also cache activations after this module")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    config = load_config(args.config)
-    teacher = args.teacher or config.teacher.name
+def fit_config_probe(
+    config_path: Path,
+    out: Path,
+    *,
+    teacher: str | None = None,
+    cache_dir: Path | None = None,
+    cut: str | None = None,
+    progress: bool = True,
+) -> tuple[str, ProbeResult, Path, Path]:
+    """A linear probe on ``teacher`` (default: the config's) fitted with the data, split, seed
+    and probe settings of a distillation config, so a probe is fitted on exactly the training
+    images (and scored on exactly the validation images) of that run (``splitdnn probe``).
+    Returns the teacher probed, the result and the weights and info files written at ``out``
+    (a path without suffix)."""
+    config = load_config(config_path)
+    teacher = teacher or config.teacher.name
     # The config's own weights go with its teacher only: an exported local model of that
     # architecture is built from them too (splitdnn.parts.assemble).
     own = get_teacher(teacher).name == get_teacher(config.teacher.name).name
@@ -322,9 +320,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         lr=config.probe.lr,
         weight_decay=config.probe.weight_decay,
         seed=config.seed,
-        cache_dir=args.cache_dir,
-        cut=args.cut,
-        progress=True,
+        cache_dir=cache_dir,
+        cut=cut,
+        progress=progress,
         weights=weights,
     )
     meta = {
@@ -338,14 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "hflip": config.augmentation.hflip,
         },
         "probe": config.probe.model_dump(),
-        "config": args.config.name,
+        "config": config_path.name,
     }
-    weights, info = save_probe(result, args.out, meta)
-    print(
-        f"{teacher} probe: validation top-1 {result.val_top1:.2f} % "
-        f"({result.val_images} images) -> {weights}, {info}"
-    )
-
-
-if __name__ == "__main__":
-    main()
+    weights_file, info = save_probe(result, out, meta)
+    return teacher, result, weights_file, info

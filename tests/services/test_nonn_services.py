@@ -63,17 +63,20 @@ def members(bundle: Path) -> Iterator[list[tuple[str, subprocess.Popen]]]:
 
 
 @contextmanager
-def gateway(bundle: Path, urls: list[str], degraded: bool = True) -> Iterator[str]:
+def gateway(
+    bundle: Path, urls: list[str], degraded: bool = True, wait_for: str = "live"
+) -> Iterator[str]:
+    """A gateway with the NoNN bundle and no head (it serves mode=nonn only)."""
     env = {
         "SPLITDNN_NONN_BUNDLE": str(bundle),
         "SPLITDNN_GATEWAY_MEMBER_URLS": json.dumps(urls),
         "SPLITDNN_GATEWAY_MEMBER_TIMEOUT_S": "2",
         "SPLITDNN_GATEWAY_NONN_DEGRADED": str(degraded).lower(),
-        "SPLITDNN_GATEWAY_HEAD_URL": "http://127.0.0.1:9",  # no head: only mode=nonn is used
     }
     url, process = _start(serve.GATEWAY_APP, env)
     try:
-        assert serve.wait_ready(url + "/v2/health/live", 60, process), "gateway not live"
+        ok = serve.wait_ready(f"{url}/v2/health/{wait_for}", 30, process)
+        assert ok, f"gateway not {wait_for}"
         yield url
     finally:
         serve.stop_processes([process])
@@ -83,7 +86,7 @@ def _expected(bundle: Path, image: bytes, missing: tuple[int, ...] = ()) -> int:
     """The top class computed here: each member's ONNX file, uint8 through the wire format,
     the numpy join (training means for missing members)."""
     from splitdnn.imaging import load_input
-    from splitdnn.nonn_bundle import load_nonn_bundle
+    from splitdnn.nonn.bundle import load_nonn_bundle
     from splitdnn.runtime import OnnxModel
 
     nb = load_nonn_bundle(bundle)
@@ -175,6 +178,27 @@ def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, ca
             )
             body = assert_problem(response, 503, "upstream-unavailable")
             assert "member 1" in body["detail"]
+
+
+def test_a_nonn_only_gateway_is_ready_when_its_members_are_and_serves_nonn_only(
+    nonn_bundle, cat_jpeg
+):
+    """No head to wait for: ready means mode=nonn can answer (with degraded answers, one
+    member up is enough); a request naming no mode gets mode=nonn, a head mode a 422."""
+    with (
+        members(nonn_bundle) as started,
+        gateway(nonn_bundle, [u for u, _ in started], wait_for="ready") as gw,
+    ):
+        response = httpx.post(gw + "/classify", content=cat_jpeg, timeout=CLIENT_TIMEOUT)
+        assert response.status_code == 200, response.text
+        assert response.json()["mode"] == "nonn"
+        refused = httpx.post(gw + "/classify?mode=split", content=cat_jpeg)
+        assert "mode=nonn only" in assert_problem(refused, 422)["detail"]
+        serve.stop_processes([started[1][1]])
+        assert httpx.get(gw + "/v2/health/ready").status_code == 200  # degraded answers
+        serve.stop_processes([started[0][1]])
+        body = assert_problem(httpx.get(gw + "/v2/health/ready"), 503)
+        assert "NoNN members" in body["detail"]
 
 
 @contextmanager

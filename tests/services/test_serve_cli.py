@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -205,3 +206,78 @@ def test_ray_tail_status_without_a_cluster_is_one_line_not_a_traceback(
     assert "Traceback" not in result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "Ray" in result.stderr
+
+
+# --- NoNN: members, the gateway's flags, serve all --nonn ---------------------------------------
+
+
+def test_serve_member_runs_member_index_on_its_default_port(calls, toy_nonn_bundle_dir) -> None:
+    result = runner.invoke(
+        serve_app, ["member", "--nonn", str(toy_nonn_bundle_dir), "--index", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    ((args, kwargs),) = calls
+    assert args == (serve.MEMBER_APP,) and kwargs["port"] == serve.DEFAULT_PORTS["member"] + 1
+    assert os.environ["SPLITDNN_NONN_BUNDLE"] == str(toy_nonn_bundle_dir)
+    assert os.environ["SPLITDNN_MEMBER_INDEX"] == "1"
+
+
+def test_serve_member_refuses_a_member_the_bundle_does_not_have(calls, toy_nonn_bundle_dir):
+    result = runner.invoke(
+        serve_app, ["member", "--nonn", str(toy_nonn_bundle_dir), "--index", "2"]
+    )
+    assert result.exit_code == 2 and not calls
+    assert "has 2 members" in result.stderr
+
+
+def test_serve_gateway_with_nonn_and_no_head_url_serves_nonn_only(calls, toy_nonn_bundle_dir):
+    result = runner.invoke(
+        serve_app,
+        ["gateway", "--nonn", str(toy_nonn_bundle_dir), "--member-url", "http://m0:1",
+         "--member-url", "http://m1:2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls[0][0] == (serve.GATEWAY_APP,)
+    assert os.environ["SPLITDNN_NONN_BUNDLE"] == str(toy_nonn_bundle_dir)
+    assert json.loads(os.environ["SPLITDNN_GATEWAY_MEMBER_URLS"]) == ["http://m0:1", "http://m1:2"]
+    assert "SPLITDNN_GATEWAY_HEAD_URL" not in os.environ
+    from gateway.settings import GatewaySettings
+
+    assert GatewaySettings().head_url is None  # what the gateway reads: no head
+
+
+def test_serve_gateway_refuses_member_urls_that_do_not_fit_the_bundle(calls, toy_nonn_bundle_dir):
+    args = ["gateway", "--nonn", str(toy_nonn_bundle_dir), "--member-url", "http://m0:1"]
+    result = runner.invoke(serve_app, args)
+    assert result.exit_code == 2 and not calls
+    assert "2 members" in result.stderr and "--member-url" in result.stderr
+
+
+def test_serve_all_with_nonn_starts_the_members_and_wires_them_to_the_device(
+    monkeypatch, toy_bundle_dir, toy_nonn_bundle_dir
+) -> None:
+    started: list[tuple[list[str], dict]] = []
+
+    class FakeProcess:
+        def __init__(self, command, env):
+            started.append((command, env))
+
+        def poll(self):
+            return 3
+
+        def wait(self, timeout=None):
+            return 3
+
+    monkeypatch.setattr(serve.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(serve, "wait_ready", lambda *a, **k: True)
+    monkeypatch.setattr(serve, "ports_in_use", lambda host, ports: [])
+    code = serve.serve_all(
+        bundle=toy_bundle_dir, tail_port=1, gateway_port=3, nonn_bundle=toy_nonn_bundle_dir
+    )
+    assert code == 3
+    apps = [command[3] for command, _ in started]
+    assert apps == [serve.TAIL_APP, serve.MEMBER_APP, serve.MEMBER_APP, serve.DEVICE_APP]
+    assert [env["SPLITDNN_MEMBER_INDEX"] for _, env in started[1:3]] == ["0", "1"]
+    device = started[3][1]
+    assert json.loads(device["SPLITDNN_GATEWAY_MEMBER_URLS"]) == serve.member_urls("127.0.0.1", 2)
+    assert device["SPLITDNN_NONN_BUNDLE"] == str(toy_nonn_bundle_dir)

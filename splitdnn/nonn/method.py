@@ -6,7 +6,7 @@ Distributed Deep Learning Inference on IoT", 2019):
 
 1. the teacher's last conv filters are partitioned into K groups by community detection on a
    filter co-activation graph built from real training images
-   (:func:`splitdnn.partition.partition_filters`: activation-hubs weights, Louvain, balanced);
+   (:func:`splitdnn.nonn.partition.partition_filters`: activation-hubs weights, Louvain, balanced);
 2. student k learns the attention map of group k — ``sum_c a_c^2`` over the group's
    channels, L2-normalised (Zagoruyko & Komodakis 2017) — on its own output maps, while
 3. all students together learn the teacher's soft output through one final linear layer
@@ -17,13 +17,14 @@ features; the final layer joins them. No student talks to another.
 
 **Students, and why.** From scratch on 5k Caltech-101 images on a shared CPU, K students would
 not come near the teacher in an hour. A member is a *slice* of an ImageNet-pretrained
-EfficientNet-Lite0 (:func:`splitdnn.students.nonn_member`): the network through ``cut`` is
+EfficientNet-Lite0 (:func:`splitdnn.nonn.members.nonn_member`): the network through ``cut`` is
 frozen and shared (its activations are cached once per image), the blocks after it keep a
 ``1/K`` share of their expanded channels and the head conv the group's channel count. The
 control ``nonn.students: 1`` (full width) is one student whose trainable part has the members'
 total size, trained with the same losses, data and budget.
 
-BatchNorm layers keep their ImageNet statistics (members stay in eval mode), as in :mod:`.kd`.
+BatchNorm layers keep their ImageNet statistics (members stay in eval mode), as in
+:mod:`splitdnn.distill.kd`.
 The teacher (Lite2 + its Caltech-101 probe) runs once per image: its last maps are cached
 (fp16) and give the graph, the attention targets and, through the probe, the soft targets.
 """
@@ -47,11 +48,11 @@ from splitdnn.distill.config import DistillConfig, config_samples
 from splitdnn.distill.losses import kd_loss
 from splitdnn.distill.probe import extract_features, fit_probe
 from splitdnn.distill.trainer import Method
-from splitdnn.errors import ConfigError
+from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.metrics import top1, topk_hits
 from splitdnn.models import build_teacher, get_teacher
-from splitdnn.partition import partition_filters
-from splitdnn.students import NoNNMember, get_nonn_student, nonn_member
+from splitdnn.nonn.members import NoNNMember, get_nonn_student, nonn_member
+from splitdnn.nonn.partition import partition_filters
 from splitdnn.teacher import normalise_batch
 
 NONN_KIND = "splitdnn-nonn"
@@ -153,11 +154,12 @@ class NoNNDistillation(Method):
     def __init__(self, config: DistillConfig, run_dir: str | Path, progress: bool = True) -> None:
         if config.method != "nonn":
             raise ConfigError(f"method {config.method!r} is not nonn")
-        if config.augmentation.hflip:
-            raise ConfigError("nonn: augmentation.hflip is not supported; set it to false")
-        super().__init__(config, run_dir, progress)
         n = config.nonn
-        self.spec = get_nonn_student(n.student)
+        try:
+            self.spec = get_nonn_student(n.student)
+        except UnknownNameError as exc:
+            raise ConfigError(f"nonn.student: {exc.args[0]}") from None
+        super().__init__(config, run_dir, progress)
         self.cache_dir = n.cache_dir if n.cache_dir is not None else self.run_dir / "cache"
 
     # -- teacher -------------------------------------------------------------------------------

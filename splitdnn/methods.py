@@ -1,7 +1,9 @@
 """Every distillation method by its config name, and the one way to run a config.
 
 A new method is a :class:`~splitdnn.distill.trainer.Method` (a loss, a student, a score)
-registered here; the epoch loop, checkpoints, resume and metrics are the trainer's.
+registered here; the epoch loop, checkpoints, resume and metrics are the trainer's. The table
+sits above every method family (:mod:`splitdnn.distill` and :mod:`splitdnn.nonn`), so a family
+imports the trainer and never the table: imports go one way.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from splitdnn.distill.classes import ClassDistillation
 from splitdnn.distill.config import DistillConfig
 from splitdnn.distill.hnd import HeadDistillation
 from splitdnn.distill.kd import WholeStudentDistillation
-from splitdnn.distill.nonn import NoNNDistillation
 from splitdnn.distill.trainer import Method, check_run_dir, train
+from splitdnn.nonn.method import NoNNDistillation
 
 #: ``method`` value -> the class that runs it.
 METHODS: dict[str, type[Method]] = {

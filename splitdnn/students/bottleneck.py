@@ -1,17 +1,18 @@
-"""Bottleneck student heads: a small ``encoder`` that runs on the device and ends at the
-bottleneck, and a ``decoder`` on the edge server that restores the teacher head's output.
+"""Bottleneck students (head network distillation): a small ``encoder`` that runs on the
+device and ends at the bottleneck, and a ``decoder`` on the edge server that restores the
+teacher head's output; and their entropy-coded form (:class:`EntropyStudent`).
 
 The device/server boundary is the ``encode``/``decode`` method boundary, so exporting the
 device part is exporting ``encoder`` and nothing else. ``forward`` is the same in training and
 evaluation.
 
-Two designs:
+Four designs, one entry point (:func:`build_student`):
 
 * :func:`paper_student` — the papers' student for DenseNet-169/201, ResNet-152 and
   Inception-v3 (Matsubara et al., 2019): 7×7/2 conv to 64, BN+ReLU, 3×3/2 max-pool, BN+ReLU,
   then a 2×2/2 conv (padding 1) to ``b`` channels — the bottleneck. The decoder is 2×2 convs
   with BN+ReLU that walk the bottleneck's grid to the teacher head's grid, then a 1×1 conv to
-  its channels; ``imagenet`` is the wide variant, ``caltech101`` the narrow one.
+  its channels; ``wide`` and ``narrow`` variants (first named ``imagenet`` and ``caltech101``).
 * :func:`lite_student` — for EfficientNet-Lite. The 7×7 stem above costs 118 M MACs at 224 px,
   more than a whole Lite0 head up to its stride-16 stage, so it cannot be the device part of a
   Lite split. Instead the encoder is a narrow MobileNet-style stack (3×3/2 stem,
@@ -40,11 +41,9 @@ points (:func:`teacher_init_design`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from torch import nn
@@ -55,14 +54,23 @@ from splitdnn.models.weights import build_teacher
 from splitdnn.split import output_shapes, split_model
 from splitdnn.split import runs_in_sequence as split_runs_in_sequence
 
-VARIANTS = ("caltech101", "imagenet", "teacher_init")
+VARIANTS = ("narrow", "wide", "teacher_init")
+#: The first names of ``narrow`` and ``wide`` (they named the papers' data sets, and collided
+#: with task names); accepted wherever a variant is read, stored as the new ones.
+VARIANT_ALIASES = {"caltech101": "narrow", "imagenet": "wide"}
 
 #: The student design a config or ``splitdnn student`` gets when it names none, where the
 #: teacher has one (:func:`default_variant`): the Lite student that starts from the
 #: teacher's own layers, as in the committed default bundle.
 DEFAULT_VARIANT = "teacher_init"
 #: ... and for the other teachers: the papers' narrow student.
-FALLBACK_VARIANT = "caltech101"
+FALLBACK_VARIANT = "narrow"
+
+
+def canonical_variant(variant: str) -> str:
+    """``variant`` under its current name (``caltech101`` -> ``narrow``, ``imagenet`` ->
+    ``wide``); any other name unchanged."""
+    return VARIANT_ALIASES.get(variant, variant)
 
 
 class BottleneckStudent(nn.Module):
@@ -169,11 +177,12 @@ PAPER_DESIGNS = {
     "inception": PaperDesign(0, 0, ((1, 0), (1, 0)), 192),
 }
 
-_WIDTHS = {"caltech101": (64, 128, 256), "imagenet": (128, 256, 512)}
+_WIDTHS = {"narrow": (64, 128, 256), "wide": (128, 256, 512)}
 
 
-def paper_student(family: str, bottleneck: int, variant: str = "caltech101") -> BottleneckStudent:
+def paper_student(family: str, bottleneck: int, variant: str = "narrow") -> BottleneckStudent:
     """The papers' bottleneck student for a DenseNet, ResNet or Inception teacher."""
+    variant = canonical_variant(variant)
     if family not in PAPER_DESIGNS:
         raise UnknownNameError(f"no paper student for {family!r}; known: {sorted(PAPER_DESIGNS)}")
     if variant not in _WIDTHS:
@@ -426,7 +435,7 @@ def teacher_init_student(
 
 #: Channels of the scaled student's encoder after each halving of the grid (stem first).
 _SCALED_ENCODER = (24, 48, 96, 160, 256)
-_SCALED_DECODER = {"caltech101": (128, 192), "imagenet": (192, 256)}
+_SCALED_DECODER = {"narrow": (128, 192), "wide": (192, 256)}
 #: The deepest the encoder goes: stride 32 (a later split's grid is met in the decoder).
 _MAX_HALVINGS = 5
 
@@ -447,9 +456,10 @@ def split_output_shape(teacher: str, split_module: str) -> tuple[int, ...]:
     return _point_shapes(teacher).get(split_module, ())
 
 
-def student_problem(teacher: str, split_module: str, variant: str = "caltech101") -> str | None:
+def student_problem(teacher: str, split_module: str, variant: str = "narrow") -> str | None:
     """Why ``teacher`` cannot have a ``variant`` student at ``split_module``, or None."""
     spec = get_teacher(teacher)
+    variant = canonical_variant(variant)
     if split_module not in spec.split_points:
         return (
             f"{split_module!r} is not a split point of {spec.name}; choose one of "
@@ -468,7 +478,7 @@ def student_problem(teacher: str, split_module: str, variant: str = "caltech101"
         if isinstance(design, str):
             return (
                 f"no teacher_init student for {spec.name} at {split_module!r}: {design}; "
-                "the caltech101 or imagenet variant fits any split point"
+                "the narrow or wide variant fits any split point"
             )
     return None
 
@@ -486,13 +496,14 @@ def scaled_student(
     input_shape: tuple[int, ...],
     split_shape: tuple[int, ...],
     bottleneck: int,
-    variant: str = "caltech101",
+    variant: str = "narrow",
 ) -> BottleneckStudent:
     """A bottleneck student sized from the shapes at a split point (module docstring).
 
     ``split_shape`` is the teacher head's output (C, H, W); ``variant`` picks the decoder's
-    widths (``imagenet`` is wider).
+    widths (``wide`` is wider).
     """
+    variant = canonical_variant(variant)
     if variant not in _SCALED_DECODER:
         raise UnknownNameError(
             f"no scaled student variant {variant!r}; known: {sorted(_SCALED_DECODER)}"
@@ -695,246 +706,12 @@ def widen_state(
     return out, widened
 
 
-# --- whole students for local mode (knowledge distillation) --------------------------------------
-
-
-@dataclass(frozen=True)
-class KDStudentSpec:
-    """A whole local-mode student: ``base``'s architecture and ImageNet weights, frozen through
-    ``cut``; everything after ``cut`` and a new linear classifier are trained
-    (``method: kd`` / ``labels``, see :mod:`splitdnn.distill.kd`)."""
-
-    name: str
-    base: str
-    cut: str
-    notes: str = ""
-    #: The input is average-pooled by this factor before ``base`` (2: the 224 px crop becomes
-    #: 112 px, about a quarter of the MACs); 1: none. Part of the student (and of its export).
-    downsample: int = 1
-
-
-KD_STUDENTS: dict[str, KDStudentSpec] = {
-    spec.name: spec
-    for spec in (
-        KDStudentSpec(
-            "efficientnet_lite0_last1",
-            "efficientnet_lite0",
-            "_blocks.14",
-            "fine-tunes the 320-channel block and the 1280-channel head conv",
-        ),
-        KDStudentSpec(
-            "efficientnet_lite0_last2",
-            "efficientnet_lite0",
-            "_blocks.13",
-            "fine-tunes the last 192-channel block onwards (default)",
-        ),
-        KDStudentSpec(
-            "efficientnet_lite0_last3",
-            "efficientnet_lite0",
-            "_blocks.12",
-            "fine-tunes the last two 192-channel blocks onwards",
-        ),
-        # Server-side fine-tuning with one budget for every mode (issue #11): everything after
-        # the end of the stride-16 stage, where the Lite2 teacher is split (_blocks.10, 88 ch,
-        # 17x17), is trained on the labels. For split mode the same spec with
-        # ``kd.device_from`` puts the distilled student's frozen device part in front.
-        KDStudentSpec(
-            "efficientnet_lite2_tail",
-            "efficientnet_lite2",
-            "_blocks.10",
-            "the teacher after its split point: offload (or, with kd.device_from, split) mode",
-        ),
-        KDStudentSpec(
-            "efficientnet_lite0_tail",
-            "efficientnet_lite0",
-            "_blocks.7",
-            "the local model after the same stage (80 ch, 14x14): local mode, same treatment",
-        ),
-        # Application-specific students (issue #14, method: classes) and their general
-        # control of the same size: EfficientNet-Lite0 on a 2x2 average-pooled crop (112 px,
-        # 23 % of the 224 px local model's MACs), fine-tuned after the same stage (80 ch, 7x7).
-        KDStudentSpec(
-            "efficientnet_lite0_112_tail",
-            "efficientnet_lite0",
-            "_blocks.7",
-            "Lite0 at 112 px (input average-pooled 2x2), fine-tuned after _blocks.7",
-            downsample=2,
-        ),
-    )
-}
-
-
-_Spec = TypeVar("_Spec")
-
-
-def _registered(registry: dict[str, _Spec], kind: str, name: str) -> _Spec:
-    """``registry[name]``, or an error that lists the registered names."""
-    try:
-        return registry[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown {kind} {name!r}; registered: {', '.join(sorted(registry))}"
-        ) from None
-
-
-def get_kd_student(name: str) -> KDStudentSpec:
-    """The registered whole student ``name``; the error lists the registered ones."""
-    return _registered(KD_STUDENTS, "kd student", name)
-
-
-# --- NoNN members: narrow slices of a pretrained network (issue #14) -----------------------------
-
-
-@dataclass(frozen=True)
-class NoNNStudentSpec:
-    """A NoNN member family: ``base``'s ImageNet weights frozen through ``cut`` (shared by
-    every member, cached once per image); each member gets its own slice of the blocks after
-    ``cut`` (a share of every block's expanded channels) and of the 1×1 head conv (its group's
-    channels), see :func:`nonn_member`."""
-
-    name: str
-    base: str
-    cut: str
-    notes: str = ""
-
-
-NONN_STUDENTS: dict[str, NoNNStudentSpec] = {
-    spec.name: spec
-    for spec in (
-        NoNNStudentSpec(
-            "efficientnet_lite0_slice",
-            "efficientnet_lite0",
-            "_blocks.12",
-            "Lite0 frozen through _blocks.12 (192 ch, 7x7); slices of _blocks.13-15 and the head",
-        ),
-        NoNNStudentSpec(
-            "efficientnet_lite0_slice_deep",
-            "efficientnet_lite0",
-            "_blocks.10",
-            "Lite0 frozen through _blocks.10 (112 ch, 14x14); slices of _blocks.11-15 and head",
-        ),
-    )
-}
-
-
-def get_nonn_student(name: str) -> NoNNStudentSpec:
-    """The registered NoNN member family ``name``; the error lists the registered ones."""
-    return _registered(NONN_STUDENTS, "nonn student", name)
-
-
-def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None) -> None:
-    """Keep output channels ``out_idx`` and input channels ``in_idx`` of ``conv`` in place
-    (a depthwise conv keeps the same channels in and out)."""
-    w = conv.weight.detach()
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels
-    if out_idx is not None:
-        w = w[out_idx]
-        conv.out_channels = len(out_idx)
-    if depthwise:
-        conv.in_channels = conv.groups = conv.out_channels
-    elif in_idx is not None:
-        w = w[:, in_idx]
-        conv.in_channels = len(in_idx)
-    conv.weight = nn.Parameter(w.clone())
-
-
-def _slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
-    bn.weight = nn.Parameter(bn.weight.detach()[idx].clone())
-    bn.bias = nn.Parameter(bn.bias.detach()[idx].clone())
-    bn.running_mean = bn.running_mean[idx].clone()
-    bn.running_var = bn.running_var[idx].clone()
-    bn.num_features = len(idx)
-
-
-class NoNNMember(nn.Module):
-    """One NoNN student after the shared frozen prefix: sliced Lite blocks, a 1×1 head conv to
-    its group's channel count, BN, ReLU6. ``forward`` returns the feature *maps* (the
-    attention-transfer loss needs them); :meth:`pooled` the vector the member sends."""
-
-    def __init__(self, blocks: nn.Sequential, head: nn.Module, bn: nn.Module, act: nn.Module):
-        super().__init__()
-        self.blocks, self.head, self.bn, self.act = blocks, head, bn, act
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.head(self.blocks(h))))
-
-    def pooled(self, h: torch.Tensor) -> torch.Tensor:
-        return self.forward(h).mean((2, 3))
-
-
-def nonn_member(
-    spec: NoNNStudentSpec | str,
-    index: int,
-    members: int,
-    channels: int,
-    width: float | None = None,
-    pretrained: bool = True,
-) -> NoNNMember:
-    """Member ``index`` of ``members``: the base's blocks after ``spec.cut`` keeping a
-    ``width`` share (default ``1/members``) of every block's expanded channels, and a head
-    conv with ``channels`` outputs, all initialised from the ImageNet weights.
-
-    Why slices of a pretrained network: students trained from scratch on 5k images do not
-    come near the teacher on CPU in an hour; slices start from ImageNet features and only have
-    to specialise. Expanded channels are ranked by their expansion BN's |gamma| and dealt
-    round-robin (member ``index`` takes ranks index, index + members, …), so every member gets
-    a fair share of the strong ones; head rows likewise. With ``members == 1`` and full width
-    the member is exactly the base after the cut (up to the head's channel count).
-    """
-    spec = get_nonn_student(spec) if isinstance(spec, str) else spec
-    if not 0 <= index < members:
-        raise ValueError(f"member {index} of {members}")
-    share = width if width is not None else 1.0 / members
-    model = build_teacher(spec.base, pretrained)
-    names = [name for name, _ in model._blocks.named_children()]
-    first = names.index(spec.cut.split(".")[-1]) + 1
-    blocks = []
-    for block in list(model._blocks)[first:]:
-        hidden = block._depthwise_conv.out_channels
-        keep = max(1, round(hidden * share))
-        gamma = (block._bn0 if hasattr(block, "_bn0") else block._bn1).weight.detach().abs()
-        ranked = torch.argsort(gamma, descending=True, stable=True)
-        mine = ranked[index::members] if keep * members <= hidden else ranked
-        idx = torch.sort(torch.cat([mine, ranked[~torch.isin(ranked, mine)]])[:keep]).values
-        if hasattr(block, "_expand_conv"):
-            _slice_conv(block._expand_conv, idx, None)
-            _slice_bn(block._bn0, idx)
-        _slice_conv(block._depthwise_conv, idx, None)
-        _slice_bn(block._bn1, idx)
-        _slice_conv(block._project_conv, None, idx)
-        blocks.append(block)
-    head, bn = model._conv_head, model._bn1
-    total = head.out_channels
-    ranked = torch.argsort(bn.weight.detach().abs(), descending=True, stable=True)
-    order = torch.cat([ranked[index::members], ranked[~torch.isin(ranked, ranked[index::members])]])
-    rows = torch.sort(order[: min(channels, total)]).values
-    _slice_conv(head, rows, None)
-    _slice_bn(bn, rows)
-    if channels > total:  # more outputs than the base's head: extra rows start at random
-        extra = nn.Conv2d(head.in_channels, channels - total, 1, bias=False)
-        head.weight = nn.Parameter(torch.cat([head.weight.detach(), extra.weight.detach()]))
-        head.out_channels = channels
-        bn_extra = nn.BatchNorm2d(channels - total, eps=bn.eps)
-        for key in ("weight", "bias"):
-            setattr(
-                bn,
-                key,
-                nn.Parameter(
-                    torch.cat([getattr(bn, key).detach(), getattr(bn_extra, key).detach()])
-                ),
-            )
-        bn.running_mean = torch.cat([bn.running_mean, bn_extra.running_mean])
-        bn.running_var = torch.cat([bn.running_var, bn_extra.running_var])
-        bn.num_features = channels
-    return NoNNMember(nn.Sequential(*blocks), head, bn, nn.ReLU6()).eval()
-
-
 # --- one entry point ---------------------------------------------------------------------------
 
 
 def default_variant(teacher: str) -> str:
     """The one default student design: ``teacher_init`` where ``teacher`` has one (the Lite
-    teachers), else the papers' narrow ``caltech101``."""
+    teachers), else the papers' ``narrow``."""
     return DEFAULT_VARIANT if teacher in TEACHER_INIT_DESIGNS else FALLBACK_VARIANT
 
 
@@ -957,14 +734,15 @@ def build_student(
     """The bottleneck student for ``teacher`` with ``bottleneck`` channels, replacing the
     teacher head up to ``split_module`` (default: the teacher's ``student_split``).
 
-    ``variant``: the papers' narrow (``caltech101``) or wide (``imagenet``) student (for a Lite
+    ``variant``: the papers' ``narrow`` or ``wide`` student (old names ``caltech101``,
+    ``imagenet``; for a Lite
     teacher both mean :func:`lite_student`), or ``teacher_init`` (:func:`teacher_init_student`,
     whose copies of teacher layers come from ``teacher_model``, else the state dict at
     ``weights``, else the published weights). At a split point without
     such a design, :func:`scaled_student`. :func:`student_problem` says why a point has none.
     """
     spec = get_teacher(teacher)
-    variant = variant or default_variant(teacher)
+    variant = canonical_variant(variant or default_variant(teacher))
     split = split_module or spec.student_split
     problem = student_problem(spec.name, split, variant)
     if problem is not None:
@@ -983,28 +761,3 @@ def build_student(
 def student_split(teacher: str) -> str:
     """The teacher module the student replaces everything up to (from the teacher spec)."""
     return get_teacher(teacher).student_split
-
-
-__all__: Sequence[str] = [
-    "KD_STUDENTS",
-    "NONN_STUDENTS",
-    "BottleneckStudent",
-    "EntropyStudent",
-    "KDStudentSpec",
-    "MimicModel",
-    "NoNNMember",
-    "NoNNStudentSpec",
-    "build_student",
-    "entropy_student",
-    "get_kd_student",
-    "get_nonn_student",
-    "lite_student",
-    "nonn_member",
-    "paper_student",
-    "scaled_student",
-    "split_output_shape",
-    "student_problem",
-    "student_split",
-    "teacher_init_student",
-    "widen_state",
-]

@@ -12,14 +12,15 @@ member answers meet (the gateway), so the gateway needs no ONNX runtime. ``means
 members' average features on the training images: a degraded answer, when a member is down,
 puts them in its place (the join's best guess without that member, not zeros).
 
-The bundle id is computed like :func:`splitdnn.bundle.bundle_id_of`; members put it in every
-envelope and the gateway refuses features from another bundle. numpy and pydantic only.
+Hashing, the bundle id, verification and the atomic write are :mod:`splitdnn.bundle`'s
+(:func:`~splitdnn.bundle.file_entry`, :func:`~splitdnn.bundle.verify_files`,
+:func:`~splitdnn.bundle.write_manifest_file`); members put the id in every envelope and the
+gateway refuses features from another bundle. numpy and pydantic only.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from splitdnn.bundle import FileEntry, PreprocessingSpec, bundle_id_of, sha256_file
+from splitdnn.bundle import (
+    FileEntry,
+    LoadedBundle,
+    PreprocessingSpec,
+    file_entry,
+    pinned_manifest,
+    verify_files,
+    write_manifest_file,
+)
 from splitdnn.errors import BundleError
 from splitdnn.imaging import Preprocessing
 
@@ -100,17 +109,10 @@ class Join:
 
 
 @dataclass(frozen=True)
-class NoNNBundle:
-    path: Path
+class NoNNBundle(LoadedBundle):
+    """A loaded, verified NoNN bundle: its members' files and the join."""
+
     manifest: NoNNManifest
-
-    @property
-    def id(self) -> str:
-        return self.manifest.bundle_id
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.manifest.preprocessing.to_preprocessing()
 
     def member_path(self, index: int) -> Path:
         if not 0 <= index < len(self.manifest.members):
@@ -155,27 +157,21 @@ def write_nonn_manifest(
 ) -> NoNNManifest:
     """Hash the member files and ``join.npz`` in ``directory`` and write ``nonn.json``."""
     names = [f for f, _ in members] + [JOIN_FILE]
-    files = {}
-    for filename in names:
-        path = directory / filename
-        if not path.is_file():
-            raise BundleError(f"cannot write {NONN_MANIFEST}: {path} does not exist")
-        files[filename] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
-    manifest = NoNNManifest(
-        bundle_id=bundle_id_of(files),
+    files = {name: file_entry(directory / name, "file", NONN_MANIFEST) for name in names}
+    manifest = pinned_manifest(
+        NoNNManifest,
+        directory,
+        files,
         name=name,
-        teacher=teacher,
         student=student,
+        teacher=teacher,
         preprocessing=PreprocessingSpec.model_validate(preprocessing.to_dict()),
         members=[MemberSpec(file=f, channels=c) for f, c in members],
         labels=labels,
         task=task,
-        files=files,
         metrics=metrics or {},
     )
-    (directory / NONN_MANIFEST).write_text(
-        json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
-    )
+    write_manifest_file(directory, NONN_MANIFEST, manifest)
     return manifest
 
 
@@ -189,12 +185,5 @@ def load_nonn_bundle(directory: str | Path, *, verify: bool = True) -> NoNNBundl
         manifest = NoNNManifest.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         raise BundleError(f"{path} is not a valid NoNN manifest: {exc}") from exc
-    if bundle_id_of(manifest.files) != manifest.bundle_id:
-        raise BundleError(f"{path}: bundle_id does not match the listed file hashes")
-    for filename, entry in manifest.files.items():
-        file = directory / filename
-        if Path(filename).name != filename or not file.is_file():
-            raise BundleError(f"bundle file {file} is missing")
-        if verify and (file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256):
-            raise BundleError(f"{file} does not match its size/sha256 in {NONN_MANIFEST}")
+    verify_files(path, manifest.files, manifest.bundle_id, verify=verify)
     return NoNNBundle(directory, manifest)

@@ -1,0 +1,173 @@
+"""Figures of a NoNN bundle on held-out images, the way it is served.
+
+:func:`bundle_figures` (``splitdnn nonn figures BUNDLE --run RUN --config CFG``): on the
+config's validation images (which pick no checkpoint with ``train.keep: last``) each member
+runs in onnxruntime, its features go through the wire format (uint8 by default) and back, the
+join runs in numpy; top-1 with a 95 % Wilson interval, the teacher's on the same images and
+the paired difference, and per member MACs, parameters, weight memory and envelope bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitdnn import wire
+from splitdnn.checkpoints import load_linear
+from splitdnn.distill.config import config_samples, load_config
+from splitdnn.errors import ConfigError, ExportError
+from splitdnn.imaging import load_input
+from splitdnn.models import get_teacher
+from splitdnn.nonn.bundle import NoNNBundle
+from splitdnn.nonn.export import MemberPart, load_run
+from splitdnn.nonn.method import teacher_maps
+from splitdnn.profile import count_macs, count_params
+from splitdnn.runtime import OnnxModel
+from splitdnn.stats import paired_difference, proportion_ci
+
+
+def _ci95(hits: int, n: int) -> tuple[float, float]:
+    """The Wilson interval in percent, rounded as the figures files store it."""
+    low, high = proportion_ci(hits, n)
+    return round(low, 2), round(high, 2)
+
+
+def member_costs(run: Path) -> list[dict[str, Any]]:
+    """Per member: MACs and parameters (prefix + slice), fp32 weight memory, the largest
+    activation (fp32 bytes) of one image."""
+    payload, members, _, prefix = load_run(run)
+    size = get_teacher(payload["base"]).preprocessing.size
+    rows = []
+    for member in members:
+        part = MemberPart(prefix, member).eval()
+        largest = 0
+
+        def hook(_m: nn.Module, _i: Any, o: Any) -> None:
+            nonlocal largest
+            if isinstance(o, torch.Tensor):
+                largest = max(largest, o.numel() * 4)
+
+        handles = [m.register_forward_hook(hook) for m in part.modules() if not list(m.children())]
+        with torch.no_grad():
+            part(torch.zeros(1, 3, size, size))
+        for h in handles:
+            h.remove()
+        params = count_params(part)
+        rows.append(
+            {
+                "macs": count_macs(part, (3, size, size)),
+                "params": params,
+                "weights_bytes_fp32": params * 4,
+                "largest_activation_bytes": largest,
+                "channels": member.head.out_channels,
+            }
+        )
+    return rows
+
+
+def served_accuracy(
+    bundle: NoNNBundle, config_path: Path, quantisation: str = "uint8", limit: int | None = None
+) -> dict[str, Any]:
+    """Top-1 of the served path on the config's validation images (see the module doc)."""
+    config = load_config(config_path)
+    _, val, classes, _ = config_samples(config)
+    if classes != bundle.manifest.labels:
+        raise ExportError("the config's classes differ from the bundle's labels")
+    val = val[:limit] if limit else val
+    models = [OnnxModel(bundle.member_path(i)) for i in range(len(bundle.manifest.members))]
+    join = bundle.join()
+    spec = bundle.preprocessing
+    hits, sizes, ms = 0, [[] for _ in models], [[] for _ in models]
+    correct: list[bool] = []
+    for sample in val:
+        x = load_input(Path(sample.path).read_bytes(), spec)
+        feats = []
+        for i, model in enumerate(models):
+            start = time.perf_counter()
+            f = model.run(x)["features"]
+            ms[i].append((time.perf_counter() - start) * 1000)
+            env = wire.encode(f, bundle_id=bundle.id, quantisation=quantisation)
+            sizes[i].append(len(env))
+            feats.append(wire.decode_array(env, bundle_id=bundle.id)[1])
+        correct.append(bool(np.argmax(join(feats)[0]) == sample.label))
+        hits += int(correct[-1])
+    n = len(val)
+    return {
+        "images": n,
+        "top1": round(100 * hits / max(n, 1), 2),
+        "ci95": _ci95(hits, n),
+        "quantisation": quantisation,
+        "envelope_bytes": [int(max(s)) if s else 0 for s in sizes],
+        "member_ms_median": [round(float(np.median(m)), 2) if m else 0.0 for m in ms],
+        "correct": correct,
+    }
+
+
+def teacher_correct(config_path: Path) -> list[bool]:
+    """The teacher's (cached maps, its probe) correctness on the config's validation images,
+    in the same order as :func:`served_accuracy`."""
+    config = load_config(config_path)
+    if config.teacher.probe_from is None or config.nonn.cache_dir is None:
+        missing = [
+            key
+            for key, value in (
+                ("teacher.probe_from", config.teacher.probe_from),
+                ("nonn.cache_dir", config.nonn.cache_dir),
+            )
+            if value is None
+        ]
+        raise ConfigError(
+            f"{config_path}: the teacher's figures read its probe and its cached maps, and "
+            f"this config sets no {' and no '.join(missing)}: name the probe the run used "
+            "(teacher.probe_from) and the cache it wrote (nonn.cache_dir, by default "
+            "RUN/cache)"
+        )
+    _, val, _, _ = config_samples(config)
+    pooled = teacher_maps(
+        config.teacher.name,
+        val,
+        pretrained=config.teacher.pretrained,
+        weights=config.teacher.weights,
+        cache_dir=config.nonn.cache_dir,
+    )["pooled"]
+    with torch.no_grad():
+        logits = load_linear(config.teacher.probe_from)(torch.from_numpy(np.array(pooled)))
+    return [bool(p == s.label) for p, s in zip(logits.argmax(1).tolist(), val, strict=True)]
+
+
+def served_minus_teacher(served: list[bool], teacher: list[bool]) -> dict[str, Any]:
+    """Served top-1 minus the teacher's on the same images, in points, with its paired 95 %
+    interval and the discordant counts."""
+    difference = paired_difference(served, teacher)
+    return {
+        "points": round(difference.points, 2),
+        "ci95": tuple(round(bound, 2) for bound in difference.ci95),
+        "only_first_right": difference.only_first_right,
+        "only_second_right": difference.only_second_right,
+    }
+
+
+def bundle_figures(
+    bundle: NoNNBundle, run: Path, config_path: Path, quantisation: str = "uint8"
+) -> dict[str, Any]:
+    """Every figure of the module docstring, as ``splitdnn nonn figures`` writes them. The
+    teacher's are computed first: a config that cannot give them fails before the slow part."""
+    teacher = teacher_correct(config_path)
+    served = served_accuracy(bundle, config_path, quantisation)
+    return {
+        "bundle": bundle.id,
+        "served": {k: v for k, v in served.items() if k != "correct"},
+        "teacher": {
+            "images": len(teacher),
+            "top1": round(100 * sum(teacher) / max(len(teacher), 1), 2),
+            "ci95": _ci95(sum(teacher), len(teacher)),
+        },
+        "served_minus_teacher": served_minus_teacher(served["correct"], teacher),
+        "members": member_costs(run),
+        "correct": [int(c) for c in served["correct"]],
+    }
