@@ -14,7 +14,8 @@ never used to pick a checkpoint) the script scores, image by image:
 * the teacher on the raw upload and the **local** model (0 bytes) as reference lines.
 
     python -m benchmarks.rate_accuracy splitdnn/assets/default-bundle [--limit N]
-    python -m benchmarks.rate_accuracy bundles/ladder --also splitdnn/assets/default-bundle
+    python -m benchmarks.rate_accuracy bundles/ladder --also splitdnn/assets/default-bundle \
+        --references-from benchmarks/results/rate_accuracy.json   # score split only
 
 Writes ``benchmarks/results/rate_accuracy.{json,md,png}``: per task and setting the median
 and mean bytes, top-1 with its 95 % Wilson interval, and the number of images.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from benchmarks.accuracy_by_mode import DATA, HELD_OUT
 from benchmarks.report import RESULTS, conditions, figure, table, write_results
 from splitdnn import reencode, wire
 from splitdnn.bundle import Bundle, load_bundle
-from splitdnn.data import load_dataset, split_per_class
+from splitdnn.data import load_dataset, samples_digest, split_per_class
 from splitdnn.evaluate import task_targets
 from splitdnn.imaging import decode_image
 from splitdnn.runtime import DeviceRunner, ImageClassifier, ServerRunner, Threads
@@ -145,6 +147,19 @@ def split_ways(bundle: Bundle, threads: Threads, named: bool = False) -> list[Sp
     ]
 
 
+def reference_key(bundle: Bundle, grid: list[ImageSetting], samples: list) -> dict[str, Any]:
+    """What the rows that do not depend on split are a function of: the teacher's and the
+    local model's files, the preprocessing, the re-encodings and the images (in order)."""
+    files, models = bundle.manifest.files, bundle.manifest.models
+    return {
+        "offload_sha256": files[models.offload].sha256,
+        "local_sha256": files[models.local].sha256 if models.local in files else None,
+        "preprocessing": bundle.preprocessing.to_dict(),
+        "grid": [s.label for s in grid],
+        "samples": samples_digest(samples),
+    }
+
+
 def measure_task(
     bundle: Bundle,
     task: str,
@@ -152,14 +167,21 @@ def measure_task(
     limit: int | None,
     grid: list[ImageSetting],
     also: tuple[Bundle, ...] = (),
+    earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every setting of ``grid``, every split way (each rate, and the ``also`` bundles') and
-    the references on one task's held-out images."""
+    the references on one task's held-out images. ``earlier``: this task's result from an
+    earlier run; its image and reference rows are kept when they were measured with the same
+    teacher, local model, preprocessing, grid and images (only split is scored again)."""
     folder, list_file, fraction, seed = HELD_OUT[task]
     dataset = load_dataset(data / folder, list_file)
     targets = task_targets(dataset.classes, dataset.label_space, bundle.labels(task))
     samples = split_per_class(dataset, fraction, seed)[1]
     samples = samples[:: max(1, len(samples) // limit)][:limit] if limit else samples
+    key = reference_key(bundle, grid, samples)
+    reuse = earlier is not None and earlier.get("reference_key") == key
+    if earlier is not None and not reuse:
+        print(f"{task}: the earlier rows were measured otherwise; scoring all", file=sys.stderr)
     threads = Threads(intra_op=1, inter_op=1)
     teacher = ImageClassifier(bundle, "offload", threads)
     local = ImageClassifier(bundle, "local", threads)
@@ -178,31 +200,42 @@ def measure_task(
     for i, sample in enumerate(samples):
         raw = sample.path.read_bytes()
         label = targets[sample.label]
-        score("raw", teacher(raw, task)[1], len(raw), label)
-        image = decode_image(raw)
-        for setting in grid:
-            encoded = setting.encode(image, bundle)
-            score(setting.label, teacher(encoded, task)[1], len(encoded), label)
+        if not reuse:
+            score("raw", teacher(raw, task)[1], len(raw), label)
+            image = decode_image(raw)
+            for setting in grid:
+                encoded = setting.encode(image, bundle)
+                score(setting.label, teacher(encoded, task)[1], len(encoded), label)
+            if has_local:
+                score("local", local(raw, task)[1], 0, label)
         for way in ways:
             logits, nbytes = way(raw, task)
             score(way.label, logits, nbytes, label)
-        if has_local:
-            score("local", local(raw, task)[1], 0, label)
         print(f"\r{task}: {i + 1}/{len(samples)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    split = [
+        {**_row("split", w.label, hits[w.label], sizes[w.label]), "bundle": w.bundle.name}
+        for w in ways
+    ]
+    if reuse:
+        assert earlier is not None
+        references = {k: earlier[k] for k in ("raw", "local", "image")}
+    else:
+        references = {
+            "raw": _row("reference", "the photo as uploaded -> teacher", hits["raw"], sizes["raw"]),
+            "local": _row("reference", "local model", hits["local"], sizes["local"])
+            if has_local
+            else None,
+            "image": [_row(s.format, s.label, hits[s.label], sizes[s.label]) for s in grid],
+        }
     return {
         "task": task,
         "data": f"{folder}: {fraction:.0%} per class held out (seed {seed})",
         "images": len(samples),
-        "raw": _row("reference", "the photo as uploaded -> teacher", hits["raw"], sizes["raw"]),
-        "local": _row("reference", "local model", hits["local"], sizes["local"])
-        if has_local
-        else None,
-        "split": [
-            {**_row("split", w.label, hits[w.label], sizes[w.label]), "bundle": w.bundle.name}
-            for w in ways
-        ],
-        "image": [_row(s.format, s.label, hits[s.label], sizes[s.label]) for s in grid],
+        "reference_key": key,
+        "references_from": earlier.get("run") if reuse and earlier else None,
+        "split": split,
+        **references,
     }
 
 
@@ -311,7 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--also", type=Path, nargs="*", default=[], help="other bundles whose split to add"
     )
+    parser.add_argument(
+        "--references-from",
+        type=Path,
+        help="an earlier rate_accuracy.json: keep its image and reference rows where they were "
+        "measured with the same teacher, local model, grid and images (score split only)",
+    )
     args = parser.parse_args(argv)
+    earlier: dict[str, dict[str, Any]] = {}
+    if args.references_from is not None:
+        previous = json.loads(args.references_from.read_text())
+        run = previous.get("conditions", {}).get("date") or str(args.references_from)
+        earlier = {t["task"]: {**t, "run": run} for t in previous["tasks"]}
     bundle = load_bundle(args.bundle)
     also = tuple(load_bundle(path) for path in args.also)
     grid = settings(tuple(args.sizes))
@@ -322,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": [],
     }
     for task in args.tasks:  # the report after each task: a long run keeps what it finished
-        result["tasks"].append(measure_task(bundle, task, args.data, args.limit, grid, also))
+        result["tasks"].append(
+            measure_task(bundle, task, args.data, args.limit, grid, also, earlier.get(task))
+        )
         write_report(result, args.out)
     print(f"wrote {args.out}/rate_accuracy.{{json,md,png}}")
     return 0

@@ -94,3 +94,28 @@ def test_a_ladder_is_scored_at_every_rate_and_another_bundle_beside_it(
     other = split_ways(load_bundle(toy_bundle_dir), Threads(1, 1), named=True)
     assert len(other) == 1 and other[0].rate is None
     assert other[0].label.startswith(f"{load_bundle(toy_bundle_dir).name}: split")
+
+
+def test_reference_rows_are_reused_only_for_the_same_teacher_grid_and_images(
+    tmp_path, toy_bundle_dir
+):
+    """The key of the rows that do not depend on split changes with the images, the grid
+    and the teacher's file, so an earlier run's rows are never kept for another set-up."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    import dataclasses
+
+    from benchmarks.rate_accuracy import reference_key
+    from splitdnn.data import Sample
+
+    bundle = load_bundle(toy_bundle_dir)
+    samples = [Sample(tmp_path / f"{i}.jpg", i % 2) for i in range(4)]
+    key = reference_key(bundle, settings((112,)), samples)
+    assert key == reference_key(bundle, settings((112,)), list(samples))
+    assert key != reference_key(bundle, settings((112, 144)), samples)
+    assert key != reference_key(bundle, settings((112,)), samples[:3])
+    other = bundle.manifest.model_copy(deep=True)
+    other.files[other.models.offload].sha256 = "0" * 64  # another teacher
+    changed = dataclasses.replace(bundle, manifest=other)
+    assert reference_key(changed, settings((112,)), samples) != key
