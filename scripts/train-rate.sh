@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The rate ladder: entropy-coded bottleneck students at three rate weights, one after the
 # other (one run at a time on a shared 2-core machine): beta 1e-4 for four epochs from the
-# committed default student, then 3e-4 and 1e-3, each one epoch from the rung before it
+# committed default student, then 3e-5 (more bytes) and 3e-4 (fewer), each one epoch from the first
 # (configs/rate/lite2-rate-b*.yaml say how). Every run is resumable: run
 # this script again and each finished run is skipped, an interrupted one continues from its
 # last.pt. The runs share one cache of crops and teacher outputs (same images, same key):
@@ -12,7 +12,7 @@
 # ../shared/data/unlabelled-photos and ../shared/data/imagenet-sample; run inside the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BETAS=${RATE_BETAS:-"1e-4 3e-4 1e-3"}
+BETAS=${RATE_BETAS:-"1e-4 3e-5 3e-4"}
 NICE=${RATE_NICE:-19}
 RUNS=runs/rate
 mkdir -p "$RUNS"
