@@ -316,7 +316,9 @@ def sweep_one(
     with (
         shaped_link(args.rates[0], name=args.name) as link,
         cgroup.cpu_group(f"{args.name}-{name}", profile) as group,
-        device_stack(link, bundle_dir, group, args.threads, path) as services,
+        device_stack(
+            link, bundle_dir, group, args.threads, path, tail_threads=args.tail_threads
+        ) as services,
         httpx.Client(base_url=services.url("client"), timeout=300) as client,
     ):
         for rate in args.rates:
@@ -355,6 +357,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "conditions": conditions(),
         "note": args.note,
         "threads": args.threads or "auto (the services size them)",
+        "tail_threads": args.tail_threads or args.threads or "auto",
         "profiles": [],
     }
     for name in args.profiles:
@@ -649,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime threads/service; 0: the default"
+    )
+    parser.add_argument(
+        "--tail-threads",
+        type=int,
+        default=None,
+        help="the tail's ONNX Runtime threads apart from --threads (it shares this machine)",
     )
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=ALL_PATHS)
     parser.add_argument(

@@ -178,11 +178,14 @@ def device_stack(
     path: str = "head",
     tls_dir: Path | None = None,
     port_offset: int = 0,
+    tail_threads: int | None = None,
 ) -> Stack:
     """The tail in ``link``'s namespace (no CPU limit), the device side in ``group``: the
     head alone (``path`` head), gateway and head in one process (``classify``) or as two
     processes (``apart``). ``threads`` 0 leaves ONNX Runtime threads to the services (the
-    default). ``tls_dir`` (``splitdnn certs`` output naming the namespace's address): head
+    default); ``tail_threads``, when given, sets the tail's apart (on this one machine the
+    tail's threads compete with the device's quota, on a real edge server they do not).
+    ``tls_dir`` (``splitdnn certs`` output naming the namespace's address): head
     → tail over mutual TLS. ``urls["client"]`` is where the client posts: the gateway when
     it runs apart, else the device or head."""
     ports = {name: port + port_offset for name, port in DEVICE_PORTS.items()}
@@ -204,6 +207,9 @@ def device_stack(
             base[f"SPLITDNN_{service}_INTRA_OP_THREADS"] = str(threads)
             base[f"SPLITDNN_{service}_INTER_OP_THREADS"] = "1"
         base["OMP_NUM_THREADS"] = "1"
+    if tail_threads:
+        base["SPLITDNN_TAIL_INTRA_OP_THREADS"] = str(tail_threads)
+        base["SPLITDNN_TAIL_INTER_OP_THREADS"] = "1"
     tail_tls, head_tls = tls.get("tail"), tls.get("head")
     tail = serve.uvicorn_command(
         serve.TAIL_APP, link.ns_ip, ports["tail"], "warning",
