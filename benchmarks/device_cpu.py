@@ -73,7 +73,8 @@ def measure(
     warmup: int,
 ) -> list[dict[str, Any]]:
     """Every mode x body on every photo, one request at a time, on every device app in
-    ``clients`` (name -> (client, pid)) back to back; per request the process's CPU (ms)
+    ``clients`` (name -> (client, pid)) back to back, the order flipped photo by photo;
+    per request the process's CPU (ms)
     and the worker thread's preprocessing and model CPU the head reported."""
     cells = [(m, b) for m in MODES for b in BODIES]
     for client, _ in clients.values():
@@ -81,9 +82,11 @@ def measure(
             for i in range(warmup):
                 post(client, mode, body, images[i % len(images)][1])
     rows = []
-    for name, image in images:
+    order = list(clients)
+    for i, (name, image) in enumerate(images):
         for mode, body in cells:
-            for code, (client, pid) in clients.items():
+            for code in order if i % 2 == 0 else order[::-1]:  # neither always goes first
+                client, pid = clients[code]
                 before = cpu_seconds(pid)
                 answer = post(client, mode, body, image)
                 cpu_ms = (cpu_seconds(pid) - before) * 1000
@@ -132,9 +135,13 @@ def parts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: Innermost frames of a thread blocked on a lock, a queue or a socket.
+WAITS = ("Condition.wait (", "Queue.get (", "SocketIO.readinto (", "Event.wait (", "select (")
 #: What a sampled stack is part of: the innermost frame that contains one of a category's
 #: strings names it (walking from the innermost frame out), else "other".
 CATEGORIES = (
+    # py-spy --gil names the GIL's last holder, also after it let go to wait: not CPU
+    ("waiting (last GIL holder blocked: not CPU)", WAITS),
     ("device model", ("Session.run (",)),
     ("preprocessing / re-encode", ("preprocess (", "reencode (")),
     ("envelope encode (uint8 + zstd)", ("encode_bottleneck (",)),
@@ -147,7 +154,8 @@ CATEGORIES = (
     ("request: dependencies + query validation", ("solve_dependencies (",)),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("logging", ("logging/",)),
-    ("the head's pipeline, own lines (timers, top-k, answer)", ("pipeline.py", "routes.py:")),
+    # py-spy also shows native work right after a call (the model's) at these lines
+    ("the head's pipeline, own lines", ("pipeline.py", "routes.py:")),
     ("the classify endpoint, own lines", ("classify (gateway/",)),
     ("thread-pool hop (anyio)", ("anyio/", "Queue.put", "_worker (concurrent")),
     ("latency model", ("latency.py",)),
@@ -158,13 +166,31 @@ CATEGORIES = (
 )
 
 
-def profile(pid: int, seconds_of: Any, out: Path) -> list[dict[str, Any]]:
-    """py-spy samples of the thread holding the GIL in ``pid`` while ``seconds_of()``
+#: py-spy samples per second
+RATE = 1000
+
+
+def profile(pid: int, seconds_of: Any, out: Path, requests: int) -> list[dict[str, Any]]:
+    """py-spy samples (``--nonblocking``: the process is not paused per sample) of the
+    thread holding the GIL in ``pid`` while ``seconds_of()``
     runs (``--gil``: a thread waiting for the GIL, a lock or a socket is not counted, nor
     native code that released the GIL, such as ONNX Runtime's kernels), by category."""
     raw = out.with_suffix(".txt")
     spy = subprocess.Popen(
-        ["py-spy", "record", "-p", str(pid), "-r", "1000", "--gil", "-f", "raw", "-o", str(raw)],
+        [
+            "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            "1000",
+            "--gil",
+            "--nonblocking",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -176,10 +202,12 @@ def profile(pid: int, seconds_of: Any, out: Path) -> list[dict[str, Any]]:
         spy.wait(30)
     lines = raw.read_text().splitlines()
     (out.parent / "stacks.txt").write_text("\n".join(lines))
-    return tally(lines)
+    return tally(lines, requests)
 
 
 def category(frames: list[str]) -> str:
+    if any(wait in frames[-1] for wait in WAITS):
+        return CATEGORIES[0][0]
     for frame in reversed(frames):
         for name, needles in CATEGORIES:
             if any(needle in frame for needle in needles):
@@ -187,8 +215,9 @@ def category(frames: list[str]) -> str:
     return "other"
 
 
-def tally(lines: list[str]) -> list[dict[str, Any]]:
-    """Raw py-spy stacks (``frame;frame;... count``) -> samples and share per category."""
+def tally(lines: list[str], requests: int) -> list[dict[str, Any]]:
+    """Raw py-spy stacks (``frame;frame;... count``) -> samples, share and ms per request
+    (at :data:`RATE`) per category."""
     counts: Counter[str] = Counter()
     for line in lines:
         stack, _, count = line.rpartition(" ")
@@ -196,7 +225,12 @@ def tally(lines: list[str]) -> list[dict[str, Any]]:
             counts[category(stack.split(";"))] += int(count)
     total = sum(counts.values()) or 1
     return [
-        {"part": name, "samples": n, "share": round(n / total, 4)}
+        {
+            "part": name,
+            "samples": n,
+            "share": round(n / total, 4),
+            "ms_per_request": round(n / RATE * 1000 / requests, 3),
+        }
         for name, n in counts.most_common()
     ]
 
@@ -250,12 +284,18 @@ def report(result: Mapping[str, Any]) -> list[str]:
             "",
             "## Where the device process's Python time goes (py-spy --gil, all cells)",
             "",
-            "Samples of the thread holding the GIL, 1 kHz, by the innermost frame that names a "
-            "part (native code that released the GIL, ONNX Runtime's kernels, is not seen).",
+            "Samples of the thread py-spy sees holding the GIL, 1 kHz, by the innermost frame "
+            "that names a part. Rough: py-spy names the GIL's last holder, so a thread that let "
+            "go of it to wait or to run native code (ONNX Runtime) is counted until another "
+            "takes it, and a thread preempted on the loaded machine counts too. The process CPU "
+            "above is exact.",
             "",
             *table(
-                ["part", "samples", "share"],
-                [(p["part"], p["samples"], f"{p['share']:.1%}") for p in result["profile"]],
+                ["part", "samples", "share", "ms per request"],
+                [
+                    (p["part"], p["samples"], f"{p['share']:.1%}", f"{p['ms_per_request']:.3f}")
+                    for p in result["profile"]
+                ],
             ),
         ]
     return lines
@@ -270,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=200, help="photos (requests per cell)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="also sample with py-spy")
+    parser.add_argument("--profile-count", type=int, default=50, help="photos while sampled")
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -304,8 +345,9 @@ def main(argv: list[str] | None = None) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 result["profile"] = profile(
                     mine[next(iter(mine))][1],
-                    lambda: measure(mine, images, 0),
+                    lambda: measure(mine, images[: args.profile_count], 0),
                     Path(tmp) / "device.raw",
+                    min(args.profile_count, len(images)) * len(MODES) * len(BODIES),
                 )
                 if args.keep_stacks:
                     args.keep_stacks.write_text((Path(tmp) / "stacks.txt").read_text())
