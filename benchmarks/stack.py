@@ -12,6 +12,8 @@ Two set-ups build it:
   the device side in a device profile's CPU group: the head alone (path ``head``), gateway
   and head in one process (``classify``) or as two processes (``apart``), for
   ``bandwidth_sweep`` and ``tls_cost``.
+* :func:`loopback_device_stack`: the tail and the one-process device app on 127.0.0.1, no
+  CPU group, for ``device_cpu`` (CPU per request does not depend on a quota).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cgroup import CpuGroup
+from benchmarks.inputs import free_port
 from benchmarks.netns import Link
 from benchmarks.report import RESULTS
 from splitdnn import serve
@@ -168,6 +171,42 @@ def local_stack(
         for name, (app, env) in own.items()
     }
     return Stack(children, urls, token=token, rss_every=0.1)
+
+
+def loopback_device_stack(
+    bundle: Path, threads: int = 1, code: Mapping[str, Path | None] | None = None
+) -> Stack:
+    """The tail and gateway + head in one process (``splitdnn serve device``) on free
+    127.0.0.1 ports, ``threads`` ONNX Runtime threads (intra op; inter op 1) each, no
+    token. ``code`` names one device app per entry, each run from its own source tree
+    (``PYTHONPATH``; None: this one), beside each other on the same tail: an A/B of two
+    versions under the same load. Default: one, named ``device``."""
+    code = code or {"device": None}
+    ports = {name: free_port() for name in ("tail", *code)}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    common = {
+        f"SPLITDNN_{service}_{kind}_OP_THREADS": str(threads if kind == "INTRA" else 1)
+        for service in ("TAIL", "HEAD")
+        for kind in ("INTRA", "INTER")
+    }
+    common["OMP_NUM_THREADS"] = str(threads)
+    children = {
+        "tail": serve.Child(
+            serve.uvicorn_command(serve.TAIL_APP, "127.0.0.1", ports["tail"], "warning"),
+            {**common, **serve.tail_env(bundle)},
+            urls["tail"] + READY,
+        )
+    }
+    for name, source in code.items():
+        env = {**common, **serve.device_env(urls["tail"], bundle, compression="zstd")}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
+        children[name] = serve.Child(
+            serve.uvicorn_command(serve.DEVICE_APP, "127.0.0.1", ports[name], "warning"),
+            env,
+            urls[name] + READY,
+        )
+    return Stack(children, urls)
 
 
 def device_stack(

@@ -172,6 +172,8 @@ def infer_answer(
         "head_stages_ms": {
             "preprocess": round(outcome.preprocess_ms, 3),
             "model": round(outcome.model_ms, 3),
+            "preprocess_cpu": round(outcome.preprocess_cpu_ms, 3),
+            "model_cpu": round(outcome.model_cpu_ms, 3),
         },
         "bytes_sent": outcome.bytes_sent,
         "encoding": (

@@ -74,6 +74,13 @@ def test_the_head_stages_reach_server_timing_once(client, cat_jpeg) -> None:
     assert timing["tail"] == pytest.approx(answer["tail"], rel=0.05, abs=0.1)
 
 
+@pytest.mark.parametrize("mode", ["split", "local"])
+def test_the_answer_names_the_cpu_of_preprocessing_and_the_model(client, cat_jpeg, mode) -> None:
+    # the worker thread's CPU in each part: what benchmarks/device_cpu.py subtracts
+    stages = classify(client, cat_jpeg, mode=mode).json()["head_stages_ms"]
+    assert stages["preprocess_cpu"] > 0 and stages["model_cpu"] > 0
+
+
 def test_head_errors_are_problems_from_the_one_process(client, cat_jpeg) -> None:
     assert_problem(classify(client, b"not an image", mode="split"), 415)
     assert_problem(classify(client, cat_jpeg, mode="split", task="nope"), 422, "unknown-task")
