@@ -31,6 +31,7 @@ them from numba's cache) before a service takes requests.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ DEFAULT_LANES = 32
 MAX_STEPS = 512
 #: Symbols a channel may have (its CDF holds one entry more).
 MAX_SYMBOLS = 1 << 12
+log = logging.getLogger(__name__)
 #: The coder's implementations: same streams, ``numba`` compiled, ``numpy`` the fallback.
 Kernel = Literal["auto", "numba", "numpy"]
 
@@ -63,7 +65,14 @@ def _compiled() -> ModuleType | None:
     """:mod:`splitdnn.rans_fast` when numba imports and can set up its kernels, else None."""
     try:
         from splitdnn import rans_fast
-    except (ImportError, RuntimeError, OSError):  # no numba; or no writable cache directory
+    except ImportError:  # no numba (not in the serve extra's install): numpy, quietly
+        return None
+    except (RuntimeError, OSError) as error:  # numba found no writable cache directory
+        log.warning(
+            "the entropy coder runs in numpy (~20x slower): numba cannot set up its kernels "
+            "(%s); set NUMBA_CACHE_DIR to a writable directory",
+            error,
+        )
         return None
     return rans_fast
 
