@@ -5,7 +5,9 @@ with either kernel (numba, numpy), which write the same bytes and read any bytes
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 
 import msgpack
 import numpy as np
@@ -352,3 +354,24 @@ def test_asking_for_numba_without_it_is_a_clear_error(monkeypatch) -> None:
         rans.encode(np.zeros((2, 1), np.int32), SMALL, kernel="numba")
     stream = rans.encode(np.zeros((2, 1), np.int32), SMALL)  # auto: numpy
     assert rans.decode(stream, (2, 1), SMALL).tolist() == [[0], [0]]
+
+
+@NEEDS_NUMBA
+def test_numba_that_cannot_cache_its_kernels_leaves_numpy_and_a_warning(
+    monkeypatch, caplog
+) -> None:
+    """As for a user with no writable home and no NUMBA_CACHE_DIR: the import fails with
+    numba's RuntimeError, the coder keeps numpy and the log says how to fix it."""
+    import numba
+
+    import splitdnn
+
+    def no_locator(*args, **kwargs):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.delitem(sys.modules, "splitdnn.rans_fast")
+    monkeypatch.delattr(splitdnn, "rans_fast")
+    monkeypatch.setattr(numba, "njit", no_locator)
+    with caplog.at_level(logging.WARNING, logger="splitdnn.rans"):
+        assert rans._compiled.__wrapped__() is None
+    assert "NUMBA_CACHE_DIR" in caplog.text
