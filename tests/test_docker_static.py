@@ -315,6 +315,24 @@ def test_gateway_image_leaves_out_onnxruntime(dockerfile_stages):
     assert "onnxruntime" not in names and {"fastapi", "uvicorn", "numpy"} <= names
 
 
+def test_model_images_carry_the_compiled_coder_and_a_writable_cache_for_it(
+    dockerfile_stages, compose
+):
+    """head and tail install numba (the entropy coder's kernels, serve extra); its cache is
+    on /tmp, the one writable place of the read-only containers. The gateway leaves it out."""
+    serve = {
+        requirements._name(r)
+        for r in requirements.requirements(ROOT / "pyproject.toml", ["serve"], [])
+    }
+    assert "numba" in serve
+    for target in ("head", "tail"):
+        env = " ".join(resolved(dockerfile_stages, target, "ENV"))
+        assert re.search(r"NUMBA_CACHE_DIR=/tmp/\S+", env), target
+    assert "/tmp" in compose["x-service"]["tmpfs"] and compose["x-service"]["read_only"]
+    runs = " ".join(resolved(dockerfile_stages, "gateway", "RUN"))
+    assert re.search(r"--exclude onnxruntime[^>]*\bnumba\b", runs)
+
+
 def test_bundle_is_exported_on_the_build_platform_and_baked_in():
     text = DOCKERFILE.read_text()
     assert re.search(

@@ -129,3 +129,23 @@ def test_entropy_needs_a_bundle_with_coding_tables(toy_bundle_dir, cat_jpeg):
         with _head(toy_bundle_dir, tail, quantisation="entropy") as head:  # loading fails
             ready = head.get("/v2/health/ready")
             assert ready.status_code == 503 and "coding tables" in ready.text
+
+
+def test_head_and_tail_compile_the_entropy_coder_before_they_serve(
+    coded_bundle_dir, toy_bundle_dir, monkeypatch
+):
+    """A bundle with coding tables: both warm the coder's compiled kernels once at load (no
+    request pays numba's compile) and report what it took; without tables neither does."""
+    calls = []
+    monkeypatch.setattr(rans, "warm_up", lambda: calls.append(1) or 1234.5)
+    bundle = load_bundle(coded_bundle_dir)
+    with _client(coded_bundle_dir) as tail, _head(coded_bundle_dir, tail) as head:
+        assert len(calls) == 2
+        for service in (tail, head):
+            meta = service.get(f"/v2/models/{bundle.name}").json()
+            assert meta["warmup_ms"]["entropy_coder"] == 1234.5
+    calls.clear()
+    with _client(toy_bundle_dir) as tail, _head(toy_bundle_dir, tail) as head:
+        assert calls == []
+        meta = tail.get(f"/v2/models/{load_bundle(toy_bundle_dir).name}").json()
+        assert meta["warmup_ms"]["entropy_coder"] == 0.0
