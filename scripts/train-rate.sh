@@ -16,15 +16,14 @@ BETAS=${RATE_BETAS:-"1e-4 3e-5 3e-4"}
 NICE=${RATE_NICE:-19}
 RUNS=runs/rate
 mkdir -p "$RUNS"
-first=""
+FIRST=lite2-rate-b1e-4   # the first rung: it builds the cache, the others start from it
 for beta in $BETAS; do
   name="lite2-rate-b$beta"
   run="$RUNS/$name"
   mkdir -p "$run"
-  if [ -n "$first" ] && [ ! -e "$run/cache" ]; then
-    ln -s "../$first/cache" "$run/cache"   # same images and teacher: one cache
+  if [ "$name" != "$FIRST" ] && [ ! -e "$run/cache" ]; then
+    ln -s "../$FIRST/cache" "$run/cache"   # same images and teacher: one cache
   fi
-  first=${first:-$name}
   resume=()
   [ -f "$run/last.pt" ] && resume=(--resume)
   echo "== $name $(date -u +%FT%TZ)" | tee -a "$run/train.log"
