@@ -17,11 +17,15 @@ features; the final layer joins them. No student talks to another.
 
 **Students, and why.** From scratch on 5k Caltech-101 images on a shared CPU, K students would
 not come near the teacher in an hour. A member is a *slice* of an ImageNet-pretrained
-EfficientNet-Lite0 (:func:`splitdnn.nonn.members.nonn_member`): the network through ``cut`` is
-frozen and shared (its activations are cached once per image), the blocks after it keep a
-``1/K`` share of their expanded channels and the head conv the group's channel count. The
-control ``nonn.students: 1`` (full width) is one student whose trainable part has the members'
-total size, trained with the same losses, data and budget.
+EfficientNet-Lite0 (:func:`splitdnn.nonn.members.nonn_member`). Narrow from the stem
+(``efficientnet_lite0_narrow``): every layer keeps a ``width`` share of its channels, the
+width the largest that fits ``nonn.budget`` (MACs and/or fp16 weight bytes per member,
+:func:`splitdnn.nonn.members.width_for_budget`); the members then train on the image itself
+(decoded crops cached once, uint8). With a frozen prefix (``efficientnet_lite0_slice``): the
+network through ``cut`` is frozen and shared (its activations cached once per image), the
+blocks after it keep a ``1/K`` share of their expanded channels. Either way the head conv has
+the group's channel count. The control ``nonn.students: 1`` (full width) is one student whose
+trainable part has the members' total size, trained with the same losses, data and budget.
 
 BatchNorm layers keep their ImageNet statistics (members stay in eval mode), as in
 :mod:`splitdnn.distill.kd`.
@@ -51,7 +55,13 @@ from splitdnn.distill.trainer import Method
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.metrics import top1, topk_hits
 from splitdnn.models import build_teacher, get_teacher
-from splitdnn.nonn.members import NoNNMember, get_nonn_student, nonn_member
+from splitdnn.nonn.members import (
+    NoNNMember,
+    NoNNStudentSpec,
+    get_nonn_student,
+    nonn_member,
+    width_for_budget,
+)
 from splitdnn.nonn.partition import partition_filters
 from splitdnn.teacher import normalise_batch
 
@@ -141,6 +151,39 @@ def teacher_maps(
         np.save(tmp, array)
         tmp.replace(paths[k])
     return arrays
+
+
+def member_inputs(
+    spec: NoNNStudentSpec, samples: Sequence[Sample], cache_dir: Path, progress: bool = False
+) -> np.ndarray:
+    """What the members see for ``samples``, cached under ``cache_dir``: the frozen shared
+    prefix's activations (float16) for a family with a ``cut``, else the decoded crops
+    themselves (uint8 NHWC, normalised per batch by :func:`member_batch`)."""
+    if spec.cut is not None:
+        return extract_features(
+            spec.base, samples, cut=spec.cut, cache_dir=cache_dir, progress=progress
+        )["cut"]
+    preprocessing = get_teacher(spec.base).preprocessing
+    parts = [_CACHE_VERSION, spec.base, json.dumps(preprocessing.to_dict(), sort_keys=True)]
+    parts += [f"{s.path}:{s.label}" for s in samples]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    path = cache_dir / f"{spec.base}-{key}-crops.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    crops = load_crops(samples, preprocessing, progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, crops)
+    tmp.replace(path)
+    return np.load(path, mmap_mode="r")
+
+
+def member_batch(spec: NoNNStudentSpec, inputs: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    """Rows ``idx`` of :func:`member_inputs` as the members' float32 input."""
+    rows = np.asarray(inputs[idx])
+    if rows.dtype == np.uint8:
+        return normalise_batch(rows, get_teacher(spec.base).preprocessing)
+    return torch.from_numpy(rows.astype(np.float32))
 
 
 class NoNNDistillation(Method):
@@ -239,11 +282,11 @@ class NoNNDistillation(Method):
             self.teacher_logits = probe(torch.from_numpy(np.array(t_train["pooled"])))
             self.val_teacher = probe(torch.from_numpy(np.array(t_val["pooled"])))
         spec = self.spec
-        cut = {"cut": spec.cut, "cache_dir": self.cache_dir, "progress": self.progress}
-        self.cut = extract_features(spec.base, train, **cut)["cut"]
-        self.val_cut = extract_features(spec.base, val, **cut)["cut"]
+        self.cut = member_inputs(spec, train, self.cache_dir, self.progress)
+        self.val_cut = member_inputs(spec, val, self.cache_dir, self.progress)
+        self.width = self._width()
         members = [
-            nonn_member(spec, k, n.students, len(g), n.width) for k, g in enumerate(self.groups)
+            nonn_member(spec, k, n.students, len(g), self.width) for k, g in enumerate(self.groups)
         ]
         with torch.no_grad():
             size = tuple(members[0](self._h(self.cut, np.arange(1))).shape[-2:])
@@ -256,6 +299,21 @@ class NoNNDistillation(Method):
         self.student = model
         return model
 
+    def _width(self) -> float | None:
+        """``nonn.width``, or the widest that fits ``nonn.budget`` for the largest group."""
+        n = self.config.nonn
+        if n.budget is None:
+            return n.width
+        width = width_for_budget(
+            self.spec,
+            n.students,
+            max(len(g) for g in self.groups),
+            macs=n.budget.macs,
+            fp16_bytes=n.budget.fp16_bytes,
+        )
+        self.log(f"nonn.budget {n.budget.model_dump(exclude_none=True)}: width {width:.4f}")
+        return width
+
     def _teacher_attention(self, maps: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
         """(N, K, H*W) attention of each group of the teacher's maps at the members' size."""
         out = []
@@ -264,9 +322,8 @@ class NoNNDistillation(Method):
             out.append(torch.stack([attention(chunk[:, g], size) for g in self.groups], 1))
         return torch.cat(out)
 
-    @staticmethod
-    def _h(cut: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(cut[idx], np.float32))
+    def _h(self, cut: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        return member_batch(self.spec, cut, idx)
 
     def _pooled(self, model: NoNNModel, cut: np.ndarray) -> torch.Tensor:
         out = []
@@ -342,7 +399,7 @@ class NoNNDistillation(Method):
             "base": self.spec.base,
             "cut": self.spec.cut,
             "students": n.students,
-            "width": n.width,
+            "width": self.width,
             "groups": self.groups,
             "student": self.student.state_dict(),
             "classes": self.classes,
