@@ -251,3 +251,41 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
         assert all(
             c["peak_activation_bytes"] < costs["local"]["peak_activation_bytes"] for c in rows
         )
+
+
+def test_a_nonn_run_also_learns_from_label_free_photos(shapes, tmp_path):
+    """data.unlabelled adds images (label -1) to the attention and soft-target terms; the
+    label term and the join's starting fit use the labelled ones, and the loss stays finite
+    on batches that hold only label-free images."""
+    pytest.importorskip("torch")
+    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.trainer import train
+    from splitdnn.methods import method_for
+
+    raw = {
+        "method": "nonn",
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "nonn": {
+            "student": "efficientnet_lite0_narrow",
+            "students": 2,
+            "width": 0.25,
+            "graph_images": 10,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "data": {
+            "root": str(shapes),
+            "val_fraction": 0.34,
+            "unlabelled": [{"root": str(shapes)}],  # the same photos, their labels unused
+        },
+        "augmentation": {"hflip": False},
+        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "keep": "last"},
+        "probe": {"epochs": 5},
+    }
+    method = method_for(parse_config(raw), tmp_path / "run", progress=False)
+    train(method)
+    assert method.num_samples() > method.labelled
+    assert (method.labels[method.labelled :] == -1).all()
+    assert (method.labels[: method.labelled] >= 0).all()
+    only_free = np.arange(method.labelled, method.labelled + 4)
+    loss = method.loss(only_free, np.zeros(4, bool), np.random.default_rng(0))
+    assert np.isfinite(float(loss.detach()))

@@ -129,8 +129,8 @@ class DataConfig(_Strict):
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     #: Keep at most this many images per class (quick experiments and tests).
     per_class_limit: int | None = Field(default=None, ge=1)
-    #: Extra images for the label-free distillation losses (``method: hnd``); the probe and
-    #: the validation figures use ``root`` only.
+    #: Extra images for the label-free distillation losses (``method: hnd``; ``nonn``: its
+    #: attention and soft-target terms); the probe and the validation figures use ``root`` only.
     unlabelled: tuple[UnlabelledSource, ...] = ()
 
 

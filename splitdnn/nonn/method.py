@@ -48,7 +48,7 @@ from torch import nn
 
 from splitdnn.checkpoints import load_linear, save_atomic
 from splitdnn.data import Sample, load_crops
-from splitdnn.distill.config import DistillConfig, config_samples
+from splitdnn.distill.config import DistillConfig, config_samples, unlabelled_samples
 from splitdnn.distill.losses import kd_loss
 from splitdnn.distill.probe import extract_features, fit_probe
 from splitdnn.distill.trainer import Method
@@ -221,7 +221,7 @@ class NoNNDistillation(Method):
             return probe.eval()
         self.log("fitting the teacher's linear probe")
         torch.manual_seed(c.seed)
-        fit_probe(probe, pooled, self.labels, c.probe, c.seed)
+        fit_probe(probe, pooled[: self.labelled], self.labels[: self.labelled], c.probe, c.seed)
         save_atomic(probe.state_dict(), path)
         return probe.eval()
 
@@ -264,11 +264,19 @@ class NoNNDistillation(Method):
 
     def setup(self, fresh: bool) -> nn.Module:
         c, n = self.config, self.config.nonn
-        train, val, classes, _ = config_samples(c)
+        labelled, val, classes, _ = config_samples(c)
+        # label-free photos (data.unlabelled, label -1) come after the labelled images: they
+        # feed the attention and soft-target terms; the label term, the teacher's probe and
+        # the join's starting fit use the labelled ones only
+        train = labelled + unlabelled_samples(c)
+        self.labelled = len(labelled)
         self.train_samples, self.val, self.classes = train, val, classes
         self.labels = torch.tensor([s.label for s in train])
         self.val_labels = torch.tensor([s.label for s in val])
-        self.log(f"{len(train)} training / {len(val)} validation images, {len(classes)} classes")
+        self.log(
+            f"{len(labelled)} training + {len(train) - len(labelled)} unlabelled / {len(val)} "
+            f"validation images, {len(classes)} classes"
+        )
         common = {"pretrained": c.teacher.pretrained, "weights": c.teacher.weights}
         t_train = teacher_maps(
             c.teacher.name, train, cache_dir=self.cache_dir, progress=self.progress, **common
@@ -340,8 +348,8 @@ class NoNNDistillation(Method):
         torch.manual_seed(self.config.seed)
         fit_probe(
             model.join,
-            self._pooled(model, self.cut),
-            self.labels,
+            self._pooled(model, self.cut[: self.labelled]),
+            self.labels[: self.labelled],
             self.config.probe,
             self.config.seed,
         )
@@ -354,7 +362,15 @@ class NoNNDistillation(Method):
     def loss(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         n = self.config.nonn
         logits, maps = self.student(self._h(self.cut, idx))
-        loss = kd_loss(logits, self.teacher_logits[idx], self.labels[idx], n.temperature, n.alpha)
+        labels = self.labels[idx]
+        known = labels >= 0
+        if bool(known.all()):
+            loss = kd_loss(logits, self.teacher_logits[idx], labels, n.temperature, n.alpha)
+        else:  # label-free rows: soft targets only; the label term on the labelled rows
+            soft = kd_loss(logits, self.teacher_logits[idx], None, n.temperature)
+            loss = n.alpha * soft
+            if bool(known.any()):
+                loss = loss + (1 - n.alpha) * F.cross_entropy(logits[known], labels[known])
         if n.attention_weight > 0:
             target = self.attention[idx]
             at = sum((attention(m) - target[:, k]).pow(2).sum(1).mean() for k, m in enumerate(maps))
