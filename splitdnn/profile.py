@@ -112,7 +112,7 @@ def peak_activation_bytes(
 
     def layer(module: nn.Module, inputs: tuple, output: object) -> None:
         elements, ptr = numel(inputs)
-        layers.append((elements, numel(output)[0], ptr, list(stack[1:])))
+        layers.append((elements, numel(output)[0], ptr, list(stack)))
 
     inside_layer: set[str] = set()
     for name, module in model.named_modules():
