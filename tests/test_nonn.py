@@ -135,6 +135,21 @@ def test_narrow_members_are_narrow_everywhere_and_differ():
     assert not torch.equal(a.stem[0].weight, b.stem[0].weight)
 
 
+def test_batchnorm_calibration_matches_the_statistics_of_the_narrow_members_inputs():
+    torch = pytest.importorskip("torch")
+    from splitdnn.nonn.members import calibrate_batchnorm, nonn_member
+
+    member = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.5, pretrained=False)
+    x = torch.randn(8, 3, 64, 64) * 3 + 1
+    with torch.no_grad():
+        stem_out = member.stem[0](x)
+    assert not torch.allclose(member.stem[1].running_mean, stem_out.mean((0, 2, 3)), atol=1e-3)
+    calibrate_batchnorm(member, [x[:4], x[4:]])
+    bn = member.stem[1]
+    assert torch.allclose(bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-4)
+    assert not bn.training and bn.momentum == pytest.approx(0.01)
+
+
 def test_the_budget_picks_the_widest_member_that_fits():
     pytest.importorskip("torch")
     from splitdnn.nonn.members import WIDTH_STEP, nonn_member, width_for_budget

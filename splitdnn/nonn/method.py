@@ -58,6 +58,7 @@ from splitdnn.models import build_teacher, get_teacher
 from splitdnn.nonn.members import (
     NoNNMember,
     NoNNStudentSpec,
+    calibrate_batchnorm,
     get_nonn_student,
     nonn_member,
     width_for_budget,
@@ -66,6 +67,8 @@ from splitdnn.nonn.partition import partition_filters
 from splitdnn.teacher import normalise_batch
 
 NONN_KIND = "splitdnn-nonn"
+#: Training images whose statistics re-estimate a narrow member's BatchNorms before training.
+BN_CALIBRATION_IMAGES = 512
 _CACHE_VERSION = "1"
 
 
@@ -303,6 +306,8 @@ class NoNNDistillation(Method):
         join = nn.Linear(sum(len(g) for g in self.groups), len(classes))
         model = NoNNModel(members, join)
         if fresh:
+            if spec.cut is None:
+                self._calibrate(model)
             self._fit_join(model)
         self.student = model
         return model
@@ -340,6 +345,18 @@ class NoNNDistillation(Method):
                 h = self._h(cut, np.arange(i, min(i + 64, len(cut))))
                 out.append(torch.cat([m.mean((2, 3)) for m in model.features(h)], 1))
         return torch.cat(out)
+
+    def _calibrate(self, model: NoNNModel) -> None:
+        """The members' BatchNorm statistics re-estimated on ``BN_CALIBRATION_IMAGES``
+        training images drawn with the seed (:func:`splitdnn.nonn.members.calibrate_batchnorm`);
+        they then stay fixed, as the members train in eval mode."""
+        rng = np.random.default_rng(self.config.seed)
+        count = min(BN_CALIBRATION_IMAGES, len(self.cut))
+        idx = np.sort(rng.choice(len(self.cut), count, replace=False))
+        self.log(f"re-estimating the members' BatchNorm statistics on {count} training images")
+        calibrate_batchnorm(
+            model, (self._h(self.cut, idx[i : i + 32]) for i in range(0, count, 32))
+        )
 
     def _fit_join(self, model: NoNNModel) -> None:
         """Start the join layer as a linear probe on the untrained members' features, so
