@@ -664,7 +664,8 @@ def nonn_figures(
 ) -> None:
     """The served path on held-out images (members in onnxruntime, features through the wire
     format, the join in numpy): top-1 with its 95 % interval, the teacher's on the same images,
-    the paired difference, and each member's MACs, parameters and envelope bytes."""
+    the paired difference, envelope bytes, and each member's costs (MACs, parameters, weights
+    in fp32/fp16/int8, peak activation memory) beside the teacher's and the local model's."""
     with user_errors():
         import torch
 

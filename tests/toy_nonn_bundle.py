@@ -1,5 +1,6 @@
 """A tiny NoNN bundle from random torch modules, so the member and gateway tests need no real
-weights: two members (image [N,3,32,32] -> features [N,6] and [N,5]) and a join layer."""
+weights: by default two members (image [N,3,32,32] -> features [N,6] and [N,5]) and a join
+layer; ``channels`` gives one member per entry (K = 4: ``CHANNELS_K4``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from splitdnn.to_onnx import export_onnx
 
 SIZE = 32
 CHANNELS = (6, 5)
+CHANNELS_K4 = (6, 5, 4, 3)
 LABELS = [f"class-{i}" for i in range(4)]
 PREPROCESSING = Preprocessing(size=SIZE, resize=36)
 
@@ -30,16 +32,18 @@ class Member(nn.Module):
         return torch.relu(self.body(x)).mean((2, 3))
 
 
-def build_toy_nonn_bundle(directory: Path) -> tuple[NoNNManifest, list[nn.Module]]:
+def build_toy_nonn_bundle(
+    directory: Path, channels: tuple[int, ...] = CHANNELS
+) -> tuple[NoNNManifest, list[nn.Module]]:
     torch.manual_seed(0)
-    members = [Member(c).eval() for c in CHANNELS]
+    members = [Member(c).eval() for c in channels]
     files = []
     for i, member in enumerate(members):
         path = directory / f"member{i}.onnx"
         export_onnx(member, torch.zeros(1, 3, SIZE, SIZE), path, "image", ["features"])
-        files.append((path.name, CHANNELS[i]))
+        files.append((path.name, channels[i]))
     rng = np.random.default_rng(0)
-    total = sum(CHANNELS)
+    total = sum(channels)
     save_join(
         directory / JOIN_FILE,
         rng.normal(size=(len(LABELS), total)),

@@ -129,8 +129,8 @@ class DataConfig(_Strict):
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     #: Keep at most this many images per class (quick experiments and tests).
     per_class_limit: int | None = Field(default=None, ge=1)
-    #: Extra images for the label-free distillation losses (``method: hnd``); the probe and
-    #: the validation figures use ``root`` only.
+    #: Extra images for the label-free distillation losses (``method: hnd``; ``nonn``: its
+    #: attention and soft-target terms); the probe and the validation figures use ``root`` only.
     unlabelled: tuple[UnlabelledSource, ...] = ()
 
 
@@ -281,6 +281,22 @@ def classes_of_interest(config: ClassesConfig, classes: list[str]) -> list[int]:
     return out
 
 
+class NoNNBudget(_Strict):
+    """What one NoNN member may cost its device; the widest member that fits is trained
+    (:func:`splitdnn.nonn.members.width_for_budget`). Give either or both."""
+
+    #: Multiply-accumulates for one image at the base's input size.
+    macs: int | None = Field(default=None, gt=0)
+    #: Bytes of the member's weights in float16 (2 a parameter).
+    fp16_bytes: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something(self) -> NoNNBudget:
+        if self.macs is None and self.fp16_bytes is None:
+            raise ValueError("nonn.budget needs macs, fp16_bytes or both")
+        return self
+
+
 class NoNNConfig(_Strict):
     """``method: nonn`` (see :mod:`splitdnn.nonn.method`)."""
 
@@ -291,6 +307,9 @@ class NoNNConfig(_Strict):
     students: int = Field(default=2, ge=1, le=16)
     #: Share of each sliced block's expanded channels a member keeps (default ``1/students``).
     width: float | None = Field(default=None, gt=0, le=1)
+    #: A cost ceiling per member that picks the width instead (a member family narrow from
+    #: the stem, ``efficientnet_lite0_narrow``); not together with ``width``.
+    budget: NoNNBudget | None = None
     #: Training images whose teacher activations build the filter co-activation graph.
     graph_images: int = Field(default=1000, ge=2)
     #: Edges kept per filter in that graph, and Louvain's resolution.
@@ -303,6 +322,12 @@ class NoNNConfig(_Strict):
     #: Where the teacher's maps and the members' inputs are cached (default ``run/cache``);
     #: runs on the same data can share it.
     cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _width_or_budget(self) -> NoNNConfig:
+        if self.width is not None and self.budget is not None:
+            raise ValueError("nonn: give width or budget, not both")
+        return self
 
 
 class DistillConfig(_Strict):

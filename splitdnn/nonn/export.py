@@ -1,9 +1,10 @@
 """A ``method: nonn`` run -> a NoNN bundle (:mod:`splitdnn.nonn.bundle`), and its small assets.
 
 :func:`export_nonn` (``splitdnn export nonn RUN --out DIR``): one ONNX file per member (image
--> pooled features: the shared frozen prefix, the member's slice, global pooling), written and
-checked against torch by :mod:`splitdnn.to_onnx` like every bundle file, then ``join.npz`` and
-``nonn.json``.
+-> pooled features: the shared frozen prefix if the family has one, the member's slice, global
+pooling), written and checked against torch by :mod:`splitdnn.to_onnx` like every bundle file,
+then ``join.npz`` and ``nonn.json`` (with each member's costs beside the teacher's and the
+local model's, :func:`nonn_costs`).
 
 :func:`save_assets` (``splitdnn nonn assets RUN --out DIR``): the trained slices and join in
 float16 safetensors + JSON (a few MB, committed; :func:`splitdnn.checkpoints.save_payload_assets`);
@@ -26,9 +27,8 @@ from splitdnn.checkpoints import (
     save_payload_assets,
 )
 from splitdnn.distill.config import config_samples, parse_config
-from splitdnn.distill.probe import extract_features
 from splitdnn.errors import CheckpointError, ExportError
-from splitdnn.models import get_teacher
+from splitdnn.models import build_teacher, get_teacher
 from splitdnn.nonn.bundle import (
     JOIN_FILE,
     NONN_MANIFEST,
@@ -37,8 +37,9 @@ from splitdnn.nonn.bundle import (
     save_join,
     write_nonn_manifest,
 )
-from splitdnn.nonn.members import NoNNMember, get_nonn_student, nonn_member
-from splitdnn.nonn.method import NONN_KIND
+from splitdnn.nonn.members import NoNNMember, get_nonn_student, member_input_shape, nonn_member
+from splitdnn.nonn.method import NONN_KIND, member_batch, member_inputs
+from splitdnn.profile import device_costs
 from splitdnn.teacher import frozen_backbone
 from splitdnn.to_onnx import check_onnx, export_onnx
 
@@ -100,11 +101,11 @@ def _member_means(payload: dict[str, Any], members: list[NoNNMember], run: Path)
     config = parse_config(payload["config"])
     train, _, _, _ = config_samples(config)
     cache = config.nonn.cache_dir or run / "cache"
-    cut = extract_features(spec.base, train, cut=spec.cut, cache_dir=cache)["cut"]
+    cut = member_inputs(spec, train, cache)
     sums = np.zeros(sum(m.head.out_channels for m in members))
     with torch.no_grad():
         for i in range(0, len(cut), 128):
-            h = torch.from_numpy(np.asarray(cut[i : i + 128], np.float32))
+            h = member_batch(spec, cut, np.arange(i, min(i + 128, len(cut))))
             sums += torch.cat([m.pooled(h) for m in members], 1).sum(0).double().numpy()
     return sums / max(len(cut), 1)
 
@@ -128,6 +129,43 @@ def load_run(run: Path) -> tuple[dict[str, Any], list[NoNNMember], nn.Linear, nn
     join.load_state_dict({"weight": state["join.weight"], "bias": state["join.bias"]})
     frozen, _ = frozen_backbone(spec.base, True, spec.cut)
     return payload, members, join, frozen
+
+
+def _whole(name: str, classes: int) -> nn.Module:
+    """``name`` as one device would run it for ``classes`` classes: the pretrained network
+    with a linear probe for its classifier (random weights: costs do not depend on them)."""
+    spec = get_teacher(name)
+    model = build_teacher(name, False)
+    old = model.get_submodule(spec.classifier)
+    model.set_submodule(spec.classifier, nn.Linear(old.in_features, classes))
+    return model.eval()
+
+
+def nonn_costs(
+    payload: dict[str, Any], members: list[NoNNMember], prefix: nn.Module
+) -> dict[str, Any]:
+    """What each member costs its device (:func:`splitdnn.profile.device_costs`: MACs,
+    parameters, weights in fp32/fp16/int8 bytes, peak activation memory; the shared prefix
+    included), beside the teacher (with its probe) and the local model (the members' base,
+    whole, with a probe) on one device, and each member's share of the teacher's MACs."""
+    spec = get_nonn_student(payload["student_name"])
+    teacher_name = parse_config(payload["config"]).teacher.name
+    classes = len(payload["classes"])
+    shape = member_input_shape(spec)
+    rows = []
+    for member in members:
+        row = device_costs(MemberPart(prefix, member).eval(), shape)
+        rows.append({**row, "channels": member.head.out_channels})
+    teacher = device_costs(_whole(teacher_name, classes), get_teacher(teacher_name).input_shape)
+    local = device_costs(_whole(spec.base, classes), shape)
+    for row in rows:
+        row["macs_percent_of_teacher"] = round(100 * row["macs"] / teacher["macs"], 2)
+    return {
+        "width": payload.get("width"),
+        "members": rows,
+        "teacher": {"name": teacher_name, **teacher},
+        "local": {"name": spec.base, **local},
+    }
 
 
 def export_nonn(run: Path, out: Path, name: str = "nonn") -> NoNNBundle:
@@ -163,6 +201,10 @@ def export_nonn(run: Path, out: Path, name: str = "nonn") -> NoNNBundle:
         preprocessing=base.preprocessing,
         members=files,
         labels=payload["classes"],
-        metrics={"training": metrics, "groups": [len(g) for g in payload["groups"]]},
+        metrics={
+            "training": metrics,
+            "groups": [len(g) for g in payload["groups"]],
+            "costs": nonn_costs(payload, members, prefix),
+        },
     )
     return load_nonn_bundle(out)

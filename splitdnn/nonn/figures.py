@@ -4,7 +4,8 @@
 config's validation images (which pick no checkpoint with ``train.keep: last``) each member
 runs in onnxruntime, its features go through the wire format (uint8 by default) and back, the
 join runs in numpy; top-1 with a 95 % Wilson interval, the teacher's on the same images and
-the paired difference, and per member MACs, parameters, weight memory and envelope bytes.
+the paired difference, envelope bytes, and per member MACs, parameters, weights in
+fp32/fp16/int8 and peak activation memory beside the teacher's and the local model's.
 """
 
 from __future__ import annotations
@@ -15,18 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from splitdnn import wire
 from splitdnn.checkpoints import load_linear
 from splitdnn.distill.config import config_samples, load_config
 from splitdnn.errors import ConfigError, ExportError
 from splitdnn.imaging import load_input
-from splitdnn.models import get_teacher
 from splitdnn.nonn.bundle import NoNNBundle
-from splitdnn.nonn.export import MemberPart, load_run
+from splitdnn.nonn.export import load_run, nonn_costs
 from splitdnn.nonn.method import teacher_maps
-from splitdnn.profile import count_macs, count_params
 from splitdnn.runtime import OnnxModel
 from splitdnn.stats import paired_difference, proportion_ci
 
@@ -37,37 +35,11 @@ def _ci95(hits: int, n: int) -> tuple[float, float]:
     return round(low, 2), round(high, 2)
 
 
-def member_costs(run: Path) -> list[dict[str, Any]]:
-    """Per member: MACs and parameters (prefix + slice), fp32 weight memory, the largest
-    activation (fp32 bytes) of one image."""
+def member_costs(run: Path) -> dict[str, Any]:
+    """Each member's device costs beside the teacher's and the local model's
+    (:func:`splitdnn.nonn.export.nonn_costs`)."""
     payload, members, _, prefix = load_run(run)
-    size = get_teacher(payload["base"]).preprocessing.size
-    rows = []
-    for member in members:
-        part = MemberPart(prefix, member).eval()
-        largest = 0
-
-        def hook(_m: nn.Module, _i: Any, o: Any) -> None:
-            nonlocal largest
-            if isinstance(o, torch.Tensor):
-                largest = max(largest, o.numel() * 4)
-
-        handles = [m.register_forward_hook(hook) for m in part.modules() if not list(m.children())]
-        with torch.no_grad():
-            part(torch.zeros(1, 3, size, size))
-        for h in handles:
-            h.remove()
-        params = count_params(part)
-        rows.append(
-            {
-                "macs": count_macs(part, (3, size, size)),
-                "params": params,
-                "weights_bytes_fp32": params * 4,
-                "largest_activation_bytes": largest,
-                "channels": member.head.out_channels,
-            }
-        )
-    return rows
+    return nonn_costs(payload, members, prefix)
 
 
 def served_accuracy(
@@ -168,6 +140,6 @@ def bundle_figures(
             "ci95": _ci95(sum(teacher), len(teacher)),
         },
         "served_minus_teacher": served_minus_teacher(served["correct"], teacher),
-        "members": member_costs(run),
+        "costs": member_costs(run),
         "correct": [int(c) for c in served["correct"]],
     }

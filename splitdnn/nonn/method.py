@@ -17,11 +17,15 @@ features; the final layer joins them. No student talks to another.
 
 **Students, and why.** From scratch on 5k Caltech-101 images on a shared CPU, K students would
 not come near the teacher in an hour. A member is a *slice* of an ImageNet-pretrained
-EfficientNet-Lite0 (:func:`splitdnn.nonn.members.nonn_member`): the network through ``cut`` is
-frozen and shared (its activations are cached once per image), the blocks after it keep a
-``1/K`` share of their expanded channels and the head conv the group's channel count. The
-control ``nonn.students: 1`` (full width) is one student whose trainable part has the members'
-total size, trained with the same losses, data and budget.
+EfficientNet-Lite0 (:func:`splitdnn.nonn.members.nonn_member`). Narrow from the stem
+(``efficientnet_lite0_narrow``): every layer keeps a ``width`` share of its channels, the
+width the largest that fits ``nonn.budget`` (MACs and/or fp16 weight bytes per member,
+:func:`splitdnn.nonn.members.width_for_budget`); the members then train on the image itself
+(decoded crops cached once, uint8). With a frozen prefix (``efficientnet_lite0_slice``): the
+network through ``cut`` is frozen and shared (its activations cached once per image), the
+blocks after it keep a ``1/K`` share of their expanded channels. Either way the head conv has
+the group's channel count. The control ``nonn.students: 1`` (full width) is one student whose
+trainable part has the members' total size, trained with the same losses, data and budget.
 
 BatchNorm layers keep their ImageNet statistics (members stay in eval mode), as in
 :mod:`splitdnn.distill.kd`.
@@ -44,18 +48,27 @@ from torch import nn
 
 from splitdnn.checkpoints import load_linear, save_atomic
 from splitdnn.data import Sample, load_crops
-from splitdnn.distill.config import DistillConfig, config_samples
+from splitdnn.distill.config import DistillConfig, config_samples, unlabelled_samples
 from splitdnn.distill.losses import kd_loss
 from splitdnn.distill.probe import extract_features, fit_probe
 from splitdnn.distill.trainer import Method
 from splitdnn.errors import ConfigError, UnknownNameError
 from splitdnn.metrics import top1, topk_hits
 from splitdnn.models import build_teacher, get_teacher
-from splitdnn.nonn.members import NoNNMember, get_nonn_student, nonn_member
+from splitdnn.nonn.members import (
+    NoNNMember,
+    NoNNStudentSpec,
+    calibrate_batchnorm,
+    get_nonn_student,
+    nonn_member,
+    width_for_budget,
+)
 from splitdnn.nonn.partition import partition_filters
 from splitdnn.teacher import normalise_batch
 
 NONN_KIND = "splitdnn-nonn"
+#: Training images whose statistics re-estimate a narrow member's BatchNorms before training.
+BN_CALIBRATION_IMAGES = 512
 _CACHE_VERSION = "1"
 
 
@@ -143,6 +156,39 @@ def teacher_maps(
     return arrays
 
 
+def member_inputs(
+    spec: NoNNStudentSpec, samples: Sequence[Sample], cache_dir: Path, progress: bool = False
+) -> np.ndarray:
+    """What the members see for ``samples``, cached under ``cache_dir``: the frozen shared
+    prefix's activations (float16) for a family with a ``cut``, else the decoded crops
+    themselves (uint8 NHWC, normalised per batch by :func:`member_batch`)."""
+    if spec.cut is not None:
+        return extract_features(
+            spec.base, samples, cut=spec.cut, cache_dir=cache_dir, progress=progress
+        )["cut"]
+    preprocessing = get_teacher(spec.base).preprocessing
+    parts = [_CACHE_VERSION, spec.base, json.dumps(preprocessing.to_dict(), sort_keys=True)]
+    parts += [f"{s.path}:{s.label}" for s in samples]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    path = cache_dir / f"{spec.base}-{key}-crops.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    crops = load_crops(samples, preprocessing, progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, crops)
+    tmp.replace(path)
+    return np.load(path, mmap_mode="r")
+
+
+def member_batch(spec: NoNNStudentSpec, inputs: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    """Rows ``idx`` of :func:`member_inputs` as the members' float32 input."""
+    rows = np.asarray(inputs[idx])
+    if rows.dtype == np.uint8:
+        return normalise_batch(rows, get_teacher(spec.base).preprocessing)
+    return torch.from_numpy(rows.astype(np.float32))
+
+
 class NoNNDistillation(Method):
     """Runs one ``method: nonn`` config in one run directory. ``partition.json`` holds the
     filter groups; epoch 0 of ``metrics.jsonl`` is the untrained slices with a fitted join."""
@@ -178,7 +224,7 @@ class NoNNDistillation(Method):
             return probe.eval()
         self.log("fitting the teacher's linear probe")
         torch.manual_seed(c.seed)
-        fit_probe(probe, pooled, self.labels, c.probe, c.seed)
+        fit_probe(probe, pooled[: self.labelled], self.labels[: self.labelled], c.probe, c.seed)
         save_atomic(probe.state_dict(), path)
         return probe.eval()
 
@@ -221,11 +267,19 @@ class NoNNDistillation(Method):
 
     def setup(self, fresh: bool) -> nn.Module:
         c, n = self.config, self.config.nonn
-        train, val, classes, _ = config_samples(c)
+        labelled, val, classes, _ = config_samples(c)
+        # label-free photos (data.unlabelled, label -1) come after the labelled images: they
+        # feed the attention and soft-target terms; the label term, the teacher's probe and
+        # the join's starting fit use the labelled ones only
+        train = labelled + unlabelled_samples(c)
+        self.labelled = len(labelled)
         self.train_samples, self.val, self.classes = train, val, classes
         self.labels = torch.tensor([s.label for s in train])
         self.val_labels = torch.tensor([s.label for s in val])
-        self.log(f"{len(train)} training / {len(val)} validation images, {len(classes)} classes")
+        self.log(
+            f"{len(labelled)} training + {len(train) - len(labelled)} unlabelled / {len(val)} "
+            f"validation images, {len(classes)} classes"
+        )
         common = {"pretrained": c.teacher.pretrained, "weights": c.teacher.weights}
         t_train = teacher_maps(
             c.teacher.name, train, cache_dir=self.cache_dir, progress=self.progress, **common
@@ -239,11 +293,11 @@ class NoNNDistillation(Method):
             self.teacher_logits = probe(torch.from_numpy(np.array(t_train["pooled"])))
             self.val_teacher = probe(torch.from_numpy(np.array(t_val["pooled"])))
         spec = self.spec
-        cut = {"cut": spec.cut, "cache_dir": self.cache_dir, "progress": self.progress}
-        self.cut = extract_features(spec.base, train, **cut)["cut"]
-        self.val_cut = extract_features(spec.base, val, **cut)["cut"]
+        self.cut = member_inputs(spec, train, self.cache_dir, self.progress)
+        self.val_cut = member_inputs(spec, val, self.cache_dir, self.progress)
+        self.width = self._width()
         members = [
-            nonn_member(spec, k, n.students, len(g), n.width) for k, g in enumerate(self.groups)
+            nonn_member(spec, k, n.students, len(g), self.width) for k, g in enumerate(self.groups)
         ]
         with torch.no_grad():
             size = tuple(members[0](self._h(self.cut, np.arange(1))).shape[-2:])
@@ -252,9 +306,26 @@ class NoNNDistillation(Method):
         join = nn.Linear(sum(len(g) for g in self.groups), len(classes))
         model = NoNNModel(members, join)
         if fresh:
+            if spec.cut is None:
+                self._calibrate(model)
             self._fit_join(model)
         self.student = model
         return model
+
+    def _width(self) -> float | None:
+        """``nonn.width``, or the widest that fits ``nonn.budget`` for the largest group."""
+        n = self.config.nonn
+        if n.budget is None:
+            return n.width
+        width = width_for_budget(
+            self.spec,
+            n.students,
+            max(len(g) for g in self.groups),
+            macs=n.budget.macs,
+            fp16_bytes=n.budget.fp16_bytes,
+        )
+        self.log(f"nonn.budget {n.budget.model_dump(exclude_none=True)}: width {width:.4f}")
+        return width
 
     def _teacher_attention(self, maps: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
         """(N, K, H*W) attention of each group of the teacher's maps at the members' size."""
@@ -264,9 +335,8 @@ class NoNNDistillation(Method):
             out.append(torch.stack([attention(chunk[:, g], size) for g in self.groups], 1))
         return torch.cat(out)
 
-    @staticmethod
-    def _h(cut: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(cut[idx], np.float32))
+    def _h(self, cut: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        return member_batch(self.spec, cut, idx)
 
     def _pooled(self, model: NoNNModel, cut: np.ndarray) -> torch.Tensor:
         out = []
@@ -276,6 +346,18 @@ class NoNNDistillation(Method):
                 out.append(torch.cat([m.mean((2, 3)) for m in model.features(h)], 1))
         return torch.cat(out)
 
+    def _calibrate(self, model: NoNNModel) -> None:
+        """The members' BatchNorm statistics re-estimated on ``BN_CALIBRATION_IMAGES``
+        training images drawn with the seed (:func:`splitdnn.nonn.members.calibrate_batchnorm`);
+        they then stay fixed, as the members train in eval mode."""
+        rng = np.random.default_rng(self.config.seed)
+        count = min(BN_CALIBRATION_IMAGES, len(self.cut))
+        idx = np.sort(rng.choice(len(self.cut), count, replace=False))
+        self.log(f"re-estimating the members' BatchNorm statistics on {count} training images")
+        calibrate_batchnorm(
+            model, (self._h(self.cut, idx[i : i + 32]) for i in range(0, count, 32))
+        )
+
     def _fit_join(self, model: NoNNModel) -> None:
         """Start the join layer as a linear probe on the untrained members' features, so
         epoch 0 is a meaningful baseline."""
@@ -283,8 +365,8 @@ class NoNNDistillation(Method):
         torch.manual_seed(self.config.seed)
         fit_probe(
             model.join,
-            self._pooled(model, self.cut),
-            self.labels,
+            self._pooled(model, self.cut[: self.labelled]),
+            self.labels[: self.labelled],
             self.config.probe,
             self.config.seed,
         )
@@ -297,7 +379,15 @@ class NoNNDistillation(Method):
     def loss(self, idx: np.ndarray, flip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         n = self.config.nonn
         logits, maps = self.student(self._h(self.cut, idx))
-        loss = kd_loss(logits, self.teacher_logits[idx], self.labels[idx], n.temperature, n.alpha)
+        labels = self.labels[idx]
+        known = labels >= 0
+        if bool(known.all()):
+            loss = kd_loss(logits, self.teacher_logits[idx], labels, n.temperature, n.alpha)
+        else:  # label-free rows: soft targets only; the label term on the labelled rows
+            soft = kd_loss(logits, self.teacher_logits[idx], None, n.temperature)
+            loss = n.alpha * soft
+            if bool(known.any()):
+                loss = loss + (1 - n.alpha) * F.cross_entropy(logits[known], labels[known])
         if n.attention_weight > 0:
             target = self.attention[idx]
             at = sum((attention(m) - target[:, k]).pow(2).sum(1).mean() for k, m in enumerate(maps))
@@ -342,7 +432,7 @@ class NoNNDistillation(Method):
             "base": self.spec.base,
             "cut": self.spec.cut,
             "students": n.students,
-            "width": n.width,
+            "width": self.width,
             "groups": self.groups,
             "student": self.student.state_dict(),
             "classes": self.classes,

@@ -1,6 +1,7 @@
 """NoNN serving (issue #14, item 4) with real services on 127.0.0.1: two member services and
 a gateway in ``mode=nonn`` fan out, join and answer; a stopped or silent member gives a
-degraded answer (or 503 problem+json when so configured), never a hang; bad input is 4xx."""
+degraded answer (or 503 problem+json when so configured), never a hang; bad input is 4xx.
+K = 4 (issue #24): any one of four members down still gives the degraded answer."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def nonn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def nonn_bundle_k4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from toy_nonn_bundle import CHANNELS_K4, build_toy_nonn_bundle
+
+    directory = tmp_path_factory.mktemp("toy-nonn-k4")
+    build_toy_nonn_bundle(directory, CHANNELS_K4)
+    return directory
+
+
 def _start(app: str, env: dict[str, str]) -> tuple[str, subprocess.Popen]:
     port = free_port()
     command = serve.uvicorn_command(app, "127.0.0.1", port, "warning")
@@ -46,9 +56,11 @@ def _start(app: str, env: dict[str, str]) -> tuple[str, subprocess.Popen]:
 
 @contextmanager
 def members(bundle: Path) -> Iterator[list[tuple[str, subprocess.Popen]]]:
+    from splitdnn.nonn.bundle import load_nonn_bundle
+
     started = []
     try:
-        for i in range(2):
+        for i in range(len(load_nonn_bundle(bundle).manifest.members)):
             env = {
                 "SPLITDNN_NONN_BUNDLE": str(bundle),
                 "SPLITDNN_MEMBER_INDEX": str(i),
@@ -178,6 +190,35 @@ def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, ca
             )
             body = assert_problem(response, 503, "upstream-unavailable")
             assert "member 1" in body["detail"]
+
+
+def test_with_four_members_any_one_down_gives_the_degraded_answer(nonn_bundle_k4, cat_jpeg):
+    with members(nonn_bundle_k4) as started:
+        urls = [u for u, _ in started]
+        with gateway(nonn_bundle_k4, urls) as gw:
+            response = httpx.post(
+                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
+            )
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert answer["degraded"] is False
+            assert [m["index"] for m in answer["members"]] == [0, 1, 2, 3]
+            assert answer["top_k"][0]["index"] == _expected(nonn_bundle_k4, cat_jpeg)
+        for down in range(4):  # member `down` at an address where nothing listens
+            with gateway(
+                nonn_bundle_k4, [*urls[:down], f"http://127.0.0.1:{free_port()}", *urls[down + 1 :]]
+            ) as gw:
+                response = httpx.post(
+                    gw + "/classify",
+                    params={"mode": "nonn"},
+                    content=cat_jpeg,
+                    timeout=CLIENT_TIMEOUT,
+                )
+                assert response.status_code == 200, response.text
+                answer = response.json()
+                assert answer["degraded"] is True and answer["missing_members"] == [down]
+                expected = _expected(nonn_bundle_k4, cat_jpeg, missing=(down,))
+                assert answer["top_k"][0]["index"] == expected
 
 
 def test_a_nonn_only_gateway_is_ready_when_its_members_are_and_serves_nonn_only(
