@@ -256,6 +256,13 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     ]
     for task in result["tasks"]:
         lines += ["", f"## {task['task']} ({task['images']} held-out images: {task['data']})", ""]
+        if task.get("references_from"):
+            lines += [
+                "The image, raw-upload and local rows are kept from an earlier run with the "
+                f"same teacher, local model, grid and images ({task['references_from']}); "
+                "split was scored in this one.",
+                "",
+            ]
         rows = task["split"] + sorted(task["image"], key=lambda r: r["median_bytes"])
         rows += [r for r in (task["raw"], task["local"]) if r]
         lines += table(
