@@ -359,7 +359,9 @@ def test_serving_images_hold_no_torch(stack: Stack, service: str):
     assert result.returncode == 0, result.stderr
     size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", image], timeout=30).stdout)
     print(f"{image}: {size / 1e6:.0f} MB")
-    assert size < 600e6, f"{image} is {size / 1e6:.0f} MB"
+    # head and tail are ~670 MB: ~460 MB before numba + llvmlite (the compiled rANS coder,
+    # ~210 MB); a CPU-only torch alone would add ~700 MB, which this bound still catches
+    assert size < 750e6, f"{image} is {size / 1e6:.0f} MB"
 
 
 def test_gateway_image_has_no_onnxruntime(stack: Stack):
