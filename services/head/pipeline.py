@@ -183,8 +183,7 @@ class HeadPipeline:
         option, predicted = self.latency.choose(
             image_bytes, allowed=allowed, reencoded_bytes=reencoded_bytes
         )
-        order = self.latency.options
-        fastest = min(allowed, key=lambda m: (predicted[m].total_ms, order.index(m)))
+        fastest = self._fastest(allowed, predicted)
         chose_mode, chose_rate = option_mode(option)
         why = {
             **bound.to_dict(),
@@ -216,6 +215,11 @@ class HeadPipeline:
         )
         return servable, bound, allowed
 
+    def _fastest(self, allowed: tuple[str, ...], predicted: dict[str, Any]) -> str:
+        """The allowed option predicted fastest (ties in the latency model's option order)."""
+        order = self.latency.options
+        return min(allowed, key=lambda o: (predicted[o].total_ms, order.index(o)))
+
     def would_choose(
         self, image_bytes: int, task: str | None = None, max_drop: float | None = None
     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -226,8 +230,7 @@ class HeadPipeline:
         drop = self.settings.auto_max_drop if max_drop is None else max_drop
         _, bound, allowed = self._within_bound(task, drop, self.settings.quantisation)
         predicted = self.latency.predict(image_bytes)
-        order = self.latency.options
-        option = min(allowed, key=lambda o: (predicted[o].total_ms, order.index(o)))
+        option = self._fastest(allowed, predicted)
         return option, predicted, {"task": task, **bound.to_dict()}
 
     @classmethod
