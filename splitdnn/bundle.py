@@ -168,6 +168,59 @@ class RateSpec(BaseModel):
         return figures.drop("split", "entropy") if figures else None
 
 
+class RateFigures(BaseModel):
+    """One rate's held-out figures as a ladder's manifest keeps them (task -> ...)."""
+
+    accuracy: dict[str, TaskAccuracy] = Field(default_factory=dict)
+    median_bytes: dict[str, float] = Field(default_factory=dict)
+
+
+#: Beside committed rate assets (``splitdnn/assets/rates``): the ladder's order, its default
+#: rate and the figures measured on the ladder bundle of one id, so a ladder rebuilt from the
+#: assets serves auto's accuracy bound without measuring again.
+LADDER_FILE = "ladder.json"
+
+
+class LadderAssets(BaseModel):
+    #: rate names in ladder order (fewest bytes first); each is a folder of assets beside
+    rates: list[str] = Field(min_length=1)
+    default_rate: str
+    #: the bundle id the figures were measured on; None: not measured
+    measured_on: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+    figures: dict[str, RateFigures] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LadderAssets:
+        bad = [r for r in self.rates if not re.match(RATE_NAME, r)]
+        if bad or len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates must be distinct names matching {RATE_NAME}: {self.rates}")
+        if self.default_rate not in self.rates:
+            raise ValueError(f"default_rate {self.default_rate!r} is not one of {self.rates}")
+        if set(self.figures) - set(self.rates):
+            raise ValueError(f"figures for rates not in the ladder: {sorted(self.figures)}")
+        return self
+
+
+def read_ladder_assets(directory: str | Path) -> LadderAssets:
+    """``directory/ladder.json`` (see :data:`LADDER_FILE`)."""
+    path = Path(directory) / LADDER_FILE
+    try:
+        return LadderAssets.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from None
+    except ValidationError as exc:
+        raise BundleError(f"{path} is not a valid ladder file: {exc}") from exc
+
+
+def write_ladder_assets(directory: str | Path, ladder: LadderAssets) -> Path:
+    """Write ``ladder`` as ``directory/ladder.json`` (UTF-8, whole or not at all)."""
+    path = Path(directory) / LADDER_FILE
+    partial = path.with_name(f".{LADDER_FILE}.partial")
+    partial.write_text(ladder.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
 class Manifest(BaseModel):
     """``manifest.json``; field names are a contract with the exporter and the services."""
 
@@ -565,7 +618,15 @@ def record_rate_accuracy(
     data = bundle.manifest.model_dump()
     data["rates"] = {**bundle.manifest.rates, rate: updated}  # type: ignore[dict-item]
     if rate == bundle.manifest.default_rate:
-        data["accuracy"] = {**bundle.manifest.accuracy, task: accuracy}
+        # the bundle's own figures of the same images (its fp32/uint8 split) stay beside it
+        current = bundle.manifest.accuracy.get(task)
+        same = current is not None and (current.images, current.data) == (
+            accuracy.images,
+            accuracy.data,
+        )
+        top = current.top1 if same and current is not None else {}
+        merged = accuracy.model_copy(update={"top1": {**top, **accuracy.top1}})
+        data["accuracy"] = {**bundle.manifest.accuracy, task: merged}
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:

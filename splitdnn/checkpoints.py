@@ -236,13 +236,19 @@ def load_run(run_dir: str | Path, task: str | None = None) -> StudentCheckpoint:
     return _from_payload(load_torch(path), path, task)
 
 
-def read_student(source: str | Path) -> StudentCheckpoint:
-    """A student from a run directory, a checkpoint file or a default-assets folder."""
+def read_student(source: str | Path, task: str | None = None) -> StudentCheckpoint:
+    """A student from a run directory, a checkpoint file or a default-assets folder (whose
+    task is its own; ``task`` names a run's probe task, default its data folder's name)."""
     source = Path(source)
     if source.is_dir() and not (source / BEST).exists() and is_default_assets(source):
         return read_default_assets(source)
+    if not source.is_file() and not (source / BEST).is_file():
+        raise CheckpointError(
+            f"{source} has neither {BEST} nor {DEFAULT_JSON}; is it a finished `splitdnn "
+            "distill` run, or assets written by `splitdnn export assets`?"
+        )
     path = source / BEST if source.is_dir() else source
-    return _from_payload(load_torch(path), path)
+    return _from_payload(load_torch(path), path, task)
 
 
 # --- default assets -------------------------------------------------------------------------

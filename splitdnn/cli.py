@@ -455,15 +455,22 @@ def export_run(
 
 @export_app.command("ladder")
 def export_ladder(
-    rate: Annotated[
-        list[str],
-        typer.Option(
-            help="NAME=RUN: one rate of the ladder, an entropy student's run directory (or a "
-            "bundle exported from one); repeat, smallest to largest, e.g. --rate "
-            "b3e-4=runs/rate/lite2-rate-b3e-4 --rate b1e-4=... --rate b3e-5=..."
-        ),
-    ],
     out: Annotated[Path, typer.Option(help="Bundle directory to write (a new folder).")],
+    rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=SOURCE: one rate of the ladder, an entropy student's run directory, its "
+            "assets (`splitdnn export assets`) or a bundle exported from one; repeat, smallest "
+            "to largest, e.g. --rate b3e-4=runs/rate/lite2-rate-b3e-4 --rate b1e-4=..."
+        ),
+    ] = None,
+    assets: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --rate: a folder of rate assets with ladder.json (order, default "
+            "and measured figures), e.g. the committed splitdnn/assets/rates."
+        ),
+    ] = None,
     default: Annotated[
         str | None, typer.Option(help="The rate a request without rate= gets (default: first).")
     ] = None,
@@ -473,29 +480,62 @@ def export_ladder(
 ) -> None:
     """A ladder bundle: several entropy-coded split rates sharing the teacher, offload and
     local (the serving picks one with ?rate=, auto weighs them all). Then record each rate's
-    held-out figures: `splitdnn evaluate OUT --data DIR --split val --record`."""
+    held-out figures: `splitdnn evaluate OUT --data DIR --split val --record` (a ladder built
+    from --assets gets the figures measured on its id)."""
     sources: dict[str, Path] = {}
     with user_errors():
-        for value in rate:
-            name, sep, path = value.partition("=")
-            if not sep or not name or not path or name in sources:
-                raise _fail(f"--rate takes NAME=RUN with a new NAME each time, got {value!r}")
-            sources[name] = Path(path)
+        if (assets is None) == (not rate):
+            raise _fail("give either --rate NAME=SOURCE (repeated) or --assets DIR")
         from splitdnn import export as exporter
 
-        manifest = exporter.export_ladder(
-            sources,
-            out,
-            default_rate=default,
-            local=local,
-            local_probes=_parse_probes(local_probe),
-            task=task,
-        )
+        if assets is not None:
+            if default or local_probe or task:
+                raise _fail("--assets takes the default rate and probes from its assets")
+            manifest = exporter.export_ladder_assets(assets, out)
+        else:
+            for value in rate or []:
+                name, sep, path = value.partition("=")
+                if not sep or not name or not path or name in sources:
+                    raise _fail(
+                        f"--rate takes NAME=SOURCE with a new NAME each time, got {value!r}"
+                    )
+                sources[name] = Path(path)
+            manifest = exporter.export_ladder(
+                sources,
+                out,
+                default_rate=default,
+                local=local,
+                local_probes=_parse_probes(local_probe),
+                task=task,
+            )
+    rates = manifest.rates or {}
+    measured = [r for r, spec in rates.items() if spec.accuracy]
     typer.echo(
         f"wrote ladder bundle {manifest.bundle_id} ({manifest.name}) to {out}: rates "
-        f"{list(manifest.rates or {})}, default {manifest.default_rate}; record their figures "
-        f"with `splitdnn evaluate {out} --data DIR --split val --record`"
+        f"{list(rates)}, default {manifest.default_rate}; "
+        + (
+            f"figures recorded for {measured}"
+            if measured
+            else f"record their figures with `splitdnn evaluate {out} --data DIR --split val "
+            "--record`"
+        )
     )
+
+
+@export_app.command("ladder-figures")
+def export_ladder_figures(
+    bundle: Annotated[Path, typer.Argument(help="A ladder bundle whose figures are recorded.")],
+    assets: Annotated[
+        Path, typer.Option(help="The folder of its rates' assets (one folder per rate name).")
+    ],
+) -> None:
+    """Keep a recorded ladder's order, default rate and per-rate figures as ASSETS/ladder.json,
+    so `splitdnn export ladder --assets ASSETS` rebuilds it with its figures."""
+    with user_errors():
+        from splitdnn import export as exporter
+
+        path = exporter.keep_ladder_figures(bundle, assets)
+    typer.echo(f"wrote {path}")
 
 
 @export_app.command("default")

@@ -17,7 +17,7 @@ import typer
 from splitdnn import serve
 from splitdnn.errors import ConfigError, SplitDNNError
 from splitdnn.tls import tls_files
-from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
+from splitdnn.wire import COMPRESSIONS
 
 serve_app = typer.Typer(
     help="Run the split-inference services locally (no Docker).", no_args_is_help=True
@@ -64,7 +64,10 @@ TLSCA = Annotated[
 ]
 Quantisation = Annotated[
     str | None,
-    typer.Option(help=f"Envelope quantisation: {', '.join(QUANTISATIONS)} (default uint8)."),
+    typer.Option(
+        help=f"Envelope quantisation: {', '.join(serve.SPLIT_QUANTISATIONS)} (default bundle: "
+        "entropy for a bundle with coding tables, else uint8)."
+    ),
 ]
 Compression = Annotated[
     str | None,

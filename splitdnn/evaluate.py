@@ -488,9 +488,12 @@ def task_accuracy(report: dict[str, Any], data: str | None = None) -> TaskAccura
 
 def rate_accuracy(report: dict[str, Any], rate: str, data: str | None = None) -> TaskAccuracy:
     """One rate's figures of a ladder bundle's report, as its manifest keeps them: the
-    teacher and local as measured beside it, ``split_entropy`` this rate's split."""
+    teacher and local as measured beside it, ``split_entropy`` this rate's split (the
+    report's fp32/fp16/uint8 split scores are the default rate's device part, not this
+    rate's, so they stay in the bundle's top-level figures only)."""
     figures = task_accuracy(report, data)
-    top1 = {**figures.top1, "split_entropy": round(report["rates"][rate]["top1"], 2)}
+    top1 = {k: v for k, v in figures.top1.items() if not k.startswith("split_")}
+    top1["split_entropy"] = round(report["rates"][rate]["top1"], 2)
     return figures.model_copy(update={"top1": top1})
 
 

@@ -14,9 +14,10 @@ and compared with torch; a difference over :data:`TOLERANCE` raises :class:`Expo
 bundle on disk always reproduces the model it came from. The manifest is written by
 :func:`splitdnn.bundle.write_manifest`.
 
-Sources: :func:`export_run` (a distillation run directory) and :func:`export_default` (the
-committed default assets) read a :class:`~splitdnn.checkpoints.StudentCheckpoint` and assemble
-it (:func:`splitdnn.parts.assemble`) before :func:`export_bundle` writes it.
+Sources: :func:`export_run` (a distillation run directory or its assets), :func:`export_default`
+(the committed default assets) and :func:`export_ladder` / :func:`export_ladder_assets` (several
+entropy students as one bundle of rates) read a :class:`~splitdnn.checkpoints.StudentCheckpoint`
+and assemble it (:func:`splitdnn.parts.assemble`) before :func:`export_bundle` writes it.
 """
 
 from __future__ import annotations
@@ -35,20 +36,27 @@ from splitdnn import reencode
 from splitdnn.bundle import (
     ACCURACY_FILE,
     CODING_FILE,
+    LADDER_FILE,
     MANIFEST,
+    LadderAssets,
     Manifest,
+    RateFigures,
     default_bundle_path,
+    load_bundle,
+    read_ladder_assets,
     read_measured_accuracy,
     record_accuracy,
+    record_rate_accuracy,
     write_ladder,
+    write_ladder_assets,
     write_manifest,
 )
 from splitdnn.checkpoints import (
     DEFAULT_ASSETS,
     DEFAULT_LOCAL,
     load_linear,
-    load_run,
     read_default_assets,
+    read_student,
 )
 from splitdnn.errors import ExportError
 from splitdnn.parts import BundleParts, assemble
@@ -237,11 +245,12 @@ def export_run(
     name: str | None = None,
     check: bool = True,
 ) -> Manifest:
-    """A bundle from a distillation run directory: its best student, its teacher (ImageNet
-    head and the run's probe task, named ``task`` or after the data folder) and the device-only
-    model ``local`` with its own ImageNet head plus ``local_probes`` (task -> probe file).
-    The run's probe task is the bundle's default task."""
-    checkpoint = load_run(run_dir, task)
+    """A bundle from a distillation run directory (or its assets, ``splitdnn export assets``):
+    its best student, its teacher (ImageNet head and the run's probe task, named ``task`` or
+    after the data folder) and the device-only model ``local`` with its own ImageNet head plus
+    ``local_probes`` (task -> probe file; assets may carry their own). The run's probe task is
+    the bundle's default task."""
+    checkpoint = read_student(run_dir, task)
     probes: dict[str, nn.Module] = {t: load_linear(p) for t, p in (local_probes or {}).items()}
     parts = assemble(
         checkpoint,
@@ -344,6 +353,61 @@ def export_ladder(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def export_ladder_assets(
+    assets_dir: str | Path, out_dir: str | Path, *, check: bool = True
+) -> Manifest:
+    """The ladder of committed rate assets (``assets_dir/ladder.json`` names the rates, each a
+    folder of ``splitdnn export assets``, and the default): built with :func:`export_ladder`,
+    and the figures measured on a ladder of the same id recorded into its manifest, so auto
+    weighs the rates without measuring again. Figures measured on another id are not copied
+    (a warning says how to measure them)."""
+    assets_dir = Path(assets_dir)
+    ladder = read_ladder_assets(assets_dir)
+    sources = {rate: assets_dir / rate for rate in ladder.rates}
+    manifest = export_ladder(sources, out_dir, default_rate=ladder.default_rate, check=check)
+    if ladder.figures and ladder.measured_on != manifest.bundle_id:
+        warnings.warn(
+            f"{assets_dir}/{LADDER_FILE}'s figures were measured on bundle {ladder.measured_on}, "
+            f"not {manifest.bundle_id}: not recorded (measure: splitdnn evaluate {out_dir} "
+            "--data DIR --split val --record per task, then splitdnn export ladder-figures)",
+            stacklevel=2,
+        )
+        return manifest
+    for rate, figures in ladder.figures.items():
+        for task, accuracy in figures.accuracy.items():
+            manifest = record_rate_accuracy(
+                out_dir, rate, task, accuracy, figures.median_bytes[task]
+            )
+    return manifest
+
+
+def keep_ladder_figures(bundle_dir: str | Path, assets_dir: str | Path) -> Path:
+    """A recorded ladder bundle's order, default rate and per-rate figures as
+    ``assets_dir/ladder.json`` beside the rates' assets (one folder per rate, by name), so
+    :func:`export_ladder_assets` rebuilds the same bundle with its figures."""
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    if not m.rates or m.default_rate is None:
+        raise ExportError(f"{bundle_dir} is not a ladder bundle (no rates)")
+    missing = [r for r in m.rates if not (Path(assets_dir) / r).is_dir()]
+    if missing:
+        raise ExportError(
+            f"{assets_dir} has no assets for rates {missing}: write each with "
+            "`splitdnn export assets RUN --out ASSETS/RATE`"
+        )
+    ladder = LadderAssets(
+        rates=list(m.rates),
+        default_rate=m.default_rate,
+        measured_on=m.bundle_id,
+        figures={
+            rate: RateFigures(accuracy=spec.accuracy, median_bytes=spec.median_bytes)
+            for rate, spec in m.rates.items()
+            if spec.accuracy
+        },
+    )
+    return write_ladder_assets(assets_dir, ladder)
+
+
 # --- a whole student's assets (method kd, labels or classes) ----------------------------------
 
 
@@ -401,7 +465,7 @@ def export_classes(
     ``split_from`` (a run or default assets: the split student and the teacher with its probe)
     for every task: ImageNet, the full data set's task and the application task (the teacher's
     probabilities grouped the same way, :class:`GroupedHead`)."""
-    from splitdnn.checkpoints import read_kd_student, read_student
+    from splitdnn.checkpoints import read_kd_student
     from splitdnn.distill.classes import class_groups
     from splitdnn.distill.kd import whole_student
     from splitdnn.models import get_teacher

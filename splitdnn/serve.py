@@ -44,7 +44,10 @@ from splitdnn.bundle import MANIFEST, default_bundle_path
 from splitdnn.errors import BundleError, ConfigError
 from splitdnn.nonn.bundle import NONN_MANIFEST, load_nonn_bundle
 from splitdnn.tls import TLSFiles, client_context, tls_files
-from splitdnn.wire import COMPRESSIONS, QUANTISATIONS
+from splitdnn.wire import COMPRESSIONS, ENTROPY, QUANTISATIONS
+
+#: What a head may be told to send split as (``bundle``: as the bundle was trained to be sent).
+SPLIT_QUANTISATIONS = (*QUANTISATIONS, ENTROPY, "bundle")
 
 TAIL_APP = "services.tail.app:create_app"
 #: The tail on Ray Serve: ``run(**options)`` deploys it (needs the ``ray`` extra).
@@ -180,9 +183,9 @@ def head_env(
     quantisation: str | None = None,
     compression: str | None = None,
 ) -> dict[str, str]:
-    if quantisation is not None and quantisation not in QUANTISATIONS:
+    if quantisation is not None and quantisation not in SPLIT_QUANTISATIONS:
         raise ConfigError(
-            f"quantisation must be one of {list(QUANTISATIONS)}, not {quantisation!r}"
+            f"quantisation must be one of {list(SPLIT_QUANTISATIONS)}, not {quantisation!r}"
         )
     if compression is not None and compression not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {list(COMPRESSIONS)}, not {compression!r}")

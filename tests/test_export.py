@@ -183,6 +183,9 @@ def test_export_refuses_a_non_bundle_folder_and_a_missing_run(tmp_path: Path) ->
         _prepare_output_dir(tmp_path)
     with pytest.raises(CheckpointError, match=r"best\.pt"):
         export_run(tmp_path / "nothing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"neither best\.pt nor default\.json"):
+        export_run(tmp_path / "empty", tmp_path / "out")
 
 
 def test_evaluate_scores_the_same_in_torch_and_onnxruntime(chain) -> None:

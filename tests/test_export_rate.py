@@ -144,3 +144,22 @@ def test_the_rate_benchmark_sends_an_entropy_bundles_split_entropy_coded(rate_bu
     assert envelope == wire.encode_entropy(latent, bundle_id=bundle.id, tables=tables)
     assert np.array_equal(received, tables.latent(tables.symbols(latent)))
     assert split_label(bundle) == "split: entropy-coded"
+
+
+def test_the_committed_rate_assets_are_the_ladders_entropy_students() -> None:
+    """`splitdnn export ladder --assets splitdnn/assets/rates` needs no run: each rate of
+    ladder.json is a folder of assets holding an entropy student that loads, and every
+    figure kept beside them was measured on held-out images of both tasks."""
+    from splitdnn.bundle import read_ladder_assets
+    from splitdnn.checkpoints import read_student
+
+    assets = Path(__file__).resolve().parents[1] / "splitdnn" / "assets" / "rates"
+    ladder = read_ladder_assets(assets)
+    for rate in ladder.rates:
+        checkpoint = read_student(assets / rate)
+        assert checkpoint.entropy_coded and checkpoint.task == "caltech101"
+        checkpoint.build_student()  # the saved state fits the student it names
+        figures = ladder.figures[rate]
+        assert set(figures.accuracy) == set(figures.median_bytes) == {"imagenet", "caltech101"}
+        for accuracy in figures.accuracy.values():
+            assert accuracy.images >= 500 and "split_entropy" in accuracy.top1

@@ -259,8 +259,14 @@ def test_evaluate_record_fills_every_rates_figures(ladder_dir, tmp_path: Path) -
     for rate, scores in report["rates"].items():
         spec = bundle.manifest.rates[rate]
         assert spec.accuracy["caltech101"].top1["split_entropy"] == round(scores["top1"], 2)
+        # fp32/uint8 split were scored with the default rate's device part only
+        assert not {"split_fp32", "split_uint8"} & set(spec.accuracy["caltech101"].top1)
         assert spec.accuracy["caltech101"].images == 6
         assert spec.median_bytes["caltech101"] == scores["median_bytes"]
+    # the bundle's own figures keep them (the default rate's device part), beside its rate's
+    top = bundle.manifest.accuracy["caltech101"].top1
+    assert top["split_uint8"] == round(report["split_uint8_top1"], 2)
+    assert top["split_entropy"] == round(report["rates"]["r2"]["top1"], 2)
     assert bundle.id == load_bundle(ladder_dir).id
 
 
@@ -270,3 +276,80 @@ def test_bundle_info_shows_the_rates(ladder_dir) -> None:
     described = describe(load_bundle(ladder_dir), ["imagenet"])
     assert described["default_rate"] == "r2" and list(described["rates"]) == ["r1", "r2", "r3"]
     assert "rates" not in describe(load_bundle(ladder_dir.parent / "bundle-source-r1"), [])
+
+
+# --- a ladder kept as assets: rebuilt with its figures -------------------------------------
+
+
+def _ladder_assets(ladder_dir: Path, root: Path) -> Path:
+    """An assets folder for the toy ladder: one folder per rate (here the rate's one-rate
+    bundle, a source ``export_ladder`` takes as it takes a run's assets)."""
+    root.mkdir()
+    for rate in ("r1", "r2", "r3"):
+        shutil.copytree(ladder_dir.parent / f"{ladder_dir.name}-source-{rate}", root / rate)
+    return root
+
+
+def test_kept_figures_come_back_when_the_ladder_is_rebuilt_from_its_assets(
+    ladder_dir, tmp_path: Path
+) -> None:
+    from splitdnn.bundle import read_ladder_assets
+    from splitdnn.export import export_ladder_assets, keep_ladder_figures
+
+    recorded = tmp_path / "recorded"
+    shutil.copytree(ladder_dir, recorded)
+    record_rate_accuracy(recorded, "r1", "imagenet", _figures(80.0, 75.0), 1000)
+    record_rate_accuracy(recorded, "r2", "imagenet", _figures(80.0, 79.0), 3000)
+    assets = _ladder_assets(ladder_dir, tmp_path / "assets")
+    keep_ladder_figures(recorded, assets)
+    kept = read_ladder_assets(assets)
+    assert kept.rates == ["r1", "r2", "r3"] and kept.default_rate == "r2"
+    assert kept.measured_on == load_bundle(recorded).id and set(kept.figures) == {"r1", "r2"}
+
+    rebuilt = export_ladder_assets(assets, tmp_path / "rebuilt")
+    assert rebuilt.bundle_id == load_bundle(recorded).id
+    bundle = load_bundle(tmp_path / "rebuilt")
+    assert bundle.rate_bytes("imagenet") == {"r1": 1000.0, "r2": 3000.0}
+    assert bundle.manifest.rates["r1"].drop("imagenet") == pytest.approx(5.0)
+    assert bundle.manifest.accuracy["imagenet"].top1["split_entropy"] == 79.0
+
+
+def test_figures_measured_on_another_ladder_are_not_recorded(ladder_dir, tmp_path: Path) -> None:
+    from splitdnn.bundle import LadderAssets, RateFigures, write_ladder_assets
+    from splitdnn.export import export_ladder_assets
+
+    assets = _ladder_assets(ladder_dir, tmp_path / "assets")
+    figures = RateFigures(accuracy={"imagenet": _figures(80.0, 79.0)}, median_bytes={"imagenet": 9})
+    other = LadderAssets(
+        rates=["r1", "r2", "r3"], default_rate="r2", measured_on="0" * 16, figures={"r2": figures}
+    )
+    write_ladder_assets(assets, other)
+    with pytest.warns(UserWarning, match="not recorded"):
+        export_ladder_assets(assets, tmp_path / "rebuilt")
+    assert all(not s.accuracy for s in load_bundle(tmp_path / "rebuilt").manifest.rates.values())
+
+
+def test_a_ladder_file_that_contradicts_itself_is_refused(tmp_path: Path) -> None:
+    from splitdnn.bundle import read_ladder_assets
+
+    (tmp_path / "ladder.json").write_text(json.dumps({"rates": ["a", "b"], "default_rate": "c"}))
+    with pytest.raises(BundleError, match="default_rate 'c' is not one of"):
+        read_ladder_assets(tmp_path)
+    (tmp_path / "ladder.json").write_text(json.dumps({"rates": ["a", "a"], "default_rate": "a"}))
+    with pytest.raises(BundleError, match="distinct"):
+        read_ladder_assets(tmp_path)
+    with pytest.raises(BundleError, match="cannot read"):
+        read_ladder_assets(tmp_path / "nowhere")
+
+
+def test_export_ladder_takes_rates_or_assets_not_both(ladder_dir, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from splitdnn.cli import app
+
+    out = ["--out", str(tmp_path / "out")]
+    neither = CliRunner().invoke(app, ["export", "ladder", *out])
+    assert neither.exit_code == 2 and "either --rate" in neither.output
+    both = ["--rate", f"r1={ladder_dir}", "--assets", str(tmp_path)]
+    refused = CliRunner().invoke(app, ["export", "ladder", *both, *out])
+    assert refused.exit_code == 2 and "either --rate" in refused.output

@@ -24,6 +24,7 @@ from services.head.pipeline import (
     local_tasks,
     no_coding_tables,
     reencoding_of,
+    sent_quantisation,
 )
 from services.head.settings import HeadSettings, get_settings
 from services.head.tail_client import TailClient, Transport
@@ -43,6 +44,10 @@ def load_components(settings: HeadSettings, tail: TailClient) -> dict[str, Any]:
     local = ImageClassifier(bundle, "local", threads)
     image = warmup_jpeg()
     tables = bundle.coding_tables()
+    # the pipeline, the routes and the priors see what split really sends by default
+    settings = settings.model_copy(
+        update={"quantisation": sent_quantisation(settings.quantisation, bundle)}
+    )
     if settings.quantisation == wire.ENTROPY and tables is None:
         raise ConfigError(no_coding_tables(bundle))
     encoding = Encoding(settings.quantisation, settings.compression)

@@ -73,6 +73,14 @@ class Outcome:
     rate: str | None = None
 
 
+def sent_quantisation(setting: str, bundle: Bundle) -> str:
+    """What split sends by default: the setting, where ``bundle`` (the default) means as the
+    bundle was trained to be sent, entropy-coded when it has coding tables, else uint8."""
+    if setting != "bundle":
+        return setting
+    return wire.ENTROPY if bundle.manifest.coding is not None else "uint8"
+
+
 def no_coding_tables(bundle: Bundle) -> str:
     return (
         "quantisation=entropy needs a bundle of an entropy-coded student (with coding "

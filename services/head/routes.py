@@ -141,7 +141,7 @@ def infer_answer(
     start = time.perf_counter()
     pipeline.bundle.rate(rate)
     # a rate is entropy-coded: asked for alone, it sends entropy whatever the setting
-    default_quantisation = wire.ENTROPY if rate is not None else settings.quantisation
+    default_quantisation = wire.ENTROPY if rate is not None else pipeline.settings.quantisation
     encoding = Encoding(
         quantisation or default_quantisation, compression or settings.compression, rate
     )
@@ -266,7 +266,7 @@ def model_metadata(name: str, service: Service, settings: Settings) -> dict[str,
         "tasks": {task: len(spec.labels) for task, spec in bundle.manifest.tasks.items()},
         "default_task": bundle.manifest.default_task,
         "tail_url": settings.tail_url,
-        "quantisation": settings.quantisation,
+        "quantisation": pipeline.settings.quantisation,
         "compression": settings.compression,
         "warmup_ms": service.get("warmup_ms"),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -39,10 +40,11 @@ class HeadSettings(ServiceSettings):
         "and the next try reaches a live one. 503 and timeouts are not retried.",
     )
     max_connections: int = Field(default=16, gt=0, description="Pooled connections to the tail.")
-    quantisation: SplitQuantisation = Field(
-        default="uint8",
-        description="How the bottleneck is sent: fp32, fp16, uint8, or entropy (entropy-coded "
-        "integers; only for a bundle of an entropy-coded student, which carries coding tables).",
+    quantisation: SplitQuantisation | Literal["bundle"] = Field(
+        default="bundle",
+        description="How the bottleneck is sent: 'bundle' (the default) as the bundle was "
+        "trained to be sent, entropy-coded where it carries coding tables (an entropy-coded "
+        "student, a ladder of rates) and uint8 otherwise; or fp32, fp16, uint8, entropy.",
     )
     compression: Compression = Field(
         default="zstd",

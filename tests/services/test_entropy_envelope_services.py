@@ -119,6 +119,19 @@ def test_the_head_sends_split_entropy_coded_to_a_tail_that_takes_it(coded_bundle
         assert plain.status_code == 200 and plain.json()["bytes_sent"] != len(expected)
 
 
+def test_by_default_split_is_sent_as_the_bundle_was_trained_to_be(
+    coded_bundle_dir, toy_bundle_dir, cat_jpeg
+):
+    """An entropy-coded student's bundle sends entropy-coded integers with no setting (its
+    8-bit envelope would spend bytes it was trained not to need); any other sends uint8."""
+    for bundle_dir, sent in ((coded_bundle_dir, "entropy"), (toy_bundle_dir, "uint8")):
+        with _client(bundle_dir) as tail, _head(bundle_dir, tail) as head:
+            answer = head.post("/infer/split", content=cat_jpeg).json()
+            assert answer["encoding"]["quantisation"] == sent, answer
+            info = head.get(f"/v2/models/{load_bundle(bundle_dir).id}").json()
+            assert info["quantisation"] == sent
+
+
 def test_entropy_needs_a_bundle_with_coding_tables(toy_bundle_dir, cat_jpeg):
     with _client(toy_bundle_dir) as tail:
         with _head(toy_bundle_dir, tail) as head:

@@ -73,6 +73,16 @@ def test_bad_quantisation_is_refused(calls, toy_bundle_dir) -> None:
     assert result.exit_code == 2 and not calls
 
 
+@pytest.mark.parametrize("quantisation", ["entropy", "bundle"])
+def test_serve_head_may_send_entropy_or_as_the_bundle_says(
+    calls, toy_bundle_dir, quantisation
+) -> None:
+    args = ["head", "--bundle", str(toy_bundle_dir), "--quantisation", quantisation]
+    result = runner.invoke(serve_app, args)
+    assert result.exit_code == 0, result.output
+    assert os.environ["SPLITDNN_HEAD_QUANTISATION"] == quantisation
+
+
 def test_serve_device_runs_gateway_and_head_in_one_process(calls, toy_bundle_dir) -> None:
     result = runner.invoke(
         serve_app,
