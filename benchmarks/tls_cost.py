@@ -1,15 +1,23 @@
 """What TLS costs on the device–edge link: split and offload p50 with and without it.
 
 Two head → tail pairs run side by side on the bandwidth sweep's set-up (``bandwidth_sweep``:
-tails in one network namespace behind a tbf-shaped veth, each head in its own cgroup holding
-a device profile's CPU share): one plain HTTP, one mutual TLS with certificates made here
-(``splitdnn certs``). Keep-alive is on, so a handshake is paid once per connection, as in
-service. At every rate both pairs are measured on one open-loop schedule: each photo in
-every mode to both heads back to back, the one that goes first alternating from photo to
+both tails in one network namespace behind one tbf-shaped veth, each head in its own cgroup
+holding a device profile's CPU share). The two pairs are two *slots*, A and B (own cgroup,
+own ports, own processes); one slot holds a plain HTTP pair, the other a mutual-TLS pair
+with certificates made here (``splitdnn certs``). Earlier runs kept plain in one slot and
+TLS in the other, and the slots' own difference was as large as TLS's: here the pairs are
+restarted between repeats with the roles swapped (repeat 1: plain in A, TLS in B; repeat 2:
+the reverse; ...), every photo is measured in every repeat, so each condition spends the
+same requests in each slot and a slot's bias cancels in TLS/plain. The slot effect (slot A
+over slot B, the conditions balanced) is reported beside it, so the bias that cancelled is
+seen. Keep-alive is on, so a handshake is paid once per connection, as in service.
+
+At every rate and repeat both pairs are measured on one open-loop schedule: each photo in
+every mode to both slots back to back, the slot that goes first alternating from photo to
 photo, each request followed by a gap of 1.5x its warm-up time (no overlap), so a burst of
 load on the shared machine hits plain and TLS alike.
 
-    sudo python -m benchmarks.tls_cost --profile pi4 --rates 1 2 5 10 20 50
+    sudo python -m benchmarks.tls_cost --profile pi4 --rates 1 2 5 10 20 50 --count 100
 
 Writes ``benchmarks/results/tls_cost.{json,md,png}``. Needs root, iproute2, ethtool and a
 cgroup v1 cpu controller (like the sweep), and the ``certs`` extra.
@@ -25,11 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from benchmarks import cgroup
 from benchmarks.bandwidth_sweep import (
@@ -46,11 +56,13 @@ from benchmarks.process_cpu import cpu_seconds
 from benchmarks.report import conditions, figure, table, write_results
 from benchmarks.stack import device_stack
 from splitdnn import devices
-from splitdnn.stats import median_ratio
+from splitdnn.stats import MedianRatio, median_ratio
 from splitdnn.tls import make_certificates
 
 MODES = ["split", "offload"]
 VARIANTS = ("plain", "tls")
+#: The two head → tail pairs side by side (own cgroup, ports, processes); roles swap.
+SLOTS = ("A", "B")
 #: Body sizes of the CPU measurement: the cat's split envelope and its offload upload.
 BODIES = {"split": 3306, "offload": 34306}
 
@@ -123,76 +135,186 @@ def client_cpu(certs: Path, count: int) -> dict[str, dict[str, float]]:
     return result
 
 
-def measure_pair(
+def arrangement(repeat: int) -> dict[str, str]:
+    """The variant each slot holds in a repeat: plain in A on even repeats (counted from 0),
+    TLS in A on odd ones, so an even number of repeats gives each condition equal time in
+    each slot."""
+    variants = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
+    return dict(zip(SLOTS, variants, strict=True))
+
+
+def sending_order(photos: int) -> list[tuple[str, str, int]]:
+    """(slot, mode, photo) in the order sent in one repeat at one rate: each photo in every
+    mode to both slots back to back, slot A first for even photos and B first for odd ones
+    (with the roles swapped between repeats, a photo's first condition alternates too)."""
+    order = []
+    for i in range(photos):
+        slots = SLOTS if i % 2 == 0 else SLOTS[::-1]
+        order += [(slot, mode, i) for mode in MODES for slot in slots]
+    return order
+
+
+def measure_repeat(
     clients: dict[str, httpx.Client],
-    images: list[tuple[str, bytes]],
-    payload_mbit: float,
-    warmup: int,
     head_pids: dict[str, int],
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """One rate: every (variant, mode) cell on one interleaved open-loop schedule; and per
-    mode the TLS/plain ratio of p50s with its paired 95 % interval and the head's CPU per
-    request in both (what TLS costs the device itself, steady where wall times are not)."""
-    gaps = {(v, m): warm_interval(clients[v], images, m, warmup) for v in VARIANTS for m in MODES}
-    plan = []
-    for i in range(len(images)):
-        variants = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
-        plan += [(v, m, i) for m in MODES for v in variants]
+    roles: dict[str, str],
+    repeat: int,
+    images: list[tuple[str, bytes]],
+    warmup: int,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """One rate in one repeat: every (slot, mode) on one interleaved open-loop schedule.
+    Returns the records, each labelled with its repeat, slot, variant, requested mode and
+    photo, and the gap after each request by variant and mode."""
+    gaps = {(s, m): warm_interval(clients[s], images, m, warmup) for s in SLOTS for m in MODES}
+    plan = sending_order(len(images))
     times, t = [], 0.0
-    for v, m, _ in plan:
+    for slot, mode, _ in plan:
         times.append(t)
-        t += gaps[v, m]
+        t += gaps[slot, mode]
 
     def send(k: int) -> Reply:
-        variant, mode, i = plan[k]
-        cpu_before = cpu_seconds(head_pids[variant])
-        answer = post(clients[variant], mode, images[i][1])
-        head_cpu_ms = (cpu_seconds(head_pids[variant]) - cpu_before) * 1000
+        slot, mode, i = plan[k]
+        cpu_before = cpu_seconds(head_pids[slot])
+        answer = post(clients[slot], mode, images[i][1])
+        head_cpu_ms = (cpu_seconds(head_pids[slot]) - cpu_before) * 1000
         t = answer["timings_ms"]
         stages = answer.get("head_stages_ms") or {}
         return Reply(None, {
-            "image": images[i][0], "mode": answer["mode"], "head_ms": t["head"],
+            "mode": answer["mode"], "head_ms": t["head"],
             "head_model_ms": stages.get("model", 0.0), "transfer_ms": t["transfer"],
             "tail_ms": t["tail"], "head_total_ms": t["total"], "bytes": answer["bytes_sent"],
             "head_cpu_ms": round(head_cpu_ms, 3),
         })  # fmt: skip
 
     records = run(send, rate=1.0, count=len(plan), times=times)["records"]
+    for r in records:  # failed requests too: every record says where it was sent
+        slot, mode, i = plan[r["i"]]
+        r.update(repeat=repeat, slot=slot, variant=roles[slot], requested=mode, photo=i,
+                 image=images[i][0])  # fmt: skip
+    by_variant = {v: {m: gaps[s, m] for m in MODES} for s, v in roles.items()}
+    return records, by_variant
+
+
+def _ratio(ratio: MedianRatio) -> dict[str, Any]:
+    return {"ratio": round(ratio.ratio, 4), "ci95": [round(x, 4) for x in ratio.ci95]}
+
+
+def crossover_effect(records: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """TLS/plain and slot A/B for one mode at one rate, over the photos that both slots
+    answered in every repeat. TLS/plain pools every repeat (each condition as often in A as
+    in B, so a slot's bias cancels); slot A/B pools both conditions (TLS's effect cancels
+    the same way). Each is a ratio of medians with a paired bootstrap interval, a photo
+    resampled with all its times. Beside them, what one arrangement alone would have shown
+    (TLS/plain with TLS in A, with TLS in B), each condition's own slot A/B (across repeats,
+    so drift between repeats is in it), and the head's CPU per request."""
+    roles = {(r["repeat"], r["slot"]): r["variant"] for r in records}
+    repeats = sorted({k for k, _ in roles})
+    held = {v: sum(1 for (_, s), w in roles.items() if s == "A" and w == v) for v in VARIANTS}
+    if len(roles) != 2 * len(repeats) or held["plain"] != held["tls"]:
+        raise ValueError(f"each condition must hold slot A in as many repeats as the other: {held}")
+    slot_of = {(k, v): s for (k, s), v in roles.items()}
+    ok = {(r["photo"], r["repeat"], r["slot"]): r for r in records
+          if r["requested"] == mode and r["error"] is None}  # fmt: skip
+    photos = sorted({p for p, _, _ in ok
+                     if all((p, k, s) in ok for k in repeats for s in SLOTS)})  # fmt: skip
+    if not photos:
+        return {"photos": 0}
+
+    def times(slot: Callable[[int], str], among: list[int], key: str = "latency_ms") -> np.ndarray:
+        return np.array([[ok[p, k, slot(k)][key] for k in among] for p in photos])
+
+    def condition(variant: str, among: list[int] = repeats, key: str = "latency_ms") -> np.ndarray:
+        return times(lambda k: slot_of[k, variant], among, key)
+
+    def in_slot(slot: str, among: list[int]) -> np.ndarray:
+        return times(lambda k: slot, among)
+
+    where_tls = {s: [k for k in repeats if slot_of[k, "tls"] == s] for s in SLOTS}
+    holding = {(s, v): [k for k in repeats if roles[k, s] == v] for s in SLOTS for v in VARIANTS}
+    cpu = {v: condition(v, key="head_cpu_ms") for v in VARIANTS}
+    return {
+        "photos": len(photos),
+        "repeats": len(repeats),
+        "tls_over_plain": _ratio(median_ratio(condition("plain"), condition("tls"))),
+        "slot_a_over_b": _ratio(median_ratio(in_slot("B", repeats), in_slot("A", repeats))),
+        "tls_over_plain_with_tls_in": {
+            s: _ratio(median_ratio(condition("plain", ks), condition("tls", ks)))
+            for s, ks in where_tls.items()
+        },
+        "slot_a_over_b_of": {
+            v: _ratio(median_ratio(in_slot("B", holding["B", v]), in_slot("A", holding["A", v])))
+            for v in VARIANTS
+        },
+        "head_cpu_ms": {v: round(float(np.median(c)), 3) for v, c in cpu.items()},
+        "head_cpu_added_ms": round(float(np.median(cpu["tls"] - cpu["plain"])), 3),
+    }
+
+
+def verdict(rows: list[dict[str, Any]], mode: str = "split", limit: float = 1.05) -> str:
+    """Whether "TLS adds at most ``limit`` - 1 to ``mode``'s p50" holds at every rate:
+    ``shown`` (every upper 95 % bound within it), ``refuted`` (some lower bound above it),
+    else ``not shown``."""
+    bounds = [row["effect"][mode]["tls_over_plain"]["ci95"] for row in rows]
+    if any(low > limit for low, _ in bounds):
+        return "refuted"
+    return "shown" if bounds and all(high <= limit for _, high in bounds) else "not shown"
+
+
+def rate_row(rate: float, repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rate's cells (per variant and mode, pooled over repeats) and effects per mode;
+    ``repeats`` holds each repeat's records, gaps, roles and calibration."""
+    records = [r for rep in repeats for r in rep.pop("records")]
+    payload_mbit = statistics.fmean(rep["calibration"]["payload_mbit"] for rep in repeats)
     cells = {
         v: {
             m: cell_of(
-                m, [r for r in records if plan[r["i"]][:2] == (v, m)], gaps[v, m], payload_mbit
+                m,
+                [r for r in records if (r["variant"], r["requested"]) == (v, m)],
+                statistics.fmean(rep["gap_s"][v][m] for rep in repeats),
+                payload_mbit,
             )
             for m in MODES
         }
         for v in VARIANTS
     }
-    return cells, {m: tls_effect(records, plan, m) for m in MODES}
-
-
-def tls_effect(records: list[dict], plan: list[tuple[str, str, int]], mode: str) -> dict:
-    """TLS/plain for one mode over the photos both variants answered: ratio of p50s with a
-    paired bootstrap interval, and the head's median CPU per request in each."""
-    by = {(plan[r["i"]][0], plan[r["i"]][2]): r for r in records
-          if plan[r["i"]][1] == mode and r["error"] is None}  # fmt: skip
-    photos = sorted({i for v, i in by if (("plain", i) in by and ("tls", i) in by)})
-    if not photos:
-        return {"photos": 0}
-    pairs = [(by["plain", i], by["tls", i]) for i in photos]
-    ratio = median_ratio([p["latency_ms"] for p, _ in pairs], [t["latency_ms"] for _, t in pairs])
-    cpu = {
-        v: statistics.median(pair[k]["head_cpu_ms"] for pair in pairs)
-        for k, v in enumerate(VARIANTS)
-    }
+    p50 = {v: {m: c["p50_ms"] for m, c in cells[v].items()} for v in VARIANTS}
     return {
-        "photos": len(photos),
-        "p50_ratio": round(ratio.ratio, 4),
-        "p50_ratio_ci95": [round(x, 4) for x in ratio.ci95],
-        "head_cpu_ms": {v: round(c, 3) for v, c in cpu.items()},
-        "head_cpu_added_ms": round(
-            statistics.median(t["head_cpu_ms"] - p["head_cpu_ms"] for p, t in pairs), 3
-        ),
+        "rate_mbit": rate,
+        "repeats": repeats,
+        "cells": cells,
+        "effect": {m: crossover_effect(records, m) for m in MODES},
+        "p50_ms": p50,
     }
+
+
+def start_pairs(
+    stack: ExitStack,
+    link: Any,
+    groups: dict[str, cgroup.CpuGroup],
+    roles: dict[str, str],
+    certs: Path,
+    args: argparse.Namespace,
+) -> tuple[dict[str, httpx.Client], dict[str, int]]:
+    """Both slots' head → tail pairs in the roles given (slot A started first, always), on
+    the slot's own cgroup and ports; a client to each head and each head's pid by slot."""
+    clients, head_pids = {}, {}
+    for offset, slot in enumerate(SLOTS):
+        services = stack.enter_context(
+            device_stack(
+                link,
+                Path(args.bundle),
+                groups[slot],
+                args.threads,
+                path="head",
+                tls_dir=certs if roles[slot] == "tls" else None,
+                port_offset=300 + offset * 10,
+            )
+        )
+        clients[slot] = stack.enter_context(
+            httpx.Client(base_url=services.url("head"), timeout=300)
+        )
+        head_pids[slot] = services.processes["head"].pid
+    return clients, head_pids
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,78 +324,105 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile,
         "cpu_share": profile.cpu_share,
         "images": {"folder": str(args.images), "count": len(images)},
+        "repeats": args.repeats,
+        "arrangements": [arrangement(k) for k in range(args.repeats)],
         "conditions": conditions(),
         "note": args.note,
         "rows": [],
     }
+    by_rate: dict[float, list[dict[str, Any]]] = {rate: [] for rate in args.rates}
     with ExitStack() as stack:
         certs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tls-cost-")))
-        link = stack.enter_context(shaped_link(args.rates[0], name="sdtls", subnet=233))
+        link = stack.enter_context(shaped_link(args.rates[0], name=args.name, subnet=233))
         make_certificates(certs, ["tail", "head"], hosts=[link.ns_ip], days=2)
         os.chmod(certs, 0o755)
         result["client_cpu_us"] = client_cpu(certs, args.cpu_count)
         print("client CPU per request (us):", result["client_cpu_us"], flush=True)
-        clients, head_pids = {}, {}
-        for offset, variant in enumerate(VARIANTS):
-            tls_dir = certs if variant == "tls" else None
-            # each head its own share, as each device has its own CPU
-            group = stack.enter_context(
-                cgroup.cpu_group(f"sdtls-{args.profile}-{variant}", profile)
+        # each slot its own share, as each device has its own CPU; kept across repeats
+        groups = {
+            slot: stack.enter_context(
+                cgroup.cpu_group(f"{args.name}-{args.profile}-{slot}", profile)
             )
-            services = stack.enter_context(
-                device_stack(
-                    link,
-                    Path(args.bundle),
-                    group,
-                    args.threads,
-                    path="head",
-                    tls_dir=tls_dir,
-                    port_offset=300 + offset * 10,
-                )
-            )
-            clients[variant] = stack.enter_context(
-                httpx.Client(base_url=services.url("head"), timeout=300)
-            )
-            head_pids[variant] = services.processes["head"].pid
-        for rate in args.rates:
-            link = link.set_rate(rate)
-            cal = calibrate(link)
-            cells, effect = measure_pair(
-                clients, images, cal["payload_mbit"], args.warmup, head_pids
-            )
-            row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": cells}
-            p50 = {v: {m: c["p50_ms"] for m, c in cells[v].items()} for v in VARIANTS}
-            row["tls_over_plain"] = {m: round(p50["tls"][m] / p50["plain"][m], 3) for m in MODES}
-            row["tls_effect"] = effect
-            result["rows"].append(row)
-            print(rate, p50, effect, flush=True)
+            for slot in SLOTS
+        }
+        for repeat in range(args.repeats):
+            roles = arrangement(repeat)
+            with ExitStack() as pairs:  # the pairs restart with the roles swapped
+                clients, head_pids = start_pairs(pairs, link, groups, roles, certs, args)
+                for rate in args.rates:
+                    link = link.set_rate(rate)
+                    calibration = calibrate(link)
+                    records, gaps = measure_repeat(
+                        clients, head_pids, roles, repeat, images, args.warmup
+                    )
+                    by_rate[rate].append({
+                        "repeat": repeat, "roles": roles, "gap_s": gaps,
+                        "calibration": calibration, "records": records,
+                    })  # fmt: skip
+                    print(f"repeat {repeat + 1} {roles} {rate:g} Mbit/s done", flush=True)
+    for rate in args.rates:
+        row = rate_row(rate, by_rate[rate])
+        result["rows"].append(row)
+        print(rate, row["p50_ms"], {m: e.get("tls_over_plain") for m, e in row["effect"].items()},
+              flush=True)  # fmt: skip
+    result["verdict"] = {m: verdict(result["rows"], m) for m in MODES}
     result["load_after"] = os.getloadavg()
     return result
+
+
+def _with_ci(ratio: dict[str, Any] | None) -> str:
+    if not ratio:
+        return "–"
+    low, high = ratio["ci95"]
+    return f"{ratio['ratio']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def markdown(result: dict[str, Any]) -> list[str]:
     """The report's lines (the conditions line goes under the title)."""
     load_after = ", ".join(f"{x:.2f}" for x in result["load_after"])
+    n, repeats = result["images"]["count"], result["repeats"]
+    rows = result["rows"]
     lines = [
         f"# TLS cost on the device–edge link ({result['profile']}, "
         f"{result['cpu_share']} core for the head)",
         "",
-        f"Load average at the end {load_after}; {result['images']['count']} held-out "
-        "photos per cell; mutual TLS head → tail, keep-alive on.",
+        f"Load average at the end {load_after}; {n} held-out photos, each sent in every mode "
+        f"to both slots in each of {repeats} repeats ({n * repeats // 2} requests per "
+        "condition, slot, mode and rate); mutual TLS head → tail, keep-alive on.",
         "",
         f"Also running: {result['note'] or 'not recorded'}",
         "",
-        "TLS/plain is the ratio of p50s with a 95 % paired-bootstrap interval (photos "
-        "resampled with both their times); head CPU is the head process's CPU per request "
-        "(all threads), plain → TLS, median.",
+        "Slots A and B are the two head → tail pairs side by side (each its own cgroup of "
+        f"{result['cpu_share']} core, its own ports and processes; one namespace and veth "
+        "shared). Repeat 1 runs plain in A and TLS in B, repeat 2 the reverse, and so on "
+        "(both pairs restarted between repeats), so each condition spends as many requests "
+        "in each slot. TLS/plain is the ratio of the two conditions' p50s over all repeats "
+        "(the slots' bias cancels); slot A/B the ratio of the slots' p50s over both "
+        "conditions (TLS's effect cancels): the bias that was cancelled. Each with a 95 % "
+        "paired-bootstrap interval (photos resampled with all their times).",
+        "",
+        *(f"**{m}: TLS adds ≤ 5 % to p50 (upper 95 % bound ≤ 1.05 at every rate): "
+          f"{verdict(rows, m)}.**" for m in MODES),
         "",
         *table(
-            ["rate (Mbit/s)", "split p50 plain", "split p50 TLS", "TLS/plain [95 % CI]",
-             "split head CPU ms", "offload p50 plain", "offload p50 TLS",
-             "TLS/plain [95 % CI]", "offload head CPU ms"],
+            ["rate (Mbit/s)", "split p50 plain → TLS (ms)", "split TLS/plain [95 % CI]",
+             "split slot A/B [95 % CI]", "offload p50 plain → TLS (ms)",
+             "offload TLS/plain [95 % CI]", "offload slot A/B [95 % CI]"],
             ([f"{row['rate_mbit']:g}", *_mode_cells(row, "split"), *_mode_cells(row, "offload")]
-             for row in result["rows"]),
-            align="rrrrrrrrr",
+             for row in rows),
+            align="rrrrrrr",
+        ),
+        "",
+        "What one arrangement alone would show (TLS/plain with TLS in slot A, in slot B), "
+        "each condition's own slot A/B (across repeats: drift between repeats is in it), "
+        "and the head process's CPU per request (all threads, median, plain → TLS):",
+        "",
+        *table(
+            ["rate (Mbit/s)", "mode", "TLS/plain, TLS in A", "TLS/plain, TLS in B",
+             "plain: slot A/B", "TLS: slot A/B", "head CPU ms"],
+            ([f"{row['rate_mbit']:g}", m, *_bias_cells(row["effect"][m])]
+             for row in rows for m in MODES),
+            align="rlrrrrr",
         ),
     ]  # fmt: skip
     cpu = result.get("client_cpu_us")
@@ -297,30 +446,55 @@ def markdown(result: dict[str, Any]) -> list[str]:
 
 
 def _mode_cells(row: dict[str, Any], mode: str) -> list[str]:
-    """p50 plain, p50 TLS, TLS/plain (with its interval when measured), head CPU."""
-    effect = row.get("tls_effect", {}).get(mode, {})
-    ratio, cpu = f"{row['tls_over_plain'][mode]:.3f}", "–"
-    if effect.get("photos"):
-        low, high = effect["p50_ratio_ci95"]
-        ratio = f"{effect['p50_ratio']:.3f} [{low:.3f}, {high:.3f}]"
-        cpu = f"{effect['head_cpu_ms']['plain']:.2f} → {effect['head_cpu_ms']['tls']:.2f}"
-    p50 = [f"{row['cells'][v][mode]['p50_ms']:.1f}" for v in VARIANTS]
-    return [*p50, ratio, cpu]
+    """p50 plain → TLS, TLS/plain and slot A/B with their intervals."""
+    effect = row["effect"][mode]
+    p50 = row["p50_ms"]
+    return [
+        f"{p50['plain'][mode]:.1f} → {p50['tls'][mode]:.1f}",
+        _with_ci(effect.get("tls_over_plain")),
+        _with_ci(effect.get("slot_a_over_b")),
+    ]
+
+
+def _bias_cells(effect: dict[str, Any]) -> list[str]:
+    if not effect.get("photos"):
+        return ["–"] * 5
+    cpu = effect["head_cpu_ms"]
+    return [
+        *(_with_ci(effect["tls_over_plain_with_tls_in"][s]) for s in SLOTS),
+        *(_with_ci(effect["slot_a_over_b_of"][v]) for v in VARIANTS),
+        f"{cpu['plain']:.2f} → {cpu['tls']:.2f} ({effect['head_cpu_added_ms']:+.2f})",
+    ]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    rates = [r["rate_mbit"] for r in result["rows"]]
-    with figure(path, figsize=(6, 4), dpi=120) as (_, ax):
+    rows = result["rows"]
+    rates = [r["rate_mbit"] for r in rows]
+    with figure(path, 1, 2, figsize=(11, 4), dpi=120) as (_, (left, right)):
         for mode, colour in (("split", "C0"), ("offload", "C1")):
             for variant, style in (("plain", "-"), ("tls", "--")):
-                p50 = [r["cells"][variant][mode]["p50_ms"] for r in result["rows"]]
-                ax.plot(rates, p50, style, color=colour, marker="o", label=f"{mode} {variant}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("link rate (Mbit/s)")
-        ax.set_ylabel("p50 (ms)")
-        ax.set_title(f"TLS vs plain HTTP, {result['profile']} profile, keep-alive")
-        ax.legend()
+                p50 = [r["p50_ms"][variant][mode] for r in rows]
+                left.plot(rates, p50, style, color=colour, marker="o", label=f"{mode} {variant}")
+        left.set(xscale="log", yscale="log", xlabel="link rate (Mbit/s)", ylabel="p50 (ms)",
+                 title=f"p50, {result['profile']} profile, keep-alive")  # fmt: skip
+        left.legend()
+        for k, (mode, key, colour, label) in enumerate((
+            ("split", "tls_over_plain", "C0", "split TLS/plain"),
+            ("split", "slot_a_over_b", "C2", "split slot A/B"),
+            ("offload", "tls_over_plain", "C1", "offload TLS/plain"),
+        )):  # fmt: skip
+            shifted = [rate * (1 + 0.06 * (k - 1)) for rate in rates]
+            ratios = [r["effect"][mode][key] for r in rows]
+            middle = [x["ratio"] for x in ratios]
+            below = [x["ratio"] - x["ci95"][0] for x in ratios]
+            above = [x["ci95"][1] - x["ratio"] for x in ratios]
+            right.errorbar(shifted, middle, yerr=[below, above], fmt="o", color=colour,
+                           capsize=3, label=label)  # fmt: skip
+        right.axhline(1.0, color="grey", lw=0.8)
+        right.axhline(1.05, color="red", lw=0.8, ls="--", label="+5 %")
+        title = f"95 % intervals; {result['repeats']} repeats, slots' roles swapped"
+        right.set(xscale="log", xlabel="link rate (Mbit/s)", ylabel="ratio of p50s", title=title)
+        right.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,7 +505,17 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-count", type=int, default=2000, help="requests per client-CPU measurement"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--repeats", type=int, default=2,
+        help="repeats, the slots' roles swapped between them (even: each condition as often "
+        "in each slot)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--name", default="sdtls", help="network namespace and cgroup name prefix (short)"
+    )
     args = parser.parse_args(argv)
+    if args.repeats < 2 or args.repeats % 2:
+        parser.error("--repeats must be even and at least 2: each condition as often in each slot")
     out = Path(args.out)
     result = measured_or_loaded(args, "tls_cost", measure)
     if result is None:

@@ -13,8 +13,9 @@ These intervals stay inside the possible range at any n:
                            1998, "Improved confidence intervals for the difference between
                            binomial proportions based on paired data", method 10)
 :func:`median_ratio`       ratio of two medians measured on the same items (times of one
-                           request in two set-ups), with a paired percentile-bootstrap
-                           interval (Efron & Tibshirani, 1993, ch. 13)
+                           request in two set-ups, once or in several repeats), with a
+                           paired percentile-bootstrap interval (Efron & Tibshirani,
+                           1993, ch. 13)
 =========================  ==============================================================
 
 Accuracy figures are in percent (points for a difference). numpy only: no torch.
@@ -119,18 +120,25 @@ def median_ratio(
     Items are resampled in pairs (one photo's time in both set-ups stays together), so the
     interval reflects the photos' spread once, not twice; a ratio of medians has no usable
     closed-form interval, hence the bootstrap (percentile method, fixed seed: the same
-    figures give the same interval).
+    figures give the same interval). A 2-d input holds several times per item (one row a
+    photo, one column a repeat, e.g. the set-up's two slots): each median is over every
+    time, and a resample draws whole rows, so a photo keeps all its times and each column
+    keeps its share (the balance of a crossover survives the resampling).
     """
     a = np.asarray(first, dtype=float)
     b = np.asarray(second, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+    if a.shape != b.shape or a.ndim not in (1, 2) or a.size == 0:
         raise ValueError(
-            f"two equal-length non-empty 1-d vectors expected, got {a.shape}, {b.shape}"
+            f"two equal-shape non-empty 1-d or 2-d arrays expected, got {a.shape}, {b.shape}"
         )
     if np.any(a <= 0) or np.any(b <= 0):
         raise ValueError("times must be positive")
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    items = a.shape[0]
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, a.size, size=(resamples, a.size))
-    ratios = np.median(b[picks], axis=1) / np.median(a[picks], axis=1)
+    picks = rng.integers(0, items, size=(resamples, items))
+    ratios = np.median(b[picks].reshape(resamples, -1), axis=1) / np.median(
+        a[picks].reshape(resamples, -1), axis=1
+    )
     low, high = np.percentile(ratios, [2.5, 97.5])
-    return MedianRatio(float(np.median(b) / np.median(a)), (float(low), float(high)), int(a.size))
+    return MedianRatio(float(np.median(b) / np.median(a)), (float(low), float(high)), items)

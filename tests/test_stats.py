@@ -99,3 +99,26 @@ def test_median_ratio_refuses_unpaired_or_non_positive_times():
         median_ratio([1.0, 2.0], [1.0])
     with pytest.raises(ValueError):
         median_ratio([0.0, 2.0], [1.0, 2.0])
+
+
+def test_median_ratio_of_one_column_per_item_equals_the_one_dimensional_one():
+    rng = np.random.default_rng(2)
+    first = rng.lognormal(4.3, 0.3, 30)
+    second = first * rng.lognormal(0.02, 0.1, 30)
+    flat = median_ratio(first, second)
+    assert median_ratio(first[:, None], second[:, None]) == flat
+
+
+def test_median_ratio_resamples_an_item_with_all_its_repeats_keeping_a_crossover_balanced():
+    # column 0 and 1 are two slots, one 1.5x slower; the second set-up holds the slow slot
+    # where the first held the fast one. Rows drawn whole keep every resample's pool a
+    # copy of the first's pool x 1.1; repeats drawn apart would not.
+    base = np.linspace(50.0, 150.0, 25)
+    first = np.column_stack([base, base * 1.5])
+    second = np.column_stack([base * 1.5, base]) * 1.1
+    ratio = median_ratio(first, second)
+    assert ratio.ratio == pytest.approx(1.1)
+    assert ratio.ci95 == pytest.approx((1.1, 1.1))
+    assert ratio.items == 25
+    with pytest.raises(ValueError):
+        median_ratio(first, second[:, :1])
