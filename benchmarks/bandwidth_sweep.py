@@ -266,6 +266,67 @@ def derive(row: dict[str, Any]) -> None:
             row["auto_vs_best"] = round(p50["auto"] / fixed[best], 3)
 
 
+#: Issue #25's bounds: split's wall time against physics, auto against the best fixed mode.
+PHYSICS_BOUND, AUTO_BOUND = 1.10, 1.05
+
+
+def against_physics(row: dict[str, Any]) -> dict[str, Any]:
+    """One rate's split p50, its physics (medians of τhead + bytes/calibrated rate + τtail)
+    and their ratio, beside the median per-request ratio (``overhead_ratio``); auto's p50
+    against the best fixed mode's. Computed from the cells, so a rewrite of an older run's
+    JSON gets it too."""
+    split, auto = _cell(row, "split") or {}, _cell(row, "auto") or {}
+    fixed = {m: c["p50_ms"] for m in FIXED if (c := _cell(row, m)) and c.get("p50_ms")}
+    best = min(fixed, key=fixed.get) if fixed else None
+    wall, limit = split.get("p50_ms"), split.get("limit_ms")
+    return {
+        "split_p50_ms": wall,
+        "physics_ms": limit,
+        "p50_over_physics": round(wall / limit, 3) if wall and limit else None,
+        "overhead_ratio": split.get("overhead_ratio"),
+        "auto_p50_ms": auto.get("p50_ms"),
+        "best_fixed": best,
+        "best_fixed_p50_ms": fixed.get(best) if best else None,
+        "auto_vs_best": round(auto["p50_ms"] / fixed[best], 3)
+        if best and auto.get("p50_ms")
+        else None,
+    }
+
+
+def compare_runs(result: dict[str, Any], other: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per profile x path x rate x mode present in both runs: p50, τhead and τtail of this
+    run against ``other``'s (e.g. default threads against one thread set by hand)."""
+    theirs = {(p["name"], p.get("path", "head")): p for p in other["profiles"]}
+    cells = []
+    for p in result["profiles"]:
+        q = theirs.get((p["name"], p.get("path", "head")))
+        if q is None:
+            continue
+        their_rows = {r["rate_mbit"]: r for r in q["rows"]}
+        for r in p["rows"]:
+            if r["rate_mbit"] not in their_rows:
+                continue
+            for c in r["cells"]:
+                d = _cell(their_rows[r["rate_mbit"]], c["mode"])
+                if not d or not c.get("p50_ms") or not d.get("p50_ms"):
+                    continue
+                cells.append(
+                    {
+                        "profile": p["name"],
+                        "path": p.get("path", "head"),
+                        "rate_mbit": r["rate_mbit"],
+                        "mode": c["mode"],
+                        **{
+                            f"{key}_{side}": x[key]
+                            for key in ("p50_ms", "head_ms", "tail_ms")
+                            for side, x in (("this", c), ("other", d))
+                        },
+                        "ratio": round(c["p50_ms"] / d["p50_ms"], 3),
+                    }
+                )
+    return cells
+
+
 def band(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Rates where split beats local and fair offload (grid points and log-interpolated
     edges), and the band's width as max/min rate."""
@@ -455,8 +516,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"{result['images']['median_bytes']:,} B), open-loop fixed arrivals; the device side "
         "(path classify: gateway and head in one process, `/classify`; path head: the head "
         "alone, `/infer/{mode}`) in a cgroup with the profile's CPU share (10 ms period), "
-        f"ONNX Runtime threads {result.get('threads', 1)}; tail unlimited in a network namespace "
-        "behind a tbf-shaped veth (~1-packet bucket, offloads off). Load average at the end "
+        f"ONNX Runtime threads {result.get('threads', 1)} (the tail's: "
+        f"{result.get('tail_threads', result.get('threads', 1))}); tail unlimited in a "
+        "network namespace behind a tbf-shaped veth (~1-packet bucket, offloads off). "
+        "Load average at the end "
         f"{', '.join(f'{x:.2f}' for x in result['load_after'])}"
         f"{' (' + result['note'] + ')' if result.get('note') else ''}; medians per cell.",
         "",
@@ -499,6 +562,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             if b["width"]
             else "Split never beats both local and fair offload.",
         ]
+        lines += ["", *_physics_lines(p)]
         cells = [c for r in p["rows"] for c in r["cells"]]
         below = sum(c.get("below_floor", 0) for c in cells)
         lines += ["", f"Requests below the tbf floor: {below} of {sum(c['n'] for c in cells)}."]
@@ -512,6 +576,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ["mode", "τhead ms", "model ms", "τtail ms", "bytes", "not-model device ms"],
             _stage_rows(p),
         )
+    if result.get("against"):
+        lines += ["", *_against_lines(result["against"], result)]
     lines += ["", "Calibration (bulk TCP upload, wire Mbit/s incl. headers):", ""]
     p0 = result["profiles"][0]
     lines += [
@@ -533,6 +599,85 @@ def _rate_row(r: dict[str, Any]) -> list[str]:
         fmt(r.get("auto_vs_best"), 2),
         fmt((_cell(r, "split") or {}).get("overhead_ratio"), 2),
     ]
+
+
+def _physics_lines(p: dict[str, Any]) -> list[str]:
+    """Split against physics and auto against the best fixed mode, per rate, and how many
+    rates from 1 to 50 Mbit/s meet issue #25's bounds."""
+    figures = [(r["rate_mbit"], against_physics(r)) for r in p["rows"]]
+    lines = [
+        "Split against physics (τhead + bytes/calibrated rate + τtail, medians of the cell: "
+        "what the device, the link and the tail take at least) and auto against the best "
+        f"fixed mode; bounds {PHYSICS_BOUND:.2f} and {AUTO_BOUND:.2f}:",
+        "",
+    ]
+    lines += table(
+        ["Mbit/s", "split p50", "physics", "p50 / physics", "per-request ratio (median)",
+         "auto p50", "best fixed mode (p50)", "auto / best"],
+        (
+            [f"{rate:g}", fmt(f["split_p50_ms"], 1), fmt(f["physics_ms"], 1),
+             fmt(f["p50_over_physics"], 3), fmt(f["overhead_ratio"], 3),
+             fmt(f["auto_p50_ms"], 1),
+             f"{f['best_fixed']} ({fmt(f['best_fixed_p50_ms'], 1)})" if f["best_fixed"] else "–",
+             fmt(f["auto_vs_best"], 3)]
+            for rate, f in figures
+        ),
+        align="lrrrrrlr",
+    )  # fmt: skip
+    target = [(rate, f) for rate, f in figures if 1 <= rate <= 50]
+
+    def tally(key: str, bound: float) -> str:
+        values = [(rate, f[key]) for rate, f in target if f[key] is not None]
+        if not values:
+            return "not measured"
+        met = [rate for rate, v in values if v <= bound]
+        lo, hi = min(v for _, v in values), max(v for _, v in values)
+        return f"{len(met)} of {len(values)} rates ({lo:.3f}–{hi:.3f})"
+
+    lines += [
+        "",
+        f"From 1 to 50 Mbit/s: split p50 / physics ≤ {PHYSICS_BOUND:.2f} at "
+        f"{tally('p50_over_physics', PHYSICS_BOUND)}; per-request ratio ≤ {PHYSICS_BOUND:.2f} "
+        f"at {tally('overhead_ratio', PHYSICS_BOUND)}; auto / best ≤ {AUTO_BOUND:.2f} at "
+        f"{tally('auto_vs_best', AUTO_BOUND)}.",
+    ]
+    return lines
+
+
+def _against_lines(against: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """The section comparing this run with another (``--against``), cell by cell."""
+    cells = against["cells"]
+    lines = [
+        f"## Against the run with ONNX Runtime threads {against['threads']} (the tail's: "
+        f"{against['tail_threads']}; `{against['file']}`)",
+        "",
+        f"p50 of this run (threads {result.get('threads')}, the tail's "
+        f"{result.get('tail_threads', result.get('threads'))}) / p50 of the other, per cell; "
+        "τhead and "
+        "τtail (medians) beside, to show which side moved.",
+        "",
+    ]
+    lines += table(
+        ["profile, path", "Mbit/s", "mode", "p50 this / other", "ratio",
+         "τhead this / other", "τtail this / other"],
+        (
+            [f"{c['profile']}, {c['path']}", f"{c['rate_mbit']:g}", c["mode"],
+             f"{fmt(c['p50_ms_this'], 1)} / {fmt(c['p50_ms_other'], 1)}", fmt(c["ratio"], 3),
+             f"{fmt(c['head_ms_this'], 1)} / {fmt(c['head_ms_other'], 1)}",
+             f"{fmt(c['tail_ms_this'], 1)} / {fmt(c['tail_ms_other'], 1)}"]
+            for c in cells
+        ),
+        align="lrlrrrr",
+    )  # fmt: skip
+    within = [c for c in cells if c["ratio"] <= 1.10]
+    if cells:
+        ratios = [c["ratio"] for c in cells]
+        lines += [
+            "",
+            f"Within 10 %: {len(within)} of {len(cells)} cells "
+            f"(ratios {min(ratios):.3f}–{max(ratios):.3f}).",
+        ]
+    return lines
 
 
 def _stage_rows(p: dict[str, Any]) -> list[list[str]]:
@@ -661,6 +806,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=ALL_PATHS)
     parser.add_argument(
+        "--against",
+        help="another run's bandwidth_sweep.json (e.g. --threads 1): add p50 ratios per cell",
+    )
+    parser.add_argument(
         "--name", default="sdsweep", help="network namespace and cgroup name prefix (short)"
     )
     parser.add_argument("--period-us", type=int, help="cgroup period instead of devices.json's")
@@ -672,6 +821,14 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         return 2
     floors(result)
+    if args.against:
+        other = json.loads(Path(args.against).read_text())
+        result["against"] = {
+            "file": args.against,
+            "threads": other.get("threads", "?"),
+            "tail_threads": other.get("tail_threads", other.get("threads", "?")),
+            "cells": compare_runs(result, other),
+        }
     out = Path(args.out)
     write_results("bandwidth_sweep", result, markdown(result), out, plot, indent=1)
     write_csv(result, out / "bandwidth_sweep.csv")
