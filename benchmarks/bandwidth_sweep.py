@@ -82,6 +82,8 @@ PATHS = ("classify", "head")
 ALL_PATHS = ("classify", "apart", "head")
 #: What /classify can ask: offload is the head's setting (fair), there is no raw offload.
 CLASSIFY_MODES = ("local", "split", "offload-fair", "auto")
+#: auto's offload re-encodes (the head's fair setting): its answers' modes as cell names.
+FAIR = {"offload": "offload-fair"}
 
 
 def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
@@ -97,20 +99,30 @@ def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in paths[:count]]
 
 
-def request_params(mode: str, path: str = "head") -> tuple[str, dict[str, str]]:
+def request_params(
+    mode: str, path: str = "head", max_drop: float | None = None
+) -> tuple[str, dict[str, str]]:
     """(URL path, query) of one request: the head's ``/infer/{mode}``, or ``/classify``
-    (where offload is the head's setting: the fair re-encode)."""
+    (where offload is the head's setting: the fair re-encode). ``max_drop`` (auto only)
+    replaces the head's accuracy bound: 100 lets auto choose among every mode by time."""
+    extra = {"max_drop": f"{max_drop:g}"} if mode == "auto" and max_drop is not None else {}
     if path in ("classify", "apart"):
-        return "/classify", {"mode": mode.removesuffix("-fair"), "fallback": "false"}
+        return "/classify", {"mode": mode.removesuffix("-fair"), "fallback": "false", **extra}
     if mode == "offload":
         return "/infer/offload", {"reencode": "false", "fallback": "false"}
     if mode == "offload-fair":
         return "/infer/offload", {"reencode": "true", "fallback": "false"}
-    return f"/infer/{mode}", {"fallback": "false"}
+    return f"/infer/{mode}", {"fallback": "false", **extra}
 
 
-def post(client: httpx.Client, mode: str, image: bytes, path: str = "head") -> dict[str, Any]:
-    url, params = request_params(mode, path)
+def post(
+    client: httpx.Client,
+    mode: str,
+    image: bytes,
+    path: str = "head",
+    max_drop: float | None = None,
+) -> dict[str, Any]:
+    url, params = request_params(mode, path, max_drop)
     response = client.post(
         url, params=params, content=image, headers={"Content-Type": "image/jpeg"}
     )
@@ -120,14 +132,19 @@ def post(client: httpx.Client, mode: str, image: bytes, path: str = "head") -> d
 
 
 def warm_interval(
-    client: httpx.Client, images: list, mode: str, warmup: int, path: str = "head"
+    client: httpx.Client,
+    images: list,
+    mode: str,
+    warmup: int,
+    path: str = "head",
+    max_drop: float | None = None,
 ) -> float:
     """Warm a mode up; the gap to leave after each of its requests (1.5x its time)."""
     warm = []
     for i in range(warmup):
         start = time.perf_counter()
         try:
-            post(client, mode, images[i % len(images)][1], path)
+            post(client, mode, images[i % len(images)][1], path, max_drop)
         except (RuntimeError, httpx.HTTPError) as exc:  # counted in the cell, not fatal
             print(f"warm-up {mode}: {exc}", file=sys.stderr)
         warm.append(time.perf_counter() - start)
@@ -141,13 +158,15 @@ def measure_row(
     payload_mbit: float,
     warmup: int,
     path: str = "head",
+    max_drop: float | None = None,
 ) -> list[dict[str, Any]]:
     """One profile x rate row: every mode's requests interleaved on one open-loop schedule
     (photo 1 in every mode, then photo 2, ...; each request followed by a gap of 1.5x its
     mode's warm-up time, so requests do not overlap and a burst of load on the shared
     machine hits all modes alike), then one cell per mode."""
     gaps = {
-        m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1), path) for m in modes
+        m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1), path, max_drop)
+        for m in modes
     }
     plan = [(m, i) for i in range(len(images)) for m in modes]
     times, t = [], 0.0
@@ -157,7 +176,7 @@ def measure_row(
 
     def send(k: int) -> Reply:
         mode, i = plan[k]
-        answer = post(client, mode, images[i][1], path)
+        answer = post(client, mode, images[i][1], path, max_drop)
         t = answer["timings_ms"]
         stages = answer.get("head_stages_ms") or {}
         info = {
@@ -173,6 +192,10 @@ def measure_row(
         }
         if "predicted_ms" in answer:
             info["predicted_ms"] = answer["predicted_ms"]
+        if isinstance(answer.get("auto"), dict) and "allowed" in answer["auto"]:
+            # auto's offload is the fair one: the cells' name for it
+            allowed = answer["auto"]["allowed"]
+            info["allowed"] = [FAIR.get(m, m) for m in allowed]
         return Reply(None, info)
 
     summary = run(send, rate=1.0, count=len(plan), times=times)
@@ -226,6 +249,8 @@ def cell_of(mode: str, all_records: list[dict], gap: float, payload_mbit: float)
     }
     if mode == "auto":
         cell["chosen"] = dict(Counter(r["mode"] for r in records))
+        if any("allowed" in r for r in records):
+            cell["allowed"] = sorted({m for r in records for m in r.get("allowed", ())})
     if not latencies:
         print(f"{mode}: every request failed: {errors}", file=sys.stderr)
     return cell
@@ -278,6 +303,9 @@ def against_physics(row: dict[str, Any]) -> dict[str, Any]:
     split, auto = _cell(row, "split") or {}, _cell(row, "auto") or {}
     fixed = {m: c["p50_ms"] for m in FIXED if (c := _cell(row, m)) and c.get("p50_ms")}
     best = min(fixed, key=fixed.get) if fixed else None
+    # the modes auto's accuracy bound let it serve (recorded from its answers)
+    allowed = {m: v for m, v in fixed.items() if m in auto.get("allowed", fixed)}
+    best_allowed = min(allowed, key=allowed.get) if allowed else None
     wall, limit = split.get("p50_ms"), split.get("limit_ms")
     return {
         "split_p50_ms": wall,
@@ -289,6 +317,11 @@ def against_physics(row: dict[str, Any]) -> dict[str, Any]:
         "best_fixed_p50_ms": fixed.get(best) if best else None,
         "auto_vs_best": round(auto["p50_ms"] / fixed[best], 3)
         if best and auto.get("p50_ms")
+        else None,
+        "auto_allowed": auto.get("allowed"),
+        "best_allowed": best_allowed,
+        "auto_vs_best_allowed": round(auto["p50_ms"] / allowed[best_allowed], 3)
+        if best_allowed and auto.get("p50_ms")
         else None,
     }
 
@@ -385,7 +418,9 @@ def sweep_one(
         for rate in args.rates:
             link = link.set_rate(rate)
             cal = calibrate(link)
-            cells = measure_row(client, images, modes, cal["payload_mbit"], args.warmup, path)
+            cells = measure_row(
+                client, images, modes, cal["payload_mbit"], args.warmup, path, args.auto_max_drop
+            )
             row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": cells}
             derive(row)
             rows.append(row)
@@ -419,6 +454,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "note": args.note,
         "threads": args.threads or "auto (the services size them)",
         "tail_threads": args.tail_threads or args.threads or "auto",
+        "auto_max_drop": args.auto_max_drop,
         "profiles": [],
     }
     for name in args.profiles:
@@ -518,7 +554,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "alone, `/infer/{mode}`) in a cgroup with the profile's CPU share (10 ms period), "
         f"ONNX Runtime threads {result.get('threads', 1)} (the tail's: "
         f"{result.get('tail_threads', result.get('threads', 1))}); tail unlimited in a "
-        "network namespace behind a tbf-shaped veth (~1-packet bucket, offloads off). "
+        "network namespace behind a tbf-shaped veth (~1-packet bucket, offloads off); auto's "
+        "accuracy bound "
+        + (
+            f"max_drop={result['auto_max_drop']:g} points"
+            if result.get("auto_max_drop") is not None
+            else "the head's default"
+        )
+        + ". "
         "Load average at the end "
         f"{', '.join(f'{x:.2f}' for x in result['load_after'])}"
         f"{' (' + result['note'] + ')' if result.get('note') else ''}; medians per cell.",
@@ -613,16 +656,19 @@ def _physics_lines(p: dict[str, Any]) -> list[str]:
     ]
     lines += table(
         ["Mbit/s", "split p50", "physics", "p50 / physics", "per-request ratio (median)",
-         "auto p50", "best fixed mode (p50)", "auto / best"],
+         "auto p50", "best fixed mode (p50)", "auto / best", "auto allowed",
+         "auto / best allowed"],
         (
             [f"{rate:g}", fmt(f["split_p50_ms"], 1), fmt(f["physics_ms"], 1),
              fmt(f["p50_over_physics"], 3), fmt(f["overhead_ratio"], 3),
              fmt(f["auto_p50_ms"], 1),
              f"{f['best_fixed']} ({fmt(f['best_fixed_p50_ms'], 1)})" if f["best_fixed"] else "–",
-             fmt(f["auto_vs_best"], 3)]
+             fmt(f["auto_vs_best"], 3),
+             ", ".join(f["auto_allowed"]) if f["auto_allowed"] else "not recorded",
+             fmt(f["auto_vs_best_allowed"], 3) if f["auto_allowed"] else "–"]
             for rate, f in figures
         ),
-        align="lrrrrrlr",
+        align="lrrrrrlrlr",
     )  # fmt: skip
     target = [(rate, f) for rate, f in figures if 1 <= rate <= 50]
 
@@ -639,7 +685,14 @@ def _physics_lines(p: dict[str, Any]) -> list[str]:
         f"From 1 to 50 Mbit/s: split p50 / physics ≤ {PHYSICS_BOUND:.2f} at "
         f"{tally('p50_over_physics', PHYSICS_BOUND)}; per-request ratio ≤ {PHYSICS_BOUND:.2f} "
         f"at {tally('overhead_ratio', PHYSICS_BOUND)}; auto / best ≤ {AUTO_BOUND:.2f} at "
-        f"{tally('auto_vs_best', AUTO_BOUND)}.",
+        f"{tally('auto_vs_best', AUTO_BOUND)}"
+        + (
+            f", against the best mode its accuracy bound allowed at "
+            f"{tally('auto_vs_best_allowed', AUTO_BOUND)}"
+            if any(f["auto_allowed"] for _, f in target)
+            else ""
+        )
+        + ".",
     ]
     return lines
 
@@ -805,6 +858,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the tail's ONNX Runtime threads apart from --threads (it shares this machine)",
     )
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=ALL_PATHS)
+    parser.add_argument(
+        "--auto-max-drop",
+        type=float,
+        help="auto's accuracy bound in points (default: the head's); 100 lets it choose by time",
+    )
     parser.add_argument(
         "--against",
         help="another run's bandwidth_sweep.json (e.g. --threads 1): add p50 ratios per cell",

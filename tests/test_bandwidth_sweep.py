@@ -91,6 +91,7 @@ def test_split_is_set_against_physics_and_auto_against_the_best_fixed_mode() -> 
     assert f["p50_over_physics"] == 1.1 and f["overhead_ratio"] == 1.11
     assert f["best_fixed"] == "local" and f["best_fixed_p50_ms"] == 80
     assert f["auto_vs_best"] == 1.05
+    assert f["best_allowed"] == "local" and f["auto_vs_best_allowed"] == 1.05
     missing = against_physics(row(5, local=80))
     assert missing["p50_over_physics"] is None and missing["auto_vs_best"] is None
 
@@ -125,3 +126,20 @@ def test_two_runs_are_compared_cell_by_cell_where_both_measured() -> None:
     ]
     other_path = {"profiles": [{**one["profiles"][0], "path": "head"}]}
     assert compare_runs(default, other_path) == []
+
+
+def test_auto_is_also_set_against_the_best_mode_its_accuracy_bound_allowed() -> None:
+    r = physics_row(5, split=100, limit=90, auto=126, local=120)
+    next(c for c in r["cells"] if c["mode"] == "auto")["allowed"] = ["local", "offload-fair"]
+    f = against_physics(r)
+    assert f["best_fixed"] == "split" and f["auto_vs_best"] == 1.26
+    assert f["best_allowed"] == "local" and f["auto_vs_best_allowed"] == 1.05
+
+
+def test_an_accuracy_bound_is_sent_with_auto_requests_only() -> None:
+    from benchmarks.bandwidth_sweep import request_params
+
+    assert request_params("auto", "classify", 100)[1]["max_drop"] == "100"
+    assert request_params("auto", "head", 2.5)[1]["max_drop"] == "2.5"
+    assert "max_drop" not in request_params("split", "classify", 100)[1]
+    assert "max_drop" not in request_params("auto", "classify")[1]
