@@ -82,6 +82,8 @@ PATHS = ("classify", "head")
 ALL_PATHS = ("classify", "apart", "head")
 #: What /classify can ask: offload is the head's setting (fair), there is no raw offload.
 CLASSIFY_MODES = ("local", "split", "offload-fair", "auto")
+#: auto's offload re-encodes (the head's fair setting): its answers' modes as cell names.
+FAIR = {"offload": "offload-fair"}
 
 
 def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
@@ -97,20 +99,30 @@ def held_out_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in paths[:count]]
 
 
-def request_params(mode: str, path: str = "head") -> tuple[str, dict[str, str]]:
+def request_params(
+    mode: str, path: str = "head", max_drop: float | None = None
+) -> tuple[str, dict[str, str]]:
     """(URL path, query) of one request: the head's ``/infer/{mode}``, or ``/classify``
-    (where offload is the head's setting: the fair re-encode)."""
+    (where offload is the head's setting: the fair re-encode). ``max_drop`` (auto only)
+    replaces the head's accuracy bound: 100 lets auto choose among every mode by time."""
+    extra = {"max_drop": f"{max_drop:g}"} if mode == "auto" and max_drop is not None else {}
     if path in ("classify", "apart"):
-        return "/classify", {"mode": mode.removesuffix("-fair"), "fallback": "false"}
+        return "/classify", {"mode": mode.removesuffix("-fair"), "fallback": "false", **extra}
     if mode == "offload":
         return "/infer/offload", {"reencode": "false", "fallback": "false"}
     if mode == "offload-fair":
         return "/infer/offload", {"reencode": "true", "fallback": "false"}
-    return f"/infer/{mode}", {"fallback": "false"}
+    return f"/infer/{mode}", {"fallback": "false", **extra}
 
 
-def post(client: httpx.Client, mode: str, image: bytes, path: str = "head") -> dict[str, Any]:
-    url, params = request_params(mode, path)
+def post(
+    client: httpx.Client,
+    mode: str,
+    image: bytes,
+    path: str = "head",
+    max_drop: float | None = None,
+) -> dict[str, Any]:
+    url, params = request_params(mode, path, max_drop)
     response = client.post(
         url, params=params, content=image, headers={"Content-Type": "image/jpeg"}
     )
@@ -120,14 +132,19 @@ def post(client: httpx.Client, mode: str, image: bytes, path: str = "head") -> d
 
 
 def warm_interval(
-    client: httpx.Client, images: list, mode: str, warmup: int, path: str = "head"
+    client: httpx.Client,
+    images: list,
+    mode: str,
+    warmup: int,
+    path: str = "head",
+    max_drop: float | None = None,
 ) -> float:
     """Warm a mode up; the gap to leave after each of its requests (1.5x its time)."""
     warm = []
     for i in range(warmup):
         start = time.perf_counter()
         try:
-            post(client, mode, images[i % len(images)][1], path)
+            post(client, mode, images[i % len(images)][1], path, max_drop)
         except (RuntimeError, httpx.HTTPError) as exc:  # counted in the cell, not fatal
             print(f"warm-up {mode}: {exc}", file=sys.stderr)
         warm.append(time.perf_counter() - start)
@@ -141,13 +158,15 @@ def measure_row(
     payload_mbit: float,
     warmup: int,
     path: str = "head",
+    max_drop: float | None = None,
 ) -> list[dict[str, Any]]:
     """One profile x rate row: every mode's requests interleaved on one open-loop schedule
     (photo 1 in every mode, then photo 2, ...; each request followed by a gap of 1.5x its
     mode's warm-up time, so requests do not overlap and a burst of load on the shared
     machine hits all modes alike), then one cell per mode."""
     gaps = {
-        m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1), path) for m in modes
+        m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1), path, max_drop)
+        for m in modes
     }
     plan = [(m, i) for i in range(len(images)) for m in modes]
     times, t = [], 0.0
@@ -157,7 +176,7 @@ def measure_row(
 
     def send(k: int) -> Reply:
         mode, i = plan[k]
-        answer = post(client, mode, images[i][1], path)
+        answer = post(client, mode, images[i][1], path, max_drop)
         t = answer["timings_ms"]
         stages = answer.get("head_stages_ms") or {}
         info = {
@@ -173,6 +192,10 @@ def measure_row(
         }
         if "predicted_ms" in answer:
             info["predicted_ms"] = answer["predicted_ms"]
+        if isinstance(answer.get("auto"), dict) and "allowed" in answer["auto"]:
+            # auto's offload is the fair one: the cells' name for it
+            allowed = answer["auto"]["allowed"]
+            info["allowed"] = [FAIR.get(m, m) for m in allowed]
         return Reply(None, info)
 
     summary = run(send, rate=1.0, count=len(plan), times=times)
@@ -226,6 +249,8 @@ def cell_of(mode: str, all_records: list[dict], gap: float, payload_mbit: float)
     }
     if mode == "auto":
         cell["chosen"] = dict(Counter(r["mode"] for r in records))
+        if any("allowed" in r for r in records):
+            cell["allowed"] = sorted({m for r in records for m in r.get("allowed", ())})
     if not latencies:
         print(f"{mode}: every request failed: {errors}", file=sys.stderr)
     return cell
@@ -264,6 +289,75 @@ def derive(row: dict[str, Any]) -> None:
         row["best_fixed"] = best
         if p50.get("auto"):
             row["auto_vs_best"] = round(p50["auto"] / fixed[best], 3)
+
+
+#: Issue #25's bounds: split's wall time against physics, auto against the best fixed mode.
+PHYSICS_BOUND, AUTO_BOUND = 1.10, 1.05
+
+
+def against_physics(row: dict[str, Any]) -> dict[str, Any]:
+    """One rate's split p50, its physics (medians of τhead + bytes/calibrated rate + τtail)
+    and their ratio, beside the median per-request ratio (``overhead_ratio``); auto's p50
+    against the best fixed mode's. Computed from the cells, so a rewrite of an older run's
+    JSON gets it too."""
+    split, auto = _cell(row, "split") or {}, _cell(row, "auto") or {}
+    fixed = {m: c["p50_ms"] for m in FIXED if (c := _cell(row, m)) and c.get("p50_ms")}
+    best = min(fixed, key=fixed.get) if fixed else None
+    # the modes auto's accuracy bound let it serve (recorded from its answers)
+    allowed = {m: v for m, v in fixed.items() if m in auto.get("allowed", fixed)}
+    best_allowed = min(allowed, key=allowed.get) if allowed else None
+    wall, limit = split.get("p50_ms"), split.get("limit_ms")
+    return {
+        "split_p50_ms": wall,
+        "physics_ms": limit,
+        "p50_over_physics": round(wall / limit, 3) if wall and limit else None,
+        "overhead_ratio": split.get("overhead_ratio"),
+        "auto_p50_ms": auto.get("p50_ms"),
+        "best_fixed": best,
+        "best_fixed_p50_ms": fixed.get(best) if best else None,
+        "auto_vs_best": round(auto["p50_ms"] / fixed[best], 3)
+        if best and auto.get("p50_ms")
+        else None,
+        "auto_allowed": auto.get("allowed"),
+        "best_allowed": best_allowed,
+        "auto_vs_best_allowed": round(auto["p50_ms"] / allowed[best_allowed], 3)
+        if best_allowed and auto.get("p50_ms")
+        else None,
+    }
+
+
+def compare_runs(result: dict[str, Any], other: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per profile x path x rate x mode present in both runs: p50, τhead and τtail of this
+    run against ``other``'s (e.g. default threads against one thread set by hand)."""
+    theirs = {(p["name"], p.get("path", "head")): p for p in other["profiles"]}
+    cells = []
+    for p in result["profiles"]:
+        q = theirs.get((p["name"], p.get("path", "head")))
+        if q is None:
+            continue
+        their_rows = {r["rate_mbit"]: r for r in q["rows"]}
+        for r in p["rows"]:
+            if r["rate_mbit"] not in their_rows:
+                continue
+            for c in r["cells"]:
+                d = _cell(their_rows[r["rate_mbit"]], c["mode"])
+                if not d or not c.get("p50_ms") or not d.get("p50_ms"):
+                    continue
+                cells.append(
+                    {
+                        "profile": p["name"],
+                        "path": p.get("path", "head"),
+                        "rate_mbit": r["rate_mbit"],
+                        "mode": c["mode"],
+                        **{
+                            f"{key}_{side}": x[key]
+                            for key in ("p50_ms", "head_ms", "tail_ms")
+                            for side, x in (("this", c), ("other", d))
+                        },
+                        "ratio": round(c["p50_ms"] / d["p50_ms"], 3),
+                    }
+                )
+    return cells
 
 
 def band(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -324,7 +418,9 @@ def sweep_one(
         for rate in args.rates:
             link = link.set_rate(rate)
             cal = calibrate(link)
-            cells = measure_row(client, images, modes, cal["payload_mbit"], args.warmup, path)
+            cells = measure_row(
+                client, images, modes, cal["payload_mbit"], args.warmup, path, args.auto_max_drop
+            )
             row: dict[str, Any] = {"rate_mbit": rate, "calibration": cal, "cells": cells}
             derive(row)
             rows.append(row)
@@ -358,6 +454,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "note": args.note,
         "threads": args.threads or "auto (the services size them)",
         "tail_threads": args.tail_threads or args.threads or "auto",
+        "auto_max_drop": args.auto_max_drop,
         "profiles": [],
     }
     for name in args.profiles:
@@ -455,8 +552,17 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"{result['images']['median_bytes']:,} B), open-loop fixed arrivals; the device side "
         "(path classify: gateway and head in one process, `/classify`; path head: the head "
         "alone, `/infer/{mode}`) in a cgroup with the profile's CPU share (10 ms period), "
-        f"ONNX Runtime threads {result.get('threads', 1)}; tail unlimited in a network namespace "
-        "behind a tbf-shaped veth (~1-packet bucket, offloads off). Load average at the end "
+        f"ONNX Runtime threads {result.get('threads', 1)} (the tail's: "
+        f"{result.get('tail_threads', result.get('threads', 1))}); tail unlimited in a "
+        "network namespace behind a tbf-shaped veth (~1-packet bucket, offloads off); auto's "
+        "accuracy bound "
+        + (
+            f"max_drop={result['auto_max_drop']:g} points"
+            if result.get("auto_max_drop") is not None
+            else "the head's default"
+        )
+        + ". "
+        "Load average at the end "
         f"{', '.join(f'{x:.2f}' for x in result['load_after'])}"
         f"{' (' + result['note'] + ')' if result.get('note') else ''}; medians per cell.",
         "",
@@ -499,6 +605,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             if b["width"]
             else "Split never beats both local and fair offload.",
         ]
+        lines += ["", *_physics_lines(p)]
         cells = [c for r in p["rows"] for c in r["cells"]]
         below = sum(c.get("below_floor", 0) for c in cells)
         lines += ["", f"Requests below the tbf floor: {below} of {sum(c['n'] for c in cells)}."]
@@ -512,6 +619,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ["mode", "τhead ms", "model ms", "τtail ms", "bytes", "not-model device ms"],
             _stage_rows(p),
         )
+    if result.get("against"):
+        lines += ["", *_against_lines(result["against"], result)]
     lines += ["", "Calibration (bulk TCP upload, wire Mbit/s incl. headers):", ""]
     p0 = result["profiles"][0]
     lines += [
@@ -533,6 +642,95 @@ def _rate_row(r: dict[str, Any]) -> list[str]:
         fmt(r.get("auto_vs_best"), 2),
         fmt((_cell(r, "split") or {}).get("overhead_ratio"), 2),
     ]
+
+
+def _physics_lines(p: dict[str, Any]) -> list[str]:
+    """Split against physics and auto against the best fixed mode, per rate, and how many
+    rates from 1 to 50 Mbit/s meet issue #25's bounds."""
+    figures = [(r["rate_mbit"], against_physics(r)) for r in p["rows"]]
+    lines = [
+        "Split against physics (τhead + bytes/calibrated rate + τtail, medians of the cell: "
+        "what the device, the link and the tail take at least) and auto against the best "
+        f"fixed mode; bounds {PHYSICS_BOUND:.2f} and {AUTO_BOUND:.2f}:",
+        "",
+    ]
+    lines += table(
+        ["Mbit/s", "split p50", "physics", "p50 / physics", "per-request ratio (median)",
+         "auto p50", "best fixed mode (p50)", "auto / best", "auto allowed",
+         "auto / best allowed"],
+        (
+            [f"{rate:g}", fmt(f["split_p50_ms"], 1), fmt(f["physics_ms"], 1),
+             fmt(f["p50_over_physics"], 3), fmt(f["overhead_ratio"], 3),
+             fmt(f["auto_p50_ms"], 1),
+             f"{f['best_fixed']} ({fmt(f['best_fixed_p50_ms'], 1)})" if f["best_fixed"] else "–",
+             fmt(f["auto_vs_best"], 3),
+             ", ".join(f["auto_allowed"]) if f["auto_allowed"] else "not recorded",
+             fmt(f["auto_vs_best_allowed"], 3) if f["auto_allowed"] else "–"]
+            for rate, f in figures
+        ),
+        align="lrrrrrlrlr",
+    )  # fmt: skip
+    target = [(rate, f) for rate, f in figures if 1 <= rate <= 50]
+
+    def tally(key: str, bound: float) -> str:
+        values = [(rate, f[key]) for rate, f in target if f[key] is not None]
+        if not values:
+            return "not measured"
+        met = [rate for rate, v in values if v <= bound]
+        lo, hi = min(v for _, v in values), max(v for _, v in values)
+        return f"{len(met)} of {len(values)} rates ({lo:.3f}–{hi:.3f})"
+
+    lines += [
+        "",
+        f"From 1 to 50 Mbit/s: split p50 / physics ≤ {PHYSICS_BOUND:.2f} at "
+        f"{tally('p50_over_physics', PHYSICS_BOUND)}; per-request ratio ≤ {PHYSICS_BOUND:.2f} "
+        f"at {tally('overhead_ratio', PHYSICS_BOUND)}; auto / best ≤ {AUTO_BOUND:.2f} at "
+        f"{tally('auto_vs_best', AUTO_BOUND)}"
+        + (
+            f", against the best mode its accuracy bound allowed at "
+            f"{tally('auto_vs_best_allowed', AUTO_BOUND)}"
+            if any(f["auto_allowed"] for _, f in target)
+            else ""
+        )
+        + ".",
+    ]
+    return lines
+
+
+def _against_lines(against: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """The section comparing this run with another (``--against``), cell by cell."""
+    cells = against["cells"]
+    lines = [
+        f"## Against the run with ONNX Runtime threads {against['threads']} (the tail's: "
+        f"{against['tail_threads']}; `{against['file']}`)",
+        "",
+        f"p50 of this run (threads {result.get('threads')}, the tail's "
+        f"{result.get('tail_threads', result.get('threads'))}) / p50 of the other, per cell; "
+        "τhead and "
+        "τtail (medians) beside, to show which side moved.",
+        "",
+    ]
+    lines += table(
+        ["profile, path", "Mbit/s", "mode", "p50 this / other", "ratio",
+         "τhead this / other", "τtail this / other"],
+        (
+            [f"{c['profile']}, {c['path']}", f"{c['rate_mbit']:g}", c["mode"],
+             f"{fmt(c['p50_ms_this'], 1)} / {fmt(c['p50_ms_other'], 1)}", fmt(c["ratio"], 3),
+             f"{fmt(c['head_ms_this'], 1)} / {fmt(c['head_ms_other'], 1)}",
+             f"{fmt(c['tail_ms_this'], 1)} / {fmt(c['tail_ms_other'], 1)}"]
+            for c in cells
+        ),
+        align="lrlrrrr",
+    )  # fmt: skip
+    within = [c for c in cells if c["ratio"] <= 1.10]
+    if cells:
+        ratios = [c["ratio"] for c in cells]
+        lines += [
+            "",
+            f"Within 10 %: {len(within)} of {len(cells)} cells "
+            f"(ratios {min(ratios):.3f}–{max(ratios):.3f}).",
+        ]
+    return lines
 
 
 def _stage_rows(p: dict[str, Any]) -> list[list[str]]:
@@ -661,6 +859,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=ALL_PATHS)
     parser.add_argument(
+        "--auto-max-drop",
+        type=float,
+        help="auto's accuracy bound in points (default: the head's); 100 lets it choose by time",
+    )
+    parser.add_argument(
+        "--against",
+        help="another run's bandwidth_sweep.json (e.g. --threads 1): add p50 ratios per cell",
+    )
+    parser.add_argument(
         "--name", default="sdsweep", help="network namespace and cgroup name prefix (short)"
     )
     parser.add_argument("--period-us", type=int, help="cgroup period instead of devices.json's")
@@ -672,6 +879,14 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         return 2
     floors(result)
+    if args.against:
+        other = json.loads(Path(args.against).read_text())
+        result["against"] = {
+            "file": args.against,
+            "threads": other.get("threads", "?"),
+            "tail_threads": other.get("tail_threads", other.get("threads", "?")),
+            "cells": compare_runs(result, other),
+        }
     out = Path(args.out)
     write_results("bandwidth_sweep", result, markdown(result), out, plot, indent=1)
     write_csv(result, out / "bandwidth_sweep.csv")

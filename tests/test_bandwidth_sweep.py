@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bandwidth_sweep import band, cell_of, derive, floors
+from benchmarks.bandwidth_sweep import (
+    _physics_lines,
+    against_physics,
+    band,
+    cell_of,
+    compare_runs,
+    derive,
+    floors,
+)
 
 
 def row(rate: float, **p50: float) -> dict:
@@ -68,3 +76,70 @@ def test_the_public_path_asks_classify_and_its_offload_is_the_head_setting() -> 
         "/infer/offload",
         {"reencode": "true", "fallback": "false"},
     )
+
+
+def physics_row(rate: float, split: float, limit: float, auto: float, local: float) -> dict:
+    r = row(rate, local=local, split=split, offload_fair=500, auto=auto)
+    cells = {c["mode"]: c for c in r["cells"]}
+    cells["split"].update(limit_ms=limit, overhead_ratio=round(split / limit + 0.01, 3))
+    return r
+
+
+def test_split_is_set_against_physics_and_auto_against_the_best_fixed_mode() -> None:
+    f = against_physics(physics_row(5, split=110, limit=100, auto=84, local=80))
+    assert f["split_p50_ms"] == 110 and f["physics_ms"] == 100
+    assert f["p50_over_physics"] == 1.1 and f["overhead_ratio"] == 1.11
+    assert f["best_fixed"] == "local" and f["best_fixed_p50_ms"] == 80
+    assert f["auto_vs_best"] == 1.05
+    assert f["best_allowed"] == "local" and f["auto_vs_best_allowed"] == 1.05
+    missing = against_physics(row(5, local=80))
+    assert missing["p50_over_physics"] is None and missing["auto_vs_best"] is None
+
+
+def test_the_report_counts_only_rates_from_1_to_50_against_the_bounds() -> None:
+    rows = [
+        physics_row(0.5, split=300, limit=100, auto=400, local=200),  # outside: not counted
+        physics_row(1, split=105, limit=100, auto=100, local=200),
+        physics_row(50, split=150, limit=100, auto=90, local=80),
+    ]
+    text = "\n".join(_physics_lines({"rows": rows}))
+    assert "≤ 1.10 at 1 of 2 rates (1.050–1.500)" in text
+    assert "auto / best ≤ 1.05 at 1 of 2 rates (0.952–1.125)" in text
+
+
+def test_two_runs_are_compared_cell_by_cell_where_both_measured() -> None:
+    def run(p50: dict[str, float], rates: tuple[float, ...]) -> dict:
+        rows = []
+        for rate in rates:
+            r = row(rate, **p50)
+            for c in r["cells"]:
+                c.update(head_ms=10.0, tail_ms=20.0)
+            rows.append(r)
+        return {"profiles": [{"name": "pi4@0.25", "path": "classify", "rows": rows}]}
+
+    default = run({"local": 66, "split": 90}, (1, 5))
+    one = run({"local": 60, "split": 100, "auto": 70}, (5, 20))
+    cells = compare_runs(default, one)
+    assert [(c["rate_mbit"], c["mode"], c["ratio"]) for c in cells] == [
+        (5, "local", 1.1),
+        (5, "split", 0.9),
+    ]
+    other_path = {"profiles": [{**one["profiles"][0], "path": "head"}]}
+    assert compare_runs(default, other_path) == []
+
+
+def test_auto_is_also_set_against_the_best_mode_its_accuracy_bound_allowed() -> None:
+    r = physics_row(5, split=100, limit=90, auto=126, local=120)
+    next(c for c in r["cells"] if c["mode"] == "auto")["allowed"] = ["local", "offload-fair"]
+    f = against_physics(r)
+    assert f["best_fixed"] == "split" and f["auto_vs_best"] == 1.26
+    assert f["best_allowed"] == "local" and f["auto_vs_best_allowed"] == 1.05
+
+
+def test_an_accuracy_bound_is_sent_with_auto_requests_only() -> None:
+    from benchmarks.bandwidth_sweep import request_params
+
+    assert request_params("auto", "classify", 100)[1]["max_drop"] == "100"
+    assert request_params("auto", "head", 2.5)[1]["max_drop"] == "2.5"
+    assert "max_drop" not in request_params("split", "classify", 100)[1]
+    assert "max_drop" not in request_params("auto", "classify")[1]
