@@ -4,7 +4,8 @@ bytes and the peak activation memory (:func:`splitdnn.profile.device_costs`, an 
 shapes). Widths come from each config's ``nonn.budget`` (or ``nonn.width``, default 1/K);
 group sizes are the balanced split of the teacher's last filters, as the partition makes
 them. No training and no data beyond the class list: costs do not depend on the weights.
-Writes ``benchmarks/results/nonn/costs.{json,md}``:
+:func:`untrained_bundle` exports a config's members before any training, for timing them
+(``benchmarks/nonn_latency.py``). Writes ``benchmarks/results/nonn/costs.{json,md}``:
 
     python -m benchmarks.nonn_costs
 """
