@@ -297,8 +297,8 @@ def device_stack(
         port = MEMBER_PORT + port_offset + i
         member = serve.uvicorn_command(serve.MEMBER_APP, link.ns_ip, port, "warning")
         children[f"member{i}"] = serve.Child(
-            # join the group first: inside the namespace /sys is its own, without cgroups
-            member_group.wrap(link.exec_argv(member)),
+            # nsenter, not ip netns exec: the member must see its group's quota (threads)
+            member_group.wrap(link.enter_argv(member)),
             {**base, **serve.member_env(Path(str(nonn)), i)},
             urls[f"member{i}"] + READY,
         )

@@ -20,16 +20,17 @@ def groups(k: int) -> list[CpuGroup]:
     return [CpuGroup(Path(f"/sys/fs/cgroup/cpu/test-m{i}")) for i in range(k)]
 
 
-def test_each_member_joins_its_cpu_group_before_entering_the_namespace(
+def test_each_member_runs_in_its_cpu_group_and_the_namespace_seeing_its_quota(
     toy_bundle_dir: Path, toy_nonn_bundle_dir: Path
 ) -> None:
     stack = device_stack(LINK, toy_bundle_dir, CpuGroup(None), 0, path="classify",
                          nonn=toy_nonn_bundle_dir, member_groups=groups(2))  # fmt: skip
     for i in range(2):
         argv = stack.children[f"member{i}"].argv
-        # inside `ip netns exec` /sys is the namespace's own: no cgroup fs to join there
         assert argv[0] == "sh" and f"test-m{i}/cgroup.procs" in argv[2]
-        assert argv[4:8] == ["ip", "netns", "exec", "ns-test"]
+        # not `ip netns exec`: its own /sys hides the cgroup fs, so the member would not
+        # see its quota and would run two spinning threads in 0.11 core
+        assert argv[4:6] == ["nsenter", "--net=/var/run/netns/ns-test"]
         assert stack.urls[f"member{i}"].startswith("http://10.9.9.2:")
     assert list(stack.children) == ["tail", "member0", "member1", "head"]  # members first
 
