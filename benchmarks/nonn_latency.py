@@ -80,6 +80,29 @@ def held_out_photos(config: Path, count: int) -> list[tuple[str, bytes]]:
     return [(s.path.name, s.path.read_bytes()) for s in val[::step][:count]]
 
 
+def kernel_layout(model: Path) -> dict[str, int]:
+    """How ONNX Runtime (this machine, one thread, all optimisations) lays out ``model``'s
+    convolutions: how many run in its blocked NCHWc kernels, how many stay plain, and the
+    layout reorders between them. A model whose channel counts do not suit the block runs
+    slower per MAC; this is from its optimised graph, no timing."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="nonn-layout-") as folder:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3  # not the warning that the file is machine-specific
+        options.optimized_model_filepath = str(Path(folder) / "optimised.onnx")
+        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(options.optimized_model_filepath).graph.node
+    blocked = sum(1 for n in nodes if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv")
+    plain = sum(
+        1 for n in nodes if n.op_type in ("Conv", "FusedConv") and not n.domain.endswith("nchwc")
+    )
+    reorders = sum(1 for n in nodes if n.op_type in ("ReorderInput", "ReorderOutput"))
+    return {"convs": blocked + plain, "blocked": blocked, "plain": plain, "reorders": reorders}
+
+
 def post(client: httpx.Client, mode: str, image: bytes, task: str) -> dict[str, Any]:
     """One ``/classify`` request; a non-200 or a degraded NoNN answer is an error (a member
     missing would time the stand-in, not the member)."""
@@ -289,6 +312,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "note": args.note,
             "conditions": conditions(),
         }
+        files = [nonn_dir / m.file for m in manifest.members]
+        result["layout"] = {
+            "local": kernel_layout(Path(args.bundle) / "local.onnx"),
+            "members": [kernel_layout(f) for f in files],
+        }
         link = stack.enter_context(shaped_link(args.rate, name=f"{args.ns}", subnet=234))
         result["calibration"] = calibrate(link)
         group = stack.enter_context(cgroup.cpu_group(f"{args.ns}-device", profile))
@@ -383,6 +411,22 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"Local model on the same profile (local mode's model stage): "
         f"{c['local']['head_model_ms']} ms; split's device part: {c['split']['head_model_ms']} ms.",
     ]
+    layout = result.get("layout")
+    if layout:
+        lines += [
+            "",
+            "ONNX Runtime's layout of the convolutions (optimised graph, this machine): blocked "
+            "NCHWc kernels / plain / layout reorders between them:",
+            "",
+            *table(
+                ["model", "convolutions", "blocked", "plain", "reorders"],
+                [
+                    [name, x["convs"], x["blocked"], x["plain"], x["reorders"]]
+                    for name, x in [("local model", layout["local"])]
+                    + [(f"member {i}", x) for i, x in enumerate(layout["members"])]
+                ],
+            ),
+        ]
     return lines
 
 

@@ -102,3 +102,13 @@ def test_the_report_renders_every_mode_and_member() -> None:
     text = "\n".join(markdown(result))
     assert "| nonn | 3 | 160.0 |" in text and "nonn / local" in text
     assert "untrained" in text
+
+
+def test_the_kernel_layout_counts_every_convolution_of_a_member(
+    toy_nonn_bundle_dir: Path,
+) -> None:
+    from benchmarks.nonn_latency import kernel_layout
+
+    layout = kernel_layout(toy_nonn_bundle_dir / "member0.onnx")  # two convolutions
+    assert layout["convs"] == 2 == layout["blocked"] + layout["plain"]
+    assert layout["reorders"] >= 0
