@@ -35,6 +35,13 @@ class Link:
         """``argv`` run inside the namespace (the edge side)."""
         return ["ip", "netns", "exec", self.namespace, *argv]
 
+    def enter_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside the namespace with this machine's ``/sys`` kept: ``ip netns
+        exec`` mounts the namespace's own sysfs, which hides ``/sys/fs/cgroup``, so a
+        process in a CPU group (a NoNN member on its device profile) could not read its
+        quota and would size its ONNX Runtime threads to the whole machine."""
+        return ["nsenter", f"--net=/var/run/netns/{self.namespace}", *argv]
+
     def set_rate(self, rate_mbit: float) -> Link:
         """Change the rate of both directions in place."""
         _shape(self.host_dev, rate_mbit, None, change=True)
@@ -46,7 +53,7 @@ def why_unavailable() -> str | None:
     """None if links can be made here, else the reason (for pytest skips)."""
     if os.geteuid() != 0:
         return "needs root for ip netns / tc"
-    return why_missing("ip", "tc", "ethtool")
+    return why_missing("ip", "tc", "ethtool", "nsenter")
 
 
 def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:

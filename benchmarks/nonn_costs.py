@@ -4,7 +4,8 @@ bytes and the peak activation memory (:func:`splitdnn.profile.device_costs`, an 
 shapes). Widths come from each config's ``nonn.budget`` (or ``nonn.width``, default 1/K);
 group sizes are the balanced split of the teacher's last filters, as the partition makes
 them. No training and no data beyond the class list: costs do not depend on the weights.
-Writes ``benchmarks/results/nonn/costs.{json,md}``:
+:func:`untrained_bundle` exports a config's members before any training, for timing them
+(``benchmarks/nonn_latency.py``). Writes ``benchmarks/results/nonn/costs.{json,md}``:
 
     python -m benchmarks.nonn_costs
 """
@@ -12,20 +13,46 @@ Writes ``benchmarks/results/nonn/costs.{json,md}``:
 from __future__ import annotations
 
 import argparse
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from benchmarks.report import RESULTS, ROOT, conditions, table, write_results
-from splitdnn.distill.config import config_samples, load_config
+from splitdnn.checkpoints import BEST
+from splitdnn.distill.config import DistillConfig, config_samples, load_config
 from splitdnn.models import get_teacher
-from splitdnn.nonn.export import nonn_costs
-from splitdnn.nonn.members import get_nonn_student, nonn_member, width_for_budget
+from splitdnn.nonn.export import export_nonn, nonn_costs
+from splitdnn.nonn.members import (
+    NoNNMember,
+    NoNNStudentSpec,
+    get_nonn_student,
+    nonn_member,
+    width_for_budget,
+)
+from splitdnn.nonn.method import NONN_KIND
 from splitdnn.teacher import frozen_backbone
 
 
-def design_costs(config_path: Path) -> dict:
-    """The costs of one config's members (random weights), teacher and local model."""
+@dataclass
+class Design:
+    """One config's members as its run would build them (before training): family, groups
+    (the balanced split of the teacher's last filters, as the partition makes them), width
+    from ``nonn.budget`` (or ``nonn.width``, default 1/K) and the members themselves."""
+
+    config: DistillConfig
+    spec: NoNNStudentSpec
+    groups: list[list[int]]
+    width: float
+    members: list[NoNNMember]
+    classes: list[str]
+
+
+def design(config_path: Path, pretrained: bool = False) -> Design:
+    """The members of one config (random weights unless ``pretrained``: costs and times do
+    not depend on them)."""
     config = load_config(config_path)
     n = config.nonn
     spec = get_nonn_student(n.student)
@@ -39,25 +66,65 @@ def design_costs(config_path: Path) -> dict:
     else:
         width = n.width if n.width is not None else 1 / n.students
     members = [
-        nonn_member(spec, k, n.students, size, width, pretrained=False)
+        nonn_member(spec, k, n.students, size, width, pretrained=pretrained)
         for k, size in enumerate(sizes)
     ]
-    prefix, _ = frozen_backbone(spec.base, False, spec.cut)
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    groups = [list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)]
     _, _, classes, _ = config_samples(config)
+    return Design(config, spec, groups, width, members, classes)
+
+
+def design_costs(config_path: Path) -> dict:
+    """The costs of one config's members (random weights), teacher and local model."""
+    d = design(config_path)
+    prefix, _ = frozen_backbone(d.spec.base, False, d.spec.cut)
     payload = {
-        "student_name": spec.name,
-        "config": config.model_dump(mode="json"),
-        "classes": classes,
-        "width": width,
+        "student_name": d.spec.name,
+        "config": d.config.model_dump(mode="json"),
+        "classes": d.classes,
+        "width": d.width,
     }
-    costs = nonn_costs(payload, members, prefix)
+    costs = nonn_costs(payload, d.members, prefix)
     return {
         "config": str(config_path.relative_to(ROOT)),
-        "students": n.students,
-        "student": spec.name,
-        "budget": n.budget.model_dump(exclude_none=True) if n.budget else None,
+        "students": d.config.nonn.students,
+        "student": d.spec.name,
+        "budget": d.config.nonn.budget.model_dump(exclude_none=True)
+        if d.config.nonn.budget
+        else None,
         **costs,
     }
+
+
+def untrained_bundle(config_path: Path, out: Path) -> Path:
+    """A NoNN bundle of ``config_path``'s architecture before any training (ImageNet slices,
+    a random join, zero mean features), written by the same export as a trained run's
+    (:func:`splitdnn.nonn.export.export_nonn`): for timing members, whose speed does not
+    depend on their weights. Its accuracy means nothing."""
+    d = design(config_path, pretrained=True)
+    join = nn.Linear(sum(len(g) for g in d.groups), len(d.classes))
+    state = {f"members.{k}.{name}": t for k, m in enumerate(d.members)
+             for name, t in m.state_dict().items()}  # fmt: skip
+    state |= {f"join.{name}": t for name, t in join.state_dict().items()}
+    payload = {
+        "kind": NONN_KIND,
+        "student_name": d.spec.name,
+        "base": d.spec.base,
+        "cut": d.spec.cut,
+        "students": d.config.nonn.students,
+        "width": d.width,
+        "groups": d.groups,
+        "student": state,
+        "classes": d.classes,
+        "metrics": {"untrained": 1},
+        "config": d.config.model_dump(mode="json"),
+        "means": [0.0] * join.in_features,
+    }
+    with tempfile.TemporaryDirectory(prefix="nonn-untrained-") as run:
+        torch.save(payload, Path(run) / BEST)
+        export_nonn(Path(run), out, name=f"untrained-{config_path.stem}")
+    return out
 
 
 def _mb(n: int) -> str:

@@ -11,7 +11,9 @@ Two set-ups build it:
 * :func:`device_stack`: the tail inside a tbf-shaped network namespace (no CPU limit) and
   the device side in a device profile's CPU group: the head alone (path ``head``), gateway
   and head in one process (``classify``) or as two processes (``apart``), for
-  ``bandwidth_sweep`` and ``tls_cost``.
+  ``bandwidth_sweep`` and ``tls_cost``; with a NoNN bundle, its members too, each in its own
+  CPU group behind the same link, and ``mode=nonn`` on the device's gateway
+  (``nonn_latency``).
 * :func:`loopback_device_stack`: the tail and the one-process device app on 127.0.0.1, no
   CPU group, for ``device_cpu`` (CPU per request does not depend on a quota).
 """
@@ -22,7 +24,7 @@ import argparse
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ from splitdnn.tls import TLSFiles, client_context
 PORTS = {"tail": 18201, "head": 18202, "gateway": 18200}
 #: The device set-up's ports (``port_offset`` lets a second set run beside the first).
 DEVICE_PORTS = {"tail": 18101, "head": 18102, "gateway": 18100}
+#: NoNN member I of the device set-up listens on this port + I (+ ``port_offset``).
+MEMBER_PORT = 18110
 READY = "/v2/health/ready"
 
 
@@ -218,6 +222,8 @@ def device_stack(
     tls_dir: Path | None = None,
     port_offset: int = 0,
     tail_threads: int | None = None,
+    nonn: Path | None = None,
+    member_groups: Sequence[CpuGroup] = (),
 ) -> Stack:
     """The tail in ``link``'s namespace (no CPU limit), the device side in ``group``: the
     head alone (``path`` head), gateway and head in one process (``classify``) or as two
@@ -226,7 +232,13 @@ def device_stack(
     tail's threads compete with the device's quota, on a real edge server they do not).
     ``tls_dir`` (``splitdnn certs`` output naming the namespace's address): head
     → tail over mutual TLS. ``urls["client"]`` is where the client posts: the gateway when
-    it runs apart, else the device or head."""
+    it runs apart, else the device or head.
+
+    ``nonn`` (a NoNN bundle; path ``classify`` or ``apart``): one member per entry of
+    ``member_groups``, each in its group inside the link's namespace (a device of its own,
+    reached over the link, as the tail is), started before the device side, whose gateway
+    then also serves ``mode=nonn`` (member deadline 60 s: a slow member is measured, not
+    dropped). ``urls["member0"]``, … name them."""
     ports = {name: port + port_offset for name, port in DEVICE_PORTS.items()}
     tls = (
         {name: TLSFiles.from_dir(tls_dir, name) for name in ("tail", "head")}
@@ -249,6 +261,17 @@ def device_stack(
     if tail_threads:
         base["SPLITDNN_TAIL_INTRA_OP_THREADS"] = str(tail_threads)
         base["SPLITDNN_TAIL_INTER_OP_THREADS"] = "1"
+    if member_groups and nonn is None:
+        raise ValueError("member groups need the NoNN bundle their members serve")
+    members = [
+        f"http://{link.ns_ip}:{MEMBER_PORT + port_offset + i}" for i in range(len(member_groups))
+    ]
+    urls |= {f"member{i}": url for i, url in enumerate(members)}
+    nonn_env = (
+        {**serve.nonn_env(nonn, members), "SPLITDNN_GATEWAY_MEMBER_TIMEOUT_S": "60"}
+        if nonn is not None
+        else {}
+    )
     tail_tls, head_tls = tls.get("tail"), tls.get("head")
     tail = serve.uvicorn_command(
         serve.TAIL_APP, link.ns_ip, ports["tail"], "warning",
@@ -269,13 +292,27 @@ def device_stack(
         "tail": serve.Child(
             link.exec_argv(tail), {**base, **serve.tail_env(bundle)}, urls["tail"] + READY, probe
         ),
-        "head": serve.Child(group.wrap(head), {**base, **head_env}, urls["head"] + READY),
     }
+    for i, member_group in enumerate(member_groups):
+        port = MEMBER_PORT + port_offset + i
+        member = serve.uvicorn_command(serve.MEMBER_APP, link.ns_ip, port, "warning")
+        children[f"member{i}"] = serve.Child(
+            # nsenter, not ip netns exec: the member must see its group's quota (threads)
+            member_group.wrap(link.enter_argv(member)),
+            {**base, **serve.member_env(Path(str(nonn)), i)},
+            urls[f"member{i}"] + READY,
+        )
+    children["head"] = serve.Child(
+        group.wrap(head),
+        {**base, **head_env, **(nonn_env if path == "classify" else {})},
+        urls["head"] + READY,
+    )
     if path == "apart":  # a gateway process beside the head, both under the quota
         gateway = serve.uvicorn_command(serve.GATEWAY_APP, "127.0.0.1", ports["gateway"], "warning")
         gateway_env = {
             **serve.gateway_env(urls["head"], urls["tail"]),
             "SPLITDNN_GATEWAY_TIMEOUT_S": "120",
+            **nonn_env,
         }
         children["gateway"] = serve.Child(
             group.wrap(gateway), {**base, **gateway_env}, urls["gateway"] + READY
