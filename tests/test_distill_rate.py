@@ -183,6 +183,13 @@ def test_rate_config_refuses_what_cannot_train(change, message, tmp_path):
 
 
 RATE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "rate").glob("*.yaml"))
+#: The ladder's rungs (scripts/train-rate.sh's default); the other configs are experiments
+#: from their ends (b3e-5-ft, b3e-5-12ch).
+LADDER = [
+    p
+    for p in RATE_CONFIGS
+    if p.stem in ("lite2-rate-b1e-4", "lite2-rate-b3e-5", "lite2-rate-b3e-4")
+]
 
 
 def test_rate_ladder_rungs_chain_from_the_default_and_hold_out_what_stage_7_does(monkeypatch):
@@ -194,8 +201,8 @@ def test_rate_ladder_rungs_chain_from_the_default_and_hold_out_what_stage_7_does
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
-    configs = sorted((load_config(p) for p in RATE_CONFIGS), key=lambda c: c.rate.beta)
-    assert len(configs) >= 3
+    configs = sorted((load_config(p) for p in LADDER), key=lambda c: c.rate.beta)
+    assert len(configs) == 3
     betas = [c.rate.beta for c in configs]
     assert len(set(betas)) == len(betas)
     schedule = {"train": {"init_from", "epochs", "milestones", "optimizer"}, "rate": {"beta"}}
@@ -209,3 +216,19 @@ def test_rate_ladder_rungs_chain_from_the_default_and_hold_out_what_stage_7_does
             assert rung.train.init_from == root / "runs/rate" / name
     assert all(c.train.keep == "last" for c in configs)
     assert first.data.model_dump(exclude={"root"}) == stage7.data.model_dump(exclude={"root"})
+
+
+def test_every_rate_experiment_holds_out_what_stage_7_does(monkeypatch):
+    """Each rate config, the ladder's rungs and the experiments from their ends, trains on
+    stage 7's images (so its figures are on images it never saw) and keeps its last epoch
+    (no validation image picks a checkpoint)."""
+    from splitdnn.distill.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    stage7 = load_config(root / "configs/lite2-stage7-both-tasks.yaml").data
+    assert len(RATE_CONFIGS) > len(LADDER)
+    for path in RATE_CONFIGS:
+        config = load_config(path)
+        assert config.data == stage7, path.name
+        assert config.train.keep == "last", path.name
