@@ -19,6 +19,11 @@ load on the shared machine hits plain and TLS alike.
 
     sudo python -m benchmarks.tls_cost --profile pi4 --rates 1 2 5 10 20 50 --count 100
 
+One locked run gives intervals of about ±3-4 %; ``--combine EARLIER.json ...`` pools this
+run (or ``--from-json``'s) with earlier runs of the same photos, bundle, profile and rates
+into one report over all their repeats (each run's own TLS/plain beside), refusing runs
+that differ.
+
 Writes ``benchmarks/results/tls_cost.{json,md,png}``. Needs root, iproute2, ethtool and a
 cgroup v1 cpu controller (like the sweep), and the ``certs`` extra.
 """
@@ -26,6 +31,8 @@ cgroup v1 cpu controller (like the sweep), and the ``certs`` extra.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import socket
 import statistics
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -287,6 +295,126 @@ def rate_row(rate: float, repeats: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def photo_fingerprint(result: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """Each photo's name and split payload size in a run: the same photos through the same
+    bundle give the same pairs (the payload is deterministic), so runs whose results did not
+    record their bundle can still be checked."""
+    seen: dict[int, set[tuple[str, int]]] = {}
+    for row in result["rows"]:
+        for variant in VARIANTS:
+            for r in row["cells"][variant]["split"]["records"]:
+                seen.setdefault(r["photo"], set()).add((r["image"], r["bytes"]))
+    if any(len(pairs) > 1 for pairs in seen.values()):
+        raise ValueError("a photo's split payload differs within one run: not one bundle")
+    return {photo: next(iter(pairs)) for photo, pairs in sorted(seen.items())}
+
+
+def _run_summaries(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs a result holds, each with its own conditions and TLS/plain per rate (a
+    pooled result already lists them)."""
+    if "runs" in result:
+        return copy.deepcopy(result["runs"])
+    return [{
+        "conditions": result.get("conditions"), "note": result.get("note", ""),
+        "repeats": result["repeats"], "load_after": result.get("load_after"),
+        "client_cpu_us": result.get("client_cpu_us"),
+        "tls_over_plain": {m: [row["effect"][m].get("tls_over_plain") for row in result["rows"]]
+                           for m in MODES},
+        "verdict": {m: verdict(result["rows"], m) for m in MODES},
+    }]  # fmt: skip
+
+
+def check_poolable(results: list[dict[str, Any]]) -> None:
+    """Refuse, saying what differs, runs that are not one measurement repeated: another
+    profile, CPU share, photo folder or count, bundle, rate list, or other photos or payloads;
+    or a run without per-repeat records (one before the roles were swapped)."""
+    for k, result in enumerate(results):
+        rows = result.get("rows") or []
+        if not rows or any("repeats" not in row or "records" not in row["cells"]["plain"]["split"]
+                           for row in rows):  # fmt: skip
+            raise ValueError(f"run {k + 1} has no per-repeat records to pool")
+    first = results[0]
+
+    def described(result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "profile": result["profile"],
+            "cpu_share": result["cpu_share"],
+            "photo folder": result["images"].get("folder"),
+            "photo count": result["images"]["count"],
+            "rates (Mbit/s)": [row["rate_mbit"] for row in result["rows"]],
+        }
+
+    for k, result in enumerate(results[1:], start=2):
+        for key, value in described(result).items():
+            if value != described(first)[key]:
+                raise ValueError(f"run {k} differs from run 1 in {key}: "
+                                 f"{value!r} vs {described(first)[key]!r}")  # fmt: skip
+        bundles = {r["bundle"] for r in (first, result) if "bundle" in r}
+        if len(bundles) > 1:
+            raise ValueError(f"run {k} differs from run 1 in bundle: {sorted(bundles)}")
+        ours, theirs = photo_fingerprint(result), photo_fingerprint(first)
+        if ours != theirs:
+            differing = sorted(p for p in ours.keys() | theirs.keys()
+                               if ours.get(p) != theirs.get(p))  # fmt: skip
+            raise ValueError(
+                f"run {k} differs from run 1 in photos or split payloads (another bundle?) at "
+                f"photo {differing[0]}: {ours.get(differing[0])} vs {theirs.get(differing[0])}"
+            )
+
+
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result over all repeats of several runs of one measurement (earliest first): the
+    repeats renumbered in sequence, every rate's cells and effects recomputed from the
+    records together, the same verdict; each run's own conditions and TLS/plain kept under
+    ``runs``. Raises ValueError where the runs differ (:func:`check_poolable`)."""
+    check_poolable(results)
+    runs: list[dict[str, Any]] = []
+    by_rate: dict[float, list[dict[str, Any]]] = {r["rate_mbit"]: [] for r in results[0]["rows"]}
+    errors: dict[float, dict[tuple[str, str], Counter]] = {rate: {} for rate in by_rate}
+    offset = 0
+    for result in results:
+        first_run = len(runs)
+        runs += _run_summaries(result)
+        for row in copy.deepcopy(result["rows"]):
+            records = [r for v in VARIANTS for m in MODES for r in row["cells"][v][m]["records"]]
+            for v in VARIANTS:
+                for m in MODES:
+                    errors[row["rate_mbit"]].setdefault((v, m), Counter()).update(
+                        row["cells"][v][m]["errors"]
+                    )
+            for rep in row["repeats"]:
+                own = [r for r in records if r["repeat"] == rep["repeat"]]
+                for r in own:
+                    r["repeat"] += offset
+                rep["run"] = rep.get("run", 0) + first_run
+                rep["repeat"] += offset
+                rep["records"] = own
+                by_rate[row["rate_mbit"]].append(rep)
+        offset += result["repeats"]
+    rows = []
+    for rate, repeats in by_rate.items():
+        row = rate_row(rate, repeats)
+        for (v, m), counted in errors[rate].items():  # cell_of sees the answered ones only
+            row["cells"][v][m]["errors"] = dict(counted)
+        rows.append(row)
+    last = results[-1]
+    return {
+        "profile": last["profile"],
+        "cpu_share": last["cpu_share"],
+        "images": last["images"],
+        **({"bundle": last["bundle"]} if "bundle" in last else {}),
+        "repeats": offset,
+        "arrangements": [a for r in results for a in r["arrangements"]],
+        "conditions": last["conditions"],
+        "note": f"{len(runs)} runs pooled; each run's conditions and figures under runs",
+        "runs": runs,
+        "rows": rows,
+        "verdict": {m: verdict(rows, m) for m in MODES},
+        "load_after": last["load_after"],
+        "client_cpu_us": last.get("client_cpu_us"),
+    }
+
+
 def start_pairs(
     stack: ExitStack,
     link: Any,
@@ -324,6 +452,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile,
         "cpu_share": profile.cpu_share,
         "images": {"folder": str(args.images), "count": len(images)},
+        "bundle": str(Path(args.bundle).resolve()),
         "repeats": args.repeats,
         "arrangements": [arrangement(k) for k in range(args.repeats)],
         "conditions": conditions(),
@@ -425,6 +554,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             align="rlrrrrr",
         ),
     ]  # fmt: skip
+    if result.get("runs"):
+        lines += ["", *runs_lines(result)]
     cpu = result.get("client_cpu_us")
     if cpu:
         lines += [
@@ -442,6 +573,39 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 ),
             ),
         ]  # fmt: skip
+    return lines
+
+
+def runs_lines(result: dict[str, Any]) -> list[str]:
+    """A pooled result's runs: each one's conditions, load and own TLS/plain per rate."""
+    rates = [f"{row['rate_mbit']:g}" for row in result["rows"]]
+    lines = [
+        f"Pooled from {len(result['runs'])} runs of the same photos, bundle, profile and "
+        "rates (the tables above are over all their repeats); each run on its own:",
+        "",
+    ]
+    for k, run_ in enumerate(result["runs"], start=1):
+        c = run_.get("conditions") or {}
+        load = ", ".join(f"{x:.2f}" for x in c.get("load_average_at_start", []))
+        end = ", ".join(f"{x:.2f}" for x in run_.get("load_after") or [])
+        cpu = run_.get("client_cpu_us") or {}
+        client = (f"; tail client CPU per split request {cpu['plain']['split']} → "
+                  f"{cpu['tls']['split']} µs" if cpu else "")  # fmt: skip
+        lines.append(f"- run {k}: {c.get('date', '?')}, commit {c.get('commit', '?')}, "
+                     f"{run_['repeats']} repeats, load {load} → {end}{client}; also running: "
+                     f"{run_.get('note') or 'not recorded'}")  # fmt: skip
+    lines.append("")
+    pooled = {m: [row["effect"][m].get("tls_over_plain") for row in result["rows"]] for m in MODES}
+    lines += table(
+        ["TLS/plain [95 % CI]", *(f"{r} Mbit/s" for r in rates), "≤ 5 %"],
+        [
+            *([f"{m}, run {k}", *map(_with_ci, run_["tls_over_plain"][m]), run_["verdict"][m]]
+              for m in MODES for k, run_ in enumerate(result["runs"], start=1)),
+            *([f"{m}, pooled", *map(_with_ci, pooled[m]), verdict(result["rows"], m)]
+              for m in MODES),
+        ],
+        align="l" + "r" * (len(rates) + 1),
+    )  # fmt: skip
     return lines
 
 
@@ -513,6 +677,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--name", default="sdtls", help="network namespace and cgroup name prefix (short)"
     )
+    parser.add_argument(
+        "--combine", nargs="+", default=[], metavar="EARLIER.json",
+        help="pool this run with earlier runs' JSON (earliest first) of the same photos, "
+        "bundle, profile and rates: one report over all their repeats",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeats < 2 or args.repeats % 2:
         parser.error("--repeats must be even and at least 2: each condition as often in each slot")
@@ -520,6 +689,13 @@ def main(argv: list[str] | None = None) -> int:
     result = measured_or_loaded(args, "tls_cost", measure)
     if result is None:
         return 2
+    if args.combine:
+        earlier = [json.loads(Path(path).read_text()) for path in args.combine]
+        try:
+            result = pool([*earlier, result])
+        except ValueError as error:
+            print(f"tls_cost: cannot pool: {error}", file=sys.stderr)
+            return 2
     write_results("tls_cost", result, markdown(result), out, plot, indent=1)
     print(f"wrote {out}/tls_cost.{{json,md,png}}")
     return 0

@@ -4,6 +4,7 @@ it shows in slot A/B (no timing here: the times are built with known factors).""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -15,8 +16,10 @@ from benchmarks.tls_cost import (
     VARIANTS,
     arrangement,
     crossover_effect,
+    main,
     markdown,
     plot,
+    pool,
     rate_row,
     sending_order,
     verdict,
@@ -46,19 +49,20 @@ def test_each_photo_goes_to_both_slots_back_to_back_the_first_slot_alternating()
     assert arrangement(0)[first[0]] != arrangement(1)[first[0]]
 
 
-def records(base, repeats: int = 2, mode: str = "split", fail=()) -> list[dict]:
+def records(base, repeats: int = 2, mode: str = "split", fail=(), tls: float = TLS) -> list[dict]:
     """Times = photo's base x TLS's factor (in the TLS pair) x slot A's bias (in slot A)."""
     out = []
     for k in range(repeats):
         for slot, variant in arrangement(k).items():
             for i, b in enumerate(base):
-                latency = b * (TLS if variant == "tls" else 1.0) * (SLOT_A if slot == "A" else 1.0)
+                latency = b * (tls if variant == "tls" else 1.0) * (SLOT_A if slot == "A" else 1.0)
                 out.append({
                     "i": len(out), "repeat": k, "slot": slot, "variant": variant,
                     "requested": mode, "mode": mode, "photo": i, "latency_ms": latency,
                     "late_ms": 0.0, "error": "ReadTimeout" if (k, slot, i) in fail else None,
                     "head_cpu_ms": 7.0 + (0.3 if variant == "tls" else 0.0), "head_ms": 20.0,
-                    "head_model_ms": 15.0, "transfer_ms": 10.0, "tail_ms": 10.0, "bytes": 3000,
+                    "head_model_ms": 15.0, "transfer_ms": 10.0, "tail_ms": 10.0,
+                    "bytes": 3000 + i, "image": f"photo{i}.jpg",
                 })  # fmt: skip
     return out
 
@@ -128,3 +132,114 @@ def test_a_rate_row_pools_the_repeats_and_the_report_renders(tmp_path) -> None:
     assert f"{SLOT_A:.3f} [{SLOT_A:.3f}, {SLOT_A:.3f}]" in text  # slot A/B, the cancelled bias
     plot(result, tmp_path / "tls_cost.png")
     assert (tmp_path / "tls_cost.png").stat().st_size > 0
+
+
+def run_result(base, rates=(1.0, 10.0), tls: float = TLS, fail=(), **changes) -> dict:
+    """A whole made-up run as the bench writes it (JSON round trip), ``changes`` on top."""
+    rows = []
+    for rate in rates:
+        every = records(base, fail=fail, tls=tls) + records(base * 3, mode="offload", tls=tls)
+        repeats = [
+            {"repeat": k, "roles": arrangement(k), "calibration": {"payload_mbit": rate},
+             "gap_s": {v: {m: 0.1 for m in MODES} for v in VARIANTS},
+             "records": [r for r in every if r["repeat"] == k]}
+            for k in range(2)
+        ]  # fmt: skip
+        row = rate_row(rate, repeats)
+        row["effect"] = {m: crossover_effect(every, m) for m in MODES}
+        rows.append(row)
+    result = {"profile": "pi4", "cpu_share": 0.11,
+              "images": {"folder": "photos", "count": len(base)}, "repeats": 2,
+              "arrangements": [arrangement(k) for k in range(2)],
+              "conditions": {"date": "2026-12-07T00:00:00Z", "commit": "abc"},
+              "note": f"TLS x{tls}", "rows": rows, "verdict": {},
+              "load_after": [0.1, 0.2, 0.3],
+              "client_cpu_us": {v: {m: 100.0 for m in MODES} for v in VARIANTS}}  # fmt: skip
+    result.update(changes)
+    return json.loads(json.dumps(result))
+
+
+BASE = np.linspace(60.0, 90.0, 9)
+
+
+def test_pooling_two_runs_reports_on_all_four_repeats_and_keeps_each_runs_figures() -> None:
+    first, second = run_result(BASE), run_result(BASE, tls=1.09)
+    pooled = pool([first, second])
+    assert pooled["repeats"] == 4 and len(pooled["arrangements"]) == 4
+    row = pooled["rows"][0]
+    assert sorted(rep["repeat"] for rep in row["repeats"]) == [0, 1, 2, 3]
+    assert [rep["run"] for rep in row["repeats"]] == [0, 0, 1, 1]
+    assert row["cells"]["plain"]["split"]["n"] == 4 * len(BASE)  # two runs, two repeats, slots
+    split = row["effect"]["split"]
+    assert split["repeats"] == 4 and split["photos"] == len(BASE)
+    assert TLS < split["tls_over_plain"]["ratio"] < 1.09  # both runs' times in one median
+    assert split["slot_a_over_b"]["ratio"] == pytest.approx(SLOT_A, abs=1e-4)  # still cancels
+    runs = pooled["runs"]
+    assert [r["note"] for r in runs] == ["TLS x1.03", "TLS x1.09"]
+    assert runs[1]["tls_over_plain"]["split"][0]["ratio"] == pytest.approx(1.09, abs=1e-4)
+    assert [r["verdict"]["split"] for r in runs] == ["shown", "refuted"]
+    low, high = split["tls_over_plain"]["ci95"]
+    assert low <= 1.05 < high and pooled["verdict"]["split"] == "not shown"  # pooled intervals
+    text = "\n".join(markdown(pooled))
+    assert "Pooled from 2 runs" in text and "| split, run 2 | 1.090 [1.090, 1.090]" in text
+    # pooling a pooled result with a third run numbers on
+    again = pool([pooled, run_result(BASE)])
+    assert again["repeats"] == 6 and len(again["runs"]) == 3
+    assert [rep["run"] for rep in again["rows"][0]["repeats"]] == [0, 0, 1, 1, 2, 2]
+
+
+def test_pooling_keeps_failed_requests_counted_and_their_photo_out_of_the_pairs() -> None:
+    pooled = pool([run_result(BASE, fail={(1, "A", 2)}), run_result(BASE)])
+    row = pooled["rows"][0]
+    failed_variant = arrangement(1)["A"]
+    assert row["cells"][failed_variant]["split"]["errors"] == {"ReadTimeout": 1}
+    assert row["effect"]["split"]["photos"] == len(BASE) - 1
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"profile": "jetson"}, "profile"),
+        ({"images": {"folder": "photos", "count": 8}}, "photo count"),
+        ({"rates": (1.0, 20.0)}, "rates"),
+        ({"bundle": "/other"}, "bundle"),
+        ({"payload of photo 0": 9999}, "photos or split payloads"),
+    ],
+)
+def test_runs_of_another_measurement_are_refused_saying_what_differs(changed, message) -> None:
+    first = run_result(BASE, bundle="/bundle")
+    changes = {"bundle": "/bundle", **changed}
+    rates = changes.pop("rates", (1.0, 10.0))
+    payload = changes.pop("payload of photo 0", None)
+    other = run_result(BASE, rates=rates, **changes)
+    for row in other["rows"]:  # another bundle: the same photo, another split payload
+        for r in (
+            row["cells"]["tls"]["split"]["records"] + row["cells"]["plain"]["split"]["records"]
+        ):
+            if payload is not None and r["photo"] == 0:
+                r["bytes"] = payload
+    with pytest.raises(ValueError, match=message):
+        pool([first, other])
+
+
+def test_a_run_without_per_repeat_records_is_refused() -> None:
+    old = run_result(BASE)
+    for row in old["rows"]:
+        del row["repeats"]
+    with pytest.raises(ValueError, match="no per-repeat records"):
+        pool([old, run_result(BASE)])
+
+
+def test_combine_on_the_command_line_writes_the_pooled_report_or_refuses(tmp_path, capsys) -> None:
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps(run_result(BASE)))
+    second.write_text(json.dumps(run_result(BASE, tls=1.09)))
+    argv = ["--from-json", str(second), "--combine", str(first), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    written = json.loads((tmp_path / "out" / "tls_cost.json").read_text())
+    assert written["repeats"] == 4 and len(written["runs"]) == 2
+    assert (tmp_path / "out" / "tls_cost.png").stat().st_size > 0
+    other = run_result(BASE, profile="jetson")
+    first.write_text(json.dumps(other))
+    assert main(argv) == 2
+    assert "cannot pool: run 2 differs from run 1 in profile" in capsys.readouterr().err
