@@ -58,7 +58,7 @@ from typing import Any
 import httpx
 
 from benchmarks import cgroup
-from benchmarks.loadgen import Reply, percentile, run
+from benchmarks.loadgen import Reply, interleaved, percentile, run
 from benchmarks.netns import burst_bytes, calibrate, shaped_link, why_unavailable
 from benchmarks.report import (
     RESULTS,
@@ -168,11 +168,7 @@ def measure_row(
         m: warm_interval(client, images, m, warmup * (3 if m == "auto" else 1), path, max_drop)
         for m in modes
     }
-    plan = [(m, i) for i in range(len(images)) for m in modes]
-    times, t = [], 0.0
-    for m, _ in plan:
-        times.append(t)
-        t += gaps[m]
+    plan, times = interleaved(gaps, len(images))
 
     def send(k: int) -> Reply:
         mode, i = plan[k]

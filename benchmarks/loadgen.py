@@ -80,6 +80,19 @@ def schedule(rate: float, count: int, arrivals: str = "fixed", seed: int = 0) ->
     raise ValueError(f"arrivals must be one of {ARRIVALS}, not {arrivals!r}")
 
 
+def interleaved(gaps: dict[str, float], count: int) -> tuple[list[tuple[str, int]], list[float]]:
+    """Every mode of ``gaps`` for each of ``count`` inputs in turn, each request sent one
+    gap (that mode's warm time) after the one before: requests do not overlap, and a burst
+    of load on a shared machine hits every mode alike. Returns (mode, input) pairs and send
+    times in seconds."""
+    plan = [(mode, i) for i in range(count) for mode in gaps]
+    times, t = [], 0.0
+    for mode, _ in plan:
+        times.append(t)
+        t += gaps[mode]
+    return plan, times
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100); None for no values."""
     if not values:

@@ -48,7 +48,7 @@ import httpx
 
 from benchmarks import cgroup
 from benchmarks.bandwidth_sweep import measured_or_loaded
-from benchmarks.loadgen import Reply, percentile, run
+from benchmarks.loadgen import Reply, interleaved, percentile, run
 from benchmarks.netns import calibrate, shaped_link
 from benchmarks.report import (
     RESULTS,
@@ -162,11 +162,7 @@ def measure_modes(
 ) -> dict[str, Any]:
     """Every mode per photo on one interleaved open-loop schedule; the records and gaps."""
     gaps = {mode: warm_gap(client, photos, mode, task, warmup) for mode in MODES}
-    plan = [(m, i) for i in range(len(photos)) for m in MODES]
-    times, t = [], 0.0
-    for m, _ in plan:
-        times.append(t)
-        t += gaps[m]
+    plan, times = interleaved(gaps, len(photos))
 
     def send(k: int) -> Reply:
         mode, i = plan[k]

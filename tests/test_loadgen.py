@@ -58,3 +58,11 @@ def test_errors_are_counted_by_class() -> None:
     summary = run(send, rate=1000.0, count=9)
     assert summary["errors"] == {"TimeoutError": 3, "http_503": 3}
     assert summary["succeeded"] == 3
+
+
+def test_interleaved_sends_every_mode_per_input_one_warm_gap_apart() -> None:
+    from benchmarks.loadgen import interleaved
+
+    plan, times = interleaved({"local": 0.1, "split": 0.05}, 2)
+    assert plan == [("local", 0), ("split", 0), ("local", 1), ("split", 1)]
+    assert times == pytest.approx([0.0, 0.1, 0.15, 0.25])
