@@ -23,8 +23,9 @@ ARGV_NAMES = {"argv", "cmd", "command"}
 def _first_word(node: ast.expr) -> str | None:
     if isinstance(node, ast.List) and node.elts:
         first = node.elts[0]
+        # an option first ("--out") is a program's arguments without the program: no command
         if isinstance(first, ast.Constant) and isinstance(first.value, str):
-            return first.value
+            return None if first.value.startswith("-") else first.value
     return None
 
 
@@ -80,6 +81,7 @@ argv = ["ip", "link"]
 _run(["debootstrap", "bookworm"])
 shutil.which("curl")
 subprocess.run([sys.executable, "-c", "pass"])
+argv = ["--from-json", "run.json"]
 """
     assert commands_called(source) == {"ethtool", "tc", "ip", "debootstrap", "curl"}
 
