@@ -214,11 +214,8 @@ def read_ladder_assets(directory: str | Path) -> LadderAssets:
 
 def write_ladder_assets(directory: str | Path, ladder: LadderAssets) -> Path:
     """Write ``ladder`` as ``directory/ladder.json`` (UTF-8, whole or not at all)."""
-    path = Path(directory) / LADDER_FILE
-    partial = path.with_name(f".{LADDER_FILE}.partial")
-    partial.write_text(ladder.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    write_manifest_file(Path(directory), LADDER_FILE, ladder)
+    return Path(directory) / LADDER_FILE
 
 
 class Manifest(BaseModel):
@@ -620,13 +617,12 @@ def record_rate_accuracy(
     if rate == bundle.manifest.default_rate:
         # the bundle's own figures of the same images (its fp32/uint8 split) stay beside it
         current = bundle.manifest.accuracy.get(task)
-        same = current is not None and (current.images, current.data) == (
+        if current is not None and (current.images, current.data) == (
             accuracy.images,
             accuracy.data,
-        )
-        top = current.top1 if same and current is not None else {}
-        merged = accuracy.model_copy(update={"top1": {**top, **accuracy.top1}})
-        data["accuracy"] = {**bundle.manifest.accuracy, task: merged}
+        ):
+            accuracy = accuracy.model_copy(update={"top1": {**current.top1, **accuracy.top1}})
+        data["accuracy"] = {**bundle.manifest.accuracy, task: accuracy}
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
