@@ -107,18 +107,22 @@ def test_five_percent_is_shown_only_when_every_upper_bound_is_within_it() -> Non
     assert verdict([]) == "not shown"
 
 
+def made_up_repeats(every: list[dict], rate: float) -> list[dict]:
+    """A rate's two repeats as the bench records them, from made-up request records."""
+    return [
+        {"repeat": k, "roles": arrangement(k), "calibration": {"payload_mbit": rate},
+         "gap_s": {v: {m: 0.1 for m in MODES} for v in VARIANTS},
+         "records": [r for r in every if r["repeat"] == k]}
+        for k in range(2)
+    ]  # fmt: skip
+
+
 def test_a_rate_row_pools_the_repeats_and_the_report_renders(tmp_path) -> None:
     base = np.linspace(60.0, 90.0, 9)
     rows = []
     for rate in (1.0, 10.0):
         every = records(base) + records(base * 3, mode="offload")
-        repeats = [
-            {"repeat": k, "roles": arrangement(k), "calibration": {"payload_mbit": rate},
-             "gap_s": {v: {m: 0.1 for m in MODES} for v in VARIANTS},
-             "records": [r for r in every if r["repeat"] == k]}
-            for k in range(2)
-        ]  # fmt: skip
-        rows.append(rate_row(rate, repeats))
+        rows.append(rate_row(rate, made_up_repeats(every, rate)))
     row = rows[0]
     assert row["cells"]["plain"]["split"]["n"] == 2 * len(base)  # both repeats, both slots
     assert row["p50_ms"]["tls"]["offload"] / row["p50_ms"]["plain"]["offload"] == pytest.approx(
@@ -139,13 +143,7 @@ def run_result(base, rates=(1.0, 10.0), tls: float = TLS, fail=(), **changes) ->
     rows = []
     for rate in rates:
         every = records(base, fail=fail, tls=tls) + records(base * 3, mode="offload", tls=tls)
-        repeats = [
-            {"repeat": k, "roles": arrangement(k), "calibration": {"payload_mbit": rate},
-             "gap_s": {v: {m: 0.1 for m in MODES} for v in VARIANTS},
-             "records": [r for r in every if r["repeat"] == k]}
-            for k in range(2)
-        ]  # fmt: skip
-        row = rate_row(rate, repeats)
+        row = rate_row(rate, made_up_repeats(every, rate))
         row["effect"] = {m: crossover_effect(every, m) for m in MODES}
         rows.append(row)
     result = {"profile": "pi4", "cpu_share": 0.11,

@@ -140,13 +140,18 @@ def test_member_answers_its_features_in_the_wire_format(nonn_bundle, cat_jpeg):
         )
 
 
+def classify_nonn(gateway_url: str, image: bytes) -> httpx.Response:
+    """``POST /classify?mode=nonn`` with the image, allowing for the members' start-up."""
+    return httpx.post(
+        gateway_url + "/classify", params={"mode": "nonn"}, content=image, timeout=CLIENT_TIMEOUT
+    )
+
+
 def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, cat_jpeg):
     with members(nonn_bundle) as started:
         urls = [u for u, _ in started]
         with gateway(nonn_bundle, urls) as gw:
-            response = httpx.post(
-                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
-            )
+            response = classify_nonn(gw, cat_jpeg)
             assert response.status_code == 200, response.text
             answer = response.json()
             assert answer["mode"] == "nonn" and answer["degraded"] is False
@@ -169,9 +174,7 @@ def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, ca
 
             # stop member 1: the answer comes from member 0 and member 1's training means
             serve.stop_processes([started[1][1]])
-            response = httpx.post(
-                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
-            )
+            response = classify_nonn(gw, cat_jpeg)
             assert response.status_code == 200, response.text
             answer = response.json()
             assert answer["degraded"] is True and answer["missing_members"] == [1]
@@ -182,12 +185,7 @@ def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, ca
             assert answer["top_k"][0]["index"] == _expected(nonn_bundle, cat_jpeg, missing=(1,))
 
         with gateway(nonn_bundle, urls, degraded=False) as strict:
-            response = httpx.post(
-                strict + "/classify",
-                params={"mode": "nonn"},
-                content=cat_jpeg,
-                timeout=CLIENT_TIMEOUT,
-            )
+            response = classify_nonn(strict, cat_jpeg)
             body = assert_problem(response, 503, "upstream-unavailable")
             assert "member 1" in body["detail"]
 
@@ -196,9 +194,7 @@ def test_with_four_members_any_one_down_gives_the_degraded_answer(nonn_bundle_k4
     with members(nonn_bundle_k4) as started:
         urls = [u for u, _ in started]
         with gateway(nonn_bundle_k4, urls) as gw:
-            response = httpx.post(
-                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
-            )
+            response = classify_nonn(gw, cat_jpeg)
             assert response.status_code == 200, response.text
             answer = response.json()
             assert answer["degraded"] is False
@@ -208,12 +204,7 @@ def test_with_four_members_any_one_down_gives_the_degraded_answer(nonn_bundle_k4
             with gateway(
                 nonn_bundle_k4, [*urls[:down], f"http://127.0.0.1:{free_port()}", *urls[down + 1 :]]
             ) as gw:
-                response = httpx.post(
-                    gw + "/classify",
-                    params={"mode": "nonn"},
-                    content=cat_jpeg,
-                    timeout=CLIENT_TIMEOUT,
-                )
+                response = classify_nonn(gw, cat_jpeg)
                 assert response.status_code == 200, response.text
                 answer = response.json()
                 assert answer["degraded"] is True and answer["missing_members"] == [down]
@@ -274,9 +265,7 @@ def silent_server() -> Iterator[str]:
 def test_a_silent_member_times_out_into_a_degraded_answer(nonn_bundle, cat_jpeg):
     with members(nonn_bundle) as started, silent_server() as silent:
         with gateway(nonn_bundle, [started[0][0], silent]) as gw:
-            response = httpx.post(
-                gw + "/classify", params={"mode": "nonn"}, content=cat_jpeg, timeout=CLIENT_TIMEOUT
-            )
+            response = classify_nonn(gw, cat_jpeg)
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["missing_members"] == [1]
