@@ -129,7 +129,7 @@ def record_of(answer: dict[str, Any], image: str) -> dict[str, Any]:
         info |= {
             "join_ms": t["join"],
             "members": [
-                {k: m.get(k) for k in ("index", "round_trip_ms", "compute_ms", "bytes")}
+                {k: m.get(k) for k in ("index", "round_trip_ms", "compute_ms", "bytes_received")}
                 for m in members
             ],
             "slowest_round_trip_ms": max(m["round_trip_ms"] for m in members),

@@ -94,7 +94,7 @@ async def _ask(
     """One member's answer: its features, or why there are none (never raises)."""
     url = state.urls[index]
     channels = state.bundle.manifest.members[index].channels
-    record: dict[str, Any] = {"index": index, "url": url, "ok": False}
+    record: dict[str, Any] = {"index": index, "url": url, "ok": False, "bytes_sent": 0}
     start = time.perf_counter()
     try:
         response = await state.client.post(
@@ -110,13 +110,15 @@ async def _ask(
         )
     except httpx.TimeoutException as exc:
         record["error"] = f"timed out after {state.timeout_s} s ({type(exc).__name__})"
+        if not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+            record["bytes_sent"] = len(image)  # connected: the photo may have gone up
     except httpx.HTTPError as exc:
         record["error"] = (
             f"unreachable: {tls.explain(exc, url, state.client_cert) or type(exc).__name__}"
         )
     else:
         record["round_trip_ms"] = round((time.perf_counter() - start) * 1000, 3)
-        record["bytes"] = len(response.content)
+        record["bytes_sent"], record["bytes_received"] = len(image), len(response.content)
         if response.status_code != 200:
             record["error"] = f"answered {response.status_code}"
             record["status"] = response.status_code
@@ -193,7 +195,9 @@ async def classify_nonn(
             "tail": round(compute, 3),
             "join": round(join_ms, 3),
         },
-        "bytes_sent": sum(a.get("bytes", 0) for a in ok),
+        # the photo goes up to every member (K copies on the link): what the device sends
+        "bytes_sent": sum(a["bytes_sent"] for a in answers),
+        "bytes_received": sum(a.get("bytes_received", 0) for a in ok),
         "encoding": {"quantisation": quantisation or "member default", "compression": "none"},
         "bundle": state.bundle.id,
         "model": manifest.name,

@@ -819,6 +819,7 @@ def bundle_info(
 
 class Split(str, Enum):
     val = "val"
+    train = "train"
     all = "all"
 
 
@@ -850,8 +851,9 @@ def evaluate(
         Split | None,
         typer.Option(
             help="val: the held-out split (a run's own seed and fraction, so the "
-            "figure matches the trainer's); all: every image. Default: val for a "
-            "run, all for a bundle."
+            "figure matches the trainer's); train: the rest, the images a run trained on "
+            "(beside val, the gap that says whether more data would help); all: every "
+            "image. Default: val for a run, all for a bundle."
         ),
     ] = None,
     val_fraction: Annotated[
@@ -905,6 +907,12 @@ def evaluate(
                 f"{path} is {nonn}: `splitdnn evaluate` scores split students; export it with "
                 f"`splitdnn export nonn {path} --out DIR`, then score it with `splitdnn nonn "
                 f"figures DIR --run {path} --config CONFIG`"
+            )
+        if record and split is Split.train:
+            raise _fail(
+                "--record keeps held-out figures, which auto's accuracy bound trusts: not with "
+                "--split train (the images a run trained on); use --split val or all on images "
+                "never used to train"
             )
         if (path / MANIFEST).is_file():
             if data is None:

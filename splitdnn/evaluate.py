@@ -107,11 +107,12 @@ def bottleneck_costs(shape: list[int], input_shape: tuple[int, ...] | list[int])
 
 
 def _select(dataset: Dataset, split: str, val_fraction: float, seed: int) -> list[Sample]:
-    if split == "val":
-        return split_per_class(dataset, val_fraction, seed)[1]
+    if split in ("val", "train"):
+        train, val = split_per_class(dataset, val_fraction, seed)
+        return val if split == "val" else train
     if split == "all":
         return dataset.samples
-    raise DataError(f"split must be 'val' or 'all', not {split!r}")
+    raise DataError(f"split must be 'val', 'train' or 'all', not {split!r}")
 
 
 def _no_images(dataset: Dataset, split: str, val_fraction: float, limit: int | None) -> DataError:
@@ -148,7 +149,7 @@ class Table3Row:
     teacher: str
     split_module: str
     task: str
-    split: str  # "val" (the run's validation split) or "all"
+    split: str  # "val" (the run's validation split), "train" (the rest) or "all"
     images: int
     teacher_top1: float
     teacher_top5: float
@@ -188,8 +189,8 @@ def evaluate_run(
     if data is not None:
         config.data.root = Path(data)
         config.data.list = list_file
-    if split == "val":  # the trainer's own selection, so the figure is the trainer's
-        samples = config_samples(config)[1]
+    if split in ("val", "train"):  # the trainer's own selection, so the figure is the trainer's
+        samples = config_samples(config)[1 if split == "val" else 0]
         dataset = load_dataset(config.data.root, config.data.list)
     else:
         dataset = load_dataset(config.data.root, config.data.list)

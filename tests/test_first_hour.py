@@ -338,6 +338,32 @@ def test_evaluate_with_an_empty_validation_split_names_split_all(toy_bundle_dir,
     assert json.loads(scored.stdout)["images"] == 1
 
 
+def test_evaluate_train_split_is_the_rest_of_val_and_is_never_recorded(toy_bundle_dir, tmp_path):
+    from PIL import Image
+
+    from splitdnn.data import load_dataset
+    from splitdnn.evaluate import _select
+
+    data = tmp_path / "four-images"
+    (data / "caltech-class-0").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(data / "caltech-class-0" / f"{i}.jpg")
+    dataset = load_dataset(data, None)
+    val, train = (_select(dataset, split, 0.5, 0) for split in ("val", "train"))
+    assert len(val) == len(train) == 2
+    assert {s.path for s in val} | {s.path for s in train} == {s.path for s in dataset.samples}
+    assert not {s.path for s in val} & {s.path for s in train}
+
+    args = ["evaluate", toy_bundle_dir, "--data", data, "--task", "caltech101", "--json"]
+    scored = invoke(*args, "--split", "train", "--val-fraction", "0.5")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["images"] == 2
+    before = (toy_bundle_dir / "manifest.json").read_bytes()
+    refused = invoke(*args, "--split", "train", "--record")
+    assert refused.exit_code == 2 and "--split train" in refused.stderr
+    assert (toy_bundle_dir / "manifest.json").read_bytes() == before
+
+
 def test_evaluate_refuses_task_for_a_run(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "best.pt").write_bytes(b"")

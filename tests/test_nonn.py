@@ -304,3 +304,25 @@ def test_a_nonn_run_also_learns_from_label_free_photos(shapes, tmp_path):
     only_free = np.arange(method.labelled, method.labelled + 4)
     loss = method.loss(only_free, np.zeros(4, bool), np.random.default_rng(0))
     assert np.isfinite(float(loss.detach()))
+
+
+def test_the_join_learns_at_its_own_rate_and_every_parameter_once(tmp_path):
+    """nonn.join_lr: the narrow pretrained members at a low rate, the fitted join faster."""
+    torch = pytest.importorskip("torch")
+    from splitdnn.distill.config import parse_config
+    from splitdnn.nonn.method import NoNNDistillation, NoNNModel
+
+    def method(nonn: dict) -> NoNNDistillation:
+        raw = {"method": "nonn", "nonn": nonn, "data": {"root": str(tmp_path)},
+               "train": {"optimizer": {"name": "adam", "lr": 3e-5}}}  # fmt: skip
+        return NoNNDistillation(parse_config(raw), tmp_path / "run", progress=False)
+
+    model = NoNNModel([torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)], torch.nn.Linear(8, 5))
+    groups = method({"join_lr": 1e-3}).parameter_groups(model)
+    adam = torch.optim.Adam(groups, lr=3e-5)  # as the trainer makes it
+    assert [g["lr"] for g in adam.param_groups] == [3e-5, 1e-3]
+    assert adam.param_groups[1]["params"] == list(model.join.parameters())
+    seen = [id(p) for g in adam.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters()) and len(set(seen)) == 4 + 2
+    (one,) = method({}).parameter_groups(model)  # no join_lr: one group, one rate
+    assert len(one["params"]) == 6 and "lr" not in one

@@ -59,8 +59,8 @@ def _record(cell: str, image: str, latency: float, error: str | None = None) -> 
     r = {"cell": cell, "image": image, "latency_ms": latency, "error": error, "bytes": 100}
     if cell == "nonn":
         r |= {"join_ms": 1.0, "slowest_round_trip_ms": latency - 11.0,
-              "members": [{"index": i, "round_trip_ms": latency - 11.0 - i,
-                           "compute_ms": 50.0 + i, "bytes": 50} for i in range(2)]}  # fmt: skip
+              "members": [{"index": i, "round_trip_ms": latency - 11.0 - i, "compute_ms": 50.0 + i,
+                           "bytes_received": 50} for i in range(2)]}  # fmt: skip
     else:
         r |= {"head_ms": 40.0, "head_model_ms": 30.0, "transfer_ms": 5.0, "tail_ms": 5.0}
     return r

@@ -319,6 +319,10 @@ class NoNNConfig(_Strict):
     alpha: float = Field(default=0.9, ge=0, le=1)
     #: Weight of the attention-transfer term (each member on its group's attention map).
     attention_weight: float = Field(default=10.0, ge=0)
+    #: The join layer's learning rate (default: ``train.optimizer.lr``, the members'). Narrow
+    #: pretrained members want a low rate (3e-5–1e-4) that would starve the freshly fitted
+    #: join: at one rate for both, Adam reshapes the members faster than the join follows.
+    join_lr: float | None = Field(default=None, gt=0)
     #: Where the teacher's maps and the members' inputs are cached (default ``run/cache``);
     #: runs on the same data can share it.
     cache_dir: Path | None = None

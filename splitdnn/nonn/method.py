@@ -312,6 +312,14 @@ class NoNNDistillation(Method):
         self.student = model
         return model
 
+    def parameter_groups(self, student: nn.Module) -> list[dict[str, Any]]:
+        """The members at ``train.optimizer.lr``; the join at ``nonn.join_lr`` when set."""
+        if self.config.nonn.join_lr is None or not isinstance(student, NoNNModel):
+            return super().parameter_groups(student)
+        join = list(student.join.parameters())
+        members = [p for p in student.members.parameters() if p.requires_grad]
+        return [{"params": members}, {"params": join, "lr": self.config.nonn.join_lr}]
+
     def _width(self) -> float | None:
         """``nonn.width``, or the widest that fits ``nonn.budget`` for the largest group."""
         n = self.config.nonn

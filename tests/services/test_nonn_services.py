@@ -157,8 +157,11 @@ def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, ca
             assert answer["mode"] == "nonn" and answer["degraded"] is False
             assert answer["top_k"][0]["index"] == _expected(nonn_bundle, cat_jpeg)
             assert [m["index"] for m in answer["members"]] == [0, 1]
-            assert all(m["ok"] and 0 < m["bytes"] <= 2048 for m in answer["members"])
-            assert answer["bytes_sent"] == sum(m["bytes"] for m in answer["members"])
+            assert all(m["ok"] and 0 < m["bytes_received"] <= 2048 for m in answer["members"])
+            # the photo goes up to each member: K copies are what the device sends
+            assert all(m["bytes_sent"] == len(cat_jpeg) for m in answer["members"])
+            assert answer["bytes_sent"] == 2 * len(cat_jpeg)
+            assert answer["bytes_received"] == sum(m["bytes_received"] for m in answer["members"])
             assert {"head", "transfer", "tail", "join", "total"} <= set(answer["timings_ms"])
             assert {"request_id", "image_bytes", "bundle", "task", "fallback"} <= set(answer)
 
@@ -182,6 +185,7 @@ def test_gateway_fans_out_joins_and_degrades_when_a_member_stops(nonn_bundle, ca
                 answer["members"][1]["ok"] is False
                 and "unreachable" in answer["members"][1]["error"]
             )
+            assert answer["bytes_sent"] == len(cat_jpeg)  # nothing went to the stopped member
             assert answer["top_k"][0]["index"] == _expected(nonn_bundle, cat_jpeg, missing=(1,))
 
         with gateway(nonn_bundle, urls, degraded=False) as strict:
