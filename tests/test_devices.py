@@ -35,3 +35,14 @@ def test_a_weaker_device_gets_a_smaller_share() -> None:
 def test_an_unknown_profile_lists_the_known_ones() -> None:
     with pytest.raises(UnknownNameError, match="pi4"):
         devices.get("pi5")
+
+
+def test_a_period_too_short_for_the_share_names_the_shortest_one() -> None:
+    """0.11 core of a 1 ms period is a 110 µs quota, which the kernel refuses (EINVAL)."""
+    import dataclasses
+
+    pi4 = devices.get("pi4")
+    with pytest.raises(ValueError, match=r"below the kernel's 1000 µs minimum.* 9091 µs"):
+        dataclasses.replace(pi4, period_us=1000)
+    assert dataclasses.replace(pi4, period_us=9091).quota_us == 1000
+    assert dataclasses.replace(devices.get("unlimited"), period_us=1000).quota_us is None
