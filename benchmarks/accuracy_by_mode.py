@@ -5,9 +5,10 @@ python -m benchmarks.accuracy_by_mode evaluate BUNDLE --name NAME [--threads 1]
     probes nor the students trained on; ImageNet: the 750 held-out photos of the ImageNet
     sample (val_fraction 0.75, seed 0), which no stage trained on. One JSON per task in
     benchmarks/results/accuracy/NAME-TASK.json (splitdnn.evaluate.evaluate_bundle).
-python -m benchmarks.accuracy_by_mode assets NAME [--out splitdnn/assets/default]
+python -m benchmarks.accuracy_by_mode assets NAME [--out splitdnn/assets/default] [--quantisation Q]
     accuracy.json beside the default assets from NAME-TASK.json: the held-out top-1 per
-    mode that `splitdnn export default` records in the bundle's manifest (auto's bound).
+    mode that `splitdnn export default` records in the bundle's manifest (auto's bound),
+    and, with --quantisation, what the bundle sends split as by default (chosen on them).
 python -m benchmarks.accuracy_by_mode report
     accuracy.md (a table per task: top-1 of every mode, agreement, gaps with 95 % CI)
     and accuracy.png (top-1 by mode, bundle and task) from every JSON there.
@@ -36,7 +37,7 @@ HELD_OUT = {
     "caltech101": ("caltech101", "train.txt", 0.1, 0),
     "imagenet": ("imagenet-sample", None, 0.75, 0),
 }
-MODES = ("offload", "split_fp32", "split_fp16", "split_uint8", "local")
+MODES = ("offload", "split_fp32", "split_fp16", "split_uint8", "split_uint4", "local")
 
 
 def evaluate(bundle: Path, name: str, data: Path, threads: int, limit: int | None) -> None:
@@ -69,7 +70,7 @@ def held_out_images(task: str) -> str:
     )
 
 
-def measured_accuracy(name: str) -> dict:
+def measured_accuracy(name: str, quantisation: str | None = None) -> dict:
     """``accuracy.json`` of the assets from the NAME-TASK.json reports of one bundle."""
     from splitdnn.evaluate import task_accuracy
 
@@ -82,12 +83,18 @@ def measured_accuracy(name: str) -> dict:
     tasks = {
         task: task_accuracy(r, held_out_images(task)).model_dump() for task, r in reports.items()
     }
-    return {"bundle_id": ids.pop(), "tasks": tasks}
+    measured: dict = {"bundle_id": ids.pop(), "tasks": tasks}
+    if quantisation is not None:
+        missing = [t for t, r in reports.items() if f"split_{quantisation}_top1" not in r]
+        if missing:
+            raise SystemExit(f"split_{quantisation} was not measured for {missing}")
+        measured["quantisation"] = quantisation
+    return measured
 
 
-def assets(name: str, out: Path) -> None:
+def assets(name: str, out: Path, quantisation: str | None = None) -> None:
     path = out / "accuracy.json"
-    path.write_text(json.dumps(measured_accuracy(name), indent=2) + "\n")
+    path.write_text(json.dumps(measured_accuracy(name, quantisation), indent=2) + "\n")
     print(f"wrote {path}")
 
 
@@ -103,13 +110,18 @@ def _row(r: dict) -> list[str]:
             cells.append("–")
     cells.append(f"{r.get('split_uint8_agreement', float('nan')):.2f}")
     cells.append(f"{r['uint8_cost']:+.2f}")
+    cost, size = r.get("uint4_cost"), r.get("split_uint4_zstd_median_bytes")
+    cells.append(f"{cost:+.2f} ({size:,.0f} B)" if cost is not None and size else "–")
+    size8 = r.get("split_uint8_zstd_median_bytes")
+    cells.append(f"{size8:,.0f}" if size8 else "–")
     return cells
 
 
 #: The columns of a task's table in accuracy.md.
 HEADER = [
-    "bundle", "images", "offload", "split fp32", "split fp16", "split uint8", "local",
-    "gap split uint8 [95 % CI]", "gap local [95 % CI]", "agreement uint8", "uint8 cost",
+    "bundle", "images", "offload", "split fp32", "split fp16", "split uint8", "split uint4",
+    "local", "gap split uint8 [95 % CI]", "gap local [95 % CI]", "agreement uint8",
+    "uint8 cost", "uint4 cost (median bytes)", "uint8 + zstd median bytes",
 ]  # fmt: skip
 
 
@@ -121,7 +133,7 @@ def report() -> None:
         "Written by `python -m benchmarks.accuracy_by_mode report` from the JSON files beside",
         "this one. Top-1 in percent; gaps are offload (the teacher) minus the mode, with a",
         "paired 95 % confidence interval; agreement is top-1 agreement with the teacher;",
-        "uint8 cost is split fp32 minus split as served (8-bit envelope).",
+        "uint8 (uint4) cost is split fp32 minus split sent in an 8-bit (4-bit) envelope.",
         "",
     ]
     for task in HELD_OUT:
@@ -232,6 +244,12 @@ def main() -> None:
     asset = sub.add_parser("assets")
     asset.add_argument("name")
     asset.add_argument("--out", type=Path, default=ROOT / "splitdnn" / "assets" / "default")
+    asset.add_argument(
+        "--quantisation",
+        choices=["fp32", "fp16", "uint8", "uint4"],
+        default=None,
+        help="what the default bundle sends split as (its held-out figures must be measured)",
+    )
     cu = sub.add_parser("curves")
     cu.add_argument("run_dir", type=Path)
     cu.add_argument("--name", required=True)
@@ -243,7 +261,7 @@ def main() -> None:
     elif args.command == "report":
         report()
     elif args.command == "assets":
-        assets(args.name, args.out)
+        assets(args.name, args.out, args.quantisation)
     elif args.command == "finetune":
         finetune(args.runs)
     else:

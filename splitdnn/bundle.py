@@ -37,6 +37,7 @@ from splitdnn import rans
 from splitdnn.errors import BundleError, UnknownNameError, UnknownRateError, UnknownTaskError
 from splitdnn.imaging import Preprocessing
 from splitdnn.latency import MODES, split_option
+from splitdnn.wire import Quantisation
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -78,6 +79,7 @@ ACCURACY_KEYS: tuple[str, ...] = (
     "split_fp32",
     "split_fp16",
     "split_uint8",
+    "split_uint4",
     "split_entropy",
 )
 
@@ -118,6 +120,8 @@ ACCURACY_FILE = "accuracy.json"
 class MeasuredAccuracy(BaseModel):
     bundle_id: str = Field(pattern=r"^[0-9a-f]{16}$")
     tasks: dict[str, TaskAccuracy]
+    #: What the bundle should send split as, chosen on these figures (``Manifest.quantisation``).
+    quantisation: Quantisation | None = None
 
 
 def read_measured_accuracy(directory: str | Path) -> MeasuredAccuracy | None:
@@ -241,6 +245,10 @@ class Manifest(BaseModel):
     #: The entropy-coding tables of an entropy-coded bottleneck (a file listed in ``files``),
     #: or None: the bottleneck goes as a plain tensor (envelope version 1).
     coding: str | None = None
+    #: What a plain bundle's bottleneck is sent as when the head is left to the bundle
+    #: (``quantisation: bundle``, its default): a version 1 quantisation of ``splitdnn.wire``
+    #: whose held-out cost was measured; None: uint8. Ignored with ``coding`` (entropy).
+    quantisation: Quantisation | None = None
     #: A ladder: rate name -> its parts and figures (None: a one-rate bundle).
     rates: dict[str, RateSpec] | None = None
     #: The rate the top-level ``models.device``/``models.server``/``coding`` name.
@@ -594,6 +602,15 @@ def record_accuracy(directory: str | Path, task: str, accuracy: TaskAccuracy) ->
     except ValidationError as exc:
         raise BundleError(f"cannot record accuracy for {task!r} in {directory}: {exc}") from exc
     _write(bundle.path, manifest)
+    return manifest
+
+
+def record_quantisation(directory: str | Path, quantisation: Quantisation | None) -> Manifest:
+    """Write what split sends by default (``Manifest.quantisation``) into a bundle's manifest;
+    the bundle id does not change."""
+    bundle = load_bundle(directory, verify=False)
+    manifest = bundle.manifest.model_copy(update={"quantisation": quantisation})
+    _write(bundle.path, Manifest.model_validate(manifest.model_dump()))
     return manifest
 
 

@@ -43,7 +43,7 @@ from splitdnn.stats import paired_difference
 from splitdnn.teacher import normalise_batch, teacher_parts
 
 #: The split precisions scored for a bundle, as the head can send them.
-SPLIT_PRECISIONS = ("fp32", "fp16", "uint8")
+SPLIT_PRECISIONS = ("fp32", "fp16", "uint8", "uint4")
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -406,7 +406,7 @@ def evaluate_bundle(
     hits = {m: ModeHits() for m in modes}
     ladder = _LadderScores(bundle, pool)
     entropy_bytes: list[int] = []
-    uint8_bytes: list[int] = []
+    integer_bytes: dict[str, list[int]] = {q: [] for q in wire.INTEGER_BITS}
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         labels = np.array([targets[s.label] for s in chunk])
@@ -417,10 +417,15 @@ def evaluate_bundle(
         for precision in SPLIT_PRECISIONS:
             z = _through_wire(bottleneck, bundle.id, precision)
             logits[f"split_{precision}"] = server(z, task)[1]
-        uint8_bytes += [
-            len(wire.encode(b[None], bundle_id=bundle.id, quantisation="uint8", compression="zstd"))
-            for b in bottleneck
-        ]
+        for quantisation, sizes in integer_bytes.items():
+            sizes += [
+                len(
+                    wire.encode(
+                        b[None], bundle_id=bundle.id, quantisation=quantisation, compression="zstd"
+                    )
+                )
+                for b in bottleneck
+            ]
         if ladder.rates:
             default = ladder.update(x, bottleneck, device, task, labels, teacher)
             logits["split_entropy"] = default
@@ -456,10 +461,10 @@ def evaluate_bundle(
         if mode != "offload":
             report[f"{mode}_agreement"] = 100.0 * float(np.concatenate(hits[mode].agree).mean())
             report[f"{mode}_gap"], report[f"{mode}_gap_ci95"] = paired_gap(reference, top1)
-    if "split_uint8" in hits:
-        gap, ci = paired_gap(hits["split_fp32"].hits(), hits["split_uint8"].hits())
-        report["uint8_cost"], report["uint8_cost_ci95"] = gap, ci
-    report["split_uint8_zstd_median_bytes"] = float(np.median(uint8_bytes))
+    for quantisation, sizes in integer_bytes.items():  # what fewer bits cost, with its bytes
+        gap, ci = paired_gap(hits["split_fp32"].hits(), hits[f"split_{quantisation}"].hits())
+        report[f"{quantisation}_cost"], report[f"{quantisation}_cost_ci95"] = gap, ci
+        report[f"split_{quantisation}_zstd_median_bytes"] = float(np.median(sizes))
     if entropy_bytes:
         report["split_entropy_median_bytes"] = float(np.median(entropy_bytes))
         report["split_entropy_mean_bytes"] = float(np.mean(entropy_bytes))

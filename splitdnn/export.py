@@ -46,6 +46,7 @@ from splitdnn.bundle import (
     read_ladder_assets,
     read_measured_accuracy,
     record_accuracy,
+    record_quantisation,
     record_rate_accuracy,
     write_ladder,
     write_ladder_assets,
@@ -275,7 +276,8 @@ def export_default(
     ``benchmarks/reencode_sweep.py --write-assets``) goes beside the bundle: it depends on the
     teacher and its preprocessing only, so it holds for every student of that teacher. Their
     held-out accuracy per mode (``accuracy.json``, written by ``benchmarks/accuracy_by_mode.py
-    assets``) goes into the manifest when it was measured on the bundle of the same id."""
+    assets``) goes into the manifest when it was measured on the bundle of the same id, with
+    the quantisation chosen on those figures (what split sends by default)."""
     checkpoint = read_default_assets(assets_dir)
     name = checkpoint.name or f"default-{checkpoint.teacher}-b{checkpoint.bottleneck}"
     target = Path(out_dir) if out_dir is not None else default_bundle_path()
@@ -284,6 +286,8 @@ def export_default(
     if measured is not None and measured.bundle_id == manifest.bundle_id:
         for task, figures in measured.tasks.items():
             manifest = record_accuracy(target, task, figures)
+        if measured.quantisation is not None:  # chosen on these figures: sent so by default
+            manifest = record_quantisation(target, measured.quantisation)
     elif measured is not None:
         warnings.warn(
             f"{assets_dir}/{ACCURACY_FILE} was measured on bundle {measured.bundle_id}, not "

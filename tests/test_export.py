@@ -214,12 +214,15 @@ def test_evaluate_scores_the_same_in_torch_and_onnxruntime(chain) -> None:
 
 
 def test_evaluate_bundle_scores_every_served_mode_on_the_same_images(chain) -> None:
-    """offload, split in three precisions (through the wire as the head sends them) and
-    local: top-1/5, agreement with the teacher, gaps with a 95 % interval that holds them."""
+    """offload, split in four precisions (through the wire as the head sends them) and
+    local: top-1/5, agreement with the teacher, gaps with a 95 % interval that holds them;
+    for 8 and 4 bits their cost against fp32 and the median bytes with zstd."""
     from splitdnn.evaluate import evaluate_bundle
 
     report = evaluate_bundle(chain["bundle"], chain["data"], "train.txt", split="all")
-    assert report["modes"] == ["offload", "split_fp32", "split_fp16", "split_uint8", "local"]
+    assert report["modes"] == [
+        "offload", "split_fp32", "split_fp16", "split_uint8", "split_uint4", "local"
+    ]  # fmt: skip
     for mode in report["modes"]:
         assert 0 <= report[f"{mode}_top1"] <= report[f"{mode}_top5"] <= 100
         if mode == "offload":
@@ -227,8 +230,10 @@ def test_evaluate_bundle_scores_every_served_mode_on_the_same_images(chain) -> N
         gap, (low, high) = report[f"{mode}_gap"], report[f"{mode}_gap_ci95"]
         assert gap == pytest.approx(report["offload_top1"] - report[f"{mode}_top1"])
         assert low <= gap <= high
-    low, high = report["uint8_cost_ci95"]
-    assert low <= report["uint8_cost"] <= high
+    for bits in ("uint8", "uint4"):
+        low, high = report[f"{bits}_cost_ci95"]
+        assert low <= report[f"{bits}_cost"] <= high
+    assert 0 < report["split_uint4_zstd_median_bytes"] < report["split_uint8_zstd_median_bytes"]
 
 
 def test_paired_gap_is_the_stats_modules_paired_difference() -> None:
@@ -386,7 +391,8 @@ def test_the_default_assets_accuracy_is_the_committed_held_out_measurement() -> 
 
     committed = read_measured_accuracy(DEFAULT_ASSETS)
     assert committed is not None
-    assert committed.model_dump() == accuracy_by_mode.measured_accuracy("stage7")
+    derived = accuracy_by_mode.measured_accuracy("stage7", committed.quantisation)
+    assert committed.model_dump(exclude_none=True) == derived
     assert set(committed.tasks) == {"imagenet", "caltech101"}
 
 

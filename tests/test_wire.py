@@ -82,6 +82,18 @@ def test_payload_is_itemsize_times_elements(quant: str, itemsize: int) -> None:
     assert envelope.dtype == wire.QUANTISATIONS[quant]
 
 
+@pytest.mark.parametrize(("count", "size"), [(30, 15), (31, 16), (1, 1), (0, 0)])
+def test_uint4_packs_two_values_a_byte(count: int, size: int) -> None:
+    x = np.linspace(-1, 2, count, dtype=np.float32).reshape(1, count)
+    envelope = wire.decode(wire.encode(x, bundle_id=BUNDLE, quantisation="uint4"))
+    assert envelope.raw_size == len(envelope.payload) == size
+    assert wire.payload_size((1, count), "uint4") == size
+    assert envelope.dtype == "UINT8" and envelope.quantisation == "uint4"
+    values = np.arange(16)
+    assert wire.unpack_nibbles(wire.pack_nibbles(values), 16).tolist() == values.tolist()
+    assert wire.pack_nibbles(np.array([1, 2, 3])) == bytes([0x12, 0x30])  # first value high
+
+
 # --- round trips ---------------------------------------------------------------------------
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
@@ -111,6 +123,19 @@ def test_uint8_round_trip_is_within_half_a_step(x: np.ndarray, compression: str)
     for i, scale in enumerate(envelope.scale or ()):
         assert scale > 0
         assert np.all(np.abs(y[i] - x[i]) <= scale * 0.5 + 1e-6 * (1 + np.abs(x[i])))
+
+
+@settings(max_examples=150, deadline=None)
+@given(x=tensors, compression=st.sampled_from(wire.COMPRESSIONS))
+def test_uint4_round_trip_is_within_half_a_step_of_fifteen(x: np.ndarray, compression: str) -> None:
+    envelope, y = wire.decode_array(
+        wire.encode(x, bundle_id=BUNDLE, quantisation="uint4", compression=compression)
+    )
+    assert y.shape == x.shape and y.dtype == np.float32
+    for i, scale in enumerate(envelope.scale or ()):
+        span = max(float(x[i].max(initial=0)), 0) - min(float(x[i].min(initial=0)), 0)
+        assert scale > 0 and (scale == 1.0 or scale == pytest.approx(span / 15, rel=1e-5))
+        assert np.all(np.abs(y[i] - x[i]) <= scale * 0.5 + 1e-5 * (1 + np.abs(x[i])))
 
 
 @settings(max_examples=100, deadline=None)
@@ -273,6 +298,11 @@ def test_bad_quantisation_parameters_are_rejected() -> None:
     ):
         with pytest.raises(errors.WireError):
             wire.decode(pack(header(**overrides)))
+    uint4 = header(quant="uint4", raw_size=2, data=bytes([0x03, 0x4F]))  # [1, 4] in 2 bytes
+    np.testing.assert_allclose(wire.decode_array(pack(uint4))[1], [[-1.5, 0.0, 0.5, 6.0]])
+    for overrides in ({"zero_point": [16]}, {"raw_size": 4, "data": bytes(4)}, {"data": b"\x00"}):
+        with pytest.raises(errors.WireError):  # zero point over 15; 4-bit sizes are halved
+            wire.decode(pack({**uint4, **overrides}))
     fp32 = header(dtype="FP32", quant="fp32", raw_size=16, data=b"\x00" * 16)
     wire.decode(pack({**fp32, "scale": None, "zero_point": None}))
     with pytest.raises(errors.WireError):

@@ -75,10 +75,13 @@ class Outcome:
 
 def sent_quantisation(setting: str, bundle: Bundle) -> str:
     """What split sends by default: the setting, where ``bundle`` (the default) means as the
-    bundle was trained to be sent, entropy-coded when it has coding tables, else uint8."""
+    bundle was made to be sent: entropy-coded when it has coding tables, else the
+    quantisation its manifest names (measured when it was exported), else uint8."""
     if setting != "bundle":
         return setting
-    return wire.ENTROPY if bundle.manifest.coding is not None else "uint8"
+    if bundle.manifest.coding is not None:
+        return wire.ENTROPY
+    return bundle.manifest.quantisation or "uint8"
 
 
 def no_coding_tables(bundle: Bundle) -> str:

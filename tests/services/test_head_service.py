@@ -99,15 +99,38 @@ def test_split_sends_one_envelope_with_token_and_request_id(
 
 def test_quantisation_and_compression_can_be_chosen_per_request(head, fake_tail, cat_jpeg) -> None:
     sizes = {}
-    for quantisation in ("fp32", "fp16", "uint8"):
+    for quantisation in ("fp32", "fp16", "uint8", "uint4"):
         answer = infer(head, "split", cat_jpeg, quantisation=quantisation).json()
         assert wire.decode(fake_tail.last().content).quantisation == quantisation
         sizes[quantisation] = answer["bytes_sent"]
-    assert sizes["uint8"] < sizes["fp16"] < sizes["fp32"]
+    assert sizes["uint4"] < sizes["uint8"] < sizes["fp16"] < sizes["fp32"]
     infer(head, "split", cat_jpeg)
     assert wire.decode(fake_tail.last().content).compression == "zstd"  # the default
     infer(head, "split", cat_jpeg, compression="none")
     assert wire.decode(fake_tail.last().content).compression == "none"
+
+
+def test_split_sends_what_the_bundle_names_unless_the_settings_say_otherwise(
+    toy_bundle_dir, fake_tail, cat_jpeg, tmp_path
+) -> None:
+    """``quantisation: bundle`` (the default) reads the manifest's ``quantisation``."""
+    import shutil
+
+    from splitdnn.bundle import record_quantisation
+
+    named = tmp_path / "uint4-bundle"
+    shutil.copytree(toy_bundle_dir, named)
+    record_quantisation(named, "uint4")
+    assert load_bundle(named).id == load_bundle(toy_bundle_dir).id  # figures, not files
+    for setting, sent in (("bundle", "uint4"), ("uint8", "uint8")):
+        settings = HeadSettings(
+            bundle=named, tail_url="http://tail.test", load_in_background=False,
+            quantisation=setting,
+        )  # fmt: skip
+        app = create_app(settings, tail_transport=httpx.MockTransport(fake_tail))
+        with TestClient(app) as client:
+            assert infer(client, "split", cat_jpeg).status_code == 200
+        assert wire.decode(fake_tail.last().content).quantisation == sent
 
 
 def test_offload_sends_the_image_bytes_unchanged(head, fake_tail, bundle, cat_jpeg) -> None:
