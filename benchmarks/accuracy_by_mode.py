@@ -126,7 +126,8 @@ HEADER = [
 
 
 def report() -> None:
-    runs = [json.loads(p.read_text()) for p in sorted(ACCURACY.glob("*.json"))]
+    # a report written by `splitdnn evaluate --json` has no name: its file's stands in
+    runs = [{"name": p.stem, **json.loads(p.read_text())} for p in sorted(ACCURACY.glob("*.json"))]
     lines = [
         "# Accuracy of every served mode (held-out images)",
         "",

@@ -8,7 +8,8 @@ never used to pick a checkpoint) the script scores, image by image:
   unmodified teacher (``offload.onnx``): SC2's baseline, the one split must beat;
 * **split** as the head sends it (device part, the wire envelope, server part): the bytes
   are the envelope's, as on the wire; a bundle of an entropy-coded student (coding tables)
-  sends the entropy-coded envelope (version 2), others uint8 + zstd; a ladder bundle, every
+  sends the entropy-coded envelope (version 2), others the quantisation their manifest
+  names + zstd (and uint8 + zstd beside it when they send another); a ladder bundle, every
   rate (each with its own device part, tables and server part; the envelope names the rate);
   ``--also BUNDLE`` adds other bundles' split on the same images (e.g. today's default);
 * the teacher on the raw upload and the **local** model (0 bytes) as reference lines.
@@ -92,25 +93,31 @@ def _row(kind: str, label: str, hits: list[int], sizes: list[int]) -> dict[str, 
     }
 
 
-def split_label(bundle: Bundle, rate: str | None = None) -> str:
+def split_label(bundle: Bundle, rate: str | None = None, quantisation: str | None = None) -> str:
     if rate is not None:
         return f"split: entropy-coded, rate {rate}"
-    return "split: entropy-coded" if bundle.manifest.coding else "split: uint8 + zstd"
+    if bundle.manifest.coding:
+        return "split: entropy-coded"
+    return f"split: {quantisation or bundle.sent_quantisation()} + zstd"
 
 
 def send_split(
-    bundle: Bundle, bottleneck: np.ndarray, rate: str | None = None
+    bundle: Bundle, bottleneck: np.ndarray, rate: str | None = None, quantisation: str | None = None
 ) -> tuple[bytes, np.ndarray]:
     """The envelope split sends for ``bottleneck`` and what the tail decodes from it: the
     entropy-coded one (version 2) when the bundle has coding tables (a ladder's ``rate``:
-    that rate's tables, named in the envelope), else uint8 + zstd."""
+    that rate's tables, named in the envelope), else ``quantisation`` (default: what the
+    bundle sends, :meth:`Bundle.sent_quantisation`) + zstd."""
     tables = bundle.coding_tables() if rate is None else bundle.rate_coding_tables(rate)
     if tables is not None:
         envelope = wire.encode_entropy(bottleneck, bundle_id=bundle.id, tables=tables, rate=rate)
         ladder = None if rate is None else {rate: (tables, tuple(bottleneck.shape[1:]))}
         return envelope, wire.decode(envelope, tables=tables, rates=ladder).to_array()
     envelope = wire.encode(
-        bottleneck, bundle_id=bundle.id, quantisation="uint8", compression="zstd"
+        bottleneck,
+        bundle_id=bundle.id,
+        quantisation=quantisation or bundle.sent_quantisation(),
+        compression="zstd",
     )
     return envelope, wire.decode_array(envelope)[1]
 
@@ -124,26 +131,32 @@ class SplitWay:
     rate: str | None
     device: DeviceRunner
     server: ServerRunner
+    quantisation: str | None = None
 
     def __call__(self, raw: bytes, task: str) -> tuple[np.ndarray, int]:
-        envelope, received = send_split(self.bundle, self.device(raw), self.rate)
+        envelope, received = send_split(self.bundle, self.device(raw), self.rate, self.quantisation)
         return self.server(received, task)[1], len(envelope)
 
 
 def split_ways(bundle: Bundle, threads: Threads, named: bool = False) -> list[SplitWay]:
-    """Every rate of a ladder bundle, or its one split; ``named`` puts the bundle's name in
-    the label (a bundle compared with the main one)."""
+    """Every rate of a ladder bundle, or its one split (a plain bundle that sends fewer bits
+    than 8: uint8 as well, the envelope it replaced); ``named`` puts the bundle's name in the
+    label (a bundle compared with the main one)."""
     prefix = f"{bundle.name}: " if named else ""
     rates: list[str | None] = list(bundle.rates) or [None]
+    kinds: list[tuple[str | None, str | None]] = [(rate, None) for rate in rates]
+    if not bundle.rates and bundle.sent_quantisation() not in ("uint8", wire.ENTROPY):
+        kinds.append((None, "uint8"))
     return [
         SplitWay(
-            prefix + split_label(bundle, rate),
+            prefix + split_label(bundle, rate, quantisation),
             bundle,
             rate,
             DeviceRunner(bundle, threads, rate=rate),
             ServerRunner(bundle, threads, rate=rate),
+            quantisation,
         )
-        for rate in rates
+        for rate, quantisation in kinds
     ]
 
 

@@ -37,7 +37,7 @@ from splitdnn import rans
 from splitdnn.errors import BundleError, UnknownNameError, UnknownRateError, UnknownTaskError
 from splitdnn.imaging import Preprocessing
 from splitdnn.latency import MODES, split_option
-from splitdnn.wire import Quantisation
+from splitdnn.wire import ENTROPY, Quantisation
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -485,6 +485,14 @@ class Bundle(LoadedBundle):
         """Per rate, the median envelope bytes measured for ``task`` (rates measured only)."""
         specs = self.manifest.rates or {}
         return {r: s.median_bytes[task] for r, s in specs.items() if task in s.median_bytes}
+
+    def sent_quantisation(self) -> str:
+        """What split sends when left to the bundle: entropy-coded when it has coding
+        tables, else the quantisation its manifest names (chosen on measured figures when it
+        was exported), else uint8."""
+        if self.manifest.coding is not None:
+            return ENTROPY
+        return self.manifest.quantisation or "uint8"
 
     def coding_tables(self) -> rans.CodingTables | None:
         """The entropy-coding tables (checked), or None for a plain-tensor bottleneck."""

@@ -66,7 +66,7 @@ Quantisation = Annotated[
     str | None,
     typer.Option(
         help=f"Envelope quantisation: {', '.join(serve.SPLIT_QUANTISATIONS)} (default bundle: "
-        "entropy for a bundle with coding tables, else uint8)."
+        "entropy for a bundle with coding tables, else the manifest's quantisation, else uint8)."
     ),
 ]
 Compression = Annotated[

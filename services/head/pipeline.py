@@ -75,13 +75,8 @@ class Outcome:
 
 def sent_quantisation(setting: str, bundle: Bundle) -> str:
     """What split sends by default: the setting, where ``bundle`` (the default) means as the
-    bundle was made to be sent: entropy-coded when it has coding tables, else the
-    quantisation its manifest names (measured when it was exported), else uint8."""
-    if setting != "bundle":
-        return setting
-    if bundle.manifest.coding is not None:
-        return wire.ENTROPY
-    return bundle.manifest.quantisation or "uint8"
+    bundle was made to be sent (:meth:`Bundle.sent_quantisation`)."""
+    return bundle.sent_quantisation() if setting == "bundle" else setting
 
 
 def no_coding_tables(bundle: Bundle) -> str:

@@ -43,8 +43,9 @@ class HeadSettings(ServiceSettings):
     quantisation: SplitQuantisation | Literal["bundle"] = Field(
         default="bundle",
         description="How the bottleneck is sent: 'bundle' (the default) as the bundle was "
-        "trained to be sent, entropy-coded where it carries coding tables (an entropy-coded "
-        "student, a ladder of rates) and uint8 otherwise; or fp32, fp16, uint8, entropy.",
+        "made to be sent, entropy-coded where it carries coding tables (an entropy-coded "
+        "student, a ladder of rates), else the quantisation its manifest names (the default "
+        "bundle: uint4), else uint8; or fp32, fp16, uint8, uint4, entropy.",
     )
     compression: Compression = Field(
         default="zstd",

@@ -2,7 +2,8 @@
 
 What the README promises about the default: split inference answers like the assembled torch
 model (student head + teacher tail), the 8-bit envelope is at most a tenth of the JPEG that
-offload sends, and the example cat comes back as a cat in both tasks.
+offload sends and the 4-bit one it sends by default a twentieth, and the example cat comes
+back as a cat in both tasks.
 """
 
 from __future__ import annotations
@@ -108,3 +109,12 @@ def test_split_uint8_sends_at_most_a_tenth_of_offload(client) -> None:
     offload = classify(client, mode="offload")
     assert offload["bytes_sent"] == EXAMPLE.stat().st_size
     assert 0 < split["bytes_sent"] <= offload["bytes_sent"] / 10
+
+
+def test_split_sends_4_bits_by_default_a_twentieth_of_offload_same_top_1(client) -> None:
+    """The committed held-out figures chose uint4 (accuracy.json): the manifest names it."""
+    default = classify(client, mode="split")
+    assert default["encoding"]["quantisation"] == "uint4", default["encoding"]
+    eight = classify(client, mode="split", quantisation="uint8")
+    assert default["top_k"][0]["index"] == eight["top_k"][0]["index"]
+    assert 0 < default["bytes_sent"] <= min(EXAMPLE.stat().st_size / 20, eight["bytes_sent"] / 2)
