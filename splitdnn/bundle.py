@@ -617,8 +617,10 @@ def record_quantisation(directory: str | Path, quantisation: Quantisation | None
     """Write what split sends by default (``Manifest.quantisation``) into a bundle's manifest;
     the bundle id does not change."""
     bundle = load_bundle(directory, verify=False)
-    manifest = bundle.manifest.model_copy(update={"quantisation": quantisation})
-    _write(bundle.path, Manifest.model_validate(manifest.model_dump()))
+    manifest = Manifest.model_validate(
+        {**bundle.manifest.model_dump(), "quantisation": quantisation}
+    )
+    _write(bundle.path, manifest)
     return manifest
 
 
