@@ -61,12 +61,17 @@ def design(config_path: Path, pretrained: bool = False) -> Design:
     sizes = [filters // n.students + (i < filters % n.students) for i in range(n.students)]
     if n.budget is not None:
         width = width_for_budget(
-            spec, n.students, max(sizes), macs=n.budget.macs, fp16_bytes=n.budget.fp16_bytes
+            spec,
+            n.students,
+            max(sizes),
+            macs=n.budget.macs,
+            fp16_bytes=n.budget.fp16_bytes,
+            channel_multiple=n.channel_multiple,
         )
     else:
         width = n.width if n.width is not None else 1 / n.students
     members = [
-        nonn_member(spec, k, n.students, size, width, pretrained=pretrained)
+        nonn_member(spec, k, n.students, size, width, pretrained, n.channel_multiple)
         for k, size in enumerate(sizes)
     ]
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
@@ -114,6 +119,7 @@ def untrained_bundle(config_path: Path, out: Path) -> Path:
         "cut": d.spec.cut,
         "students": d.config.nonn.students,
         "width": d.width,
+        "channel_multiple": d.config.nonn.channel_multiple,
         "groups": d.groups,
         "student": state,
         "classes": d.classes,

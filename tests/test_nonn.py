@@ -135,6 +135,27 @@ def test_narrow_members_are_narrow_everywhere_and_differ():
     assert not torch.equal(a.stem[0].weight, b.stem[0].weight)
 
 
+def test_channel_multiple_rounds_every_narrow_layer_and_the_budget_counts_it():
+    """nonn.channel_multiple 8: ONNX Runtime's blocked kernels want channel counts like that."""
+    torch = pytest.importorskip("torch")
+    from splitdnn.nonn.members import nonn_member, width_for_budget
+    from splitdnn.profile import count_macs
+
+    plain = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.594, False)
+    eight = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.594, False, 8)
+    convs = [m for m in eight.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.out_channels % 8 == 0 for c in convs[:-1])  # the head keeps its group's 640
+    assert any(  # without it, counts like 19 and 57
+        m.out_channels % 8 for m in plain.modules() if isinstance(m, torch.nn.Conv2d)
+    )
+    a, b = count_macs(plain, (3, 224, 224)), count_macs(eight, (3, 224, 224))
+    assert abs(a - b) < 0.05 * a
+    macs = 120_000_000
+    width = width_for_budget("efficientnet_lite0_narrow", 2, 640, macs=macs, channel_multiple=8)
+    fits = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, width, False, 8)
+    assert count_macs(fits, (3, 224, 224)) <= macs
+
+
 def test_batchnorm_calibration_matches_the_statistics_of_the_narrow_members_inputs():
     torch = pytest.importorskip("torch")
     from splitdnn.nonn.members import calibrate_batchnorm, nonn_member

@@ -118,7 +118,11 @@ def load_run(run: Path) -> tuple[dict[str, Any], list[NoNNMember], nn.Linear, nn
         raise ExportError(f"{run} is not a NoNN run (kind {payload.get('kind')!r})")
     spec = get_nonn_student(payload["student_name"])
     groups, k = payload["groups"], payload["students"]
-    members = [nonn_member(spec, i, k, len(g), payload["width"]) for i, g in enumerate(groups)]
+    multiple = payload.get("channel_multiple", 1)  # runs before it had none: 1
+    members = [
+        nonn_member(spec, i, k, len(g), payload["width"], True, multiple)
+        for i, g in enumerate(groups)
+    ]
     state = payload["student"]
     for i, member in enumerate(members):
         prefix = f"members.{i}."
@@ -162,6 +166,7 @@ def nonn_costs(
         row["macs_percent_of_teacher"] = round(100 * row["macs"] / teacher["macs"], 2)
     return {
         "width": payload.get("width"),
+        "channel_multiple": payload.get("channel_multiple", 1),
         "members": rows,
         "teacher": {"name": teacher_name, **teacher},
         "local": {"name": spec.base, **local},

@@ -297,7 +297,8 @@ class NoNNDistillation(Method):
         self.val_cut = member_inputs(spec, val, self.cache_dir, self.progress)
         self.width = self._width()
         members = [
-            nonn_member(spec, k, n.students, len(g), self.width) for k, g in enumerate(self.groups)
+            nonn_member(spec, k, n.students, len(g), self.width, True, n.channel_multiple)
+            for k, g in enumerate(self.groups)
         ]
         with torch.no_grad():
             size = tuple(members[0](self._h(self.cut, np.arange(1))).shape[-2:])
@@ -331,6 +332,7 @@ class NoNNDistillation(Method):
             max(len(g) for g in self.groups),
             macs=n.budget.macs,
             fp16_bytes=n.budget.fp16_bytes,
+            channel_multiple=n.channel_multiple,
         )
         self.log(f"nonn.budget {n.budget.model_dump(exclude_none=True)}: width {width:.4f}")
         return width
@@ -441,6 +443,7 @@ class NoNNDistillation(Method):
             "cut": self.spec.cut,
             "students": n.students,
             "width": self.width,
+            "channel_multiple": n.channel_multiple,
             "groups": self.groups,
             "student": self.student.state_dict(),
             "classes": self.classes,
