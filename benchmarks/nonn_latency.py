@@ -293,7 +293,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_share": profile.cpu_share,
             "period_us": profile.period_us,
             "nonn": {
-                "source": args.config or str(args.nonn),
+                "source": str(args.config or args.nonn),
                 # untrained_bundle marks its bundles (their accuracy means nothing)
                 "trained": not (manifest.metrics or {}).get("training", {}).get("untrained"),
                 "bundle": bundle.id,
