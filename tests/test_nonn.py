@@ -272,7 +272,11 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     # the served path (onnxruntime members, wire format, numpy join) agrees with training
     assert served["images"] == summary["last"]["images"]
     assert served["top1"] == pytest.approx(summary["last"]["val_top1"], abs=0.01)
-    assert all(b <= 2048 for b in served_accuracy(bundle, config, "uint8")["envelope_bytes"])
+    uint8 = served_accuracy(bundle, config, "uint8")
+    assert all(b <= 2048 for b in uint8["envelope_bytes"])
+    # the degraded answer per missing member, as the gateway gives it (training means)
+    assert [d["member"] for d in uint8["one_member_down"]] == [0, 1]
+    assert all(0 <= d["top1"] <= 100 for d in uint8["one_member_down"])
     costs = member_costs(run)
     assert costs == bundle.manifest.metrics["costs"]  # the bundle carries them
     rows = costs["members"]

@@ -56,6 +56,7 @@ def served_accuracy(
     spec = bundle.preprocessing
     hits, sizes, ms = 0, [[] for _ in models], [[] for _ in models]
     correct: list[bool] = []
+    down_hits = [0] * len(models)  # the degraded answer: member k missing, its means instead
     for sample in val:
         x = load_input(Path(sample.path).read_bytes(), spec)
         feats = []
@@ -68,6 +69,9 @@ def served_accuracy(
             feats.append(wire.decode_array(env, bundle_id=bundle.id)[1])
         correct.append(bool(np.argmax(join(feats)[0]) == sample.label))
         hits += int(correct[-1])
+        for k in range(len(models)):
+            missing = [None if j == k else f for j, f in enumerate(feats)]
+            down_hits[k] += int(np.argmax(join(missing)[0]) == sample.label)
     n = len(val)
     return {
         "images": n,
@@ -76,6 +80,10 @@ def served_accuracy(
         "quantisation": quantisation,
         "envelope_bytes": [int(max(s)) if s else 0 for s in sizes],
         "member_ms_median": [round(float(np.median(m)), 2) if m else 0.0 for m in ms],
+        "one_member_down": [
+            {"member": k, "top1": round(100 * h / max(n, 1), 2), "ci95": _ci95(h, n)}
+            for k, h in enumerate(down_hits)
+        ],
         "correct": correct,
     }
 
