@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.report import RESULTS, ROOT, conditions, conditions_line, figure, table, write_json
+from splitdnn.wire import QUANTISATIONS
 
 #: One JSON per bundle and task (``NAME-TASK.json``), and the report of them all.
 ACCURACY = RESULTS / "accuracy"
@@ -247,7 +248,7 @@ def main() -> None:
     asset.add_argument("--out", type=Path, default=ROOT / "splitdnn" / "assets" / "default")
     asset.add_argument(
         "--quantisation",
-        choices=["fp32", "fp16", "uint8", "uint4"],
+        choices=list(QUANTISATIONS),
         default=None,
         help="what the default bundle sends split as (its held-out figures must be measured)",
     )

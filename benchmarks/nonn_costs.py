@@ -71,7 +71,9 @@ def design(config_path: Path, pretrained: bool = False) -> Design:
     else:
         width = n.width if n.width is not None else 1 / n.students
     members = [
-        nonn_member(spec, k, n.students, size, width, pretrained, n.channel_multiple)
+        nonn_member(
+            spec, k, n.students, size, width, pretrained, channel_multiple=n.channel_multiple
+        )
         for k, size in enumerate(sizes)
     ]
     starts = [sum(sizes[:k]) for k in range(len(sizes))]

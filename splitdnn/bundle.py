@@ -600,28 +600,19 @@ def record_accuracy(directory: str | Path, task: str, accuracy: TaskAccuracy) ->
     """Write ``accuracy`` as the measured figures of ``task`` into the bundle's manifest.
     The bundle id does not change: it pins the model files, and the figures describe them."""
     bundle = load_bundle(directory, verify=False)
-    try:
-        manifest = Manifest.model_validate(
-            {
-                **bundle.manifest.model_dump(),
-                "accuracy": {**bundle.manifest.accuracy, task: accuracy},
-            }
-        )
-    except ValidationError as exc:
-        raise BundleError(f"cannot record accuracy for {task!r} in {directory}: {exc}") from exc
-    _write(bundle.path, manifest)
-    return manifest
+    data = {
+        **bundle.manifest.model_dump(),
+        "accuracy": {**bundle.manifest.accuracy, task: accuracy},
+    }
+    return _rewrite(bundle, data, f"accuracy for {task!r}", directory)
 
 
 def record_quantisation(directory: str | Path, quantisation: Quantisation | None) -> Manifest:
     """Write what split sends by default (``Manifest.quantisation``) into a bundle's manifest;
     the bundle id does not change."""
     bundle = load_bundle(directory, verify=False)
-    manifest = Manifest.model_validate(
-        {**bundle.manifest.model_dump(), "quantisation": quantisation}
-    )
-    _write(bundle.path, manifest)
-    return manifest
+    data = {**bundle.manifest.model_dump(), "quantisation": quantisation}
+    return _rewrite(bundle, data, f"quantisation {quantisation!r}", directory)
 
 
 def record_rate_accuracy(
@@ -650,10 +641,16 @@ def record_rate_accuracy(
         ):
             accuracy = accuracy.model_copy(update={"top1": {**current.top1, **accuracy.top1}})
         data["accuracy"] = {**bundle.manifest.accuracy, task: accuracy}
+    return _rewrite(bundle, data, f"rate {rate!r}", directory)
+
+
+def _rewrite(bundle: Bundle, data: dict[str, Any], what: str, directory: str | Path) -> Manifest:
+    """Check ``data`` as the bundle's new manifest and write it; ``what`` names what was
+    being recorded when it does not validate (a :class:`BundleError`)."""
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        raise BundleError(f"cannot record rate {rate!r} in {directory}: {exc}") from exc
+        raise BundleError(f"cannot record {what} in {directory}: {exc}") from exc
     _write(bundle.path, manifest)
     return manifest
 

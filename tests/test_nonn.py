@@ -142,7 +142,7 @@ def test_channel_multiple_rounds_every_narrow_layer_and_the_budget_counts_it():
     from splitdnn.profile import count_macs
 
     plain = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.594, False)
-    eight = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.594, False, 8)
+    eight = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, 0.594, False, channel_multiple=8)
     convs = [m for m in eight.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(c.out_channels % 8 == 0 for c in convs[:-1])  # the head keeps its group's 640
     assert any(  # without it, counts like 19 and 57
@@ -152,7 +152,7 @@ def test_channel_multiple_rounds_every_narrow_layer_and_the_budget_counts_it():
     assert abs(a - b) < 0.05 * a
     macs = 120_000_000
     width = width_for_budget("efficientnet_lite0_narrow", 2, 640, macs=macs, channel_multiple=8)
-    fits = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, width, False, 8)
+    fits = nonn_member("efficientnet_lite0_narrow", 0, 2, 640, width, False, channel_multiple=8)
     assert count_macs(fits, (3, 224, 224)) <= macs
 
 

@@ -120,7 +120,7 @@ def load_run(run: Path) -> tuple[dict[str, Any], list[NoNNMember], nn.Linear, nn
     groups, k = payload["groups"], payload["students"]
     multiple = payload.get("channel_multiple", 1)  # runs before it had none: 1
     members = [
-        nonn_member(spec, i, k, len(g), payload["width"], True, multiple)
+        nonn_member(spec, i, k, len(g), payload["width"], channel_multiple=multiple)
         for i, g in enumerate(groups)
     ]
     state = payload["student"]

@@ -280,7 +280,9 @@ def width_for_budget(
     shape = member_input_shape(spec)
 
     def fits(step: int) -> bool:
-        member = nonn_member(spec, 0, members, channels, step * WIDTH_STEP, False, channel_multiple)
+        member = nonn_member(
+            spec, 0, members, channels, step * WIDTH_STEP, False, channel_multiple=channel_multiple
+        )
         if fp16_bytes is not None and 2 * count_params(member) > fp16_bytes:
             return False
         return macs is None or device_costs(member, shape)["macs"] <= macs

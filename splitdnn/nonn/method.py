@@ -297,7 +297,9 @@ class NoNNDistillation(Method):
         self.val_cut = member_inputs(spec, val, self.cache_dir, self.progress)
         self.width = self._width()
         members = [
-            nonn_member(spec, k, n.students, len(g), self.width, True, n.channel_multiple)
+            nonn_member(
+                spec, k, n.students, len(g), self.width, channel_multiple=n.channel_multiple
+            )
             for k, g in enumerate(self.groups)
         ]
         with torch.no_grad():
