@@ -343,6 +343,17 @@ def test_bundle_is_exported_on_the_build_platform_and_baked_in():
     assert "ENV SPLITDNN_BUNDLE=/opt/splitdnn/bundle" in text
 
 
+def test_the_exporter_keeps_the_cpu_torch_it_installed(dockerfile_stages):
+    """With a CPU torch index, the rest of the export stage's install runs under a constraint
+    naming that torch's exact version: else compressai's newest torchvision asks for a newer
+    torch and pip fetches a CUDA one beside it (what filled the disk of a CI run)."""
+    runs = " ".join(resolved(dockerfile_stages, "bundle-export", "RUN"))
+    pin = re.search(r"print\('torch==' \+ m\.version\('torch'\)\)\"\s*> ([^\s;]+)", runs)
+    assert pin, "the installed torch's version is not written to a constraints file"
+    install = re.search(r"pip install [^&]*-r /tmp/build/requirements\.txt", runs)
+    assert install and f"-c {pin.group(1)}" in install.group(0)
+
+
 def test_dockerignore_lets_in_everything_the_dockerfile_copies():
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
