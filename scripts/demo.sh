@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job without Docker, on the embedded default model:
 #   1. a venv with splitdnn (train extra: the default bundle is exported from committed weights),
-#   2. `splitdnn export default` into splitdnn/assets/default-bundle (once),
+#   2. `splitdnn export default` into splitdnn/assets/default-bundle (again after a change),
 #   3. tail and device (gateway + head in one process) on 127.0.0.1 (`splitdnn serve all`),
 #   4. examples/cat.jpg classified in local, offload, split and auto mode, answers printed,
 #   5. the services stopped again.
@@ -19,7 +19,11 @@ python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install -q -e ".[train,serve]"
 
 BUNDLE=splitdnn/assets/default-bundle
-if [ ! -f "$BUNDLE/manifest.json" ]; then
+# Exported again when the code or the committed assets changed since (after a pull): a kept
+# bundle would serve the old weights and wire settings.
+if [ ! -f "$BUNDLE/manifest.json" ] \
+  || [ -n "$(find splitdnn -path "$BUNDLE" -prune -o -type f -newer "$BUNDLE/manifest.json" \
+               \( -name '*.py' -o -path 'splitdnn/assets/default/*' \) -print -quit)" ]; then
   echo "==> exporting the default bundle to $BUNDLE"
   splitdnn export default --out "$BUNDLE"
 fi
