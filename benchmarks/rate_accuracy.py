@@ -316,9 +316,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def _plot_task(ax: Any, task: dict[str, Any], main: str) -> None:
-    """Top-1 against bytes for one task: a curve per image format and size, split as stars
-    (a ladder's rates joined; ``--also`` bundles as triangles), the raw upload and local as
-    lines."""
+    """Top-1 against bytes for one task: a curve per image format and size, split as red
+    markers (a ladder's rates joined; ``--also`` bundles' in magenta), the raw upload and local
+    as lines."""
     for fmt, marker in (("webp", "o"), ("jpeg", "s")):
         for size in sorted({int(r["setting"].split()[1]) for r in task["image"]}):
             rows = [
@@ -340,9 +340,14 @@ def _plot_task(ax: Any, task: dict[str, Any], main: str) -> None:
     ours = [r for r in split_rows if r.get("bundle", main) == main]  # not an --also bundle
     if len(ours) > 1:  # a ladder: its rates as one curve
         ax.plot([r["median_bytes"] for r in ours], [r["top1"] for r in ours], "r-", lw=1.2)
+    # a marker per row, so the legend tells apart a ladder's rates, or one split sent as uint4
+    # and as uint8 (red: this bundle; magenta: --also bundles)
+    markers = {True: iter("*PXDph" * 4), False: iter("^v<>dH" * 4)}
     for r in split_rows:
-        style = "r*" if r in ours else "m^"
-        ax.plot(r["median_bytes"], r["top1"], style, ms=12, label=r["setting"])
+        mine = r in ours
+        marker = next(markers[mine])
+        ax.plot(r["median_bytes"], r["top1"], ls="", marker=marker, color="r" if mine else "m",
+                ms=12 if marker == "*" else 8, label=r["setting"])  # fmt: skip
     ax.axhline(task["raw"]["top1"], color="k", ls="--", lw=1, label="teacher, raw upload")
     if task["local"]:
         ax.axhline(task["local"]["top1"], color="g", ls=":", lw=1.2, label="local (0 B)")
