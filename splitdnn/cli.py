@@ -701,6 +701,13 @@ def nonn_figures(
         str, typer.Option(help="How the members' features are sent (wire format).")
     ] = "uint8",
     out: Annotated[Path | None, typer.Option(help="Also write the figures here as JSON.")] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="val: the held-out validation images (the figures); train: as many "
+            "trained-on images, spread evenly (the generalisation gap, never a figure)."
+        ),
+    ] = "val",
 ) -> None:
     """The served path on held-out images (members in onnxruntime, features through the wire
     format, the join in numpy): top-1 with its 95 % interval, the teacher's on the same images,
@@ -713,7 +720,7 @@ def nonn_figures(
         from splitdnn.nonn.figures import bundle_figures
 
         torch.set_num_threads(1)
-        record = bundle_figures(load_nonn_bundle(bundle), run, config, quantisation)
+        record = bundle_figures(load_nonn_bundle(bundle), run, config, quantisation, split)
     text = json.dumps(record, indent=2)
     if out:
         out.write_text(text + "\n")

@@ -170,6 +170,14 @@ def select_samples(
     return train, val, dataset.classes, dataset.label_space
 
 
+def spread_evenly(samples: Sequence[Sample], limit: int | None) -> list[Sample]:
+    """``limit`` samples spread evenly over the list (so every part of a sorted list counts);
+    all of them without a limit or with one at least as long as the list."""
+    if not limit or limit >= len(samples):
+        return list(samples)
+    return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, limit).round()]
+
+
 def samples_digest(samples: Sequence[Sample]) -> str:
     """A short hash of an ordered sample list (paths and labels), for cache keys: edit a list
     file and every cache built from the old list is stale."""

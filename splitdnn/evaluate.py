@@ -30,7 +30,14 @@ import torch
 from splitdnn import rans, wire
 from splitdnn.bundle import ACCURACY_KEYS, TaskAccuracy, load_bundle
 from splitdnn.checkpoints import linear_from_state, load_run
-from splitdnn.data import Dataset, Sample, load_crops, load_dataset, split_per_class
+from splitdnn.data import (
+    Dataset,
+    Sample,
+    load_crops,
+    load_dataset,
+    split_per_class,
+    spread_evenly,
+)
 from splitdnn.distill.config import DistillConfig, config_samples, parse_config
 from splitdnn.errors import CheckpointError, DataError
 from splitdnn.imaging import normalise_pixels
@@ -47,13 +54,6 @@ SPLIT_PRECISIONS = ("fp32", "fp16", "uint8", "uint4")
 
 
 # --- shared -----------------------------------------------------------------------------------
-
-
-def _subset(samples: list[Sample], limit: int | None) -> list[Sample]:
-    """``limit`` samples spread evenly over the list (so every part of a sorted list counts)."""
-    if not limit or limit >= len(samples):
-        return samples
-    return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, limit).round()]
 
 
 def task_targets(
@@ -195,7 +195,7 @@ def evaluate_run(
     else:
         dataset = load_dataset(config.data.root, config.data.list)
         samples = _select(dataset, split, 0.0, 0)
-    samples = _subset(samples, limit)
+    samples = spread_evenly(samples, limit)
     if not samples:
         raise _no_images(dataset, split, config.data.val_fraction, limit)
 
@@ -389,7 +389,7 @@ def evaluate_bundle(
     task_labels = bundle.labels(task)
     other = grouped_other(manifest.metrics, task, task_labels)
     targets = task_targets(dataset.classes, dataset.label_space, task_labels, other)
-    samples = _subset(_select(dataset, split, val_fraction, seed), limit)
+    samples = spread_evenly(_select(dataset, split, val_fraction, seed), limit)
     if not samples:
         raise _no_images(dataset, split, val_fraction, limit)
 
@@ -634,7 +634,7 @@ def evaluate_classes(
     if data is not None:
         config.data.root = Path(data)
     _, samples, classes, _ = config_samples(config)
-    samples = _subset(samples, limit)
+    samples = spread_evenly(samples, limit)
     of_interest = classes_of_interest(config.classes, classes)
     groups = class_groups(len(classes), of_interest)
     labels = groups[torch.tensor([s.label for s in samples])]

@@ -234,12 +234,13 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_path, student):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from splitdnn.distill.config import parse_config
+    from splitdnn.distill.config import load_config, parse_config
     from splitdnn.distill.trainer import train
+    from splitdnn.errors import ConfigError
     from splitdnn.methods import method_for
     from splitdnn.nonn.bundle import load_nonn_bundle
     from splitdnn.nonn.export import export_nonn
-    from splitdnn.nonn.figures import member_costs, served_accuracy
+    from splitdnn.nonn.figures import figure_images, member_costs, served_accuracy
 
     raw = {
         "method": "nonn",
@@ -277,6 +278,13 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     # the degraded answer per missing member, as the gateway gives it (training means)
     assert [d["member"] for d in uint8["one_member_down"]] == [0, 1]
     assert all(0 <= d["top1"] <= 100 for d in uint8["one_member_down"])
+    # the generalisation gap's other side: as many trained-on images, none of them held out
+    held_out = {s.path for s in figure_images(load_config(config), "val")}
+    trained_on = figure_images(load_config(config), "train")
+    assert len(trained_on) == len(held_out) and not held_out & {s.path for s in trained_on}
+    assert served_accuracy(bundle, config, "fp32", split="train")["images"] == len(trained_on)
+    with pytest.raises(ConfigError, match="split must be one of val, train"):
+        figure_images(load_config(config), "test")
     costs = member_costs(run)
     assert costs == bundle.manifest.metrics["costs"]  # the bundle carries them
     rows = costs["members"]

@@ -6,6 +6,8 @@ runs in onnxruntime, its features go through the wire format (uint8 by default) 
 join runs in numpy; top-1 with a 95 % Wilson interval, the teacher's on the same images and
 the paired difference, envelope bytes, and per member MACs, parameters, weights in
 fp32/fp16/int8 and peak activation memory beside the teacher's and the local model's.
+``split="train"`` scores as many trained-on images instead: the gap between the two says
+whether the members lack capacity (both low) or data (trained-on far above held-out).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 
 from splitdnn import wire
 from splitdnn.checkpoints import load_linear
-from splitdnn.distill.config import config_samples, load_config
+from splitdnn.data import Sample, spread_evenly
+from splitdnn.distill.config import DistillConfig, config_samples, load_config
 from splitdnn.errors import ConfigError, ExportError
 from splitdnn.imaging import load_input
 from splitdnn.nonn.bundle import NoNNBundle
@@ -42,14 +45,34 @@ def member_costs(run: Path) -> dict[str, Any]:
     return nonn_costs(payload, members, prefix)
 
 
+#: Which images the figures score: ``val``, the held-out validation split (the figures);
+#: ``train``, as many trained-on images spread evenly over the training split (the
+#: generalisation gap beside them, never a figure on its own).
+FIGURE_SPLITS = ("val", "train")
+
+
+def figure_images(config: DistillConfig, split: str = "val") -> list[Sample]:
+    """The images of ``split`` (:data:`FIGURE_SPLITS`), in a fixed order."""
+    if split not in FIGURE_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(FIGURE_SPLITS)}, not {split!r}")
+    train, val, _, _ = config_samples(config)
+    return val if split == "val" else spread_evenly(train, len(val))
+
+
 def served_accuracy(
-    bundle: NoNNBundle, config_path: Path, quantisation: str = "uint8", limit: int | None = None
+    bundle: NoNNBundle,
+    config_path: Path,
+    quantisation: str = "uint8",
+    limit: int | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
-    """Top-1 of the served path on the config's validation images (see the module doc)."""
+    """Top-1 of the served path on the config's validation images (see the module doc), or
+    on trained-on ones (``split="train"``)."""
     config = load_config(config_path)
-    _, val, classes, _ = config_samples(config)
+    classes = config_samples(config)[2]
     if classes != bundle.manifest.labels:
         raise ExportError("the config's classes differ from the bundle's labels")
+    val = figure_images(config, split)
     val = val[:limit] if limit else val
     models = [OnnxModel(bundle.member_path(i)) for i in range(len(bundle.manifest.members))]
     join = bundle.join()
@@ -88,9 +111,9 @@ def served_accuracy(
     }
 
 
-def teacher_correct(config_path: Path) -> list[bool]:
-    """The teacher's (cached maps, its probe) correctness on the config's validation images,
-    in the same order as :func:`served_accuracy`."""
+def teacher_correct(config_path: Path, split: str = "val") -> list[bool]:
+    """The teacher's (cached maps, its probe) correctness on the images of ``split``, in the
+    same order as :func:`served_accuracy`."""
     config = load_config(config_path)
     if config.teacher.probe_from is None or config.nonn.cache_dir is None:
         missing = [
@@ -107,7 +130,7 @@ def teacher_correct(config_path: Path) -> list[bool]:
             "(teacher.probe_from) and the cache it wrote (nonn.cache_dir, by default "
             "RUN/cache)"
         )
-    _, val, _, _ = config_samples(config)
+    val = figure_images(config, split)
     pooled = teacher_maps(
         config.teacher.name,
         val,
@@ -133,14 +156,19 @@ def served_minus_teacher(served: list[bool], teacher: list[bool]) -> dict[str, A
 
 
 def bundle_figures(
-    bundle: NoNNBundle, run: Path, config_path: Path, quantisation: str = "uint8"
+    bundle: NoNNBundle,
+    run: Path,
+    config_path: Path,
+    quantisation: str = "uint8",
+    split: str = "val",
 ) -> dict[str, Any]:
     """Every figure of the module docstring, as ``splitdnn nonn figures`` writes them. The
     teacher's are computed first: a config that cannot give them fails before the slow part."""
-    teacher = teacher_correct(config_path)
-    served = served_accuracy(bundle, config_path, quantisation)
+    teacher = teacher_correct(config_path, split)
+    served = served_accuracy(bundle, config_path, quantisation, split=split)
     return {
         "bundle": bundle.id,
+        "split": split,
         "served": {k: v for k, v in served.items() if k != "correct"},
         "teacher": {
             "images": len(teacher),
