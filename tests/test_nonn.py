@@ -359,3 +359,19 @@ def test_the_join_learns_at_its_own_rate_and_every_parameter_once(tmp_path):
     assert sorted(seen) == sorted(id(p) for p in model.parameters()) and len(set(seen)) == 4 + 2
     (one,) = method({}).parameter_groups(model)  # no join_lr: one group, one rate
     assert len(one["params"]) == 6 and "lr" not in one
+
+
+NONN_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "nonn").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", NONN_CONFIGS, ids=lambda p: p.stem)
+def test_committed_nonn_configs_parse_and_keep_their_validation_images_held_out(path):
+    """Every committed NoNN config loads; with ``train.keep: last`` its validation images pick
+    no checkpoint, so the figures on them stay held out; a budget is the issue's per-member
+    share of the teacher's 858.5 M MACs (25 % for K = 2, 12.5 % for K = 4)."""
+    from splitdnn.distill.config import load_config
+
+    config = load_config(path)
+    assert config.method == "nonn" and config.train.keep == "last"
+    if config.nonn.budget is not None:
+        assert config.nonn.budget.macs <= 858_500_000 / (2 * config.nonn.students)
