@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import statistics
 import sys
@@ -342,7 +343,7 @@ def _plot_task(ax: Any, task: dict[str, Any], main: str) -> None:
         ax.plot([r["median_bytes"] for r in ours], [r["top1"] for r in ours], "r-", lw=1.2)
     # a marker per row, so the legend tells apart a ladder's rates, or one split sent as uint4
     # and as uint8 (red: this bundle; magenta: --also bundles)
-    markers = {True: iter("*PXDph" * 4), False: iter("^v<>dH" * 4)}
+    markers = {True: itertools.cycle("*PXDph"), False: itertools.cycle("^v<>dH")}
     for r in split_rows:
         mine = r in ours
         marker = next(markers[mine])

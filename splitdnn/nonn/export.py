@@ -135,7 +135,7 @@ def load_run(run: Path) -> tuple[dict[str, Any], list[NoNNMember], nn.Linear, nn
     return payload, members, join, frozen
 
 
-def _whole(name: str, classes: int) -> nn.Module:
+def one_device_model(name: str, classes: int) -> nn.Module:
     """``name`` as one device would run it for ``classes`` classes: the pretrained network
     with a linear probe for its classifier (random weights: costs do not depend on them)."""
     spec = get_teacher(name)
@@ -160,8 +160,10 @@ def nonn_costs(
     for member in members:
         row = device_costs(MemberPart(prefix, member).eval(), shape)
         rows.append({**row, "channels": member.head.out_channels})
-    teacher = device_costs(_whole(teacher_name, classes), get_teacher(teacher_name).input_shape)
-    local = device_costs(_whole(spec.base, classes), shape)
+    teacher = device_costs(
+        one_device_model(teacher_name, classes), get_teacher(teacher_name).input_shape
+    )
+    local = device_costs(one_device_model(spec.base, classes), shape)
     for row in rows:
         row["macs_percent_of_teacher"] = round(100 * row["macs"] / teacher["macs"], 2)
     return {

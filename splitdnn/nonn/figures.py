@@ -51,12 +51,13 @@ def member_costs(run: Path) -> dict[str, Any]:
 FIGURE_SPLITS = ("val", "train")
 
 
-def figure_images(config: DistillConfig, split: str = "val") -> list[Sample]:
-    """The images of ``split`` (:data:`FIGURE_SPLITS`), in a fixed order."""
+def figure_images(config: DistillConfig, split: str = "val") -> tuple[list[Sample], list[str]]:
+    """The images of ``split`` (:data:`FIGURE_SPLITS`), in a fixed order, and the config's
+    class names."""
     if split not in FIGURE_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(FIGURE_SPLITS)}, not {split!r}")
-    train, val, _, _ = config_samples(config)
-    return val if split == "val" else spread_evenly(train, len(val))
+    train, val, classes, _ = config_samples(config)
+    return (val if split == "val" else spread_evenly(train, len(val))), classes
 
 
 def served_accuracy(
@@ -68,19 +69,17 @@ def served_accuracy(
 ) -> dict[str, Any]:
     """Top-1 of the served path on the config's validation images (see the module doc), or
     on trained-on ones (``split="train"``)."""
-    config = load_config(config_path)
-    classes = config_samples(config)[2]
+    images, classes = figure_images(load_config(config_path), split)
     if classes != bundle.manifest.labels:
         raise ExportError("the config's classes differ from the bundle's labels")
-    val = figure_images(config, split)
-    val = val[:limit] if limit else val
+    images = images[:limit] if limit else images
     models = [OnnxModel(bundle.member_path(i)) for i in range(len(bundle.manifest.members))]
     join = bundle.join()
     spec = bundle.preprocessing
     hits, sizes, ms = 0, [[] for _ in models], [[] for _ in models]
     correct: list[bool] = []
     down_hits = [0] * len(models)  # the degraded answer: member k missing, its means instead
-    for sample in val:
+    for sample in images:
         x = load_input(Path(sample.path).read_bytes(), spec)
         feats = []
         for i, model in enumerate(models):
@@ -95,7 +94,7 @@ def served_accuracy(
         for k in range(len(models)):
             missing = [None if j == k else f for j, f in enumerate(feats)]
             down_hits[k] += int(np.argmax(join(missing)[0]) == sample.label)
-    n = len(val)
+    n = len(images)
     return {
         "images": n,
         "top1": round(100 * hits / max(n, 1), 2),
@@ -130,17 +129,17 @@ def teacher_correct(config_path: Path, split: str = "val") -> list[bool]:
             "(teacher.probe_from) and the cache it wrote (nonn.cache_dir, by default "
             "RUN/cache)"
         )
-    val = figure_images(config, split)
+    images, _ = figure_images(config, split)
     pooled = teacher_maps(
         config.teacher.name,
-        val,
+        images,
         pretrained=config.teacher.pretrained,
         weights=config.teacher.weights,
         cache_dir=config.nonn.cache_dir,
     )["pooled"]
     with torch.no_grad():
         logits = load_linear(config.teacher.probe_from)(torch.from_numpy(np.array(pooled)))
-    return [bool(p == s.label) for p, s in zip(logits.argmax(1).tolist(), val, strict=True)]
+    return [bool(p == s.label) for p, s in zip(logits.argmax(1).tolist(), images, strict=True)]
 
 
 def served_minus_teacher(served: list[bool], teacher: list[bool]) -> dict[str, Any]:
