@@ -727,6 +727,31 @@ def nonn_figures(
     typer.echo(text)
 
 
+@nonn_app.command("flips")
+def nonn_flips(
+    run: Annotated[Path, typer.Argument(help="A method: nonn run directory.", show_default=False)],
+    config: Annotated[Path, typer.Option(help="The run's config (its images and teacher).")],
+    split: Annotated[
+        str, typer.Option(help="val: the held-out images; train: as many trained-on ones.")
+    ] = "val",
+    out: Annotated[Path | None, typer.Option(help="Also write the figures here as JSON.")] = None,
+) -> None:
+    """How close augmentation.hflip's mirrored targets are to the teacher's own pass on each
+    mirrored image: per group the attention distance between the two (beside the members' last
+    distance to their targets) and the share of images the teacher answers the same mirrored."""
+    with user_errors():
+        import torch
+
+        from splitdnn.nonn.figures import flip_figures
+
+        torch.set_num_threads(1)
+        record = flip_figures(config, run, split)
+    text = json.dumps(record, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    typer.echo(text)
+
+
 # --- probe ----------------------------------------------------------------------------------
 
 

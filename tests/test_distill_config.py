@@ -202,13 +202,21 @@ def test_fine_tuning_configs_give_every_mode_the_same_budget(monkeypatch):
     assert configs["local"].kd.probe_from == DEFAULT_ASSETS / "lite0_caltech101_probe.safetensors"
 
 
-def test_nonn_defaults_the_flip_off_and_refuses_only_an_explicit_one():
+def test_nonn_defaults_the_flip_off_and_flips_only_members_that_see_the_image(tmp_path):
     """NoNN caches unflipped maps once: its default is no flip (the other methods keep
-    theirs), and only a config that asks for flips is refused, naming the key."""
+    theirs); an explicit flip stays, and is refused, naming the key, for members that see the
+    cached activations of a frozen prefix rather than the image."""
+    from splitdnn.nonn.method import NoNNDistillation
+
     assert parse_config({"method": "nonn", "data": {"root": "x"}}).augmentation.hflip is False
     assert parse_config({"method": "kd", "data": {"root": "x"}}).augmentation.hflip is True
-    with pytest.raises(ConfigError, match=r"augmentation\.hflip"):
-        parse_config({"method": "nonn", "data": {"root": "x"}, "augmentation": {"hflip": True}})
+    flips = {"method": "nonn", "data": {"root": "x"}, "augmentation": {"hflip": True}}
+    assert parse_config(flips).augmentation.hflip is True
+    narrow = parse_config({**flips, "nonn": {"student": "efficientnet_lite0_narrow"}})
+    NoNNDistillation(narrow, tmp_path / "narrow", progress=False)
+    prefix = parse_config({**flips, "nonn": {"student": "efficientnet_lite0_slice"}})
+    with pytest.raises(ConfigError, match=r"augmentation\.hflip.*_blocks"):
+        NoNNDistillation(prefix, tmp_path / "prefix", progress=False)
 
 
 def test_an_unknown_nonn_member_family_is_a_config_error_listing_the_registered_ones(tmp_path):

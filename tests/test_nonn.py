@@ -241,7 +241,12 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     from splitdnn.methods import method_for
     from splitdnn.nonn.bundle import load_nonn_bundle
     from splitdnn.nonn.export import export_nonn
-    from splitdnn.nonn.figures import figure_images, member_costs, served_accuracy
+    from splitdnn.nonn.figures import (
+        figure_images,
+        flip_figures,
+        member_costs,
+        served_accuracy,
+    )
 
     raw = {
         "method": "nonn",
@@ -286,6 +291,12 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
     assert served_accuracy(bundle, config, "fp32", split="train")["images"] == len(trained_on)
     with pytest.raises(ConfigError, match="split must be one of val, train"):
         figure_images(load_config(config), "test")
+    # how far mirroring the cached maps would be from the flip pass, beside the members
+    flips = flip_figures(config, run)
+    assert flips["flip"]["images"] == len(held_out)
+    assert flips["members_attention_distance"] == summary["last"]["attention_distance"]
+    with pytest.raises(ConfigError, match=r"partition\.json"):
+        flip_figures(config, tmp_path)
     costs = member_costs(run)
     assert costs == bundle.manifest.metrics["costs"]  # the bundle carries them
     rows = costs["members"]
@@ -302,10 +313,75 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
         )
 
 
+def test_mirror_flips_the_chosen_images_and_their_attention_targets_alike():
+    """A mirrored image's attention is its unmirrored attention mirrored: the targets of the
+    chosen rows turn with their images, the other rows stay as they were."""
+    torch = pytest.importorskip("torch")
+    from splitdnn.nonn.method import attention, mirror
+
+    images = torch.rand(3, 4, 5, 7)
+    groups = [[0, 1], [2, 3]]
+    targets = torch.stack([attention(images[:, g]) for g in groups], 1)
+    rows = torch.tensor([True, False, True])
+    flipped, turned = mirror(images, targets, rows, (5, 7))
+    again = torch.stack([attention(flipped[:, g]) for g in groups], 1)
+    torch.testing.assert_close(turned, again)
+    assert torch.equal(flipped[1], images[1]) and torch.equal(turned[1], targets[1])
+    assert not torch.allclose(turned[0], targets[0])
+
+
+def test_the_teachers_flip_pass_is_its_pass_on_the_mirrored_crops_cached_beside(shapes, tmp_path):
+    """hflip adds the teacher's own pass on each mirrored crop to the cache, beside (not in
+    place of) an unflipped cache already there, which it reuses."""
+    torch = pytest.importorskip("torch")
+    from splitdnn.data import load_crops, load_dataset
+    from splitdnn.models import build_teacher, get_teacher
+    from splitdnn.nonn.method import teacher_maps
+    from splitdnn.teacher import normalise_batch
+
+    samples = load_dataset(shapes).samples[:4]
+    plain = teacher_maps("efficientnet_lite0", samples, cache_dir=tmp_path)
+    written = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    both = teacher_maps("efficientnet_lite0", samples, cache_dir=tmp_path, hflip=True)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name in written} == (
+        written
+    )
+    assert len(list(tmp_path.iterdir())) == 4
+    np.testing.assert_array_equal(both["pooled"], plain["pooled"])
+    preprocessing = get_teacher("efficientnet_lite0").preprocessing
+    mirrored = np.ascontiguousarray(load_crops(samples, preprocessing)[:, :, ::-1])
+    model = build_teacher("efficientnet_lite0", True, None).eval()
+    with torch.no_grad():
+        logits = model(normalise_batch(mirrored, preprocessing))
+        from_flip = model.get_submodule(get_teacher("efficientnet_lite0").classifier)(
+            torch.from_numpy(np.array(both["flip_pooled"]))
+        )
+    torch.testing.assert_close(from_flip, logits, atol=1e-3, rtol=1e-3)
+    assert not np.allclose(both["flip_pooled"], both["pooled"], atol=1e-3)
+
+
+def test_flip_consistency_measures_the_mirrored_targets_against_a_second_pass(shapes):
+    """The mirrored cached attention is nearer the teacher's own pass on the mirrored image
+    than the unmirrored one (a target turned the wrong way, or not at all, would not be);
+    both are distances of unit vectors, and the answers agree as a share of the images."""
+    torch = pytest.importorskip("torch")
+    from splitdnn.data import load_dataset
+    from splitdnn.nonn.method import flip_consistency
+
+    samples = load_dataset(shapes).samples[:8]
+    probe = torch.nn.Linear(1280, 3)
+    record = flip_consistency("efficientnet_lite0", samples, [range(640), range(640, 1280)], probe)
+    assert record["images"] == 8 and 0 <= record["same_answer"] <= 100
+    for mirrored, unmirrored in zip(
+        record["attention_distance"], record["attention_distance_unmirrored"], strict=True
+    ):
+        assert 0 < mirrored < unmirrored <= 2
+
+
 def test_a_nonn_run_also_learns_from_label_free_photos(shapes, tmp_path):
     """data.unlabelled adds images (label -1) to the attention and soft-target terms; the
     label term and the join's starting fit use the labelled ones, and the loss stays finite
-    on batches that hold only label-free images."""
+    on batches that hold only label-free images, mirrored or not."""
     pytest.importorskip("torch")
     from splitdnn.distill.config import parse_config
     from splitdnn.distill.trainer import train
@@ -326,7 +402,7 @@ def test_a_nonn_run_also_learns_from_label_free_photos(shapes, tmp_path):
             "val_fraction": 0.34,
             "unlabelled": [{"root": str(shapes)}],  # the same photos, their labels unused
         },
-        "augmentation": {"hflip": False},
+        "augmentation": {"hflip": True},
         "train": {"epochs": 1, "batch_size": 4, "threads": 1, "keep": "last"},
         "probe": {"epochs": 5},
     }
@@ -338,6 +414,10 @@ def test_a_nonn_run_also_learns_from_label_free_photos(shapes, tmp_path):
     only_free = np.arange(method.labelled, method.labelled + 4)
     loss = method.loss(only_free, np.zeros(4, bool), np.random.default_rng(0))
     assert np.isfinite(float(loss.detach()))
+    mirrored = method.loss(only_free, np.ones(4, bool), np.random.default_rng(0))
+    assert np.isfinite(float(mirrored.detach())) and float(mirrored.detach()) != float(
+        loss.detach()
+    )
 
 
 def test_the_join_learns_at_its_own_rate_and_every_parameter_once(tmp_path):

@@ -356,12 +356,11 @@ class DistillConfig(_Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _nonn_flips_nothing(self) -> DistillConfig:
-        """NoNN caches each image's teacher maps and the members' inputs once, unflipped:
-        its default is no flip, and only an explicit ``hflip: true`` is refused."""
-        if self.method == "nonn" and self.augmentation.hflip:
-            if "hflip" in self.augmentation.model_fields_set:
-                raise ValueError("nonn: augmentation.hflip is not supported; set it to false")
+    def _nonn_flips_on_request(self) -> DistillConfig:
+        """NoNN caches each image's teacher maps once, unflipped, and a flip reuses them
+        mirrored (an approximation, see :mod:`splitdnn.nonn.method`): its default is no
+        flip; ``hflip: true`` must be asked for."""
+        if self.method == "nonn" and "hflip" not in self.augmentation.model_fields_set:
             self.augmentation = self.augmentation.model_copy(update={"hflip": False})
         return self
 

@@ -12,6 +12,7 @@ whether the members lack capacity (both low) or data (trained-on far above held-
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from splitdnn.errors import ConfigError, ExportError
 from splitdnn.imaging import load_input
 from splitdnn.nonn.bundle import NoNNBundle
 from splitdnn.nonn.export import load_run, nonn_costs
-from splitdnn.nonn.method import teacher_maps
+from splitdnn.nonn.method import flip_consistency, teacher_maps
 from splitdnn.runtime import OnnxModel
 from splitdnn.stats import paired_difference, proportion_ci
 
@@ -178,3 +179,28 @@ def bundle_figures(
         "costs": member_costs(run),
         "correct": [int(c) for c in served["correct"]],
     }
+
+
+def flip_figures(config_path: Path, run: Path, split: str = "val") -> dict[str, Any]:
+    """:func:`splitdnn.nonn.method.flip_consistency` for a run's groups on the images of
+    ``split``, beside the run's last attention distance (the members' against the targets):
+    is the mirrored target's error small against what the members still miss?"""
+    config = load_config(config_path)
+    partition = run / "partition.json"
+    if not partition.exists():
+        raise ConfigError(f"{run}: no partition.json; is it a method: nonn run directory?")
+    groups = json.loads(partition.read_text())["groups"]
+    images, _ = figure_images(config, split)
+    probe = load_linear(config.teacher.probe_from) if config.teacher.probe_from else None
+    record = flip_consistency(
+        config.teacher.name,
+        images,
+        groups,
+        probe,
+        pretrained=config.teacher.pretrained,
+        weights=config.teacher.weights,
+    )
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    members = json.loads(lines[-1]).get("attention_distance") if lines else None
+    return {"split": split, "flip": record, "members_attention_distance": members}
