@@ -313,21 +313,18 @@ def test_tiny_nonn_run_trains_exports_and_serves_the_same_answers(shapes, tmp_pa
         )
 
 
-def test_mirror_flips_the_chosen_images_and_their_attention_targets_alike():
-    """A mirrored image's attention is its unmirrored attention mirrored: the targets of the
-    chosen rows turn with their images, the other rows stay as they were."""
+def test_a_mirrored_images_attention_is_its_attention_mirrored():
+    """mirror_attention turns a flattened attention map the way its image turns: left to
+    right, not upside down, whatever the map's shape."""
     torch = pytest.importorskip("torch")
-    from splitdnn.nonn.method import attention, mirror
+    from splitdnn.nonn.method import attention, mirror_attention
 
     images = torch.rand(3, 4, 5, 7)
     groups = [[0, 1], [2, 3]]
-    targets = torch.stack([attention(images[:, g]) for g in groups], 1)
-    rows = torch.tensor([True, False, True])
-    flipped, turned = mirror(images, targets, rows, (5, 7))
-    again = torch.stack([attention(flipped[:, g]) for g in groups], 1)
-    torch.testing.assert_close(turned, again)
-    assert torch.equal(flipped[1], images[1]) and torch.equal(turned[1], targets[1])
-    assert not torch.allclose(turned[0], targets[0])
+    of_images = torch.stack([attention(images[:, g]) for g in groups], 1)
+    of_mirrors = torch.stack([attention(images.flip(-1)[:, g]) for g in groups], 1)
+    torch.testing.assert_close(mirror_attention(of_images, (5, 7)), of_mirrors)
+    assert not torch.allclose(mirror_attention(of_images, (5, 7)), of_images)
 
 
 def test_the_teachers_flip_pass_is_its_pass_on_the_mirrored_crops_cached_beside(shapes, tmp_path):

@@ -357,9 +357,9 @@ class DistillConfig(_Strict):
 
     @model_validator(mode="after")
     def _nonn_flips_on_request(self) -> DistillConfig:
-        """NoNN caches each image's teacher maps once, unflipped, and a flip reuses them
-        mirrored (an approximation, see :mod:`splitdnn.nonn.method`): its default is no
-        flip; ``hflip: true`` must be asked for."""
+        """NoNN's flips cost a second teacher pass over every training image (its maps,
+        cached beside the first, :mod:`splitdnn.nonn.method`): its default is no flip, and
+        ``hflip: true`` must be asked for."""
         if self.method == "nonn" and "hflip" not in self.augmentation.model_fields_set:
             self.augmentation = self.augmentation.model_copy(update={"hflip": False})
         return self

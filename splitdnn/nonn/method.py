@@ -111,15 +111,9 @@ def attention(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.
     return F.normalize(a.flatten(1), dim=1)
 
 
-def mirror(
-    images: torch.Tensor, attention_targets: torch.Tensor, rows: torch.Tensor, size: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``images`` (N, C, H, W) and their flattened (N, K, h*w) attention targets at ``size``
-    with the chosen ``rows`` mirrored left to right, each the same way."""
-    images = torch.where(rows[:, None, None, None], images.flip(-1), images)
-    grid = attention_targets.unflatten(-1, tuple(size))
-    mirrored = torch.where(rows[:, None, None, None], grid.flip(-1), grid)
-    return images, mirrored.flatten(-2)
+def mirror_attention(attentions: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Flattened attention maps (..., h*w) at ``size`` mirrored left to right."""
+    return attentions.unflatten(-1, tuple(size)).flip(-1).flatten(-2)
 
 
 def _pool_module(model: nn.Module) -> nn.Module:
@@ -200,12 +194,12 @@ def flip_consistency(
     weights: Path | None = None,
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """How far ``augmentation.hflip``'s shortcut (mirror the cached pass) is from a second
-    teacher pass on each mirrored image, on ``samples``: per group, the mean attention
-    distance between the two (the scale of the members' ``attention_distance``: the squared
-    L2 distance of unit vectors, 0 same, 2 opposite) beside the distance had the target not
-    been mirrored, and how often the teacher's answer through ``probe`` is the same for an
-    image and its mirror. Two passes, nothing cached."""
+    """How far the shortcut ``augmentation.hflip`` does not take (mirror the cached pass) is
+    from the teacher's second pass on each mirrored image, on ``samples``: per group, the mean
+    attention distance between the two (the scale of the members' ``attention_distance``: the
+    squared L2 distance of unit vectors, 0 same, 2 opposite) beside the distance had the
+    target not been mirrored, and how often the teacher's answer through ``probe`` is the
+    same for an image and its mirror. Two passes, nothing cached."""
     spec = get_teacher(name)
     model = build_teacher(name, pretrained, weights).eval()
     captured: list[torch.Tensor] = []
@@ -223,8 +217,7 @@ def flip_consistency(
             maps, maps_of_mirror = (m.float() for m in captured[-2:])
             size = tuple(maps.shape[-2:])
             cached = torch.stack([attention(maps[:, g]) for g in groups], 1)
-            rows = torch.ones(len(batch), dtype=torch.bool)
-            _, shortcut = mirror(maps[:, :1], cached, rows, size)
+            shortcut = mirror_attention(cached, size)
             second = torch.stack([attention(maps_of_mirror[:, g]) for g in groups], 1)
             distances.append((shortcut - second).pow(2).sum(-1))
             unmirrored.append((cached - second).pow(2).sum(-1))
