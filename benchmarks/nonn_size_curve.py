@@ -31,7 +31,7 @@ COMMITTED = {
     "k2.json": "frozen prefix through _blocks.12, 6 epochs",
     "k2-narrow-figures.json": "narrow from the stem, 6 epochs",
     "k2-narrow8-long-figures.json": "narrow, channels x8, 14 epochs",
-    "k2-narrow8-unlabelled-hflip-figures.json": "narrow, x8, + label-free photos, mirrors, 8 epochs",
+    "k2-narrow8-unlabelled-hflip-figures.json": "x8, + label-free photos, mirrors, 8 epochs",
     "k4-narrow-figures.json": "narrow, 6 epochs at 1e-4",
     "k4-narrow-fast-figures.json": "narrow, 7 epochs at 3e-4",
 }
