@@ -81,8 +81,12 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(USAGE_ERROR)
 
 
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
+def _echo_json(data: Any, out: Path | None = None) -> None:
+    """``data`` as indented JSON on stdout, and in ``out`` too when given."""
+    text = json.dumps(data, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    typer.echo(text)
 
 
 def human(key: str, value: Any) -> str:
@@ -721,10 +725,7 @@ def nonn_figures(
 
         torch.set_num_threads(1)
         record = bundle_figures(load_nonn_bundle(bundle), run, config, quantisation, split)
-    text = json.dumps(record, indent=2)
-    if out:
-        out.write_text(text + "\n")
-    typer.echo(text)
+    _echo_json(record, out)
 
 
 @nonn_app.command("flips")
@@ -746,10 +747,7 @@ def nonn_flips(
 
         torch.set_num_threads(1)
         record = flip_figures(config, run, split)
-    text = json.dumps(record, indent=2)
-    if out:
-        out.write_text(text + "\n")
-    typer.echo(text)
+    _echo_json(record, out)
 
 
 # --- probe ----------------------------------------------------------------------------------

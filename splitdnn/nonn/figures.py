@@ -24,6 +24,7 @@ from splitdnn import wire
 from splitdnn.checkpoints import load_linear
 from splitdnn.data import Sample, spread_evenly
 from splitdnn.distill.config import DistillConfig, config_samples, load_config
+from splitdnn.distill.trainer import METRICS
 from splitdnn.errors import ConfigError, ExportError
 from splitdnn.imaging import load_input
 from splitdnn.nonn.bundle import NoNNBundle
@@ -200,7 +201,7 @@ def flip_figures(config_path: Path, run: Path, split: str = "val") -> dict[str, 
         pretrained=config.teacher.pretrained,
         weights=config.teacher.weights,
     )
-    metrics = run / "metrics.jsonl"
+    metrics = run / METRICS
     lines = metrics.read_text().splitlines() if metrics.exists() else []
     members = json.loads(lines[-1]).get("attention_distance") if lines else None
     return {"split": split, "flip": record, "members_attention_distance": members}

@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,32 @@ def _pool_module(model: nn.Module) -> nn.Module:
     return pools[-1]
 
 
+@contextmanager
+def _teacher_pass(
+    name: str, pretrained: bool, weights: Path | None
+) -> Iterator[Callable[[np.ndarray, bool], torch.Tensor]]:
+    """``maps_of(crops, mirrored)``: the teacher's last feature maps (float32 N, C, H, W, the
+    input of its global pooling) for uint8 NHWC crops, mirrored left to right first when
+    asked. The hook that reads them is removed on exit."""
+    spec = get_teacher(name)
+    model = build_teacher(name, pretrained, weights).eval()
+    captured: list[torch.Tensor] = []
+    hook = _pool_module(model).register_forward_hook(lambda _m, i, _o: captured.append(i[0]))
+
+    def maps_of(crops: np.ndarray, mirrored: bool) -> torch.Tensor:
+        if mirrored:
+            crops = np.ascontiguousarray(crops[:, :, ::-1])
+        captured.clear()
+        with torch.no_grad():
+            model(normalise_batch(crops, spec.preprocessing))
+        return captured[-1].float()
+
+    try:
+        yield maps_of
+    finally:
+        hook.remove()
+
+
 def teacher_maps(
     name: str,
     samples: Sequence[Sample],
@@ -153,34 +180,25 @@ def teacher_maps(
             missing.append((prefix, paths))
     if not missing:
         return arrays
-    model = build_teacher(name, pretrained, weights).eval()
-    captured: list[torch.Tensor] = []
-    hook = _pool_module(model).register_forward_hook(lambda _m, i, _o: captured.append(i[0]))
     crops = load_crops(samples, spec.preprocessing, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for prefix, paths in missing:
-        out: dict[str, list[np.ndarray]] = {"maps": [], "pooled": []}
-        batches: Any = range(0, len(crops), batch_size)
-        if progress:
-            from tqdm import tqdm
+    with _teacher_pass(name, pretrained, weights) as maps_of:
+        for prefix, paths in missing:
+            out: dict[str, list[np.ndarray]] = {"maps": [], "pooled": []}
+            batches: Any = range(0, len(crops), batch_size)
+            if progress:
+                from tqdm import tqdm
 
-            batches = tqdm(batches, desc=f"{name} {prefix}maps", unit="batch")
-        with torch.no_grad():
+                batches = tqdm(batches, desc=f"{name} {prefix}maps", unit="batch")
             for i in batches:
-                batch = crops[i : i + batch_size]
-                if prefix:
-                    batch = np.ascontiguousarray(batch[:, :, ::-1])
-                captured.clear()
-                model(normalise_batch(batch, spec.preprocessing))
-                maps = captured[-1].float()
+                maps = maps_of(crops[i : i + batch_size], bool(prefix))
                 out["maps"].append(maps.half().numpy())
                 out["pooled"].append(maps.mean((2, 3)).numpy())
-        for k, chunks in out.items():
-            tmp = paths[k].with_suffix(".tmp.npy")
-            np.save(tmp, np.ascontiguousarray(np.concatenate(chunks)))
-            tmp.replace(paths[k])
-            arrays[prefix + k] = np.load(paths[k], mmap_mode="r")
-    hook.remove()
+            for k, chunks in out.items():
+                tmp = paths[k].with_suffix(".tmp.npy")
+                np.save(tmp, np.ascontiguousarray(np.concatenate(chunks)))
+                tmp.replace(paths[k])
+                arrays[prefix + k] = np.load(paths[k], mmap_mode="r")
     return arrays
 
 
@@ -200,21 +218,14 @@ def flip_consistency(
     squared L2 distance of unit vectors, 0 same, 2 opposite) beside the distance had the
     target not been mirrored, and how often the teacher's answer through ``probe`` is the
     same for an image and its mirror. Two passes, nothing cached."""
-    spec = get_teacher(name)
-    model = build_teacher(name, pretrained, weights).eval()
-    captured: list[torch.Tensor] = []
-    hook = _pool_module(model).register_forward_hook(lambda _m, i, _o: captured.append(i[0]))
-    crops = load_crops(samples, spec.preprocessing)
+    crops = load_crops(samples, get_teacher(name).preprocessing)
     distances: list[torch.Tensor] = []
     unmirrored: list[torch.Tensor] = []
     same = 0
-    with torch.no_grad():
+    with _teacher_pass(name, pretrained, weights) as maps_of, torch.no_grad():
         for i in range(0, len(crops), batch_size):
             batch = crops[i : i + batch_size]
-            captured.clear()
-            model(normalise_batch(batch, spec.preprocessing))
-            model(normalise_batch(np.ascontiguousarray(batch[:, :, ::-1]), spec.preprocessing))
-            maps, maps_of_mirror = (m.float() for m in captured[-2:])
+            maps, maps_of_mirror = maps_of(batch, False), maps_of(batch, True)
             size = tuple(maps.shape[-2:])
             cached = torch.stack([attention(maps[:, g]) for g in groups], 1)
             shortcut = mirror_attention(cached, size)
@@ -224,7 +235,6 @@ def flip_consistency(
             if probe is not None:
                 answers = probe(maps.mean((2, 3))).argmax(1)
                 same += int((answers == probe(maps_of_mirror.mean((2, 3))).argmax(1)).sum())
-    hook.remove()
 
     def per_group(rows: list[torch.Tensor]) -> list[float]:
         means = torch.cat(rows).mean(0) if rows else torch.zeros(len(groups))
