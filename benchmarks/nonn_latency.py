@@ -18,7 +18,9 @@ time is the client's, from its intended send time. For ``nonn`` the answer's ``m
 give each member's round trip and compute (``X-Compute-Ms``: decode + model + envelope, under
 its quota); then, for the per-member model time, the same photos are posted straight to the
 members, all at once as the gateway does, and their ``Server-Timing`` stages are kept
-(``decode``, ``member``: the ONNX model alone).
+(``decode``, ``member``: the ONNX model alone). Last, in a group of its own with the same
+share, the teacher and the local model alone on the same photos (:mod:`benchmarks.model_alone`):
+what one device would pay to run either itself.
 
     sudo python -m benchmarks.nonn_latency --config configs/nonn/lite2-caltech101-k2-narrow.yaml
     sudo python -m benchmarks.nonn_latency --nonn DIR --name k2-wide
@@ -34,8 +36,10 @@ cgroup v1 cpu controller.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -204,6 +208,25 @@ def member_stages(urls: list[str], photos: list[tuple[str, bytes]]) -> list[list
             c.close()
 
 
+def models_alone(
+    group: cgroup.CpuGroup, bundle: Path, photos: list[tuple[str, bytes]]
+) -> dict[str, Any]:
+    """The split bundle's teacher and local model timed alone in ``group`` (the device's
+    share; nothing else in it), one photo at a time: :mod:`benchmarks.model_alone`'s JSON."""
+    with tempfile.TemporaryDirectory(prefix="nonn-alone-") as folder:
+        paths = []
+        for i, (name, image) in enumerate(photos):
+            paths.append(Path(folder) / f"{i:03d}-{name}")
+            paths[-1].write_bytes(image)
+        argv = [sys.executable, "-m", "benchmarks.model_alone", str(bundle), *map(str, paths)]
+        done = subprocess.run(
+            group.wrap(argv), cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"model_alone failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout)
+
+
 def _p50(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return round(statistics.median(values), 2) if values else None
@@ -272,7 +295,11 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                 "ci95": [round(x, 3) for x in r.ci95],
                 "photos": r.items,
             }
-    return {"cells": cells, "members": members, "ratios": ratios}
+    alone = {
+        role: {"model_ms": _p50(x["model_ms"]), "n": len(x["model_ms"]), "threads": x["threads"]}
+        for role, x in (result.get("models_alone") or {}).items()
+    }
+    return {"cells": cells, "members": members, "ratios": ratios, "models_alone": alone}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -329,6 +356,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         result |= measured
         urls = [services.url(f"member{i}") for i in range(len(manifest.members))]
         result["member_stages"] = member_stages(urls, photos)
+        alone = stack.enter_context(cgroup.cpu_group(f"{args.ns}-alone", profile))
+        result["models_alone"] = models_alone(alone, Path(args.bundle), photos)
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
@@ -407,6 +436,16 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"Local model on the same profile (local mode's model stage): "
         f"{c['local']['head_model_ms']} ms; split's device part: {c['split']['head_model_ms']} ms.",
     ]
+    alone = s.get("models_alone") or {}
+    if alone:
+        lines += [
+            "",
+            f"Alone on the same profile (a {result['cpu_share']}-core group of its own, one photo "
+            "at a time, threads sized to the quota as served; `benchmarks/model_alone.py`), p50 "
+            "over the same photos: the teacher (the split bundle's offload model) "
+            f"**{alone['offload']['model_ms']} ms**, the local model {alone['local']['model_ms']} "
+            f"ms ({alone['offload']['threads']}).",
+        ]
     layout = result.get("layout")
     if layout:
         lines += [
@@ -451,7 +490,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
         model = [m["model_ms"] or 0 for m in s["members"]] + [
             s["cells"]["local"]["head_model_ms"] or 0
         ]
-        decode = [m["decode_ms"] or 0 for m in s["members"]] + [0]
+        if s.get("models_alone"):  # the teacher alone as one device would run it
+            names.append("teacher")
+            model.append(s["models_alone"]["offload"]["model_ms"] or 0)
+        decode = [m["decode_ms"] or 0 for m in s["members"]]
+        decode += [0] * (len(names) - len(decode))
         right.barh(names, model, label="model")
         right.barh(names, decode, left=model, label="decode + crop (members)")
         right.set_xlabel(f"p50 ms under {result['cpu_share']} core")

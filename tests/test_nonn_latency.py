@@ -112,3 +112,40 @@ def test_the_kernel_layout_counts_every_convolution_of_a_member(
     layout = kernel_layout(toy_nonn_bundle_dir / "member0.onnx")  # two convolutions
     assert layout["convs"] == 2 == layout["blocked"] + layout["plain"]
     assert layout["reorders"] >= 0
+
+
+def test_the_teacher_and_local_model_are_timed_alone_on_every_photo_in_the_group(
+    toy_bundle_dir: Path, cat_jpeg: bytes
+) -> None:
+    from benchmarks.nonn_latency import models_alone
+
+    photos = [("cat.jpg", cat_jpeg), ("cat2.jpg", cat_jpeg), ("cat3.jpg", cat_jpeg)]
+    alone = models_alone(CpuGroup(None), toy_bundle_dir, photos)  # a process of its own
+    assert set(alone) == {"offload", "local"}
+    for role in alone.values():
+        assert len(role["model_ms"]) == 3 and all(t > 0 for t in role["model_ms"])
+        assert "intra" in role["threads"]
+
+
+def test_a_failing_model_timer_says_why(tmp_path: Path, cat_jpeg: bytes) -> None:
+    from benchmarks.nonn_latency import models_alone
+
+    with pytest.raises(RuntimeError, match="model_alone failed"):
+        models_alone(CpuGroup(None), tmp_path, [("cat.jpg", cat_jpeg)])  # not a bundle
+
+
+def test_the_report_sets_the_teacher_alone_beside_the_members() -> None:
+    result = made_up_result()
+    plan = "1 intra-op thread"
+    result["models_alone"] = {
+        "offload": {"model_ms": [300.0, 310.0, 320.0], "threads": plan},
+        "local": {"model_ms": [90.0, 95.0, 99.0], "threads": plan},
+    }
+    result["summary"] = summarise(result)
+    assert result["summary"]["models_alone"]["offload"]["model_ms"] == 310.0
+    assert result["summary"]["models_alone"]["local"] == {"model_ms": 95.0, "n": 3, "threads": plan}
+    text = "\n".join(markdown(result))
+    assert "the teacher (the split bundle's offload model) **310.0 ms**" in text
+    assert "the local model 95.0 ms" in text
+    assert "Alone on the same profile" not in "\n".join(markdown(made_up_result() | {
+        "summary": summarise(made_up_result())}))  # fmt: skip
