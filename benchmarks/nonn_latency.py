@@ -491,7 +491,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             s["cells"]["local"]["head_model_ms"] or 0
         ]
         if s.get("models_alone"):  # the teacher alone as one device would run it
-            names.append("teacher")
+            names.append("teacher alone")
             model.append(s["models_alone"]["offload"]["model_ms"] or 0)
         decode = [m["decode_ms"] or 0 for m in s["members"]]
         decode += [0] * (len(names) - len(decode))
