@@ -34,6 +34,7 @@ COMMITTED = {
     "k2-narrow8-unlabelled-hflip-figures.json": "x8, + label-free photos, mirrors, 8 epochs",
     "k4-narrow-figures.json": "narrow, 6 epochs at 1e-4",
     "k4-narrow-fast-figures.json": "narrow, 7 epochs at 3e-4",
+    "k4-narrow-unlabelled-hflip-figures.json": "+ label-free photos, mirrors, 5 epochs",
 }
 
 #: The issue's targets: K -> (largest member's share of the teacher's MACs in %, points
