@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from splitdnn.bundle import load_bundle
-from splitdnn.runtime import ImageClassifier
+from splitdnn.runtime import ImageClassifier, warm_up
 
 ROLES = ("offload", "local")
 
@@ -33,8 +33,7 @@ def time_models(bundle_dir: Path, photos: list[Path], warmup: int = 2) -> dict[s
     inputs = {role: [m.preprocess(p.read_bytes()) for p in photos] for role, m in models.items()}
     times: dict[str, list[float]] = {role: [] for role in ROLES}
     for role, model in models.items():
-        for x in inputs[role][:warmup]:
-            model.run(x)
+        warm_up(model.run, inputs[role][0], warmup)
     for i in range(len(photos)):
         for role, model in models.items():
             start = time.perf_counter()
